@@ -1,0 +1,201 @@
+"""The settings schema: one pydantic model per TOML section.
+
+Every key here is documented in ``config/sipai.example.toml`` (a test keeps the two in step).
+Defaults are the embedded ones: with no file at all the daemon runs in direct SIP mode on
+127.0.0.1, serves the API on 127.0.0.1:8080 and answers calls with the local engine.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from enum import StrEnum
+from pathlib import Path
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+# pjsua2-python is built with PJSUA_MAX_CALLS = 4: one worker process never holds more.
+MAX_CALLS_PER_WORKER = 4
+
+
+class Section(BaseModel):
+    """Common behaviour of every section: unknown keys are errors, values are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+
+
+class Transport(StrEnum):
+    UDP = "udp"
+    TCP = "tcp"
+
+
+class SipSettings(Section):
+    registrar: str = ""
+    proxy: str = ""
+    username: str = Field(default="1000", min_length=1)
+    password: SecretStr = SecretStr("")
+    password_file: str = ""
+    domain: str = ""
+    bind: str = "127.0.0.1"
+    port: int = Field(default=5062, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    max_calls: int = Field(default=MAX_CALLS_PER_WORKER, ge=1, le=MAX_CALLS_PER_WORKER)
+    transport: Transport = Transport.UDP
+    rtp_port_min: int = Field(default=20000, ge=1024, le=65535)
+    rtp_port_max: int = Field(default=20999, ge=1024, le=65535)
+    register_expires: int = Field(default=300, ge=60, le=86400)
+    clock_rate: int = 8000
+    jitter_buffer_max_ms: int = Field(default=200, ge=40, le=1000)
+
+    @field_validator("registrar", "proxy")
+    @classmethod
+    def _sip_uri(cls, value: str) -> str:
+        if value and not value.startswith(("sip:", "sips:")):
+            raise ValueError("must be a SIP URI starting with 'sip:'")
+        return value
+
+    @field_validator("bind")
+    @classmethod
+    def _ip_address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError("must be an IP address") from None
+        return value
+
+    @field_validator("clock_rate")
+    @classmethod
+    def _clock_rate(cls, value: int) -> int:
+        if value not in (8000, 16000):
+            raise ValueError("must be 8000 or 16000")
+        return value
+
+    @model_validator(mode="after")
+    def _ports(self) -> Self:
+        if self.rtp_port_min >= self.rtp_port_max:
+            raise ValueError(
+                f"rtp_port_min ({self.rtp_port_min}) must be below rtp_port_max "
+                f"({self.rtp_port_max})"
+            )
+        # Each call needs an RTP and an RTCP port; every worker gets its own slice.
+        needed = self.workers * self.max_calls * 2
+        available = self.rtp_port_max - self.rtp_port_min + 1
+        if available < needed:
+            raise ValueError(
+                f"RTP range {self.rtp_port_min}-{self.rtp_port_max} holds {available} ports, "
+                f"{self.workers} worker(s) x {self.max_calls} calls need at least {needed}"
+            )
+        if self.port + self.workers - 1 > 65535:
+            raise ValueError(f"port {self.port} + {self.workers} workers exceeds 65535")
+        return self
+
+    @property
+    def direct_mode(self) -> bool:
+        """True when no registrar is set: peers call sip:USER@HOST:PORT directly."""
+        return not self.registrar
+
+
+class ApiSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    token: SecretStr = SecretStr("")
+    token_file: str = ""
+    max_body_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
+
+    @property
+    def loopback_only(self) -> bool:
+        """True when the API is reachable from this machine only."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+class Backend(StrEnum):
+    LOCAL = "local"
+    OPENAI = "openai"
+    AZURE = "azure"
+    URL = "url"
+
+
+class AgentSettings(Section):
+    backend: Backend = Backend.LOCAL
+    url: str = ""
+    model: str = ""
+    api_key: SecretStr = SecretStr("")
+    api_key_file: str = ""
+
+    @field_validator("url")
+    @classmethod
+    def _ws_url(cls, value: str) -> str:
+        if value and not value.startswith(("ws://", "wss://", "http://", "https://")):
+            raise ValueError("must be a ws://, wss://, http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _backend_needs(self) -> Self:
+        if self.backend in (Backend.OPENAI, Backend.AZURE) and not self.api_key.get_secret_value():
+            raise ValueError(
+                f"backend {self.backend.value!r} needs api_key (or api_key_file, or the "
+                "credential 'agent.api_key')"
+            )
+        if self.backend in (Backend.AZURE, Backend.URL) and not self.url:
+            raise ValueError(f"backend {self.backend.value!r} needs url")
+        if self.backend is Backend.AZURE and not self.model:
+            raise ValueError("backend 'azure' needs model (the deployment name)")
+        return self
+
+
+class WebhookSettings(Section):
+    secret: SecretStr = SecretStr("")
+    secret_file: str = ""
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+
+class StorageSettings(Section):
+    path: Path = Path("./var/sipai.db")
+
+
+class DaemonSettings(Section):
+    drain_seconds: float = Field(default=30.0, ge=0, le=3600)
+    runtime_dir: str = ""
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class LogFormat(StrEnum):
+    AUTO = "auto"
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class LogSettings(Section):
+    level: LogLevel = LogLevel.INFO
+    format: LogFormat = LogFormat.AUTO
+
+
+class Settings(Section):
+    sip: SipSettings = SipSettings()
+    api: ApiSettings = ApiSettings()
+    agent: AgentSettings = AgentSettings()
+    webhooks: WebhookSettings = WebhookSettings()
+    storage: StorageSettings = StorageSettings()
+    daemon: DaemonSettings = DaemonSettings()
+    log: LogSettings = LogSettings()
+
+
+# Keys holding secrets: each may instead be given as KEY_file (a path) or as a systemd
+# credential named "section.key" in $CREDENTIALS_DIRECTORY.
+SECRET_KEYS: tuple[tuple[str, str], ...] = (
+    ("sip", "password"),
+    ("api", "token"),
+    ("agent", "api_key"),
+    ("webhooks", "secret"),
+)

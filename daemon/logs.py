@@ -1,0 +1,97 @@
+"""Structured logging: events with fields, JSON lines for journald, readable on a terminal.
+
+Everything goes through the standard library's root handler, so records from uvicorn and
+other libraries come out in the same format as ours. Bind per-call context with
+``structlog.contextvars.bind_contextvars(call_id=...)`` in the task that handles the call;
+the context does not cross into the SIP or media threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TextIO
+
+import structlog
+
+from config.schema import LogFormat, LogLevel
+
+_LEVELS = {
+    LogLevel.DEBUG: logging.DEBUG,
+    LogLevel.INFO: logging.INFO,
+    LogLevel.WARNING: logging.WARNING,
+    LogLevel.ERROR: logging.ERROR,
+}
+
+
+def configure_logging(
+    level: LogLevel = LogLevel.INFO,
+    fmt: LogFormat = LogFormat.AUTO,
+    stream: TextIO | None = None,
+) -> None:
+    """Route structlog and stdlib logging to ``stream`` (stdout by default) in one format."""
+    out = sys.stdout if stream is None else stream
+    use_json = fmt is LogFormat.JSON or (fmt is LogFormat.AUTO and not out.isatty())
+
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.ExtraAdder(),
+        _drop_color_message,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: structlog.types.Processor
+    if use_json:
+        shared += [structlog.processors.dict_tracebacks]
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.UnicodeDecoder(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(_LEVELS[level])
+
+    # uvicorn installs its own handlers unless told otherwise; ours are enough.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        lib = logging.getLogger(name)
+        lib.handlers.clear()
+        lib.propagate = True
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+def _drop_color_message(
+    logger: object, method: str, event: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    """uvicorn passes an ANSI-coloured copy of each message as an extra; keep the plain one."""
+    event.pop("color_message", None)
+    return event
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    """A logger for a module; use event names like ``"call.answered"`` and keyword fields."""
+    logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name)
+    return logger

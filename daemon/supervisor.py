@@ -1,0 +1,169 @@
+"""The supervisor process's lifecycle: start in order, notify systemd, drain, stop.
+
+Order of start: API (once it listens, ``READY=1``), then the watchdog. On the first SIGTERM
+or SIGINT: ``STOPPING=1``, refuse new work, give the drainable components up to
+``daemon.drain_seconds`` to finish, stop the API last (so ``/health`` answers during the
+drain), exit 0. A second signal during the drain exits at once with 128 + the signal number.
+
+Components that hold work (SIP workers, the dispatcher) register a drain coroutine and a
+watchdog probe with :meth:`Supervisor.add_component`; everything here runs on the loop thread
+except the watchdog's pinging thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from api.app import HealthReport, create_app
+from api.server import ApiServer, ApiStartError
+from config import LoadedSettings
+from daemon import __version__
+from daemon.logs import get_logger
+from daemon.sdnotify import Notifier, Watchdog, watchdog_interval
+
+log = get_logger(__name__)
+
+AsyncAction = Callable[[], Coroutine[Any, Any, None]]
+
+# Time the API gets to finish open requests once the drain is over.
+API_STOP_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Component:
+    """Something the supervisor drains on stop and probes for the watchdog."""
+
+    name: str
+    drain: AsyncAction
+    probe: AsyncAction
+
+
+class Supervisor:
+    def __init__(self, loaded: LoadedSettings, notifier: Notifier | None = None) -> None:
+        self._loaded = loaded
+        self._settings = loaded.settings
+        self._notifier = notifier if notifier is not None else Notifier.from_environ()
+        self._components: list[Component] = []
+        self._started_at = time.monotonic()
+        self._stop_requested = asyncio.Event()
+        self._stopping = False
+        self._api: ApiServer | None = None
+        self._watchdog: Watchdog | None = None
+
+    def add_component(self, component: Component) -> None:
+        self._components.append(component)
+
+    @property
+    def draining(self) -> bool:
+        """True from the first stop signal on: new work is refused."""
+        return self._stopping
+
+    def health(self) -> HealthReport:
+        registration_needed = not self._settings.sip.direct_mode
+        sip_registered = False  # no SIP worker reports a registration yet
+        healthy = not self._stopping and (sip_registered or not registration_needed)
+        return HealthReport(
+            status="healthy" if healthy else "unhealthy",
+            sip_registered=sip_registered,
+            version=__version__,
+            uptime_seconds=round(time.monotonic() - self._started_at, 3),
+        )
+
+    def request_stop(self, signum: int | None = None) -> None:
+        """First call starts the drain; a second signal exits the process at once."""
+        if self._stopping:
+            if signum is not None:
+                log.warning("daemon.forced_exit", signal=signal.Signals(signum).name)
+                os._exit(128 + signum)
+            return
+        self._stopping = True
+        self._notifier.notify("STOPPING=1", "STATUS=draining")
+        log.info(
+            "daemon.stopping",
+            signal=signal.Signals(signum).name if signum is not None else None,
+            drain_seconds=self._settings.daemon.drain_seconds,
+        )
+        self._stop_requested.set()
+
+    async def run(self) -> int:
+        """Run until a stop signal; return the process exit status."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_stop, signum)
+        try:
+            try:
+                await self._start()
+            except ApiStartError as exc:
+                log.error("daemon.start_failed", error=str(exc))
+                return 1
+            await self._stop_requested.wait()
+            await self._drain()
+            return 0
+        finally:
+            await self._shutdown()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+
+    async def _start(self) -> None:
+        api = self._settings.api
+        self._api = ApiServer(create_app(self.health), api.host, api.port)
+        await self._api.start()
+        host, port = self._api.address
+        log.info("api.listening", host=host, port=port)
+        if not api.loopback_only and not api.token.get_secret_value():
+            log.warning(
+                "api.unauthenticated",
+                host=api.host,
+                hint="set api.token: the API is reachable beyond this machine",
+            )
+
+        self._notifier.notify("READY=1", f"STATUS=serving the API on {host}:{port}")
+        log.info("daemon.ready", startup_ms=round((time.monotonic() - self._started_at) * 1000))
+
+        interval = watchdog_interval()
+        if interval is not None and self._notifier.enabled:
+            self._watchdog = Watchdog(
+                self._notifier, interval, asyncio.get_running_loop(), self._probe
+            )
+            self._watchdog.start()
+            log.info("watchdog.enabled", interval_seconds=interval)
+
+    async def _probe(self) -> None:
+        """A round trip through the loop and through every component."""
+        for component in self._components:
+            await component.probe()
+
+    async def _drain(self) -> None:
+        bound = self._settings.daemon.drain_seconds
+        started = time.monotonic()
+        pending = {
+            asyncio.create_task(c.drain(), name=f"drain-{c.name}"): c for c in self._components
+        }
+        if pending:
+            done, not_done = await asyncio.wait(pending, timeout=bound)
+            for task in not_done:
+                task.cancel()
+                log.warning("daemon.drain_timeout", component=pending[task].name)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    log.error(
+                        "daemon.drain_failed",
+                        component=pending[task].name,
+                        error=repr(task.exception()),
+                    )
+        log.info("daemon.drained", drain_ms=round((time.monotonic() - started) * 1000))
+
+    async def _shutdown(self) -> None:
+        if self._watchdog is not None:
+            await asyncio.to_thread(self._watchdog.stop)
+            self._watchdog = None
+        if self._api is not None:
+            await self._api.stop(API_STOP_SECONDS)
+            self._api = None
+        log.info("daemon.stopped")

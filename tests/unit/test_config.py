@@ -1,0 +1,194 @@
+"""The settings loader: example file, layers, secrets and error reports."""
+
+from __future__ import annotations
+
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from config import ConfigError, Settings, load_settings
+from config.schema import Backend
+from tests.conftest import ROOT, SIPAI
+
+EXAMPLE = ROOT / "config" / "sipai.example.toml"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "sipai.toml"
+    path.write_text(text)
+    return path
+
+
+def test_example_documents_every_key_and_loads() -> None:
+    """The example file sets every schema key, each preceded by a comment, and validates."""
+    data = tomllib.loads(EXAMPLE.read_text())
+    schema_keys = {
+        (section, key)
+        for section, field in Settings.model_fields.items()
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        for key in field.annotation.model_fields
+    }
+    example_keys = {(section, key) for section, table in data.items() for key in table}
+    assert example_keys == schema_keys
+
+    # Each key, or the run of keys it belongs to, sits right under a comment.
+    lines = EXAMPLE.read_text().splitlines()
+    for number, line in enumerate(lines):
+        if "=" not in line or line.startswith("#"):
+            continue
+        above = number - 1
+        while "=" in lines[above] and not lines[above].startswith("#"):
+            above -= 1
+        assert lines[above].startswith("#"), f"{line!r} has no comment above it"
+
+    loaded = load_settings(EXAMPLE, environ={})
+    assert loaded.settings == Settings()  # the example shows the defaults
+
+
+def test_no_file_gives_embedded_defaults() -> None:
+    """Without a file or overrides the daemon runs direct SIP on loopback with the local engine."""
+    loaded = load_settings(None, environ={})
+    assert loaded.embedded_defaults
+    settings = loaded.settings
+    assert settings.sip.direct_mode
+    assert (settings.sip.bind, settings.api.host, settings.api.port) == (
+        "127.0.0.1",
+        "127.0.0.1",
+        8080,
+    )
+    assert settings.agent.backend is Backend.LOCAL
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    """SIPAI_SECTION__KEY wins over the file and is converted to the key's type."""
+    path = _write(tmp_path, '[sip]\nport = 5070\nregistrar = "sip:pbx.test:5060"\n')
+    loaded = load_settings(path, environ={"SIPAI_SIP__PORT": "5080", "SIPAI_API__HOST": "::1"})
+    assert loaded.settings.sip.port == 5080
+    assert loaded.settings.sip.registrar == "sip:pbx.test:5060"
+    assert loaded.settings.api.host == "::1"
+    assert loaded.sources[("sip", "port")] == "environment SIPAI_SIP__PORT"
+
+
+def test_three_errors_are_all_reported(tmp_path: Path) -> None:
+    """Each problem gets its own line naming the file, the dotted key and the reason."""
+    path = _write(
+        tmp_path,
+        '[sip]\nport = "five"\nregistar = "sip:pbx"\n[api]\nport = 70000\n',
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    problems = caught.value.problems
+    assert len(problems) == 3, problems
+    assert problems[0].startswith(f"{path}: sip.port: ")
+    assert problems[0].endswith("(got 'five')")
+    assert problems[1] == f"{path}: sip.registar: unknown key (did you mean 'registrar'?)"
+    assert problems[2] == (
+        f"{path}: api.port: Input should be less than or equal to 65535 (got 70000)"
+    )
+
+
+def test_error_from_environment_names_the_variable(tmp_path: Path) -> None:
+    """A bad override is blamed on its variable, a malformed variable name is reported."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, environ={"SIPAI_SIP__WORKERS": "many", "SIPAI_SIP__A__B": "1"})
+    assert (
+        caught.value.problems[0]
+        == "environment SIPAI_SIP__A__B: expected the form SIPAI_SECTION__KEY"
+    )
+    assert caught.value.problems[1].startswith("environment SIPAI_SIP__WORKERS: sip.workers: ")
+
+
+def test_cross_field_rules(tmp_path: Path) -> None:
+    """Rules spanning keys (RTP range, backend needs) are reported on their section."""
+    path = _write(
+        tmp_path,
+        '[sip]\nrtp_port_min = 30000\nrtp_port_max = 20000\n[agent]\nbackend = "openai"\n',
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    text = str(caught.value)
+    assert f"{path}: sip: rtp_port_min (30000) must be below rtp_port_max (20000)" in text
+    assert f"{path}: agent: backend 'openai' needs api_key" in text
+
+
+def test_toml_syntax_error_names_line(tmp_path: Path) -> None:
+    """A TOML syntax error names the file and position."""
+    path = _write(tmp_path, "[sip]\nport = \n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    assert caught.value.problems[0].startswith(f"{path}: TOML syntax error: ")
+    assert "line 2" in caught.value.problems[0]
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    """A config path that does not exist is one clear problem, not a traceback."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(tmp_path / "nope.toml", environ={})
+    assert caught.value.problems == [
+        f"{tmp_path / 'nope.toml'}: cannot read the config file: No such file or directory"
+    ]
+
+
+def test_secret_from_credentials_directory(tmp_path: Path) -> None:
+    """A systemd credential named section.key fills an unset secret."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "sip.password").write_text("from-credential\n")
+    (creds / "webhooks.secret").write_text("whsec")
+    loaded = load_settings(None, environ={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert loaded.settings.sip.password.get_secret_value() == "from-credential"
+    assert loaded.settings.webhooks.secret.get_secret_value() == "whsec"
+    assert loaded.settings.api.token.get_secret_value() == ""
+
+
+def test_secret_file_relative_to_config_and_explicit_value_wins(tmp_path: Path) -> None:
+    """KEY_file is read relative to the config file and beats a credential."""
+    (tmp_path / "pw.txt").write_text("from-file\n")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "sip.password").write_text("from-credential")
+    path = _write(tmp_path, '[sip]\npassword_file = "pw.txt"\n')
+    loaded = load_settings(path, environ={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert loaded.settings.sip.password.get_secret_value() == "from-file"
+
+
+def test_secret_in_environment_replaces_file_form(tmp_path: Path) -> None:
+    """SIPAI_SIP__PASSWORD replaces a password_file set in the file."""
+    path = _write(tmp_path, '[sip]\npassword_file = "/nonexistent/pw"\n')
+    loaded = load_settings(path, environ={"SIPAI_SIP__PASSWORD": "from-env"})
+    assert loaded.settings.sip.password.get_secret_value() == "from-env"
+
+
+def test_secret_problems(tmp_path: Path) -> None:
+    """Both forms at once, or an unreadable secret file, are errors; secrets are never echoed."""
+    path = _write(
+        tmp_path,
+        '[sip]\npassword = "hunter2"\npassword_file = "pw"\n[api]\ntoken_file = "/nonexistent/t"\n',
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    assert caught.value.problems == [
+        f"{path}: sip.password: set either password or password_file, not both",
+        f"{path}: api.token_file: cannot read '/nonexistent/t': No such file or directory",
+    ]
+    assert "hunter2" not in str(caught.value)
+
+
+def test_check_config_command_reports_and_exits_2(tmp_path: Path) -> None:
+    """`sipai check-config` prints every problem without a traceback and exits 2."""
+    path = _write(tmp_path, '[sip]\nworkers = 0\n[log]\nlevel = "loud"\n')
+    result = subprocess.run(
+        [SIPAI, "check-config", "--config", path], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"{path}: sip.workers: " in result.stderr
+    assert f"{path}: log.level: " in result.stderr
+
+    good = subprocess.run(
+        [SIPAI, "check-config", "--config", EXAMPLE], capture_output=True, text=True, check=False
+    )
+    assert (good.returncode, good.stdout.strip()) == (0, f"{EXAMPLE}: OK")

@@ -1,0 +1,54 @@
+"""The shipped systemd unit: the settings the daemon relies on, and its security exposure."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from config import Settings
+from tests.conftest import ROOT
+
+UNIT = ROOT / "systemd" / "sipai.service"
+MAX_EXPOSURE = 2.0
+
+
+def _service() -> dict[str, str]:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(UNIT)
+    return dict(parser["Service"])
+
+
+def test_unit_matches_the_daemon() -> None:
+    """Notify type, watchdog, stop timing above the drain default, the run command."""
+    service = _service()
+    assert service["Type"] == "notify"
+    assert service["WatchdogSec"] == "30s"
+    assert service["KillMode"] == "mixed"
+    assert service["Restart"] == "on-failure"
+    assert service["ExecStart"].split()[1:] == ["run", "--config", "/etc/sipai/sipai.toml"]
+    stop_seconds = int(service["TimeoutStopSec"].removesuffix("s"))
+    assert stop_seconds > Settings().daemon.drain_seconds + 5
+
+
+def test_security_exposure_at_most_2() -> None:
+    """`systemd-analyze security --offline=true` rates the unit at 2.0 or better."""
+    if shutil.which("systemd-analyze") is None:
+        if os.environ.get("CI"):
+            pytest.fail("systemd-analyze is missing: .ci/run must install systemd")
+        pytest.skip("systemd-analyze is not installed on this machine")
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(UNIT)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    match = re.search(r"Overall exposure level for sipai\.service: (\d+\.\d+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= MAX_EXPOSURE

@@ -7,9 +7,41 @@ BIN    := $(VENV)/bin
 STAMP_RUN  := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 
-.PHONY: run test lint typecheck unit format clean
+.PHONY: run test lint typecheck unit format clean system-deps system-deps-test
 
-$(BIN)/python:
+# Debian packages, as "command-or-python-module:package". Installed with apt-get when missing
+# and make runs as root; otherwise make stops and names them.
+DEPS_RUN  := py:venv:python3-venv py:ensurepip:python3-venv
+DEPS_TEST := kamailio:kamailio sipp:sip-tester espeak-ng:espeak-ng sox:sox \
+             systemd-analyze:systemd
+
+define ensure_debs
+	@missing=""; \
+	for dep in $(1); do \
+	  pkg=$${dep##*:}; what=$${dep%:*}; \
+	  case $$what in \
+	    py:*) $(PYTHON) -c "import $${what#py:}" 2>/dev/null || missing="$$missing $$pkg" ;; \
+	    *) command -v $$what >/dev/null 2>&1 || [ -x /usr/sbin/$$what ] || missing="$$missing $$pkg" ;; \
+	  esac; \
+	done; \
+	missing=$$(echo $$missing | tr ' ' '\n' | sort -u | xargs); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian packages: $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing Debian packages: $$missing (as root: apt-get install $$missing)"; exit 1; \
+	  fi; \
+	fi
+endef
+
+system-deps:
+	$(call ensure_debs,$(DEPS_RUN))
+
+system-deps-test: system-deps
+	$(call ensure_debs,$(DEPS_TEST))
+
+$(BIN)/python: | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
@@ -26,7 +58,7 @@ run: $(STAMP_RUN)
 	exec $(BIN)/sipai run $(if $(CONFIG),--config $(CONFIG))
 
 ## test: lint, type check and the whole test suite.
-test: lint typecheck
+test: system-deps-test lint typecheck
 	PYTHONASYNCIODEBUG=1 $(BIN)/pytest
 
 lint: $(STAMP_TEST)

@@ -1,0 +1,190 @@
+"""The playout buffer: model audio in bursts, one frame out per clock tick.
+
+Models send audio faster than real time, in chunks of any size. The buffer cuts it into
+frames of the call's frame size, keeps up to ``capacity_seconds`` of it, and hands out exactly
+one frame per :meth:`PlayoutBuffer.pull`: the next queued frame, or silence. For barge-in it
+counts, per response item, the samples actually handed out (so ``audio_end_ms`` of a truncate
+is what the caller heard), and :meth:`PlayoutBuffer.flush` silences playout within one frame,
+fading the frame in progress out over ``fade_ms`` instead of cutting it.
+
+Threads: one producer (the call's asyncio task) calls :meth:`push`, :meth:`end_item` and
+:meth:`flush`; one consumer (the media clock thread, in ``onFrameRequested``) calls
+:meth:`pull`. They share only a ``collections.deque`` (``append``/``popleft`` are atomic) and
+counters each written by one side only, so :meth:`pull` never takes a lock nor blocks.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+@dataclass(frozen=True)
+class _Frame:
+    generation: int  # flush generation at push time; older ones are dropped by a flush
+    item_id: str
+    data: bytes  # exactly one frame of int16 little-endian samples
+    samples: int  # real samples in it (the last frame of an item is padded with silence)
+
+
+@dataclass(frozen=True)
+class PlayoutStats:
+    frames_out: int  # frames handed out, silence included
+    underruns: int  # silent frames handed out while an item was still streaming
+    overrun_samples: int  # samples refused because the buffer was full
+    flushes: int
+    depth_ms: float  # audio queued now
+
+
+class PlayoutBuffer:
+    def __init__(
+        self,
+        rate: int = 8000,
+        frame_ms: int = 20,
+        capacity_seconds: float = 60.0,
+        fade_ms: float = 8.0,
+    ) -> None:
+        if not 5.0 <= fade_ms <= frame_ms:
+            raise ValueError(f"fade_ms must be between 5 and {frame_ms}, got {fade_ms}")
+        self.rate = rate
+        self.frame_samples = rate * frame_ms // 1000
+        self._capacity = int(capacity_seconds * rate)
+        self._silence = bytes(2 * self.frame_samples)
+        fade = round(fade_ms * rate / 1000)
+        ramp = np.zeros(self.frame_samples)
+        ramp[:fade] = np.cos(np.linspace(0, np.pi / 2, fade, endpoint=False)) ** 2
+        self._fade = ramp
+        self._fade_samples = fade
+        self._frames: deque[_Frame] = deque()  # producer appends, consumer pops
+
+        # Written by the producer only.
+        self._generation = 0
+        self._pending: NDArray[np.int16] = np.zeros(0, dtype=np.int16)
+        self._pending_item: str | None = None
+        self._streaming_item: str | None = None  # open item: silence now is an underrun
+        self._queued_in = 0
+        self._overrun_samples = 0
+
+        # Written by the consumer only.
+        self._consumer_generation = 0
+        self._queued_out = 0
+        self._frames_out = 0
+        self._underruns = 0
+        self._flushes = 0
+        self._played: dict[str, int] = {}
+
+    # -- producer side ---------------------------------------------------------------------
+
+    def push(self, item_id: str, pcm: NDArray[np.int16]) -> int:
+        """Queue audio of ``item_id``; return the samples accepted (the rest overran)."""
+        if self._pending_item is not None and self._pending_item != item_id:
+            self.end_item(self._pending_item)
+        room = self._capacity - self.depth_samples - len(self._pending)
+        accepted = min(len(pcm), max(0, room))
+        self._overrun_samples += len(pcm) - accepted
+        self._streaming_item = item_id
+        self._pending_item = item_id
+        audio = np.concatenate((self._pending, pcm[:accepted]))
+        whole = len(audio) - len(audio) % self.frame_samples
+        data = audio[:whole].astype("<i2").tobytes()
+        size = 2 * self.frame_samples
+        generation = self._generation
+        for offset in range(0, len(data), size):
+            self._frames.append(
+                _Frame(generation, item_id, data[offset : offset + size], self.frame_samples)
+            )
+        self._queued_in += whole
+        self._pending = audio[whole:]
+        return accepted
+
+    def end_item(self, item_id: str) -> None:
+        """The item's audio is complete: queue its last partial frame, padded with silence."""
+        if self._pending_item == item_id and len(self._pending):
+            padded = np.zeros(self.frame_samples, dtype=np.int16)
+            padded[: len(self._pending)] = self._pending
+            self._frames.append(
+                _Frame(self._generation, item_id, padded.tobytes(), len(self._pending))
+            )
+            self._queued_in += self.frame_samples
+        if self._pending_item == item_id:
+            self._pending = np.zeros(0, dtype=np.int16)
+            self._pending_item = None
+        if self._streaming_item == item_id:
+            self._streaming_item = None
+
+    def flush(self) -> None:
+        """Drop everything queued; the next frame out fades the current audio to silence."""
+        self._generation += 1
+        self._pending = np.zeros(0, dtype=np.int16)
+        self._pending_item = None
+        self._streaming_item = None
+
+    @property
+    def flush_pending(self) -> bool:
+        """True until the consumer has carried out the last flush (at most one frame)."""
+        return self._consumer_generation != self._generation
+
+    # -- consumer side ---------------------------------------------------------------------
+
+    def pull(self) -> bytes:
+        """Exactly one frame: queued audio, the fade-out of a flush, or silence."""
+        self._frames_out += 1
+        generation = self._generation
+        if self._consumer_generation != generation:
+            return self._carry_out_flush(generation)
+        try:
+            frame = self._frames.popleft()
+        except IndexError:
+            if self._streaming_item is not None:
+                self._underruns += 1
+            return self._silence
+        self._queued_out += self.frame_samples
+        self._played[frame.item_id] = self._played.get(frame.item_id, 0) + frame.samples
+        return frame.data
+
+    def _carry_out_flush(self, generation: int) -> bytes:
+        self._consumer_generation = generation
+        self._flushes += 1
+        faded: _Frame | None = None
+        frames = self._frames
+        while frames and frames[0].generation < generation:
+            frame = frames.popleft()
+            self._queued_out += self.frame_samples
+            if faded is None:
+                faded = frame
+        if faded is None:
+            return self._silence
+        played = min(faded.samples, self._fade_samples)
+        self._played[faded.item_id] = self._played.get(faded.item_id, 0) + played
+        samples = np.frombuffer(faded.data, dtype="<i2") * self._fade
+        return np.rint(samples).astype("<i2").tobytes()
+
+    # -- either side (reads only) ----------------------------------------------------------
+
+    def played_samples(self, item_id: str) -> int:
+        """Samples of ``item_id`` handed out so far, fade-out included, padding excluded."""
+        return self._played.get(item_id, 0)
+
+    def played_ms(self, item_id: str) -> int:
+        """Milliseconds of ``item_id`` handed out so far (rounded down)."""
+        return self._played.get(item_id, 0) * 1000 // self.rate
+
+    def forget(self, item_id: str) -> None:
+        """Drop the accounting of an item that can no longer be truncated."""
+        self._played.pop(item_id, None)
+
+    @property
+    def depth_samples(self) -> int:
+        return max(0, self._queued_in - self._queued_out)
+
+    def stats(self) -> PlayoutStats:
+        return PlayoutStats(
+            frames_out=self._frames_out,
+            underruns=self._underruns,
+            overrun_samples=self._overrun_samples,
+            flushes=self._flushes,
+            depth_ms=self.depth_samples * 1000 / self.rate,
+        )

@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP_RUN  := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 
-.PHONY: run test lint typecheck unit format clean system-deps system-deps-test
+.PHONY: run test lint typecheck unit format bench clean system-deps system-deps-test
 
 # Debian packages, as "command-or-python-module:package". Installed with apt-get when missing
 # and make runs as root; otherwise make stops and names them.
@@ -70,6 +70,11 @@ typecheck: $(STAMP_TEST)
 
 unit: $(STAMP_TEST)
 	$(BIN)/pytest tests/unit
+
+## bench: the benchmarks under bench/, each printing JSON.
+bench: $(STAMP_TEST)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/media.py
 
 format: $(STAMP_TEST)
 	$(BIN)/ruff format .

@@ -29,7 +29,7 @@ def _build_mulaw_encoder() -> NDArray[np.uint8]:
     segment = np.searchsorted(_MULAW_SEGMENT_ENDS, magnitude, side="left")
     mantissa = (magnitude >> np.minimum(segment + 1, 31)) & 0xF
     code = np.where(segment >= 8, 0x7F, (segment << 4) | mantissa) ^ mask
-    return _by_bit_pattern(code)
+    return _by_bit_pattern(code.astype(np.int32))
 
 
 def _build_mulaw_decoder() -> NDArray[np.int16]:
@@ -46,7 +46,7 @@ def _build_alaw_encoder() -> NDArray[np.uint8]:
     shift = np.where(segment < 2, 1, segment)
     mantissa = (magnitude >> np.minimum(shift, 31)) & 0xF
     code = np.where(segment >= 8, 0x7F, (segment << 4) | mantissa) ^ mask
-    return _by_bit_pattern(code)
+    return _by_bit_pattern(code.astype(np.int32))
 
 
 def _build_alaw_decoder() -> NDArray[np.int16]:
@@ -58,7 +58,7 @@ def _build_alaw_decoder() -> NDArray[np.int16]:
     return np.where(a & 0x80, t, -t).astype(np.int16)
 
 
-def _by_bit_pattern(code_by_value: NDArray[np.int_]) -> NDArray[np.uint8]:
+def _by_bit_pattern(code_by_value: NDArray[np.int32]) -> NDArray[np.uint8]:
     """Reorder a table indexed by value -32768..32767 to be indexed by the uint16 bit pattern."""
     table = np.empty(65536, dtype=np.uint8)
     table[_ALL_SAMPLES.astype(np.int16).view(np.uint16)] = code_by_value.astype(np.uint8)

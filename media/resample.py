@@ -72,7 +72,9 @@ def design(rate_in: int, rate_out: int) -> FilterDesign:
     high_rate = rate_in * up
     nyquist_low = min(rate_in, rate_out) / 2
     edges = (PASSBAND_EDGE * nyquist_low, nyquist_low)
-    kaiser_length, beta = signal.kaiserord(KAISER_STOPBAND_DB, (edges[1] - edges[0]) / (high_rate / 2))
+    kaiser_length, beta = signal.kaiserord(
+        KAISER_STOPBAND_DB, (edges[1] - edges[0]) / (high_rate / 2)
+    )
     if kaiser_length <= _MAX_EQUIRIPPLE_TAPS:
         taps = _equiripple(edges, high_rate, down, start=int(kaiser_length * 0.5))
     else:

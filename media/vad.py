@@ -5,6 +5,11 @@ adds the two rules turn-taking needs: speech starts only after ``min_speech_ms``
 frames (short clicks and echo bursts do not count; unvoiced gaps up to ``hangover_ms`` inside
 the candidate are tolerated), and ends only after ``hangover_ms`` of continuous non-speech.
 Times are stream positions in milliseconds, counted from the first frame processed.
+
+webrtcvad keeps flagging frames as voiced for roughly 80-120 ms after a sound stops (its own
+hang-over): a 60 ms click reads as about 140 ms of voice, and speech ends that much after
+the last loud sample. ``min_speech_ms`` defaults to 200 so that clicks and short echo bursts
+do not start speech.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ class VoiceActivityDetector:
         self,
         rate: int = 8000,
         aggressiveness: int = 2,
-        min_speech_ms: int = 100,
+        min_speech_ms: int = 200,
         hangover_ms: int = 500,
         frame_ms: int = 20,
     ) -> None:

@@ -1,0 +1,237 @@
+"""Kamailio as the test PBX: registrar + proxy with digest auth, on a free loopback port.
+
+Users live in a db_text directory written per instance: 1000 (the daemon) and 1001-1009
+(test phones), password ``pw<user>``, domain 127.0.0.1. Registrations are kept in memory, so
+a restart forgets them, as a PBX reboot would. INVITEs fork to every registered contact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
+DOMAIN = "127.0.0.1"
+USERS = [str(n) for n in range(1000, 1010)]
+
+
+def password(user: str) -> str:
+    return f"pw{user}"
+
+
+_LOCATION_HEADER = (
+    "id(int,auto) ruid(string) username(string) domain(string,null) contact(string) "
+    "received(string,null) path(string,null) expires(int) q(double) callid(string) cseq(int) "
+    "last_modified(int) flags(int) cflags(int) user_agent(string) socket(string,null) "
+    "methods(int,null) instance(string,null) reg_id(int) server_id(int) connection_id(int) "
+    "keepalive(int) partition(int)"
+)
+
+_CONFIG = """#!KAMAILIO
+debug=1
+log_stderror=yes
+memdbg=5
+memlog=5
+children=2
+disable_tcp=yes
+auto_aliases=no
+listen=udp:127.0.0.1:{port}
+alias="127.0.0.1:{port}"
+mpath="{modules}"
+
+loadmodule "db_text.so"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "rr.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+loadmodule "textops.so"
+loadmodule "siputils.so"
+loadmodule "sanity.so"
+loadmodule "auth.so"
+loadmodule "auth_db.so"
+loadmodule "ctl.so"
+loadmodule "kex.so"
+
+modparam("ctl", "binrpc", "unix:{ctl}")
+modparam("usrloc", "db_mode", 0)
+modparam("registrar", "min_expires", 5)
+modparam("registrar", "max_contacts", 10)
+modparam("auth_db", "db_url", "text://{db}")
+modparam("auth_db", "calculate_ha1", 1)
+modparam("auth_db", "password_column", "password")
+modparam("auth_db", "load_credentials", "")
+modparam("rr", "enable_full_lr", 1)
+modparam("tm", "fr_inv_timer", 120000)
+
+request_route {{
+    if (!mf_process_maxfwd_header("10")) {{
+        sl_send_reply("483", "Too Many Hops");
+        exit;
+    }}
+    if (!sanity_check("17895", "7")) {{
+        exit;
+    }}
+    if (is_method("CANCEL")) {{
+        if (t_check_trans()) {{
+            t_relay();
+        }}
+        exit;
+    }}
+    if (has_totag()) {{
+        if (loose_route()) {{
+            t_relay();
+            exit;
+        }}
+        if (is_method("ACK")) {{
+            if (t_check_trans()) {{
+                t_relay();
+            }}
+            exit;
+        }}
+        sl_send_reply("404", "Not here");
+        exit;
+    }}
+    t_check_trans();
+    if (is_method("ACK")) {{
+        exit;
+    }}
+    if (!auth_check("$fd", "subscriber", "1")) {{
+        auth_challenge("$fd", "0");
+        exit;
+    }}
+    if (is_method("REGISTER")) {{
+        if (!save("location")) {{
+            sl_reply_error();
+        }}
+        exit;
+    }}
+    consume_credentials();
+    if (is_method("OPTIONS") && $rU == $null) {{
+        sl_send_reply("200", "OK");
+        exit;
+    }}
+    record_route();
+    if (!lookup("location")) {{
+        sl_send_reply("404", "Not Found");
+        exit;
+    }}
+    t_relay();
+}}
+"""
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Kamailio:
+    """One Kamailio process; ``start``/``stop`` may be called again (same port, same users)."""
+
+    def __init__(self, directory: Path) -> None:
+        binary = shutil.which("kamailio") or "/usr/sbin/kamailio"
+        assert Path(binary).exists(), "kamailio is missing: `make test` installs it"
+        self.binary = binary
+        self.directory = directory
+        self.port = _free_udp_port()
+        self.uri = f"sip:{DOMAIN}:{self.port}"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._write_files()
+
+    def _write_files(self) -> None:
+        db = self.directory / "db"
+        db.mkdir(parents=True, exist_ok=True)
+        (db / "version").write_text(
+            "table_name(str) table_version(int)\nsubscriber:7\nlocation:9\n"
+        )
+        rows = [
+            f"{i}:{user}:{DOMAIN}:{password(user)}::" for i, user in enumerate(USERS, start=1)
+        ]
+        (db / "subscriber").write_text(
+            "id(int,auto) username(str) domain(str) password(str) ha1(str,null) "
+            "ha1b(str,null)\n" + "\n".join(rows) + "\n"
+        )
+        (db / "location").write_text(_LOCATION_HEADER + "\n")
+        self.config = self.directory / "kamailio.cfg"
+        self.config.write_text(
+            _CONFIG.format(
+                port=self.port, modules=MODULES, db=db, ctl=self.directory / "ctl.sock"
+            )
+        )
+        subprocess.run([self.binary, "-c", "-f", str(self.config)], check=True, capture_output=True)
+
+    def start(self, timeout: float = 15.0) -> None:
+        self._process = subprocess.Popen(
+            [self.binary, "-f", str(self.config), "-DD", "-E", "-n", "1"],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.directory / "kamailio.log").open("ab"),
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                log = (self.directory / "kamailio.log").read_text()[-2000:]
+                raise RuntimeError(f"kamailio exited with {self._process.returncode}: {log}")
+            if self._answers_options():
+                return
+        raise RuntimeError(f"kamailio did not answer on port {self.port} within {timeout} s")
+
+    def _answers_options(self) -> bool:
+        branch = f"z9hG4bK{uuid.uuid4().hex[:12]}"
+        request = (
+            f"OPTIONS {self.uri} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:9;branch={branch};rport\r\n"
+            "Max-Forwards: 5\r\n"
+            f"From: <sip:probe@{DOMAIN}>;tag=probe\r\n"
+            f"To: <{self.uri}>\r\n"
+            f"Call-ID: {uuid.uuid4().hex}@probe\r\n"
+            "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            s.settimeout(0.2)
+            s.sendto(request, ("127.0.0.1", self.port))
+            try:
+                return s.recv(4096).startswith(b"SIP/2.0 ")
+            except (TimeoutError, ConnectionRefusedError):
+                return False
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(timeout=10)
+        self._process = None
+
+    def contacts(self, user: str) -> list[str]:
+        """Contacts registered for ``user`` now (via kamcmd over the ctl socket)."""
+        result = subprocess.run(
+            ["kamcmd", "-s", f"unix:{self.directory / 'ctl.sock'}", "ul.lookup", "location",
+             f"{user}@{DOMAIN}"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )
+        return [line.split("Address:", 1)[1].strip() for line in result.stdout.splitlines()
+                if "Address:" in line]
+
+
+@contextlib.asynccontextmanager
+async def running_kamailio(directory: Path):  # type: ignore[no-untyped-def]
+    kamailio = Kamailio(directory)
+    await asyncio.to_thread(kamailio.start)
+    try:
+        yield kamailio
+    finally:
+        await asyncio.to_thread(kamailio.stop)

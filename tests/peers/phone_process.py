@@ -1,0 +1,278 @@
+"""A pjsua2 test phone: one endpoint in this process, driven by JSON lines on stdin.
+
+Commands (one JSON object per line, each with "cmd" and an optional "seq" echoed back):
+  register {user, password, registrar}      mode {on_incoming, answer_after_ms}
+  dial {uri}                                 hangup {call}
+  play {call, wav}                           record {call, wav} / stop_record {call}
+  dtmf {call, digits}                        quit
+on_incoming: "answer" (after answer_after_ms), "busy" (486), "decline" (603), "ignore"
+(ring forever). Events go to stdout as JSON lines: "ok"/"error" replies, "reg", "incoming",
+"call" (state changes), "media", "dtmf", "played". pjsip's own output goes to stderr.
+Everything pjsua2 runs on this process's main thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import selectors
+import sys
+import time
+from typing import Any
+
+import pjsua2 as pj
+
+# pjlib prints to stdout before any configuration applies: keep stdout for the protocol only.
+_protocol = os.fdopen(os.dup(1), "w", buffering=1)
+os.dup2(2, 1)
+
+
+def emit(event: str, **fields: Any) -> None:
+    _protocol.write(json.dumps({"event": event, **fields}) + "\n")
+
+
+class PhoneCall(pj.Call):  # type: ignore[misc]
+    def __init__(self, phone: Phone, account: pj.Account, call_id: int = pj.PJSUA_INVALID_ID):
+        super().__init__(account, call_id)
+        self.phone = phone
+        self.key = phone.next_key()
+        self.audio: pj.AudioMedia | None = None
+        self.player: pj.AudioMediaPlayer | None = None
+        self.recorder: pj.AudioMediaRecorder | None = None
+        self.connected = False
+
+    def onCallState(self, prm: pj.OnCallStateParam) -> None:
+        info = self.getInfo()
+        emit(
+            "call",
+            call=self.key,
+            state=info.stateText,
+            code=info.lastStatusCode,
+            reason=info.lastReason,
+            call_id=info.callIdString,
+        )
+        if info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            self.phone.drop(self)
+
+    def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
+        info = self.getInfo()
+        for index, media in enumerate(info.media):
+            if media.type == pj.PJMEDIA_TYPE_AUDIO and media.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
+                self.audio = self.getAudioMedia(index)
+                emit("media", call=self.key)
+
+    def onDtmfDigit(self, prm: pj.OnDtmfDigitParam) -> None:
+        emit("dtmf", call=self.key, digit=prm.digit)
+
+    def onCallTransferRequest(self, prm: pj.OnCallTransferRequestParam) -> None:
+        new_call = PhoneCall(self.phone, self.phone.account)
+        self.phone.calls[new_call.key] = new_call
+        prm.newCall = new_call
+        emit("transfer_request", call=self.key, target=prm.dstUri, new_call=new_call.key)
+
+
+class Player(pj.AudioMediaPlayer):  # type: ignore[misc]
+    def __init__(self, key: int) -> None:
+        super().__init__()
+        self.key = key
+
+    def onEof2(self) -> None:
+        emit("played", call=self.key)
+
+
+class Account(pj.Account):  # type: ignore[misc]
+    def __init__(self, phone: Phone) -> None:
+        super().__init__()
+        self.phone = phone
+
+    def onRegState(self, prm: pj.OnRegStateParam) -> None:
+        info = self.getInfo()
+        emit("reg", code=prm.code, reason=prm.reason, active=info.regIsActive)
+
+    def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:
+        call = PhoneCall(self.phone, self, prm.callId)
+        self.phone.calls[call.key] = call
+        info = call.getInfo()
+        emit("incoming", call=call.key, remote=info.remoteUri, call_id=info.callIdString)
+        self.phone.on_incoming(call)
+
+
+class Phone:
+    def __init__(self, sip_port: int, rtp_port: int) -> None:
+        self.ep = pj.Endpoint()
+        self.ep.libCreate()
+        config = pj.EpConfig()
+        config.uaConfig.threadCnt = 0
+        config.uaConfig.mainThreadOnly = True
+        config.uaConfig.maxCalls = 4
+        config.medConfig.clockRate = 8000
+        config.medConfig.sndClockRate = 8000
+        config.medConfig.jbMax = 200
+        config.logConfig.level = 1
+        config.logConfig.consoleLevel = 1
+        self.ep.libInit(config)
+        transport = pj.TransportConfig()
+        transport.boundAddress = "127.0.0.1"
+        transport.port = sip_port
+        self.ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, transport)
+        self.ep.audDevManager().setNullDev()
+        self.ep.libStart()
+        self.rtp_port = rtp_port
+        self.account: Account | None = None
+        self.calls: dict[int, PhoneCall] = {}
+        self.mode = "answer"
+        self.answer_after_ms = 0
+        self.pending_answers: list[tuple[float, PhoneCall]] = []
+        self._keys = 0
+        self.running = True
+
+    def next_key(self) -> int:
+        self._keys += 1
+        return self._keys
+
+    def drop(self, call: PhoneCall) -> None:
+        call.player = None
+        call.recorder = None
+        call.audio = None
+        self.calls.pop(call.key, None)
+
+    def on_incoming(self, call: PhoneCall) -> None:
+        if self.mode == "busy":
+            self._answer(call, 486)
+        elif self.mode == "decline":
+            self._answer(call, 603)
+        else:
+            self._answer(call, 180)
+            if self.mode == "answer":
+                self.pending_answers.append((time.monotonic() + self.answer_after_ms / 1000, call))
+
+    def _answer(self, call: PhoneCall, code: int) -> None:
+        prm = pj.CallOpParam()
+        prm.statusCode = code
+        call.answer(prm)
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        due = [c for t, c in self.pending_answers if t <= now]
+        self.pending_answers = [(t, c) for t, c in self.pending_answers if t > now]
+        for call in due:
+            if call.key in self.calls:
+                self._answer(call, 200)
+
+    # -- commands -------------------------------------------------------------------------
+
+    def cmd_register(self, user: str, password: str, registrar: str) -> dict[str, Any]:
+        config = pj.AccountConfig()
+        host = registrar.removeprefix("sip:")
+        config.idUri = f"sip:{user}@{host.split(':')[0]}"
+        config.regConfig.registrarUri = registrar
+        config.regConfig.timeoutSec = 60
+        config.sipConfig.proxies.append(f"{registrar};lr")
+        config.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", user, 0, password))
+        config.mediaConfig.transportConfig.port = self.rtp_port
+        config.mediaConfig.transportConfig.portRange = 40
+        config.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
+        self.account = Account(self)
+        self.account.create(config)
+        return {}
+
+    def cmd_mode(self, on_incoming: str, answer_after_ms: int = 0) -> dict[str, Any]:
+        self.mode = on_incoming
+        self.answer_after_ms = answer_after_ms
+        return {}
+
+    def cmd_dial(self, uri: str) -> dict[str, Any]:
+        assert self.account is not None, "register first"
+        call = PhoneCall(self, self.account)
+        self.calls[call.key] = call
+        call.makeCall(uri, pj.CallOpParam(True))
+        return {"call": call.key}
+
+    def cmd_hangup(self, call: int) -> dict[str, Any]:
+        self.calls[call].hangup(pj.CallOpParam())
+        return {}
+
+    def cmd_play(self, call: int, wav: str) -> dict[str, Any]:
+        target = self.calls[call]
+        assert target.audio is not None, "no active audio"
+        player = Player(call)
+        player.createPlayer(wav, pj.PJMEDIA_FILE_NO_LOOP)
+        player.startTransmit(target.audio)
+        target.player = player
+        return {}
+
+    def cmd_record(self, call: int, wav: str) -> dict[str, Any]:
+        target = self.calls[call]
+        assert target.audio is not None, "no active audio"
+        recorder = pj.AudioMediaRecorder()
+        recorder.createRecorder(wav)
+        target.audio.startTransmit(recorder)
+        target.recorder = recorder
+        return {}
+
+    def cmd_stop_record(self, call: int) -> dict[str, Any]:
+        target = self.calls.get(call)
+        if target is not None:
+            target.recorder = None  # destroying the recorder completes the WAV file
+        return {}
+
+    def cmd_dtmf(self, call: int, digits: str) -> dict[str, Any]:
+        self.calls[call].dialDtmf(digits)
+        return {}
+
+    def cmd_quit(self) -> dict[str, Any]:
+        self.running = False
+        return {}
+
+    def shutdown(self) -> None:
+        self.ep.hangupAllCalls()
+        deadline = time.monotonic() + 1.0
+        while self.calls and time.monotonic() < deadline:
+            self.ep.libHandleEvents(10)
+        for call in list(self.calls.values()):
+            self.drop(call)
+        self.account = None
+        self.ep.libDestroy()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sip-port", type=int, default=0)
+    parser.add_argument("--rtp-port", type=int, required=True)
+    args = parser.parse_args()
+    phone = Phone(args.sip_port, args.rtp_port)
+    selector = selectors.DefaultSelector()
+    selector.register(sys.stdin, selectors.EVENT_READ)
+    emit("ready")
+    buffer = ""
+    while phone.running:
+        phone.ep.libHandleEvents(10)
+        phone.tick()
+        while selector.select(timeout=0):
+            chunk = os.read(sys.stdin.fileno(), 65536).decode()
+            if not chunk:
+                phone.running = False
+                break
+            buffer += chunk
+            while "\n" in buffer:
+                line, buffer = buffer.split("\n", 1)
+                _run(phone, json.loads(line))
+    phone.shutdown()
+    emit("bye")
+    return 0
+
+
+def _run(phone: Phone, message: dict[str, Any]) -> None:
+    seq = message.pop("seq", None)
+    name = message.pop("cmd")
+    try:
+        result = getattr(phone, f"cmd_{name}")(**message)
+    except Exception as exc:  # noqa: BLE001 - reported to the test, never fatal
+        emit("error", seq=seq, cmd=name, error=repr(exc))
+    else:
+        emit("ok", seq=seq, cmd=name, **result)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

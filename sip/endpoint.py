@@ -1,0 +1,461 @@
+"""The SIP thread: the only thread that touches pjsua2.
+
+:class:`SipThread` creates the pjsua2 endpoint with ``threadCnt = 0`` and
+``mainThreadOnly = True`` and runs ``libHandleEvents(10 ms)`` in a loop that also runs
+commands submitted from other threads (:meth:`SipThread.submit` returns a
+``concurrent.futures.Future``) and due timers (registration retries). pjsua2 callbacks run
+inside ``libHandleEvents`` on this thread and report through ``emit`` (which hands events to
+the event loop with ``call_soon_threadsafe``). Strong references to every account, call and
+audio port live here; a call's are dropped when it is disconnected, everything is destroyed
+in order before ``libDestroy``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import heapq
+import itertools
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pjsua2 as pj
+
+from config.schema import SipSettings, Transport
+from daemon import __version__
+from sip.audio_port import CallAudio, CallAudioPort, port_format
+from sip.events import (
+    CallAnswered,
+    CallEnded,
+    CallRinging,
+    DtmfReceived,
+    IncomingCall,
+    MediaStats,
+    RegistrationChanged,
+    SipEvent,
+    TransferProgress,
+)
+from sip.registration import Backoff
+
+Emit = Callable[[SipEvent], None]
+LOOP_MS = 10
+_KEEP_CODECS = {8000: ("PCMU/8000", "PCMA/8000"), 16000: ("G722/16000", "PCMU/8000", "PCMA/8000")}
+
+
+class SipError(Exception):
+    """A SIP operation was refused (too many calls, bad target, unknown call...)."""
+
+
+@dataclass
+class _Timer:
+    due: float
+    seq: int
+    action: Callable[[], None] = field(compare=False)
+
+    def __lt__(self, other: _Timer) -> bool:
+        return (self.due, self.seq) < (other.due, other.seq)
+
+
+class SipThread:
+    def __init__(self, settings: SipSettings, index: int, emit: Emit) -> None:
+        self.settings = settings
+        self.index = index
+        self.emit = emit
+        self.port = settings.port + index
+        self.domain = settings.domain or _registrar_host(settings) or settings.bind
+        self._commands: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._timers: list[_Timer] = []  # SIP thread only
+        self._seq = itertools.count()
+        self._thread = threading.Thread(target=self._run, name=f"sip-{index}", daemon=True)
+        self._started: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._stopping = False
+        self.endpoint: Any = None
+        self.account: SipAccount | None = None
+        self.calls: dict[str, SipCall] = {}  # SIP thread only
+        self._call_ids = itertools.count(1)
+
+    # -- other threads ---------------------------------------------------------------------
+
+    def start(self) -> concurrent.futures.Future[None]:
+        self._thread.start()
+        return self._started
+
+    def submit(self, action: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+        """Run ``action`` on the SIP thread; its result or exception lands in the future."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(action())
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                future.set_exception(exc)
+
+        self._commands.put(run)
+        return future
+
+    def stop(self) -> None:
+        """Ask the thread to shut pjsua2 down in order and exit; then join it."""
+        self._commands.put(None)
+        self._thread.join(timeout=15)
+
+    # -- the SIP thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._init()
+        except BaseException as exc:  # noqa: BLE001 - reported to start()'s caller
+            self._started.set_exception(exc)
+            self._destroy()
+            return
+        self._started.set_result(None)
+        while True:
+            self.endpoint.libHandleEvents(LOOP_MS)
+            if not self._drain_commands():
+                break
+            self._run_timers()
+        self._shutdown()
+
+    def _drain_commands(self) -> bool:
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return True
+            if command is None:
+                return False
+            command()
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0].due <= now:
+            heapq.heappop(self._timers).action()
+
+    def later(self, delay: float, action: Callable[[], None]) -> None:
+        heapq.heappush(self._timers, _Timer(time.monotonic() + delay, next(self._seq), action))
+
+    def _init(self) -> None:
+        s = self.settings
+        ep = pj.Endpoint()
+        ep.libCreate()
+        self.endpoint = ep
+        config = pj.EpConfig()
+        config.uaConfig.threadCnt = 0
+        config.uaConfig.mainThreadOnly = True
+        config.uaConfig.maxCalls = s.max_calls
+        config.uaConfig.userAgent = f"sipai/{__version__}"
+        config.medConfig.clockRate = s.clock_rate
+        config.medConfig.sndClockRate = s.clock_rate
+        config.medConfig.jbMax = s.jitter_buffer_max_ms
+        config.medConfig.ecTailLen = 0
+        config.medConfig.noVad = True
+        config.medConfig.ptime = 20
+        config.logConfig.level = 2
+        config.logConfig.consoleLevel = 2
+        ep.libInit(config)
+        transport = pj.TransportConfig()
+        transport.boundAddress = s.bind
+        transport.port = self.port
+        kind = pj.PJSIP_TRANSPORT_TCP if s.transport is Transport.TCP else pj.PJSIP_TRANSPORT_UDP
+        ep.transportCreate(kind, transport)
+        ep.audDevManager().setNullDev()
+        keep = _KEEP_CODECS[s.clock_rate]
+        for codec in ep.codecEnum2():
+            ranks = [rank for rank, name in enumerate(keep) if codec.codecId.startswith(name)]
+            ep.codecSetPriority(codec.codecId, 255 - ranks[0] if ranks else 0)
+        ep.libStart()
+        self.account = SipAccount(self)
+        self.account.create(self._account_config())
+
+    def _account_config(self) -> Any:
+        s = self.settings
+        config = pj.AccountConfig()
+        config.idUri = f"sip:{s.username}@{self.domain}"
+        if not s.direct_mode:
+            config.regConfig.registrarUri = s.registrar
+            config.regConfig.timeoutSec = s.register_expires
+            config.regConfig.retryIntervalSec = 0  # retries are ours (Backoff), never stop
+            config.regConfig.registerOnAdd = True
+            route = s.proxy or s.registrar
+            config.sipConfig.proxies.append(f"{route};lr")
+            password = s.password.get_secret_value()
+            config.sipConfig.authCreds.append(
+                pj.AuthCredInfo("digest", "*", s.username, 0, password)
+            )
+        ports_per_worker = (s.rtp_port_max - s.rtp_port_min + 1) // s.workers
+        media = config.mediaConfig.transportConfig
+        media.port = s.rtp_port_min + self.index * ports_per_worker
+        media.portRange = ports_per_worker - 1
+        media.boundAddress = s.bind
+        return config
+
+    def _shutdown(self) -> None:
+        self._stopping = True
+        if self.calls:
+            self.endpoint.hangupAllCalls()
+            deadline = time.monotonic() + 2.0
+            while self.calls and time.monotonic() < deadline:
+                self.endpoint.libHandleEvents(LOOP_MS)
+        account = self.account
+        if account is not None and not self.settings.direct_mode:
+            try:
+                if account.getInfo().regIsActive:
+                    account.setRegistration(False)
+                    deadline = time.monotonic() + 2.0
+                    while account.getInfo().regIsActive and time.monotonic() < deadline:
+                        self.endpoint.libHandleEvents(LOOP_MS)
+            except pj.Error:
+                pass
+        self._destroy()
+
+    def _destroy(self) -> None:
+        for call in list(self.calls.values()):
+            call.release()
+        self.calls.clear()
+        if self.account is not None:
+            self.account.shutdown()
+            self.account = None
+        if self.endpoint is not None:
+            self.endpoint.libDestroy()
+            self.endpoint = None
+
+    # -- call commands (SIP thread) --------------------------------------------------------
+
+    def new_call_id(self) -> str:
+        return f"w{self.index}-{next(self._call_ids)}"
+
+    def make_call(self, uri: str) -> str:
+        if self.account is None:
+            raise SipError("the SIP endpoint is not running")
+        if len(self.calls) >= self.settings.max_calls:
+            raise SipError(
+                f"this worker already holds {len(self.calls)} calls (sip.max_calls = "
+                f"{self.settings.max_calls})"
+            )
+        call = SipCall(self, self.account)
+        try:
+            call.makeCall(uri, pj.CallOpParam(True))
+        except pj.Error as exc:
+            call.release()
+            raise SipError(f"cannot call {uri}: {exc.info()}") from None
+        self.calls[call.key] = call
+        return call.key
+
+    def call(self, key: str) -> SipCall:
+        try:
+            return self.calls[key]
+        except KeyError:
+            raise SipError(f"no call {key!r} on this worker") from None
+
+
+class SipAccount(pj.Account):  # type: ignore[misc]
+    def __init__(self, owner: SipThread) -> None:
+        super().__init__()
+        self.owner = owner
+        self.backoff = Backoff()
+        self._retry_pending = False
+
+    def onRegState(self, prm: Any) -> None:
+        owner = self.owner
+        info = self.getInfo()
+        code, reason = int(prm.code), str(prm.reason)
+        if owner._stopping:
+            owner.emit(RegistrationChanged(False, code, reason))
+            return
+        if info.regIsActive and code // 100 == 2:
+            self.backoff.reset()
+            owner.emit(RegistrationChanged(True, code, reason))
+            return
+        delay = None
+        if not self._retry_pending:
+            delay = self.backoff.next_delay()
+            self._retry_pending = True
+            owner.later(delay, self._retry)
+        owner.emit(RegistrationChanged(False, code, reason, retry_in=delay))
+
+    def _retry(self) -> None:
+        self._retry_pending = False
+        if self.owner._stopping:
+            return
+        try:
+            self.setRegistration(True)
+        except pj.Error as exc:
+            delay = self.backoff.next_delay()
+            self._retry_pending = True
+            self.owner.later(delay, self._retry)
+            self.owner.emit(RegistrationChanged(False, 0, exc.info(), retry_in=delay))
+
+    def onIncomingCall(self, prm: Any) -> None:
+        owner = self.owner
+        call = SipCall(owner, self, prm.callId)
+        if len(owner.calls) >= owner.settings.max_calls:
+            call.respond(486)
+            call.release()
+            return
+        owner.calls[call.key] = call
+        info = call.getInfo()
+        call.respond(180)
+        owner.emit(
+            IncomingCall(
+                call=call.key,
+                sip_call_id=info.callIdString,
+                remote_uri=info.remoteUri,
+                display_name=_display_name(info.remoteUri),
+                from_user=_user_of(info.remoteUri),
+                headers=_headers(prm.rdata.wholeMsg),
+            )
+        )
+
+
+class SipCall(pj.Call):  # type: ignore[misc]
+    def __init__(self, owner: SipThread, account: SipAccount, call_id: int = pj.PJSUA_INVALID_ID):
+        super().__init__(account, call_id)
+        self.owner = owner
+        self.key = owner.new_call_id()
+        self.audio = CallAudio(owner.settings.clock_rate)
+        self.port: CallAudioPort | None = None
+        self.media: Any = None
+        self.answered = False
+        self.local_cause = ""
+        self.stats: MediaStats | None = None
+        self.ended = False
+
+    def respond(self, code: int) -> None:
+        prm = pj.CallOpParam()
+        prm.statusCode = code
+        self.answer(prm)
+
+    def end(self, cause: str, code: int = 0) -> None:
+        """Hang up (BYE, CANCEL or a final reply, as the state requires); idempotent."""
+        if self.ended:
+            return
+        self.local_cause = self.local_cause or cause
+        prm = pj.CallOpParam()
+        if code:
+            prm.statusCode = code
+        try:
+            self.hangup(prm)
+        except pj.Error:
+            pass  # already terminated: the DISCONNECTED callback reports it
+
+    def onCallState(self, prm: Any) -> None:
+        info = self.getInfo()
+        state = info.state
+        if state == pj.PJSIP_INV_STATE_EARLY and info.lastStatusCode in (180, 183):
+            if info.role == pj.PJSIP_ROLE_UAC:
+                self.owner.emit(CallRinging(self.key, int(info.lastStatusCode)))
+        elif state == pj.PJSIP_INV_STATE_CONFIRMED and not self.answered:
+            self.answered = True
+            self.owner.emit(CallAnswered(self.key))
+        elif state == pj.PJSIP_INV_STATE_DISCONNECTED and not self.ended:
+            self.ended = True
+            self.audio.closed = True
+            code = int(info.lastStatusCode)
+            self.owner.emit(
+                CallEnded(
+                    call=self.key,
+                    code=code,
+                    reason=str(info.lastReason),
+                    local_cause=self.local_cause,
+                    answered=self.answered,
+                    stats=self.stats,
+                )
+            )
+            self.owner.calls.pop(self.key, None)
+            self.release()
+
+    def onCallMediaState(self, prm: Any) -> None:
+        info = self.getInfo()
+        for index, media in enumerate(info.media):
+            if media.type != pj.PJMEDIA_TYPE_AUDIO:
+                continue
+            if media.status not in (pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD):
+                continue
+            audio_media = self.getAudioMedia(index)
+            if self.port is not None and self.media is not None:
+                if self.media.getPortId() == audio_media.getPortId():
+                    return  # re-INVITE, hold or unhold: already bridged, never twice
+                self.media.stopTransmit(self.port)
+                self.port.stopTransmit(self.media)
+            if self.port is None:
+                self.port = CallAudioPort(self.audio)
+                self.port.createPort(f"call-{self.key}", port_format(self.owner.settings.clock_rate))
+            self.media = audio_media
+            audio_media.startTransmit(self.port)
+            self.port.startTransmit(audio_media)
+            return
+
+    def onStreamDestroyed(self, prm: Any) -> None:
+        try:
+            stat = self.getStreamStat(prm.streamIdx)
+            rx, tx = stat.rtcp.rxStat, stat.rtcp.txStat
+            self.stats = MediaStats(
+                rx_packets=int(rx.pkt),
+                rx_lost=int(rx.loss),
+                rx_jitter_ms=float(rx.jitterUsec.mean) / 1000,
+                tx_packets=int(tx.pkt),
+                uplink_dropped_frames=self.audio.uplink_dropped,
+                playout_underruns=self.audio.playout.stats().underruns,
+            )
+        except pj.Error:
+            pass
+
+    def onDtmfDigit(self, prm: Any) -> None:
+        method = "info" if getattr(prm, "method", 0) == pj.PJSUA_DTMF_METHOD_SIP_INFO else "rfc4733"
+        self.owner.emit(DtmfReceived(self.key, str(prm.digit), method))
+
+    def onCallTransferStatus(self, prm: Any) -> None:
+        self.owner.emit(
+            TransferProgress(self.key, int(prm.statusCode), str(prm.reason), bool(prm.finalNotify))
+        )
+        if prm.finalNotify:
+            prm.cont = False
+
+    def release(self) -> None:
+        """Break the call <-> port <-> media references so nothing outlives the call."""
+        if self.port is not None and self.media is not None:
+            try:
+                self.media.stopTransmit(self.port)
+                self.port.stopTransmit(self.media)
+            except pj.Error:
+                pass
+        self.port = None
+        self.media = None
+        self.audio.closed = True
+
+
+def _registrar_host(settings: SipSettings) -> str:
+    if not settings.registrar:
+        return ""
+    rest = settings.registrar.split(":", 1)[1]
+    rest = rest.split(";", 1)[0].split("@")[-1]
+    return rest.rsplit(":", 1)[0] if rest.count(":") == 1 else rest
+
+
+def _display_name(uri: str) -> str:
+    uri = uri.strip()
+    if uri.startswith('"'):
+        return uri[1:].split('"', 1)[0]
+    if "<" in uri:
+        return uri.split("<", 1)[0].strip()
+    return ""
+
+
+def _user_of(uri: str) -> str:
+    inner = uri.split("<", 1)[-1].split(">", 1)[0]
+    after_scheme = inner.split(":", 1)[-1]
+    return after_scheme.split("@", 1)[0] if "@" in after_scheme else ""
+
+
+def _headers(message: str) -> dict[str, str]:
+    """Header fields of a SIP message (first occurrence of each, names lower-cased)."""
+    headers: dict[str, str] = {}
+    for line in message.split("\r\n\r\n", 1)[0].split("\r\n")[1:]:
+        name, sep, value = line.partition(":")
+        if sep and name.strip().lower() not in headers:
+            headers[name.strip().lower()] = value.strip()
+    return headers

@@ -1,0 +1,170 @@
+"""The asyncio face of one SIP worker: start/stop, call commands, an event stream.
+
+Every method is a coroutine run on the event loop; the work happens on the SIP thread
+(:mod:`sip.endpoint`) and results come back as futures. Events arrive in the order pjsua2
+produced them. The same calls and events travel over the worker's IPC socket later, so they
+take and return plain values only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from config.schema import SipSettings
+from daemon.logs import get_logger
+from sip.audio_port import CallAudio
+from sip.endpoint import SipError, SipThread
+from sip.events import CallAnswered, CallEnded, RegistrationChanged, SipEvent
+from sip.target import request_uri
+
+log = get_logger(__name__)
+
+__all__ = ["SipError", "SipWorker"]
+
+
+class SipWorker:
+    def __init__(self, settings: SipSettings, index: int = 0) -> None:
+        self.settings = settings
+        self.index = index
+        self.registration = RegistrationChanged(False, 0, "not registered yet")
+        self._events: asyncio.Queue[SipEvent] = asyncio.Queue()
+        self._thread: SipThread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ring_timers: dict[str, asyncio.TimerHandle] = {}
+
+    @property
+    def domain(self) -> str:
+        assert self._thread is not None
+        return self._thread.domain
+
+    @property
+    def contact(self) -> str:
+        return f"sip:{self.settings.username}@{self.settings.bind}:{self.settings.port + self.index}"
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = SipThread(self.settings, self.index, self._from_sip_thread)
+        await asyncio.wrap_future(self._thread.start())
+        log.info(
+            "sip.started",
+            worker=self.index,
+            contact=self.contact,
+            mode="direct" if self.settings.direct_mode else "registrar",
+        )
+
+    async def stop(self) -> None:
+        """Hang up every call, un-REGISTER, destroy pjsua2 in order; safe to call twice."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        for timer in self._ring_timers.values():
+            timer.cancel()
+        await asyncio.to_thread(thread.stop)
+        log.info("sip.stopped", worker=self.index)
+
+    def _from_sip_thread(self, event: SipEvent) -> None:  # SIP thread
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._deliver, event)
+
+    def _deliver(self, event: SipEvent) -> None:
+        if isinstance(event, RegistrationChanged):
+            self.registration = event
+            log.info(
+                "sip.registration",
+                worker=self.index,
+                registered=event.registered,
+                code=event.code,
+                reason=event.reason,
+                retry_in=event.retry_in,
+            )
+        elif isinstance(event, CallAnswered | CallEnded):
+            timer = self._ring_timers.pop(event.call, None)
+            if timer is not None:
+                timer.cancel()
+        self._events.put_nowait(event)
+
+    async def events(self) -> AsyncIterator[SipEvent]:
+        while True:
+            yield await self._events.get()
+
+    async def next_event(self, timeout: float | None = None) -> SipEvent:
+        return await asyncio.wait_for(self._events.get(), timeout)
+
+    async def _on_sip_thread(self, action):  # type: ignore[no-untyped-def]
+        if self._thread is None:
+            raise SipError("the SIP worker is not running")
+        return await asyncio.wrap_future(self._thread.submit(action))
+
+    # -- calls ---------------------------------------------------------------------------
+
+    async def make_call(self, target: str, ring_timeout: float = 30.0) -> str:
+        """Dial ``target``; CANCEL if unanswered after ``ring_timeout`` s. Returns the call id."""
+        thread = self._thread
+        if thread is None:
+            raise SipError("the SIP worker is not running")
+        uri = request_uri(target, thread.domain)
+        key: str = await self._on_sip_thread(lambda: thread.make_call(uri))
+        assert self._loop is not None
+        self._ring_timers[key] = self._loop.call_later(
+            ring_timeout, lambda: asyncio.ensure_future(self._ring_timeout(key))
+        )
+        log.info("sip.dialing", call_id=key, uri=uri, ring_timeout=ring_timeout)
+        return key
+
+    async def _ring_timeout(self, key: str) -> None:
+        self._ring_timers.pop(key, None)
+        thread = self._thread
+        if thread is not None:
+            await self._on_sip_thread(lambda: _end_if_present(thread, key, "ring_timeout"))
+
+    async def answer(self, call: str) -> None:
+        thread = self._thread
+        assert thread is not None
+        await self._on_sip_thread(lambda: thread.call(call).respond(200))
+
+    async def reject(self, call: str, code: int = 486) -> None:
+        thread = self._thread
+        assert thread is not None
+        await self._on_sip_thread(lambda: thread.call(call).end("rejected", code))
+
+    async def hangup(self, call: str) -> None:
+        thread = self._thread
+        if thread is not None:
+            await self._on_sip_thread(lambda: _end_if_present(thread, call, "hangup"))
+
+    async def send_dtmf(self, call: str, digits: str) -> None:
+        thread = self._thread
+        assert thread is not None
+        await self._on_sip_thread(lambda: thread.call(call).dialDtmf(digits))
+
+    async def transfer(self, call: str, target: str) -> None:
+        """Blind transfer (REFER); progress arrives as TransferProgress events."""
+        thread = self._thread
+        assert thread is not None
+        uri = request_uri(target, thread.domain)
+
+        def refer() -> None:
+            import pjsua2 as pj
+
+            thread.call(call).xfer(uri, pj.CallOpParam(True))
+
+        await self._on_sip_thread(refer)
+
+    async def audio(self, call: str) -> CallAudio:
+        thread = self._thread
+        assert thread is not None
+        audio: CallAudio = await self._on_sip_thread(lambda: thread.call(call).audio)
+        return audio
+
+    async def call_count(self) -> int:
+        thread = self._thread
+        assert thread is not None
+        count: int = await self._on_sip_thread(lambda: len(thread.calls))
+        return count
+
+
+def _end_if_present(thread: SipThread, key: str, cause: str) -> None:
+    call = thread.calls.get(key)
+    if call is not None:
+        call.end(cause)

@@ -13,6 +13,7 @@ in order before ``libDestroy``.
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import heapq
 import itertools
 import queue
@@ -43,6 +44,10 @@ from sip.registration import Backoff
 Emit = Callable[[SipEvent], None]
 LOOP_MS = 10
 _KEEP_CODECS = {8000: ("PCMU/8000", "PCMA/8000"), 16000: ("G722/16000", "PCMU/8000", "PCMA/8000")}
+
+
+# pjsua is a per-process singleton: a second endpoint in one process aborts it.
+_endpoint_in_use = threading.Lock()
 
 
 class SipError(Exception):
@@ -80,6 +85,8 @@ class SipThread:
     # -- other threads ---------------------------------------------------------------------
 
     def start(self) -> concurrent.futures.Future[None]:
+        if not _endpoint_in_use.acquire(blocking=False):
+            raise SipError("a SIP endpoint already runs in this process (one per worker process)")
         self._thread.start()
         return self._started
 
@@ -102,6 +109,8 @@ class SipThread:
         """Ask the thread to shut pjsua2 down in order and exit; then join it."""
         self._commands.put(None)
         self._thread.join(timeout=15)
+        if not self._thread.is_alive():
+            _endpoint_in_use.release()
 
     # -- the SIP thread --------------------------------------------------------------------
 
@@ -109,8 +118,9 @@ class SipThread:
         try:
             self._init()
         except BaseException as exc:  # noqa: BLE001 - reported to start()'s caller
-            self._started.set_exception(exc)
             self._destroy()
+            _endpoint_in_use.release()
+            self._started.set_exception(exc)
             return
         self._started.set_result(None)
         while True:
@@ -210,6 +220,7 @@ class SipThread:
                         self.endpoint.libHandleEvents(LOOP_MS)
             except pj.Error:
                 pass
+        del account  # every pjsua2 object must be gone before libDestroy
         self._destroy()
 
     def _destroy(self) -> None:
@@ -218,7 +229,11 @@ class SipThread:
         self.calls.clear()
         if self.account is not None:
             self.account.shutdown()
+            self.account.owner = None
             self.account = None
+        # Objects caught in reference cycles would otherwise be destroyed later by the garbage
+        # collector, on another thread and after libDestroy, which aborts the process.
+        gc.collect()
         if self.endpoint is not None:
             self.endpoint.libDestroy()
             self.endpoint = None
@@ -255,7 +270,7 @@ class SipThread:
 class SipAccount(pj.Account):  # type: ignore[misc]
     def __init__(self, owner: SipThread) -> None:
         super().__init__()
-        self.owner = owner
+        self.owner: Any = owner
         self.backoff = Backoff()
         self._retry_pending = False
 

@@ -171,11 +171,12 @@ class Kamailio:
         subprocess.run([self.binary, "-c", "-f", str(self.config)], check=True, capture_output=True)
 
     def start(self, timeout: float = 15.0) -> None:
-        self._process = subprocess.Popen(
-            [self.binary, "-f", str(self.config), "-DD", "-E", "-n", "1"],
-            stdout=subprocess.DEVNULL,
-            stderr=(self.directory / "kamailio.log").open("ab"),
-        )
+        with (self.directory / "kamailio.log").open("ab") as log:
+            self._process = subprocess.Popen(
+                [self.binary, "-f", str(self.config), "-DD", "-E", "-n", "1"],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ class TestPhone:
         assert self._process.stdout is not None
         async for line in self._process.stdout:
             event = json.loads(line)
+            event["at"] = time.monotonic()  # arrival here, comparable with worker events
             async with self._changed:
                 self.events.append(event)
                 self._changed.notify_all()

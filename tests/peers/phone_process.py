@@ -214,7 +214,10 @@ class Phone:
     def cmd_stop_record(self, call: int) -> dict[str, Any]:
         target = self.calls.get(call)
         if target is not None:
-            target.recorder = None  # destroying the recorder completes the WAV file
+            target.recorder = None  # destroying the recorder completes the WAV file...
+            deadline = time.monotonic() + 0.2  # ...once the clock thread removes its port
+            while time.monotonic() < deadline:
+                self.ep.libHandleEvents(10)
         return {}
 
     def cmd_dtmf(self, call: int, digits: str) -> dict[str, Any]:

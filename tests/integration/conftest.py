@@ -1,0 +1,118 @@
+"""Real peers for integration tests: Kamailio, test phones and SIP workers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from config.schema import SipSettings
+from sip.events import SipEvent
+from sip.worker import SipWorker
+from tests.conftest import free_port
+from tests.peers.kamailio import Kamailio, password, running_kamailio
+from tests.peers.phone import TestPhone
+
+_rtp_bases = itertools.count(40000, 200)
+
+
+@pytest.fixture
+async def kamailio(tmp_path: Path) -> AsyncIterator[Kamailio]:
+    async with running_kamailio(tmp_path / "kamailio") as k:
+        yield k
+
+
+def worker_settings(kamailio: Kamailio | None, **overrides: Any) -> SipSettings:
+    base = next(_rtp_bases)
+    values: dict[str, Any] = {
+        "username": "1000",
+        "port": free_port(socket.SOCK_DGRAM),
+        "rtp_port_min": base,
+        "rtp_port_max": base + 99,
+        "register_expires": 60,
+    }
+    if kamailio is not None:
+        values.update(registrar=kamailio.uri, password=password("1000"))
+    values.update(overrides)
+    return SipSettings(**values)
+
+
+class Recorded:
+    """A started SipWorker plus every event it reported, for ``expect`` to search."""
+
+    def __init__(self, worker: SipWorker) -> None:
+        self.sip = worker
+        self.events: list[SipEvent] = []
+        self.arrived: list[float] = []  # monotonic arrival time of each event
+        self._consumed: set[int] = set()
+        self._changed = asyncio.Condition()
+        self._task = asyncio.create_task(self._collect())
+
+    async def _collect(self) -> None:
+        async for event in self.sip.events():
+            async with self._changed:
+                self.events.append(event)
+                self.arrived.append(time.monotonic())
+                self._changed.notify_all()
+
+    async def expect(self, kind: type, timeout: float = 10.0, **fields: Any) -> Any:
+        """The oldest unconsumed event of ``kind`` whose attributes include ``fields``."""
+        try:
+            async with asyncio.timeout(timeout), self._changed:
+                while True:
+                    for index, event in enumerate(self.events):
+                        if (
+                            index not in self._consumed
+                            and isinstance(event, kind)
+                            and all(getattr(event, k) == v for k, v in fields.items())
+                        ):
+                            self._consumed.add(index)
+                            self.last_arrival = self.arrived[index]
+                            return event
+                    await self._changed.wait()
+        except TimeoutError:
+            raise AssertionError(
+                f"no {kind.__name__} {fields} within {timeout} s; events: {self.events}"
+            ) from None
+
+    async def stop(self) -> None:
+        await self.sip.stop()  # idempotent
+        self._task.cancel()
+
+
+@pytest.fixture
+async def make_worker() -> AsyncIterator[Callable[[SipSettings], Awaitable[Recorded]]]:
+    workers: list[Recorded] = []
+
+    async def make(settings: SipSettings) -> Recorded:
+        worker = SipWorker(settings)
+        await worker.start()
+        recorded = Recorded(worker)
+        workers.append(recorded)
+        return recorded
+
+    yield make
+    for recorded in workers:
+        await recorded.stop()
+
+
+@pytest.fixture
+async def phones() -> AsyncIterator[Callable[..., Awaitable[TestPhone]]]:
+    started: list[TestPhone] = []
+
+    async def start(name: str = "phone") -> TestPhone:
+        phone = await TestPhone.start(name)
+        started.append(phone)
+        return phone
+
+    yield start
+    for phone in started:
+        await phone.close()
+
+

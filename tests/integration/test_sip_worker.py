@@ -1,0 +1,275 @@
+"""One SIP worker against Kamailio and pjsua2 test phones, all on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from media.wav import read_wav, write_wav
+from sip.events import (
+    CallAnswered,
+    CallEnded,
+    CallRinging,
+    DtmfReceived,
+    IncomingCall,
+    RegistrationChanged,
+    TransferProgress,
+)
+from sip.worker import SipError
+from tests.audio import tone, tone_level_db
+from tests.integration.conftest import Recorded, worker_settings
+from tests.peers.kamailio import Kamailio
+from tests.peers.phone import TestPhone
+
+MakeWorker = Callable[..., Awaitable[Recorded]]
+Phones = Callable[..., Awaitable[TestPhone]]
+FULL = 20 * np.log10(10000)  # level of the test tones
+
+
+def _tone_wav(path: Path, freq: float, seconds: float = 1.5) -> str:
+    write_wav(path, 8000, tone(freq, 8000, seconds))
+    return str(path)
+
+
+async def _uplink(worker: Recorded, call: str, frames: int) -> np.ndarray:
+    audio = await worker.sip.audio(call)
+    got: list[bytes] = []
+    async with asyncio.timeout(10):
+        async for frame in audio.frames():
+            got.append(frame)
+            if len(got) == frames:
+                break
+    return np.frombuffer(b"".join(got), dtype="<i2")
+
+
+async def _call_in(worker: Recorded, phone: TestPhone) -> tuple[str, int]:
+    """The phone dials the daemon's extension; the worker answers. Returns both call ids."""
+    dialled = await phone.command("dial", uri="sip:1000@127.0.0.1")
+    incoming = await worker.expect(IncomingCall)
+    await worker.sip.answer(incoming.call)
+    await worker.expect(CallAnswered, call=incoming.call)
+    await phone.expect("media", call=dialled["call"])
+    return incoming.call, dialled["call"]
+
+
+async def test_registers_and_wrong_password_is_refused(
+    kamailio: Kamailio, make_worker: MakeWorker
+) -> None:
+    """The right password registers (200); a wrong one reports 401 and is not registered."""
+    good = await make_worker(worker_settings(kamailio))
+    event = await good.expect(RegistrationChanged)
+    assert (event.registered, event.code) == (True, 200)
+    assert good.sip.registration.registered
+    [contact] = kamailio.contacts("1000")
+    assert contact.split(";")[0] == good.sip.contact
+
+    await good.stop()  # one pjsua2 endpoint per process
+    bad = await make_worker(worker_settings(kamailio, password="wrong"))
+    event = await bad.expect(RegistrationChanged)
+    assert (event.registered, event.code) == (False, 401)
+    assert event.retry_in is not None  # it keeps trying, with backoff
+    assert bad.sip.registration.code == 401
+
+
+async def test_registration_returns_after_pbx_restart(
+    kamailio: Kamailio, make_worker: MakeWorker
+) -> None:
+    """Kamailio stopped and started again: the contact is back within 15 s of its return."""
+    worker = await make_worker(worker_settings(kamailio, register_expires=10))
+    await worker.expect(RegistrationChanged, registered=True)
+    await asyncio.to_thread(kamailio.stop)
+    await asyncio.sleep(3)
+    await asyncio.to_thread(kamailio.start)
+    returned = asyncio.get_running_loop().time()
+    async with asyncio.timeout(15):
+        while not await asyncio.to_thread(kamailio.contacts, "1000"):
+            await asyncio.sleep(0.5)
+    assert asyncio.get_running_loop().time() - returned < 15
+    assert worker.sip.registration.registered
+
+
+async def test_inbound_call_audio_both_ways(
+    kamailio: Kamailio, make_worker: MakeWorker, phones: Phones, tmp_path: Path
+) -> None:
+    """A phone calls in: caller info arrives, each side hears the other's tone."""
+    worker = await make_worker(worker_settings(kamailio))
+    await worker.expect(RegistrationChanged, registered=True)
+    phone = await phones("caller")
+    await phone.register(kamailio, "1001")
+    dialled = await phone.command("dial", uri="sip:1000@127.0.0.1")
+    incoming = await worker.expect(IncomingCall)
+    assert incoming.from_user == "1001"
+    assert incoming.sip_call_id
+    assert incoming.headers["to"].startswith("sip:1000@")
+    await phone.expect("call", state="EARLY", code=180)
+    await worker.sip.answer(incoming.call)
+    await worker.expect(CallAnswered, call=incoming.call)
+    await phone.expect("media")
+
+    audio = await worker.sip.audio(incoming.call)
+    audio.playout.push("greeting", tone(1000, 8000, 1.5))
+    audio.playout.end_item("greeting")
+    await phone.command("record", call=dialled["call"], wav=str(tmp_path / "heard.wav"))
+    await phone.command("play", call=dialled["call"], wav=_tone_wav(tmp_path / "t.wav", 600))
+    uplink = await _uplink(worker, incoming.call, 50)
+    await phone.expect("played", timeout=5)
+    await phone.command("stop_record", call=dialled["call"])
+    await worker.sip.hangup(incoming.call)
+    ended = await worker.expect(CallEnded, call=incoming.call)
+
+    assert tone_level_db(uplink[800:], 600, 8000) > FULL - 3
+    assert tone_level_db(uplink[800:], 1000, 8000) < FULL - 40
+    heard = read_wav(tmp_path / "heard.wav").samples
+    assert tone_level_db(heard[: 8000], 1000, 8000) > FULL - 6
+    assert (ended.code, ended.answered, ended.local_cause) == (200, True, "hangup")
+    assert ended.stats is not None
+    assert ended.stats.rx_packets > 40
+    assert ended.stats.tx_packets > 40
+
+
+async def test_outbound_ringing_answered_ended(
+    kamailio: Kamailio, make_worker: MakeWorker, phones: Phones
+) -> None:
+    """The worker dials an extension: 180, then 200, then the callee's BYE ends it."""
+    worker = await make_worker(worker_settings(kamailio))
+    await worker.expect(RegistrationChanged, registered=True)
+    phone = await phones("callee")
+    await phone.register(kamailio, "1002")
+    await phone.command("mode", on_incoming="answer", answer_after_ms=300)
+    call = await worker.sip.make_call("1002", ring_timeout=10)
+    assert (await worker.expect(CallRinging, call=call)).code == 180
+    await worker.expect(CallAnswered, call=call)
+    incoming = await phone.expect("incoming")
+    await phone.expect("media")
+    await phone.command("hangup", call=incoming["call"])
+    ended = await worker.expect(CallEnded, call=call)
+    assert (ended.code, ended.answered, ended.local_cause) == (200, True, "")
+
+
+@pytest.mark.parametrize(("mode", "code"), [("busy", 486), ("decline", 603)])
+async def test_outbound_refusals_are_reported_with_their_code(
+    kamailio: Kamailio, make_worker: MakeWorker, phones: Phones, mode: str, code: int
+) -> None:
+    """Busy and decline end the call with 486 / 603 within 1 s of the phone's reply."""
+    worker = await make_worker(worker_settings(kamailio))
+    await worker.expect(RegistrationChanged, registered=True)
+    phone = await phones("callee")
+    await phone.register(kamailio, "1003")
+    await phone.command("mode", on_incoming=mode)
+    call = await worker.sip.make_call("1003", ring_timeout=10)
+    replied = (await phone.expect("incoming"))["at"]
+    ended = await worker.expect(CallEnded, call=call)
+    assert (ended.code, ended.answered) == (code, False)
+    assert worker.last_arrival - replied < 1.0
+
+
+async def test_no_answer_is_cancelled_at_the_ring_timeout(
+    kamailio: Kamailio, make_worker: MakeWorker, phones: Phones
+) -> None:
+    """A phone that never answers is CANCELled after ring_timeout and reported at once."""
+    worker = await make_worker(worker_settings(kamailio))
+    await worker.expect(RegistrationChanged, registered=True)
+    phone = await phones("callee")
+    await phone.register(kamailio, "1004")
+    await phone.command("mode", on_incoming="ignore")
+    started = asyncio.get_running_loop().time()
+    call = await worker.sip.make_call("1004", ring_timeout=2)
+    await worker.expect(CallRinging, call=call)
+    ended = await worker.expect(CallEnded, call=call)
+    assert ended.local_cause == "ring_timeout"
+    assert ended.code == 487  # the INVITE was cancelled
+    assert 2.0 <= worker.last_arrival - started < 3.0
+    cancelled = await phone.expect("call", state="DISCONNECTED")
+    assert cancelled["code"] == 487
+
+
+async def test_four_calls_then_a_fifth_is_refused(
+    kamailio: Kamailio, make_worker: MakeWorker, phones: Phones
+) -> None:
+    """Four inbound calls are held; a fifth gets 486; a fifth outbound gets a clear error."""
+    worker = await make_worker(worker_settings(kamailio))
+    await worker.expect(RegistrationChanged, registered=True)
+    first, second = await phones("a"), await phones("b")
+    await first.register(kamailio, "1001")
+    await second.register(kamailio, "1002")
+    for _ in range(4):
+        await _call_in(worker, first)
+    assert await worker.sip.call_count() == 4
+    fifth = await second.command("dial", uri="sip:1000@127.0.0.1")
+    refused = await second.expect("call", call=fifth["call"], state="DISCONNECTED")
+    assert refused["code"] == 486
+    with pytest.raises(SipError, match="already holds 4 calls"):
+        await worker.sip.make_call("1002")
+    assert await worker.sip.call_count() == 4
+
+
+async def test_dtmf_both_ways(kamailio: Kamailio, make_worker: MakeWorker, phones: Phones) -> None:
+    """RFC 4733 digits from the phone arrive as events; digits sent reach the phone."""
+    worker = await make_worker(worker_settings(kamailio))
+    await worker.expect(RegistrationChanged, registered=True)
+    phone = await phones("caller")
+    await phone.register(kamailio, "1001")
+    call, phone_call = await _call_in(worker, phone)
+    await phone.command("dtmf", call=phone_call, digits="19#")
+    received = [await worker.expect(DtmfReceived, call=call) for _ in range(3)]
+    assert [d.digit for d in received] == ["1", "9", "#"]
+    assert {d.method for d in received} == {"rfc4733"}
+    await worker.sip.send_dtmf(call, "*42")
+    assert [(await phone.expect("dtmf"))["digit"] for _ in range(3)] == ["*", "4", "2"]
+
+
+async def test_blind_transfer_with_refer(
+    kamailio: Kamailio, make_worker: MakeWorker, phones: Phones
+) -> None:
+    """REFER sends the caller to another phone; the worker hears the transfer succeed."""
+    worker = await make_worker(worker_settings(kamailio))
+    await worker.expect(RegistrationChanged, registered=True)
+    caller, target = await phones("caller"), await phones("target")
+    await caller.register(kamailio, "1001")
+    await target.register(kamailio, "1005")
+    await target.command("mode", on_incoming="answer", answer_after_ms=100)
+    call, _ = await _call_in(worker, caller)
+    await worker.sip.transfer(call, "1005")
+    await caller.expect("transfer_request")
+    await target.expect("incoming")
+    final = await worker.expect(TransferProgress, call=call, final=True)
+    assert final.code == 200
+    await worker.sip.hangup(call)
+    await worker.expect(CallEnded, call=call)
+
+
+async def test_simultaneous_calls_keep_their_audio_apart(
+    kamailio: Kamailio, make_worker: MakeWorker, phones: Phones, tmp_path: Path
+) -> None:
+    """Two calls at once, each with its own tone each way: nothing leaks across."""
+    worker = await make_worker(worker_settings(kamailio))
+    await worker.expect(RegistrationChanged, registered=True)
+    a, b = await phones("a"), await phones("b")
+    await a.register(kamailio, "1001")
+    await b.register(kamailio, "1002")
+    calls = [await _call_in(worker, a), await _call_in(worker, b)]
+    plan = [(a, 500, 1300), (b, 900, 1700)]  # (phone, phone's tone, daemon's tone)
+    for (call, phone_call), (phone, sent, back) in zip(calls, plan, strict=True):
+        audio = await worker.sip.audio(call)
+        audio.playout.push("x", tone(back, 8000, 1.5))
+        await phone.command("record", call=phone_call, wav=str(tmp_path / f"{sent}.wav"))
+        await phone.command("play", call=phone_call, wav=_tone_wav(tmp_path / f"p{sent}.wav", sent))
+    uplinks = [await _uplink(worker, call, 50) for call, _ in calls]
+    for phone in (a, b):
+        await phone.expect("played", timeout=5)
+    for (call, phone_call), (phone, _, _) in zip(calls, plan, strict=True):
+        await phone.command("stop_record", call=phone_call)
+        await worker.sip.hangup(call)
+    for uplink, (_, sent, _) in zip(uplinks, plan, strict=True):
+        other = 900 if sent == 500 else 500
+        assert tone_level_db(uplink[800:], sent, 8000) > FULL - 3
+        assert tone_level_db(uplink[800:], other, 8000) < FULL - 40
+    for _, sent, back in plan:
+        heard = read_wav(tmp_path / f"{sent}.wav").samples[:8000]
+        other = 1700 if back == 1300 else 1300
+        assert tone_level_db(heard, back, 8000) > FULL - 6
+        assert tone_level_db(heard, other, 8000) < FULL - 40

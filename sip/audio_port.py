@@ -65,7 +65,7 @@ class CallAudioPort(pj.AudioMediaPort):  # type: ignore[misc]
                 audio.uplink_dropped += 1
             audio.uplink.append(data)
             audio.uplink_frames += 1
-        except Exception:  # noqa: BLE001 - a media callback must never raise
+        except Exception:
             audio.callback_errors += 1
 
     def onFrameRequested(self, frame: Any) -> None:  # media thread
@@ -75,7 +75,7 @@ class CallAudioPort(pj.AudioMediaPort):  # type: ignore[misc]
             frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
             if not bytevector.write(frame.buf, data):
                 frame.buf = pj.ByteVector(data)
-        except Exception:  # noqa: BLE001 - a media callback must never raise
+        except Exception:
             audio.callback_errors += 1
 
 

@@ -13,6 +13,7 @@ in order before ``libDestroy``.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import gc
 import heapq
 import itertools
@@ -99,7 +100,7 @@ class SipThread:
                 return
             try:
                 future.set_result(action())
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            except BaseException as exc:
                 future.set_exception(exc)
 
         self._commands.put(run)
@@ -117,7 +118,7 @@ class SipThread:
     def _run(self) -> None:
         try:
             self._init()
-        except BaseException as exc:  # noqa: BLE001 - reported to start()'s caller
+        except BaseException as exc:
             self._destroy()
             _endpoint_in_use.release()
             self._started.set_exception(exc)
@@ -352,10 +353,9 @@ class SipCall(pj.Call):  # type: ignore[misc]
         prm = pj.CallOpParam()
         if code:
             prm.statusCode = code
-        try:
+        # Already terminated (a race with the remote BYE): the DISCONNECTED callback reports it.
+        with contextlib.suppress(pj.Error):
             self.hangup(prm)
-        except pj.Error:
-            pass  # already terminated: the DISCONNECTED callback reports it
 
     def onCallState(self, prm: Any) -> None:
         info = self.getInfo()
@@ -398,7 +398,9 @@ class SipCall(pj.Call):  # type: ignore[misc]
                 self.port.stopTransmit(self.media)
             if self.port is None:
                 self.port = CallAudioPort(self.audio)
-                self.port.createPort(f"call-{self.key}", port_format(self.owner.settings.clock_rate))
+                self.port.createPort(
+                    f"call-{self.key}", port_format(self.owner.settings.clock_rate)
+                )
             self.media = audio_media
             audio_media.startTransmit(self.port)
             self.port.startTransmit(audio_media)
@@ -433,11 +435,9 @@ class SipCall(pj.Call):  # type: ignore[misc]
     def release(self) -> None:
         """Break the call <-> port <-> media references so nothing outlives the call."""
         if self.port is not None and self.media is not None:
-            try:
+            with contextlib.suppress(pj.Error):
                 self.media.stopTransmit(self.port)
                 self.port.stopTransmit(self.media)
-            except pj.Error:
-                pass
         self.port = None
         self.media = None
         self.audio.closed = True

@@ -22,7 +22,7 @@ class Backoff:
         """Seconds to wait before the next attempt; grows until ``cap``, never stops."""
         base = min(self.cap, self.initial * self.factor ** min(self.failures, 32))
         self.failures += 1
-        spread = (rng or random).uniform(-self.jitter, self.jitter)  # noqa: S311 - not crypto
+        spread = (rng or random).uniform(-self.jitter, self.jitter)
         return max(0.1, base * (1 + spread))
 
     def reset(self) -> None:

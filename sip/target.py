@@ -17,7 +17,5 @@ def request_uri(target: str, domain: str) -> str:
     if target.startswith("tel:"):
         target = target[4:]
     if not _BARE.match(target):
-        raise ValueError(
-            f"{target!r} is neither an extension, a number nor a sip: URI"
-        )
+        raise ValueError(f"{target!r} is neither an extension, a number nor a sip: URI")
     return f"sip:{target}@{domain}"

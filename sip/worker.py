@@ -9,7 +9,10 @@ take and return plain values only.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
+
+import pjsua2 as pj
 
 from config.schema import SipSettings
 from daemon.logs import get_logger
@@ -21,6 +24,8 @@ from sip.target import request_uri
 log = get_logger(__name__)
 
 __all__ = ["SipError", "SipWorker"]
+
+T = TypeVar("T")
 
 
 class SipWorker:
@@ -40,7 +45,9 @@ class SipWorker:
 
     @property
     def contact(self) -> str:
-        return f"sip:{self.settings.username}@{self.settings.bind}:{self.settings.port + self.index}"
+        return (
+            f"sip:{self.settings.username}@{self.settings.bind}:{self.settings.port + self.index}"
+        )
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -88,10 +95,10 @@ class SipWorker:
         while True:
             yield await self._events.get()
 
-    async def next_event(self, timeout: float | None = None) -> SipEvent:
-        return await asyncio.wait_for(self._events.get(), timeout)
+    async def next_event(self) -> SipEvent:
+        return await self._events.get()
 
-    async def _on_sip_thread(self, action):  # type: ignore[no-untyped-def]
+    async def _on_sip_thread(self, action: Callable[[], T]) -> T:
         if self._thread is None:
             raise SipError("the SIP worker is not running")
         return await asyncio.wrap_future(self._thread.submit(action))
@@ -145,8 +152,6 @@ class SipWorker:
         uri = request_uri(target, thread.domain)
 
         def refer() -> None:
-            import pjsua2 as pj
-
             thread.call(call).xfer(uri, pj.CallOpParam(True))
 
         await self._on_sip_thread(refer)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -114,5 +114,3 @@ async def phones() -> AsyncIterator[Callable[..., Awaitable[TestPhone]]]:
     yield start
     for phone in started:
         await phone.close()
-
-

@@ -124,7 +124,7 @@ async def test_inbound_call_audio_both_ways(
     assert tone_level_db(uplink[800:], 600, 8000) > FULL - 3
     assert tone_level_db(uplink[800:], 1000, 8000) < FULL - 40
     heard = read_wav(tmp_path / "heard.wav").samples
-    assert tone_level_db(heard[: 8000], 1000, 8000) > FULL - 6
+    assert tone_level_db(heard[:8000], 1000, 8000) > FULL - 6
     assert (ended.code, ended.answered, ended.local_cause) == (200, True, "hangup")
     assert ended.stats is not None
     assert ended.stats.rx_packets > 40

@@ -154,9 +154,7 @@ class Kamailio:
         (db / "version").write_text(
             "table_name(str) table_version(int)\nsubscriber:7\nlocation:9\n"
         )
-        rows = [
-            f"{i}:{user}:{DOMAIN}:{password(user)}::" for i, user in enumerate(USERS, start=1)
-        ]
+        rows = [f"{i}:{user}:{DOMAIN}:{password(user)}::" for i, user in enumerate(USERS, start=1)]
         (db / "subscriber").write_text(
             "id(int,auto) username(str) domain(str) password(str) ha1(str,null) "
             "ha1b(str,null)\n" + "\n".join(rows) + "\n"
@@ -164,9 +162,7 @@ class Kamailio:
         (db / "location").write_text(_LOCATION_HEADER + "\n")
         self.config = self.directory / "kamailio.cfg"
         self.config.write_text(
-            _CONFIG.format(
-                port=self.port, modules=MODULES, db=db, ctl=self.directory / "ctl.sock"
-            )
+            _CONFIG.format(port=self.port, modules=MODULES, db=db, ctl=self.directory / "ctl.sock")
         )
         subprocess.run([self.binary, "-c", "-f", str(self.config)], check=True, capture_output=True)
 
@@ -220,12 +216,24 @@ class Kamailio:
     def contacts(self, user: str) -> list[str]:
         """Contacts registered for ``user`` now (via kamcmd over the ctl socket)."""
         result = subprocess.run(
-            ["kamcmd", "-s", f"unix:{self.directory / 'ctl.sock'}", "ul.lookup", "location",
-             f"{user}@{DOMAIN}"],
-            capture_output=True, text=True, timeout=10, check=False,
+            [
+                "kamcmd",
+                "-s",
+                f"unix:{self.directory / 'ctl.sock'}",
+                "ul.lookup",
+                "location",
+                f"{user}@{DOMAIN}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
         )
-        return [line.split("Address:", 1)[1].strip() for line in result.stdout.splitlines()
-                if "Address:" in line]
+        return [
+            line.split("Address:", 1)[1].strip()
+            for line in result.stdout.splitlines()
+            if "Address:" in line
+        ]
 
 
 @contextlib.asynccontextmanager

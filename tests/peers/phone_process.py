@@ -271,7 +271,7 @@ def _run(phone: Phone, message: dict[str, Any]) -> None:
     name = message.pop("cmd")
     try:
         result = getattr(phone, f"cmd_{name}")(**message)
-    except Exception as exc:  # noqa: BLE001 - reported to the test, never fatal
+    except Exception as exc:
         emit("error", seq=seq, cmd=name, error=repr(exc))
     else:
         emit("ok", seq=seq, cmd=name, **result)

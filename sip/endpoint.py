@@ -81,6 +81,12 @@ class SipThread:
         self.endpoint: Any = None
         self.account: SipAccount | None = None
         self.calls: dict[str, SipCall] = {}  # SIP thread only
+        # Audio ports live as long as the endpoint: pjmedia 2.15 removes conference ports
+        # asynchronously, so a port destroyed mid-run may still be called by the clock thread.
+        # Each call borrows one and swaps its CallAudio in (SIP thread only).
+        self.ports: list[CallAudioPort] = []
+        self.free_ports: list[CallAudioPort] = []
+        self.idle_audio = CallAudio(settings.clock_rate)
         self._call_ids = itertools.count(1)
 
     # -- other threads ---------------------------------------------------------------------
@@ -179,6 +185,11 @@ class SipThread:
             ranks = [rank for rank, name in enumerate(keep) if codec.codecId.startswith(name)]
             ep.codecSetPriority(codec.codecId, 255 - ranks[0] if ranks else 0)
         ep.libStart()
+        for number in range(s.max_calls):
+            port = CallAudioPort(self.idle_audio)
+            port.createPort(f"call-port-{number}", port_format(s.clock_rate))
+            self.ports.append(port)
+        self.free_ports = list(self.ports)
         self.account = SipAccount(self)
         self.account.create(self._account_config())
 
@@ -232,6 +243,11 @@ class SipThread:
             self.account.shutdown()
             self.account.owner = None
             self.account = None
+        if self.endpoint is not None and self.ports:
+            # Stop the bridge's clock first: no port callback may run while ports go away.
+            self.endpoint.audDevManager().setNoDev()
+        self.free_ports.clear()
+        self.ports.clear()
         # Objects caught in reference cycles would otherwise be destroyed later by the garbage
         # collector, on another thread and after libDestroy, which aborts the process.
         gc.collect()
@@ -394,13 +410,14 @@ class SipCall(pj.Call):  # type: ignore[misc]
             if self.port is not None and self.media is not None:
                 if self.media.getPortId() == audio_media.getPortId():
                     return  # re-INVITE, hold or unhold: already bridged, never twice
-                self.media.stopTransmit(self.port)
-                self.port.stopTransmit(self.media)
+                with contextlib.suppress(pj.Error):
+                    self.media.stopTransmit(self.port)
+                    self.port.stopTransmit(self.media)
             if self.port is None:
-                self.port = CallAudioPort(self.audio)
-                self.port.createPort(
-                    f"call-{self.key}", port_format(self.owner.settings.clock_rate)
-                )
+                if not self.owner.free_ports:
+                    return  # cannot happen: one port per call slot
+                self.port = self.owner.free_ports.pop()
+                self.port.audio = self.audio
             self.media = audio_media
             audio_media.startTransmit(self.port)
             self.port.startTransmit(audio_media)
@@ -433,12 +450,15 @@ class SipCall(pj.Call):  # type: ignore[misc]
             prm.cont = False
 
     def release(self) -> None:
-        """Break the call <-> port <-> media references so nothing outlives the call."""
-        if self.port is not None and self.media is not None:
-            with contextlib.suppress(pj.Error):
-                self.media.stopTransmit(self.port)
-                self.port.stopTransmit(self.media)
-        self.port = None
+        """Give the audio port back and drop references so nothing outlives the call.
+
+        On DISCONNECTED pjsua has already removed the call's conference slot and with it the
+        connections to the port, so there is nothing to disconnect here.
+        """
+        port, self.port = self.port, None
+        if port is not None:
+            port.audio = self.owner.idle_audio
+            self.owner.free_ports.append(port)
         self.media = None
         self.audio.closed = True
 

@@ -162,6 +162,19 @@ class SipWorker:
         audio: CallAudio = await self._on_sip_thread(lambda: thread.call(call).audio)
         return audio
 
+    async def diagnostics(self) -> dict[str, int]:
+        """Conference bridge ports in use and calls held (for leak checks and metrics)."""
+        thread = self._thread
+        assert thread is not None
+
+        def read() -> dict[str, int]:
+            return {
+                "conference_ports": int(thread.endpoint.mediaActivePorts()),
+                "calls": len(thread.calls),
+            }
+
+        return await self._on_sip_thread(read)
+
     async def call_count(self) -> int:
         thread = self._thread
         assert thread is not None

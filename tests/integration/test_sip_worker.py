@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -273,3 +275,63 @@ async def test_simultaneous_calls_keep_their_audio_apart(
         other = 1700 if back == 1300 else 1300
         assert tone_level_db(heard, back, 8000) > FULL - 6
         assert tone_level_db(heard, other, 8000) < FULL - 40
+
+
+async def test_calls_in_a_row_keep_their_audio(
+    kamailio: Kamailio, make_worker: MakeWorker, phones: Phones, tmp_path: Path
+) -> None:
+    """Three calls one after another: each uplink carries that call's tone only."""
+    worker = await make_worker(worker_settings(kamailio))
+    await worker.expect(RegistrationChanged, registered=True)
+    phone = await phones("caller")
+    await phone.register(kamailio, "1001")
+    previous: list[int] = []
+    for freq in (450, 1100, 2100):
+        call, phone_call = await _call_in(worker, phone)
+        await phone.command("play", call=phone_call, wav=_tone_wav(tmp_path / f"{freq}.wav", freq))
+        uplink = await _uplink(worker, call, 40)
+        await worker.sip.hangup(call)
+        await worker.expect(CallEnded, call=call)
+        assert tone_level_db(uplink[800:], freq, 8000) > FULL - 3
+        for old in previous:
+            assert tone_level_db(uplink[800:], old, 8000) < FULL - 40
+        previous.append(freq)
+
+
+async def test_many_short_calls_leak_nothing(
+    kamailio: Kamailio, make_worker: MakeWorker, phones: Phones
+) -> None:
+    """200 short calls (answered, 100 ms of audio, hung up) leave ports, threads and files.
+
+    pjlib keeps a closed socket's ioqueue slot for 500 ms; short calls with media pace the
+    loop the way real calls would (a loop of instant calls runs out of its 64 slots).
+    """
+    worker = await make_worker(worker_settings(kamailio))
+    await worker.expect(RegistrationChanged, registered=True)
+    phone = await phones("callee")
+    await phone.register(kamailio, "1002")
+    await phone.command("mode", on_incoming="answer", answer_after_ms=0)
+
+    async def one_call() -> None:
+        call = await worker.sip.make_call("1002", ring_timeout=10)
+        await worker.expect(CallAnswered, call=call)
+        assert len(await _uplink(worker, call, 5)) == 5 * 160
+        await worker.sip.hangup(call)
+        assert (await worker.expect(CallEnded, call=call)).answered
+
+    async def settled() -> dict[str, int]:
+        await asyncio.sleep(0.5)  # conference ports are removed asynchronously
+        return await worker.sip.diagnostics()
+
+    await one_call()  # warm up: codecs, transports and caches are created once
+    before = await settled()
+    threads, files = threading.active_count(), len(os.listdir("/proc/self/fd"))
+    native_threads = len(os.listdir("/proc/self/task"))
+    for _ in range(200):
+        await one_call()
+    after = await settled()
+    assert after == before
+    assert after["calls"] == 0
+    assert threading.active_count() == threads
+    assert len(os.listdir("/proc/self/task")) <= native_threads
+    assert len(os.listdir("/proc/self/fd")) <= files

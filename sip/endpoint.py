@@ -224,16 +224,24 @@ class SipThread:
                 self.endpoint.libHandleEvents(LOOP_MS)
         account = self.account
         if account is not None and not self.settings.direct_mode:
-            try:
-                if account.getInfo().regIsActive:
-                    account.setRegistration(False)
-                    deadline = time.monotonic() + 2.0
-                    while account.getInfo().regIsActive and time.monotonic() < deadline:
-                        self.endpoint.libHandleEvents(LOOP_MS)
-            except pj.Error:
-                pass
+            self._unregister(account)
         del account  # every pjsua2 object must be gone before libDestroy
         self._destroy()
+
+    def _unregister(self, account: SipAccount) -> None:
+        """Send REGISTER with expires 0, waiting out a refresh still in flight; bounded."""
+        deadline = time.monotonic() + 3.0
+        sent = False
+        while time.monotonic() < deadline:
+            try:
+                if not account.getInfo().regIsActive:
+                    return
+                if not sent:
+                    account.setRegistration(False)
+                    sent = True
+            except pj.Error:
+                pass  # PJSIP_EBUSY: a REGISTER transaction is still running; try again
+            self.endpoint.libHandleEvents(LOOP_MS * 5)
 
     def _destroy(self) -> None:
         for call in list(self.calls.values()):

@@ -24,7 +24,7 @@ from sip.events import (
 from sip.worker import SipError
 from tests.audio import tone, tone_level_db
 from tests.integration.conftest import Recorded, worker_settings
-from tests.peers.kamailio import Kamailio
+from tests.peers.kamailio import Kamailio, running_kamailio
 from tests.peers.phone import TestPhone
 
 MakeWorker = Callable[..., Awaitable[Recorded]]
@@ -54,7 +54,7 @@ async def _call_in(worker: Recorded, phone: TestPhone) -> tuple[str, int]:
     incoming = await worker.expect(IncomingCall)
     await worker.sip.answer(incoming.call)
     await worker.expect(CallAnswered, call=incoming.call)
-    await phone.expect("media", call=dialled["call"])
+    await phone.expect("media", call=dialled["call"], status="active")
     return incoming.call, dialled["call"]
 
 
@@ -75,6 +75,17 @@ async def test_registers_and_wrong_password_is_refused(
     assert (event.registered, event.code) == (False, 401)
     assert event.retry_in is not None  # it keeps trying, with backoff
     assert bad.sip.registration.code == 401
+
+
+async def test_interval_too_brief_is_handled(make_worker: MakeWorker, tmp_path: Path) -> None:
+    """A registrar answering 423 Min-Expires 60 to expires=20 gets a 60 s registration."""
+    async with running_kamailio(tmp_path / "k423", min_expires=60) as kamailio:
+        worker = await make_worker(worker_settings(kamailio, register_expires=20))
+        event = await worker.expect(RegistrationChanged, registered=True)
+        assert event.code == 200
+        [left] = await asyncio.to_thread(kamailio.expires, "1000")
+        assert 50 <= left <= 60
+        await worker.stop()
 
 
 async def test_registration_returns_after_pbx_restart(
@@ -222,6 +233,33 @@ async def test_dtmf_both_ways(kamailio: Kamailio, make_worker: MakeWorker, phone
     assert {d.method for d in received} == {"rfc4733"}
     await worker.sip.send_dtmf(call, "*42")
     assert [(await phone.expect("dtmf"))["digit"] for _ in range(3)] == ["*", "4", "2"]
+    await phone.command("dtmf", call=phone_call, digits="7", method="info")
+    info = await worker.expect(DtmfReceived, call=call)
+    assert (info.digit, info.method) == ("7", "info")
+
+
+async def test_hold_and_unhold_keep_the_audio_bridge(
+    kamailio: Kamailio, make_worker: MakeWorker, phones: Phones, tmp_path: Path
+) -> None:
+    """After the phone holds and resumes (two re-INVITEs) its audio still reaches the worker once."""
+    worker = await make_worker(worker_settings(kamailio))
+    await worker.expect(RegistrationChanged, registered=True)
+    phone = await phones("caller")
+    await phone.register(kamailio, "1001")
+    call, phone_call = await _call_in(worker, phone)
+    before = await worker.sip.diagnostics()
+    await phone.command("hold", call=phone_call)
+    await phone.expect("media", call=phone_call, status="local_hold")
+    await phone.command("unhold", call=phone_call)
+    await phone.expect("media", call=phone_call, status="active")
+    await asyncio.sleep(0.3)  # let the re-INVITEs settle
+    assert await worker.sip.diagnostics() == before  # no second bridge, no lost port
+    audio = await worker.sip.audio(call)
+    audio.uplink.clear()
+    await phone.command("play", call=phone_call, wav=_tone_wav(tmp_path / "t.wav", 700))
+    uplink = await _uplink(worker, call, 50)
+    level = tone_level_db(uplink[800:], 700, 8000)
+    assert FULL - 3 < level < FULL + 1  # present once: a doubled bridge would add 6 dB or lag
 
 
 async def test_blind_transfer_with_refer(

@@ -63,7 +63,8 @@ loadmodule "kex.so"
 
 modparam("ctl", "binrpc", "unix:{ctl}")
 modparam("usrloc", "db_mode", 0)
-modparam("registrar", "min_expires", 5)
+modparam("registrar", "min_expires", {min_expires})
+modparam("registrar", "min_expires_mode", 1)
 modparam("registrar", "max_contacts", 10)
 modparam("auth_db", "db_url", "text://{db}")
 modparam("auth_db", "calculate_ha1", 1)
@@ -138,12 +139,13 @@ def _free_udp_port() -> int:
 class Kamailio:
     """One Kamailio process; ``start``/``stop`` may be called again (same port, same users)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, min_expires: int = 5) -> None:
         binary = shutil.which("kamailio") or "/usr/sbin/kamailio"
         assert Path(binary).exists(), "kamailio is missing: `make test` installs it"
         self.binary = binary
         self.directory = directory
         self.port = _free_udp_port()
+        self.min_expires = min_expires  # shorter registrations get 423 Interval Too Brief
         self.uri = f"sip:{DOMAIN}:{self.port}"
         self._process: subprocess.Popen[bytes] | None = None
         self._write_files()
@@ -162,7 +164,13 @@ class Kamailio:
         (db / "location").write_text(_LOCATION_HEADER + "\n")
         self.config = self.directory / "kamailio.cfg"
         self.config.write_text(
-            _CONFIG.format(port=self.port, modules=MODULES, db=db, ctl=self.directory / "ctl.sock")
+            _CONFIG.format(
+                port=self.port,
+                modules=MODULES,
+                db=db,
+                ctl=self.directory / "ctl.sock",
+                min_expires=self.min_expires,
+            )
         )
         subprocess.run([self.binary, "-c", "-f", str(self.config)], check=True, capture_output=True)
 
@@ -215,30 +223,31 @@ class Kamailio:
 
     def contacts(self, user: str) -> list[str]:
         """Contacts registered for ``user`` now (via kamcmd over the ctl socket)."""
+        return [
+            line.split("Address:", 1)[1].strip()
+            for line in self._lookup(user)
+            if "Address:" in line
+        ]
+
+    def expires(self, user: str) -> list[int]:
+        """Seconds left of each registration of ``user``."""
+        return [int(line.split(":", 1)[1]) for line in self._lookup(user) if "Expires:" in line]
+
+    def _lookup(self, user: str) -> list[str]:
+        socket_path = self.directory / "ctl.sock"
         result = subprocess.run(
-            [
-                "kamcmd",
-                "-s",
-                f"unix:{self.directory / 'ctl.sock'}",
-                "ul.lookup",
-                "location",
-                f"{user}@{DOMAIN}",
-            ],
+            ["kamcmd", "-s", f"unix:{socket_path}", "ul.lookup", "location", f"{user}@{DOMAIN}"],
             capture_output=True,
             text=True,
             timeout=10,
             check=False,
         )
-        return [
-            line.split("Address:", 1)[1].strip()
-            for line in result.stdout.splitlines()
-            if "Address:" in line
-        ]
+        return result.stdout.splitlines()
 
 
 @contextlib.asynccontextmanager
-async def running_kamailio(directory: Path):  # type: ignore[no-untyped-def]
-    kamailio = Kamailio(directory)
+async def running_kamailio(directory: Path, min_expires: int = 5):  # type: ignore[no-untyped-def]
+    kamailio = Kamailio(directory, min_expires)
     await asyncio.to_thread(kamailio.start)
     try:
         yield kamailio

@@ -4,7 +4,7 @@ Commands (one JSON object per line, each with "cmd" and an optional "seq" echoed
   register {user, password, registrar}      mode {on_incoming, answer_after_ms}
   dial {uri}                                 hangup {call}
   play {call, wav}                           record {call, wav} / stop_record {call}
-  dtmf {call, digits}                        quit
+  dtmf {call, digits, method: rfc4733|info}  hold {call} / unhold {call}      quit
 on_incoming: "answer" (after answer_after_ms), "busy" (486), "decline" (603), "ignore"
 (ring forever). Events go to stdout as JSON lines: "ok"/"error" replies, "reg", "incoming",
 "call" (state changes), "media", "dtmf", "played". pjsip's own output goes to stderr.
@@ -26,6 +26,13 @@ import pjsua2 as pj
 # pjlib prints to stdout before any configuration applies: keep stdout for the protocol only.
 _protocol = os.fdopen(os.dup(1), "w", buffering=1)
 os.dup2(2, 1)
+
+
+_MEDIA_STATUS = {
+    pj.PJSUA_CALL_MEDIA_ACTIVE: "active",
+    pj.PJSUA_CALL_MEDIA_LOCAL_HOLD: "local_hold",
+    pj.PJSUA_CALL_MEDIA_REMOTE_HOLD: "remote_hold",
+}
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -58,9 +65,11 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
         info = self.getInfo()
         for index, media in enumerate(info.media):
-            if media.type == pj.PJMEDIA_TYPE_AUDIO and media.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
+            if media.type != pj.PJMEDIA_TYPE_AUDIO:
+                continue
+            if media.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
                 self.audio = self.getAudioMedia(index)
-                emit("media", call=self.key)
+            emit("media", call=self.key, status=_MEDIA_STATUS.get(media.status, "other"))
 
     def onDtmfDigit(self, prm: pj.OnDtmfDigitParam) -> None:
         emit("dtmf", call=self.key, digit=prm.digit)
@@ -220,8 +229,23 @@ class Phone:
                 self.ep.libHandleEvents(10)
         return {}
 
-    def cmd_dtmf(self, call: int, digits: str) -> dict[str, Any]:
-        self.calls[call].dialDtmf(digits)
+    def cmd_dtmf(self, call: int, digits: str, method: str = "rfc4733") -> dict[str, Any]:
+        prm = pj.CallSendDtmfParam()
+        prm.digits = digits
+        prm.method = (
+            pj.PJSUA_DTMF_METHOD_SIP_INFO if method == "info" else pj.PJSUA_DTMF_METHOD_RFC2833
+        )
+        self.calls[call].sendDtmf(prm)
+        return {}
+
+    def cmd_hold(self, call: int) -> dict[str, Any]:
+        self.calls[call].setHold(pj.CallOpParam(True))
+        return {}
+
+    def cmd_unhold(self, call: int) -> dict[str, Any]:
+        prm = pj.CallOpParam(True)
+        prm.opt.flag = pj.PJSUA_CALL_UNHOLD
+        self.calls[call].reinvite(prm)
         return {}
 
     def cmd_quit(self) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The supervisor process's lifecycle: start in order, notify systemd, drain, stop.
 
-Order of start: API (once it listens, ``READY=1``), then the watchdog. On the first SIGTERM
+Order of start: API, SIP (once both are up, ``READY=1``), then the watchdog. On the first SIGTERM
 or SIGINT: ``STOPPING=1``, refuse new work, give the drainable components up to
 ``daemon.drain_seconds`` to finish, stop the API last (so ``/health`` answers during the
 drain), exit 0. A second signal during the drain exits at once with 128 + the signal number.
@@ -26,6 +26,8 @@ from config import LoadedSettings
 from daemon import __version__
 from daemon.logs import get_logger
 from daemon.sdnotify import Notifier, Watchdog, watchdog_interval
+from daemon.sip_service import InboundPolicy, SipService, refuse_unavailable
+from sip.endpoint import SipError
 
 log = get_logger(__name__)
 
@@ -45,9 +47,15 @@ class Component:
 
 
 class Supervisor:
-    def __init__(self, loaded: LoadedSettings, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedSettings,
+        notifier: Notifier | None = None,
+        inbound: InboundPolicy = refuse_unavailable,
+    ) -> None:
         self._loaded = loaded
         self._settings = loaded.settings
+        self._sip = SipService(loaded.settings.sip, inbound)
         self._notifier = notifier if notifier is not None else Notifier.from_environ()
         self._components: list[Component] = []
         self._started_at = time.monotonic()
@@ -55,6 +63,7 @@ class Supervisor:
         self._stopping = False
         self._api: ApiServer | None = None
         self._watchdog: Watchdog | None = None
+        self._sip_started = False
 
     def add_component(self, component: Component) -> None:
         self._components.append(component)
@@ -66,7 +75,7 @@ class Supervisor:
 
     def health(self) -> HealthReport:
         registration_needed = not self._settings.sip.direct_mode
-        sip_registered = False  # no SIP worker reports a registration yet
+        sip_registered = self._sip.registered
         healthy = not self._stopping and (sip_registered or not registration_needed)
         return HealthReport(
             status="healthy" if healthy else "unhealthy",
@@ -99,9 +108,10 @@ class Supervisor:
         try:
             try:
                 await self._start()
-            except ApiStartError as exc:
+            except (ApiStartError, SipError) as exc:
                 log.error("daemon.start_failed", error=str(exc))
                 return 1
+
             await self._stop_requested.wait()
             await self._drain()
             return 0
@@ -123,6 +133,9 @@ class Supervisor:
                 hint="set api.token: the API is reachable beyond this machine",
             )
 
+        await self._sip.start()
+        self._sip_started = True
+        self.add_component(Component("sip", drain=self._sip.drain, probe=self._sip.probe))
         self._notifier.notify("READY=1", f"STATUS=serving the API on {host}:{port}")
         log.info("daemon.ready", startup_ms=round((time.monotonic() - self._started_at) * 1000))
 
@@ -163,6 +176,9 @@ class Supervisor:
         if self._watchdog is not None:
             await asyncio.to_thread(self._watchdog.stop)
             self._watchdog = None
+        if self._sip_started:
+            await self._sip.stop()
+            self._sip_started = False
         if self._api is not None:
             await self._api.stop(API_STOP_SECONDS)
             self._api = None

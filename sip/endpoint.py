@@ -17,12 +17,15 @@ import contextlib
 import gc
 import heapq
 import itertools
+import logging
+import os
 import queue
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import pjsua2 as pj
 
@@ -88,6 +91,7 @@ class SipThread:
         self.free_ports: list[CallAudioPort] = []
         self.idle_audio = CallAudio(settings.clock_rate)
         self._call_ids = itertools.count(1)
+        self._log_writer = PjLogWriter()  # referenced for as long as pjsua2 may log
 
     # -- other threads ---------------------------------------------------------------------
 
@@ -124,7 +128,12 @@ class SipThread:
     def _run(self) -> None:
         try:
             self._init()
-        except BaseException as exc:
+        except BaseException as exc:  # reported to start()'s caller
+            if isinstance(exc, pj.Error):
+                exc = SipError(
+                    f"SIP start failed on {self.settings.bind}:{self.port}: {exc.reason} "
+                    f"(in {exc.title})"
+                )
             self._destroy()
             _endpoint_in_use.release()
             self._started.set_exception(exc)
@@ -158,7 +167,10 @@ class SipThread:
     def _init(self) -> None:
         s = self.settings
         ep = pj.Endpoint()
-        ep.libCreate()
+        with _stdout_to_stderr():
+            # pjlib prints its start-up lines to stdout before any log setting applies;
+            # stdout carries the daemon's JSON log lines.
+            ep.libCreate()
         self.endpoint = ep
         config = pj.EpConfig()
         config.uaConfig.threadCnt = 0
@@ -171,8 +183,10 @@ class SipThread:
         config.medConfig.ecTailLen = 0
         config.medConfig.noVad = True
         config.medConfig.ptime = 20
-        config.logConfig.level = 2
-        config.logConfig.consoleLevel = 2
+        config.logConfig.level = 3
+        config.logConfig.consoleLevel = 3
+        config.logConfig.decor = pj.PJ_LOG_HAS_SENDER
+        config.logConfig.writer = self._log_writer
         ep.libInit(config)
         transport = pj.TransportConfig()
         transport.boundAddress = s.bind
@@ -290,6 +304,22 @@ class SipThread:
             return self.calls[key]
         except KeyError:
             raise SipError(f"no call {key!r} on this worker") from None
+
+
+class PjLogWriter(pj.LogWriter):  # type: ignore[misc]
+    """pjsip's log lines as ``pjsip`` log records (errors and warnings at their level)."""
+
+    _LEVELS: ClassVar[dict[int, int]] = {
+        0: logging.ERROR,
+        1: logging.ERROR,
+        2: logging.WARNING,
+        3: logging.DEBUG,
+    }
+
+    def write(self, entry: Any) -> None:  # any pjsip thread
+        logging.getLogger("pjsip").log(
+            self._LEVELS.get(int(entry.level), logging.DEBUG), str(entry.msg).strip()
+        )
 
 
 class SipAccount(pj.Account):  # type: ignore[misc]
@@ -469,6 +499,18 @@ class SipCall(pj.Call):  # type: ignore[misc]
             self.owner.free_ports.append(port)
         self.media = None
         self.audio.closed = True
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _registrar_host(settings: SipSettings) -> str:

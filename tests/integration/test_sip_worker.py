@@ -241,7 +241,7 @@ async def test_dtmf_both_ways(kamailio: Kamailio, make_worker: MakeWorker, phone
 async def test_hold_and_unhold_keep_the_audio_bridge(
     kamailio: Kamailio, make_worker: MakeWorker, phones: Phones, tmp_path: Path
 ) -> None:
-    """After the phone holds and resumes (two re-INVITEs) its audio still reaches the worker once."""
+    """Hold then resume (two re-INVITEs): the phone's audio still reaches the worker, once."""
     worker = await make_worker(worker_settings(kamailio))
     await worker.expect(RegistrationChanged, registered=True)
     phone = await phones("caller")

@@ -1,0 +1,33 @@
+"""The real supervisor, with an inbound policy that answers every call and plays silence.
+
+Run as a script by the e2e tests that need calls up inside the daemon process (the product's
+own policy refuses inbound calls until the inbound agent exists).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from config import load_settings
+from daemon.logs import configure_logging, get_logger
+from daemon.supervisor import Supervisor
+from sip.events import IncomingCall
+from sip.worker import SipWorker
+
+log = get_logger("answering")
+
+
+async def answer(worker: SipWorker, call: IncomingCall) -> None:
+    await worker.answer(call.call)
+    log.info("test.answered", call_id=call.call)
+
+
+def main() -> int:
+    loaded = load_settings(None)
+    configure_logging(loaded.settings.log.level, loaded.settings.log.format)
+    return asyncio.run(Supervisor(loaded, inbound=answer).run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

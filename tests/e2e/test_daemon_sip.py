@@ -1,0 +1,105 @@
+"""The daemon process with SIP: registration in /health, calls refused or drained on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, SIPAI
+from tests.peers.kamailio import password, running_kamailio
+from tests.peers.phone import TestPhone
+
+pytestmark = pytest.mark.e2e
+
+
+async def _health(port: int, timeout: float = 20.0, registered: bool = True) -> dict[str, object]:
+    async with httpx.AsyncClient() as client, asyncio.timeout(timeout):
+        while True:
+            try:
+                body: dict[str, object] = (
+                    await client.get(f"http://127.0.0.1:{port}/health")
+                ).json()
+                if body["sip_registered"] is registered:
+                    return body
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+
+
+def _env(daemon_env: dict[str, str], registrar: str) -> dict[str, str]:
+    return daemon_env | {
+        "SIPAI_SIP__REGISTRAR": registrar,
+        "SIPAI_SIP__PASSWORD": password("1000"),
+        "SIPAI_SIP__RTP_PORT_MIN": "41000",
+        "SIPAI_SIP__RTP_PORT_MAX": "41099",
+    }
+
+
+async def test_registered_daemon_refuses_calls_without_an_agent(
+    daemon_env: dict[str, str], tmp_path: Path
+) -> None:
+    """/health reports the registration; an inbound call is refused with 480, not dropped."""
+    async with running_kamailio(tmp_path / "k") as kamailio:
+        daemon = await asyncio.create_subprocess_exec(
+            SIPAI, "run", env=_env(daemon_env, kamailio.uri), stdout=asyncio.subprocess.PIPE
+        )
+        phone = await TestPhone.start("caller")
+        try:
+            body = await _health(int(daemon_env["SIPAI_API__PORT"]))
+            assert body["status"] == "healthy"
+            await phone.register(kamailio, "1001")
+            dialled = await phone.command("dial", uri="sip:1000@127.0.0.1")
+            ended = await phone.expect("call", call=dialled["call"], state="DISCONNECTED")
+            assert ended["code"] == 480
+        finally:
+            await phone.close()
+            daemon.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(daemon.wait(), 15) == 0
+        assert daemon.stdout is not None
+        events = [json.loads(line) for line in (await daemon.stdout.read()).splitlines()]
+        refused = [e for e in events if e["event"] == "call.refused"]
+        assert refused[0]["sip_code"] == 480
+
+
+async def test_sigterm_with_calls_up_drains_and_exits_0(
+    daemon_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Two calls up: SIGTERM hangs them up after the drain bound, un-REGISTERs, exits 0."""
+    async with running_kamailio(tmp_path / "k") as kamailio:
+        env = _env(daemon_env, kamailio.uri) | {"SIPAI_DAEMON__DRAIN_SECONDS": "1"}
+        daemon = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(ROOT / "tests" / "e2e" / "answering_supervisor.py"),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        phones = [await TestPhone.start("a"), await TestPhone.start("b")]
+        try:
+            await _health(int(daemon_env["SIPAI_API__PORT"]))
+            calls = []
+            for phone, user in zip(phones, ("1001", "1002"), strict=True):
+                await phone.register(kamailio, user)
+                dialled = await phone.command("dial", uri="sip:1000@127.0.0.1")
+                await phone.expect("call", call=dialled["call"], state="CONFIRMED")
+                calls.append(dialled["call"])
+            stopped_at = time.monotonic()
+            daemon.send_signal(signal.SIGTERM)
+            for phone, call in zip(phones, calls, strict=True):
+                bye = await phone.expect("call", call=call, state="DISCONNECTED", timeout=10)
+                assert bye["code"] == 200
+            assert await asyncio.wait_for(daemon.wait(), 15) == 0
+            assert time.monotonic() - stopped_at < 1 + 5
+            assert await asyncio.to_thread(kamailio.contacts, "1000") == []
+        finally:
+            for phone in phones:
+                await phone.close()
+            if daemon.returncode is None:
+                daemon.kill()
+                await daemon.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import socket
 import time
@@ -13,8 +14,8 @@ from typing import Any
 import pytest
 
 from config.schema import SipSettings
-from sip.events import SipEvent
-from sip.worker import SipWorker
+from sip.events import IncomingCall, SipEvent
+from sip.worker import SipError, SipWorker
 from tests.conftest import free_port
 from tests.peers.kamailio import Kamailio, password, running_kamailio
 from tests.peers.phone import TestPhone
@@ -53,6 +54,7 @@ class Recorded:
         self._consumed: set[int] = set()
         self._changed = asyncio.Condition()
         self._task = asyncio.create_task(self._collect())
+        self._answering: asyncio.Task[None] | None = None
 
     async def _collect(self) -> None:
         async for event in self.sip.events():
@@ -81,9 +83,22 @@ class Recorded:
                 f"no {kind.__name__} {fields} within {timeout} s; events: {self.events}"
             ) from None
 
+    def answer_all(self) -> None:
+        """From now on answer every inbound call (as an agent would)."""
+
+        async def answer() -> None:
+            while True:
+                event = await self.expect(IncomingCall, timeout=3600)
+                with contextlib.suppress(SipError):  # the caller may have given up already
+                    await self.sip.answer(event.call)
+
+        self._answering = asyncio.create_task(answer())
+
     async def stop(self) -> None:
         await self.sip.stop()  # idempotent
         self._task.cancel()
+        if self._answering is not None:
+            self._answering.cancel()
 
 
 @pytest.fixture

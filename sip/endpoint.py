@@ -518,7 +518,9 @@ def _registrar_host(settings: SipSettings) -> str:
         return ""
     rest = settings.registrar.split(":", 1)[1]
     rest = rest.split(";", 1)[0].split("@")[-1]
-    return rest.rsplit(":", 1)[0] if rest.count(":") == 1 else rest
+    if rest.startswith("["):  # IPv6 reference
+        return rest[: rest.index("]") + 1]
+    return rest.split(":", 1)[0]
 
 
 def _display_name(uri: str) -> str:

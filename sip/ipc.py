@@ -1,0 +1,226 @@
+"""The supervisor <-> SIP worker protocol, over one Unix stream socket per worker.
+
+Frames are a 4-byte big-endian length and that many bytes of UTF-8 JSON (at most
+``MAX_FRAME`` bytes). Each frame is an envelope::
+
+    {"v": 1, "kind": "request" | "response" | "event", "type": "...", "id": 7, "body": {...}}
+
+Either side may send requests (the supervisor: ``make_call``, ``hangup``, ``ping``...; a
+worker: ``claim``); each gets exactly one response with the same ``id``, whose body is the
+result or ``{"error": "..."}``. Events have no id and get no response.
+
+Robustness: a frame that is too long, not JSON or not a valid envelope is answered (when it
+has an id) or logged, and never crashes the reader; a request of an unknown type gets an
+error response; a peer that goes away fails every request still waiting with
+:class:`IpcClosed`. Writes wait for the socket (``drain``), so a slow reader slows the writer
+instead of growing its memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from daemon.logs import get_logger
+
+log = get_logger(__name__)
+
+VERSION = 1
+MAX_FRAME = 1 << 20
+_HEADER = struct.Struct(">I")
+
+Body = dict[str, Any]
+RequestHandler = Callable[[str, Body], Awaitable[Body]]
+EventHandler = Callable[[str, Body], None]
+
+
+class IpcError(Exception):
+    """The peer answered a request with an error."""
+
+
+class IpcClosed(IpcError):
+    """The connection is gone (the peer exited, crashed or closed it)."""
+
+
+class Envelope(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    v: Literal[1]
+    kind: Literal["request", "response", "event"]
+    type: str = Field(min_length=1, max_length=64)
+    id: int | None = None
+    body: Body = Field(default_factory=dict)
+
+
+def encode(envelope: Envelope) -> bytes:
+    payload = envelope.model_dump_json(exclude_none=True).encode()
+    if len(payload) > MAX_FRAME:
+        raise ValueError(f"IPC frame of {len(payload)} bytes exceeds {MAX_FRAME}")
+    return _HEADER.pack(len(payload)) + payload
+
+
+class Connection:
+    """One end of the protocol over an asyncio stream pair; ``run()`` reads until EOF."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        name: str,
+        on_request: RequestHandler | None = None,
+        on_event: EventHandler | None = None,
+    ) -> None:
+        self.name = name
+        self._reader = reader
+        self._writer = writer
+        self._on_request = on_request
+        self._on_event = on_event
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Body]] = {}
+        self._write_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = asyncio.Event()
+        self.bad_frames = 0
+
+    async def request(self, type_: str, body: Body | None = None, timeout: float = 10.0) -> Body:
+        """Send a request and return the response body; raise IpcError/IpcClosed/TimeoutError."""
+        if self.closed.is_set():
+            raise IpcClosed(f"{self.name}: connection closed")
+        request_id = next(self._ids)
+        future: asyncio.Future[Body] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            await self._send(
+                Envelope(v=1, kind="request", type=type_, id=request_id, body=body or {})
+            )
+            async with asyncio.timeout(timeout):
+                result = await future
+        finally:
+            self._pending.pop(request_id, None)
+        if "error" in result:
+            raise IpcError(f"{self.name}: {type_}: {result['error']}")
+        return result
+
+    async def event(self, type_: str, body: Body | None = None) -> None:
+        await self._send(Envelope(v=1, kind="event", type=type_, body=body or {}))
+
+    async def _send(self, envelope: Envelope) -> None:
+        data = encode(envelope)
+        async with self._write_lock:
+            if self.closed.is_set():
+                raise IpcClosed(f"{self.name}: connection closed")
+            try:
+                self._writer.write(data)
+                await self._writer.drain()
+            except (ConnectionError, RuntimeError) as exc:
+                self._close()
+                raise IpcClosed(f"{self.name}: {exc}") from None
+
+    async def run(self) -> None:
+        """Read and dispatch frames until the peer closes or the stream breaks."""
+        try:
+            while True:
+                header = await self._reader.readexactly(_HEADER.size)
+                (length,) = _HEADER.unpack(header)
+                if length > MAX_FRAME:
+                    log.error("ipc.frame_too_long", peer=self.name, length=length)
+                    break  # the stream cannot be resynchronised
+                payload = await self._reader.readexactly(length)
+                self._dispatch(payload)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self._close()
+
+    def _dispatch(self, payload: bytes) -> None:
+        try:
+            envelope = Envelope.model_validate_json(payload)
+        except ValidationError as exc:
+            self.bad_frames += 1
+            log.warning("ipc.bad_frame", peer=self.name, error=_first_error(exc))
+            request_id = _request_id(payload)
+            if request_id is not None:
+                self._spawn(self._respond(request_id, "invalid", {"error": "invalid frame"}))
+            return
+        if envelope.kind == "response":
+            future = self._pending.get(envelope.id or 0)
+            if future is not None and not future.done():
+                future.set_result(envelope.body)
+        elif envelope.kind == "event":
+            if self._on_event is not None:
+                try:
+                    self._on_event(envelope.type, envelope.body)
+                except Exception as exc:
+                    log.error(
+                        "ipc.event_failed", peer=self.name, type=envelope.type, error=repr(exc)
+                    )
+        elif envelope.id is None:
+            self.bad_frames += 1
+            log.warning("ipc.bad_frame", peer=self.name, error="request without id")
+        else:
+            self._spawn(self._serve(envelope.id, envelope.type, envelope.body))
+
+    async def _serve(self, request_id: int, type_: str, body: Body) -> None:
+        if self._on_request is None:
+            result: Body = {"error": f"unknown request type {type_!r}"}
+        else:
+            try:
+                result = await self._on_request(type_, body)
+            except UnknownRequest:
+                result = {"error": f"unknown request type {type_!r}"}
+            except Exception as exc:
+                result = {"error": str(exc) or repr(exc)}
+        await self._respond(request_id, type_, result)
+
+    async def _respond(self, request_id: int, type_: str, body: Body) -> None:
+        with contextlib.suppress(IpcClosed):
+            await self._send(Envelope(v=1, kind="response", type=type_, id=request_id, body=body))
+
+    def _spawn(self, coroutine: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _close(self) -> None:
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(IpcClosed(f"{self.name}: connection closed"))
+        self._writer.close()
+
+    async def aclose(self) -> None:
+        self._close()
+        with contextlib.suppress(ConnectionError):
+            await self._writer.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+
+
+class UnknownRequest(Exception):
+    """Raised by a request handler for a type it does not serve."""
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(p) for p in error["loc"])
+    return f"{where}: {error['msg']}" if where else str(error["msg"])
+
+
+def _request_id(payload: bytes) -> int | None:
+    """The id of a malformed request, if one can be read, so it can still be answered."""
+    try:
+        data = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(data, dict) and data.get("kind") == "request" and isinstance(data.get("id"), int):
+        return int(data["id"])
+    return None

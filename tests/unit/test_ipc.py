@@ -1,0 +1,132 @@
+"""The worker IPC protocol over a real Unix stream socket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sip.ipc import MAX_FRAME, Connection, IpcClosed, IpcError, UnknownRequest
+
+
+class Pair:
+    """A server-side Connection and a client-side Connection on one socket."""
+
+    server: Connection
+    client: Connection
+    raw_writer: asyncio.StreamWriter
+
+
+@pytest.fixture
+async def pair(short_tmp: Path) -> AsyncIterator[Pair]:
+    result = Pair()
+    accepted = asyncio.Event()
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    async def serve(type_: str, body: dict[str, Any]) -> dict[str, Any]:
+        if type_ == "add":
+            return {"sum": body["a"] + body["b"]}
+        if type_ == "fail":
+            raise RuntimeError("no such call w0-9")
+        if type_ == "slow":
+            await asyncio.sleep(30)
+        raise UnknownRequest
+
+    def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        result.server = Connection(
+            reader, writer, "worker-0", serve, lambda t, b: events.append((t, b))
+        )
+        asyncio.ensure_future(result.server.run())
+        accepted.set()
+
+    path = str(short_tmp / "w0.sock")
+    server = await asyncio.start_unix_server(on_connect, path)
+    reader, writer = await asyncio.open_unix_connection(path)
+    result.raw_writer = writer
+
+    async def claim(type_: str, body: dict[str, Any]) -> dict[str, Any]:
+        return {"granted": body["sip_call_id"] == "abc"}
+
+    result.client = Connection(reader, writer, "supervisor", claim)
+    client_task = asyncio.ensure_future(result.client.run())
+    await accepted.wait()
+    result.server.events = events  # type: ignore[attr-defined]
+    yield result
+    await result.client.aclose()
+    await result.server.aclose()
+    client_task.cancel()
+    server.close()
+
+
+async def test_requests_both_ways_and_events(pair: Pair) -> None:
+    """Each side can ask the other; events arrive in order without replies."""
+    assert await pair.client.request("add", {"a": 2, "b": 3}) == {"sum": 5}
+    assert await pair.server.request("claim", {"sip_call_id": "abc"}) == {"granted": True}
+    await pair.client.event("registration", {"registered": True})
+    await pair.client.event("call", {"n": 1})
+    await asyncio.sleep(0.05)
+    assert pair.server.events == [  # type: ignore[attr-defined]
+        ("registration", {"registered": True}),
+        ("call", {"n": 1}),
+    ]
+
+
+async def test_errors_and_unknown_types_come_back_as_errors(pair: Pair) -> None:
+    """A handler's exception and an unknown request type are answered, not fatal."""
+    with pytest.raises(IpcError, match="no such call w0-9"):
+        await pair.client.request("fail")
+    with pytest.raises(IpcError, match="unknown request type 'teleport'"):
+        await pair.client.request("teleport")
+    assert await pair.client.request("add", {"a": 1, "b": 1}) == {"sum": 2}
+
+
+def _frame(payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + payload
+
+
+async def test_malformed_frames_are_survived(pair: Pair) -> None:
+    """Junk, wrong versions and missing fields are counted; a request id still gets an error."""
+    writer = pair.raw_writer
+    for junk in (
+        b"not json",
+        b"[1, 2]",
+        json.dumps({"v": 2, "kind": "event", "type": "x"}).encode(),
+        json.dumps({"v": 1, "kind": "gossip", "type": "x"}).encode(),
+        json.dumps({"v": 1, "kind": "request", "type": "add"}).encode(),  # no id
+        json.dumps({"v": 1, "kind": "request", "type": "", "id": 99}).encode(),
+    ):
+        writer.write(_frame(junk))
+    await writer.drain()
+    assert await pair.client.request("add", {"a": 4, "b": 5}) == {"sum": 9}
+    assert pair.server.bad_frames == 6
+
+
+async def test_oversized_frame_closes_only_that_connection(pair: Pair) -> None:
+    """A length beyond MAX_FRAME ends the connection cleanly; waiting requests fail."""
+    waiting = asyncio.ensure_future(pair.client.request("slow", timeout=20))
+    await asyncio.sleep(0.05)
+    pair.raw_writer.write(struct.pack(">I", MAX_FRAME + 1))
+    await pair.raw_writer.drain()
+    await asyncio.wait_for(pair.server.closed.wait(), 5)
+    with pytest.raises(IpcClosed):
+        await asyncio.wait_for(waiting, 5)
+
+
+async def test_peer_vanishing_mid_message(pair: Pair) -> None:
+    """Half a frame, then the peer is gone: the reader ends, pending requests fail."""
+    waiting = asyncio.ensure_future(pair.server.request("claim", {"sip_call_id": "x"}, timeout=20))
+    await asyncio.sleep(0.05)
+    payload = json.dumps({"v": 1, "kind": "event", "type": "call", "body": {}}).encode()
+    pair.raw_writer.write(_frame(payload)[:7])
+    await pair.raw_writer.drain()
+    pair.raw_writer.close()
+    await asyncio.wait_for(pair.server.closed.wait(), 5)
+    with pytest.raises(IpcClosed):
+        await asyncio.wait_for(waiting, 5)
+    with pytest.raises(IpcClosed):
+        await asyncio.wait_for(pair.server.request("add", {"a": 1, "b": 2}), 5)

@@ -89,7 +89,7 @@ class Connection:
         self.closed = asyncio.Event()
         self.bad_frames = 0
 
-    async def request(self, type_: str, body: Body | None = None, timeout: float = 10.0) -> Body:
+    async def request(self, type_: str, body: Body | None = None, within: float = 10.0) -> Body:
         """Send a request and return the response body; raise IpcError/IpcClosed/TimeoutError."""
         if self.closed.is_set():
             raise IpcClosed(f"{self.name}: connection closed")
@@ -100,7 +100,7 @@ class Connection:
             await self._send(
                 Envelope(v=1, kind="request", type=type_, id=request_id, body=body or {})
             )
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(within):
                 result = await future
         finally:
             self._pending.pop(request_id, None)

@@ -20,6 +20,7 @@ class Pair:
     server: Connection
     client: Connection
     raw_writer: asyncio.StreamWriter
+    server_task: asyncio.Future[None]
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ async def pair(short_tmp: Path) -> AsyncIterator[Pair]:
         result.server = Connection(
             reader, writer, "worker-0", serve, lambda t, b: events.append((t, b))
         )
-        asyncio.ensure_future(result.server.run())
+        result.server_task = asyncio.ensure_future(result.server.run())
         accepted.set()
 
     path = str(short_tmp / "w0.sock")
@@ -50,6 +51,8 @@ async def pair(short_tmp: Path) -> AsyncIterator[Pair]:
     result.raw_writer = writer
 
     async def claim(type_: str, body: dict[str, Any]) -> dict[str, Any]:
+        if type_ == "slow":
+            await asyncio.sleep(30)
         return {"granted": body["sip_call_id"] == "abc"}
 
     result.client = Connection(reader, writer, "supervisor", claim)
@@ -108,7 +111,7 @@ async def test_malformed_frames_are_survived(pair: Pair) -> None:
 
 async def test_oversized_frame_closes_only_that_connection(pair: Pair) -> None:
     """A length beyond MAX_FRAME ends the connection cleanly; waiting requests fail."""
-    waiting = asyncio.ensure_future(pair.client.request("slow", timeout=20))
+    waiting = asyncio.ensure_future(pair.client.request("slow", within=20))
     await asyncio.sleep(0.05)
     pair.raw_writer.write(struct.pack(">I", MAX_FRAME + 1))
     await pair.raw_writer.drain()
@@ -119,7 +122,7 @@ async def test_oversized_frame_closes_only_that_connection(pair: Pair) -> None:
 
 async def test_peer_vanishing_mid_message(pair: Pair) -> None:
     """Half a frame, then the peer is gone: the reader ends, pending requests fail."""
-    waiting = asyncio.ensure_future(pair.server.request("claim", {"sip_call_id": "x"}, timeout=20))
+    waiting = asyncio.ensure_future(pair.server.request("slow", within=20))
     await asyncio.sleep(0.05)
     payload = json.dumps({"v": 1, "kind": "event", "type": "call", "body": {}}).encode()
     pair.raw_writer.write(_frame(payload)[:7])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,6 +22,8 @@ class HealthReport:
     sip_registered: bool
     version: str
     uptime_seconds: float
+    active_calls: int
+    workers: list[dict[str, Any]]  # per SIP worker: up, registered, calls, restarts...
 
 
 HealthSource = Callable[[], HealthReport]

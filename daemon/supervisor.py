@@ -26,8 +26,8 @@ from config import LoadedSettings
 from daemon import __version__
 from daemon.logs import get_logger
 from daemon.sdnotify import Notifier, Watchdog, watchdog_interval
-from daemon.sip_service import InboundPolicy, SipService, refuse_unavailable
-from sip.endpoint import SipError
+from daemon.workers import WorkerPool, WorkerStartError
+from sip.events import CallEnded, SipEvent
 
 log = get_logger(__name__)
 
@@ -51,11 +51,11 @@ class Supervisor:
         self,
         loaded: LoadedSettings,
         notifier: Notifier | None = None,
-        inbound: InboundPolicy = refuse_unavailable,
+        inbound_policy: str | None = None,
     ) -> None:
         self._loaded = loaded
         self._settings = loaded.settings
-        self._sip = SipService(loaded.settings.sip, inbound)
+        self._sip = WorkerPool(loaded.settings, inbound_policy, self._on_sip_event)
         self._notifier = notifier if notifier is not None else Notifier.from_environ()
         self._components: list[Component] = []
         self._started_at = time.monotonic()
@@ -82,7 +82,21 @@ class Supervisor:
             sip_registered=sip_registered,
             version=__version__,
             uptime_seconds=round(time.monotonic() - self._started_at, 3),
+            active_calls=self._sip.active_calls,
+            workers=self._sip.summary(),
         )
+
+    def _on_sip_event(self, worker: int, event: SipEvent) -> None:
+        if isinstance(event, CallEnded):
+            log.info(
+                "call.ended",
+                call_id=event.call,
+                worker=worker,
+                sip_code=event.code,
+                reason=event.reason,
+                local_cause=event.local_cause or None,
+                answered=event.answered,
+            )
 
     def request_stop(self, signum: int | None = None) -> None:
         """First call starts the drain; a second signal exits the process at once."""
@@ -108,7 +122,7 @@ class Supervisor:
         try:
             try:
                 await self._start()
-            except (ApiStartError, SipError) as exc:
+            except (ApiStartError, WorkerStartError) as exc:
                 log.error("daemon.start_failed", error=str(exc))
                 return 1
 
@@ -133,8 +147,8 @@ class Supervisor:
                 hint="set api.token: the API is reachable beyond this machine",
             )
 
+        self._sip_started = True  # so that a partial start is stopped too
         await self._sip.start()
-        self._sip_started = True
         self.add_component(Component("sip", drain=self._sip.drain, probe=self._sip.probe))
         self._notifier.notify("READY=1", f"STATUS=serving the API on {host}:{port}")
         log.info("daemon.ready", startup_ms=round((time.monotonic() - self._started_at) * 1000))

@@ -26,7 +26,8 @@ async def answer(worker: SipWorker, call: IncomingCall) -> None:
 def main() -> int:
     loaded = load_settings(None)
     configure_logging(loaded.settings.log.level, loaded.settings.log.format)
-    return asyncio.run(Supervisor(loaded, inbound=answer).run())
+    policy = "tests.e2e.answering_supervisor:answer"
+    return asyncio.run(Supervisor(loaded, inbound_policy=policy).run())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,407 @@
+"""The SIP worker processes, seen from the supervisor.
+
+:class:`WorkerPool` runs ``sip.workers`` processes (``python -m sip.process``). Worker ``i``
+connects to ``RUNTIME_DIR/worker-i.sock``, gets its settings (SIP port ``sip.port + i``, its
+slice of the RTP range), registers the same extension with its own Contact and reports events.
+The pool:
+
+- restarts a worker that dies, with capped backoff, and reports each call it held as ended
+  with ``local_cause = "worker_died"``;
+- arbitrates inbound claims: the PBX forks one INVITE (one SIP Call-ID) to every contact; the
+  first worker to claim a Call-ID answers, the others reply 486;
+- dispatches outbound calls to the connected worker with the most free slots;
+- aggregates registration and calls for ``/health``, probes every worker for the watchdog,
+  drains calls on stop and shuts the workers down in order.
+
+Everything here runs on the supervisor's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from config import Settings
+from daemon.logs import get_logger
+from sip.events import (
+    CallAnswered,
+    CallEnded,
+    CallRinging,
+    DtmfReceived,
+    IncomingCall,
+    MediaStats,
+    RegistrationChanged,
+    SipEvent,
+    TransferProgress,
+)
+from sip.ipc import Body, Connection, IpcClosed, IpcError, UnknownRequest
+
+log = get_logger(__name__)
+
+READY_SECONDS = 30.0
+STOP_SECONDS = 10.0
+CLAIM_MEMORY_SECONDS = 300.0
+RESTART_BACKOFF_CAP = 30.0
+
+_EVENT_TYPES: dict[str, type[Any]] = {
+    cls.__name__: cls
+    for cls in (
+        RegistrationChanged,
+        IncomingCall,
+        CallRinging,
+        CallAnswered,
+        CallEnded,
+        DtmfReceived,
+        TransferProgress,
+    )
+}
+
+
+def decode_event(body: Body) -> SipEvent:
+    fields = dict(body)
+    cls = _EVENT_TYPES[fields.pop("type")]
+    if cls is CallEnded and fields.get("stats") is not None:
+        fields["stats"] = MediaStats(**fields["stats"])
+    event: SipEvent = cls(**fields)
+    return event
+
+
+class WorkerStartError(Exception):
+    """A SIP worker could not be started."""
+
+
+class NoFreeWorker(Exception):
+    """Every worker is busy (or none is running)."""
+
+
+@dataclass
+class WorkerState:
+    index: int
+    socket_path: Path
+    process: asyncio.subprocess.Process | None = None
+    conn: Connection | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    registered: bool = False
+    registration_code: int = 0
+    calls: set[str] = field(default_factory=set)
+    restarts: int = 0
+    pid: int | None = None
+    reader: asyncio.Future[None] | None = None  # the IPC connection's read loop
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "pid": self.pid,
+            "up": self.ready.is_set(),
+            "registered": self.registered,
+            "registration_code": self.registration_code,
+            "calls": len(self.calls),
+            "restarts": self.restarts,
+        }
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        settings: Settings,
+        inbound_policy: str | None = None,
+        on_event: Callable[[int, SipEvent], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.inbound_policy = inbound_policy
+        self._on_event = on_event
+        runtime = settings.daemon.runtime_dir or os.environ.get("RUNTIME_DIRECTORY", "")
+        self._own_dir = not runtime
+        self.runtime_dir = Path(runtime or tempfile.mkdtemp(prefix="sipai-"))
+        self.workers = [
+            WorkerState(i, self.runtime_dir / f"worker-{i}.sock")
+            for i in range(settings.sip.workers)
+        ]
+        self._servers: list[asyncio.Server] = []
+        self._supervise: list[asyncio.Task[None]] = []
+        self._claims: dict[str, tuple[int, float]] = {}
+        self._stopping = False
+        self._calls_changed = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start every worker and wait until each has its SIP endpoint up."""
+        self.runtime_dir.mkdir(parents=True, exist_ok=True)
+        for state in self.workers:
+            with contextlib.suppress(FileNotFoundError):
+                state.socket_path.unlink()
+            server = await asyncio.start_unix_server(
+                self._acceptor(state), path=str(state.socket_path)
+            )
+            state.socket_path.chmod(0o600)
+            self._servers.append(server)
+            await self._spawn(state)
+        await asyncio.gather(*(self._wait_ready(s) for s in self.workers))
+        for state in self.workers:
+            self._supervise.append(asyncio.create_task(self._watch(state)))
+
+    async def _spawn(self, state: WorkerState) -> None:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS")
+        }
+        state.ready.clear()
+        state.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "sip.process",
+            "--socket",
+            str(state.socket_path),
+            "--index",
+            str(state.index),
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+        state.pid = state.process.pid
+        log.info("worker.spawned", worker=state.index, pid=state.pid)
+
+    async def _wait_ready(self, state: WorkerState) -> None:
+        assert state.process is not None
+        ready = asyncio.ensure_future(state.ready.wait())
+        exited = asyncio.ensure_future(state.process.wait())
+        try:
+            await asyncio.wait(
+                {ready, exited}, timeout=READY_SECONDS, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            ready.cancel()
+            exited.cancel()
+        if state.ready.is_set():
+            return
+        code = state.process.returncode
+        if code is None:
+            state.process.kill()
+            raise WorkerStartError(f"SIP worker {state.index} not ready within {READY_SECONDS} s")
+        raise WorkerStartError(
+            f"SIP worker {state.index} exited with code {code} during start-up "
+            f"(SIP port {self.settings.sip.port + state.index}; see its log lines)"
+        )
+
+    async def _watch(self, state: WorkerState) -> None:
+        """Restart the worker whenever it exits while the pool is running."""
+        failures = 0
+        while True:
+            assert state.process is not None
+            code = await state.process.wait()
+            if self.stopping():
+                return
+            self._worker_died(state, code)
+            failures += 1
+            jitter = random.uniform(0.8, 1.2)  # noqa: S311 - not cryptographic
+            delay = min(RESTART_BACKOFF_CAP, 0.5 * 2 ** (failures - 1)) * jitter
+            log.warning(
+                "worker.restarting", worker=state.index, exit_code=code, in_seconds=round(delay, 2)
+            )
+            await asyncio.sleep(delay)
+            if self.stopping():
+                return
+            state.restarts += 1
+            await self._spawn(state)
+            try:
+                async with asyncio.timeout(READY_SECONDS):
+                    await state.ready.wait()
+                failures = 0
+            except TimeoutError:
+                log.error("worker.not_ready", worker=state.index)
+                if state.process.returncode is None:
+                    state.process.kill()
+
+    def _worker_died(self, state: WorkerState, code: int) -> None:
+        log.error("worker.died", worker=state.index, exit_code=code, calls=len(state.calls))
+        state.ready.clear()
+        state.registered = False
+        if state.conn is not None:
+            state.conn = None
+        for call in sorted(state.calls):
+            self._deliver(
+                state,
+                CallEnded(
+                    call=call,
+                    code=0,
+                    reason=f"SIP worker {state.index} died (exit code {code})",
+                    local_cause="worker_died",
+                ),
+            )
+        state.calls.clear()
+
+    async def stop(self) -> None:
+        """Ask every worker to shut down (hang up, un-REGISTER), wait, kill stragglers."""
+        self._stopping = True
+        for task in self._supervise:
+            task.cancel()
+
+        async def stop_one(state: WorkerState) -> None:
+            if state.conn is not None:
+                with contextlib.suppress(IpcError, TimeoutError):
+                    await state.conn.request("shutdown", within=2.0)
+            if state.process is not None and state.process.returncode is None:
+                try:
+                    await asyncio.wait_for(state.process.wait(), STOP_SECONDS)
+                except TimeoutError:
+                    log.error("worker.kill", worker=state.index)
+                    state.process.kill()
+                    await state.process.wait()
+            if state.conn is not None:
+                await state.conn.aclose()
+
+        await asyncio.gather(*(stop_one(s) for s in self.workers))
+        for server in self._servers:
+            server.close()
+        for state in self.workers:
+            with contextlib.suppress(FileNotFoundError):
+                state.socket_path.unlink()
+        if self._own_dir:
+            with contextlib.suppress(OSError):
+                self.runtime_dir.rmdir()
+
+    def stopping(self) -> bool:
+        """True once stop() began (a method: the flag changes while _watch awaits)."""
+        return self._stopping
+
+    # -- IPC -------------------------------------------------------------------------------
+
+    def _acceptor(
+        self, state: WorkerState
+    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], None]:
+        def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self._connected(state, reader, writer)
+
+        return accept
+
+    def _connected(
+        self, state: WorkerState, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        if state.conn is not None and not state.conn.closed.is_set():
+            writer.close()  # one connection per worker
+            return
+        conn = Connection(
+            reader,
+            writer,
+            f"worker-{state.index}",
+            lambda t, b: self._request(state, t, b),
+            lambda t, b: self._event(state, t, b),
+        )
+        state.conn = conn
+        state.reader = asyncio.ensure_future(conn.run())
+
+    async def _request(self, state: WorkerState, type_: str, body: Body) -> Body:
+        if type_ == "hello":
+            sip = self.settings.sip.model_dump(mode="json")
+            sip["password"] = self.settings.sip.password.get_secret_value()
+            return {
+                "sip": sip,
+                "log_level": self.settings.log.level.value,
+                "log_format": self.settings.log.format.value,
+                "inbound_policy": self.inbound_policy,
+            }
+        if type_ == "claim":
+            return {"granted": self.claim(state.index, str(body["sip_call_id"]))}
+        raise UnknownRequest(type_)
+
+    def claim(self, index: int, sip_call_id: str) -> bool:
+        """First claim of a SIP Call-ID wins; later claims (forked copies) lose."""
+        now = time.monotonic()
+        if len(self._claims) > 10000:
+            self._claims = {
+                k: v for k, v in self._claims.items() if now - v[1] < CLAIM_MEMORY_SECONDS
+            }
+        owner = self._claims.setdefault(sip_call_id, (index, now))
+        granted = owner[0] == index
+        log.info("call.claim", sip_call_id=sip_call_id, worker=index, granted=granted)
+        return granted
+
+    def _event(self, state: WorkerState, type_: str, body: Body) -> None:
+        if type_ == "ready":
+            state.ready.set()
+            log.info("worker.ready", worker=state.index, contact=body.get("contact"))
+            return
+        if type_ != "sip_event":
+            log.warning("ipc.unknown_event", worker=state.index, type=type_)
+            return
+        self._deliver(state, decode_event(body))
+
+    def _deliver(self, state: WorkerState, event: SipEvent) -> None:
+        if isinstance(event, RegistrationChanged):
+            state.registered = event.registered
+            state.registration_code = event.code
+        elif isinstance(event, IncomingCall | CallAnswered | CallRinging):
+            state.calls.add(event.call)
+        elif isinstance(event, CallEnded):
+            state.calls.discard(event.call)
+            self._calls_changed.set()
+        if self._on_event is not None:
+            self._on_event(state.index, event)
+
+    # -- what the supervisor asks ----------------------------------------------------------
+
+    @property
+    def registered(self) -> bool:
+        return any(s.registered for s in self.workers)
+
+    @property
+    def active_calls(self) -> int:
+        return sum(len(s.calls) for s in self.workers)
+
+    def summary(self) -> list[dict[str, Any]]:
+        return [s.summary() for s in self.workers]
+
+    async def make_call(self, target: str, ring_timeout: float) -> tuple[int, str]:
+        """Dial on the least loaded worker; returns (worker index, call id)."""
+        candidates = [
+            s
+            for s in self.workers
+            if s.ready.is_set()
+            and s.conn is not None
+            and len(s.calls) < self.settings.sip.max_calls
+        ]
+        if not candidates:
+            raise NoFreeWorker(
+                f"no SIP worker has a free call slot ({self.active_calls} calls on "
+                f"{len(self.workers)} workers x {self.settings.sip.max_calls})"
+            )
+        state = min(candidates, key=lambda s: (len(s.calls), s.index))
+        assert state.conn is not None
+        result = await state.conn.request(
+            "make_call", {"target": target, "ring_timeout": ring_timeout}
+        )
+        call = str(result["call"])
+        state.calls.add(call)
+        return state.index, call
+
+    async def command(self, index: int, type_: str, **body: Any) -> Body:
+        """Send a call command (hangup, answer, send_dtmf, transfer...) to worker ``index``."""
+        conn = self.workers[index].conn
+        if conn is None:
+            raise IpcClosed(f"worker {index} is not connected")
+        return await conn.request(type_, body)
+
+    async def probe(self) -> None:
+        """Watchdog: a round trip through every running worker's SIP thread."""
+
+        async def ping(state: WorkerState) -> None:
+            if state.conn is not None and state.ready.is_set():
+                await state.conn.request("ping", within=5.0)
+
+        await asyncio.gather(*(ping(s) for s in self.workers))
+
+    async def drain(self) -> None:
+        """Return once no worker holds a call (the supervisor bounds the wait)."""
+        while self.active_calls:
+            self._calls_changed.clear()
+            await self._calls_changed.wait()

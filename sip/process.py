@@ -1,0 +1,169 @@
+"""A SIP worker process: one pjsua2 endpoint, driven by the supervisor over IPC.
+
+``python -m sip.process --socket PATH --index N`` connects to the supervisor's socket, asks
+for its settings (``hello``; secrets never travel in argv or the environment), starts the SIP
+worker and then:
+
+- forwards every SIP event to the supervisor (``sip_event`` events);
+- for an inbound call, asks the supervisor to ``claim`` its SIP Call-ID (the PBX forks one
+  INVITE to every worker's contact): the winner runs the inbound policy, the others answer
+  486;
+- serves ``make_call``, ``answer``, ``reject``, ``hangup``, ``send_dtmf``, ``transfer`` and
+  ``ping`` requests;
+- on ``shutdown``, SIGTERM or the supervisor's disappearance, stops the endpoint in order
+  and exits 0. SIGINT is ignored: a terminal's Ctrl-C reaches the supervisor, which drains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import importlib
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from config.schema import LogFormat, LogLevel, SipSettings
+from daemon.logs import configure_logging, get_logger
+from sip.events import IncomingCall, SipEvent
+from sip.ipc import Body, Connection, IpcError, UnknownRequest
+from sip.worker import SipWorker
+
+log = get_logger("sip.process")
+
+InboundPolicy = Callable[[SipWorker, IncomingCall], Awaitable[None]]
+
+
+async def refuse_unavailable(worker: SipWorker, call: IncomingCall) -> None:
+    """The product's policy until an inbound agent exists: 480 Temporarily Unavailable."""
+    log.warning(
+        "call.refused",
+        call_id=call.call,
+        sip_call_id=call.sip_call_id,
+        caller=call.from_user,
+        sip_code=480,
+        reason="no inbound agent available",
+    )
+    await worker.reject(call.call, 480)
+
+
+def load_policy(path: str | None) -> InboundPolicy:
+    """``module:function`` of an inbound policy, or the default."""
+    if not path:
+        return refuse_unavailable
+    module, _, name = path.partition(":")
+    policy: InboundPolicy = getattr(importlib.import_module(module), name)
+    return policy
+
+
+def event_body(event: SipEvent) -> Body:
+    return {"type": type(event).__name__, **dataclasses.asdict(event)}
+
+
+class WorkerProcess:
+    def __init__(self, socket_path: str, index: int) -> None:
+        self.socket_path = socket_path
+        self.index = index
+        self.worker: SipWorker | None = None
+        self.conn: Connection | None = None
+        self.policy: InboundPolicy = refuse_unavailable
+        self.stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop.set)
+        loop.add_signal_handler(signal.SIGINT, lambda: None)
+        reader, writer = await asyncio.open_unix_connection(self.socket_path)
+        self.conn = Connection(reader, writer, "supervisor", self._serve)
+        reading = asyncio.create_task(self.conn.run())
+        hello = await self.conn.request("hello", {"index": self.index, "pid": os.getpid()})
+        configure_logging(LogLevel(hello["log_level"]), LogFormat(hello["log_format"]))
+        self.policy = load_policy(hello.get("inbound_policy"))
+        self.worker = SipWorker(SipSettings.model_validate(hello["sip"]), self.index)
+        await self.worker.start()
+        forwarding = asyncio.create_task(self._forward())
+        await self.conn.event("ready", {"contact": self.worker.contact})
+        closed = asyncio.create_task(self.conn.closed.wait())
+        stopping = asyncio.create_task(self.stop.wait())
+        await asyncio.wait({closed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if closed.done() and not self.stop.is_set():
+            log.warning("worker.supervisor_gone", worker=self.index)
+        await self.worker.stop()
+        for task in (forwarding, reading, closed, stopping, *self._tasks):
+            task.cancel()
+        await self.conn.aclose()
+        return 0
+
+    async def _forward(self) -> None:
+        assert self.worker is not None
+        assert self.conn is not None
+        async for event in self.worker.events():
+            with contextlib.suppress(IpcError):
+                await self.conn.event("sip_event", event_body(event))
+            if isinstance(event, IncomingCall):
+                task = asyncio.create_task(self._inbound(event))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _inbound(self, call: IncomingCall) -> None:
+        assert self.worker is not None
+        assert self.conn is not None
+        try:
+            claim = await self.conn.request(
+                "claim", {"sip_call_id": call.sip_call_id, "call": call.call}, within=2.0
+            )
+            granted = bool(claim.get("granted"))
+        except (IpcError, TimeoutError):
+            granted = False
+        try:
+            if not granted:
+                await self.worker.reject(call.call, 486)
+                return
+            await self.policy(self.worker, call)
+        except Exception as exc:
+            log.error("call.inbound_failed", call_id=call.call, error=repr(exc))
+            with contextlib.suppress(Exception):
+                await self.worker.reject(call.call, 500)
+
+    async def _serve(self, type_: str, body: Body) -> Body:
+        worker = self.worker
+        if type_ == "ping":
+            if worker is None:
+                return {"starting": True}
+            diagnostics = await worker.diagnostics()
+            return {"registered": worker.registration.registered, **diagnostics}
+        if worker is None:
+            raise RuntimeError("the SIP worker is still starting")
+        handlers: dict[str, Callable[[], Awaitable[Any]]] = {
+            "make_call": lambda: worker.make_call(body["target"], float(body["ring_timeout"])),
+            "answer": lambda: worker.answer(body["call"]),
+            "reject": lambda: worker.reject(body["call"], int(body.get("code", 486))),
+            "hangup": lambda: worker.hangup(body["call"]),
+            "send_dtmf": lambda: worker.send_dtmf(body["call"], body["digits"]),
+            "transfer": lambda: worker.transfer(body["call"], body["target"]),
+        }
+        if type_ == "shutdown":
+            self.stop.set()
+            return {}
+        handler = handlers.get(type_)
+        if handler is None:
+            raise UnknownRequest(type_)
+        result = await handler()
+        return {"call": result} if type_ == "make_call" else {}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="sipai-worker")
+    parser.add_argument("--socket", required=True)
+    parser.add_argument("--index", type=int, required=True)
+    args = parser.parse_args()
+    return asyncio.run(WorkerProcess(args.socket, args.index).run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

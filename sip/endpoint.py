@@ -46,6 +46,9 @@ from sip.events import (
 from sip.registration import Backoff
 
 Emit = Callable[[SipEvent], None]
+# Asked on the SIP thread before an inbound call is taken: may this worker have the call with
+# this SIP Call-ID? (Forked INVITEs reach every worker; one wins.) Must answer within ~0.5 s.
+Claim = Callable[[str], bool]
 LOOP_MS = 10
 _KEEP_CODECS = {8000: ("PCMU/8000", "PCMA/8000"), 16000: ("G722/16000", "PCMU/8000", "PCMA/8000")}
 
@@ -69,10 +72,13 @@ class _Timer:
 
 
 class SipThread:
-    def __init__(self, settings: SipSettings, index: int, emit: Emit) -> None:
+    def __init__(
+        self, settings: SipSettings, index: int, emit: Emit, claim: Claim | None = None
+    ) -> None:
         self.settings = settings
         self.index = index
         self.emit = emit
+        self.claim = claim
         self.port = settings.port + index
         self.domain = settings.domain or _registrar_host(settings) or settings.bind
         self._commands: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
@@ -84,6 +90,10 @@ class SipThread:
         self.endpoint: Any = None
         self.account: SipAccount | None = None
         self.calls: dict[str, SipCall] = {}  # SIP thread only
+        # Calls refused from onIncomingCall, kept alive until DISCONNECTED: pjsua sends that
+        # answer after the callback returns, and a Call destroyed before then hangs up with
+        # 603 Decline, which makes a forking proxy end every branch (SIP thread only).
+        self.refused: dict[str, SipCall] = {}
         # Audio ports live as long as the endpoint: pjmedia 2.15 removes conference ports
         # asynchronously, so a port destroyed mid-run may still be called by the clock thread.
         # Each call borrows one and swaps its CallAudio in (SIP thread only).
@@ -258,9 +268,10 @@ class SipThread:
             self.endpoint.libHandleEvents(LOOP_MS * 5)
 
     def _destroy(self) -> None:
-        for call in list(self.calls.values()):
+        for call in [*self.calls.values(), *self.refused.values()]:
             call.release()
         self.calls.clear()
+        self.refused.clear()
         if self.account is not None:
             self.account.shutdown()
             self.account.owner = None
@@ -362,12 +373,16 @@ class SipAccount(pj.Account):  # type: ignore[misc]
     def onIncomingCall(self, prm: Any) -> None:
         owner = self.owner
         call = SipCall(owner, self, prm.callId)
-        if len(owner.calls) >= owner.settings.max_calls:
+        info = call.getInfo()
+        # Decide now, on this thread: a forked copy we lose must give its pjsua call slot
+        # back before the next INVITE of a burst is processed (PJSUA_MAX_CALLS is 4).
+        full = len(owner.calls) >= owner.settings.max_calls
+        if full or (owner.claim is not None and not owner.claim(info.callIdString)):
+            owner.refused[call.key] = call
+            call.refused = True
             call.respond(486)
-            call.release()
             return
         owner.calls[call.key] = call
-        info = call.getInfo()
         call.respond(180)
         owner.emit(
             IncomingCall(
@@ -393,6 +408,7 @@ class SipCall(pj.Call):  # type: ignore[misc]
         self.local_cause = ""
         self.stats: MediaStats | None = None
         self.ended = False
+        self.refused = False  # answered 486 in onIncomingCall: no events, no audio
 
     def respond(self, code: int) -> None:
         prm = pj.CallOpParam()
@@ -420,6 +436,10 @@ class SipCall(pj.Call):  # type: ignore[misc]
         elif state == pj.PJSIP_INV_STATE_CONFIRMED and not self.answered:
             self.answered = True
             self.owner.emit(CallAnswered(self.key))
+        elif state == pj.PJSIP_INV_STATE_DISCONNECTED and self.refused:
+            self.ended = True
+            self.owner.refused.pop(self.key, None)
+            self.release()
         elif state == pj.PJSIP_INV_STATE_DISCONNECTED and not self.ended:
             self.ended = True
             self.audio.closed = True

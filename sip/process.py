@@ -6,8 +6,8 @@ worker and then:
 
 - forwards every SIP event to the supervisor (``sip_event`` events);
 - for an inbound call, asks the supervisor to ``claim`` its SIP Call-ID (the PBX forks one
-  INVITE to every worker's contact): the winner runs the inbound policy, the others answer
-  486;
+  INVITE to every worker's contact) synchronously from the SIP thread, so a losing copy
+  answers 486 and frees its pjsua call slot at once; the winner runs the inbound policy;
 - serves ``make_call``, ``answer``, ``reject``, ``hangup``, ``send_dtmf``, ``transfer`` and
   ``ping`` requests;
 - on ``shutdown``, SIGTERM or the supervisor's disappearance, stops the endpoint in order
@@ -36,6 +36,7 @@ from sip.worker import SipWorker
 log = get_logger("sip.process")
 
 InboundPolicy = Callable[[SipWorker, IncomingCall], Awaitable[None]]
+CLAIM_SECONDS = 0.5
 
 
 async def refuse_unavailable(worker: SipWorker, call: IncomingCall) -> None:
@@ -72,10 +73,12 @@ class WorkerProcess:
         self.conn: Connection | None = None
         self.policy: InboundPolicy = refuse_unavailable
         self.stop = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        self.loop = loop
         loop.add_signal_handler(signal.SIGTERM, self.stop.set)
         loop.add_signal_handler(signal.SIGINT, lambda: None)
         reader, writer = await asyncio.open_unix_connection(self.socket_path)
@@ -84,7 +87,9 @@ class WorkerProcess:
         hello = await self.conn.request("hello", {"index": self.index, "pid": os.getpid()})
         configure_logging(LogLevel(hello["log_level"]), LogFormat(hello["log_format"]))
         self.policy = load_policy(hello.get("inbound_policy"))
-        self.worker = SipWorker(SipSettings.model_validate(hello["sip"]), self.index)
+        self.worker = SipWorker(
+            SipSettings.model_validate(hello["sip"]), self.index, self._claim_from_sip_thread
+        )
         await self.worker.start()
         forwarding = asyncio.create_task(self._forward())
         await self.conn.event("ready", {"contact": self.worker.contact})
@@ -110,20 +115,23 @@ class WorkerProcess:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
+    def _claim_from_sip_thread(self, sip_call_id: str) -> bool:  # SIP thread
+        """Ask the supervisor, blocking the SIP thread for one IPC round trip (~1 ms)."""
+        conn, loop = self.conn, self.loop
+        if conn is None or loop is None:
+            return False
+        future = asyncio.run_coroutine_threadsafe(
+            conn.request("claim", {"sip_call_id": sip_call_id}, within=CLAIM_SECONDS), loop
+        )
+        try:
+            return bool(future.result(timeout=CLAIM_SECONDS + 0.1).get("granted"))
+        except Exception:
+            future.cancel()
+            return False
+
     async def _inbound(self, call: IncomingCall) -> None:
         assert self.worker is not None
-        assert self.conn is not None
         try:
-            claim = await self.conn.request(
-                "claim", {"sip_call_id": call.sip_call_id, "call": call.call}, within=2.0
-            )
-            granted = bool(claim.get("granted"))
-        except (IpcError, TimeoutError):
-            granted = False
-        try:
-            if not granted:
-                await self.worker.reject(call.call, 486)
-                return
             await self.policy(self.worker, call)
         except Exception as exc:
             log.error("call.inbound_failed", call_id=call.call, error=repr(exc))

@@ -17,7 +17,7 @@ import pjsua2 as pj
 from config.schema import SipSettings
 from daemon.logs import get_logger
 from sip.audio_port import CallAudio
-from sip.endpoint import SipError, SipThread
+from sip.endpoint import Claim, SipError, SipThread
 from sip.events import CallAnswered, CallEnded, RegistrationChanged, SipEvent
 from sip.target import request_uri
 
@@ -29,9 +29,10 @@ T = TypeVar("T")
 
 
 class SipWorker:
-    def __init__(self, settings: SipSettings, index: int = 0) -> None:
+    def __init__(self, settings: SipSettings, index: int = 0, claim: Claim | None = None) -> None:
         self.settings = settings
         self.index = index
+        self._claim = claim
         self.registration = RegistrationChanged(False, 0, "not registered yet")
         self._events: asyncio.Queue[SipEvent] = asyncio.Queue()
         self._thread: SipThread | None = None
@@ -51,7 +52,7 @@ class SipWorker:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._thread = SipThread(self.settings, self.index, self._from_sip_thread)
+        self._thread = SipThread(self.settings, self.index, self._from_sip_thread, self._claim)
         await asyncio.wrap_future(self._thread.start())
         log.info(
             "sip.started",

@@ -373,3 +373,18 @@ async def test_many_short_calls_leak_nothing(
     assert threading.active_count() == threads
     assert len(os.listdir("/proc/self/task")) <= native_threads
     assert len(os.listdir("/proc/self/fd")) <= files
+
+
+async def test_our_refusal_is_486_not_603(
+    kamailio: Kamailio, make_worker: MakeWorker, phones: Phones
+) -> None:
+    """With max_calls = 1 our own check refuses the second call: 486, never pjsua's 603."""
+    worker = await make_worker(worker_settings(kamailio, max_calls=1))
+    await worker.expect(RegistrationChanged, registered=True)
+    phone = await phones("caller")
+    await phone.register(kamailio, "1001")
+    await _call_in(worker, phone)
+    second = await phone.command("dial", uri="sip:1000@127.0.0.1")
+    refused = await phone.expect("call", call=second["call"], state="DISCONNECTED")
+    assert refused["code"] == 486
+    assert await worker.sip.call_count() == 1

@@ -1,6 +1,6 @@
 """Kamailio as the test PBX: registrar + proxy with digest auth, on a free loopback port.
 
-Users live in a db_text directory written per instance: 1000 (the daemon) and 1001-1009
+Users live in a db_text directory written per instance: 1000 (the daemon) and 1001-1019
 (test phones), password ``pw<user>``, domain 127.0.0.1. Registrations are kept in memory, so
 a restart forgets them, as a PBX reboot would. INVITEs fork to every registered contact.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
 DOMAIN = "127.0.0.1"
-USERS = [str(n) for n in range(1000, 1010)]
+USERS = [str(n) for n in range(1000, 1020)]
 
 
 def password(user: str) -> str:

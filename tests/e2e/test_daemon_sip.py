@@ -103,3 +103,48 @@ async def test_sigterm_with_calls_up_drains_and_exits_0(
             if daemon.returncode is None:
                 daemon.kill()
                 await daemon.wait()
+
+
+async def test_stop_with_calls_on_every_worker(daemon_env: dict[str, str], tmp_path: Path) -> None:
+    """Two workers, calls on both: /health lists them; SIGTERM exits 0 within the drain bound."""
+    async with running_kamailio(tmp_path / "k") as kamailio:
+        env = _env(daemon_env, kamailio.uri) | {
+            "SIPAI_SIP__WORKERS": "2",
+            "SIPAI_DAEMON__DRAIN_SECONDS": "2",
+        }
+        daemon = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(ROOT / "tests" / "e2e" / "answering_supervisor.py"),
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+        )
+        phones = [await TestPhone.start(f"p{n}") for n in range(6)]
+        try:
+            port = int(daemon_env["SIPAI_API__PORT"])
+            await _health(port)
+            await asyncio.gather(
+                *(p.register(kamailio, str(1001 + n)) for n, p in enumerate(phones))
+            )
+            for phone in phones:
+                dialled = await phone.command("dial", uri="sip:1000@127.0.0.1")
+                await phone.expect("call", call=dialled["call"], state="CONFIRMED")
+            body = await _health(port)
+            workers = body["workers"]
+            assert isinstance(workers, list)
+            assert [w["registered"] for w in workers] == [True, True]
+            assert sum(w["calls"] for w in workers) == 6
+            assert all(w["calls"] >= 2 for w in workers)
+            assert body["active_calls"] == 6
+            stopped_at = time.monotonic()
+            daemon.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(daemon.wait(), 20) == 0
+            assert time.monotonic() - stopped_at < 2 + 6
+            for phone in phones:
+                await phone.expect("call", state="DISCONNECTED", timeout=10)
+            assert await asyncio.to_thread(kamailio.contacts, "1000") == []
+        finally:
+            for phone in phones:
+                await phone.close()
+            if daemon.returncode is None:
+                daemon.kill()
+                await daemon.wait()

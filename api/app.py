@@ -23,6 +23,7 @@ class HealthReport:
     version: str
     uptime_seconds: float
     active_calls: int
+    queued_calls: int
     workers: list[dict[str, Any]]  # per SIP worker: up, registered, calls, restarts...
 
 

@@ -24,6 +24,7 @@ from api.app import HealthReport, create_app
 from api.server import ApiServer, ApiStartError
 from config import LoadedSettings
 from daemon import __version__
+from daemon.dispatcher import Dispatcher
 from daemon.logs import get_logger
 from daemon.sdnotify import Notifier, Watchdog, watchdog_interval
 from daemon.workers import WorkerPool, WorkerStartError
@@ -56,6 +57,7 @@ class Supervisor:
         self._loaded = loaded
         self._settings = loaded.settings
         self._sip = WorkerPool(loaded.settings, inbound_policy, self._on_sip_event)
+        self.dispatcher = Dispatcher(self._sip)
         self._notifier = notifier if notifier is not None else Notifier.from_environ()
         self._components: list[Component] = []
         self._started_at = time.monotonic()
@@ -83,6 +85,7 @@ class Supervisor:
             version=__version__,
             uptime_seconds=round(time.monotonic() - self._started_at, 3),
             active_calls=self._sip.active_calls,
+            queued_calls=self.dispatcher.queued,
             workers=self._sip.summary(),
         )
 
@@ -149,6 +152,7 @@ class Supervisor:
 
         self._sip_started = True  # so that a partial start is stopped too
         await self._sip.start()
+        self.dispatcher.start()
         self.add_component(Component("sip", drain=self._sip.drain, probe=self._sip.probe))
         self._notifier.notify("READY=1", f"STATUS=serving the API on {host}:{port}")
         log.info("daemon.ready", startup_ms=round((time.monotonic() - self._started_at) * 1000))
@@ -191,6 +195,7 @@ class Supervisor:
             await asyncio.to_thread(self._watchdog.stop)
             self._watchdog = None
         if self._sip_started:
+            await self.dispatcher.stop()
             await self._sip.stop()
             self._sip_started = False
         if self._api is not None:

@@ -131,6 +131,8 @@ class WorkerPool:
         self._claims: dict[str, tuple[int, float]] = {}
         self._stopping = False
         self._calls_changed = asyncio.Event()
+        # Called when a slot may have become free (a call ended, a worker came up).
+        self.capacity_listeners: list[Callable[[], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -329,6 +331,7 @@ class WorkerPool:
     def _event(self, state: WorkerState, type_: str, body: Body) -> None:
         if type_ == "ready":
             state.ready.set()
+            self._capacity_changed()
             log.info("worker.ready", worker=state.index, contact=body.get("contact"))
             return
         if type_ != "sip_event":
@@ -345,8 +348,13 @@ class WorkerPool:
         elif isinstance(event, CallEnded):
             state.calls.discard(event.call)
             self._calls_changed.set()
+            self._capacity_changed()
         if self._on_event is not None:
             self._on_event(state.index, event)
+
+    def _capacity_changed(self) -> None:
+        for listener in self.capacity_listeners:
+            listener()
 
     # -- what the supervisor asks ----------------------------------------------------------
 
@@ -357,6 +365,15 @@ class WorkerPool:
     @property
     def active_calls(self) -> int:
         return sum(len(s.calls) for s in self.workers)
+
+    @property
+    def free_slots(self) -> int:
+        """Call slots free on workers that are up."""
+        return sum(
+            max(0, self.settings.sip.max_calls - len(s.calls))
+            for s in self.workers
+            if s.ready.is_set() and s.conn is not None
+        )
 
     def summary(self) -> list[dict[str, Any]]:
         return [s.summary() for s in self.workers]

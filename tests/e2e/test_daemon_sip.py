@@ -135,6 +135,7 @@ async def test_stop_with_calls_on_every_worker(daemon_env: dict[str, str], tmp_p
             assert sum(w["calls"] for w in workers) == 6
             assert all(w["calls"] >= 2 for w in workers)
             assert body["active_calls"] == 6
+            assert body["queued_calls"] == 0
             stopped_at = time.monotonic()
             daemon.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(daemon.wait(), 20) == 0

@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
+from config import Settings
 from config.schema import SipSettings
+from daemon.workers import WorkerPool
 from sip.events import IncomingCall, SipEvent
 from sip.worker import SipError, SipWorker
 from tests.conftest import free_port
@@ -129,3 +131,39 @@ async def phones() -> AsyncIterator[Callable[..., Awaitable[TestPhone]]]:
     yield start
     for phone in started:
         await phone.close()
+
+
+class Pool:
+    """A started WorkerPool and the events it delivered."""
+
+    def __init__(self, pool: WorkerPool, events: list[tuple[int, SipEvent]]) -> None:
+        self.pool = pool
+        self.events = events
+
+    async def wait_for(self, predicate: Callable[[], bool], within: float = 20.0) -> None:
+        async with asyncio.timeout(within):
+            while not predicate():
+                await asyncio.sleep(0.05)
+
+    def of(self, kind: type) -> list[Any]:
+        return [event for _, event in self.events if isinstance(event, kind)]
+
+
+@pytest.fixture
+async def make_pool() -> AsyncIterator[Callable[..., Awaitable[Pool]]]:
+    pools: list[WorkerPool] = []
+
+    async def make(kamailio: Kamailio, workers: int, inbound_policy: str | None = None) -> Pool:
+        sip = worker_settings(kamailio, workers=workers)
+        settings = Settings(sip=sip)
+        events: list[tuple[int, SipEvent]] = []
+        pool = WorkerPool(settings, inbound_policy, lambda i, e: events.append((i, e)))
+        pools.append(pool)
+        await pool.start()
+        result = Pool(pool, events)
+        await result.wait_for(lambda: all(w.registered for w in pool.workers))
+        return result
+
+    yield make
+    for pool in pools:
+        await pool.stop()

@@ -5,61 +5,24 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from config import Settings
-from daemon.workers import NoFreeWorker, WorkerPool
+from daemon.workers import NoFreeWorker
 from media.wav import read_wav, write_wav
-from sip.events import CallAnswered, CallEnded, SipEvent
+from sip.events import CallAnswered, CallEnded
 from tests.audio import tone, tone_level_db
-from tests.integration.conftest import worker_settings
+from tests.integration.conftest import Pool
 from tests.peers.kamailio import Kamailio
 from tests.peers.phone import TestPhone
 
 Phones = Callable[..., Awaitable[TestPhone]]
 ECHO = "tests.e2e.policies:echo"
 FULL = 20 * np.log10(10000)  # level of the test tones
-
-
-class Pool:
-    """A started WorkerPool and the events it delivered."""
-
-    def __init__(self, pool: WorkerPool, events: list[tuple[int, SipEvent]]) -> None:
-        self.pool = pool
-        self.events = events
-
-    async def wait_for(self, predicate: Callable[[], bool], within: float = 20.0) -> None:
-        async with asyncio.timeout(within):
-            while not predicate():
-                await asyncio.sleep(0.05)
-
-    def of(self, kind: type) -> list[Any]:
-        return [event for _, event in self.events if isinstance(event, kind)]
-
-
-@pytest.fixture
-async def make_pool() -> AsyncIterator[Callable[..., Awaitable[Pool]]]:
-    pools: list[WorkerPool] = []
-
-    async def make(kamailio: Kamailio, workers: int, inbound_policy: str | None = None) -> Pool:
-        sip = worker_settings(kamailio, workers=workers)
-        settings = Settings(sip=sip)
-        events: list[tuple[int, SipEvent]] = []
-        pool = WorkerPool(settings, inbound_policy, lambda i, e: events.append((i, e)))
-        pools.append(pool)
-        await pool.start()
-        result = Pool(pool, events)
-        await result.wait_for(lambda: all(w.registered for w in pool.workers))
-        return result
-
-    yield make
-    for pool in pools:
-        await pool.stop()
 
 
 def _level(samples: Any, freq: float) -> float:

@@ -8,6 +8,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,14 +20,16 @@ from tests.peers.phone import TestPhone
 pytestmark = pytest.mark.e2e
 
 
-async def _health(port: int, timeout: float = 20.0, registered: bool = True) -> dict[str, object]:
+async def _health(port: int, timeout: float = 20.0, every_worker: bool = False) -> dict[str, Any]:
+    """/health once the extension is registered (by every worker, if asked)."""
     async with httpx.AsyncClient() as client, asyncio.timeout(timeout):
         while True:
             try:
-                body: dict[str, object] = (
-                    await client.get(f"http://127.0.0.1:{port}/health")
-                ).json()
-                if body["sip_registered"] is registered:
+                body: dict[str, Any] = (await client.get(f"http://127.0.0.1:{port}/health")).json()
+                workers = body["workers"]
+                if body["sip_registered"] and (
+                    not every_worker or all(w["registered"] for w in workers)
+                ):
                     return body
             except httpx.TransportError:
                 pass
@@ -121,7 +124,7 @@ async def test_stop_with_calls_on_every_worker(daemon_env: dict[str, str], tmp_p
         phones = [await TestPhone.start(f"p{n}") for n in range(6)]
         try:
             port = int(daemon_env["SIPAI_API__PORT"])
-            await _health(port)
+            await _health(port, every_worker=True)
             await asyncio.gather(
                 *(p.register(kamailio, str(1001 + n)) for n, p in enumerate(phones))
             )

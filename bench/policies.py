@@ -1,0 +1,69 @@
+"""Inbound policies used by benchmarks (loaded by SIP worker processes by dotted path)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+
+import numpy as np
+import websockets
+
+from media import g711
+from sip.events import IncomingCall
+from sip.worker import SipWorker
+
+LATE_MS = 60.0  # an uplink frame this much behind the call's own 20 ms clock counts as late
+
+
+async def model_echo(worker: SipWorker, call: IncomingCall) -> None:
+    """Answer; send caller audio as mu-law to the fake model; play what it sends back.
+
+    Writes one JSON line per call to $SIPAI_BENCH_RESULTS: frames, late and missing uplink
+    frames, playout underruns.
+    """
+    await worker.answer(call.call)
+    audio = await worker.audio(call.call)
+    url = os.environ["SIPAI_BENCH_MODEL_URL"]
+    frames = late = 0
+    started: float | None = None
+    async with websockets.connect(url, max_size=None, compression=None) as model:
+
+        async def downlink() -> None:
+            async for message in model:
+                pcm = g711.ulaw_decode(message if isinstance(message, bytes) else b"")
+                audio.playout.push("model", pcm)
+
+        receiving = asyncio.create_task(downlink())
+        try:
+            async for frame in audio.frames():
+                now = time.monotonic()
+                if started is None:
+                    started = now
+                frames += 1
+                due = started + (frames - 1) * 0.020
+                if (now - due) * 1000 > LATE_MS:
+                    late += 1
+                await model.send(g711.ulaw_encode(np.frombuffer(frame, dtype="<i2")).tobytes())
+        finally:
+            receiving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await receiving
+    elapsed = time.monotonic() - started if started is not None else 0.0
+    result = {
+        "call": call.call,
+        "worker": worker.index,
+        "frames": frames,
+        "expected_frames": round(elapsed / 0.020),
+        "late_frames": late,
+        "underruns": audio.playout.stats().underruns,
+        "uplink_dropped": audio.uplink_dropped,
+    }
+    await asyncio.to_thread(_append, os.environ["SIPAI_BENCH_RESULTS"], json.dumps(result))
+
+
+def _append(path: str, line: str) -> None:
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(line + "\n")

@@ -75,6 +75,7 @@ unit: $(STAMP_TEST)
 bench: $(STAMP_TEST)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/media.py
+	$(BIN)/python -m bench.calls
 
 format: $(STAMP_TEST)
 	$(BIN)/ruff format .

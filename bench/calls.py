@@ -1,6 +1,6 @@
 """Concurrent calls on this machine: knee, CPU per call and RSS per worker.
 
-For 1, 2, 4 and 8 SIP workers the daemon (supervisor + worker processes, direct SIP mode)
+For 1, 2, 4, 8, 12 and 16 SIP workers the daemon (supervisor + worker processes, direct SIP mode)
 takes 4 calls per worker at once from SIPp, which plays 7 s of recorded G.711 speech as RTP
 into each call. Every call is bridged with mu-law passthrough to a fake model on loopback (a
 WebSocket server in this process that sends each frame straight back), and the model's audio
@@ -14,7 +14,7 @@ is played out to the caller. Per level it reports:
 The knee is the first level with late/missing frames or underruns above 0.5 %. SIPp and the
 fake model run on the same two cores and are not counted in the CPU figures.
 
-Run: .venv/bin/python -m bench.calls [--workers 1 2 4 8]   (needs sipp: apt-get install
+Run: .venv/bin/python -m bench.calls [--workers 1 2 4 8 12 16]   (needs sipp: apt-get install
 sip-tester). Prints one JSON object.
 """
 
@@ -213,7 +213,7 @@ async def _main(levels: list[int]) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--workers", type=int, nargs="*", default=[1, 2, 4, 8])
+    parser.add_argument("--workers", type=int, nargs="*", default=[1, 2, 4, 8, 12, 16])
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:

@@ -76,7 +76,7 @@ async def _health(port: int, workers: int) -> dict[str, Any]:
                 if len(body["workers"]) == workers and all(w["up"] for w in body["workers"]):
                     return body
             except httpx.TransportError:
-                pass
+                pass  # not listening yet
             await asyncio.sleep(0.2)
 
 

@@ -494,7 +494,7 @@ class SipCall(pj.Call):  # type: ignore[misc]
                 playout_underruns=self.audio.playout.stats().underruns,
             )
         except pj.Error:
-            pass
+            pass  # the stream is already gone: the call ends without RTP statistics
 
     def onDtmfDigit(self, prm: Any) -> None:
         method = "info" if getattr(prm, "method", 0) == pj.PJSUA_DTMF_METHOD_SIP_INFO else "rfc4733"

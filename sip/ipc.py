@@ -135,7 +135,7 @@ class Connection:
                 payload = await self._reader.readexactly(length)
                 self._dispatch(payload)
         except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+            pass  # the peer closed or vanished (mid-frame too): end of this connection
         finally:
             self._close()
 

@@ -32,7 +32,7 @@ async def _health(port: int, timeout: float = 20.0, every_worker: bool = False) 
                 ):
                     return body
             except httpx.TransportError:
-                pass
+                pass  # not listening yet
             await asyncio.sleep(0.1)
 
 

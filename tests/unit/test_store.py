@@ -1,0 +1,86 @@
+"""The SQLite call store: schema versions, records, the exactly-once final transition."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from daemon.store import FINAL_STATUSES, MIGRATIONS, DuplicateCallId, Store
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = Store(tmp_path / "var" / "sipai.db")
+    await s.open()
+    yield s
+    await s.close()
+
+
+def _request(extension: str = "1001", url: str | None = "http://127.0.0.1:9/hook") -> dict:
+    return {"message": "hi", "extension": extension, "callback_url": url}
+
+
+async def test_schema_is_versioned_and_wal(store: Store) -> None:
+    """Opening creates the schema at the latest version, in WAL mode."""
+    db = sqlite3.connect(store.path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    """A database from a newer sipai is not touched."""
+    path = tmp_path / "sipai.db"
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    db.close()
+    store = Store(path)
+    with pytest.raises(RuntimeError, match="newer than this sipai"):
+        await store.open()
+    await store.close()
+
+
+async def test_duplicate_call_id(store: Store) -> None:
+    """A call_id can be stored once."""
+    await store.insert_call("out-1-1", _request())
+    with pytest.raises(DuplicateCallId):
+        await store.insert_call("out-1-1", _request())
+
+
+async def test_final_status_and_webhook_are_written_once_together(store: Store) -> None:
+    """finish_call marks the call final with its outbox row; a second finish does nothing."""
+    await store.insert_call("a", _request())
+    await store.insert_call("b", _request(url=None))
+    webhook = await store.finish_call("a", "busy", {"call_id": "a", "status": "busy"}, sip_code=486)
+    assert webhook is not None
+    assert await store.finish_call("a", "completed", {"status": "completed"}) is None
+    assert await store.finish_call("b", "no_answer", {"status": "no_answer"}) is None
+    a = await store.get_call("a")
+    assert a is not None
+    assert (a["status"], a["sip_code"], a["result"]["status"]) == ("busy", 486, "busy")
+    assert [w["webhook_id"] for w in a["webhooks"]] == [webhook.webhook_id]
+    b = await store.get_call("b")
+    assert b is not None
+    assert (b["status"], b["webhooks"]) == ("no_answer", [])
+    assert await store.webhook_counts() == {"pending": 1}
+    with pytest.raises(ValueError, match="not a final status"):
+        await store.finish_call("a", "ringing", {})
+
+
+async def test_listing_and_queue_order(store: Store) -> None:
+    """Records list newest first in pages; queued calls come back oldest first."""
+    for n in range(5):
+        await store.insert_call(f"c{n}", _request())
+    await store.update_call("c1", status="ringing", worker=0, sip_call="w0-1")
+    first = await store.list_calls(limit=2)
+    assert [r["call_id"] for r in first] == ["c4", "c3"]
+    second = await store.list_calls(limit=2, before=first[-1]["seq"])
+    assert [r["call_id"] for r in second] == ["c2", "c1"]
+    queued = await store.calls_with_status(frozenset({"queued"}))
+    assert [r["call_id"] for r in queued] == ["c0", "c2", "c3", "c4"]
+    in_flight = await store.calls_with_status(frozenset({"ringing"}))
+    assert [(r["call_id"], r["worker"]) for r in in_flight] == [("c1", 0)]
+    assert "completed" in FINAL_STATUSES

@@ -1,19 +1,41 @@
-"""The Starlette application. Routes read the supervisor's state through one narrow door.
+"""The Starlette application: the REST contract plus our additions.
 
-The contract is ``shared`` OpenAPI's ``/health``: ``status`` (healthy / unhealthy) and
-``sip_registered``; we add ``version`` and ``uptime_seconds``.
+Routes: ``GET /health`` (never authenticated; ``?strict=1`` answers 503 when unhealthy),
+``POST /call``, ``GET /call/{call_id}``, ``GET /calls``, ``GET /metrics``,
+``GET /openapi.json``. With ``api.token`` set, every route but ``/health`` needs
+``Authorization: Bearer <token>``. Every rejected request gets a JSON body with ``detail``;
+invalid bodies get 400 naming the field, never 422, and nothing is stored for them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hmac
+import json
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from pydantic import ValidationError
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+
+from api.models import describe, parse_request
+from daemon.logs import get_logger
+from daemon.outbound import OutboundService, OutboundUnavailable
+from daemon.store import FINAL_STATUSES, DuplicateCallId, Store
+
+log = get_logger(__name__)
+
+RESULT_FIELDS = (
+    "duration_seconds",
+    "message_played",
+    "choice_response",
+    "choice_raw_text",
+    "error",
+)
 
 
 @dataclass(frozen=True)
@@ -27,13 +49,170 @@ class HealthReport:
     workers: list[dict[str, Any]]  # per SIP worker: up, registered, calls, restarts...
 
 
-HealthSource = Callable[[], HealthReport]
+@dataclass(frozen=True)
+class ApiContext:
+    """What the routes may use; everything lives on the supervisor's loop."""
+
+    health: Callable[[], HealthReport]
+    store: Store | None = None
+    outbound: OutboundService | None = None
+    token: str = ""
+    max_body_bytes: int = 65536
+    draining: Callable[[], bool] = lambda: False
+    metrics: Callable[[], Awaitable[str]] | None = None
+    spec: dict[str, Any] | None = None
 
 
-def create_app(health: HealthSource) -> Starlette:
-    """Build the app; ``health`` is called on the loop thread for every ``GET /health``."""
+def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"detail": detail, **extra}, status_code=status)
 
-    async def get_health(request: Request) -> JSONResponse:
-        return JSONResponse(asdict(health()))
 
-    return Starlette(routes=[Route("/health", get_health, methods=["GET"])])
+def create_app(ctx: ApiContext) -> Starlette:
+    routes = _Routes(ctx)
+    guarded = routes.guarded
+    return Starlette(
+        routes=[
+            Route("/health", routes.get_health, methods=["GET"]),
+            Route("/call", guarded(routes.post_call), methods=["POST"]),
+            Route("/call/{call_id}", guarded(routes.get_call), methods=["GET"]),
+            Route("/calls", guarded(routes.list_calls), methods=["GET"]),
+            Route("/metrics", guarded(routes.metrics), methods=["GET"]),
+            Route("/openapi.json", guarded(routes.openapi), methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: routes.http_error, 500: routes.server_error},
+    )
+
+
+class _Routes:
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    def authorised(self, request: Request) -> bool:
+        if not self.ctx.token:
+            return True
+        scheme, _, supplied = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            supplied.strip().encode(), self.ctx.token.encode()
+        )
+
+    def guarded(
+        self, handler: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def route(request: Request) -> Response:
+            if not self.authorised(request):
+                return JSONResponse(
+                    {"detail": "missing or invalid bearer token"},
+                    status_code=401,
+                    headers={"www-authenticate": "Bearer"},
+                )
+            return await handler(request)
+
+        return route
+
+    async def get_health(self, request: Request) -> Response:
+        report = self.ctx.health()
+        strict = request.query_params.get("strict") in ("1", "true")
+        code = 503 if strict and report.status != "healthy" else 200
+        return JSONResponse(asdict(report), status_code=code)
+
+    async def _body(self, request: Request) -> bytes | None:
+        """The request body, or None when it exceeds the limit."""
+        limit = self.ctx.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            return None
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                return None
+        return body
+
+    async def post_call(self, request: Request) -> Response:
+        ctx = self.ctx
+        if ctx.draining():
+            return _error(503, "the daemon is stopping and takes no new calls")
+        body = await self._body(request)
+        if body is None:
+            return _error(400, f"request body exceeds {ctx.max_body_bytes} bytes")
+        try:
+            call = parse_request(json.loads(body))
+        except ValidationError as exc:
+            return _error(400, describe(exc))
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+            detail = str(exc)
+            if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
+                detail = f"body is not valid JSON: {exc}"
+            return _error(400, detail)
+        if ctx.outbound is None or not ctx.outbound.available:
+            return _error(503, "outbound calls are not available: no call flow is configured")
+        call_id = call.call_id or ctx.outbound.new_call_id()
+        stored = call.model_dump(mode="json")
+        stored["call_id"] = call_id
+        try:
+            await ctx.outbound.submit(call_id, stored)
+        except DuplicateCallId:
+            return _error(409, f"call_id {call_id!r} is already in use", call_id=call_id)
+        except OutboundUnavailable as exc:
+            return _error(503, str(exc))
+        return JSONResponse({"call_id": call_id, "status": "queued", "message": "Call initiated"})
+
+    async def get_call(self, request: Request) -> Response:
+        call_id = request.path_params["call_id"]
+        store = self.ctx.store
+        record = await store.get_call(call_id) if store is not None else None
+        if record is None:
+            return JSONResponse({"call_id": call_id, "status": "not_found"}, status_code=404)
+        return JSONResponse(_call_view(record))
+
+    async def list_calls(self, request: Request) -> Response:
+        store = self.ctx.store
+        if store is None:
+            return JSONResponse({"calls": [], "next_before": None})
+        try:
+            limit = int(request.query_params.get("limit", "50"))
+            before_text = request.query_params.get("before")
+            before = int(before_text) if before_text is not None else None
+        except ValueError:
+            return _error(400, "limit and before must be integers")
+        if not 1 <= limit <= 200:
+            return _error(400, "limit: must be between 1 and 200")
+        records = await store.list_calls(limit, before)
+        next_before = records[-1]["seq"] if len(records) == limit else None
+        return JSONResponse({"calls": [_call_view(r) for r in records], "next_before": next_before})
+
+    async def metrics(self, request: Request) -> Response:
+        text = await self.ctx.metrics() if self.ctx.metrics is not None else ""
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(self.ctx.spec or {})
+
+    async def http_error(self, request: Request, exc: Exception) -> Response:
+        if isinstance(exc, HTTPException):
+            return _error(exc.status_code, str(exc.detail))
+        return _error(404, "not found")
+
+    async def server_error(self, request: Request, exc: Exception) -> Response:
+        log.error("api.error", path=request.url.path, error=repr(exc))
+        return _error(500, "internal error")
+
+
+def _call_view(record: dict[str, Any]) -> dict[str, Any]:
+    final = record["status"] in FINAL_STATUSES
+    view: dict[str, Any] = {
+        "call_id": record["call_id"],
+        "status": "not_found" if final else "in_progress",
+        "extension": record["extension"],
+        "call_status": "queued" if record["status"] == "dialing" else record["status"],
+        "created_at": record["created_at"],
+        "sip_code": record["sip_code"],
+    }
+    if final and record["result"]:
+        for name in RESULT_FIELDS:
+            view[name] = record["result"].get(name)
+    if "webhooks" in record:
+        view["webhooks"] = record["webhooks"]
+    if "seq" in record:
+        view["seq"] = record["seq"]
+    return view

@@ -158,6 +158,11 @@ class StorageSettings(Section):
     path: Path = Path("./var/sipai.db")
 
 
+class CallsSettings(Section):
+    # Outbound calls at once; 0 = every slot of every worker (sip.workers x sip.max_calls).
+    max_concurrent: int = Field(default=0, ge=0, le=1000)
+
+
 class DaemonSettings(Section):
     drain_seconds: float = Field(default=30.0, ge=0, le=3600)
     runtime_dir: str = ""
@@ -186,6 +191,7 @@ class Settings(Section):
     api: ApiSettings = ApiSettings()
     agent: AgentSettings = AgentSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    calls: CallsSettings = CallsSettings()
     storage: StorageSettings = StorageSettings()
     daemon: DaemonSettings = DaemonSettings()
     log: LogSettings = LogSettings()

@@ -324,6 +324,13 @@ class Store:
 
         await self._run(record)
 
+    async def call_counts(self) -> dict[str, int]:
+        def counts(db: sqlite3.Connection) -> dict[str, int]:
+            rows = db.execute("SELECT status, COUNT(*) FROM calls GROUP BY status")
+            return {row[0]: int(row[1]) for row in rows}
+
+        return await self._run(counts)
+
     async def webhook_counts(self) -> dict[str, int]:
         def counts(db: sqlite3.Connection) -> dict[str, int]:
             rows = db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state")

@@ -20,13 +20,17 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from api.app import HealthReport, create_app
+from api.app import ApiContext, HealthReport, create_app
 from api.server import ApiServer, ApiStartError
+from api.spec import load_spec
+from api.webhooks import Deliverer
 from config import LoadedSettings
 from daemon import __version__
 from daemon.dispatcher import Dispatcher
 from daemon.logs import get_logger
+from daemon.outbound import CallRunner, OutboundService
 from daemon.sdnotify import Notifier, Watchdog, watchdog_interval
+from daemon.store import Store
 from daemon.workers import WorkerPool, WorkerStartError
 from sip.events import CallEnded, SipEvent
 
@@ -36,6 +40,10 @@ AsyncAction = Callable[[], Coroutine[Any, Any, None]]
 
 # Time the API gets to finish open requests once the drain is over.
 API_STOP_SECONDS = 2.0
+
+
+async def _no_probe() -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -53,11 +61,27 @@ class Supervisor:
         loaded: LoadedSettings,
         notifier: Notifier | None = None,
         inbound_policy: str | None = None,
+        runner: CallRunner | None = None,
     ) -> None:
         self._loaded = loaded
         self._settings = loaded.settings
-        self._sip = WorkerPool(loaded.settings, inbound_policy, self._on_sip_event)
+        settings = loaded.settings
+        self._sip = WorkerPool(settings, inbound_policy, self._on_sip_event)
         self.dispatcher = Dispatcher(self._sip)
+        self.store = Store(settings.storage.path)
+        self._deliverer = Deliverer(
+            self.store,
+            settings.webhooks.secret.get_secret_value(),
+            settings.webhooks.timeout_seconds,
+        )
+        capacity = settings.sip.workers * settings.sip.max_calls
+        self.outbound = OutboundService(
+            self.store,
+            runner,
+            settings.calls.max_concurrent or capacity,
+            on_final=self._deliverer.wake,
+        )
+        self._store_open = False
         self._notifier = notifier if notifier is not None else Notifier.from_environ()
         self._components: list[Component] = []
         self._started_at = time.monotonic()
@@ -85,9 +109,45 @@ class Supervisor:
             version=__version__,
             uptime_seconds=round(time.monotonic() - self._started_at, 3),
             active_calls=self._sip.active_calls,
-            queued_calls=self.dispatcher.queued,
+            queued_calls=self.outbound.queued + self.dispatcher.queued,
             workers=self._sip.summary(),
         )
+
+    async def metrics(self) -> str:
+        """Prometheus text exposition of calls, webhooks, SIP and queue state."""
+        health = self.health()
+        lines = [
+            "# HELP sipai_sip_registered 1 while at least one worker is registered.",
+            "# TYPE sipai_sip_registered gauge",
+            f"sipai_sip_registered {int(health.sip_registered)}",
+            "# HELP sipai_workers_up SIP worker processes up.",
+            "# TYPE sipai_workers_up gauge",
+            f"sipai_workers_up {sum(1 for w in health.workers if w['up'])}",
+            "# HELP sipai_worker_restarts_total SIP worker restarts.",
+            "# TYPE sipai_worker_restarts_total counter",
+            f"sipai_worker_restarts_total {sum(w['restarts'] for w in health.workers)}",
+            "# HELP sipai_active_calls Calls up now.",
+            "# TYPE sipai_active_calls gauge",
+            f"sipai_active_calls {health.active_calls}",
+            "# HELP sipai_queued_calls Outbound calls waiting for a slot.",
+            "# TYPE sipai_queued_calls gauge",
+            f"sipai_queued_calls {health.queued_calls}",
+            "# HELP sipai_calls Stored outbound calls by status.",
+            "# TYPE sipai_calls gauge",
+        ]
+        lines += [
+            f'sipai_calls{{status="{status}"}} {count}'
+            for status, count in sorted((await self.store.call_counts()).items())
+        ]
+        lines += [
+            "# HELP sipai_webhooks Webhooks by delivery state.",
+            "# TYPE sipai_webhooks gauge",
+        ]
+        lines += [
+            f'sipai_webhooks{{state="{state}"}} {count}'
+            for state, count in sorted((await self.store.webhook_counts()).items())
+        ]
+        return "\n".join(lines) + "\n"
 
     def _on_sip_event(self, worker: int, event: SipEvent) -> None:
         if isinstance(event, CallEnded):
@@ -139,7 +199,22 @@ class Supervisor:
 
     async def _start(self) -> None:
         api = self._settings.api
-        self._api = ApiServer(create_app(self.health), api.host, api.port)
+        try:
+            await self.store.open()
+        except (OSError, RuntimeError) as exc:
+            raise ApiStartError(f"storage.path {self._settings.storage.path}: {exc}") from None
+        self._store_open = True
+        context = ApiContext(
+            health=self.health,
+            store=self.store,
+            outbound=self.outbound,
+            token=api.token.get_secret_value(),
+            max_body_bytes=api.max_body_bytes,
+            draining=lambda: self.draining,
+            metrics=self.metrics,
+            spec=load_spec(),
+        )
+        self._api = ApiServer(create_app(context), api.host, api.port)
         await self._api.start()
         host, port = self._api.address
         log.info("api.listening", host=host, port=port)
@@ -153,6 +228,9 @@ class Supervisor:
         self._sip_started = True  # so that a partial start is stopped too
         await self._sip.start()
         self.dispatcher.start()
+        await self.outbound.start()
+        self._deliverer.start()
+        self.add_component(Component("outbound", drain=self.outbound.drain, probe=_no_probe))
         self.add_component(Component("sip", drain=self._sip.drain, probe=self._sip.probe))
         self._notifier.notify("READY=1", f"STATUS=serving the API on {host}:{port}")
         log.info("daemon.ready", startup_ms=round((time.monotonic() - self._started_at) * 1000))
@@ -194,11 +272,16 @@ class Supervisor:
         if self._watchdog is not None:
             await asyncio.to_thread(self._watchdog.stop)
             self._watchdog = None
+        await self.outbound.stop()
         if self._sip_started:
             await self.dispatcher.stop()
             await self._sip.stop()
             self._sip_started = False
+        await self._deliverer.stop()
         if self._api is not None:
             await self._api.stop(API_STOP_SECONDS)
             self._api = None
+        if self._store_open:
+            await self.store.close()
+            self._store_open = False
         log.info("daemon.stopped")

@@ -1,0 +1,106 @@
+"""Request bodies of the REST contract, validated exactly as the contract says.
+
+Types are strict (``"30"`` is not an integer, ``30.0`` neither), unknown fields are errors,
+ranges are the contract's. :func:`describe` turns validation errors into one readable
+``detail`` that names each field, for the 400 response.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Self
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sip.target import request_uri
+
+_CALL_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ChoiceOption(Strict):
+    value: str = Field(min_length=1, max_length=200)
+    synonyms: list[str] = Field(default_factory=list, max_length=50)
+
+    @field_validator("synonyms")
+    @classmethod
+    def _synonyms(cls, value: list[str]) -> list[str]:
+        if any(not s.strip() or len(s) > 200 for s in value):
+            raise ValueError("synonyms must be non-empty strings of at most 200 characters")
+        return value
+
+
+class ChoicePrompt(Strict):
+    prompt: str = Field(min_length=1, max_length=2000)
+    options: list[ChoiceOption] = Field(min_length=1, max_length=20)
+    timeout_seconds: int = Field(default=30, ge=5, le=60)
+    repeat_count: int = Field(default=2, ge=1, le=5)
+
+
+class OutboundCallRequest(Strict):
+    message: str = Field(min_length=1, max_length=5000)
+    extension: str = Field(min_length=1, max_length=256)
+    callback_url: str | None = Field(default=None, max_length=2048)
+    ring_timeout: int = Field(default=30, ge=5, le=120)
+    choice: ChoicePrompt | None = None
+    call_id: str | None = None
+
+    @field_validator("message")
+    @classmethod
+    def _message(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    @field_validator("extension")
+    @classmethod
+    def _extension(cls, value: str) -> str:
+        request_uri(value, "example.invalid")  # raises ValueError with the reason
+        return value.strip()
+
+    @field_validator("callback_url")
+    @classmethod
+    def _callback_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
+
+    @field_validator("call_id")
+    @classmethod
+    def _call_id(cls, value: str | None) -> str | None:
+        if value is not None and not _CALL_ID.match(value):
+            raise ValueError("must be 1-128 characters of letters, digits and . _ : @ -")
+        return value
+
+    @model_validator(mode="after")
+    def _choice_needs_callback(self) -> Self:
+        if self.choice is not None and self.callback_url is None:
+            raise ValueError("callback_url is required when choice is specified")
+        return self
+
+
+def describe(exc: ValidationError) -> str:
+    """One line per problem: ``field.path: reason``; cross-field rules stand alone."""
+    problems = []
+    for error in exc.errors():
+        loc = ".".join(str(p) for p in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif error["type"] == "missing":
+            message = "field required"
+        problems.append(f"{loc}: {message}" if loc else message)
+    return "; ".join(problems)
+
+
+def parse_request(data: Any) -> OutboundCallRequest:
+    if not isinstance(data, dict):
+        raise ValueError("the body must be a JSON object")
+    return OutboundCallRequest.model_validate(data)

@@ -1,0 +1,176 @@
+"""Outbound notification calls: the durable queue between ``POST /call`` and the call flow.
+
+A request is stored as ``queued`` before the API answers, so a restart loses nothing. Up to
+``calls.max_concurrent`` calls run at once, in FIFO order. A call is marked ``dialing`` in
+the store before its runner starts; at start-up, calls found ``dialing``/``ringing``/
+``answered`` belonged to a process that died and are finished as ``failed`` (never dialled
+twice), and ``queued`` ones are resumed in order.
+
+The work of one call (dial, speak, listen, match) is a :class:`CallRunner`; the service
+records the statuses it reports and writes the final result together with its webhook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from daemon.logs import get_logger
+from daemon.store import IN_FLIGHT_STATUSES, Store
+
+log = get_logger(__name__)
+
+Report = Callable[..., Awaitable[None]]  # report(status, **columns)
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """What a finished call reports: the contract's WebhookPayload fields (minus ids)."""
+
+    status: str  # completed | no_answer | failed | busy
+    duration_seconds: float = 0.0
+    message_played: bool = False
+    choice_response: str | None = None
+    choice_raw_text: str | None = None
+    error: str | None = None
+    sip_code: int | None = None
+
+
+class CallRunner(Protocol):
+    async def run(self, call_id: str, request: dict[str, Any], report: Report) -> CallResult:
+        """Carry out one call; ``report("ringing")`` / ``report("answered")`` on the way."""
+        ...
+
+
+class OutboundUnavailable(Exception):
+    """No call flow is configured to carry out outbound calls."""
+
+
+class OutboundService:
+    def __init__(
+        self,
+        store: Store,
+        runner: CallRunner | None,
+        max_concurrent: int,
+        on_final: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._store = store
+        self._runner = runner
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._queue: asyncio.Queue[str] = asyncio.Queue()  # call ids, FIFO
+        self._on_final = on_final
+        self._numbers = itertools.count(1)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self.active = 0
+        self._idle = asyncio.Event()  # set whenever a running call finishes
+
+    @property
+    def available(self) -> bool:
+        return self._runner is not None
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    def new_call_id(self) -> str:
+        return f"out-{int(time.time())}-{next(self._numbers)}"
+
+    async def start(self) -> None:
+        """Finish what a previous process left in flight; resume its queue in order."""
+        for record in await self._store.calls_with_status(IN_FLIGHT_STATUSES):
+            error = f"the daemon stopped while the call was {record['status']}"
+            await self._finish(record["call_id"], record, CallResult("failed", error=error))
+            log.warning("call.abandoned", call_id=record["call_id"], status=record["status"])
+        for record in await self._store.calls_with_status(frozenset({"queued"})):
+            self._queue.put_nowait(record["call_id"])
+        if self._queue.qsize():
+            log.info("calls.resumed", queued=self._queue.qsize())
+        self._loop_task = asyncio.create_task(self._run(), name="outbound")
+
+    async def submit(self, call_id: str, request: dict[str, Any]) -> None:
+        """Store and queue a validated request (DuplicateCallId if the id is taken)."""
+        if self._runner is None:
+            raise OutboundUnavailable(
+                "outbound calls are not available: no call flow is configured in this build"
+            )
+        await self._store.insert_call(call_id, request)
+        self._queue.put_nowait(call_id)
+        log.info("call.queued", call_id=call_id, extension=request["extension"])
+
+    async def stop(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+        running = [t for t in (self._loop_task, *self._tasks) if t is not None]
+        for task in running:
+            task.cancel()
+        for task in running:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def drain(self) -> None:
+        """Return once no call is running (queued ones stay queued for the next start)."""
+        while self.active:
+            self._idle.clear()
+            await self._idle.wait()
+
+    async def _run(self) -> None:
+        while True:
+            await self._slots.acquire()
+            call_id = await self._queue.get()
+            task = asyncio.create_task(self._call(call_id), name=f"call-{call_id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _call(self, call_id: str) -> None:
+        self.active += 1
+        try:
+            record = await self._store.get_call(call_id)
+            if record is None or record["status"] != "queued":
+                return
+            await self._store.update_call(call_id, status="dialing", dialed_at=time.time())
+
+            async def report(status: str, **columns: Any) -> None:
+                await self._store.update_call(call_id, status=status, **columns)
+
+            assert self._runner is not None
+            try:
+                result = await self._runner.run(call_id, record["request"], report)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("call.runner_failed", call_id=call_id, error=repr(exc))
+                result = CallResult("failed", error=f"internal error: {exc}")
+            await self._finish(call_id, record, result)
+        finally:
+            self.active -= 1
+            self._slots.release()
+            self._idle.set()
+
+    async def _finish(self, call_id: str, record: dict[str, Any], result: CallResult) -> None:
+        payload = {
+            "call_id": call_id,
+            "status": result.status,
+            "extension": record["extension"],
+            "duration_seconds": round(result.duration_seconds, 3),
+            "message_played": result.message_played,
+            "choice_response": result.choice_response,
+            "choice_raw_text": result.choice_raw_text,
+            "error": result.error,
+        }
+        fields: dict[str, Any] = {"ended_at": time.time()}
+        if result.sip_code is not None:
+            fields["sip_code"] = result.sip_code
+        webhook = await self._store.finish_call(call_id, result.status, payload, **fields)
+        log.info(
+            "call.finished",
+            call_id=call_id,
+            **{k: v for k, v in asdict(result).items() if v is not None},
+        )
+        if webhook is not None:
+            self._on_final()

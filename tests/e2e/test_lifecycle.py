@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import ROOT, SIPAI, wait_for_health
@@ -158,5 +159,33 @@ def test_second_signal_exits_at_once(notify: NotifySocket, daemon_env: dict[str,
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=5) == 128 + signal.SIGTERM
         assert time.monotonic() - signalled_at < 2.0
+    finally:
+        _stop(proc)
+
+
+def test_api_in_the_daemon(daemon_env: dict[str, str]) -> None:
+    """The running daemon: metrics, strict health, 400 for bad calls, 503 with no call flow."""
+    env = daemon_env | {"SIPAI_SIP__REGISTRAR": "sip:127.0.0.1:9"}  # nobody answers there
+    proc = _start([str(SIPAI), "run"], env)
+    port = int(env["SIPAI_API__PORT"])
+    try:
+        wait_for_health(port, proc)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while not all(w["up"] for w in httpx.get(f"{base}/health", timeout=5).json()["workers"]):
+            assert time.monotonic() < deadline, "the SIP worker did not come up"
+            proc.poll()
+        assert httpx.get(f"{base}/health?strict=1", timeout=5).status_code == 503
+        metrics = httpx.get(f"{base}/metrics", timeout=5).text
+        assert "sipai_sip_registered 0" in metrics
+        assert "sipai_workers_up 1" in metrics
+        bad = httpx.post(f"{base}/call", json={"message": "hi"}, timeout=5)
+        assert (bad.status_code, bad.json()["detail"]) == (400, "extension: field required")
+        good = httpx.post(f"{base}/call", json={"message": "hi", "extension": "1001"}, timeout=5)
+        assert good.status_code == 503
+        assert "no call flow" in good.json()["detail"]
+        assert httpx.get(f"{base}/calls", timeout=5).json()["calls"] == []
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
     finally:
         _stop(proc)

@@ -81,8 +81,10 @@ class OutboundService:
     def new_call_id(self) -> str:
         return f"out-{int(time.time())}-{next(self._numbers)}"
 
-    async def start(self) -> None:
-        """Finish what a previous process left in flight; resume its queue in order."""
+    async def recover(self) -> None:
+        """Finish what a previous process left in flight and reload its queue, in order.
+
+        Runs before the API takes requests, so nothing is queued twice."""
         for record in await self._store.calls_with_status(IN_FLIGHT_STATUSES):
             error = f"the daemon stopped while the call was {record['status']}"
             await self._finish(record["call_id"], record, CallResult("failed", error=error))
@@ -91,6 +93,9 @@ class OutboundService:
             self._queue.put_nowait(record["call_id"])
         if self._queue.qsize():
             log.info("calls.resumed", queued=self._queue.qsize())
+
+    def start(self) -> None:
+        """Start placing queued calls (once the SIP side is up)."""
         self._loop_task = asyncio.create_task(self._run(), name="outbound")
 
     async def submit(self, call_id: str, request: dict[str, Any]) -> None:

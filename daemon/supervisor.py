@@ -204,6 +204,7 @@ class Supervisor:
         except (OSError, RuntimeError) as exc:
             raise ApiStartError(f"storage.path {self._settings.storage.path}: {exc}") from None
         self._store_open = True
+        await self.outbound.recover()
         context = ApiContext(
             health=self.health,
             store=self.store,
@@ -228,7 +229,7 @@ class Supervisor:
         self._sip_started = True  # so that a partial start is stopped too
         await self._sip.start()
         self.dispatcher.start()
-        await self.outbound.start()
+        self.outbound.start()
         self._deliverer.start()
         self.add_component(Component("outbound", drain=self.outbound.drain, probe=_no_probe))
         self.add_component(Component("sip", drain=self._sip.drain, probe=self._sip.probe))

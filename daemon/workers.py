@@ -51,6 +51,7 @@ READY_SECONDS = 30.0
 STOP_SECONDS = 10.0
 CLAIM_MEMORY_SECONDS = 300.0
 RESTART_BACKOFF_CAP = 30.0
+START_RETRY_SECONDS = 15.0
 
 _EVENT_TYPES: dict[str, type[Any]] = {
     cls.__name__: cls
@@ -148,7 +149,7 @@ class WorkerPool:
             state.socket_path.chmod(0o600)
             self._servers.append(server)
             await self._spawn(state)
-        await asyncio.gather(*(self._wait_ready(s) for s in self.workers))
+        await asyncio.gather(*(self._start_one(s) for s in self.workers))
         for state in self.workers:
             self._supervise.append(asyncio.create_task(self._watch(state)))
 
@@ -172,6 +173,23 @@ class WorkerPool:
         )
         state.pid = state.process.pid
         log.info("worker.spawned", worker=state.index, pid=state.pid)
+
+    async def _start_one(self, state: WorkerState) -> None:
+        """Wait for the worker; retry one that exits early for a while (a previous instance
+        may still be releasing the SIP port), then give up with the reason."""
+        deadline = time.monotonic() + START_RETRY_SECONDS
+        while True:
+            try:
+                await self._wait_ready(state)
+                return
+            except WorkerStartError as exc:
+                if time.monotonic() >= deadline or state.process is None:
+                    raise
+                if state.process.returncode is None:
+                    raise
+                log.warning("worker.start_retry", worker=state.index, error=str(exc))
+                await asyncio.sleep(1.0)
+                await self._spawn(state)
 
     async def _wait_ready(self, state: WorkerState) -> None:
         assert state.process is not None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import importlib
 import os
@@ -37,6 +38,7 @@ log = get_logger("sip.process")
 
 InboundPolicy = Callable[[SipWorker, IncomingCall], Awaitable[None]]
 CLAIM_SECONDS = 0.5
+PR_SET_PDEATHSIG = 1
 
 
 async def refuse_unavailable(worker: SipWorker, call: IncomingCall) -> None:
@@ -165,7 +167,17 @@ class WorkerProcess:
         return {"call": result} if type_ == "make_call" else {}
 
 
+def _die_with_parent() -> None:
+    """Ask the kernel for SIGTERM when the supervisor dies (even by SIGKILL): no orphans."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main() -> int:
+    _die_with_parent()
     parser = argparse.ArgumentParser(prog="sipai-worker")
     parser.add_argument("--socket", required=True)
     parser.add_argument("--index", type=int, required=True)

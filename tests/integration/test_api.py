@@ -72,7 +72,8 @@ async def _api(tmp_path: Path, token: str = "", max_concurrent: int = 4) -> Api:
     runner = ScriptedRunner()
     deliverer = Deliverer(store, "secret", waits=(0.2,) * 7)
     service = OutboundService(store, runner, max_concurrent, on_final=deliverer.wake)
-    await service.start()
+    await service.recover()
+    service.start()
     deliverer.start()
     ctx = ApiContext(
         health=_health, store=store, outbound=service, token=token, max_body_bytes=4096, spec=SPEC

@@ -1,0 +1,1 @@
+"""Call flows: the outbound notification flow and its pieces (choice matching)."""

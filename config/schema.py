@@ -158,6 +158,13 @@ class StorageSettings(Section):
     path: Path = Path("./var/sipai.db")
 
 
+class SpeechSettings(Section):
+    # Paths of other models; empty = the ones packaged with sipai's dependencies.
+    voice_model: str = ""
+    whisper_model: str = ""
+    threads: int = Field(default=2, ge=1, le=64)
+
+
 class CallsSettings(Section):
     # Outbound calls at once; 0 = every slot of every worker (sip.workers x sip.max_calls).
     max_concurrent: int = Field(default=0, ge=0, le=1000)
@@ -192,6 +199,7 @@ class Settings(Section):
     agent: AgentSettings = AgentSettings()
     webhooks: WebhookSettings = WebhookSettings()
     calls: CallsSettings = CallsSettings()
+    speech: SpeechSettings = SpeechSettings()
     storage: StorageSettings = StorageSettings()
     daemon: DaemonSettings = DaemonSettings()
     log: LogSettings = LogSettings()

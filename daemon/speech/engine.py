@@ -1,0 +1,88 @@
+"""The speech interfaces and the one door through which model inference leaves the loop.
+
+Inference is CPU-bound and blocking: every call runs on :data:`EXECUTOR`, a small thread pool
+dedicated to speech, so the event loop never blocks on a model, and model threads are bounded
+machine-wide (each backend's own thread count comes from ``[speech] threads``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from media.resample import Resampler
+
+EXECUTOR = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sipai-speech")
+
+
+class SpeechError(Exception):
+    """A speech backend cannot be used (missing model, bad configuration...)."""
+
+
+class Synthesizer(Protocol):
+    """A blocking TTS model: text -> int16 samples at ``rate``."""
+
+    rate: int
+
+    def synthesize(self, text: str) -> NDArray[np.int16]: ...
+
+
+class Transcriber(Protocol):
+    """A blocking STT model: 16 kHz int16 samples -> text."""
+
+    def transcribe(self, pcm16k: NDArray[np.int16]) -> str: ...
+
+
+class TextToSpeech:
+    """Synthesis at any call rate, with a bounded cache keyed by (text, rate)."""
+
+    def __init__(self, model: Synthesizer, voice: str, cache_items: int = 256) -> None:
+        self._model = model
+        self.voice = voice
+        self._cache: OrderedDict[tuple[str, int], NDArray[np.int16]] = OrderedDict()
+        self._cache_items = cache_items
+        self.hits = 0
+        self.misses = 0
+
+    async def synthesize(self, text: str, rate: int) -> NDArray[np.int16]:
+        key = (text, rate)
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            self.hits += 1
+            return cached
+        self.misses += 1
+        loop = asyncio.get_running_loop()
+        audio = await loop.run_in_executor(EXECUTOR, self._render, text, rate)
+        self._cache[key] = audio
+        while len(self._cache) > self._cache_items:
+            self._cache.popitem(last=False)
+        return audio
+
+    def _render(self, text: str, rate: int) -> NDArray[np.int16]:
+        audio = self._model.synthesize(text)
+        if self._model.rate == rate:
+            return audio
+        resampler = Resampler(self._model.rate, rate)
+        return np.concatenate((resampler.process(audio), resampler.flush()))
+
+
+class SpeechToText:
+    def __init__(self, model: Transcriber) -> None:
+        self._model = model
+
+    async def transcribe(self, pcm: NDArray[np.int16], rate: int) -> str:
+        """The text of ``pcm`` (any supported rate; resampled to 16 kHz)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(EXECUTOR, self._run, pcm, rate)
+
+    def _run(self, pcm: NDArray[np.int16], rate: int) -> str:
+        if rate != 16000:
+            resampler = Resampler(rate, 16000)
+            pcm = np.concatenate((resampler.process(pcm), resampler.flush()))
+        return self._model.transcribe(pcm).strip()

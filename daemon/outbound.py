@@ -60,7 +60,7 @@ class OutboundService:
         on_final: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
-        self._runner = runner
+        self.runner = runner  # set once the call flow is ready (speech loaded)
         self._slots = asyncio.Semaphore(max_concurrent)
         self._queue: asyncio.Queue[str] = asyncio.Queue()  # call ids, FIFO
         self._on_final = on_final
@@ -72,7 +72,7 @@ class OutboundService:
 
     @property
     def available(self) -> bool:
-        return self._runner is not None
+        return self.runner is not None
 
     @property
     def queued(self) -> int:
@@ -100,7 +100,7 @@ class OutboundService:
 
     async def submit(self, call_id: str, request: dict[str, Any]) -> None:
         """Store and queue a validated request (DuplicateCallId if the id is taken)."""
-        if self._runner is None:
+        if self.runner is None:
             raise OutboundUnavailable(
                 "outbound calls are not available: no call flow is configured in this build"
             )
@@ -143,9 +143,9 @@ class OutboundService:
             async def report(status: str, **columns: Any) -> None:
                 await self._store.update_call(call_id, status=status, **columns)
 
-            assert self._runner is not None
+            assert self.runner is not None
             try:
-                result = await self._runner.run(call_id, record["request"], report)
+                result = await self.runner.run(call_id, record["request"], report)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -18,6 +18,7 @@ import signal
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from api.app import ApiContext, HealthReport, create_app
@@ -26,10 +27,14 @@ from api.spec import load_spec
 from api.webhooks import Deliverer
 from config import LoadedSettings
 from daemon import __version__
+from daemon.calls.runner import PoolRunner
 from daemon.dispatcher import Dispatcher
 from daemon.logs import get_logger
 from daemon.outbound import CallRunner, OutboundService
 from daemon.sdnotify import Notifier, Watchdog, watchdog_interval
+from daemon.speech import SpeechError, SpeechToText, TextToSpeech
+from daemon.speech.engine import EXECUTOR as SPEECH_EXECUTOR
+from daemon.speech.local import PiperSynthesizer, WhisperTranscriber
 from daemon.store import Store
 from daemon.workers import WorkerPool, WorkerStartError
 from sip.events import CallEnded, SipEvent
@@ -82,6 +87,7 @@ class Supervisor:
             on_final=self._deliverer.wake,
         )
         self._store_open = False
+        self._runner_given = runner is not None
         self._notifier = notifier if notifier is not None else Notifier.from_environ()
         self._components: list[Component] = []
         self._started_at = time.monotonic()
@@ -204,6 +210,8 @@ class Supervisor:
         except (OSError, RuntimeError) as exc:
             raise ApiStartError(f"storage.path {self._settings.storage.path}: {exc}") from None
         self._store_open = True
+        if not self._runner_given:
+            await self._load_speech()
         await self.outbound.recover()
         context = ApiContext(
             health=self.health,
@@ -243,6 +251,28 @@ class Supervisor:
             )
             self._watchdog.start()
             log.info("watchdog.enabled", interval_seconds=interval)
+
+    async def _load_speech(self) -> None:
+        """Load the speech models once (blocking work, off the loop); they serve every worker."""
+        speech = self._settings.speech
+        started = time.monotonic()
+
+        def load() -> tuple[TextToSpeech, SpeechToText]:
+            voice = PiperSynthesizer(Path(speech.voice_model) if speech.voice_model else None)
+            whisper = WhisperTranscriber(
+                Path(speech.whisper_model) if speech.whisper_model else None, speech.threads
+            )
+            return TextToSpeech(voice, voice.name), SpeechToText(whisper)
+
+        try:
+            tts, stt = await asyncio.get_running_loop().run_in_executor(SPEECH_EXECUTOR, load)
+        except SpeechError as exc:
+            raise ApiStartError(str(exc)) from None
+        self._sip.transcriber = stt.transcribe
+        self.outbound.runner = PoolRunner(self._sip, tts)
+        log.info(
+            "speech.loaded", voice=tts.voice, load_ms=round((time.monotonic() - started) * 1000)
+        )
 
     async def _probe(self) -> None:
         """A round trip through the loop and through every component."""

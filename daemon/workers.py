@@ -19,16 +19,20 @@ Everything here runs on the supervisor's event loop.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import random
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
 
 from config import Settings
 from daemon.logs import get_logger
@@ -97,6 +101,7 @@ class WorkerState:
     restarts: int = 0
     pid: int | None = None
     reader: asyncio.Future[None] | None = None  # the IPC connection's read loop
+    reserved: int = 0  # outbound calls handed to this worker and not finished
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -134,6 +139,11 @@ class WorkerPool:
         self._calls_changed = asyncio.Event()
         # Called when a slot may have become free (a call ended, a worker came up).
         self.capacity_listeners: list[Callable[[], None]] = []
+        # Called with (call_id, status) when a worker reports an outbound call's progress.
+        self.status_listeners: list[Callable[[str, str], None]] = []
+        # Serves workers' "transcribe" requests (the supervisor's speech recognition).
+        self.transcriber: Callable[[NDArray[np.int16], int], Awaitable[str]] | None = None
+        self._capacity = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -332,6 +342,11 @@ class WorkerPool:
             }
         if type_ == "claim":
             return {"granted": self.claim(state.index, str(body["sip_call_id"]))}
+        if type_ == "transcribe":
+            if self.transcriber is None:
+                raise RuntimeError("no speech recognition in this supervisor")
+            pcm = np.frombuffer(base64.b64decode(body["pcm"]), dtype="<i2").astype(np.int16)
+            return {"text": await self.transcriber(pcm, int(body["rate"]))}
         raise UnknownRequest(type_)
 
     def claim(self, index: int, sip_call_id: str) -> bool:
@@ -352,6 +367,10 @@ class WorkerPool:
             self._capacity_changed()
             log.info("worker.ready", worker=state.index, contact=body.get("contact"))
             return
+        if type_ == "outbound_status":
+            for listener in self.status_listeners:
+                listener(str(body["call_id"]), str(body["status"]))
+            return
         if type_ != "sip_event":
             log.warning("ipc.unknown_event", worker=state.index, type=type_)
             return
@@ -371,6 +390,7 @@ class WorkerPool:
             self._on_event(state.index, event)
 
     def _capacity_changed(self) -> None:
+        self._capacity.set()
         for listener in self.capacity_listeners:
             listener()
 
@@ -388,7 +408,7 @@ class WorkerPool:
     def free_slots(self) -> int:
         """Call slots free on workers that are up."""
         return sum(
-            max(0, self.settings.sip.max_calls - len(s.calls))
+            max(0, self.settings.sip.max_calls - self._used(s))
             for s in self.workers
             if s.ready.is_set() and s.conn is not None
         )
@@ -419,12 +439,38 @@ class WorkerPool:
         state.calls.add(call)
         return state.index, call
 
-    async def command(self, index: int, type_: str, **body: Any) -> Body:
-        """Send a call command (hangup, answer, send_dtmf, transfer...) to worker ``index``."""
+    async def command(self, index: int, type_: str, within: float = 10.0, **body: Any) -> Body:
+        """Send a call command (hangup, answer, outbound...) to worker ``index``."""
         conn = self.workers[index].conn
         if conn is None:
             raise IpcClosed(f"worker {index} is not connected")
-        return await conn.request(type_, body)
+        return await conn.request(type_, body, within=within)
+
+    def _used(self, state: WorkerState) -> int:
+        # Reserved outbound calls show up in ``calls`` once dialled; counting the larger of
+        # the two never over-commits a worker (it may under-use one holding both kinds).
+        return max(len(state.calls), state.reserved)
+
+    async def reserve_slot(self) -> int:
+        """Wait for a free call slot; reserve it on the least loaded worker."""
+        while True:
+            ready = [
+                s
+                for s in self.workers
+                if s.ready.is_set()
+                and s.conn is not None
+                and self._used(s) < self.settings.sip.max_calls
+            ]
+            if ready:
+                state = min(ready, key=lambda s: (self._used(s), s.index))
+                state.reserved += 1
+                return state.index
+            self._capacity.clear()
+            await self._capacity.wait()
+
+    def release_slot(self, index: int) -> None:
+        self.workers[index].reserved = max(0, self.workers[index].reserved - 1)
+        self._capacity_changed()
 
     async def probe(self) -> None:
         """Watchdog: a round trip through every running worker's SIP thread."""

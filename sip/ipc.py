@@ -175,7 +175,8 @@ class Connection:
                 result = await self._on_request(type_, body)
             except UnknownRequest:
                 result = {"error": f"unknown request type {type_!r}"}
-            except Exception as exc:
+            except Exception as exc:  # the error goes back to the requester, and to the log
+                log.warning("ipc.request_failed", peer=self.name, type=type_, error=repr(exc))
                 result = {"error": str(exc) or repr(exc)}
         await self._respond(request_id, type_, result)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import ctypes
 import dataclasses
@@ -28,10 +29,14 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from config.schema import LogFormat, LogLevel, SipSettings
 from daemon.logs import configure_logging, get_logger
 from sip.events import IncomingCall, SipEvent
 from sip.ipc import Body, Connection, IpcError, UnknownRequest
+from sip.outbound_call import OutboundCall
 from sip.worker import SipWorker
 
 log = get_logger("sip.process")
@@ -76,6 +81,7 @@ class WorkerProcess:
         self.policy: InboundPolicy = refuse_unavailable
         self.stop = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._outbound: set[OutboundCall] = set()  # outbound calls in progress
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> int:
@@ -112,10 +118,38 @@ class WorkerProcess:
         async for event in self.worker.events():
             with contextlib.suppress(IpcError):
                 await self.conn.event("sip_event", event_body(event))
+            call = getattr(event, "call", None)
+            for outbound in self._outbound:
+                if outbound.call is None or outbound.call == call:
+                    outbound.sip_events.put_nowait(event)
             if isinstance(event, IncomingCall):
                 task = asyncio.create_task(self._inbound(event))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+
+    async def _run_outbound(self, worker: SipWorker, body: Body) -> Body:
+        """One outbound notification call, start to end; the result goes back as the reply."""
+        conn = self.conn
+        assert conn is not None
+        call_id = str(body["call_id"])
+
+        async def transcribe(pcm: NDArray[np.int16], rate: int) -> str:
+            pcm_b64 = base64.b64encode(pcm.astype("<i2").tobytes()).decode()
+            reply = await conn.request("transcribe", {"pcm": pcm_b64, "rate": rate}, within=60)
+            return str(reply["text"])
+
+        async def report(status: str) -> None:
+            with contextlib.suppress(IpcError):
+                await conn.event("outbound_status", {"call_id": call_id, "status": status})
+
+        audio = {name: _samples(data) for name, data in body["audio"].items()}
+        outbound = OutboundCall(worker, body["request"], audio, transcribe, report)
+        self._outbound.add(outbound)
+        try:
+            # Wrapped: a reply with a top-level "error" key means the request failed.
+            return {"result": await outbound.run()}
+        finally:
+            self._outbound.discard(outbound)
 
     def _claim_from_sip_thread(self, sip_call_id: str) -> bool:  # SIP thread
         """Ask the supervisor, blocking the SIP thread for one IPC round trip (~1 ms)."""
@@ -160,11 +194,17 @@ class WorkerProcess:
         if type_ == "shutdown":
             self.stop.set()
             return {}
+        if type_ == "outbound":
+            return await self._run_outbound(worker, body)
         handler = handlers.get(type_)
         if handler is None:
             raise UnknownRequest(type_)
         result = await handler()
         return {"call": result} if type_ == "make_call" else {}
+
+
+def _samples(text: str) -> NDArray[np.int16]:
+    return np.frombuffer(base64.b64decode(text), dtype="<i2").astype(np.int16)
 
 
 def _die_with_parent() -> None:

@@ -164,8 +164,11 @@ def test_second_signal_exits_at_once(notify: NotifySocket, daemon_env: dict[str,
 
 
 def test_api_in_the_daemon(daemon_env: dict[str, str]) -> None:
-    """The running daemon: metrics, strict health, 400 for bad calls, 503 with no call flow."""
-    env = daemon_env | {"SIPAI_SIP__REGISTRAR": "sip:127.0.0.1:9"}  # nobody answers there
+    """The running daemon: metrics, strict health, 400 for bad calls, valid ones queued."""
+    env = daemon_env | {
+        "SIPAI_SIP__REGISTRAR": "sip:127.0.0.1:9",  # nobody answers there
+        "SIPAI_DAEMON__DRAIN_SECONDS": "2",  # the queued call is dialling into the void
+    }
     proc = _start([str(SIPAI), "run"], env)
     port = int(env["SIPAI_API__PORT"])
     try:
@@ -182,9 +185,10 @@ def test_api_in_the_daemon(daemon_env: dict[str, str]) -> None:
         bad = httpx.post(f"{base}/call", json={"message": "hi"}, timeout=5)
         assert (bad.status_code, bad.json()["detail"]) == (400, "extension: field required")
         good = httpx.post(f"{base}/call", json={"message": "hi", "extension": "1001"}, timeout=5)
-        assert good.status_code == 503
-        assert "no call flow" in good.json()["detail"]
-        assert httpx.get(f"{base}/calls", timeout=5).json()["calls"] == []
+        assert good.status_code == 200
+        assert good.json()["status"] == "queued"
+        [record] = httpx.get(f"{base}/calls", timeout=5).json()["calls"]
+        assert record["call_id"] == good.json()["call_id"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     finally:

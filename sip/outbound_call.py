@@ -1,0 +1,208 @@
+"""Carries out one outbound notification call inside a SIP worker.
+
+The decisions are :class:`daemon.calls.flow.OutboundFlow`'s; this adapter only does what it
+asks and reports what happens: dials through the worker, plays the pre-synthesised audio into
+the playout buffer and waits until it was really played out, listens with VAD (dropping what
+was heard before), hands the utterance to ``transcribe`` (speech is served by the supervisor),
+hangs up. All on the worker's event loop; each action that takes time runs as a task that
+posts its outcome as an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from daemon.calls.choice import Option
+from daemon.calls.flow import (
+    Action,
+    Answered,
+    Dial,
+    Ended,
+    Event,
+    Finish,
+    HangUp,
+    Listen,
+    ListenTimeout,
+    OutboundFlow,
+    Play,
+    PlayDone,
+    Report,
+    Ringing,
+    SpeechEnded,
+    Transcribe,
+    Transcript,
+)
+from media.vad import SpeechStarted, SpeechStopped, VoiceActivityDetector
+from sip.audio_port import CallAudio
+from sip.endpoint import SipError
+from sip.events import CallAnswered, CallEnded, CallRinging, SipEvent
+from sip.worker import SipWorker
+
+PREROLL_FRAMES = 15  # 300 ms kept from before the detected start of speech
+MAX_UTTERANCE_SECONDS = 20.0
+
+Transcriber = Callable[[NDArray[np.int16], int], Awaitable[str]]
+Reporter = Callable[[str], Awaitable[None]]
+
+
+class OutboundCall:
+    def __init__(
+        self,
+        worker: SipWorker,
+        request: dict[str, Any],
+        audio: dict[str, NDArray[np.int16]],
+        transcribe: Transcriber,
+        report: Reporter,
+    ) -> None:
+        choice = request.get("choice") or {}
+        self.flow = OutboundFlow(
+            target=request["extension"],
+            ring_timeout=float(request["ring_timeout"]),
+            options=[
+                Option(o["value"], tuple(o.get("synonyms", ()))) for o in choice.get("options", ())
+            ],
+            timeout_seconds=float(choice.get("timeout_seconds", 30)),
+            repeat_count=int(choice.get("repeat_count", 2)),
+        )
+        self.worker = worker
+        self.sounds = audio
+        self._transcribe = transcribe
+        self._report = report
+        self.sip_events: asyncio.Queue[SipEvent] = asyncio.Queue()  # fed by the worker process
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._call: str | None = None
+        self._audio: CallAudio | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._utterance: NDArray[np.int16] = np.zeros(0, dtype=np.int16)
+        self._plays = itertools.count(1)
+
+    @property
+    def call(self) -> str | None:
+        return self._call
+
+    async def run(self) -> dict[str, Any]:
+        """Run the call to its end; the result is the flow's CallResult as a dict."""
+        try:
+            actions = self.flow.start()
+            while True:
+                for action in actions:
+                    result = await self._do(action)
+                    if result is not None:
+                        return result
+                actions = self.flow.handle(await self._events.get())
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            if self._call is not None and self.flow.state.value != "done":
+                with contextlib.suppress(Exception):
+                    await self.worker.hangup(self._call)
+
+    async def _do(self, action: Action) -> dict[str, Any] | None:
+        if isinstance(action, Dial):
+            try:
+                self._call = await self.worker.make_call(action.target, action.ring_timeout)
+            except (SipError, ValueError) as exc:
+                self._post(Ended(0, time.time(), local_cause="dial_failed", reason=str(exc)))
+                return None
+            self._spawn(self._follow_sip())
+        elif isinstance(action, Report):
+            await self._report(action.status)
+        elif isinstance(action, Play):
+            self._spawn(self._play(action.item))
+        elif isinstance(action, Listen):
+            self._spawn(self._listen(action.timeout))
+        elif isinstance(action, Transcribe):
+            self._spawn(self._transcribe_utterance())
+        elif isinstance(action, HangUp):
+            assert self._call is not None
+            await self.worker.hangup(self._call)
+        elif isinstance(action, Finish):
+            return asdict(action.result)
+        return None
+
+    def _post(self, event: Event) -> None:
+        self._events.put_nowait(event)
+
+    def _spawn(self, coroutine: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _follow_sip(self) -> None:
+        while True:
+            event = await self.sip_events.get()
+            if isinstance(event, CallRinging):
+                self._post(Ringing())
+            elif isinstance(event, CallAnswered):
+                assert self._call is not None
+                self._audio = await self.worker.audio(self._call)
+                self._post(Answered(time.time()))
+            elif isinstance(event, CallEnded):
+                self._post(Ended(event.code, time.time(), event.local_cause, event.reason))
+                return
+
+    async def _play(self, item: str) -> None:
+        audio = self._audio
+        assert audio is not None
+        samples = self.sounds[item]
+        item_id = f"{item}-{next(self._plays)}"
+        audio.playout.push(item_id, samples)
+        audio.playout.end_item(item_id)
+        # The media thread consumes the playout and must not touch the loop: poll, per frame.
+        while audio.playout.played_samples(item_id) < len(samples) and not audio.closed:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        audio.playout.forget(item_id)
+        self._post(PlayDone(item))
+
+    async def _listen(self, seconds: float) -> None:
+        audio = self._audio
+        assert audio is not None
+        audio.uplink.clear()  # what was heard before the prompt ended is not the answer
+        vad = VoiceActivityDetector(
+            audio.rate, aggressiveness=2, min_speech_ms=200, hangover_ms=700
+        )
+        preroll: deque[bytes] = deque(maxlen=PREROLL_FRAMES)
+        captured: list[bytes] = []
+        speaking = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        async for frame in audio.frames():
+            if speaking:
+                captured.append(frame)
+            else:
+                preroll.append(frame)
+            for event in vad.process(frame):
+                if isinstance(event, SpeechStarted) and not speaking:
+                    speaking = True
+                    captured = list(preroll)
+                    deadline = loop.time() + MAX_UTTERANCE_SECONDS
+                elif isinstance(event, SpeechStopped) and speaking:
+                    self._utterance = np.frombuffer(b"".join(captured), dtype="<i2").copy()
+                    self._post(SpeechEnded())
+                    return
+            if loop.time() > deadline:
+                if speaking:  # talking for too long: take what we have
+                    self._utterance = np.frombuffer(b"".join(captured), dtype="<i2").copy()
+                    self._post(SpeechEnded())
+                else:
+                    self._post(ListenTimeout())
+                return
+
+    async def _transcribe_utterance(self) -> None:
+        audio = self._audio
+        assert audio is not None
+        try:
+            text = await self._transcribe(self._utterance, audio.rate)
+        except Exception:  # no transcript is "heard nothing", not a crash
+            text = ""
+        self._post(Transcript(text))

@@ -142,7 +142,7 @@ class WorkerPool:
         # Called with (call_id, status) when a worker reports an outbound call's progress.
         self.status_listeners: list[Callable[[str, str], None]] = []
         # Serves workers' "transcribe" requests (the supervisor's speech recognition).
-        self.transcriber: Callable[[NDArray[np.int16], int], Awaitable[str]] | None = None
+        self.transcriber: Callable[[NDArray[np.int16], int, str], Awaitable[str]] | None = None
         self._capacity = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -346,7 +346,8 @@ class WorkerPool:
             if self.transcriber is None:
                 raise RuntimeError("no speech recognition in this supervisor")
             pcm = np.frombuffer(base64.b64decode(body["pcm"]), dtype="<i2").astype(np.int16)
-            return {"text": await self.transcriber(pcm, int(body["rate"]))}
+            hint = str(body.get("hint", ""))
+            return {"text": await self.transcriber(pcm, int(body["rate"]), hint)}
         raise UnknownRequest(type_)
 
     def claim(self, index: int, sip_call_id: str) -> bool:

@@ -51,7 +51,7 @@ from sip.worker import SipWorker
 PREROLL_FRAMES = 15  # 300 ms kept from before the detected start of speech
 MAX_UTTERANCE_SECONDS = 20.0
 
-Transcriber = Callable[[NDArray[np.int16], int], Awaitable[str]]
+Transcriber = Callable[[NDArray[np.int16], int, str], Awaitable[str]]
 Reporter = Callable[[str], Awaitable[None]]
 
 
@@ -76,6 +76,10 @@ class OutboundCall:
         )
         self.worker = worker
         self.sounds = audio
+        # The options' words bias recognition towards the answers we expect.
+        self._hint = ", ".join(
+            phrase for option in self.flow.options for phrase in (option.value, *option.synonyms)
+        )
         self._transcribe = transcribe
         self._report = report
         self.sip_events: asyncio.Queue[SipEvent] = asyncio.Queue()  # fed by the worker process
@@ -202,7 +206,7 @@ class OutboundCall:
         audio = self._audio
         assert audio is not None
         try:
-            text = await self._transcribe(self._utterance, audio.rate)
+            text = await self._transcribe(self._utterance, audio.rate, self._hint)
         except Exception:  # no transcript is "heard nothing", not a crash
             text = ""
         self._post(Transcript(text))

@@ -133,9 +133,10 @@ class WorkerProcess:
         assert conn is not None
         call_id = str(body["call_id"])
 
-        async def transcribe(pcm: NDArray[np.int16], rate: int) -> str:
+        async def transcribe(pcm: NDArray[np.int16], rate: int, hint: str) -> str:
             pcm_b64 = base64.b64encode(pcm.astype("<i2").tobytes()).decode()
-            reply = await conn.request("transcribe", {"pcm": pcm_b64, "rate": rate}, within=60)
+            body = {"pcm": pcm_b64, "rate": rate, "hint": hint}
+            reply = await conn.request("transcribe", body, within=60)
             return str(reply["text"])
 
         async def report(status: str) -> None:

@@ -33,9 +33,9 @@ class Synthesizer(Protocol):
 
 
 class Transcriber(Protocol):
-    """A blocking STT model: 16 kHz int16 samples -> text."""
+    """A blocking STT model: 16 kHz int16 samples -> text; ``hint``: words to expect."""
 
-    def transcribe(self, pcm16k: NDArray[np.int16]) -> str: ...
+    def transcribe(self, pcm16k: NDArray[np.int16], hint: str = "") -> str: ...
 
 
 class TextToSpeech:
@@ -76,13 +76,17 @@ class SpeechToText:
     def __init__(self, model: Transcriber) -> None:
         self._model = model
 
-    async def transcribe(self, pcm: NDArray[np.int16], rate: int) -> str:
-        """The text of ``pcm`` (any supported rate; resampled to 16 kHz)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(EXECUTOR, self._run, pcm, rate)
+    async def transcribe(self, pcm: NDArray[np.int16], rate: int, hint: str = "") -> str:
+        """The text of ``pcm`` (any supported rate; resampled to 16 kHz).
 
-    def _run(self, pcm: NDArray[np.int16], rate: int) -> str:
+        ``hint`` lists the words the answer is expected to contain (a choice's options): the
+        model is biased towards them, which matters for short answers on telephone audio.
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(EXECUTOR, self._run, pcm, rate, hint)
+
+    def _run(self, pcm: NDArray[np.int16], rate: int, hint: str) -> str:
         if rate != 16000:
             resampler = Resampler(rate, 16000)
             pcm = np.concatenate((resampler.process(pcm), resampler.flush()))
-        return self._model.transcribe(pcm).strip()
+        return self._model.transcribe(pcm, hint).strip()

@@ -65,9 +65,14 @@ class WhisperTranscriber:
             str(model_dir), device="cpu", compute_type="int8", cpu_threads=threads
         )
 
-    def transcribe(self, pcm16k: NDArray[np.int16]) -> str:
+    def transcribe(self, pcm16k: NDArray[np.int16], hint: str = "") -> str:
         audio = pcm16k.astype(np.float32) / 32768.0
         segments, _ = self._model.transcribe(
-            audio, language="en", beam_size=1, vad_filter=False, condition_on_previous_text=False
+            audio,
+            language="en",
+            beam_size=1,
+            vad_filter=False,
+            condition_on_previous_text=False,
+            initial_prompt=hint or None,
         )
         return " ".join(segment.text.strip() for segment in segments)

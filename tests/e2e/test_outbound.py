@@ -117,3 +117,200 @@ async def test_busy_is_reported(pbx: Kamailio, daemon: Daemon) -> None:
     finally:
         await phone.close()
         receiver.close()
+
+
+PROMPT = "Would you like to confirm or cancel? Say yes or no."
+OPTIONS = [
+    {"value": "confirmed", "synonyms": ["yes", "yeah", "yep", "confirm", "okay", "sure"]},
+    {"value": "cancelled", "synonyms": ["no", "nope", "cancel", "nevermind"]},
+]
+_voice: dict[str, Any] = {}
+
+
+def _say(text: str, path: Path) -> tuple[str, float]:
+    """Speech for ``text`` as an 8 kHz WAV (the daemon's own voice); returns (path, seconds)."""
+    from daemon.speech.local import PiperSynthesizer  # noqa: PLC0415 - loaded once, lazily
+    from media.resample import resample  # noqa: PLC0415
+    from media.wav import write_wav  # noqa: PLC0415
+
+    voice = _voice.setdefault("piper", PiperSynthesizer())
+    audio = resample(voice.synthesize(text), voice.rate, 8000)
+    write_wav(path, 8000, audio)
+    return str(path), len(audio) / 8000
+
+
+def _choice_call(receiver: Receiver, extension: str, **choice: Any) -> dict[str, Any]:
+    return {
+        "message": MESSAGE,
+        "extension": extension,
+        "callback_url": receiver.url,
+        "choice": {
+            "prompt": PROMPT,
+            "options": OPTIONS,
+            "timeout_seconds": 8,
+            "repeat_count": 2,
+            **choice,
+        },
+    }
+
+
+async def _answer_after_prompt(
+    phone: TestPhone, call: int, answer: str, tmp_path: Path, hello_first: bool = False
+) -> None:
+    """Play ``answer`` once the message and the prompt have been heard."""
+    _, message_s = _say(MESSAGE, tmp_path / "message.wav")
+    _, prompt_s = _say(PROMPT, tmp_path / "prompt.wav")
+    wav, _ = _say(answer, tmp_path / f"answer-{abs(hash(answer))}.wav")  # per phrase
+    if hello_first:
+        hello, _ = _say("Hello?", tmp_path / "hello.wav")
+        await phone.command("play", call=call, wav=hello)
+    await asyncio.sleep(message_s + prompt_s + 0.8)
+    await phone.command("play", call=call, wav=wav)
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"), [("Yeah, sure.", "confirmed"), ("No thanks.", "cancelled")]
+)
+async def test_spoken_choice(
+    pbx: Kamailio, daemon: Daemon, tmp_path: Path, answer: str, expected: str
+) -> None:
+    """The phone answers after the prompt; the webhook carries the option and the words."""
+    receiver = Receiver()
+    phone = await TestPhone.start("callee")
+    try:
+        await phone.register(pbx, "1003")
+        await phone.command("mode", on_incoming="answer", answer_after_ms=0)
+        await daemon.post(_choice_call(receiver, "1003"))
+        incoming = await phone.expect("incoming", timeout=20)
+        await phone.expect("media", call=incoming["call"], status="active")
+        await _answer_after_prompt(phone, incoming["call"], answer, tmp_path)
+        payload = await _webhook(receiver)
+        assert payload["status"] == "completed"
+        assert payload["choice_response"] == expected, payload
+        spoken = answer.lower().strip(".").split(",")[0]
+        assert spoken.split()[0] in payload["choice_raw_text"].lower()
+    finally:
+        await phone.close()
+        receiver.close()
+
+
+async def test_hello_at_pick_up_is_not_the_answer(
+    pbx: Kamailio, daemon: Daemon, tmp_path: Path
+) -> None:
+    """A "hello?" during the message is dropped; the answer after the prompt counts."""
+    receiver = Receiver()
+    phone = await TestPhone.start("callee")
+    try:
+        await phone.register(pbx, "1004")
+        await phone.command("mode", on_incoming="answer", answer_after_ms=0)
+        await daemon.post(_choice_call(receiver, "1004"))
+        incoming = await phone.expect("incoming", timeout=20)
+        await phone.expect("media", call=incoming["call"], status="active")
+        await _answer_after_prompt(
+            phone, incoming["call"], "No thanks.", tmp_path, hello_first=True
+        )
+        payload = await _webhook(receiver)
+        assert payload["choice_response"] == "cancelled", payload
+        assert "hello" not in payload["choice_raw_text"].lower()
+    finally:
+        await phone.close()
+        receiver.close()
+
+
+async def test_silence_repeats_then_null(pbx: Kamailio, daemon: Daemon, tmp_path: Path) -> None:
+    """Nothing said: the prompt plays repeat_count times, then completed with null."""
+    receiver = Receiver()
+    phone = await TestPhone.start("callee")
+    try:
+        await phone.register(pbx, "1005")
+        await phone.command("mode", on_incoming="answer", answer_after_ms=0)
+        await daemon.post(_choice_call(receiver, "1005", timeout_seconds=5, repeat_count=2))
+        payload = await _webhook(receiver, within=90)
+        assert (payload["status"], payload["choice_response"]) == ("completed", None)
+        assert payload["choice_raw_text"] is None
+        _, message_s = _say(MESSAGE, tmp_path / "m.wav")
+        _, prompt_s = _say(PROMPT, tmp_path / "p.wav")
+        two_rounds = message_s + 2 * (prompt_s + 5)
+        assert two_rounds <= payload["duration_seconds"] < two_rounds + prompt_s + 5
+    finally:
+        await phone.close()
+        receiver.close()
+
+
+async def test_no_answer_failed_and_early_hang_up(
+    pbx: Kamailio, daemon: Daemon, tmp_path: Path
+) -> None:
+    """Never answered -> no_answer; unregistered extension -> failed; hang-up mid-message."""
+    receivers = [Receiver(), Receiver(), Receiver()]
+    ringing = await TestPhone.start("ringing")
+    hanger = await TestPhone.start("hanger")
+    try:
+        await ringing.register(pbx, "1006")
+        await ringing.command("mode", on_incoming="ignore")
+        await hanger.register(pbx, "1007")
+        await hanger.command("mode", on_incoming="answer", answer_after_ms=0)
+        await daemon.post(
+            {
+                "message": MESSAGE,
+                "extension": "1006",
+                "ring_timeout": 5,
+                "callback_url": receivers[0].url,
+            }
+        )
+        await daemon.post(
+            {"message": MESSAGE, "extension": "1019", "callback_url": receivers[1].url}
+        )
+        await daemon.post(
+            {"message": MESSAGE, "extension": "1007", "callback_url": receivers[2].url}
+        )
+        incoming = await hanger.expect("incoming", timeout=20)
+        await hanger.expect("media", call=incoming["call"], status="active")
+        await asyncio.sleep(1.0)
+        await hanger.command("hangup", call=incoming["call"])
+        no_answer, failed, hung_up = [await _webhook(r) for r in receivers]
+        assert no_answer["status"] == "no_answer"
+        assert failed["status"] == "failed"
+        assert "404" in failed["error"]
+        assert (hung_up["status"], hung_up["message_played"]) == ("completed", False)
+        assert hung_up["duration_seconds"] < 3
+    finally:
+        await ringing.close()
+        await hanger.close()
+        for receiver in receivers:
+            receiver.close()
+
+
+async def test_two_calls_at_once_get_their_own_answers(
+    pbx: Kamailio, daemon: Daemon, tmp_path: Path
+) -> None:
+    """Two phones answer differently at the same time; each webhook has its own answer."""
+    receivers = [Receiver(), Receiver()]
+    phones = [await TestPhone.start("a"), await TestPhone.start("b")]
+    try:
+        for phone, user in zip(phones, ("1008", "1009"), strict=True):
+            await phone.register(pbx, user)
+            await phone.command("mode", on_incoming="answer", answer_after_ms=0)
+        for receiver, user in zip(receivers, ("1008", "1009"), strict=True):
+            await daemon.post(_choice_call(receiver, user))
+        calls = [await p.expect("incoming", timeout=20) for p in phones]
+        for phone, call in zip(phones, calls, strict=True):
+            await phone.expect("media", call=call["call"], status="active")
+        await asyncio.gather(
+            _answer_after_prompt(phones[0], calls[0]["call"], "Yes, I confirm.", tmp_path),
+            _answer_after_prompt(phones[1], calls[1]["call"], "Cancel it please.", tmp_path),
+        )
+        first, second = [await _webhook(r) for r in receivers]
+        assert (first["choice_response"], second["choice_response"]) == (
+            "confirmed",
+            "cancelled",
+        ), (
+            first["choice_raw_text"],
+            second["choice_raw_text"],
+            first["duration_seconds"],
+            second["duration_seconds"],
+        )
+    finally:
+        for phone in phones:
+            await phone.close()
+        for receiver in receivers:
+            receiver.close()

@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 from media.resample import Resampler
 
 EXECUTOR = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sipai-speech")
+PAD_SAMPLES_16K = 4000  # 250 ms of silence around an utterance
 
 
 class SpeechError(Exception):
@@ -89,4 +90,6 @@ class SpeechToText:
         if rate != 16000:
             resampler = Resampler(rate, 16000)
             pcm = np.concatenate((resampler.process(pcm), resampler.flush()))
-        return self._model.transcribe(pcm, hint).strip()
+        # Whisper tends to drop a first word that starts right at the edge of the audio.
+        pad = np.zeros(PAD_SAMPLES_16K, dtype=np.int16)
+        return self._model.transcribe(np.concatenate((pad, pcm, pad)), hint).strip()

@@ -64,14 +64,18 @@ async def test_round_trip_through_mu_law(tts: TextToSpeech, stt: SpeechToText) -
 async def test_spoken_answers_are_matched(
     tts: TextToSpeech, stt: SpeechToText, spoken: str, expected: str
 ) -> None:
-    """The outbound test answers, spoken and heard over mu-law, pick the right option."""
-    matcher = ChoiceMatcher(
-        [
-            Option("confirmed", ("yes", "yeah", "yep", "confirm", "okay", "sure")),
-            Option("cancelled", ("no", "nope", "cancel", "nevermind")),
-        ]
-    )
-    heard = await stt.transcribe(_over_the_phone(await tts.synthesize(spoken, 8000)), 8000)
+    """The outbound test answers, spoken and heard over mu-law, pick the right option.
+
+    As in a call, recognition gets the options' words as a hint.
+    """
+    options = [
+        Option("confirmed", ("yes", "yeah", "yep", "confirm", "okay", "sure")),
+        Option("cancelled", ("no", "nope", "cancel", "nevermind")),
+    ]
+    matcher = ChoiceMatcher(options)
+    hint = ", ".join(p for o in options for p in (o.value, *o.synonyms))
+    audio = _over_the_phone(await tts.synthesize(spoken, 8000))
+    heard = await stt.transcribe(audio, 8000, hint)
     match = matcher.match(heard)
     assert match is not None, heard
     assert match.value == expected

@@ -76,6 +76,7 @@ bench: $(STAMP_TEST)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/media.py
 	$(BIN)/python -m bench.calls
+	$(BIN)/python -m bench.outbound
 
 format: $(STAMP_TEST)
 	$(BIN)/ruff format .

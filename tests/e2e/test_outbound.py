@@ -95,6 +95,7 @@ async def test_plain_notification_is_heard(pbx: Kamailio, daemon: Daemon, tmp_pa
         assert (payload["status"], payload["message_played"]) == ("completed", True), payload
         assert payload["duration_seconds"] > 2.0
         await phone.expect("call", call=incoming["call"], state="DISCONNECTED")
+        await phone.expect("recorded", call=incoming["call"])
         heard = read_wav(tmp_path / "heard.wav")
         text = await SpeechToText(WhisperTranscriber()).transcribe(heard.samples, heard.rate)
         words = set("".join(c if c.isalnum() else " " for c in text.lower()).split())

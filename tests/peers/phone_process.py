@@ -4,6 +4,7 @@ Commands (one JSON object per line, each with "cmd" and an optional "seq" echoed
   register {user, password, registrar}      mode {on_incoming, answer_after_ms}
   dial {uri}                                 hangup {call}
   play {call, wav}                           record {call, wav} / stop_record {call}
+                                             ("recorded" once the WAV is complete)
   dtmf {call, digits, method: rfc4733|info}  hold {call} / unhold {call}      quit
 on_incoming: "answer" (after answer_after_ms), "busy" (486), "decline" (603), "ignore"
 (ring forever). Events go to stdout as JSON lines: "ok"/"error" replies, "reg", "incoming",
@@ -133,6 +134,7 @@ class Phone:
         self.mode = "answer"
         self.answer_after_ms = 0
         self.pending_answers: list[tuple[float, PhoneCall]] = []
+        self.closing_recorders: list[tuple[float, int]] = []  # (due, call key)
         self._keys = 0
         self.running = True
 
@@ -142,7 +144,11 @@ class Phone:
 
     def drop(self, call: PhoneCall) -> None:
         call.player = None
-        call.recorder = None
+        if call.recorder is not None:
+            # The clock thread removes the recorder's port on its next tick; only then is
+            # the WAV complete: announce it a little later (from tick()).
+            call.recorder = None
+            self.closing_recorders.append((time.monotonic() + 0.25, call.key))
         call.audio = None
         self.calls.pop(call.key, None)
 
@@ -163,6 +169,9 @@ class Phone:
 
     def tick(self) -> None:
         now = time.monotonic()
+        for due, key in [r for r in self.closing_recorders if r[0] <= now]:
+            self.closing_recorders.remove((due, key))
+            emit("recorded", call=key)
         due = [c for t, c in self.pending_answers if t <= now]
         self.pending_answers = [(t, c) for t, c in self.pending_answers if t > now]
         for call in due:

@@ -39,6 +39,7 @@ from daemon.speech.local import PiperSynthesizer, WhisperTranscriber
 from media import g711
 from media.resample import resample
 from media.wav import read_wav, write_wav
+from tests.conftest import free_port
 from tests.peers.kamailio import password, running_kamailio
 from tests.peers.phone import TestPhone
 from tests.peers.receiver import Receiver
@@ -61,12 +62,6 @@ UTTERANCES = [
     ("Sure thing.", "confirmed"),
     ("Never mind, cancel.", "cancelled"),
 ]
-
-
-def _free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def speech_figures(repeats: int) -> dict[str, Any]:
@@ -106,12 +101,12 @@ async def call_figures(calls: int, directory: Path) -> dict[str, Any]:
         write_wav(directory / f"{name}.wav", 8000, audio)
     post_to_invite, answer_to_audio, answer_to_webhook = [], [], []
     async with running_kamailio(directory / "kamailio") as kamailio:
-        api = _free_port()
+        api = free_port()
         env = {
             **os.environ,
             "SIPAI_SIP__REGISTRAR": kamailio.uri,
             "SIPAI_SIP__PASSWORD": password("1000"),
-            "SIPAI_SIP__PORT": str(_free_port(socket.SOCK_DGRAM)),
+            "SIPAI_SIP__PORT": str(free_port(socket.SOCK_DGRAM)),
             "SIPAI_API__PORT": str(api),
             "SIPAI_STORAGE__PATH": str(directory / "sipai.db"),
             "SIPAI_LOG__LEVEL": "warning",

@@ -61,6 +61,17 @@ class SipError(Exception):
     """A SIP operation was refused (too many calls, bad target, unknown call...)."""
 
 
+class SlotInTeardown(SipError):
+    """pjsua has no free call slot yet although this worker holds fewer calls than its limit.
+
+    A call that just ended keeps its pjsua slot until pjsua finishes tearing it down (media
+    channel, dialog), which can lag the DISCONNECTED callback; the caller retries shortly.
+    """
+
+
+PJ_ETOOMANY = 70010
+
+
 @dataclass
 class _Timer:
     due: float
@@ -306,6 +317,8 @@ class SipThread:
             call.makeCall(uri, pj.CallOpParam(True))
         except pj.Error as exc:
             call.release()
+            if exc.status == PJ_ETOOMANY:
+                raise SlotInTeardown(f"cannot call {uri} yet: {exc.info()}") from None
             raise SipError(f"cannot call {uri}: {exc.info()}") from None
         self.calls[call.key] = call
         return call.key

@@ -9,6 +9,7 @@ take and return plain values only.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
@@ -17,7 +18,7 @@ import pjsua2 as pj
 from config.schema import SipSettings
 from daemon.logs import get_logger
 from sip.audio_port import CallAudio
-from sip.endpoint import Claim, SipError, SipThread
+from sip.endpoint import Claim, SipError, SipThread, SlotInTeardown
 from sip.events import CallAnswered, CallEnded, RegistrationChanged, SipEvent
 from sip.target import request_uri
 
@@ -26,6 +27,9 @@ log = get_logger(__name__)
 __all__ = ["SipError", "SipWorker"]
 
 T = TypeVar("T")
+
+# How long make_call waits for pjsua to finish tearing down a call that just ended.
+SLOT_WAIT = 2.0
 
 
 class SipWorker:
@@ -112,13 +116,27 @@ class SipWorker:
         if thread is None:
             raise SipError("the SIP worker is not running")
         uri = request_uri(target, thread.domain)
-        key: str = await self._on_sip_thread(lambda: thread.make_call(uri))
+        key = await self._dial(thread, uri)
         assert self._loop is not None
         self._ring_timers[key] = self._loop.call_later(
             ring_timeout, lambda: asyncio.ensure_future(self._ring_timeout(key))
         )
         log.info("sip.dialing", call_id=key, uri=uri, ring_timeout=ring_timeout)
         return key
+
+    async def _dial(self, thread: SipThread, uri: str) -> str:
+        # A slot freed a moment ago may still be in pjsua's teardown: retry for up to
+        # SLOT_WAIT seconds before giving up.
+        deadline = time.monotonic() + SLOT_WAIT
+        while True:
+            try:
+                key: str = await self._on_sip_thread(lambda: thread.make_call(uri))
+                return key
+            except SlotInTeardown:
+                if time.monotonic() >= deadline:
+                    raise
+                log.debug("sip.slot_in_teardown", uri=uri)
+                await asyncio.sleep(0.02)
 
     async def _ring_timeout(self, key: str) -> None:
         self._ring_timers.pop(key, None)

@@ -388,3 +388,27 @@ async def test_our_refusal_is_486_not_603(
     refused = await phone.expect("call", call=second["call"], state="DISCONNECTED")
     assert refused["code"] == 486
     assert await worker.sip.call_count() == 1
+
+
+async def test_a_slot_freed_by_a_hang_up_can_be_dialled_at_once(
+    kamailio: Kamailio, make_worker: MakeWorker, phones: Phones
+) -> None:
+    """With all four slots busy, each hang-up lets a new call be placed as soon as it ends."""
+    worker = await make_worker(worker_settings(kamailio))
+    await worker.expect(RegistrationChanged, registered=True)
+    callee = await phones("callee")
+    await callee.register(kamailio, "1002")
+    await callee.command("mode", on_incoming="answer", answer_after_ms=0)
+    calls = [await worker.sip.make_call("1002", ring_timeout=10) for _ in range(4)]
+    for call in calls:
+        await worker.expect(CallAnswered, call=call)
+    for _ in range(12):
+        oldest = calls.pop(0)
+        await worker.sip.hangup(oldest)
+        await worker.expect(CallEnded, call=oldest)
+        calls.append(await worker.sip.make_call("1002", ring_timeout=10))
+        await worker.expect(CallAnswered, call=calls[-1])
+    for call in calls:
+        await worker.sip.hangup(call)
+        await worker.expect(CallEnded, call=call)
+    assert await worker.sip.call_count() == 0

@@ -158,11 +158,41 @@ class StorageSettings(Section):
     path: Path = Path("./var/sipai.db")
 
 
+class SpeechBackend(StrEnum):
+    LOCAL = "local"
+    OPENAI = "openai"
+
+
 class SpeechSettings(Section):
+    backend: SpeechBackend = SpeechBackend.LOCAL
     # Paths of other models; empty = the ones packaged with sipai's dependencies.
     voice_model: str = ""
     whisper_model: str = ""
     threads: int = Field(default=2, ge=1, le=64)
+    # The OpenAI REST audio backend (or any server with the same endpoints).
+    url: str = "https://api.openai.com/v1"
+    api_key: SecretStr = SecretStr("")
+    api_key_file: str = ""
+    tts_model: str = Field(default="gpt-4o-mini-tts", min_length=1)
+    tts_voice: str = Field(default="alloy", min_length=1)
+    stt_model: str = Field(default="gpt-4o-mini-transcribe", min_length=1)
+    timeout_seconds: float = Field(default=20.0, gt=0, le=300)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _backend_needs(self) -> Self:
+        if self.backend is SpeechBackend.OPENAI and not self.api_key.get_secret_value():
+            raise ValueError(
+                "backend 'openai' needs api_key (or api_key_file, or the credential "
+                "'speech.api_key')"
+            )
+        return self
 
 
 class CallsSettings(Section):
@@ -212,4 +242,5 @@ SECRET_KEYS: tuple[tuple[str, str], ...] = (
     ("api", "token"),
     ("agent", "api_key"),
     ("webhooks", "secret"),
+    ("speech", "api_key"),
 )

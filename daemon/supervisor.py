@@ -18,7 +18,6 @@ import signal
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from api.app import ApiContext, HealthReport, create_app
@@ -32,9 +31,9 @@ from daemon.dispatcher import Dispatcher
 from daemon.logs import get_logger
 from daemon.outbound import CallRunner, OutboundService
 from daemon.sdnotify import Notifier, Watchdog, watchdog_interval
-from daemon.speech import SpeechError, SpeechToText, TextToSpeech
+from daemon.speech import SpeechError
+from daemon.speech.backends import load_speech
 from daemon.speech.engine import EXECUTOR as SPEECH_EXECUTOR
-from daemon.speech.local import PiperSynthesizer, WhisperTranscriber
 from daemon.store import Store
 from daemon.workers import WorkerPool, WorkerStartError
 from sip.events import CallEnded, SipEvent
@@ -257,21 +256,18 @@ class Supervisor:
         speech = self._settings.speech
         started = time.monotonic()
 
-        def load() -> tuple[TextToSpeech, SpeechToText]:
-            voice = PiperSynthesizer(Path(speech.voice_model) if speech.voice_model else None)
-            whisper = WhisperTranscriber(
-                Path(speech.whisper_model) if speech.whisper_model else None, speech.threads
-            )
-            return TextToSpeech(voice, voice.name), SpeechToText(whisper)
-
         try:
-            tts, stt = await asyncio.get_running_loop().run_in_executor(SPEECH_EXECUTOR, load)
+            tts, stt = await asyncio.get_running_loop().run_in_executor(
+                SPEECH_EXECUTOR, load_speech, speech
+            )
         except SpeechError as exc:
             raise ApiStartError(str(exc)) from None
         self._sip.transcriber = stt.transcribe
         self.outbound.runner = PoolRunner(self._sip, tts)
         log.info(
-            "speech.loaded", voice=tts.voice, load_ms=round((time.monotonic() - started) * 1000)
+            "speech.loaded",
+            backend=speech.backend.value,
+            voice=tts.voice, load_ms=round((time.monotonic() - started) * 1000)
         )
 
     async def _probe(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import wave
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from numpy.typing import NDArray
@@ -20,10 +21,10 @@ class Wav:
         return len(self.samples) / self.rate
 
 
-def read_wav(path: Path | str) -> Wav:
-    """Read a 16-bit PCM WAV; stereo is mixed down to mono."""
+def read_wav(path: Path | str | IO[bytes]) -> Wav:
+    """Read a 16-bit PCM WAV (a file name or an open binary file); stereo is mixed to mono."""
     try:
-        with wave.open(str(path), "rb") as f:
+        with wave.open(path if not isinstance(path, Path) else str(path), "rb") as f:
             width, channels, rate = f.getsampwidth(), f.getnchannels(), f.getframerate()
             data = f.readframes(f.getnframes())
     except wave.Error as exc:
@@ -37,9 +38,9 @@ def read_wav(path: Path | str) -> Wav:
     return Wav(rate, samples)
 
 
-def write_wav(path: Path | str, rate: int, samples: NDArray[np.int16]) -> None:
-    """Write mono 16-bit PCM."""
-    with wave.open(str(path), "wb") as f:
+def write_wav(path: Path | str | IO[bytes], rate: int, samples: NDArray[np.int16]) -> None:
+    """Write mono 16-bit PCM to a file name or an open binary file."""
+    with wave.open(path if not isinstance(path, Path) else str(path), "wb") as f:
         f.setnchannels(1)
         f.setsampwidth(2)
         f.setframerate(rate)

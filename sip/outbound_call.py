@@ -42,11 +42,14 @@ from daemon.calls.flow import (
     Transcribe,
     Transcript,
 )
+from daemon.logs import get_logger
 from media.vad import SpeechStarted, SpeechStopped, VoiceActivityDetector
 from sip.audio_port import CallAudio
 from sip.endpoint import SipError
 from sip.events import CallAnswered, CallEnded, CallRinging, SipEvent
 from sip.worker import SipWorker
+
+log = get_logger(__name__)
 
 PREROLL_FRAMES = 15  # 300 ms kept from before the detected start of speech
 MAX_UTTERANCE_SECONDS = 20.0
@@ -207,6 +210,7 @@ class OutboundCall:
         assert audio is not None
         try:
             text = await self._transcribe(self._utterance, audio.rate, self._hint)
-        except Exception:  # no transcript is "heard nothing", not a crash
+        except Exception as exc:  # no transcript is "heard nothing", not a crash
+            log.warning("outbound.transcription_failed", call_id=self._call, error=str(exc))
             text = ""
         self._post(Transcript(text))

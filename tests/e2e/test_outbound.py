@@ -15,6 +15,7 @@ import pytest
 from daemon.speech import SpeechToText
 from daemon.speech.local import WhisperTranscriber
 from media.wav import read_wav
+from tests.audio import bursts, occurrences
 from tests.conftest import SIPAI
 from tests.peers.kamailio import Kamailio, password, running_kamailio
 from tests.peers.phone import TestPhone
@@ -218,21 +219,62 @@ async def test_hello_at_pick_up_is_not_the_answer(
         receiver.close()
 
 
+async def _prompts_heard(phone: TestPhone, call: int, wav: Path) -> int:
+    """How many times the phone heard the prompt (once the call is over and recorded).
+
+    Between rounds the line is silent, so the recording's second stretch of sound is the
+    prompt alone (the first is the message running into the first prompt; Piper does not
+    say a sentence the same way twice, so the reference must come from the call itself).
+    Every round plays the same cached audio: count its copies.
+    """
+    await phone.expect("recorded", call=call)
+    heard = read_wav(wav)
+    found = bursts(heard.samples, heard.rate)
+    assert len(found) >= 3, found  # message + prompt, at least one more prompt, closing
+    start, end = found[1]
+    return occurrences(heard.samples, heard.samples[start:end], threshold=0.8)
+
+
 async def test_silence_repeats_then_null(pbx: Kamailio, daemon: Daemon, tmp_path: Path) -> None:
-    """Nothing said: the prompt plays repeat_count times, then completed with null."""
+    """Nothing said: the phone hears the prompt exactly repeat_count times; completed, null."""
     receiver = Receiver()
     phone = await TestPhone.start("callee")
     try:
         await phone.register(pbx, "1005")
         await phone.command("mode", on_incoming="answer", answer_after_ms=0)
-        await daemon.post(_choice_call(receiver, "1005", timeout_seconds=5, repeat_count=2))
+        await daemon.post(_choice_call(receiver, "1005", timeout_seconds=5, repeat_count=3))
+        incoming = await phone.expect("incoming", timeout=20)
+        await phone.expect("media", call=incoming["call"], status="active")
+        await phone.command("record", call=incoming["call"], wav=str(tmp_path / "heard.wav"))
         payload = await _webhook(receiver, within=90)
         assert (payload["status"], payload["choice_response"]) == ("completed", None)
         assert payload["choice_raw_text"] is None
-        _, message_s = _say(MESSAGE, tmp_path / "m.wav")
-        _, prompt_s = _say(PROMPT, tmp_path / "p.wav")
-        two_rounds = message_s + 2 * (prompt_s + 5)
-        assert two_rounds <= payload["duration_seconds"] < two_rounds + prompt_s + 5
+        heard = await _prompts_heard(phone, incoming["call"], tmp_path / "heard.wav")
+        assert heard == 3
+    finally:
+        await phone.close()
+        receiver.close()
+
+
+async def test_unmatched_answer_repeats_then_null(
+    pbx: Kamailio, daemon: Daemon, tmp_path: Path
+) -> None:
+    """Words that match no option: the prompt is asked again; in the end null with the words."""
+    receiver = Receiver()
+    phone = await TestPhone.start("callee")
+    try:
+        await phone.register(pbx, "1010")
+        await phone.command("mode", on_incoming="answer", answer_after_ms=0)
+        await daemon.post(_choice_call(receiver, "1010", timeout_seconds=5, repeat_count=2))
+        incoming = await phone.expect("incoming", timeout=20)
+        await phone.expect("media", call=incoming["call"], status="active")
+        await phone.command("record", call=incoming["call"], wav=str(tmp_path / "heard.wav"))
+        await _answer_after_prompt(phone, incoming["call"], "Purple elephant banana.", tmp_path)
+        payload = await _webhook(receiver, within=90)
+        assert (payload["status"], payload["choice_response"]) == ("completed", None), payload
+        assert "elephant" in (payload["choice_raw_text"] or "").lower(), payload
+        heard = await _prompts_heard(phone, incoming["call"], tmp_path / "heard.wav")
+        assert heard == 2
     finally:
         await phone.close()
         receiver.close()

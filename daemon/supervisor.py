@@ -267,7 +267,8 @@ class Supervisor:
         log.info(
             "speech.loaded",
             backend=speech.backend.value,
-            voice=tts.voice, load_ms=round((time.monotonic() - started) * 1000)
+            voice=tts.voice,
+            load_ms=round((time.monotonic() - started) * 1000),
         )
 
     async def _probe(self) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from config.schema import SpeechBackend, SpeechSettings
 from daemon.logs import get_logger
-from daemon.speech.engine import SpeechToText, TextToSpeech
+from daemon.speech.engine import SpeechError, SpeechToText, TextToSpeech
 from daemon.speech.local import PiperSynthesizer, WhisperTranscriber
 from daemon.speech.remote import RestAudio, RestSynthesizer, RestTranscriber
 
@@ -17,7 +17,11 @@ def load_speech(settings: SpeechSettings) -> tuple[TextToSpeech, SpeechToText]:
     """The TTS and STT of ``settings``; a missing model or a refused key is a SpeechError."""
     if settings.backend is SpeechBackend.OPENAI:
         api = RestAudio(settings)
-        log.info("speech.remote", url=settings.url, check=api.check())
+        try:
+            log.info("speech.remote", url=settings.url, check=api.check())
+        except SpeechError:
+            api.close()
+            raise
         voice = RestSynthesizer(api, settings.tts_model, settings.tts_voice)
         return TextToSpeech(voice, voice.name), SpeechToText(
             RestTranscriber(api, settings.stt_model)

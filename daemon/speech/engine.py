@@ -65,6 +65,10 @@ class TextToSpeech:
             self._cache.popitem(last=False)
         return audio
 
+    def close(self) -> None:
+        """Release what the model holds open (a REST backend's connections)."""
+        _close(self._model)
+
     def _render(self, text: str, rate: int) -> NDArray[np.int16]:
         audio = self._model.synthesize(text)
         if self._model.rate == rate:
@@ -86,6 +90,9 @@ class SpeechToText:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(EXECUTOR, self._run, pcm, rate, hint)
 
+    def close(self) -> None:
+        _close(self._model)
+
     def _run(self, pcm: NDArray[np.int16], rate: int, hint: str) -> str:
         if rate != 16000:
             resampler = Resampler(rate, 16000)
@@ -93,3 +100,9 @@ class SpeechToText:
         # Whisper tends to drop a first word that starts right at the edge of the audio.
         pad = np.zeros(PAD_SAMPLES_16K, dtype=np.int16)
         return self._model.transcribe(np.concatenate((pad, pcm, pad)), hint).strip()
+
+
+def _close(model: object) -> None:
+    close = getattr(model, "close", None)
+    if callable(close):
+        close()

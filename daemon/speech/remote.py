@@ -123,6 +123,9 @@ class RestSynthesizer:
             )
         return np.frombuffer(body, dtype="<i2").astype(np.int16)
 
+    def close(self) -> None:
+        self._api.close()
+
 
 class RestTranscriber:
     """16 kHz speech -> text through ``POST /audio/transcriptions`` (sent as a WAV file)."""
@@ -151,3 +154,6 @@ class RestTranscriber:
                 f"{response.text[:200]!r}"
             ) from None
         return str(text)
+
+    def close(self) -> None:
+        self._api.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from media.wav import read_wav
 from tests.audio import bursts, occurrences
 from tests.conftest import SIPAI
 from tests.peers.kamailio import Kamailio, password, running_kamailio
+from tests.peers.openai_audio import OpenAIAudio
 from tests.peers.phone import TestPhone
 from tests.peers.receiver import Receiver
 
@@ -44,9 +46,9 @@ async def pbx(tmp_path: Path) -> AsyncIterator[Kamailio]:
         yield kamailio
 
 
-@pytest.fixture
-async def daemon(pbx: Kamailio, daemon_env: dict[str, str]) -> AsyncIterator[Daemon]:
-    env = daemon_env | {
+@contextlib.asynccontextmanager
+async def _running(pbx: Kamailio, env: dict[str, str]) -> AsyncIterator[Daemon]:
+    env = env | {
         "SIPAI_SIP__REGISTRAR": pbx.uri,
         "SIPAI_SIP__PASSWORD": password("1000"),
         "SIPAI_SIP__RTP_PORT_MIN": "42000",
@@ -68,6 +70,12 @@ async def daemon(pbx: Kamailio, daemon_env: dict[str, str]) -> AsyncIterator[Dae
     yield Daemon(process, base)
     process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(process.wait(), 30) == 0
+
+
+@pytest.fixture
+async def daemon(pbx: Kamailio, daemon_env: dict[str, str]) -> AsyncIterator[Daemon]:
+    async with _running(pbx, daemon_env) as running:
+        yield running
 
 
 async def _webhook(receiver: Receiver, within: float = 60.0) -> dict[str, Any]:
@@ -98,7 +106,7 @@ async def test_plain_notification_is_heard(pbx: Kamailio, daemon: Daemon, tmp_pa
         await phone.expect("call", call=incoming["call"], state="DISCONNECTED")
         await phone.expect("recorded", call=incoming["call"])
         heard = read_wav(tmp_path / "heard.wav")
-        text = await SpeechToText(WhisperTranscriber()).transcribe(heard.samples, heard.rate)
+        text = await SpeechToText(_whisper()).transcribe(heard.samples, heard.rate)
         words = set("".join(c if c.isalnum() else " " for c in text.lower()).split())
         assert {"reminder", "dentist", "appointment"} <= words, text
     finally:
@@ -127,6 +135,11 @@ OPTIONS = [
     {"value": "cancelled", "synonyms": ["no", "nope", "cancel", "nevermind"]},
 ]
 _voice: dict[str, Any] = {}
+
+
+def _whisper() -> WhisperTranscriber:
+    whisper: WhisperTranscriber = _voice.setdefault("whisper", WhisperTranscriber())
+    return whisper
 
 
 def _say(text: str, path: Path) -> tuple[str, float]:
@@ -357,3 +370,38 @@ async def test_two_calls_at_once_get_their_own_answers(
             await phone.close()
         for receiver in receivers:
             receiver.close()
+
+
+async def test_choice_with_the_rest_speech_backend(
+    pbx: Kamailio, daemon_env: dict[str, str], tmp_path: Path
+) -> None:
+    """speech.backend = "openai": the daemon speaks and hears through the REST endpoints."""
+    from daemon.speech.local import PiperSynthesizer  # noqa: PLC0415
+
+    piper = PiperSynthesizer()
+    server = OpenAIAudio(lambda text: (piper.synthesize(text), piper.rate), _whisper().transcribe)
+    env = daemon_env | {
+        "SIPAI_SPEECH__BACKEND": "openai",
+        "SIPAI_SPEECH__URL": server.url,
+        "SIPAI_SPEECH__API_KEY": server.key,
+    }
+    receiver = Receiver()
+    phone = await TestPhone.start("callee")
+    try:
+        async with _running(pbx, env) as daemon:
+            await phone.register(pbx, "1011")
+            await phone.command("mode", on_incoming="answer", answer_after_ms=0)
+            await daemon.post(_choice_call(receiver, "1011"))
+            incoming = await phone.expect("incoming", timeout=20)
+            await phone.expect("media", call=incoming["call"], status="active")
+            await _answer_after_prompt(phone, incoming["call"], "Yes, I confirm.", tmp_path)
+            payload = await _webhook(receiver)
+        assert payload["choice_response"] == "confirmed", payload
+        spoken = [s.fields["input"] for s in server.requests("/v1/audio/speech")]
+        assert spoken == [MESSAGE, PROMPT, "Thank you. Goodbye."]
+        (heard,) = server.requests("/v1/audio/transcriptions")
+        assert heard.fields["prompt"].startswith("confirmed, yes, yeah")
+    finally:
+        await phone.close()
+        receiver.close()
+        server.close()

@@ -119,18 +119,19 @@ class OpenAIAudio:
         return Response(samples.astype("<i2").tobytes(), media_type="audio/pcm")
 
     async def _transcriptions(self, request: Request) -> Response:
-        form = await request.form()
-        fields = {k: v for k, v in form.items() if not isinstance(v, UploadFile)}
-        upload = form.get("file")
-        seen = self._record(request, fields)
-        refusal = self._refusal(request)
-        if refusal is not None:
-            return refusal
-        present = {**fields, **({"file": True} if upload is not None else {})}
-        problem = _check_fields(present, TRANSCRIPTION_FIELDS, TRANSCRIPTION_REQUIRED)
-        if problem or not isinstance(upload, UploadFile):
-            return _error(400, problem or "file must be a file", "invalid_request_error")
-        wav = read_wav(io.BytesIO(await upload.read()))
+        async with request.form() as form:
+            fields = {k: v for k, v in form.items() if not isinstance(v, UploadFile)}
+            upload = form.get("file")
+            seen = self._record(request, fields)
+            refusal = self._refusal(request)
+            if refusal is not None:
+                return refusal
+            present = {**fields, **({"file": True} if upload is not None else {})}
+            problem = _check_fields(present, TRANSCRIPTION_FIELDS, TRANSCRIPTION_REQUIRED)
+            if problem or not isinstance(upload, UploadFile):
+                return _error(400, problem or "file must be a file", "invalid_request_error")
+            data = await upload.read()
+        wav = read_wav(io.BytesIO(data))
         seen.audio, seen.rate = wav.samples, wav.rate
         pcm = wav.samples
         if wav.rate != 16000:

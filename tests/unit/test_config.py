@@ -105,13 +105,15 @@ def test_cross_field_rules(tmp_path: Path) -> None:
     """Rules spanning keys (RTP range, backend needs) are reported on their section."""
     path = _write(
         tmp_path,
-        '[sip]\nrtp_port_min = 30000\nrtp_port_max = 20000\n[agent]\nbackend = "openai"\n',
+        '[sip]\nrtp_port_min = 30000\nrtp_port_max = 20000\n[agent]\nbackend = "openai"\n'
+        '[speech]\nbackend = "openai"\nurl = "api.openai.com"\n',
     )
     with pytest.raises(ConfigError) as caught:
         load_settings(path, environ={})
     text = str(caught.value)
     assert f"{path}: sip: rtp_port_min (30000) must be below rtp_port_max (20000)" in text
     assert f"{path}: agent: backend 'openai' needs api_key" in text
+    assert f"{path}: speech.url: must be an http:// or https:// URL" in text
 
 
 def test_toml_syntax_error_names_line(tmp_path: Path) -> None:
@@ -138,7 +140,9 @@ def test_secret_from_credentials_directory(tmp_path: Path) -> None:
     creds.mkdir()
     (creds / "sip.password").write_text("from-credential\n")
     (creds / "webhooks.secret").write_text("whsec")
+    (creds / "speech.api_key").write_text("sk-speech\n")
     loaded = load_settings(None, environ={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert loaded.settings.speech.api_key.get_secret_value() == "sk-speech"
     assert loaded.settings.sip.password.get_secret_value() == "from-credential"
     assert loaded.settings.webhooks.secret.get_secret_value() == "whsec"
     assert loaded.settings.api.token.get_secret_value() == ""
@@ -192,3 +196,14 @@ def test_check_config_command_reports_and_exits_2(tmp_path: Path) -> None:
         [SIPAI, "check-config", "--config", EXAMPLE], capture_output=True, text=True, check=False
     )
     assert (good.returncode, good.stdout.strip()) == (0, f"{EXAMPLE}: OK")
+
+
+def test_rest_speech_needs_a_key(tmp_path: Path) -> None:
+    """speech.backend = "openai" without a key names the key and where else it may come from."""
+    path = _write(tmp_path, '[speech]\nbackend = "openai"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    assert caught.value.problems == [
+        f"{path}: speech: backend 'openai' needs api_key (or api_key_file, or the "
+        "credential 'speech.api_key')"
+    ]

@@ -1,0 +1,1 @@
+"""Realtime model sessions: the OpenAI Realtime protocol (GA and beta), any backend."""

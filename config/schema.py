@@ -120,12 +120,57 @@ class Backend(StrEnum):
     URL = "url"
 
 
+class Dialect(StrEnum):
+    GA = "ga"
+    BETA = "beta"
+
+
+class ModelAudio(StrEnum):
+    PCMU = "pcmu"  # G.711 mu-law at 8 kHz: passthrough for narrowband calls
+    PCM24 = "pcm24"  # 16-bit PCM at 24 kHz, resampled here
+
+
+class TurnDetectionKind(StrEnum):
+    SERVER_VAD = "server_vad"
+    SEMANTIC_VAD = "semantic_vad"
+    NONE = "none"
+
+
+class ConnectFailure(StrEnum):
+    APOLOGY = "apology"
+    REJECT = "reject"
+
+
+DEFAULT_INSTRUCTIONS = (
+    "You are a friendly, concise telephone assistant. Speak in short sentences. When the "
+    "caller is done, say goodbye and call the end_call tool."
+)
+
+
 class AgentSettings(Section):
     backend: Backend = Backend.LOCAL
     url: str = ""
     model: str = ""
     api_key: SecretStr = SecretStr("")
     api_key_file: str = ""
+    dialect: Dialect = Dialect.GA
+    instructions: str = DEFAULT_INSTRUCTIONS
+    greeting: str = "Greet the caller in one short sentence and ask how you can help."
+    voice: str = Field(default="alloy", min_length=1)
+    input_format: ModelAudio = ModelAudio.PCMU
+    output_format: ModelAudio = ModelAudio.PCMU
+    turn_detection: TurnDetectionKind = TurnDetectionKind.SERVER_VAD
+    vad_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    vad_prefix_padding_ms: int = Field(default=300, ge=0, le=2000)
+    vad_silence_ms: int = Field(default=500, ge=100, le=5000)
+    vad_eagerness: str = Field(default="auto", pattern="^(low|medium|high|auto)$")
+    transcription_model: str = "gpt-4o-mini-transcribe"
+    uplink_batch_ms: int = Field(default=40, ge=20, le=100, multiple_of=20)
+    connect_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    on_connect_failure: ConnectFailure = ConnectFailure.APOLOGY
+    apology: str = "Sorry, the assistant is not available right now. Please call again later."
+    barge_in_min_ms: int = Field(default=200, ge=0, le=2000)
+    greeting_guard_ms: int = Field(default=800, ge=0, le=10000)
 
     @field_validator("url")
     @classmethod

@@ -66,7 +66,7 @@ class OpenAIAudio:
                 Route("/v1/audio/transcriptions", self._transcriptions, methods=["POST"]),
             ]
         )
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()

@@ -71,6 +71,7 @@ class Supervisor:
         self._settings = loaded.settings
         settings = loaded.settings
         self._sip = WorkerPool(settings, inbound_policy, self._on_sip_event)
+        self._sip.inbound_listeners.append(self._on_inbound)
         self.dispatcher = Dispatcher(self._sip)
         self.store = Store(settings.storage.path)
         self._deliverer = Deliverer(
@@ -165,6 +166,11 @@ class Supervisor:
                 local_cause=event.local_cause or None,
                 answered=event.answered,
             )
+
+    def _on_inbound(self, worker: int, kind: str, body: dict[str, Any]) -> None:
+        """What an inbound agent reports: the call, each transcript turn, the outcome."""
+        fields = {k: v for k, v in body.items() if k != "call"}
+        log.info(f"inbound.{kind}", call_id=body.get("call"), worker=worker, **fields)
 
     def request_stop(self, signum: int | None = None) -> None:
         """First call starts the drain; a second signal exits the process at once."""
@@ -263,6 +269,7 @@ class Supervisor:
         except SpeechError as exc:
             raise ApiStartError(str(exc)) from None
         self._sip.transcriber = stt.transcribe
+        self._sip.synthesizer = tts.synthesize
         self.outbound.runner = PoolRunner(self._sip, tts)
         log.info(
             "speech.loaded",

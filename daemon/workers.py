@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import BaseModel
 
 from config import Settings
 from daemon.logs import get_logger
@@ -143,6 +144,9 @@ class WorkerPool:
         self.status_listeners: list[Callable[[str, str], None]] = []
         # Serves workers' "transcribe" requests (the supervisor's speech recognition).
         self.transcriber: Callable[[NDArray[np.int16], int, str], Awaitable[str]] | None = None
+        self.synthesizer: Callable[[str, int], Awaitable[NDArray[np.int16]]] | None = None
+        # Inbound agent events (inbound_call, transcript, agent_failed, inbound_done).
+        self.inbound_listeners: list[Callable[[int, str, Body], None]] = []
         self._capacity = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -339,9 +343,16 @@ class WorkerPool:
                 "log_level": self.settings.log.level.value,
                 "log_format": self.settings.log.format.value,
                 "inbound_policy": self.inbound_policy,
+                "agent": _with_secret(self.settings.agent, "api_key"),
+                "api": _with_secret(self.settings.api, "token"),
             }
         if type_ == "claim":
             return {"granted": self.claim(state.index, str(body["sip_call_id"]))}
+        if type_ == "synthesize":
+            if self.synthesizer is None:
+                raise RuntimeError("no speech synthesis in this supervisor")
+            pcm = await self.synthesizer(str(body["text"]), int(body["rate"]))
+            return {"pcm": base64.b64encode(pcm.astype("<i2").tobytes()).decode()}
         if type_ == "transcribe":
             if self.transcriber is None:
                 raise RuntimeError("no speech recognition in this supervisor")
@@ -371,6 +382,10 @@ class WorkerPool:
         if type_ == "outbound_status":
             for listener in self.status_listeners:
                 listener(str(body["call_id"]), str(body["status"]))
+            return
+        if type_ in ("inbound_call", "transcript", "agent_failed", "inbound_done"):
+            for inbound_listener in self.inbound_listeners:
+                inbound_listener(state.index, type_, body)
             return
         if type_ != "sip_event":
             log.warning("ipc.unknown_event", worker=state.index, type=type_)
@@ -487,3 +502,10 @@ class WorkerPool:
         while self.active_calls:
             self._calls_changed.clear()
             await self._calls_changed.wait()
+
+
+def _with_secret(section: BaseModel, key: str) -> dict[str, Any]:
+    """A settings section with its secret in clear, for the worker's hello (a 0600 socket)."""
+    dumped: dict[str, Any] = section.model_dump(mode="json")
+    dumped[key] = getattr(section, key).get_secret_value()
+    return dumped

@@ -7,7 +7,8 @@ worker and then:
 - forwards every SIP event to the supervisor (``sip_event`` events);
 - for an inbound call, asks the supervisor to ``claim`` its SIP Call-ID (the PBX forks one
   INVITE to every worker's contact) synchronously from the SIP thread, so a losing copy
-  answers 486 and frees its pjsua call slot at once; the winner runs the inbound policy;
+  answers 486 and frees its pjsua call slot at once; the winner runs the inbound agent
+  (:mod:`daemon.calls.inbound`, a realtime model per ``[agent]``) or a policy given by path;
 - serves ``make_call``, ``answer``, ``reject``, ``hangup``, ``send_dtmf``, ``transfer`` and
   ``ping`` requests;
 - on ``shutdown``, SIGTERM or the supervisor's disappearance, stops the endpoint in order
@@ -32,8 +33,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from config.schema import LogFormat, LogLevel, SipSettings
+from config.schema import AgentSettings, ApiSettings, LogFormat, LogLevel, SipSettings
+from daemon.calls.inbound import InboundAgent, InboundCall
 from daemon.logs import configure_logging, get_logger
+from daemon.realtime.backends import endpoint
 from sip.events import IncomingCall, SipEvent
 from sip.ipc import Body, Connection, IpcError, UnknownRequest
 from sip.outbound_call import OutboundCall
@@ -46,23 +49,10 @@ CLAIM_SECONDS = 0.5
 PR_SET_PDEATHSIG = 1
 
 
-async def refuse_unavailable(worker: SipWorker, call: IncomingCall) -> None:
-    """The product's policy until an inbound agent exists: 480 Temporarily Unavailable."""
-    log.warning(
-        "call.refused",
-        call_id=call.call,
-        sip_call_id=call.sip_call_id,
-        caller=call.from_user,
-        sip_code=480,
-        reason="no inbound agent available",
-    )
-    await worker.reject(call.call, 480)
-
-
-def load_policy(path: str | None) -> InboundPolicy:
-    """``module:function`` of an inbound policy, or the default."""
+def load_policy(path: str | None) -> InboundPolicy | None:
+    """``module:function`` of an inbound policy; None: the realtime agent of ``[agent]``."""
     if not path:
-        return refuse_unavailable
+        return None
     module, _, name = path.partition(":")
     policy: InboundPolicy = getattr(importlib.import_module(module), name)
     return policy
@@ -78,7 +68,10 @@ class WorkerProcess:
         self.index = index
         self.worker: SipWorker | None = None
         self.conn: Connection | None = None
-        self.policy: InboundPolicy = refuse_unavailable
+        self.policy: InboundPolicy | None = None
+        self.agent: AgentSettings | None = None
+        self.api = ApiSettings()
+        self._inbound_events: dict[str, asyncio.Queue[SipEvent]] = {}
         self.stop = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._outbound: set[OutboundCall] = set()  # outbound calls in progress
@@ -95,6 +88,8 @@ class WorkerProcess:
         hello = await self.conn.request("hello", {"index": self.index, "pid": os.getpid()})
         configure_logging(LogLevel(hello["log_level"]), LogFormat(hello["log_format"]))
         self.policy = load_policy(hello.get("inbound_policy"))
+        self.agent = AgentSettings.model_validate(hello["agent"])
+        self.api = ApiSettings.model_validate(hello["api"])
         self.worker = SipWorker(
             SipSettings.model_validate(hello["sip"]), self.index, self._claim_from_sip_thread
         )
@@ -119,6 +114,9 @@ class WorkerProcess:
             with contextlib.suppress(IpcError):
                 await self.conn.event("sip_event", event_body(event))
             call = getattr(event, "call", None)
+            queue = self._inbound_events.get(call) if isinstance(call, str) else None
+            if queue is not None:
+                queue.put_nowait(event)
             for outbound in self._outbound:
                 if outbound.call is None or outbound.call == call:
                     outbound.sip_events.put_nowait(event)
@@ -168,12 +166,47 @@ class WorkerProcess:
 
     async def _inbound(self, call: IncomingCall) -> None:
         assert self.worker is not None
+        events: asyncio.Queue[SipEvent] = asyncio.Queue()
+        self._inbound_events[call.call] = events
         try:
-            await self.policy(self.worker, call)
+            if self.policy is not None:
+                await self.policy(self.worker, call)
+            else:
+                await self._agent(self.worker, call, events)
         except Exception as exc:
             log.error("call.inbound_failed", call_id=call.call, error=repr(exc))
             with contextlib.suppress(Exception):
                 await self.worker.reject(call.call, 500)
+            with contextlib.suppress(Exception):
+                await self.worker.hangup(call.call)
+        finally:
+            self._inbound_events.pop(call.call, None)
+
+    async def _agent(
+        self, worker: SipWorker, call: IncomingCall, events: asyncio.Queue[SipEvent]
+    ) -> None:
+        """The realtime agent of ``[agent]`` answers the call."""
+        conn, agent = self.conn, self.agent
+        assert conn is not None
+        assert agent is not None
+
+        async def synthesize(text: str, rate: int) -> NDArray[np.int16]:
+            reply = await conn.request("synthesize", {"text": text, "rate": rate}, within=30)
+            return _samples(str(reply["pcm"]))
+
+        async def report(type_: str, body: Body) -> None:
+            with contextlib.suppress(IpcError):
+                await conn.event(type_, body)
+
+        context = InboundCall(worker, call, events, synthesize, report)
+        await report(
+            "inbound_call",
+            {"call": call.call, "sip_call_id": call.sip_call_id, "caller": call.from_user},
+        )
+        agent_call = InboundAgent(context, agent, endpoint(agent, self.api))
+        await agent_call.run()
+        # The outcome once the call is over (the CallEnded event itself went up already).
+        await report("inbound_done", {"call": call.call, "cause": agent_call.end_cause})
 
     async def _serve(self, type_: str, body: Body) -> Body:
         worker = self.worker

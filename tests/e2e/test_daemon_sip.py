@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ROOT, SIPAI
+from tests.conftest import ROOT, SIPAI, free_port
 from tests.peers.kamailio import password, running_kamailio
 from tests.peers.phone import TestPhone
 
@@ -45,13 +45,24 @@ def _env(daemon_env: dict[str, str], registrar: str) -> dict[str, str]:
     }
 
 
-async def test_registered_daemon_refuses_calls_without_an_agent(
-    daemon_env: dict[str, str], tmp_path: Path
+@pytest.mark.parametrize("fallback", ["apology", "reject"])
+async def test_model_unreachable_apology_or_503(
+    daemon_env: dict[str, str], tmp_path: Path, fallback: str
 ) -> None:
-    """/health reports the registration; an inbound call is refused with 480, not dropped."""
+    """/health reports the registration; with no model to talk to, an inbound call hears the
+    apology in the local voice and is hung up, or is rejected with 503, never left silent."""
+    from daemon.speech import SpeechToText  # noqa: PLC0415 - heavy, this test only
+    from daemon.speech.local import WhisperTranscriber  # noqa: PLC0415
+    from media.wav import read_wav  # noqa: PLC0415
+
     async with running_kamailio(tmp_path / "k") as kamailio:
+        env = _env(daemon_env, kamailio.uri) | {
+            "SIPAI_AGENT__BACKEND": "url",
+            "SIPAI_AGENT__URL": f"ws://127.0.0.1:{free_port()}/v1/realtime",
+            "SIPAI_AGENT__ON_CONNECT_FAILURE": fallback,
+        }
         daemon = await asyncio.create_subprocess_exec(
-            SIPAI, "run", env=_env(daemon_env, kamailio.uri), stdout=asyncio.subprocess.PIPE
+            SIPAI, "run", env=env, stdout=asyncio.subprocess.PIPE
         )
         phone = await TestPhone.start("caller")
         try:
@@ -59,16 +70,30 @@ async def test_registered_daemon_refuses_calls_without_an_agent(
             assert body["status"] == "healthy"
             await phone.register(kamailio, "1001")
             dialled = await phone.command("dial", uri="sip:1000@127.0.0.1")
-            ended = await phone.expect("call", call=dialled["call"], state="DISCONNECTED")
-            assert ended["code"] == 480
+            call = dialled["call"]
+            if fallback == "apology":
+                await phone.expect("media", call=call, status="active", timeout=15)
+                await phone.command("record", call=call, wav=str(tmp_path / "heard.wav"))
+            ended = await phone.expect("call", call=call, state="DISCONNECTED", timeout=30)
+            if fallback == "reject":
+                # We answer 503; a proxy turns a 503 into 500 (RFC 3261 16.7), as Kamailio does.
+                assert ended["code"] == 500
+            else:
+                await phone.expect("recorded", call=call)
+                heard = read_wav(tmp_path / "heard.wav")
+                stt = SpeechToText(WhisperTranscriber())
+                text = (await stt.transcribe(heard.samples, heard.rate)).lower()
+                assert "sorry" in text or "not available" in text, text
         finally:
             await phone.close()
             daemon.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(daemon.wait(), 15) == 0
         assert daemon.stdout is not None
         events = [json.loads(line) for line in (await daemon.stdout.read()).splitlines()]
-        refused = [e for e in events if e["event"] == "call.refused"]
-        assert refused[0]["sip_code"] == 480
+        failed = [e for e in events if e["event"] == "agent.connect_failed"]
+        assert failed[0]["kind"] == "connect"
+        assert failed[0]["fallback"] == fallback
+        assert failed[0]["sip_code"] == (503 if fallback == "reject" else None)
 
 
 async def test_sigterm_with_calls_up_drains_and_exits_0(

@@ -1,0 +1,450 @@
+"""An inbound call answered by a realtime model: the bridge, barge-in, tools and DTMF.
+
+Runs in the SIP worker that holds the call, on its event loop:
+
+1. Connect and configure the model session first (bounded by ``connect_timeout_seconds``);
+   only then answer, so the caller never hears dead air. If the model cannot be reached,
+   answer and say the apology with the local voice, or reject with 503 (by config).
+2. Uplink: the caller's 20 ms frames are encoded to the session's input format (mu-law
+   passthrough at 8 kHz, or PCM resampled to 24 kHz) and sent in batches of
+   ``uplink_batch_ms`` as ``input_audio_buffer.append``.
+3. Downlink: audio deltas are decoded to the call's rate into the playout buffer, tagged with
+   their item, in whatever format the session reports.
+4. Barge-in: on ``speech_started``, once the caller has spoken for ``barge_in_min_ms`` (or
+   ``greeting_guard_ms`` over the greeting), the playout is flushed within one frame, the
+   active response is cancelled, and the item is truncated at the milliseconds the caller
+   really heard (counted by the playout buffer, not by the clock).
+5. Tools: ``end_call`` hangs up once the goodbye has been played out. Caller DTMF reaches the
+   model as a user text item.
+
+A caller hang-up closes the model session at once; nothing outlives the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from config.schema import AgentSettings, ConnectFailure, ModelAudio, TurnDetectionKind
+from daemon.logs import get_logger
+from daemon.realtime import events as ev
+from daemon.realtime.client import Endpoint, RealtimeError, RealtimeSession
+from daemon.realtime.dialect import SessionConfig, Tool, TurnDetection
+from media.codec import PCM24K, PCMU, AudioFormat, Decoder, Encoder
+from sip.audio_port import CallAudio
+from sip.endpoint import SipError
+from sip.events import CallEnded, DtmfReceived, IncomingCall, SipEvent
+from sip.worker import SipWorker
+
+log = get_logger(__name__)
+
+Synthesize = Callable[[str, int], Awaitable[NDArray[np.int16]]]
+Report = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+DTMF_GAP_SECONDS = 1.5  # digits typed closer than this go to the model together
+END_CALL_MAX_WAIT = 30.0  # longest goodbye played out before end_call hangs up anyway
+
+END_CALL = Tool(
+    "end_call",
+    "Hang up the call. Say goodbye first; the call ends when your goodbye has been heard.",
+    {"type": "object", "properties": {}, "additionalProperties": False},
+)
+
+
+def session_config(agent: AgentSettings) -> SessionConfig:
+    """The session asked for by ``[agent]``."""
+    formats = {ModelAudio.PCMU: PCMU, ModelAudio.PCM24: PCM24K}
+    detection: TurnDetection | None = None
+    if agent.turn_detection is not TurnDetectionKind.NONE:
+        detection = TurnDetection(
+            type=agent.turn_detection.value,
+            threshold=agent.vad_threshold,
+            prefix_padding_ms=agent.vad_prefix_padding_ms,
+            silence_duration_ms=agent.vad_silence_ms,
+            eagerness=agent.vad_eagerness,
+            create_response=True,
+            interrupt_response=False,  # barge-in is decided here (guards), not by the server
+        )
+    return SessionConfig(
+        instructions=agent.instructions,
+        voice=agent.voice,
+        input_format=formats[agent.input_format],
+        output_format=formats[agent.output_format],
+        turn_detection=detection,
+        transcription_model=agent.transcription_model,
+        tools=(END_CALL,),
+    )
+
+
+@dataclass
+class Turn:
+    role: str  # caller | agent
+    text: str
+    at: float  # seconds since the call was answered
+
+
+@dataclass
+class InboundCall:
+    """What the worker process gives an inbound agent: the call and its surroundings."""
+
+    worker: SipWorker
+    call: IncomingCall
+    sip_events: asyncio.Queue[SipEvent]  # this call's events (DTMF, end)
+    synthesize: Synthesize  # local TTS at a rate (served by the supervisor)
+    report: Report  # events for the supervisor (transcript turns, the outcome)
+    transcript: list[Turn] = field(default_factory=list)
+
+
+class InboundAgent:
+    def __init__(self, ctx: InboundCall, agent: AgentSettings, endpoint: Endpoint) -> None:
+        self.ctx = ctx
+        self.agent = agent
+        self.endpoint = endpoint
+        self.key = ctx.call.call
+        self.session = RealtimeSession(endpoint, session_config(agent))
+        self.audio: CallAudio | None = None
+        self.answered_at = 0.0
+        self.ended = asyncio.Event()
+        self.end_cause = ""
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._decoder: Decoder | None = None
+        self._output_format: AudioFormat = PCMU
+        self._sent_ms = 0  # caller audio sent, in the model's input-buffer timeline
+        self._response: str | None = None  # response in progress
+        self._greeting: str | None = None  # response id of the greeting
+        self._greeting_asked = False
+        self._item_response: dict[str, str] = {}  # audio item -> its response
+        self._playing: str | None = None  # the item last pushed to the playout buffer
+        self._speech_start: int | None = None  # audio_start_ms of the caller's current speech
+        self._barge_timer: asyncio.TimerHandle | None = None
+        self._digits = ""
+        self._digit_timer: asyncio.TimerHandle | None = None
+        self._hanging_up = False
+
+    # -- the call, start to end -----------------------------------------------------------
+
+    async def run(self) -> None:
+        ctx = self.ctx
+        started = time.monotonic()
+        try:
+            reported = await self.session.open(self.agent.connect_timeout_seconds)
+        except RealtimeError as exc:
+            await self._cannot_connect(exc)
+            return
+        log.info(
+            "agent.session_ready",
+            call_id=self.key,
+            url=self.endpoint.safe_url,
+            dialect=self.endpoint.dialect.name,
+            input_format=str(reported.input_format),
+            output_format=str(reported.output_format),
+            connect_ms=round((time.monotonic() - started) * 1000),
+        )
+        try:
+            await ctx.worker.answer(self.key)
+            self.audio = await ctx.worker.audio(self.key)
+        except SipError as exc:  # the caller gave up while the model was connecting
+            log.info("agent.caller_gone", call_id=self.key, error=str(exc))
+            await self.session.close()
+            return
+        self.answered_at = time.monotonic()
+        assert reported.input_format is not None
+        assert reported.output_format is not None
+        self._output_format = reported.output_format
+        encoder = Encoder(self.audio.rate, reported.input_format)
+        self._decoder = Decoder(reported.output_format, self.audio.rate)
+        try:
+            if self.agent.greeting:
+                self._greeting_asked = True
+                await self.session.send(self.endpoint.dialect.respond(self.agent.greeting))
+            self._spawn(self._uplink(self.audio, encoder))
+            self._spawn(self._downlink())
+            self._spawn(self._watch_call())
+            await self.ended.wait()
+        finally:
+            await self._finish()
+
+    async def _cannot_connect(self, exc: RealtimeError) -> None:
+        ctx = self.ctx
+        log.error(
+            "agent.connect_failed",
+            call_id=self.key,
+            url=self.endpoint.safe_url,
+            kind=exc.kind,
+            error=str(exc),
+            fallback=self.agent.on_connect_failure.value,
+            sip_code=503 if self.agent.on_connect_failure is ConnectFailure.REJECT else None,
+        )
+        await ctx.report("agent_failed", {"call": self.key, "kind": exc.kind, "error": str(exc)})
+        if self.agent.on_connect_failure is ConnectFailure.REJECT:
+            with contextlib.suppress(SipError):
+                await ctx.worker.reject(self.key, 503)
+            return
+        try:
+            await ctx.worker.answer(self.key)
+            audio = await ctx.worker.audio(self.key)
+            speech = await ctx.synthesize(self.agent.apology, audio.rate)
+            audio.playout.push("apology", speech)
+            audio.playout.end_item("apology")
+            await self._until_played(audio, "apology", len(speech))
+            await ctx.worker.hangup(self.key)
+        except SipError as exc2:
+            log.info("agent.caller_gone", call_id=self.key, error=str(exc2))
+
+    async def _until_played(self, audio: CallAudio, item: str, samples: int) -> None:
+        deadline = time.monotonic() + samples / audio.rate + 2.0
+        while audio.playout.played_samples(item) < samples and time.monotonic() < deadline:
+            if audio.closed:
+                return
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)  # the last frame leaves pjmedia's jitter of one tick
+
+    async def _finish(self) -> None:
+        for timer in (self._barge_timer, self._digit_timer):
+            if timer is not None:
+                timer.cancel()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.session.close()
+        if not self._hanging_up and self.audio is not None and not self.audio.closed:
+            with contextlib.suppress(SipError):
+                await self.ctx.worker.hangup(self.key)
+        log.info("agent.call_ended", call_id=self.key, cause=self.end_cause)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._end(f"error: {exc}")
+            if not isinstance(exc, RealtimeError):
+                log.error("agent.task_failed", call_id=self.key, error=repr(exc))
+
+    def _end(self, cause: str) -> None:
+        if not self.ended.is_set():
+            self.end_cause = cause
+            self.ended.set()
+
+    def _elapsed(self) -> float:
+        return round(time.monotonic() - self.answered_at, 3)
+
+    # -- caller -> model ------------------------------------------------------------------
+
+    async def _uplink(self, audio: CallAudio, encoder: Encoder) -> None:
+        dialect = self.endpoint.dialect
+        frames_per_batch = self.agent.uplink_batch_ms // 20
+        batch: list[NDArray[np.int16]] = []
+        async for frame in audio.frames():
+            batch.append(np.frombuffer(frame, dtype="<i2"))
+            if len(batch) < frames_per_batch:
+                continue
+            pcm = np.concatenate(batch)
+            batch.clear()
+            data = encoder.encode(pcm)
+            await self.session.send(dialect.append(base64.b64encode(data).decode()))
+            self._sent_ms += self.agent.uplink_batch_ms
+        self._end("caller hung up")
+
+    # -- model -> caller ------------------------------------------------------------------
+
+    async def _downlink(self) -> None:
+        while True:
+            event = await self.session.receive()
+            await self._on_model_event(event)
+
+    async def _on_model_event(self, event: ev.ModelEvent) -> None:
+        if self._on_audio_event(event):
+            return
+        if isinstance(event, ev.SpeechStarted):
+            self._speech_start = event.audio_start_ms
+            self._consider_barge_in()
+        elif isinstance(event, ev.SpeechStopped):
+            self._speech_start = None
+            if self._barge_timer is not None:
+                self._barge_timer.cancel()
+                self._barge_timer = None
+        elif isinstance(event, ev.AgentTranscript | ev.CallerTranscript):
+            await self._turn("agent" if isinstance(event, ev.AgentTranscript) else "caller", event)
+        elif isinstance(event, ev.FunctionCall):
+            self._spawn(self._tool(event))
+        elif isinstance(event, ev.ServerError):
+            log.warning(
+                "agent.server_error",
+                call_id=self.key,
+                type=event.type,
+                code=event.code,
+                message=event.message,
+            )
+
+    def _on_audio_event(self, event: ev.ModelEvent) -> bool:
+        """Audio, responses and format changes; False for any other event."""
+        audio = self.audio
+        assert audio is not None
+        if isinstance(event, ev.AudioDelta):
+            assert self._decoder is not None
+            self._item_response[event.item_id] = event.response_id
+            self._playing = event.item_id
+            audio.playout.push(event.item_id, self._decoder.decode(event.audio))
+        elif isinstance(event, ev.AudioDone):
+            audio.playout.end_item(event.item_id)
+        elif isinstance(event, ev.ResponseCreated):
+            self._response = event.response_id
+            if self._greeting_asked and self._greeting is None:
+                self._greeting = event.response_id
+        elif isinstance(event, ev.ResponseDone):
+            if self._response == event.response_id:
+                self._response = None
+            if event.status == "failed":
+                log.warning("agent.response_failed", call_id=self.key, error=event.error)
+        elif isinstance(event, ev.SessionReported):
+            reported = event.output_format
+            if not event.created and reported is not None and reported != self._output_format:
+                self._output_format = reported
+                self._decoder = Decoder(reported, audio.rate)
+        else:
+            return False
+        return True
+
+    async def _turn(self, role: str, event: ev.AgentTranscript | ev.CallerTranscript) -> None:
+        if not event.text.strip():
+            return
+        turn = Turn(role, event.text.strip(), self._elapsed())
+        self.ctx.transcript.append(turn)
+        await self.ctx.report(
+            "transcript", {"call": self.key, "role": role, "text": turn.text, "at": turn.at}
+        )
+
+    # -- barge-in -------------------------------------------------------------------------
+
+    def _consider_barge_in(self) -> None:
+        """Interrupt once the caller has spoken long enough; a timer if not yet."""
+        audio = self.audio
+        start = self._speech_start
+        if audio is None or start is None or self._playing is None:
+            return
+        if audio.playout.depth_samples == 0 and self._response is None:
+            return  # nothing is being said to the caller
+        playing_greeting = self._item_response.get(self._playing) == self._greeting
+        guard = self.agent.greeting_guard_ms if playing_greeting else self.agent.barge_in_min_ms
+        heard = self._sent_ms - start
+        if heard >= guard:
+            self._spawn(self._barge_in())
+            return
+        if self._barge_timer is None:
+            self._barge_timer = asyncio.get_running_loop().call_later(
+                (guard - heard) / 1000, self._barge_timer_fired
+            )
+
+    def _barge_timer_fired(self) -> None:
+        self._barge_timer = None
+        self._consider_barge_in()
+
+    async def _barge_in(self) -> None:
+        audio, item = self.audio, self._playing
+        if audio is None or item is None:
+            return
+        self._playing = None
+        self._speech_start = None
+        audio.playout.flush()
+        response, self._response = self._response, None
+        dialect = self.endpoint.dialect
+        if response is not None:
+            await self.session.send(dialect.cancel())
+        deadline = time.monotonic() + 0.1
+        # The media clock thread carries the flush out within a frame; it can only be polled.
+        while audio.playout.flush_pending and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+        played_ms = audio.playout.played_ms(item)
+        await self.session.send(dialect.truncate(item, played_ms))
+        log.info(
+            "agent.barge_in",
+            call_id=self.key,
+            item=item,
+            played_ms=played_ms,
+            cancelled=response is not None,
+        )
+
+    # -- tools and the call ---------------------------------------------------------------
+
+    async def _tool(self, call: ev.FunctionCall) -> None:
+        dialect = self.endpoint.dialect
+        try:
+            arguments = json.loads(call.arguments or "{}")
+        except ValueError:
+            arguments = None
+        log.info("agent.tool", call_id=self.key, tool=call.name, arguments=call.arguments)
+        if not isinstance(arguments, dict):
+            output = {"error": "the arguments are not a JSON object"}
+        elif call.name == END_CALL.name:
+            await self.session.send(dialect.function_output(call.call_id, '{"ok": true}'))
+            await self._end_call()
+            return
+        else:
+            output = {"error": f"unknown tool {call.name!r}"}
+        await self.session.send(dialect.function_output(call.call_id, json.dumps(output)))
+        await self.session.send(dialect.respond())
+
+    async def _end_call(self) -> None:
+        """Hang up once everything queued for the caller (the goodbye) has been played."""
+        audio = self.audio
+        assert audio is not None
+        deadline = time.monotonic() + END_CALL_MAX_WAIT
+        # The goodbye may still be streaming in: wait for its response to finish, then for
+        # the playout buffer to run dry.
+        while (self._response is not None or audio.playout.depth_samples) and (  # noqa: ASYNC110
+            time.monotonic() < deadline and not audio.closed
+        ):
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)  # the last frames leave pjmedia
+        self._hanging_up = True
+        with contextlib.suppress(SipError):
+            await self.ctx.worker.hangup(self.key)
+        self._end("end_call")
+
+    async def _watch_call(self) -> None:
+        while True:
+            event = await self.ctx.sip_events.get()
+            if isinstance(event, CallEnded):
+                self._end("caller hung up" if not self._hanging_up else "end_call")
+                return
+            if isinstance(event, DtmfReceived):
+                self._dtmf(event.digit)
+
+    def _dtmf(self, digit: str) -> None:
+        self._digits += digit
+        if self._digit_timer is not None:
+            self._digit_timer.cancel()
+            self._digit_timer = None
+        if digit == "#":
+            self._spawn(self._send_digits())
+        else:
+            self._digit_timer = asyncio.get_running_loop().call_later(
+                DTMF_GAP_SECONDS, lambda: self._spawn(self._send_digits())
+            )
+
+    async def _send_digits(self) -> None:
+        digits, self._digits = self._digits, ""
+        self._digit_timer = None
+        if not digits:
+            return
+        dialect = self.endpoint.dialect
+        log.info("agent.dtmf", call_id=self.key, digits=digits)
+        await self.session.send(dialect.user_text(f"[The caller pressed the keys: {digits}]"))
+        if self._response is None:
+            await self.session.send(dialect.respond())

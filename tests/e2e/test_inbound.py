@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 
 from media.resample import resample
 from media.wav import read_wav, write_wav
+from tests.audio import tone
 from tests.conftest import SIPAI
 from tests.peers.kamailio import Kamailio, password, running_kamailio
 from tests.peers.phone import TestPhone
@@ -170,3 +171,66 @@ async def test_dtmf_as_text_then_end_call_after_the_goodbye(
         recording = read_wav(tmp_path / "heard.wav")
         assert "goodbye" in await _heard(recording.samples, recording.rate)
         assert recording.duration >= goodbye_seconds  # hung up after the goodbye, not during
+
+
+def _speech_start_ms(pcm: NDArray[np.int16], after_ms: int = 300) -> int | None:
+    """Where sound starts in ``pcm`` (8 kHz), in ms, looking from ``after_ms`` on."""
+    frames = len(pcm) // 160
+    level = np.sqrt(np.mean(pcm[: frames * 160].astype(np.float64).reshape(frames, 160) ** 2, 1))
+    loud = np.flatnonzero(level[after_ms // 20 :] > 300)
+    return None if len(loud) == 0 else int(loud[0] + after_ms // 20) * 20
+
+
+async def test_barge_in_silences_the_phone_and_truncates_at_what_it_heard(
+    pbx: Kamailio, daemon_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The phone speaks over a long response: within 60 ms of speech_started the phone hears
+    silence, the response is cancelled, and the truncate's audio_end_ms is what the phone
+    really heard of the item (within 40 ms)."""
+    state: dict[str, Any] = {}
+
+    async def script(session: FakeSession) -> None:
+        await session.wait_for("input_audio_buffer.append")  # the call is up
+        long_reply = tone(600, session.output_rate, 12.0, amplitude=8000)
+        speaking = asyncio.create_task(session.respond(long_reply, pace=0.5))
+
+        def caller_spoke_300ms(pcm: NDArray[np.int16]) -> bool:
+            start = _speech_start_ms(pcm)
+            return start is not None and len(pcm) // 8 >= start + 300
+
+        await session.wait_for_input(caller_spoke_300ms, timeout=20)
+        start = _speech_start_ms(session.input_pcm)
+        assert start is not None
+        state["event_at"] = await session.speech_started(start)
+        state["spoken"] = await speaking
+
+    env = daemon_env | {"SIPAI_AGENT__GREETING": ""}
+    async with FakeRealtime("ga", script) as fake, _daemon(pbx, env, fake):
+        phone, call = await _call(pbx, "caller", "1003")
+        try:
+            await phone.command("tap", call=call)
+            wav = tmp_path / "caller.wav"
+            write_wav(wav, 8000, _piper(CALLER, 8000))
+            await asyncio.sleep(2.5)
+            await phone.command("play", call=call, wav=str(wav))
+            session = await fake.session()
+            truncate = (await session.wait_for("conversation.item.truncate", timeout=20)).event
+            await asyncio.sleep(0.5)
+            times = (await phone.command("tap_stop", call=call, wav=str(tmp_path / "t.wav")))[
+                "times"
+            ]
+            await phone.command("hangup", call=call)
+        finally:
+            await phone.close()
+    assert fake.violations == []
+    assert fake.errors == []
+    assert state["spoken"][2] is True  # the response was still streaming: cancelled
+    assert session.cancels == 1
+    heard = read_wav(tmp_path / "t.wav").samples
+    loud = np.flatnonzero(np.abs(heard.astype(np.int32)) > 800)  # the tone, not the fade tail
+    first, last = int(loud[0]), int(loud[-1])
+    heard_ms = (last - first) / 8
+    assert abs(heard_ms - truncate["audio_end_ms"]) <= 40, (heard_ms, truncate)
+    # A frame arrives as a block: its samples are heard from its arrival time on.
+    silent_at = times[last // 160] + (last % 160 + 1) / 8000
+    assert silent_at - state["event_at"] <= 0.060, silent_at - state["event_at"]

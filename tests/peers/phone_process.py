@@ -6,6 +6,8 @@ Commands (one JSON object per line, each with "cmd" and an optional "seq" echoed
   play {call, wav}                           record {call, wav} / stop_record {call}
                                              ("recorded" once the WAV is complete)
   dtmf {call, digits, method: rfc4733|info}  hold {call} / unhold {call}      quit
+  tap {call} / tap_stop {call, wav}          (what the phone hears, frame by frame, with the
+                                             monotonic time each 20 ms frame arrived)
 on_incoming: "answer" (after answer_after_ms), "busy" (486), "decline" (603), "ignore"
 (ring forever). Events go to stdout as JSON lines: "ok"/"error" replies, "reg", "incoming",
 "call" (state changes), "media", "dtmf", "played". pjsip's own output goes to stderr.
@@ -15,6 +17,7 @@ Everything pjsua2 runs on this process's main thread.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import selectors
@@ -22,7 +25,11 @@ import sys
 import time
 from typing import Any
 
+import numpy as np
 import pjsua2 as pj
+
+from media.wav import write_wav
+from sip import bytevector
 
 # pjlib prints to stdout before any configuration applies: keep stdout for the protocol only.
 _protocol = os.fdopen(os.dup(1), "w", buffering=1)
@@ -48,6 +55,7 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
         self.audio: pj.AudioMedia | None = None
         self.player: pj.AudioMediaPlayer | None = None
         self.recorder: pj.AudioMediaRecorder | None = None
+        self.tap: Tap | None = None
         self.connected = False
 
     def onCallState(self, prm: pj.OnCallStateParam) -> None:
@@ -80,6 +88,18 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
         self.phone.calls[new_call.key] = new_call
         prm.newCall = new_call
         emit("transfer_request", call=self.key, target=prm.dstUri, new_call=new_call.key)
+
+
+class Tap(pj.AudioMediaPort):  # type: ignore[misc]
+    """Keeps every frame the phone hears with the time it arrived (clock thread)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: list[tuple[float, bytes]] = []
+
+    def onFrameReceived(self, frame: Any) -> None:
+        if frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO:
+            self.frames.append((time.monotonic(), bytevector.read(frame.buf)))
 
 
 class Player(pj.AudioMediaPlayer):  # type: ignore[misc]
@@ -119,6 +139,11 @@ class Phone:
         config.medConfig.clockRate = 8000
         config.medConfig.sndClockRate = 8000
         config.medConfig.jbMax = 200
+        # A short jitter buffer: on loopback nothing jitters, and the tests time what the
+        # phone hears against events elsewhere.
+        config.medConfig.jbInit = 20
+        config.medConfig.jbMinPre = 0
+        config.medConfig.jbMaxPre = 40
         config.logConfig.level = 1
         config.logConfig.consoleLevel = 1
         self.ep.libInit(config)
@@ -135,6 +160,7 @@ class Phone:
         self.answer_after_ms = 0
         self.pending_answers: list[tuple[float, PhoneCall]] = []
         self.closing_recorders: list[tuple[float, int]] = []  # (due, call key)
+        self.closing_taps: list[Tap] = []  # kept alive until the process ends
         self._keys = 0
         self.running = True
 
@@ -228,6 +254,36 @@ class Phone:
         target.audio.startTransmit(recorder)
         target.recorder = recorder
         return {}
+
+    def cmd_tap(self, call: int) -> dict[str, Any]:
+        target = self.calls[call]
+        assert target.audio is not None, "no active audio"
+        tap = Tap()
+        fmt = pj.MediaFormatAudio()
+        fmt.type = pj.PJMEDIA_TYPE_AUDIO
+        fmt.clockRate = 8000
+        fmt.channelCount = 1
+        fmt.bitsPerSample = 16
+        fmt.frameTimeUsec = 20000
+        tap.createPort(f"tap{call}", fmt)
+        target.audio.startTransmit(tap)
+        target.tap = tap
+        return {}
+
+    def cmd_tap_stop(self, call: int, wav: str) -> dict[str, Any]:
+        """Write what was heard; reply with each frame's arrival time."""
+        target = self.calls[call]
+        tap = target.tap
+        assert tap is not None, "no tap on this call"
+        if target.audio is not None:
+            with contextlib.suppress(pj.Error):
+                target.audio.stopTransmit(tap)
+        frames = list(tap.frames)
+        pcm = b"".join(data for _, data in frames)
+        write_wav(wav, 8000, np.frombuffer(pcm, dtype="<i2").astype(np.int16))
+        self.closing_taps.append(tap)  # removed from the bridge on a later clock tick
+        target.tap = None
+        return {"times": [at for at, _ in frames]}
 
     def cmd_stop_record(self, call: int) -> dict[str, Any]:
         target = self.calls.get(call)

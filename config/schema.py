@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from enum import StrEnum
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -147,6 +147,34 @@ DEFAULT_INSTRUCTIONS = (
 )
 
 
+class HttpTool(Section):
+    """A tool the model may call: its arguments are POSTed as JSON to ``url``."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str = Field(min_length=1)
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    url: str
+    timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    bearer_token: SecretStr = SecretStr("")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("parameters")
+    @classmethod
+    def _object_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if value.get("type") != "object":
+            raise ValueError('must be a JSON schema with type = "object"')
+        return value
+
+
+BUILTIN_TOOLS = frozenset({"end_call", "transfer_call", "send_dtmf"})
+
+
 class AgentSettings(Section):
     backend: Backend = Backend.LOCAL
     url: str = ""
@@ -171,6 +199,20 @@ class AgentSettings(Section):
     apology: str = "Sorry, the assistant is not available right now. Please call again later."
     barge_in_min_ms: int = Field(default=200, ge=0, le=2000)
     greeting_guard_ms: int = Field(default=800, ge=0, le=10000)
+    transfer_target: str = ""
+    transfer_extensions: list[str] = Field(default_factory=list)
+    tools: list[HttpTool] = Field(default_factory=list)
+
+    @field_validator("tools")
+    @classmethod
+    def _unique_tools(cls, tools: list[HttpTool]) -> list[HttpTool]:
+        names = [t.name for t in tools]
+        for name in names:
+            if name in BUILTIN_TOOLS:
+                raise ValueError(f"tool name {name!r} is built in; choose another")
+            if names.count(name) > 1:
+                raise ValueError(f"tool name {name!r} is declared twice")
+        return tools
 
     @field_validator("url")
     @classmethod

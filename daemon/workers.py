@@ -28,12 +28,13 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from config import Settings
 from daemon.logs import get_logger
@@ -343,8 +344,8 @@ class WorkerPool:
                 "log_level": self.settings.log.level.value,
                 "log_format": self.settings.log.format.value,
                 "inbound_policy": self.inbound_policy,
-                "agent": _with_secret(self.settings.agent, "api_key"),
-                "api": _with_secret(self.settings.api, "token"),
+                "agent": _revealed(self.settings.agent),
+                "api": _revealed(self.settings.api),
             }
         if type_ == "claim":
             return {"granted": self.claim(state.index, str(body["sip_call_id"]))}
@@ -504,8 +505,19 @@ class WorkerPool:
             await self._calls_changed.wait()
 
 
-def _with_secret(section: BaseModel, key: str) -> dict[str, Any]:
-    """A settings section with its secret in clear, for the worker's hello (a 0600 socket)."""
-    dumped: dict[str, Any] = section.model_dump(mode="json")
-    dumped[key] = getattr(section, key).get_secret_value()
-    return dumped
+def _revealed(value: Any) -> Any:
+    """A settings section as plain JSON data with its secrets in clear, for the worker's hello
+    (sent over the worker's own 0600 socket, never in argv or the environment)."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, BaseModel):
+        return {name: _revealed(getattr(value, name)) for name in type(value).model_fields}
+    if isinstance(value, list | tuple):
+        return [_revealed(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _revealed(v) for k, v in value.items()}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    return value

@@ -14,8 +14,11 @@ Runs in the SIP worker that holds the call, on its event loop:
    ``greeting_guard_ms`` over the greeting), the playout is flushed within one frame, the
    active response is cancelled, and the item is truncated at the milliseconds the caller
    really heard (counted by the playout buffer, not by the clock).
-5. Tools: ``end_call`` hangs up once the goodbye has been played out. Caller DTMF reaches the
-   model as a user text item.
+5. Tools: ``end_call`` hangs up once the goodbye has been played out; ``transfer_call``
+   REFERs the caller to a configured extension once the announcement has been played, and
+   tells the model how it went; ``send_dtmf`` sends keypad tones; HTTP tools from config
+   POST their arguments and hand the JSON answer back. A failing tool is an error for the
+   model, never for the call. Caller DTMF reaches the model as a user text item.
 
 A caller hang-up closes the model session at once; nothing outlives the call.
 """
@@ -31,10 +34,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import numpy as np
 from numpy.typing import NDArray
 
-from config.schema import AgentSettings, ConnectFailure, ModelAudio, TurnDetectionKind
+from config.schema import (
+    AgentSettings,
+    ConnectFailure,
+    HttpTool,
+    ModelAudio,
+    TurnDetectionKind,
+)
 from daemon.logs import get_logger
 from daemon.realtime import events as ev
 from daemon.realtime.client import Endpoint, RealtimeError, RealtimeSession
@@ -42,7 +52,7 @@ from daemon.realtime.dialect import SessionConfig, Tool, TurnDetection
 from media.codec import PCM24K, PCMU, AudioFormat, Decoder, Encoder
 from sip.audio_port import CallAudio
 from sip.endpoint import SipError
-from sip.events import CallEnded, DtmfReceived, IncomingCall, SipEvent
+from sip.events import CallEnded, DtmfReceived, IncomingCall, SipEvent, TransferProgress
 from sip.worker import SipWorker
 
 log = get_logger(__name__)
@@ -58,6 +68,40 @@ END_CALL = Tool(
     "Hang up the call. Say goodbye first; the call ends when your goodbye has been heard.",
     {"type": "object", "properties": {}, "additionalProperties": False},
 )
+SEND_DTMF = Tool(
+    "send_dtmf",
+    "Send telephone keypad tones to the other end (for example to navigate a menu).",
+    {
+        "type": "object",
+        "properties": {"digits": {"type": "string", "pattern": "^[0-9*#A-D]{1,32}$"}},
+        "required": ["digits"],
+        "additionalProperties": False,
+    },
+)
+TRANSFER_SECONDS = 30.0  # longest wait for the transfer target to answer
+
+
+def _transfer_tool(agent: AgentSettings) -> Tool | None:
+    targets = [t for t in (agent.transfer_target, *agent.transfer_extensions) if t]
+    if not targets:
+        return None
+    extension: dict[str, Any] = {"type": "string", "enum": targets}
+    return Tool(
+        "transfer_call",
+        "Transfer the caller to a colleague. Tell the caller first. Without an extension the "
+        f"caller goes to {targets[0]}.",
+        {
+            "type": "object",
+            "properties": {"extension": extension},
+            "additionalProperties": False,
+        },
+    )
+
+
+def _tools(agent: AgentSettings) -> tuple[Tool, ...]:
+    transfer = _transfer_tool(agent)
+    http = tuple(Tool(t.name, t.description, t.parameters) for t in agent.tools)
+    return (END_CALL, SEND_DTMF, *((transfer,) if transfer else ()), *http)
 
 
 def session_config(agent: AgentSettings) -> SessionConfig:
@@ -81,7 +125,7 @@ def session_config(agent: AgentSettings) -> SessionConfig:
         output_format=formats[agent.output_format],
         turn_detection=detection,
         transcription_model=agent.transcription_model,
-        tools=(END_CALL,),
+        tools=_tools(agent),
     )
 
 
@@ -129,6 +173,8 @@ class InboundAgent:
         self._digits = ""
         self._digit_timer: asyncio.TimerHandle | None = None
         self._hanging_up = False
+        self._transfer: asyncio.Future[TransferProgress] | None = None
+        self._http: httpx.AsyncClient | None = None
 
     # -- the call, start to end -----------------------------------------------------------
 
@@ -216,6 +262,8 @@ class InboundAgent:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.session.close()
+        if self._http is not None:
+            await self._http.aclose()
         if not self._hanging_up and self.audio is not None and not self.audio.closed:
             with contextlib.suppress(SipError):
                 await self.ctx.worker.hangup(self.key)
@@ -383,35 +431,105 @@ class InboundAgent:
     # -- tools and the call ---------------------------------------------------------------
 
     async def _tool(self, call: ev.FunctionCall) -> None:
+        """Run a tool the model called; its result (or error) goes back to the model."""
         dialect = self.endpoint.dialect
+        log.info("agent.tool", call_id=self.key, tool=call.name, arguments=call.arguments)
         try:
             arguments = json.loads(call.arguments or "{}")
+            if not isinstance(arguments, dict):
+                raise ValueError("not an object")
         except ValueError:
-            arguments = None
-        log.info("agent.tool", call_id=self.key, tool=call.name, arguments=call.arguments)
-        if not isinstance(arguments, dict):
-            output = {"error": "the arguments are not a JSON object"}
-        elif call.name == END_CALL.name:
-            await self.session.send(dialect.function_output(call.call_id, '{"ok": true}'))
-            await self._end_call()
-            return
+            output: dict[str, Any] = {"error": "the arguments are not a JSON object"}
         else:
-            output = {"error": f"unknown tool {call.name!r}"}
+            if call.name == END_CALL.name:
+                await self.session.send(dialect.function_output(call.call_id, '{"ok": true}'))
+                await self._end_call()
+                return
+            try:
+                output = await self._run_tool(call.name, arguments)
+            except Exception as exc:  # a failing tool is the model's problem, not the call's
+                log.warning("agent.tool_failed", call_id=self.key, tool=call.name, error=str(exc))
+                output = {"error": str(exc) or type(exc).__name__}
+        if self.ended.is_set():
+            return
         await self.session.send(dialect.function_output(call.call_id, json.dumps(output)))
         await self.session.send(dialect.respond())
 
-    async def _end_call(self) -> None:
-        """Hang up once everything queued for the caller (the goodbye) has been played."""
+    async def _run_tool(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        if name == SEND_DTMF.name:
+            digits = str(arguments.get("digits", ""))
+            if not digits or any(d not in "0123456789*#ABCD" for d in digits):
+                return {"error": "digits must be 0-9, *, # or A-D"}
+            await self.ctx.worker.send_dtmf(self.key, digits)
+            return {"ok": True, "sent": digits}
+        if name == "transfer_call" and _transfer_tool(self.agent) is not None:
+            return await self._transfer_call(str(arguments.get("extension") or ""))
+        for tool in self.agent.tools:
+            if tool.name == name:
+                return await self._http_tool(tool, arguments)
+        return {"error": f"unknown tool {name!r}"}
+
+    async def _http_tool(self, tool: HttpTool, arguments: dict[str, Any]) -> dict[str, Any]:
+        if self._http is None:
+            self._http = httpx.AsyncClient()
+        headers = {"X-Sipai-Call": self.key}
+        token = tool.bearer_token.get_secret_value()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        try:
+            response = await self._http.post(
+                tool.url, json=arguments, headers=headers, timeout=tool.timeout_seconds
+            )
+        except httpx.HTTPError as exc:
+            return {"error": f"{tool.name}: {type(exc).__name__}: {exc}"}
+        if not response.is_success:
+            return {"error": f"{tool.name}: HTTP {response.status_code}: {response.text[:300]}"}
+        try:
+            result = response.json()
+        except ValueError:
+            return {"result": response.text[:4000]}
+        return result if isinstance(result, dict) else {"result": result}
+
+    async def _transfer_call(self, extension: str) -> dict[str, Any]:
+        allowed = [t for t in (self.agent.transfer_target, *self.agent.transfer_extensions) if t]
+        target = extension or allowed[0]
+        if target not in allowed:
+            return {"error": f"cannot transfer to {target!r}; allowed: {allowed}"}
+        await self._until_said()  # "I am transferring you" is heard before the REFER
+        self._transfer = asyncio.get_running_loop().create_future()
+        await self.ctx.worker.transfer(self.key, target)
+        try:
+            async with asyncio.timeout(TRANSFER_SECONDS):
+                progress = await self._transfer
+        except TimeoutError:
+            return {"error": f"the transfer to {target} got no answer"}
+        finally:
+            self._transfer = None
+        if not 200 <= progress.code < 300:
+            return {"error": f"the transfer to {target} failed: {progress.code} {progress.reason}"}
+        log.info("agent.transferred", call_id=self.key, target=target)
+        self._hanging_up = True
+        with contextlib.suppress(SipError):
+            await self.ctx.worker.hangup(self.key)
+        self._end("transferred")
+        return {"ok": True}
+
+    async def _until_said(self) -> None:
+        """Wait until everything the model said so far has been played to the caller."""
         audio = self.audio
         assert audio is not None
         deadline = time.monotonic() + END_CALL_MAX_WAIT
-        # The goodbye may still be streaming in: wait for its response to finish, then for
-        # the playout buffer to run dry.
+        # The speech may still be streaming in: wait for its response to finish, then for
+        # the playout buffer to run dry (the media thread drains it: it can only be polled).
         while (self._response is not None or audio.playout.depth_samples) and (  # noqa: ASYNC110
             time.monotonic() < deadline and not audio.closed
         ):
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.2)  # the last frames leave pjmedia
+
+    async def _end_call(self) -> None:
+        """Hang up once everything queued for the caller (the goodbye) has been played."""
+        await self._until_said()
         self._hanging_up = True
         with contextlib.suppress(SipError):
             await self.ctx.worker.hangup(self.key)
@@ -425,6 +543,12 @@ class InboundAgent:
                 return
             if isinstance(event, DtmfReceived):
                 self._dtmf(event.digit)
+            elif isinstance(event, TransferProgress) and event.final:
+                self._transfer_progress(event)
+
+    def _transfer_progress(self, event: TransferProgress) -> None:
+        if self._transfer is not None and not self._transfer.done():
+            self._transfer.set_result(event)
 
     def _dtmf(self, digit: str) -> None:
         self._digits += digit

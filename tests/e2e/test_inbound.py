@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,11 +21,12 @@ from numpy.typing import NDArray
 
 from media.resample import resample
 from media.wav import read_wav, write_wav
-from tests.audio import tone
+from tests.audio import tone, tone_level_db
 from tests.conftest import SIPAI
 from tests.peers.kamailio import Kamailio, password, running_kamailio
 from tests.peers.phone import TestPhone
 from tests.peers.realtime_server import FakeRealtime, FakeSession
+from tests.peers.receiver import Receiver
 
 pytestmark = pytest.mark.e2e
 
@@ -234,3 +236,78 @@ async def test_barge_in_silences_the_phone_and_truncates_at_what_it_heard(
     # A frame arrives as a block: its samples are heard from its arrival time on.
     silent_at = times[last // 160] + (last % 160 + 1) / 8000
     assert silent_at - state["event_at"] <= 0.060, silent_at - state["event_at"]
+
+
+async def test_tools_dtmf_http_and_transfer(
+    pbx: Kamailio, daemon_env: dict[str, str], tmp_path: Path
+) -> None:
+    """send_dtmf reaches the phone; an HTTP tool's JSON answer returns to the model as the
+    function output; transfer_call REFERs the caller to another phone they then talk to."""
+    backend = Receiver(body=b'{"status": "shipped", "eta": "Tuesday"}')
+    outputs: dict[str, dict[str, Any]] = {}
+
+    async def tool(session: FakeSession, name: str, arguments: dict[str, Any]) -> None:
+        call_id = await session.call_tool(name, arguments)
+        received = await session.wait_for(
+            "conversation.item.create", where=lambda e: e["item"].get("call_id") == call_id
+        )
+        outputs[name] = json.loads(received.event["item"]["output"])
+
+    async def script(session: FakeSession) -> None:
+        await session.wait_for("input_audio_buffer.append")
+        await tool(session, "send_dtmf", {"digits": "42"})
+        await tool(session, "order_status", {"order": "A17"})
+        await tool(session, "no_such_tool", {})
+        await session.respond(_piper("I am transferring you now.", session.output_rate))
+        await session.call_tool("transfer_call", {"extension": "1005"})
+
+    config = tmp_path / "sipai.toml"
+    config.write_text(
+        "[agent]\n"
+        'transfer_extensions = ["1005"]\n'
+        "[[agent.tools]]\n"
+        'name = "order_status"\n'
+        'description = "The status of an order."\n'
+        'parameters = { type = "object", properties = { order = { type = "string" } } }\n'
+        f'url = "{backend.url}"\n'
+        'bearer_token = "tool-secret"\n'
+    )
+    env = daemon_env | {"SIPAI_AGENT__GREETING": "", "SIPAI_CONFIG": str(config)}
+    target = await TestPhone.start("target")
+    try:
+        await target.register(pbx, "1005")
+        await target.command("mode", on_incoming="answer", answer_after_ms=100)
+        async with FakeRealtime("ga", script) as fake, _daemon(pbx, env, fake):
+            phone, call = await _call(pbx, "caller", "1004")
+            try:
+                digits = [(await phone.expect("dtmf", call=call))["digit"] for _ in "42"]
+                moved = await phone.expect("transfer_request", timeout=30)
+                incoming = await target.expect("incoming", timeout=10)
+                await target.expect("media", call=incoming["call"], status="active")
+                await phone.expect("call", call=call, state="DISCONNECTED", timeout=10)
+                await target.command("record", call=incoming["call"], wav=str(tmp_path / "t.wav"))
+                wav = tmp_path / "tone.wav"
+                write_wav(wav, 8000, tone(1000, 8000, 1.5))
+                await phone.command("play", call=moved["new_call"], wav=str(wav))
+                await asyncio.sleep(2.0)
+                await target.command("hangup", call=incoming["call"])
+                await target.expect("recorded", call=incoming["call"])
+            finally:
+                await phone.close()
+            session = fake.sessions[0]
+        assert fake.violations == []
+        assert fake.errors == []
+        assert digits == ["4", "2"]
+        assert outputs["send_dtmf"] == {"ok": True, "sent": "42"}
+        assert outputs["order_status"] == {"status": "shipped", "eta": "Tuesday"}
+        assert "unknown tool" in outputs["no_such_tool"]["error"]
+        (posted,) = backend.requests()
+        assert json.loads(posted.body) == {"order": "A17"}
+        assert posted.headers["authorization"] == "Bearer tool-secret"
+        tools = {t["name"] for t in session.session["tools"]}
+        assert tools == {"end_call", "send_dtmf", "transfer_call", "order_status"}
+        heard = read_wav(tmp_path / "t.wav")
+        assert tone_level_db(heard.samples, 1000, heard.rate) > -30  # caller <-> target talk
+    finally:
+        await target.close()
+        backend.close()

@@ -17,8 +17,15 @@ class Received:
 class Receiver:
     """Answers each POST with the next scripted (status, headers); 200 when the script ends."""
 
-    def __init__(self, port: int = 0, script: list[tuple[int, dict[str, str]]] | None = None):
+    def __init__(
+        self,
+        port: int = 0,
+        script: list[tuple[int, dict[str, str]]] | None = None,
+        body: bytes = b"",
+    ):
+        """``body``: sent with every answer (as application/json when it is not empty)."""
         self.script = list(script or [])
+        self.body = body
         self.received: list[Received] = []
         self._lock = threading.Lock()  # handler threads append, the test reads
         receiver = self
@@ -34,8 +41,11 @@ class Receiver:
                 self.send_response(status)
                 for name, value in extra.items():
                     self.send_header(name, value)
-                self.send_header("content-length", "0")
+                self.send_header("content-length", str(len(receiver.body)))
+                if receiver.body:
+                    self.send_header("content-type", "application/json")
                 self.end_headers()
+                self.wfile.write(receiver.body)
 
             def log_message(self, format: str, *args: object) -> None:
                 return  # quiet

@@ -199,6 +199,8 @@ class AgentSettings(Section):
     apology: str = "Sorry, the assistant is not available right now. Please call again later."
     barge_in_min_ms: int = Field(default=200, ge=0, le=2000)
     greeting_guard_ms: int = Field(default=800, ge=0, le=10000)
+    max_reconnects: int = Field(default=2, ge=0, le=10)
+    max_session_minutes: float = Field(default=55.0, gt=0, le=120)
     transfer_target: str = ""
     transfer_extensions: list[str] = Field(default_factory=list)
     tools: list[HttpTool] = Field(default_factory=list)

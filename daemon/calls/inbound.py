@@ -79,6 +79,7 @@ SEND_DTMF = Tool(
     },
 )
 TRANSFER_SECONDS = 30.0  # longest wait for the transfer target to answer
+REPLAY_TURNS = 30  # transcript turns replayed into a new session
 
 
 def _transfer_tool(agent: AgentSettings) -> Tool | None:
@@ -174,6 +175,8 @@ class InboundAgent:
         self._digit_timer: asyncio.TimerHandle | None = None
         self._hanging_up = False
         self._transfer: asyncio.Future[TransferProgress] | None = None
+        self._reconnects = 0
+        self._session_started = time.monotonic()
         self._http: httpx.AsyncClient | None = None
 
     # -- the call, start to end -----------------------------------------------------------
@@ -305,7 +308,10 @@ class InboundAgent:
             pcm = np.concatenate(batch)
             batch.clear()
             data = encoder.encode(pcm)
-            await self.session.send(dialect.append(base64.b64encode(data).decode()))
+            try:
+                await self.session.send(dialect.append(base64.b64encode(data).decode()))
+            except RealtimeError:
+                continue  # the session is being replaced (by _downlink): this audio is lost
             self._sent_ms += self.agent.uplink_batch_ms
         self._end("caller hung up")
 
@@ -313,8 +319,89 @@ class InboundAgent:
 
     async def _downlink(self) -> None:
         while True:
-            event = await self.session.receive()
+            try:
+                event = await self.session.receive()
+                if isinstance(event, ev.ServerError) and event.type == "server_error":
+                    raise RealtimeError("closed", f"server_error: {event.message}", 1011)
+                if isinstance(event, ev.ServerError) and "rate_limit" in event.code:
+                    raise RealtimeError("rate_limit", f"{event.code}: {event.message}")
+            except RealtimeError as exc:
+                if not await self._session_lost(exc):
+                    return
+                continue
             await self._on_model_event(event)
+            if (
+                isinstance(event, ev.ResponseDone)
+                and time.monotonic() - self._session_started > self.agent.max_session_minutes * 60
+            ):
+                await self._replace_session("rotation")
+
+    async def _session_lost(self, exc: RealtimeError) -> bool:
+        """Reconnect if the loss is one that passes and reconnects are left; else end the
+        call politely. True when a new session is up."""
+        while exc.retryable and self._reconnects < self.agent.max_reconnects:
+            self._reconnects += 1
+            log.warning(
+                "agent.reconnecting", call_id=self.key, error=str(exc), attempt=self._reconnects
+            )
+            try:
+                await self._replace_session("reconnect")
+                return True
+            except RealtimeError as again:
+                exc = again
+                await asyncio.sleep(0.5)
+        log.error("agent.session_lost", call_id=self.key, kind=exc.kind, error=str(exc))
+        await self.ctx.report(
+            "agent_failed", {"call": self.key, "kind": exc.kind, "error": str(exc)}
+        )
+        await self._apologise()
+        self._end(f"model {exc.kind}: {exc}")
+        return False
+
+    async def _replace_session(self, reason: str) -> None:
+        """A new session with the conversation so far replayed as text; then swap."""
+        new = RealtimeSession(self.endpoint, session_config(self.agent))
+        reported = await new.open(self.agent.connect_timeout_seconds)
+        dialect = self.endpoint.dialect
+        try:
+            for turn in self.ctx.transcript[-REPLAY_TURNS:]:
+                item = dialect.user_text if turn.role == "caller" else dialect.assistant_text
+                await new.send(item(turn.text))
+        except RealtimeError:
+            await new.close()
+            raise
+        old, self.session = self.session, new
+        await old.close()
+        self._session_started = time.monotonic()
+        self._sent_ms = 0  # the new session's input buffer starts now
+        self._response = None
+        self._speech_start = None
+        self._playing = None  # items of the old session cannot be truncated in the new one
+        if reported.output_format is not None and reported.output_format != self._output_format:
+            assert self.audio is not None
+            self._output_format = reported.output_format
+            self._decoder = Decoder(reported.output_format, self.audio.rate)
+        log.info(
+            "agent.session_replaced",
+            call_id=self.key,
+            reason=reason,
+            replayed=min(len(self.ctx.transcript), REPLAY_TURNS),
+        )
+
+    async def _apologise(self) -> None:
+        """The apology in the local voice, after what is playing; the caller is then hung up."""
+        audio = self.audio
+        if audio is None or audio.closed:
+            return
+        try:
+            speech = await self.ctx.synthesize(self.agent.apology, audio.rate)
+        except Exception as exc:
+            log.warning("agent.apology_failed", call_id=self.key, error=repr(exc))
+            return
+        audio.playout.flush()
+        audio.playout.push("apology", speech)
+        audio.playout.end_item("apology")
+        await self._until_played(audio, "apology", len(speech))
 
     async def _on_model_event(self, event: ev.ModelEvent) -> None:
         if self._on_audio_event(event):

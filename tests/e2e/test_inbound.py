@@ -311,3 +311,45 @@ async def test_tools_dtmf_http_and_transfer(
     finally:
         await target.close()
         backend.close()
+
+
+async def test_a_dropped_model_socket_is_reconnected_with_the_conversation(
+    pbx: Kamailio, daemon_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The model's socket drops mid-call (1006): a new session gets the conversation so far
+    as text, and the call goes on with it."""
+
+    async def script(session: FakeSession) -> None:
+        if session is fake.sessions[0]:
+            await session.wait_for("input_audio_buffer.append")
+            await session.respond(_piper("Hello.", session.output_rate), "Hello, how can I help?")
+            await session.caller_said("I need to move my appointment.")
+            await asyncio.sleep(0.5)
+            session.drop()
+            return
+        await session.wait_for(
+            "conversation.item.create",
+            where=lambda e: "move my appointment" in json.dumps(e),
+        )
+        await session.respond(_piper("We are back. Which day suits you?", session.output_rate))
+
+    env = daemon_env | {"SIPAI_AGENT__GREETING": ""}
+    async with FakeRealtime("ga", script) as fake, _daemon(pbx, env, fake):
+        phone, call = await _call(pbx, "caller", "1006")
+        try:
+            await phone.command("record", call=call, wav=str(tmp_path / "heard.wav"))
+            second = await fake.session(1, timeout=20)
+            await asyncio.sleep(4.0)
+            await phone.command("hangup", call=call)
+            await phone.expect("recorded", call=call)
+        finally:
+            await phone.close()
+    assert fake.violations == []
+    assert fake.errors == []
+    replayed = [e["item"] for e in second.of("conversation.item.create")]
+    assert [(i["role"], i["content"][0]["text"]) for i in replayed] == [
+        ("assistant", "Hello, how can I help?"),
+        ("user", "I need to move my appointment."),
+    ]
+    recording = read_wav(tmp_path / "heard.wav")
+    assert "we are back" in await _heard(recording.samples, recording.rate)

@@ -262,6 +262,22 @@ class FakeSession:
         )
         return call_id
 
+    async def caller_said(self, text: str) -> None:
+        """The transcription of a caller turn, as input transcription reports it."""
+        await self.send(
+            {
+                "type": "conversation.item.input_audio_transcription.completed",
+                "item_id": _id("item"),
+                "content_index": 0,
+                "transcript": text,
+                "usage": {"type": "duration", "seconds": 1},
+            }
+        )
+
+    def drop(self) -> None:
+        """Cut the TCP connection without a close frame: the client sees 1006."""
+        self.ws.transport.abort()
+
     async def speech_started(self, audio_start_ms: int) -> float:
         """Send ``input_audio_buffer.speech_started``; returns when it was sent."""
         await self.send(

@@ -35,13 +35,15 @@ def endpoint(agent: AgentSettings, api: ApiSettings) -> Endpoint:
             headers["OpenAI-Beta"] = "realtime=v1"
     elif agent.backend is Backend.AZURE:
         host = urlsplit(agent.url).netloc or agent.url
+        # wss unless the endpoint is given as plain http:// or ws:// (a local gateway).
+        scheme = "ws" if agent.url.startswith(("http://", "ws://")) else "wss"
         if beta:
             url = _with_query(
-                f"wss://{host}/openai/realtime",
+                f"{scheme}://{host}/openai/realtime",
                 **{"api-version": AZURE_BETA_API_VERSION, "deployment": agent.model},
             )
         else:
-            url = _with_query(f"wss://{host}/openai/v1/realtime", model=agent.model)
+            url = _with_query(f"{scheme}://{host}/openai/v1/realtime", model=agent.model)
         headers["api-key"] = key
     elif agent.backend is Backend.URL:
         url = _ws(agent.url)

@@ -59,16 +59,21 @@ async def pbx(tmp_path: Path) -> AsyncIterator[Kamailio]:
 
 
 @contextlib.asynccontextmanager
-async def _daemon(pbx: Kamailio, env: dict[str, str], fake: FakeRealtime) -> AsyncIterator[None]:
-    env = env | {
-        "SIPAI_SIP__REGISTRAR": pbx.uri,
-        "SIPAI_SIP__PASSWORD": password("1000"),
-        "SIPAI_SIP__RTP_PORT_MIN": "43000",
-        "SIPAI_SIP__RTP_PORT_MAX": "43099",
-        "SIPAI_AGENT__BACKEND": "url",
-        "SIPAI_AGENT__URL": fake.url,
-        "SIPAI_AGENT__DIALECT": fake.dialect,
-    }
+async def _daemon(
+    pbx: Kamailio, env: dict[str, str], fake: FakeRealtime, backend: str = "url"
+) -> AsyncIterator[None]:
+    env = (
+        {"SIPAI_AGENT__URL": fake.url}
+        | env
+        | {
+            "SIPAI_SIP__REGISTRAR": pbx.uri,
+            "SIPAI_SIP__PASSWORD": password("1000"),
+            "SIPAI_SIP__RTP_PORT_MIN": "43000",
+            "SIPAI_SIP__RTP_PORT_MAX": "43099",
+            "SIPAI_AGENT__BACKEND": backend,
+            "SIPAI_AGENT__DIALECT": fake.dialect,
+        }
+    )
     process = await asyncio.create_subprocess_exec(
         SIPAI, "run", env=env, stdout=asyncio.subprocess.DEVNULL
     )
@@ -353,3 +358,40 @@ async def test_a_dropped_model_socket_is_reconnected_with_the_conversation(
     ]
     recording = read_wav(tmp_path / "heard.wav")
     assert "we are back" in await _heard(recording.samples, recording.rate)
+
+
+@pytest.mark.parametrize(
+    ("dialect", "path"),
+    [
+        ("ga", "/openai/v1/realtime?model=frontdesk"),
+        ("beta", "/openai/realtime?api-version=2025-04-01-preview&deployment=frontdesk"),
+    ],
+)
+async def test_azure_url_and_key_header(
+    pbx: Kamailio, daemon_env: dict[str, str], dialect: str, path: str
+) -> None:
+    """backend = "azure": the deployment in the URL, the key in an api-key header."""
+
+    async def script(session: FakeSession) -> None:
+        await session.wait_for("response.create")
+        await session.respond(_piper("Hello.", session.output_rate), "Hello.")
+
+    async with FakeRealtime(dialect, script) as fake:
+        env = daemon_env | {
+            "SIPAI_AGENT__BACKEND": "azure",
+            "SIPAI_AGENT__API_KEY": "az-key",
+            "SIPAI_AGENT__MODEL": "frontdesk",
+        }
+        gateway = fake.url.replace("ws://", "http://").removesuffix("/v1/realtime")
+        async with _daemon(pbx, env | {"SIPAI_AGENT__URL": gateway}, fake, backend="azure"):
+            phone, call = await _call(pbx, "caller", "1007")
+            try:
+                session = await fake.session()
+                await session.wait_for("response.create")
+                await phone.command("hangup", call=call)
+            finally:
+                await phone.close()
+    assert fake.violations == []
+    assert session.path == path
+    assert session.headers["api-key"] == "az-key"
+    assert "authorization" not in session.headers

@@ -1,0 +1,86 @@
+"""Where each backend connects and how it authenticates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from config.schema import AgentSettings, ApiSettings
+from daemon.realtime.backends import endpoint
+
+
+def _agent(**values: Any) -> AgentSettings:
+    return AgentSettings.model_validate(values)
+
+
+@pytest.mark.parametrize(
+    ("agent", "url", "headers"),
+    [
+        (
+            {"backend": "openai", "api_key": "sk-1"},
+            "wss://api.openai.com/v1/realtime?model=gpt-realtime",
+            {"Authorization": "Bearer sk-1"},
+        ),
+        (
+            {
+                "backend": "openai",
+                "api_key": "sk-1",
+                "model": "gpt-4o-realtime-preview",
+                "dialect": "beta",
+            },
+            "wss://api.openai.com/v1/realtime?model=gpt-4o-realtime-preview",
+            {"Authorization": "Bearer sk-1", "OpenAI-Beta": "realtime=v1"},
+        ),
+        (
+            {
+                "backend": "azure",
+                "api_key": "az",
+                "url": "https://res.openai.azure.com",
+                "model": "dep",
+            },
+            "wss://res.openai.azure.com/openai/v1/realtime?model=dep",
+            {"api-key": "az"},
+        ),
+        (
+            {
+                "backend": "azure",
+                "api_key": "az",
+                "url": "https://res.openai.azure.com/",
+                "model": "dep",
+                "dialect": "beta",
+            },
+            "wss://res.openai.azure.com/openai/realtime?api-version=2025-04-01-preview&deployment=dep",
+            {"api-key": "az"},
+        ),
+        (
+            {"backend": "url", "url": "https://llm.lan/v1/realtime", "model": "m"},
+            "wss://llm.lan/v1/realtime?model=m",
+            {},
+        ),
+        (
+            {
+                "backend": "url",
+                "url": "ws://127.0.0.1:9/v1/realtime?model=x",
+                "api_key": "k",
+                "model": "m",
+            },
+            "ws://127.0.0.1:9/v1/realtime?model=x",
+            {"Authorization": "Bearer k"},
+        ),
+        ({"backend": "local"}, "ws://127.0.0.1:8080/v1/realtime", {}),
+    ],
+)
+def test_url_and_headers(agent: dict[str, Any], url: str, headers: dict[str, str]) -> None:
+    found = endpoint(_agent(**agent), ApiSettings())
+    assert (found.url, found.headers) == (url, headers)
+    assert found.dialect.name == agent.get("dialect", "ga")
+
+
+def test_local_uses_the_api_port_and_token() -> None:
+    api = ApiSettings.model_validate({"host": "::", "port": 9000, "token": "t"})
+    found = endpoint(_agent(), api)
+    assert (found.url, found.headers) == (
+        "ws://[::1]:9000/v1/realtime",
+        {"Authorization": "Bearer t"},
+    )

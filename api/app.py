@@ -177,6 +177,13 @@ class _Routes:
             return _error(400, "limit and before must be integers")
         if not 1 <= limit <= 200:
             return _error(400, "limit: must be between 1 and 200")
+        direction = request.query_params.get("direction", "outbound")
+        if direction == "inbound":
+            inbound = await store.list_inbound(limit, before)
+            next_seq = inbound[-1]["seq"] if len(inbound) == limit else None
+            return JSONResponse({"calls": inbound, "next_before": next_seq})
+        if direction != "outbound":
+            return _error(400, "direction: must be 'outbound' or 'inbound'")
         records = await store.list_calls(limit, before)
         next_before = records[-1]["seq"] if len(records) == limit else None
         return JSONResponse({"calls": [_call_view(r) for r in records], "next_before": next_before})

@@ -64,6 +64,21 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX attempts_by_webhook ON attempts(webhook_id, id);
     """,
+    """
+    CREATE TABLE inbound_calls (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        call_id TEXT NOT NULL UNIQUE,
+        sip_call_id TEXT NOT NULL,
+        caller TEXT NOT NULL,
+        worker INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        ended_at REAL,
+        status TEXT NOT NULL,
+        end_cause TEXT,
+        error TEXT,
+        transcript TEXT NOT NULL DEFAULT '[]'
+    );
+    """,
 )
 
 FINAL_STATUSES = frozenset({"completed", "no_answer", "failed", "busy"})
@@ -274,6 +289,70 @@ class Store:
             return [_call_record(row) for row in rows]
 
         return await self._run(select)
+
+    # -- inbound calls ---------------------------------------------------------------------
+
+    async def insert_inbound(
+        self, call_id: str, sip_call_id: str, caller: str, worker: int
+    ) -> None:
+        now = time.time()
+        await self._run(
+            lambda db: db.execute(
+                "INSERT INTO inbound_calls (call_id, sip_call_id, caller, worker, started_at,"
+                " status) VALUES (?, ?, ?, ?, ?, 'in_progress')",
+                (call_id, sip_call_id, caller, worker, now),
+            )
+        )
+
+    async def add_turn(self, call_id: str, role: str, text: str, at: float) -> None:
+        """Append one transcript turn (``at``: seconds since the call was answered)."""
+        turn = json.dumps({"role": role, "text": text, "at": at})
+        await self._run(
+            lambda db: db.execute(
+                "UPDATE inbound_calls SET transcript = json_insert(transcript, '$[#]', json(?))"
+                " WHERE call_id = ?",
+                (turn, call_id),
+            )
+        )
+
+    async def finish_inbound(
+        self, call_id: str, status: str, end_cause: str, error: str | None = None
+    ) -> None:
+        now = time.time()
+        await self._run(
+            lambda db: db.execute(
+                "UPDATE inbound_calls SET status = ?, end_cause = ?, ended_at = ?,"
+                " error = COALESCE(?, error) WHERE call_id = ? AND status = 'in_progress'",
+                (status, end_cause, now, error, call_id),
+            )
+        )
+
+    async def interrupt_inbound(self) -> int:
+        """At start-up: calls left in progress by a previous process are over."""
+        now = time.time()
+
+        def interrupt(db: sqlite3.Connection) -> int:
+            cursor = db.execute(
+                "UPDATE inbound_calls SET status = 'failed', ended_at = ?,"
+                " end_cause = 'interrupted: the daemon stopped during the call'"
+                " WHERE status = 'in_progress'",
+                (now,),
+            )
+            return cursor.rowcount
+
+        return await self._run(interrupt)
+
+    async def list_inbound(self, limit: int, before: int | None = None) -> list[dict[str, Any]]:
+        """Newest first, transcripts included."""
+
+        def page(db: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = db.execute(
+                "SELECT * FROM inbound_calls WHERE seq < ? ORDER BY seq DESC LIMIT ?",
+                (before if before is not None else 2**62, limit),
+            )
+            return [{**dict(row), "transcript": json.loads(row["transcript"])} for row in rows]
+
+        return await self._run(page)
 
     # -- outbox ----------------------------------------------------------------------------
 

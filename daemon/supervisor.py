@@ -16,6 +16,7 @@ import asyncio
 import os
 import signal
 import time
+import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +73,10 @@ class Supervisor:
         settings = loaded.settings
         self._sip = WorkerPool(settings, inbound_policy, self._on_sip_event)
         self._sip.inbound_listeners.append(self._on_inbound)
+        self._inbound_ids: dict[tuple[int, str], str] = {}
+        self._inbound_errors: dict[tuple[int, str], str] = {}
+        self._inbound_lock = asyncio.Lock()
+        self._inbound_writes: set[asyncio.Future[None]] = set()
         self.dispatcher = Dispatcher(self._sip)
         self.store = Store(settings.storage.path)
         self._deliverer = Deliverer(
@@ -171,6 +176,36 @@ class Supervisor:
         """What an inbound agent reports: the call, each transcript turn, the outcome."""
         fields = {k: v for k, v in body.items() if k != "call"}
         log.info(f"inbound.{kind}", call_id=body.get("call"), worker=worker, **fields)
+        task = asyncio.ensure_future(self._record_inbound(worker, kind, body))
+        self._inbound_writes.add(task)
+        task.add_done_callback(self._inbound_writes.discard)
+
+    async def _record_inbound(self, worker: int, kind: str, body: dict[str, Any]) -> None:
+        """Keep the inbound call's record (id ``in-<random>``), events in arrival order."""
+        key = (worker, str(body.get("call")))
+        async with self._inbound_lock:  # one worker's events are stored in arrival order
+            try:
+                if kind == "inbound_call":
+                    call_id = f"in-{uuid.uuid4().hex[:16]}"
+                    self._inbound_ids[key] = call_id
+                    await self.store.insert_inbound(
+                        call_id, str(body["sip_call_id"]), str(body["caller"]), worker
+                    )
+                    return
+                call_id = self._inbound_ids.get(key, "")
+                if kind == "transcript":
+                    await self.store.add_turn(
+                        call_id, str(body["role"]), str(body["text"]), float(body["at"])
+                    )
+                elif kind == "agent_failed":
+                    self._inbound_errors[key] = f"{body.get('kind')}: {body.get('error')}"
+                elif kind == "inbound_done":
+                    error = self._inbound_errors.pop(key, None)
+                    status = "failed" if error else "completed"
+                    await self.store.finish_inbound(call_id, status, str(body["cause"]), error)
+                    self._inbound_ids.pop(key, None)
+            except Exception as exc:
+                log.error("inbound.store_failed", call_id=body.get("call"), error=repr(exc))
 
     def request_stop(self, signum: int | None = None) -> None:
         """First call starts the drain; a second signal exits the process at once."""
@@ -212,6 +247,9 @@ class Supervisor:
         api = self._settings.api
         try:
             await self.store.open()
+            interrupted = await self.store.interrupt_inbound()
+            if interrupted:
+                log.warning("inbound.interrupted", calls=interrupted)
         except (OSError, RuntimeError) as exc:
             raise ApiStartError(f"storage.path {self._settings.storage.path}: {exc}") from None
         self._store_open = True

@@ -61,7 +61,8 @@ async def pbx(tmp_path: Path) -> AsyncIterator[Kamailio]:
 @contextlib.asynccontextmanager
 async def _daemon(
     pbx: Kamailio, env: dict[str, str], fake: FakeRealtime, backend: str = "url"
-) -> AsyncIterator[None]:
+) -> AsyncIterator[str]:
+    """The daemon, registered, talking to ``fake``; yields its API base URL."""
     env = (
         {"SIPAI_AGENT__URL": fake.url}
         | env
@@ -85,7 +86,7 @@ async def _daemon(
                     if (await client.get(f"{base}/health")).json()["sip_registered"]:
                         break
                 await asyncio.sleep(0.2)
-        yield
+        yield base
     finally:
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0
@@ -99,6 +100,16 @@ async def _call(pbx: Kamailio, name: str, user: str) -> tuple[TestPhone, int]:
     return phone, int(dialled["call"])
 
 
+async def _inbound_record(api: str) -> dict[str, Any]:
+    """The newest inbound call record, once it is final."""
+    async with httpx.AsyncClient() as client, asyncio.timeout(10):
+        while True:
+            calls = (await client.get(f"{api}/calls?direction=inbound")).json()["calls"]
+            if calls and calls[0]["status"] != "in_progress":
+                return dict(calls[0])
+            await asyncio.sleep(0.1)
+
+
 @pytest.mark.parametrize(("dialect", "fmt"), [("ga", "pcmu"), ("ga", "pcm24"), ("beta", "pcmu")])
 async def test_audio_both_ways(
     pbx: Kamailio, daemon_env: dict[str, str], tmp_path: Path, dialect: str, fmt: str
@@ -109,9 +120,10 @@ async def test_audio_both_ways(
     async def script(session: FakeSession) -> None:
         await session.wait_for("response.create")
         await session.respond(_piper(GREETING, session.output_rate), GREETING)
+        await session.caller_said(CALLER)
 
     env = daemon_env | {"SIPAI_AGENT__INPUT_FORMAT": fmt, "SIPAI_AGENT__OUTPUT_FORMAT": fmt}
-    async with FakeRealtime(dialect, script) as fake, _daemon(pbx, env, fake):
+    async with FakeRealtime(dialect, script) as fake, _daemon(pbx, env, fake) as api:
         phone, call = await _call(pbx, "caller", "1001")
         try:
             await phone.command("record", call=call, wav=str(tmp_path / "heard.wav"))
@@ -125,8 +137,18 @@ async def test_audio_both_ways(
             await phone.expect("recorded", call=call)
             async with asyncio.timeout(2):  # the daemon closes the model socket at once
                 await session.ws.wait_closed()
+            record = await _inbound_record(api)
         finally:
             await phone.close()
+        assert (record["status"], record["end_cause"], record["caller"]) == (
+            "completed",
+            "caller hung up",
+            "1001",
+        )
+        assert [(t["role"], t["text"]) for t in record["transcript"]] == [
+            ("agent", GREETING),
+            ("caller", CALLER),
+        ]
         assert fake.violations == []
         assert fake.errors == []
         if dialect == "ga":

@@ -84,3 +84,38 @@ async def test_listing_and_queue_order(store: Store) -> None:
     in_flight = await store.calls_with_status(frozenset({"ringing"}))
     assert [(r["call_id"], r["worker"]) for r in in_flight] == [("c1", 0)]
     assert "completed" in FINAL_STATUSES
+
+
+async def test_inbound_calls_keep_their_transcript(store: Store) -> None:
+    """Turns are appended in order; the end is written once; listing is newest first."""
+    await store.insert_inbound("in-1", "sip-1", "1001", 0)
+    await store.add_turn("in-1", "agent", 'Hello, "welcome".', 0.4)
+    await store.add_turn("in-1", "caller", "Hi, I need help.", 2.5)
+    await store.finish_inbound("in-1", "completed", "end_call")
+    await store.finish_inbound("in-1", "failed", "again")  # final already: no change
+    await store.insert_inbound("in-2", "sip-2", "1002", 1)
+    first, second = await store.list_inbound(10)
+    assert first["call_id"] == "in-2"
+    assert (second["status"], second["end_cause"]) == ("completed", "end_call")
+    assert second["transcript"] == [
+        {"role": "agent", "text": 'Hello, "welcome".', "at": 0.4},
+        {"role": "caller", "text": "Hi, I need help.", "at": 2.5},
+    ]
+    assert await store.interrupt_inbound() == 1  # in-2 was left in progress
+    assert (await store.list_inbound(1))[0]["status"] == "failed"
+
+
+async def test_version_1_database_is_upgraded(tmp_path: Path) -> None:
+    """A database written by the first schema gains the inbound table and keeps its calls."""
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(MIGRATIONS[0])
+    db.execute("PRAGMA user_version = 1")
+    db.close()
+    store = Store(path)
+    await store.open()
+    try:
+        await store.insert_inbound("in-1", "sip-1", "1001", 0)
+        assert len(await store.list_inbound(5)) == 1
+    finally:
+        await store.close()

@@ -34,13 +34,14 @@ class TestPhone:
         self._reader = asyncio.create_task(self._read(), name=f"phone-{name}")
 
     @classmethod
-    async def start(cls, name: str = "phone") -> TestPhone:
+    async def start(cls, name: str = "phone", short_jitter_buffer: bool = False) -> TestPhone:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "tests.peers.phone_process",
             "--rtp-port",
             str(_rtp_base()),
+            *(["--short-jitter-buffer"] if short_jitter_buffer else []),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,

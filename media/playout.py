@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from time import monotonic
 
 import numpy as np
 from numpy.typing import NDArray
@@ -28,6 +29,7 @@ class _Frame:
     item_id: str
     data: bytes  # exactly one frame of int16 little-endian samples
     samples: int  # real samples in it (the last frame of an item is padded with silence)
+    stamp: float = 0.0  # arrival time of the audio that starts in this frame (metering), or 0
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class PlayoutBuffer:
         self._streaming_item: str | None = None  # open item: silence now is an underrun
         self._queued_in = 0
         self._overrun_samples = 0
+        self._pending_stamp = 0.0
 
         # Written by the consumer only.
         self._consumer_generation = 0
@@ -75,11 +78,18 @@ class PlayoutBuffer:
         self._underruns = 0
         self._flushes = 0
         self._played: dict[str, int] = {}
+        # Seconds from arrival to hand-out of stamped frames (consumer appends, bounded).
+        self.latencies: deque[float] = deque(maxlen=4096)
 
     # -- producer side ---------------------------------------------------------------------
 
-    def push(self, item_id: str, pcm: NDArray[np.int16]) -> int:
-        """Queue audio of ``item_id``; return the samples accepted (the rest overran)."""
+    def push(self, item_id: str, pcm: NDArray[np.int16], arrived: float = 0.0) -> int:
+        """Queue audio of ``item_id``; return the samples accepted (the rest overran).
+
+        ``arrived`` (``time.monotonic()`` when the audio reached the daemon) is carried by
+        the first frame this audio completes: :attr:`latencies` then records how long after
+        its arrival that frame was handed out.
+        """
         if self._pending_item is not None and self._pending_item != item_id:
             self.end_item(self._pending_item)
         room = self._capacity - self.depth_samples - len(self._pending)
@@ -92,9 +102,12 @@ class PlayoutBuffer:
         data = audio[:whole].astype("<i2").tobytes()
         size = 2 * self.frame_samples
         generation = self._generation
+        if arrived and not self._pending_stamp:
+            self._pending_stamp = arrived
         for offset in range(0, len(data), size):
+            stamp, self._pending_stamp = self._pending_stamp, 0.0
             self._frames.append(
-                _Frame(generation, item_id, data[offset : offset + size], self.frame_samples)
+                _Frame(generation, item_id, data[offset : offset + size], self.frame_samples, stamp)
             )
         self._queued_in += whole
         self._pending = audio[whole:]
@@ -119,6 +132,7 @@ class PlayoutBuffer:
         """Drop everything queued; the next frame out fades the current audio to silence."""
         self._generation += 1
         self._pending = np.zeros(0, dtype=np.int16)
+        self._pending_stamp = 0.0
         self._pending_item = None
         self._streaming_item = None
 
@@ -143,6 +157,8 @@ class PlayoutBuffer:
             return self._silence
         self._queued_out += self.frame_samples
         self._played[frame.item_id] = self._played.get(frame.item_id, 0) + frame.samples
+        if frame.stamp:
+            self.latencies.append(monotonic() - frame.stamp)
         return frame.data
 
     def _carry_out_flush(self, generation: int) -> bytes:

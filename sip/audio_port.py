@@ -2,10 +2,10 @@
 
 pjmedia's clock thread calls :meth:`CallAudioPort.onFrameReceived` (caller audio, one 20 ms
 PCM16 frame) and :meth:`CallAudioPort.onFrameRequested` (audio to send) every 20 ms. Both
-only copy bytes: received frames are appended to ``CallAudio.uplink`` (a bounded deque,
-append/popleft are atomic), requested frames come from ``CallAudio.playout.pull()``. They
-never block, log, raise or touch asyncio; errors are counted. The call flow reads
-``CallAudio`` from the event loop.
+only copy bytes: received frames are appended to ``CallAudio.uplink`` with their arrival
+time (a bounded deque of ``(monotonic, bytes)``; append/popleft are atomic), requested frames
+come from ``CallAudio.playout.pull()``. They never block, log, raise or touch asyncio; errors
+are counted. The call flow reads ``CallAudio`` from the event loop.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
+from time import monotonic
 from typing import Any
 
 import pjsua2 as pj
@@ -30,7 +31,8 @@ class CallAudio:
     def __init__(self, rate: int, frame_ms: int = 20) -> None:
         self.rate = rate
         self.frame_bytes = 2 * rate * frame_ms // 1000
-        self.uplink: deque[bytes] = deque(maxlen=UPLINK_FRAMES)  # media thread appends
+        # (time.monotonic() on arrival, frame): the media thread appends, the loop pops.
+        self.uplink: deque[tuple[float, bytes]] = deque(maxlen=UPLINK_FRAMES)
         self.playout = PlayoutBuffer(rate=rate, frame_ms=frame_ms)
         self.uplink_frames = 0  # written by the media thread only
         self.uplink_dropped = 0  # written by the media thread only
@@ -39,6 +41,12 @@ class CallAudio:
 
     async def frames(self) -> AsyncIterator[bytes]:
         """Caller audio as 20 ms PCM16 frames, until the call ends."""
+        async for _, frame in self.stamped_frames():
+            yield frame
+
+    async def stamped_frames(self) -> AsyncIterator[tuple[float, bytes]]:
+        """(arrival time, frame) pairs: the arrival time is ``time.monotonic()`` when pjmedia
+        handed the frame over, for latency metering."""
         while True:
             try:
                 yield self.uplink.popleft()
@@ -63,7 +71,7 @@ class CallAudioPort(pj.AudioMediaPort):  # type: ignore[misc]
                 return
             if len(audio.uplink) == UPLINK_FRAMES:
                 audio.uplink_dropped += 1
-            audio.uplink.append(data)
+            audio.uplink.append((monotonic(), data))
             audio.uplink_frames += 1
         except Exception:
             audio.callback_errors += 1

@@ -30,7 +30,8 @@ import base64
 import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,6 +177,9 @@ class InboundAgent:
         self._hanging_up = False
         self._transfer: asyncio.Future[TransferProgress] | None = None
         self._reconnects = 0
+        self._event_at = 0.0  # arrival of the model event being handled
+        self._speech_event_at = 0.0  # arrival of the last speech_started
+        self._uplink_latency: deque[float] = deque(maxlen=20000)
         self._session_started = time.monotonic()
         self._http: httpx.AsyncClient | None = None
 
@@ -267,10 +271,28 @@ class InboundAgent:
         await self.session.close()
         if self._http is not None:
             await self._http.aclose()
+        self._log_latency()
         if not self._hanging_up and self.audio is not None and not self.audio.closed:
             with contextlib.suppress(SipError):
                 await self.ctx.worker.hangup(self.key)
         log.info("agent.call_ended", call_id=self.key, cause=self.end_cause)
+
+    def _log_latency(self) -> None:
+        """The call's daemon-added latency each way (ms), for metrics and the bench."""
+        audio = self.audio
+        if audio is None:
+            return
+        stats = audio.playout.stats()
+        log.info(
+            "agent.latency",
+            call_id=self.key,
+            uplink_p50_ms=_percentile_ms(self._uplink_latency, 50),
+            uplink_p99_ms=_percentile_ms(self._uplink_latency, 99),
+            downlink_p50_ms=_percentile_ms(audio.playout.latencies, 50),
+            downlink_p99_ms=_percentile_ms(audio.playout.latencies, 99),
+            uplink_frames=len(self._uplink_latency),
+            underruns=stats.underruns,
+        )
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -301,8 +323,10 @@ class InboundAgent:
         dialect = self.endpoint.dialect
         frames_per_batch = self.agent.uplink_batch_ms // 20
         batch: list[NDArray[np.int16]] = []
-        async for frame in audio.frames():
+        stamps: list[float] = []
+        async for stamp, frame in audio.stamped_frames():
             batch.append(np.frombuffer(frame, dtype="<i2"))
+            stamps.append(stamp)
             if len(batch) < frames_per_batch:
                 continue
             pcm = np.concatenate(batch)
@@ -311,7 +335,11 @@ class InboundAgent:
             try:
                 await self.session.send(dialect.append(base64.b64encode(data).decode()))
             except RealtimeError:
+                stamps.clear()
                 continue  # the session is being replaced (by _downlink): this audio is lost
+            sent = time.monotonic()
+            self._uplink_latency.extend(sent - s for s in stamps)
+            stamps.clear()
             self._sent_ms += self.agent.uplink_batch_ms
         self._end("caller hung up")
 
@@ -321,6 +349,7 @@ class InboundAgent:
         while True:
             try:
                 event = await self.session.receive()
+                self._event_at = time.monotonic()
                 if isinstance(event, ev.ServerError) and event.type == "server_error":
                     raise RealtimeError("closed", f"server_error: {event.message}", 1011)
                 if isinstance(event, ev.ServerError) and "rate_limit" in event.code:
@@ -408,6 +437,7 @@ class InboundAgent:
             return
         if isinstance(event, ev.SpeechStarted):
             self._speech_start = event.audio_start_ms
+            self._speech_event_at = self._event_at
             self._consider_barge_in()
         elif isinstance(event, ev.SpeechStopped):
             self._speech_start = None
@@ -435,7 +465,7 @@ class InboundAgent:
             assert self._decoder is not None
             self._item_response[event.item_id] = event.response_id
             self._playing = event.item_id
-            audio.playout.push(event.item_id, self._decoder.decode(event.audio))
+            audio.playout.push(event.item_id, self._decoder.decode(event.audio), self._event_at)
         elif isinstance(event, ev.AudioDone):
             audio.playout.end_item(event.item_id)
         elif isinstance(event, ev.ResponseCreated):
@@ -504,7 +534,8 @@ class InboundAgent:
         deadline = time.monotonic() + 0.1
         # The media clock thread carries the flush out within a frame; it can only be polled.
         while audio.playout.flush_pending and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.002)
+        stop_ms = (time.monotonic() - self._speech_event_at) * 1000
         played_ms = audio.playout.played_ms(item)
         await self.session.send(dialect.truncate(item, played_ms))
         log.info(
@@ -513,6 +544,7 @@ class InboundAgent:
             item=item,
             played_ms=played_ms,
             cancelled=response is not None,
+            stop_ms=round(stop_ms, 1),
         )
 
     # -- tools and the call ---------------------------------------------------------------
@@ -659,3 +691,8 @@ class InboundAgent:
         await self.session.send(dialect.user_text(f"[The caller pressed the keys: {digits}]"))
         if self._response is None:
             await self.session.send(dialect.respond())
+
+
+def _percentile_ms(seconds: Iterable[float], q: float) -> float | None:
+    values = list(seconds)
+    return round(float(np.percentile(values, q)) * 1000, 2) if values else None

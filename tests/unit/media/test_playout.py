@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -150,3 +151,16 @@ def test_producer_and_consumer_threads() -> None:
     consumer.join(timeout=30)
     assert np.array_equal(np.concatenate([_samples(f) for f in out]), audio)
     assert buf.played_samples("a") == total
+
+
+def test_arrival_to_hand_out_is_metered_per_push() -> None:
+    """The first frame completed by each stamped push records arrival -> pull; others don't."""
+    buffer = PlayoutBuffer(rate=8000)
+    arrived = time.monotonic()
+    buffer.push("a", np.ones(240, dtype=np.int16), arrived)  # 1.5 frames
+    buffer.push("a", np.ones(80, dtype=np.int16), arrived - 0.01)  # completes the second
+    buffer.push("a", np.ones(160, dtype=np.int16))  # not stamped
+    for _ in range(4):
+        buffer.pull()
+    assert len(buffer.latencies) == 2
+    assert all(0 <= latency < 1.0 for latency in buffer.latencies)

@@ -2,8 +2,9 @@
 
 One SIP worker takes 4 calls at once from SIPp (7 s of G.711 speech each, RTP on loopback).
 Each call is answered by the real inbound agent (``daemon/calls/inbound.py``) talking the
-realtime protocol (GA, JSON + base64) to a fake model in this process that sends every
-``input_audio_buffer.append`` straight back as a ``response.output_audio.delta``. Three runs:
+realtime protocol (GA, JSON + base64) to a fake model in this process that says back what it
+hears: every 400 ms of caller audio it sends the first 300 ms of it as one audio item (so the
+line is quiet for 100 ms before each item, as between a model's turns). Three runs:
 
 - ``reference``: the same calls bridged by ``bench.policies:model_echo`` (raw bytes to an echo
   socket, no protocol, no codec work beyond mu-law) - the floor a bridge can cost here;
@@ -14,7 +15,9 @@ Per agent run, from the daemon's own ``agent.latency`` log lines (one per call):
 - uplink: caller frame handed over by pjmedia (``onFrameReceived``) -> its bytes written to
   the model socket, p50/p99 over every frame (``uplink_batch_ms`` = 20);
 - downlink: model delta received -> its first frame handed to pjmedia (``onFrameRequested``),
-  p50/p99 over every delta; the 20 ms clock tick is in this figure, as the caller hears it;
+  p50/p99 over the deltas that found nothing queued ahead of them (a model sending ahead of
+  real time queues audio; that wait is not the daemon's); the wait for the next 20 ms clock
+  tick is in this figure, as the caller hears it;
 and CPU of the supervisor + worker per call (% of one core) with its ratio to ``reference``.
 A fourth run, ``barge_in``, has the fake start a 5 s reply on each call and send
 ``input_audio_buffer.speech_started`` 1.5 s later: the daemon logs, per barge-in, the time
@@ -46,6 +49,8 @@ import websockets
 from bench.calls import PCAP, ROOT, _cpu_seconds, _fake_model, _free_port, _health
 
 CALLS = 4
+ECHO_EVERY = 20  # appends of 20 ms: an item every 400 ms...
+ECHO_SAID = 15  # ...carrying the first 300 ms of them
 
 
 async def _echo_realtime(connection: Any) -> None:
@@ -61,6 +66,8 @@ async def _barge_in_realtime(connection: Any) -> None:
 async def _realtime(connection: Any, barge_in: bool) -> None:
     events = iter(range(1, 10**9))
     tasks: set[asyncio.Task[None]] = set()
+    heard: list[bytes] = []
+    items = iter(range(1, 10**9))
 
     async def send(event: dict[str, Any]) -> None:
         await connection.send(json.dumps({"event_id": f"e{next(events)}", **event}))
@@ -82,16 +89,22 @@ async def _realtime(connection: Any, barge_in: bool) -> None:
                         tasks.add(asyncio.create_task(_reply_then_barge_in(send)))
                 if barge_in:
                     continue
+                heard.append(base64.b64decode(event["audio"]))
+                if len(heard) < ECHO_EVERY:
+                    continue
+                item = f"i{next(items)}"
+                said = b"".join(heard[:ECHO_SAID])
+                heard.clear()
+                where = {"response_id": "r1", "item_id": item, "output_index": 0}
                 await send(
                     {
                         "type": "response.output_audio.delta",
-                        "response_id": "r1",
-                        "item_id": "i1",
-                        "output_index": 0,
+                        **where,
                         "content_index": 0,
-                        "delta": event["audio"],
+                        "delta": base64.b64encode(said).decode(),
                     }
                 )
+                await send({"type": "response.output_audio.done", **where, "content_index": 0})
     except websockets.ConnectionClosed:
         pass
 

@@ -86,9 +86,11 @@ class PlayoutBuffer:
     def push(self, item_id: str, pcm: NDArray[np.int16], arrived: float = 0.0) -> int:
         """Queue audio of ``item_id``; return the samples accepted (the rest overran).
 
-        ``arrived`` (``time.monotonic()`` when the audio reached the daemon) is carried by
-        the first frame this audio completes: :attr:`latencies` then records how long after
-        its arrival that frame was handed out.
+        ``arrived`` (``time.monotonic()`` when the audio reached the daemon) meters the
+        daemon's own delay: when nothing is queued ahead of this audio, the first frame it
+        completes carries the stamp, and :attr:`latencies` records how long after its arrival
+        that frame was handed out (decoding, the push, and the wait for the next clock tick;
+        not the wait behind earlier audio, which is the model sending ahead of real time).
         """
         if self._pending_item is not None and self._pending_item != item_id:
             self.end_item(self._pending_item)
@@ -102,7 +104,7 @@ class PlayoutBuffer:
         data = audio[:whole].astype("<i2").tobytes()
         size = 2 * self.frame_samples
         generation = self._generation
-        if arrived and not self._pending_stamp:
+        if arrived and not self._pending_stamp and self.depth_samples == 0:
             self._pending_stamp = arrived
         for offset in range(0, len(data), size):
             stamp, self._pending_stamp = self._pending_stamp, 0.0

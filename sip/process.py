@@ -37,6 +37,7 @@ from config.schema import AgentSettings, ApiSettings, LogFormat, LogLevel, SipSe
 from daemon.calls.inbound import InboundAgent, InboundCall
 from daemon.logs import configure_logging, get_logger
 from daemon.realtime.backends import endpoint
+from media.resample import design
 from sip.events import IncomingCall, SipEvent
 from sip.ipc import Body, Connection, IpcError, UnknownRequest
 from sip.outbound_call import OutboundCall
@@ -90,9 +91,11 @@ class WorkerProcess:
         self.policy = load_policy(hello.get("inbound_policy"))
         self.agent = AgentSettings.model_validate(hello["agent"])
         self.api = ApiSettings.model_validate(hello["api"])
-        self.worker = SipWorker(
-            SipSettings.model_validate(hello["sip"]), self.index, self._claim_from_sip_thread
-        )
+        sip_settings = SipSettings.model_validate(hello["sip"])
+        # Resampler designs cost 25-100 ms each: made now, they never stall a call's loop.
+        rate = sip_settings.clock_rate
+        await asyncio.to_thread(lambda: [design(a, b) for a, b in ((rate, 24000), (24000, rate))])
+        self.worker = SipWorker(sip_settings, self.index, self._claim_from_sip_thread)
         await self.worker.start()
         forwarding = asyncio.create_task(self._forward())
         await self.conn.event("ready", {"contact": self.worker.contact})

@@ -153,14 +153,19 @@ def test_producer_and_consumer_threads() -> None:
     assert buf.played_samples("a") == total
 
 
-def test_arrival_to_hand_out_is_metered_per_push() -> None:
-    """The first frame completed by each stamped push records arrival -> pull; others don't."""
+def test_arrival_to_hand_out_is_metered_when_nothing_is_queued_ahead() -> None:
+    """A stamped push into a dry buffer records arrival -> hand-out of its first frame; audio
+    queued behind other audio is not the daemon's delay and is not metered."""
     buffer = PlayoutBuffer(rate=8000)
     arrived = time.monotonic()
-    buffer.push("a", np.ones(240, dtype=np.int16), arrived)  # 1.5 frames
-    buffer.push("a", np.ones(80, dtype=np.int16), arrived - 0.01)  # completes the second
+    buffer.push("a", np.ones(240, dtype=np.int16), arrived)  # 1.5 frames into a dry buffer
+    buffer.push("a", np.ones(80, dtype=np.int16), arrived)  # queued behind: not metered
+    buffer.pull()
+    buffer.pull()
+    assert buffer.pull() == bytes(320)  # dry again
+    buffer.push("a", np.ones(160, dtype=np.int16), arrived - 0.01)
     buffer.push("a", np.ones(160, dtype=np.int16))  # not stamped
-    for _ in range(4):
-        buffer.pull()
+    buffer.pull()
+    buffer.pull()
     assert len(buffer.latencies) == 2
     assert all(0 <= latency < 1.0 for latency in buffer.latencies)

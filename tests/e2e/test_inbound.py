@@ -421,3 +421,69 @@ async def test_azure_url_and_key_header(
     assert session.path == path
     assert session.headers["api-key"] == "az-key"
     assert "authorization" not in session.headers
+
+
+def _quiet_for(pcm: NDArray[np.int16], start_ms: int, quiet_ms: int) -> bool:
+    """After sound began at ``start_ms``, the last ``quiet_ms`` have been quiet."""
+    tail = pcm[-quiet_ms * 8 :]
+    return len(pcm) // 8 > start_ms + quiet_ms and float(np.sqrt(np.mean(tail**2.0))) < 300
+
+
+async def test_greeting_guard_ignores_a_noise_but_not_the_caller(
+    pbx: Kamailio, daemon_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A 300 ms noise at pick-up (speech_started, then speech_stopped) does not cut the
+    greeting; the caller really speaking over it (longer than the guard) does."""
+    state: dict[str, Any] = {}
+
+    async def script(session: FakeSession) -> None:
+        await session.wait_for("response.create")
+        greeting = tone(600, session.output_rate, 10.0, amplitude=8000)
+        speaking = asyncio.create_task(session.respond(greeting, pace=0.5))
+        for round_ in ("noise", "speech"):
+            heard_before = session.input_ms
+
+            def spoke(pcm: NDArray[np.int16], after: int = heard_before) -> bool:
+                start = _speech_start_ms(pcm, after)
+                return start is not None and len(pcm) // 8 >= start + 250
+
+            await session.wait_for_input(spoke, timeout=20)
+            start = _speech_start_ms(session.input_pcm, heard_before)
+            assert start is not None
+            await session.speech_started(start)
+            # A server VAD ends a turn after 500 ms of silence.
+            await session.wait_for_input(lambda pcm, s=start: _quiet_for(pcm, s, 500), 20)
+            await session.send(
+                {
+                    "type": "input_audio_buffer.speech_stopped",
+                    "audio_end_ms": session.input_ms - 500,
+                    "item_id": "item_user",
+                }
+            )
+            state[round_] = start
+        state["spoken"] = await speaking
+
+    env = daemon_env | {"SIPAI_AGENT__GREETING_GUARD_MS": "1200"}
+    async with FakeRealtime("ga", script) as fake, _daemon(pbx, env, fake):
+        phone, call = await _call(pbx, "caller", "1008")
+        try:
+            noise = tmp_path / "noise.wav"
+            rng = np.random.default_rng(7)
+            write_wav(noise, 8000, (rng.standard_normal(2400) * 3000).astype(np.int16))
+            speech = tmp_path / "caller.wav"
+            write_wav(speech, 8000, _piper(CALLER, 8000))
+            await asyncio.sleep(1.0)
+            await phone.command("play", call=call, wav=str(noise))
+            await asyncio.sleep(2.0)
+            await phone.command("play", call=call, wav=str(speech))
+            session = await fake.session()
+            truncate = (await session.wait_for("conversation.item.truncate", timeout=20)).event
+            await asyncio.sleep(0.5)
+            await phone.command("hangup", call=call)
+        finally:
+            await phone.close()
+    assert fake.violations == []
+    assert fake.errors == []
+    assert len(session.of("conversation.item.truncate")) == 1  # the noise cut nothing
+    # Cut once the caller had spoken for the guard's 1.2 s, well after the noise.
+    assert truncate["audio_end_ms"] > state["noise"] + 1500, (truncate, state)

@@ -487,3 +487,74 @@ async def test_greeting_guard_ignores_a_noise_but_not_the_caller(
     assert len(session.of("conversation.item.truncate")) == 1  # the noise cut nothing
     # Cut once the caller had spoken for the guard's 1.2 s, well after the noise.
     assert truncate["audio_end_ms"] > state["noise"] + 1500, (truncate, state)
+
+
+async def test_rate_limit_ends_the_call_politely_and_is_recorded(
+    pbx: Kamailio, daemon_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A rate-limit error from the model: the caller hears the apology, the daemon hangs up,
+    and the call record says why."""
+
+    async def script(session: FakeSession) -> None:
+        await session.wait_for("input_audio_buffer.append")
+        await session.send(
+            {
+                "type": "error",
+                "error": {
+                    "type": "rate_limit_error",
+                    "code": "rate_limit_exceeded",
+                    "message": "Too many requests.",
+                },
+            }
+        )
+
+    env = daemon_env | {"SIPAI_AGENT__GREETING": ""}
+    async with FakeRealtime("ga", script) as fake, _daemon(pbx, env, fake) as api:
+        phone, call = await _call(pbx, "caller", "1009")
+        try:
+            await phone.command("record", call=call, wav=str(tmp_path / "heard.wav"))
+            await phone.expect("call", call=call, state="DISCONNECTED", timeout=20)
+            await phone.expect("recorded", call=call)
+            record = await _inbound_record(api)
+        finally:
+            await phone.close()
+    assert len(fake.sessions) == 1  # a rate limit is not reconnected
+    assert record["status"] == "failed"
+    assert "rate_limit" in record["error"]
+    assert record["end_cause"].startswith("model rate_limit")
+    recording = read_wav(tmp_path / "heard.wav")
+    heard = await _heard(recording.samples, recording.rate)
+    assert "sorry" in heard or "not available" in heard, heard
+
+
+async def test_sessions_rotate_between_turns(
+    pbx: Kamailio, daemon_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Past agent.max_session_minutes a new session takes over after a response, with the
+    conversation replayed; the old one is closed."""
+
+    async def script(session: FakeSession) -> None:
+        if session is not fake.sessions[0]:
+            return
+        await session.wait_for("response.create")
+        await session.respond(_piper("Hello.", session.output_rate), "Hello.")
+        await session.caller_said("What are your opening hours?")
+        await asyncio.sleep(3.5)
+        await session.respond(_piper("Nine to five.", session.output_rate), "Nine to five.")
+
+    env = daemon_env | {"SIPAI_AGENT__MAX_SESSION_MINUTES": "0.05"}  # 3 s
+    async with FakeRealtime("ga", script) as fake, _daemon(pbx, env, fake):
+        phone, call = await _call(pbx, "caller", "1010")
+        try:
+            second = await fake.session(1, timeout=20)
+            await second.wait_for("conversation.item.create", timeout=10)
+            await asyncio.sleep(0.3)
+            async with asyncio.timeout(5):
+                await fake.sessions[0].ws.wait_closed()
+            await phone.command("hangup", call=call)
+        finally:
+            await phone.close()
+    assert fake.violations == []
+    assert fake.errors == []
+    replayed = [e["item"]["content"][0]["text"] for e in second.of("conversation.item.create")]
+    assert replayed == ["Hello.", "What are your opening hours?", "Nine to five."]

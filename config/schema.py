@@ -172,6 +172,23 @@ class HttpTool(Section):
         return value
 
 
+class AgentRoute(Section):
+    """Per-call session settings: the first route whose conditions all hold applies."""
+
+    caller: str = ""  # shell-style pattern on the caller's number/user, e.g. "+44*"; "" = any
+    header: str = ""  # "Name: value" the INVITE must carry (name in any case); "" = any
+    instructions: str = ""  # "" = keep [agent] instructions
+    greeting: str | None = None  # absent = keep; "" = wait for the caller
+    voice: str = ""  # "" = keep
+
+    @field_validator("header")
+    @classmethod
+    def _name_value(cls, value: str) -> str:
+        if value and ":" not in value:
+            raise ValueError('must be "Name: value"')
+        return value
+
+
 BUILTIN_TOOLS = frozenset({"end_call", "transfer_call", "send_dtmf"})
 
 
@@ -204,6 +221,7 @@ class AgentSettings(Section):
     transfer_target: str = ""
     transfer_extensions: list[str] = Field(default_factory=list)
     tools: list[HttpTool] = Field(default_factory=list)
+    routes: list[AgentRoute] = Field(default_factory=list)
 
     @field_validator("tools")
     @classmethod

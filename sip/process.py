@@ -217,7 +217,12 @@ class WorkerProcess:
             if worker is None:
                 return {"starting": True}
             diagnostics = await worker.diagnostics()
-            return {"registered": worker.registration.registered, **diagnostics}
+            return {
+                "registered": worker.registration.registered,
+                **diagnostics,
+                "tasks": len(asyncio.all_tasks()),  # for leak checks: no task outlives a call
+                "fds": len(os.listdir("/proc/self/fd")),
+            }
         if worker is None:
             raise RuntimeError("the SIP worker is still starting")
         handlers: dict[str, Callable[[], Awaitable[Any]]] = {

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import fnmatch
 import json
 import time
 from collections import deque
@@ -131,6 +132,26 @@ def session_config(agent: AgentSettings) -> SessionConfig:
     )
 
 
+def for_call(agent: AgentSettings, call: IncomingCall) -> tuple[AgentSettings, int | None]:
+    """``agent`` with the first matching ``[[agent.routes]]`` applied; (settings, route index)."""
+    for index, route in enumerate(agent.routes):
+        if route.caller and not fnmatch.fnmatchcase(call.from_user, route.caller):
+            continue
+        if route.header:
+            name, _, value = route.header.partition(":")
+            if call.headers.get(name.strip().lower()) != value.strip():
+                continue
+        changes: dict[str, Any] = {}
+        if route.instructions:
+            changes["instructions"] = route.instructions
+        if route.greeting is not None:
+            changes["greeting"] = route.greeting
+        if route.voice:
+            changes["voice"] = route.voice
+        return agent.model_copy(update=changes), index
+    return agent, None
+
+
 @dataclass
 class Turn:
     role: str  # caller | agent
@@ -153,10 +174,10 @@ class InboundCall:
 class InboundAgent:
     def __init__(self, ctx: InboundCall, agent: AgentSettings, endpoint: Endpoint) -> None:
         self.ctx = ctx
-        self.agent = agent
+        self.agent, self.route = for_call(agent, ctx.call)
         self.endpoint = endpoint
         self.key = ctx.call.call
-        self.session = RealtimeSession(endpoint, session_config(agent))
+        self.session = RealtimeSession(endpoint, session_config(self.agent))
         self.audio: CallAudio | None = None
         self.answered_at = 0.0
         self.ended = asyncio.Event()
@@ -201,6 +222,7 @@ class InboundAgent:
             input_format=str(reported.input_format),
             output_format=str(reported.output_format),
             connect_ms=round((time.monotonic() - started) * 1000),
+            route=self.route,
         )
         try:
             await ctx.worker.answer(self.key)

@@ -170,7 +170,7 @@ async def test_dtmf_as_text_then_end_call_after_the_goodbye(
     pbx: Kamailio, daemon_env: dict[str, str], tmp_path: Path
 ) -> None:
     """Keys pressed reach the model as a user text item; end_call hangs up only once the
-    goodbye said before it has been heard in full."""
+    goodbye said before it has been heard in full. (The caller matches a route.)"""
     goodbye_seconds = len(_piper(GOODBYE, 8000)) / 8000
 
     async def script(session: FakeSession) -> None:
@@ -182,7 +182,9 @@ async def test_dtmf_as_text_then_end_call_after_the_goodbye(
         await session.respond(_piper(GOODBYE, session.output_rate), GOODBYE)
         await session.call_tool("end_call", {})
 
-    env = daemon_env | {"SIPAI_AGENT__GREETING": ""}
+    config = tmp_path / "sipai.toml"  # this caller gets its own instructions
+    config.write_text('[[agent.routes]]\ncaller = "100[2-3]"\ninstructions = "Desk two."\n')
+    env = daemon_env | {"SIPAI_AGENT__GREETING": "", "SIPAI_CONFIG": str(config)}
     async with FakeRealtime("ga", script) as fake, _daemon(pbx, env, fake):
         phone, call = await _call(pbx, "caller", "1002")
         try:
@@ -197,6 +199,7 @@ async def test_dtmf_as_text_then_end_call_after_the_goodbye(
         assert fake.violations == []
         assert fake.errors == []
         session = fake.sessions[0]
+        assert session.session["instructions"] == "Desk two."
         (output,) = session.of("conversation.item.create")[1:]  # after the keys: the tool's
         assert output["item"]["type"] == "function_call_output"
         recording = read_wav(tmp_path / "heard.wav")

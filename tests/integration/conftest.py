@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from config import Settings
-from config.schema import SipSettings
+from config.schema import AgentSettings, SipSettings
 from daemon.workers import WorkerPool
 from sip.events import IncomingCall, SipEvent
 from sip.worker import SipError, SipWorker
@@ -153,9 +153,14 @@ class Pool:
 async def make_pool() -> AsyncIterator[Callable[..., Awaitable[Pool]]]:
     pools: list[WorkerPool] = []
 
-    async def make(kamailio: Kamailio, workers: int, inbound_policy: str | None = None) -> Pool:
+    async def make(
+        kamailio: Kamailio,
+        workers: int,
+        inbound_policy: str | None = None,
+        agent: AgentSettings | None = None,
+    ) -> Pool:
         sip = worker_settings(kamailio, workers=workers)
-        settings = Settings(sip=sip)
+        settings = Settings(sip=sip, agent=agent or AgentSettings())
         events: list[tuple[int, SipEvent]] = []
         pool = WorkerPool(settings, inbound_policy, lambda i, e: events.append((i, e)))
         pools.append(pool)

@@ -1,0 +1,39 @@
+"""Per-call session settings: [[agent.routes]] matched on the caller and INVITE headers."""
+
+from __future__ import annotations
+
+from config.schema import AgentSettings
+from daemon.calls.inbound import for_call, session_config
+from sip.events import IncomingCall
+
+AGENT = AgentSettings.model_validate(
+    {
+        "instructions": "Default desk.",
+        "greeting": "Hello.",
+        "voice": "alloy",
+        "routes": [
+            {"header": "X-Queue: sales", "instructions": "Sales desk.", "greeting": ""},
+            {"caller": "+44*", "voice": "marin"},
+        ],
+    }
+)
+
+
+def _call(caller: str, **headers: str) -> IncomingCall:
+    return IncomingCall("w0-1", "sip-1", f"sip:{caller}@pbx", "", caller, headers)
+
+
+def test_first_matching_route_applies() -> None:
+    sales, index = for_call(AGENT, _call("+4420", **{"x-queue": "sales"}))
+    assert index == 0
+    assert (sales.instructions, sales.greeting, sales.voice) == ("Sales desk.", "", "alloy")
+    uk, index = for_call(AGENT, _call("+4420"))
+    assert index == 1
+    assert (uk.instructions, uk.greeting, uk.voice) == ("Default desk.", "Hello.", "marin")
+    assert session_config(uk).voice == "marin"
+
+
+def test_no_route_keeps_the_defaults() -> None:
+    agent, index = for_call(AGENT, _call("1001", **{"x-queue": "support"}))
+    assert index is None
+    assert agent is AGENT

@@ -216,8 +216,6 @@ class AgentSettings(Section):
     apology: str = "Sorry, the assistant is not available right now. Please call again later."
     barge_in_min_ms: int = Field(default=200, ge=0, le=2000)
     greeting_guard_ms: int = Field(default=800, ge=0, le=10000)
-    max_reconnects: int = Field(default=2, ge=0, le=10)
-    max_session_minutes: float = Field(default=55.0, gt=0, le=120)
     transfer_target: str = ""
     transfer_extensions: list[str] = Field(default_factory=list)
     tools: list[HttpTool] = Field(default_factory=list)
@@ -307,6 +305,13 @@ class CallsSettings(Section):
     max_concurrent: int = Field(default=0, ge=0, le=1000)
 
 
+class RealtimeSettings(Section):
+    """Realtime model sessions, whatever the backend."""
+
+    max_reconnects: int = Field(default=2, ge=0, le=10)
+    max_session_minutes: float = Field(default=55.0, gt=0, le=120)
+
+
 class DaemonSettings(Section):
     drain_seconds: float = Field(default=30.0, ge=0, le=3600)
     runtime_dir: str = ""
@@ -337,6 +342,7 @@ class Settings(Section):
     webhooks: WebhookSettings = WebhookSettings()
     calls: CallsSettings = CallsSettings()
     speech: SpeechSettings = SpeechSettings()
+    realtime: RealtimeSettings = RealtimeSettings()
     storage: StorageSettings = StorageSettings()
     daemon: DaemonSettings = DaemonSettings()
     log: LogSettings = LogSettings()

@@ -346,6 +346,7 @@ class WorkerPool:
                 "inbound_policy": self.inbound_policy,
                 "agent": _revealed(self.settings.agent),
                 "api": _revealed(self.settings.api),
+                "realtime": _revealed(self.settings.realtime),
             }
         if type_ == "claim":
             return {"granted": self.claim(state.index, str(body["sip_call_id"]))}

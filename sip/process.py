@@ -33,7 +33,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from config.schema import AgentSettings, ApiSettings, LogFormat, LogLevel, SipSettings
+from config.schema import (
+    AgentSettings,
+    ApiSettings,
+    LogFormat,
+    LogLevel,
+    RealtimeSettings,
+    SipSettings,
+)
 from daemon.calls.inbound import InboundAgent, InboundCall
 from daemon.logs import configure_logging, get_logger
 from daemon.realtime.backends import endpoint
@@ -72,6 +79,7 @@ class WorkerProcess:
         self.policy: InboundPolicy | None = None
         self.agent: AgentSettings | None = None
         self.api = ApiSettings()
+        self.realtime = RealtimeSettings()
         self._inbound_events: dict[str, asyncio.Queue[SipEvent]] = {}
         self.stop = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -90,6 +98,7 @@ class WorkerProcess:
         configure_logging(LogLevel(hello["log_level"]), LogFormat(hello["log_format"]))
         self.policy = load_policy(hello.get("inbound_policy"))
         self.agent = AgentSettings.model_validate(hello["agent"])
+        self.realtime = RealtimeSettings.model_validate(hello["realtime"])
         self.api = ApiSettings.model_validate(hello["api"])
         sip_settings = SipSettings.model_validate(hello["sip"])
         # Resampler designs cost 25-100 ms each: made now, they never stall a call's loop.
@@ -206,7 +215,7 @@ class WorkerProcess:
             "inbound_call",
             {"call": call.call, "sip_call_id": call.sip_call_id, "caller": call.from_user},
         )
-        agent_call = InboundAgent(context, agent, endpoint(agent, self.api))
+        agent_call = InboundAgent(context, agent, endpoint(agent, self.api), self.realtime)
         await agent_call.run()
         # The outcome once the call is over (the CallEnded event itself went up already).
         await report("inbound_done", {"call": call.call, "cause": agent_call.end_cause})

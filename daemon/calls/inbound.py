@@ -45,6 +45,7 @@ from config.schema import (
     ConnectFailure,
     HttpTool,
     ModelAudio,
+    RealtimeSettings,
     TurnDetectionKind,
 )
 from daemon.logs import get_logger
@@ -172,8 +173,15 @@ class InboundCall:
 
 
 class InboundAgent:
-    def __init__(self, ctx: InboundCall, agent: AgentSettings, endpoint: Endpoint) -> None:
+    def __init__(
+        self,
+        ctx: InboundCall,
+        agent: AgentSettings,
+        endpoint: Endpoint,
+        limits: RealtimeSettings | None = None,
+    ) -> None:
         self.ctx = ctx
+        self.limits = limits or RealtimeSettings()
         self.agent, self.route = for_call(agent, ctx.call)
         self.endpoint = endpoint
         self.key = ctx.call.call
@@ -383,14 +391,14 @@ class InboundAgent:
             await self._on_model_event(event)
             if (
                 isinstance(event, ev.ResponseDone)
-                and time.monotonic() - self._session_started > self.agent.max_session_minutes * 60
+                and time.monotonic() - self._session_started > self.limits.max_session_minutes * 60
             ):
                 await self._replace_session("rotation")
 
     async def _session_lost(self, exc: RealtimeError) -> bool:
         """Reconnect if the loss is one that passes and reconnects are left; else end the
         call politely. True when a new session is up."""
-        while exc.retryable and self._reconnects < self.agent.max_reconnects:
+        while exc.retryable and self._reconnects < self.limits.max_reconnects:
             self._reconnects += 1
             log.warning(
                 "agent.reconnecting", call_id=self.key, error=str(exc), attempt=self._reconnects

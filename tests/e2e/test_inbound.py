@@ -533,7 +533,7 @@ async def test_rate_limit_ends_the_call_politely_and_is_recorded(
 async def test_sessions_rotate_between_turns(
     pbx: Kamailio, daemon_env: dict[str, str], tmp_path: Path
 ) -> None:
-    """Past agent.max_session_minutes a new session takes over after a response, with the
+    """Past realtime.max_session_minutes a new session takes over after a response, with the
     conversation replayed; the old one is closed."""
 
     async def script(session: FakeSession) -> None:
@@ -545,7 +545,7 @@ async def test_sessions_rotate_between_turns(
         await asyncio.sleep(3.5)
         await session.respond(_piper("Nine to five.", session.output_rate), "Nine to five.")
 
-    env = daemon_env | {"SIPAI_AGENT__MAX_SESSION_MINUTES": "0.05"}  # 3 s
+    env = daemon_env | {"SIPAI_REALTIME__MAX_SESSION_MINUTES": "0.05"}  # 3 s
     async with FakeRealtime("ga", script) as fake, _daemon(pbx, env, fake):
         phone, call = await _call(pbx, "caller", "1010")
         try:

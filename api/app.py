@@ -20,7 +20,8 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from api.models import describe, parse_request
 from daemon.logs import get_logger
@@ -61,6 +62,7 @@ class ApiContext:
     draining: Callable[[], bool] = lambda: False
     metrics: Callable[[], Awaitable[str]] | None = None
     spec: dict[str, Any] | None = None
+    engine: Callable[[WebSocket], Awaitable[None]] | None = None  # /v1/realtime
 
 
 def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
@@ -78,6 +80,7 @@ def create_app(ctx: ApiContext) -> Starlette:
             Route("/calls", guarded(routes.list_calls), methods=["GET"]),
             Route("/metrics", guarded(routes.metrics), methods=["GET"]),
             Route("/openapi.json", guarded(routes.openapi), methods=["GET"]),
+            WebSocketRoute("/v1/realtime", routes.realtime),
         ],
         exception_handlers={HTTPException: routes.http_error, 500: routes.server_error},
     )
@@ -194,6 +197,13 @@ class _Routes:
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(self.ctx.spec or {})
+
+    async def realtime(self, websocket: WebSocket) -> None:
+        """The embedded engine (auth is the engine's: it knows the realtime headers)."""
+        if self.ctx.engine is None:
+            await websocket.close(code=1013, reason="the realtime engine is not running")
+            return
+        await self.ctx.engine(websocket)
 
     async def http_error(self, request: Request, exc: Exception) -> Response:
         if isinstance(exc, HTTPException):

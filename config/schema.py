@@ -257,6 +257,14 @@ class WebhookSettings(Section):
     secret: SecretStr = SecretStr("")
     secret_file: str = ""
     timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    inbound_url: str = ""
+
+    @field_validator("inbound_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
 
 
 class StorageSettings(Section):
@@ -305,6 +313,18 @@ class CallsSettings(Section):
     max_concurrent: int = Field(default=0, ge=0, le=1000)
 
 
+class EngineSettings(Section):
+    """The embedded realtime engine (``agent.backend = "local"``)."""
+
+    greeting: str = Field(
+        default=(
+            "Hello, thank you for calling. Nobody can take your call right now. "
+            "Please leave your message after this, and I will pass it on."
+        ),
+        min_length=1,
+    )
+
+
 class RealtimeSettings(Section):
     """Realtime model sessions, whatever the backend."""
 
@@ -343,6 +363,7 @@ class Settings(Section):
     calls: CallsSettings = CallsSettings()
     speech: SpeechSettings = SpeechSettings()
     realtime: RealtimeSettings = RealtimeSettings()
+    engine: EngineSettings = EngineSettings()
     storage: StorageSettings = StorageSettings()
     daemon: DaemonSettings = DaemonSettings()
     log: LogSettings = LogSettings()

@@ -79,6 +79,9 @@ MIGRATIONS: tuple[str, ...] = (
         transcript TEXT NOT NULL DEFAULT '[]'
     );
     """,
+    """
+    ALTER TABLE inbound_calls ADD COLUMN message TEXT;
+    """,
 )
 
 FINAL_STATUSES = frozenset({"completed", "no_answer", "failed", "busy"})
@@ -324,6 +327,14 @@ class Store:
                 "UPDATE inbound_calls SET status = ?, end_cause = ?, ended_at = ?,"
                 " error = COALESCE(?, error) WHERE call_id = ? AND status = 'in_progress'",
                 (status, end_cause, now, error, call_id),
+            )
+        )
+
+    async def set_message(self, call_id: str, message: str) -> None:
+        """The message the receptionist took on this call."""
+        await self._run(
+            lambda db: db.execute(
+                "UPDATE inbound_calls SET message = ? WHERE call_id = ?", (message, call_id)
             )
         )
 

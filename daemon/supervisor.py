@@ -13,6 +13,7 @@ except the watchdog's pinging thread.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -21,14 +22,19 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+from starlette.websockets import WebSocket
+
 from api.app import ApiContext, HealthReport, create_app
 from api.server import ApiServer, ApiStartError
 from api.spec import load_spec
-from api.webhooks import Deliverer
+from api.webhooks import Deliverer, sign
 from config import LoadedSettings
 from daemon import __version__
 from daemon.calls.runner import PoolRunner
 from daemon.dispatcher import Dispatcher
+from daemon.engine.brains import Receptionist
+from daemon.engine.server import Engine
 from daemon.logs import get_logger
 from daemon.outbound import CallRunner, OutboundService
 from daemon.sdnotify import Notifier, Watchdog, watchdog_interval
@@ -77,6 +83,7 @@ class Supervisor:
         self._inbound_errors: dict[tuple[int, str], str] = {}
         self._inbound_lock = asyncio.Lock()
         self._inbound_writes: set[asyncio.Future[None]] = set()
+        self._engine: Engine | None = None
         self.dispatcher = Dispatcher(self._sip)
         self.store = Store(settings.storage.path)
         self._deliverer = Deliverer(
@@ -172,6 +179,61 @@ class Supervisor:
                 answered=event.answered,
             )
 
+    async def _serve_engine(self, websocket: WebSocket) -> None:
+        if self._engine is None:
+            await websocket.close(code=1013, reason="the realtime engine is not running")
+            return
+        await self._engine.serve(websocket)
+
+    def _receptionist(self, caller: str) -> Receptionist:
+        """The receptionist for one engine session; ``caller`` is "worker:call" if known."""
+
+        async def on_message(message: str) -> None:
+            worker, _, call = caller.partition(":")
+            call_id = self._inbound_ids.get((int(worker), call)) if worker.isdigit() else None
+            log.info("inbound.message", call_id=call_id, message=message)
+            if call_id is not None:
+                await self.store.set_message(call_id, message)
+            url = self._settings.webhooks.inbound_url
+            if url:
+                task = asyncio.ensure_future(self._post_message(url, call_id, message))
+                self._inbound_writes.add(task)
+                task.add_done_callback(self._inbound_writes.discard)
+
+        return Receptionist(self._settings.engine.greeting, on_message)
+
+    async def _post_message(self, url: str, call_id: str | None, message: str) -> None:
+        """POST ``inbound.message`` (signed like call webhooks), three attempts."""
+        body = json.dumps(
+            {"type": "inbound.message", "call_id": call_id, "message": message, "at": time.time()}
+        ).encode()
+        webhook_id = f"msg_{uuid.uuid4().hex}"
+        secret = self._settings.webhooks.secret.get_secret_value()
+        for attempt in range(3):
+            stamp = int(time.time())
+            headers = {
+                "content-type": "application/json",
+                "webhook-id": webhook_id,
+                "webhook-timestamp": str(stamp),
+            }
+            if secret:
+                headers["webhook-signature"] = sign(secret, webhook_id, stamp, body)
+            try:
+                async with httpx.AsyncClient(timeout=self._settings.webhooks.timeout_seconds) as c:
+                    response = await c.post(url, content=body, headers=headers)
+                if response.is_success:
+                    log.info(
+                        "inbound.message_delivered", call_id=call_id, status=response.status_code
+                    )
+                    return
+                problem = f"HTTP {response.status_code}"
+            except httpx.HTTPError as exc:
+                problem = repr(exc)
+            log.warning(
+                "inbound.message_failed", call_id=call_id, attempt=attempt + 1, error=problem
+            )
+            await asyncio.sleep(5 * (attempt + 1))
+
     def _on_inbound(self, worker: int, kind: str, body: dict[str, Any]) -> None:
         """What an inbound agent reports: the call, each transcript turn, the outcome."""
         fields = {k: v for k, v in body.items() if k != "call"}
@@ -265,6 +327,7 @@ class Supervisor:
             draining=lambda: self.draining,
             metrics=self.metrics,
             spec=load_spec(),
+            engine=self._serve_engine,
         )
         self._api = ApiServer(create_app(context), api.host, api.port)
         await self._api.start()
@@ -309,6 +372,9 @@ class Supervisor:
         self._sip.transcriber = stt.transcribe
         self._sip.synthesizer = tts.synthesize
         self.outbound.runner = PoolRunner(self._sip, tts)
+        self._engine = Engine(
+            tts, stt, self._receptionist, self._settings.api.token.get_secret_value()
+        )
         log.info(
             "speech.loaded",
             backend=speech.backend.value,

@@ -36,6 +36,7 @@ from numpy.typing import NDArray
 from config.schema import (
     AgentSettings,
     ApiSettings,
+    Backend,
     LogFormat,
     LogLevel,
     RealtimeSettings,
@@ -215,7 +216,12 @@ class WorkerProcess:
             "inbound_call",
             {"call": call.call, "sip_call_id": call.sip_call_id, "caller": call.from_user},
         )
-        agent_call = InboundAgent(context, agent, endpoint(agent, self.api), self.realtime)
+        target = endpoint(agent, self.api)
+        if agent.backend is Backend.LOCAL:  # the engine files the message under this call
+            target = dataclasses.replace(
+                target, headers={**target.headers, "X-Sipai-Call": f"{self.index}:{call.call}"}
+            )
+        agent_call = InboundAgent(context, agent, target, self.realtime)
         await agent_call.run()
         # The outcome once the call is over (the CallEnded event itself went up already).
         await report("inbound_done", {"call": call.call, "cause": agent_call.end_cause})

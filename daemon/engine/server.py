@@ -1,0 +1,68 @@
+"""The ``/v1/realtime`` WebSocket endpoint on the daemon's API (Starlette).
+
+Bearer auth when ``api.token`` is set (``Authorization: Bearer`` or ``api-key``). The GA
+protocol by default; beta when the client sends ``OpenAI-Beta: realtime=v1``. Each connection
+gets its own session and brain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from daemon.engine.brains import Brain
+from daemon.engine.session import EngineSession
+from daemon.logs import get_logger
+from daemon.speech import SpeechToText, TextToSpeech
+
+log = get_logger(__name__)
+
+# For one connection: its brain, given who asked (the X-Sipai-Call header, if any).
+BrainFactory = Callable[[str], Brain]
+
+
+@dataclass
+class Engine:
+    tts: TextToSpeech
+    stt: SpeechToText
+    brain: BrainFactory
+    token: str = ""
+
+    async def serve(self, websocket: WebSocket) -> None:
+        if self.token and not self._authorised(websocket):
+            await websocket.close(code=1008, reason="missing or invalid token")
+            return
+        beta = "realtime=v1" in websocket.headers.get("openai-beta", "")
+        await websocket.accept()
+        caller = websocket.headers.get("x-sipai-call", "")
+
+        async def send(event: dict[str, Any]) -> None:
+            await websocket.send_text(json.dumps(event, separators=(",", ":")))
+
+        session = EngineSession(send, self.tts, self.stt, self.brain(caller), beta=beta)
+        log.info("engine.session_open", session=session.id, beta=beta, call=caller or None)
+        try:
+            await session.start()
+            while True:
+                await session.handle(await websocket.receive_text())
+        except (WebSocketDisconnect, RuntimeError):
+            pass  # the client went away
+        finally:
+            await session.close()
+            with contextlib.suppress(RuntimeError):
+                await websocket.close()
+            log.info("engine.session_closed", session=session.id)
+
+    def _authorised(self, websocket: WebSocket) -> bool:
+        offered = websocket.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        offered = offered or websocket.headers.get("api-key", "")
+        return hmac.compare_digest(offered.encode(), self.token.encode())
+
+
+EngineHandler = Callable[[WebSocket], Awaitable[None]]

@@ -1,0 +1,98 @@
+"""An inbound call answered by the embedded engine: the default, no cloud at all."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from config.schema import EngineSettings
+from media.resample import resample
+from media.wav import write_wav
+from tests.conftest import SIPAI
+from tests.peers.kamailio import password, running_kamailio
+from tests.peers.phone import TestPhone
+from tests.peers.receiver import Receiver
+
+pytestmark = pytest.mark.e2e
+MESSAGE = "Please call me back tomorrow morning."
+_voice: dict[str, Any] = {}
+
+
+def _piper(text: str) -> NDArray[np.int16]:
+    from daemon.speech.local import PiperSynthesizer  # noqa: PLC0415 - loaded once, lazily
+
+    voice = _voice.setdefault("piper", PiperSynthesizer())
+    return resample(voice.synthesize(text), voice.rate, 8000)
+
+
+async def test_the_receptionist_takes_a_message(daemon_env: dict[str, str], tmp_path: Path) -> None:
+    """Greeting, a message, the read-back, "yes": the engine ends the call by itself and the
+    message reaches the inbound webhook and the call record."""
+    receiver = Receiver()
+    async with running_kamailio(tmp_path / "k") as pbx:
+        env = daemon_env | {
+            "SIPAI_SIP__REGISTRAR": pbx.uri,
+            "SIPAI_SIP__PASSWORD": password("1000"),
+            "SIPAI_SIP__RTP_PORT_MIN": "44000",
+            "SIPAI_SIP__RTP_PORT_MAX": "44099",
+            "SIPAI_WEBHOOKS__INBOUND_URL": receiver.url,
+        }
+        daemon = await asyncio.create_subprocess_exec(
+            SIPAI, "run", env=env, stdout=asyncio.subprocess.DEVNULL
+        )
+        api = f"http://127.0.0.1:{env['SIPAI_API__PORT']}"
+        phone = await TestPhone.start("caller")
+        try:
+            async with httpx.AsyncClient() as client, asyncio.timeout(60):
+                while True:
+                    with contextlib.suppress(httpx.TransportError):
+                        if (await client.get(f"{api}/health")).json()["sip_registered"]:
+                            break
+                    await asyncio.sleep(0.2)
+            await phone.register(pbx, "1001")
+            dialled = await phone.command("dial", uri="sip:1000@127.0.0.1")
+            call = dialled["call"]
+            await phone.expect("media", call=call, status="active", timeout=20)
+            message, yes = tmp_path / "message.wav", tmp_path / "yes.wav"
+            write_wav(message, 8000, _piper(MESSAGE))
+            write_wav(yes, 8000, _piper("Yes, that is right."))
+            greeting_s = len(_piper(EngineSettings().greeting)) / 8000
+            await asyncio.sleep(greeting_s + 1.5)
+            await phone.command("play", call=call, wav=str(message))
+            read_back_s = len(_piper(f"I have noted: {MESSAGE} Is that right?")) / 8000
+            await asyncio.sleep(len(_piper(MESSAGE)) / 8000 + 3.0 + read_back_s)
+            await phone.command("play", call=call, wav=str(yes))
+            ended = await phone.expect("call", call=call, state="DISCONNECTED", timeout=30)
+            async with asyncio.timeout(20):
+                while not receiver.requests():
+                    await asyncio.sleep(0.1)
+            async with httpx.AsyncClient() as client, asyncio.timeout(10):
+                while True:
+                    calls = (await client.get(f"{api}/calls?direction=inbound")).json()["calls"]
+                    if calls and calls[0]["status"] != "in_progress":
+                        break
+                    await asyncio.sleep(0.1)
+        finally:
+            await phone.close()
+            daemon.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(daemon.wait(), 30) == 0
+            receiver.close()
+    assert ended["code"] == 200  # hung up by the daemon after the goodbye (end_call)
+    payload = json.loads(receiver.requests()[0].body)
+    assert payload["type"] == "inbound.message"
+    assert "tomorrow" in payload["message"].lower()
+    record = calls[0]
+    assert payload["call_id"] == record["call_id"]
+    assert "tomorrow" in record["message"].lower()
+    assert record["end_cause"] == "end_call"
+    roles = [turn["role"] for turn in record["transcript"]]
+    assert roles[:2] == ["agent", "caller"]

@@ -1,0 +1,187 @@
+"""The embedded realtime engine, driven by the official ``openai`` package's realtime client.
+
+The engine runs on a real Starlette app on loopback with real Piper and Whisper; every server
+event is checked against the package's typed models (unknown fields rejected too).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import uvicorn
+from openai import AsyncOpenAI
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+
+from daemon.engine.brains import Receptionist
+from daemon.engine.server import Engine
+from daemon.speech import SpeechToText, TextToSpeech
+from daemon.speech.local import PiperSynthesizer, WhisperTranscriber
+from media import g711
+from media.resample import resample
+from tests.realtime_oracle import check_server_event
+
+TOKEN = "engine-token"
+MESSAGE = "Please call me back tomorrow morning."
+
+
+class EngineServer:
+    def __init__(self) -> None:
+        piper = PiperSynthesizer()
+        self.piper = piper
+        self.messages: list[str] = []
+
+        async def keep(message: str) -> None:
+            self.messages.append(message)
+
+        engine = Engine(
+            TextToSpeech(piper, piper.name),
+            SpeechToText(WhisperTranscriber()),
+            lambda caller: Receptionist(on_message=keep),
+            TOKEN,
+        )
+        app = Starlette(routes=[WebSocketRoute("/v1/realtime", engine.serve)])
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            assert time.monotonic() < deadline, "the engine did not start"
+            time.sleep(0.01)
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+
+    def close(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[EngineServer]:
+    server = EngineServer()
+    yield server
+    server.close()
+
+
+def _speech_ulaw(server: EngineServer, text: str) -> bytes:
+    pcm = resample(server.piper.synthesize(text), server.piper.rate, 8000)
+    silence = np.zeros(8000, dtype=np.int16)  # a second of silence ends the turn
+    return g711.ulaw_encode(np.concatenate((silence[:2000], pcm, silence))).tobytes()
+
+
+async def _events_until(conn: Any, dialect: str, last: str, seen: list[dict[str, Any]]) -> None:
+    """Receive (checking every event) until an event of type ``last``."""
+    while True:
+        event = json.loads(await conn.recv_bytes())
+        check_server_event(event, dialect)
+        seen.append(event)
+        if event["type"] == last:
+            return
+
+
+@pytest.mark.parametrize("dialect", ["ga", "beta"])
+async def test_the_openai_client_holds_a_conversation(engine: EngineServer, dialect: str) -> None:
+    """Update, greeting, speech appended in 100 ms chunks -> VAD turn, transcription, spoken
+    reply; the message is taken once confirmed."""
+    client = AsyncOpenAI(api_key=TOKEN, websocket_base_url=f"ws://127.0.0.1:{engine.port}/v1")
+    beta = dialect == "beta"
+    connect = client.beta.realtime.connect if beta else client.realtime.connect
+    async with connect(model="sipai-local") as conn:
+        seen: list[dict[str, Any]] = []
+        await _events_until(conn, dialect, "session.created", seen)
+        if beta:
+            session: dict[str, Any] = {
+                "input_audio_format": "g711_ulaw",
+                "output_audio_format": "g711_ulaw",
+                "turn_detection": {"type": "server_vad", "silence_duration_ms": 500},
+            }
+        else:
+            session = {
+                "type": "realtime",
+                "audio": {
+                    "input": {
+                        "format": {"type": "audio/pcmu"},
+                        "turn_detection": {"type": "server_vad", "silence_duration_ms": 500},
+                    },
+                    "output": {"format": {"type": "audio/pcmu"}},
+                },
+            }
+        await conn.session.update(session=session)  # type: ignore[arg-type]
+        await _events_until(conn, dialect, "session.updated", seen)
+        await conn.response.create()
+        await _events_until(conn, dialect, "response.done", seen)
+        delta = "response.audio.delta" if beta else "response.output_audio.delta"
+        greeting_audio = b"".join(base64.b64decode(e["delta"]) for e in seen if e["type"] == delta)
+        assert len(greeting_audio) > 8000 * 3  # seconds of mu-law
+
+        for chunk in _chunks(_speech_ulaw(engine, MESSAGE)):
+            await conn.input_audio_buffer.append(audio=chunk)
+        seen.clear()
+        await _events_until(conn, dialect, "response.done", seen)
+        kinds = [e["type"] for e in seen]
+        for expected in (
+            "input_audio_buffer.speech_started",
+            "input_audio_buffer.speech_stopped",
+            "input_audio_buffer.committed",
+            "conversation.item.input_audio_transcription.completed",
+            "response.created",
+            delta,
+        ):
+            assert expected in kinds, kinds
+        heard = next(
+            e["transcript"]
+            for e in seen
+            if e["type"] == "conversation.item.input_audio_transcription.completed"
+        )
+        assert "tomorrow" in heard.lower()
+        said = next(e for e in seen if e["type"].endswith("audio_transcript.done"))
+        assert "tomorrow" in said["transcript"].lower()
+
+        for chunk in _chunks(_speech_ulaw(engine, "Yes, that is right.")):
+            await conn.input_audio_buffer.append(audio=chunk)
+        seen.clear()
+        await _events_until(conn, dialect, "response.done", seen)
+        calls = [
+            e["item"]
+            for e in seen
+            if e["type"] == "response.output_item.done" and e["item"]["type"] == "function_call"
+        ]
+        assert [c["name"] for c in calls] == ["end_call"]
+    assert any("tomorrow" in m.lower() for m in engine.messages)
+
+
+def _chunks(audio: bytes) -> Iterator[str]:
+    """100 ms pieces of mu-law, base64."""
+    for offset in range(0, len(audio), 800):
+        yield base64.b64encode(audio[offset : offset + 800]).decode()
+
+
+async def test_bad_events_get_errors_not_a_disconnect(engine: EngineServer) -> None:
+    client = AsyncOpenAI(api_key=TOKEN, websocket_base_url=f"ws://127.0.0.1:{engine.port}/v1")
+    async with client.realtime.connect(model="sipai-local") as conn:
+        seen: list[dict[str, Any]] = []
+        await _events_until(conn, "ga", "session.created", seen)
+        await conn.send_raw("not json")
+        await conn.send_raw(json.dumps({"type": "no.such.event", "event_id": "e1"}))
+        await conn.send_raw(json.dumps({"type": "response.cancel", "event_id": "e2"}))
+        errors: list[dict[str, Any]] = []
+        for _ in range(3):
+            await _events_until(conn, "ga", "error", errors)
+        codes = [e["error"]["code"] for e in errors]
+        assert codes == ["invalid_json", "unknown_event", "response_cancel_not_active"]
+        await conn.session.update(session={"type": "realtime"})
+        await _events_until(conn, "ga", "session.updated", seen)  # still talking
+
+
+async def test_a_wrong_token_is_refused(engine: EngineServer) -> None:
+    client = AsyncOpenAI(api_key="wrong", websocket_base_url=f"ws://127.0.0.1:{engine.port}/v1")
+    with pytest.raises(Exception, match=r"1008|403|invalid token|rejected"):
+        async with client.realtime.connect(model="sipai-local") as conn:
+            await conn.recv_bytes()

@@ -313,8 +313,20 @@ class CallsSettings(Section):
     max_concurrent: int = Field(default=0, ge=0, le=1000)
 
 
+class BrainKind(StrEnum):
+    RECEPTIONIST = "receptionist"
+    CHAT = "chat"
+
+
 class EngineSettings(Section):
     """The embedded realtime engine (``agent.backend = "local"``)."""
+
+    brain: BrainKind = BrainKind.RECEPTIONIST
+    chat_url: str = ""
+    chat_model: str = ""
+    chat_api_key: SecretStr = SecretStr("")
+    chat_api_key_file: str = ""
+    chat_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
 
     greeting: str = Field(
         default=(
@@ -323,6 +335,19 @@ class EngineSettings(Section):
         ),
         min_length=1,
     )
+
+    @field_validator("chat_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _chat_needs(self) -> Self:
+        if self.brain is BrainKind.CHAT and not (self.chat_url and self.chat_model):
+            raise ValueError("brain 'chat' needs chat_url and chat_model")
+        return self
 
 
 class RealtimeSettings(Section):
@@ -377,4 +402,5 @@ SECRET_KEYS: tuple[tuple[str, str], ...] = (
     ("agent", "api_key"),
     ("webhooks", "secret"),
     ("speech", "api_key"),
+    ("engine", "chat_api_key"),
 )

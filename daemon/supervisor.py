@@ -30,10 +30,11 @@ from api.server import ApiServer, ApiStartError
 from api.spec import load_spec
 from api.webhooks import Deliverer, sign
 from config import LoadedSettings
+from config.schema import BrainKind
 from daemon import __version__
 from daemon.calls.runner import PoolRunner
 from daemon.dispatcher import Dispatcher
-from daemon.engine.brains import Receptionist
+from daemon.engine.brains import Brain, ChatBrain, Receptionist
 from daemon.engine.server import Engine
 from daemon.logs import get_logger
 from daemon.outbound import CallRunner, OutboundService
@@ -185,8 +186,19 @@ class Supervisor:
             return
         await self._engine.serve(websocket)
 
+    def _brain(self, caller: str) -> Brain:
+        """The brain for one engine session; ``caller`` is "worker:call" if known."""
+        engine = self._settings.engine
+        if engine.brain is BrainKind.CHAT:
+            return ChatBrain(
+                engine.chat_url,
+                engine.chat_model,
+                engine.chat_api_key.get_secret_value(),
+                engine.chat_timeout_seconds,
+            )
+        return self._receptionist(caller)
+
     def _receptionist(self, caller: str) -> Receptionist:
-        """The receptionist for one engine session; ``caller`` is "worker:call" if known."""
 
         async def on_message(message: str) -> None:
             worker, _, call = caller.partition(":")
@@ -372,9 +384,7 @@ class Supervisor:
         self._sip.transcriber = stt.transcribe
         self._sip.synthesizer = tts.synthesize
         self.outbound.runner = PoolRunner(self._sip, tts)
-        self._engine = Engine(
-            tts, stt, self._receptionist, self._settings.api.token.get_secret_value()
-        )
+        self._engine = Engine(tts, stt, self._brain, self._settings.api.token.get_secret_value())
         log.info(
             "speech.loaded",
             backend=speech.backend.value,

@@ -2,7 +2,8 @@
 
 :class:`Receptionist` needs no model: it greets, takes a message, reads it back, asks for
 confirmation, says goodbye and calls ``end_call``. The confirmed message is handed to
-``on_message``.
+``on_message``. :class:`ChatBrain` asks any OpenAI-compatible Chat Completions server
+(streaming), passing the session's tools through as function tools.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+import httpx
 
 from daemon.calls.choice import ChoiceMatcher, Option
 
@@ -37,7 +40,11 @@ class Turn:
 
 class Brain(Protocol):
     def reply(
-        self, conversation: list[Turn], instructions: str, response_instructions: str
+        self,
+        conversation: list[Turn],
+        instructions: str,
+        response_instructions: str,
+        tools: list[dict[str, Any]],
     ) -> AsyncIterator[str | BrainCall]: ...
 
 
@@ -68,7 +75,11 @@ class Receptionist:
         self.unclear = 0
 
     async def reply(
-        self, conversation: list[Turn], instructions: str, response_instructions: str
+        self,
+        conversation: list[Turn],
+        instructions: str,
+        response_instructions: str,
+        tools: list[dict[str, Any]],
     ) -> AsyncIterator[str | BrainCall]:
         heard = next((t.text for t in reversed(conversation) if t.role == "user"), "")
         if self.state == "greet":
@@ -101,3 +112,95 @@ class Receptionist:
             return
         yield "Goodbye."
         yield BrainCall("end_call")
+
+
+class BrainError(Exception):
+    """The chat server could not give a reply."""
+
+
+class ChatBrain:
+    """Replies from an OpenAI-compatible ``/chat/completions`` endpoint, streamed."""
+
+    def __init__(self, url: str, model: str, api_key: str = "", timeout: float = 30.0) -> None:
+        self.url = f"{url}/chat/completions"
+        self.model = model
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.timeout = timeout
+
+    def messages(
+        self, conversation: list[Turn], instructions: str, response_instructions: str
+    ) -> list[dict[str, Any]]:
+        system = "\n\n".join(p for p in (instructions, response_instructions) if p)
+        messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+        for turn in conversation:
+            if turn.role == "tool":
+                messages.append(
+                    {"role": "tool", "tool_call_id": turn.call_id, "content": turn.text}
+                )
+            elif turn.call is not None:
+                function = {"name": turn.call.name, "arguments": turn.call.arguments}
+                messages.append(
+                    {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {"id": turn.call_id, "type": "function", "function": function}
+                        ],
+                    }
+                )
+            elif turn.text:
+                role = "assistant" if turn.role == "assistant" else "user"
+                messages.append({"role": role, "content": turn.text})
+        return messages
+
+    async def reply(
+        self,
+        conversation: list[Turn],
+        instructions: str,
+        response_instructions: str,
+        tools: list[dict[str, Any]],
+    ) -> AsyncIterator[str | BrainCall]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "stream": True,
+            "messages": self.messages(conversation, instructions, response_instructions),
+        }
+        functions = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t["name"],
+                    "description": t.get("description", ""),
+                    "parameters": t.get("parameters") or {"type": "object", "properties": {}},
+                },
+            }
+            for t in tools
+            if t.get("type", "function") == "function" and t.get("name")
+        ]
+        if functions:
+            body["tools"] = functions
+        calls: dict[int, dict[str, str]] = {}
+        async with (
+            httpx.AsyncClient(timeout=self.timeout) as client,
+            client.stream("POST", self.url, json=body, headers=self.headers) as response,
+        ):
+            if not response.is_success:
+                detail = (await response.aread()).decode(errors="replace")[:300]
+                raise BrainError(f"{self.url}: HTTP {response.status_code}: {detail}")
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line.removeprefix("data:").strip()
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                for choice in chunk.get("choices") or []:
+                    delta = choice.get("delta") or {}
+                    if delta.get("content"):
+                        yield str(delta["content"])
+                    for call in delta.get("tool_calls") or []:
+                        slot = calls.setdefault(int(call.get("index", 0)), {"name": "", "args": ""})
+                        function = call.get("function") or {}
+                        slot["name"] += function.get("name") or ""
+                        slot["args"] += function.get("arguments") or ""
+        for slot in calls.values():
+            yield BrainCall(slot["name"], slot["args"] or "{}")

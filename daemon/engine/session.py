@@ -458,7 +458,9 @@ class EngineSession:
         )
         status = "completed"
         try:
-            reply = self.brain.reply(self.conversation, self.settings.instructions, instructions)
+            reply = self.brain.reply(
+                self.conversation, self.settings.instructions, instructions, self.settings.tools
+            )
             speech: _Speech | None = None
             async for part in reply:
                 if isinstance(part, BrainCall):

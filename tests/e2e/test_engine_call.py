@@ -96,3 +96,58 @@ async def test_the_receptionist_takes_a_message(daemon_env: dict[str, str], tmp_
     assert record["end_cause"] == "end_call"
     roles = [turn["role"] for turn in record["transcript"]]
     assert roles[:2] == ["agent", "caller"]
+
+
+async def test_the_chat_brain_answers_with_the_model_text(
+    daemon_env: dict[str, str], tmp_path: Path
+) -> None:
+    """engine.brain = "chat": the greeting comes from a Chat Completions server (streamed) and
+    the phone hears its words."""
+    from daemon.speech import SpeechToText  # noqa: PLC0415
+    from daemon.speech.local import WhisperTranscriber  # noqa: PLC0415
+    from media.wav import read_wav  # noqa: PLC0415
+    from tests.peers.chat_server import ChatServer  # noqa: PLC0415
+
+    chat = ChatServer("Good morning. Our opening hours are nine to five on weekdays.")
+    async with running_kamailio(tmp_path / "k") as pbx:
+        env = daemon_env | {
+            "SIPAI_SIP__REGISTRAR": pbx.uri,
+            "SIPAI_SIP__PASSWORD": password("1000"),
+            "SIPAI_SIP__RTP_PORT_MIN": "44100",
+            "SIPAI_SIP__RTP_PORT_MAX": "44199",
+            "SIPAI_ENGINE__BRAIN": "chat",
+            "SIPAI_ENGINE__CHAT_URL": chat.url,
+            "SIPAI_ENGINE__CHAT_MODEL": "tiny-llm",
+        }
+        daemon = await asyncio.create_subprocess_exec(
+            SIPAI, "run", env=env, stdout=asyncio.subprocess.DEVNULL
+        )
+        api = f"http://127.0.0.1:{env['SIPAI_API__PORT']}"
+        phone = await TestPhone.start("caller")
+        try:
+            async with httpx.AsyncClient() as client, asyncio.timeout(60):
+                while True:
+                    with contextlib.suppress(httpx.TransportError):
+                        if (await client.get(f"{api}/health")).json()["sip_registered"]:
+                            break
+                    await asyncio.sleep(0.2)
+            await phone.register(pbx, "1001")
+            dialled = await phone.command("dial", uri="sip:1000@127.0.0.1")
+            call = dialled["call"]
+            await phone.expect("media", call=call, status="active", timeout=20)
+            await phone.command("record", call=call, wav=str(tmp_path / "heard.wav"))
+            await asyncio.sleep(7.0)
+            await phone.command("hangup", call=call)
+            await phone.expect("recorded", call=call)
+        finally:
+            await phone.close()
+            daemon.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(daemon.wait(), 30) == 0
+            chat.close()
+    first = chat.requests[0]
+    assert (first["model"], first["stream"]) == ("tiny-llm", True)
+    assert first["messages"][0]["role"] == "system"
+    assert "end_call" in {t["function"]["name"] for t in first["tools"]}
+    heard = read_wav(tmp_path / "heard.wav")
+    text = (await SpeechToText(WhisperTranscriber()).transcribe(heard.samples, heard.rate)).lower()
+    assert "opening hours" in text, text

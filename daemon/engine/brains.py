@@ -92,7 +92,8 @@ class Receptionist:
                 return
             self.message = heard.strip()
             self.state = "confirm"
-            yield f"I have noted: {self.message} Is that right?"
+            # A short first sentence: it is synthesised and on its way while the rest is made.
+            yield f"Thank you. I have noted: {self.message} Is that right?"
             return
         if self.state == "confirm":
             match = YES_NO.match(heard)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -33,6 +34,8 @@ class Engine:
     stt: SpeechToText
     brain: BrainFactory
     token: str = ""
+    # The latest caller turns' timings (turn end -> first audio, Whisper, first sentence).
+    turns: deque[dict[str, float]] = field(default_factory=lambda: deque(maxlen=1000))
 
     async def serve(self, websocket: WebSocket) -> None:
         if self.token and not self._authorised(websocket):
@@ -46,6 +49,7 @@ class Engine:
             await websocket.send_text(json.dumps(event, separators=(",", ":")))
 
         session = EngineSession(send, self.tts, self.stt, self.brain(caller), beta=beta)
+        session.on_turn = self.turns.append
         log.info("engine.session_open", session=session.id, beta=beta, call=caller or None)
         try:
             await session.start()

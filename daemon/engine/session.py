@@ -18,6 +18,7 @@ import base64
 import itertools
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,6 +94,9 @@ class EngineSession:
         self._response: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._speech_item: str | None = None
+        self.closed = False
+        self._timing: dict[str, float] | None = None  # the caller turn being answered
+        self.on_turn: Callable[[dict[str, float]], None] | None = None
 
     # -- the connection -------------------------------------------------------------------
 
@@ -121,9 +125,12 @@ class EngineSession:
             await self._error("invalid_value", f"{event['type']}: {exc}", event.get("event_id"))
 
     async def close(self) -> None:
-        for task in (*self._tasks, *((self._response,) if self._response else ())):
+        """The client is gone: stop everything this session runs, sending nothing more."""
+        self.closed = True
+        tasks = [*self._tasks, *((self._response,) if self._response else ())]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _handlers(self) -> dict[str, Callable[[Json], Awaitable[None]]]:
         return {
@@ -338,7 +345,9 @@ class EngineSession:
         task.add_done_callback(self._tasks.discard)
 
     async def _transcribe(self, turn: Turn, audio: NDArray[np.int16], respond: bool) -> None:
+        started = time.monotonic()
         text = (await self.stt.transcribe(audio, VAD_RATE)).strip()
+        self._timing = {"turn_end": started, "stt_ms": (time.monotonic() - started) * 1000}
         turn.text = text
         await self._send(
             {
@@ -522,6 +531,8 @@ class EngineSession:
     # -- sending --------------------------------------------------------------------------
 
     async def _send(self, event: Json) -> None:
+        if self.closed:
+            return
         event = {"event_id": _id("event"), **event}
         if self.beta:
             event["type"] = _BETA_NAMES.get(event["type"], event["type"])
@@ -532,6 +543,21 @@ class EngineSession:
         if event_id is not None:
             error["event_id"] = str(event_id)
         await self._send({"type": "error", "error": error})
+
+    def first_audio(self, tts_started: float) -> None:
+        """A reply's first sentence is synthesised: how long the turn took, and where it went."""
+        timing, self._timing = self._timing, None
+        if timing is None:
+            return  # not a reply to a caller turn (a greeting), or not its first sentence
+        now = time.monotonic()
+        turn = {
+            "turn_end_to_audio_ms": round((now - timing["turn_end"]) * 1000, 1),
+            "stt_ms": round(timing["stt_ms"], 1),
+            "tts_first_sentence_ms": round((now - tts_started) * 1000, 1),
+        }
+        log.info("engine.turn", session=self.id, **turn)
+        if self.on_turn is not None:
+            self.on_turn(turn)
 
     def encode(self, pcm24k: NDArray[np.int16]) -> bytes:
         """Synthesised audio at 24 kHz in the session's output format."""
@@ -608,7 +634,9 @@ class _Speech:
         if not sentence:
             return
         session = self.session
+        started = time.monotonic()
         pcm = await session.tts.synthesize(sentence, 24000)
+        session.first_audio(started)
         spoken = (" " if self.text else "") + sentence
         self.text += spoken
         self.turn.text = self.text

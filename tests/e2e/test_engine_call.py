@@ -68,7 +68,7 @@ async def test_the_receptionist_takes_a_message(daemon_env: dict[str, str], tmp_
             greeting_s = len(_piper(EngineSettings().greeting)) / 8000
             await asyncio.sleep(greeting_s + 1.5)
             await phone.command("play", call=call, wav=str(message))
-            read_back_s = len(_piper(f"I have noted: {MESSAGE} Is that right?")) / 8000
+            read_back_s = len(_piper(f"Thank you. I have noted: {MESSAGE} Is that right?")) / 8000
             await asyncio.sleep(len(_piper(MESSAGE)) / 8000 + 3.0 + read_back_s)
             await phone.command("play", call=call, wav=str(yes))
             ended = await phone.expect("call", call=call, state="DISCONNECTED", timeout=30)

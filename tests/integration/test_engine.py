@@ -47,6 +47,7 @@ class EngineServer:
             lambda caller: Receptionist(on_message=keep),
             TOKEN,
         )
+        self.engine = engine
         app = Starlette(routes=[WebSocketRoute("/v1/realtime", engine.serve)])
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None)
         self._server = uvicorn.Server(config)

@@ -172,14 +172,17 @@ def _choice_call(receiver: Receiver, extension: str, **choice: Any) -> dict[str,
 async def _answer_after_prompt(
     phone: TestPhone, call: int, answer: str, tmp_path: Path, hello_first: bool = False
 ) -> None:
-    """Play ``answer`` once the message and the prompt have been heard."""
+    """Play ``answer`` once the message and the prompt have been heard (called when media is
+    up; the time spent synthesising here counts, or a slow start would answer too late)."""
+    started = asyncio.get_running_loop().time()
     _, message_s = _say(MESSAGE, tmp_path / "message.wav")
     _, prompt_s = _say(PROMPT, tmp_path / "prompt.wav")
     wav, _ = _say(answer, tmp_path / f"answer-{abs(hash(answer))}.wav")  # per phrase
     if hello_first:
         hello, _ = _say("Hello?", tmp_path / "hello.wav")
         await phone.command("play", call=call, wav=hello)
-    await asyncio.sleep(message_s + prompt_s + 0.8)
+    spent = asyncio.get_running_loop().time() - started
+    await asyncio.sleep(max(0.0, message_s + prompt_s + 0.8 - spent))
     await phone.command("play", call=call, wav=wav)
 
 

@@ -29,6 +29,15 @@ def _level(samples: Any, freq: float) -> float:
     return tone_level_db(samples, freq, 8000)
 
 
+def _loudest_second(samples: Any) -> Any:
+    """The loudest 1 s of a recording (where the echo is, however late it came back)."""
+    energy = np.concatenate(([0.0], np.cumsum(samples.astype(np.float64) ** 2)))
+    if len(samples) <= 8000:
+        return samples
+    start = int(np.argmax(energy[8000:] - energy[:-8000]))
+    return samples[start : start + 8000]
+
+
 @pytest.mark.parametrize("workers", [2, 3])
 async def test_workers_register_the_same_extension(
     kamailio: Kamailio, make_pool: Callable[..., Awaitable[Pool]], workers: int
@@ -85,7 +94,7 @@ async def test_forked_calls_are_answered_once_up_to_capacity(
         await callers[i].expect("played", timeout=10)
         await callers[i].command("stop_record", call=dialled[i]["call"])
     for i in answered:
-        heard = read_wav(tmp_path / f"heard-{i}.wav").samples
+        heard = _loudest_second(read_wav(tmp_path / f"heard-{i}.wav").samples)
         own = _level(heard, tones[i])
         assert own > FULL - 6, (i, own)  # the echo of its own tone is there
         for j in answered:

@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from config import Settings
+from config.schema import SECRET_KEYS
 from tests.conftest import ROOT
 
 UNIT = ROOT / "systemd" / "sipai.service"
@@ -52,3 +53,19 @@ def test_security_exposure_at_most_2() -> None:
     match = re.search(r"Overall exposure level for sipai\.service: (\d+\.\d+)", result.stdout)
     assert match, result.stdout + result.stderr
     assert float(match.group(1)) <= MAX_EXPOSURE
+
+
+def test_every_secret_is_a_credential_and_the_install_steps_create_it() -> None:
+    """Each secret key has a LoadCredential= line, and the documented install creates its file
+    (systemd refuses to start a unit whose credential file is missing)."""
+    loaded = {
+        line.split("=", 1)[1].split(":", 1)[0]
+        for line in UNIT.read_text().splitlines()
+        if line.startswith("LoadCredential=")
+    }
+    names = {f"{section}.{key}" for section, key in SECRET_KEYS}
+    assert loaded == names
+    steps = (ROOT / "systemd" / "README.md").read_text()
+    loop = re.search(r"for name in ([^;]*); do", steps)
+    assert loop is not None
+    assert set(loop.group(1).replace("\\", " ").split()) == names

@@ -26,7 +26,7 @@ import random
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -71,6 +71,22 @@ _EVENT_TYPES: dict[str, type[Any]] = {
         TransferProgress,
     )
 }
+
+
+def worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment a SIP worker process starts with: the supervisor's, less systemd's
+    notify/watchdog/socket variables (they belong to the supervisor), with numpy's BLAS on one
+    thread unless the administrator set it. A worker's matrix products are small (the media
+    core, every 20 ms); a multi-threaded OpenBLAS splits them across cores and leaves its helper
+    threads spinning between frames, costing several times the work itself in CPU. The
+    supervisor keeps the default: Whisper's feature extraction there gains from the threads."""
+    env = {
+        k: v
+        for k, v in environ.items()
+        if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS")
+    }
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    return env
 
 
 def decode_event(body: Body) -> SipEvent:
@@ -169,11 +185,7 @@ class WorkerPool:
             self._supervise.append(asyncio.create_task(self._watch(state)))
 
     async def _spawn(self, state: WorkerState) -> None:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS")
-        }
+        env = worker_environment(os.environ)
         state.ready.clear()
         state.process = await asyncio.create_subprocess_exec(
             sys.executable,

@@ -1,4 +1,4 @@
-"""The daemon's and the worker's processes keep numpy's BLAS on one thread (see media/)."""
+"""SIP worker processes keep numpy's BLAS on one thread; the supervisor keeps the default."""
 
 from __future__ import annotations
 
@@ -8,20 +8,21 @@ import sys
 
 import pytest
 
+from daemon.workers import worker_environment
 from tests.conftest import ROOT
 
 PROBE = """
-import os, sys
-import {package}
+import os
+import sip.process
 import numpy as np
 np.dot(np.ones((160, 205)), np.ones(205))  # a product of the size the resampler makes
 print(len(os.listdir("/proc/self/task")))
 """
 
 
-def _threads(package: str, env: dict[str, str]) -> int:
+def _threads(env: dict[str, str]) -> int:
     result = subprocess.run(
-        [sys.executable, "-c", PROBE.format(package=package)],
+        [sys.executable, "-c", PROBE],
         capture_output=True,
         text=True,
         check=True,
@@ -32,15 +33,19 @@ def _threads(package: str, env: dict[str, str]) -> int:
     return int(result.stdout.strip())
 
 
-@pytest.mark.parametrize("package", ["daemon", "sip"])
-def test_entry_packages_pin_blas_to_one_thread(package: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
-    assert _threads(package, env) == 1
+def _plain() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
 
 
-def test_an_explicit_setting_is_kept() -> None:
-    """An administrator's OPENBLAS_NUM_THREADS wins (checked where there are cores to use)."""
+def test_a_worker_process_runs_blas_on_one_thread() -> None:
+    assert _threads(worker_environment(_plain())) == 1
+
+
+def test_the_supervisor_environment_and_an_explicit_setting_are_kept() -> None:
+    """Without the worker's setting numpy starts its helper threads (where there are cores
+    to use); an administrator's OPENBLAS_NUM_THREADS goes to the workers unchanged."""
+    assert worker_environment({"OPENBLAS_NUM_THREADS": "2"})["OPENBLAS_NUM_THREADS"] == "2"
+    assert "NOTIFY_SOCKET" not in worker_environment({"NOTIFY_SOCKET": "/run/x"})
     if (os.cpu_count() or 1) < 2:
         pytest.skip("one core: OpenBLAS starts no helper thread either way")
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
-    assert _threads("daemon", env | {"OPENBLAS_NUM_THREADS": "2"}) == 2
+    assert _threads(_plain()) > 1

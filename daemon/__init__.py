@@ -2,8 +2,6 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-import media  # noqa: F401 - before numpy loads: pins its BLAS to one thread
-
 try:
     __version__ = version("sip-ai-assistant")
 except PackageNotFoundError:  # running from a source tree that was never installed

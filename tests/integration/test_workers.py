@@ -31,9 +31,9 @@ def _level(samples: Any, freq: float) -> float:
 
 def _loudest_second(samples: Any) -> Any:
     """The loudest 1 s of a recording (where the echo is, however late it came back)."""
-    energy = np.concatenate(([0.0], np.cumsum(samples.astype(np.float64) ** 2)))
     if len(samples) <= 8000:
         return samples
+    energy = np.concatenate(([0.0], np.cumsum(samples.astype(np.float64) ** 2)))
     start = int(np.argmax(energy[8000:] - energy[:-8000]))
     return samples[start : start + 8000]
 

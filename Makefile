@@ -11,7 +11,9 @@ STAMP_TEST := $(VENV)/.installed-test
 
 # Debian packages, as "command-or-python-module:package". Installed with apt-get when missing
 # and make runs as root; otherwise make stops and names them.
-DEPS_RUN  := py:venv:python3-venv py:ensurepip:python3-venv
+# "h:Python.h" checks for the interpreter's C headers (the media core's kernels compile
+# against them at install time).
+DEPS_RUN  := py:venv:python3-venv py:ensurepip:python3-venv gcc:gcc h:Python.h:python3-dev
 DEPS_TEST := kamailio:kamailio sipp:sip-tester espeak-ng:espeak-ng sox:sox \
              systemd-analyze:systemd
 
@@ -21,6 +23,9 @@ define ensure_debs
 	  pkg=$${dep##*:}; what=$${dep%:*}; \
 	  case $$what in \
 	    py:*) $(PYTHON) -c "import $${what#py:}" 2>/dev/null || missing="$$missing $$pkg" ;; \
+	    h:*) $(PYTHON) -c "import os, sys, sysconfig; \
+	      sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], '$${what#h:}')))" \
+	      || missing="$$missing $$pkg" ;; \
 	    *) command -v $$what >/dev/null 2>&1 || [ -x /usr/sbin/$$what ] || missing="$$missing $$pkg" ;; \
 	  esac; \
 	done; \
@@ -45,11 +50,12 @@ $(BIN)/python: | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(STAMP_RUN): pyproject.toml | $(BIN)/python
+# setup.py builds media/_kernels.c: a change to either reinstalls (and recompiles).
+$(STAMP_RUN): pyproject.toml setup.py media/_kernels.c | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
-$(STAMP_TEST): pyproject.toml | $(BIN)/python
+$(STAMP_TEST): pyproject.toml setup.py media/_kernels.c | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@ $(STAMP_RUN)
 

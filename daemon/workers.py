@@ -76,10 +76,11 @@ _EVENT_TYPES: dict[str, type[Any]] = {
 def worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """The environment a SIP worker process starts with: the supervisor's, less systemd's
     notify/watchdog/socket variables (they belong to the supervisor), with numpy's BLAS on one
-    thread unless the administrator set it. A worker's matrix products are small (the media
-    core, every 20 ms); a multi-threaded OpenBLAS splits them across cores and leaves its helper
-    threads spinning between frames, costing several times the work itself in CPU. The
-    supervisor keeps the default: Whisper's feature extraction there gains from the threads."""
+    thread unless the administrator set it. A worker has no large products for BLAS (the media
+    core's loops are compiled C); any small one would otherwise be split across cores, leaving
+    OpenBLAS's helper threads spinning between 20 ms frames at several times the work's own
+    CPU cost, as the media core's earlier numpy resampler did. The supervisor keeps the default:
+    Whisper's feature extraction there gains from the threads."""
     env = {
         k: v
         for k, v in environ.items()

@@ -12,7 +12,8 @@ Properties the call path relies on:
 - **Block-size independence, bit for bit.** Coefficients are rounded to multiples of 2**-30 and
   the samples are integers, so every product and every partial sum is exactly representable in
   float64: the result does not depend on summation order, hence not on how the input was cut
-  into blocks nor on how BLAS blocks the matrix product.
+  into blocks nor on how the compiled kernel (``media/_kernels.c``) orders its additions.
+  :func:`design` checks the bound this rests on (largest possible sum below 2**53).
 - **Known, fixed delay.** The filter is symmetric with an odd length, so the group delay is
   ``(length - 1) / 2`` samples at ``rate_in * L``: :attr:`Resampler.delay_seconds`. Where the
   down factor is small the length is chosen so the delay is a whole number of output samples.
@@ -33,24 +34,33 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import signal
 
+try:
+    from media import _kernels
+except ImportError as error:  # pragma: no cover - a broken install, not a code path
+    raise ImportError(
+        "media._kernels (the compiled media kernels) is not built: reinstall the package "
+        "with `pip install -e .` or `make`, which needs gcc and the Python headers "
+        "(Debian: apt-get install gcc python3-dev)"
+    ) from error
+
 SUPPORTED_RATES = (8000, 16000, 22050, 24000, 48000)
 PASSBAND_EDGE = 0.9  # fraction of the lower Nyquist frequency kept flat
 STOPBAND_DB = 70.0  # every design is checked to reach this from the lower Nyquist frequency up
 PASSBAND_RIPPLE_DB = 0.02  # and to stay within +-this up to PASSBAND_EDGE
 KAISER_STOPBAND_DB = 80.0  # window design used where the equiripple one is too long to compute
 _COEFFICIENT_BITS = 30
+_KERNEL_BLOCK = 8  # taps per phase are padded to a multiple of this (media/_kernels.c: dot)
 # Designs longer than this use a Kaiser window: Parks-McClellan does not converge there.
 _MAX_EQUIRIPPLE_TAPS = 4000
-# Above this many phases, outputs are computed by gathering rows instead of one matrix
-# product per block (both exact, so both give identical results).
-_MAX_PHASE_LOOP = 8
+# Up to this down factor, designs are lengthened so the delay is a whole number of outputs.
+_MAX_WHOLE_DELAY_DOWN = 8
 
 
 @dataclass(frozen=True)
 class FilterDesign:
     up: int
     down: int
-    taps_per_phase: int
+    taps_per_phase: int  # a multiple of _KERNEL_BLOCK
     length: int  # designed (odd) length before zero padding to a multiple of ``up``
     phases: NDArray[np.float64]  # (up, taps_per_phase), each row reversed for windows
     stopband_db: float  # measured worst attenuation from the lower Nyquist frequency up
@@ -83,17 +93,22 @@ def design(rate_in: int, rate_out: int) -> FilterDesign:
     stopband, ripple = _measure(taps, edges, high_rate)
     taps = np.round(taps * up * 2.0**_COEFFICIENT_BITS) / 2.0**_COEFFICIENT_BITS
     length = len(taps)
-    per_phase = -(-length // up)
+    # Whole blocks of the kernel's inner loop: the extra (oldest) taps are zero.
+    per_phase = -(-length // (up * _KERNEL_BLOCK)) * _KERNEL_BLOCK
     padded = np.zeros(per_phase * up)
     padded[:length] = taps
     # phases[p, j] multiplies x[k - j]; store reversed so a window x[k-K+1 .. k] dots directly.
     phases = np.ascontiguousarray(padded.reshape(per_phase, up).T[:, ::-1])
+    # In units of 2**-30, the largest sum one output can reach: it must stay below 2**53.
+    largest_sum = float(np.abs(phases).sum(axis=1).max()) * 2.0**_COEFFICIENT_BITS * 32768
+    if largest_sum >= 2.0**53:
+        raise RuntimeError(f"{rate_in}->{rate_out}: sums of products could be inexact in float64")
     return FilterDesign(up, down, per_phase, length, phases, stopband, ripple)
 
 
 def _whole_delay(length: int, down: int) -> int:
     """Grow an odd length until its delay (length - 1) / 2 is a whole number of outputs."""
-    if down <= _MAX_PHASE_LOOP:
+    if down <= _MAX_WHOLE_DELAY_DOWN:
         while ((length - 1) // 2) % down:
             length += 2
     return length
@@ -134,9 +149,9 @@ class Resampler:
     Not thread-safe: one owner feeds it. Output for a stream is identical whatever the block
     sizes; :meth:`flush` returns the tail still inside the filter at the end of a stream.
 
-    For pairs with a small up factor (every pair among 8k, 16k, 24k and 48k) a block costs one
-    matrix product: the input is viewed (without copying) as one row per period of ``up``
-    outputs, and a period-wide matrix holds each output's phase at its offset in the row.
+    The input is kept (as float64) in a buffer that holds the last ``taps - 1`` samples of the
+    previous blocks followed by the new block; the products are one call into the compiled
+    kernel (:func:`media._kernels.fir`), which writes the int16 outputs directly.
     """
 
     def __init__(self, rate_in: int, rate_out: int) -> None:
@@ -145,28 +160,10 @@ class Resampler:
         self._design = None if rate_in == rate_out else design(rate_in, rate_out)
         self._consumed = 0  # input samples seen
         self._produced = 0  # output samples made
-        if self._design is None:
-            return
-        d = self._design
-        # Longest reach of a period's outputs past the period's first input index.
-        self._reach = ((d.up - 1) * d.down) // d.up
-        self._period = np.zeros((d.taps_per_phase + self._reach, d.up))
-        for r in range(d.up):
-            offset = (r * d.down) // d.up
-            self._period[offset : offset + d.taps_per_phase, r] = d.phases[(r * d.down) % d.up]
-        # Decimating, the rows above overlap by all but ``down`` samples and BLAS would need a
-        # copy of them; instead the input is viewed as rows of ``down`` samples (no overlap),
-        # multiplied by the period matrix cut into groups of ``down`` rows, and each output is
-        # the sum along a diagonal of that product (see _by_diagonal).
-        self._groups = -(-len(self._period) // d.down)
-        grouped = np.zeros((self._groups * d.down, d.up))
-        grouped[: len(self._period)] = self._period
-        self._grouped = np.ascontiguousarray(
-            grouped.reshape(self._groups, d.down, d.up).transpose(1, 0, 2).reshape(d.down, -1)
-        )
-        # Input kept from one block to the next: a window plus one period's step.
-        self._keep = d.taps_per_phase - 1 + d.down
-        self._buffer = np.zeros(self._keep + 4096 + self._reach + self._groups * d.down)
+        # Input kept from one block to the next: the next output's window starts at most this
+        # far back (an output is made as soon as the last sample of its window has arrived).
+        self._keep = 0 if self._design is None else self._design.taps_per_phase - 1
+        self._buffer = np.zeros(self._keep + 4096)
 
     @property
     def delay_seconds(self) -> float:
@@ -188,32 +185,25 @@ class Resampler:
         if d is None:
             return pcm.copy()
         keep, size = self._keep, len(pcm)
-        if len(self._buffer) < keep + size + self._reach + self._groups * d.down:
-            grown = np.zeros(keep + 2 * size + self._reach + self._groups * d.down)
+        filled = keep + size
+        if len(self._buffer) < filled:
+            grown = np.zeros(keep + 2 * size)
             grown[:keep] = self._buffer[:keep]
             self._buffer = grown
         buffer = self._buffer
-        buffer[keep : keep + size] = pcm
-        if self._reach:
-            buffer[keep + size : keep + size + self._reach] = 0.0
-        base = self._consumed - keep  # absolute input index of buffer[0]
+        buffer[keep:filled] = pcm
         start = self._produced
         end = ((self._consumed + size) * d.up - 1) // d.down + 1
+        out = np.empty(max(0, end - start), dtype=np.int16)
         if end > start:
-            if d.up > _MAX_PHASE_LOOP:
-                out = self._by_gather(start, end, base)
-            elif d.up == 1:
-                out = self._by_window(start, end, base)
-            elif d.down >= d.up:
-                out = self._by_diagonal(start, end, base)
-            else:
-                out = self._by_period(start, end, base)
-        else:
-            out = np.zeros(0)
-        buffer[:keep] = buffer[size : size + keep]
+            # Output o is phase (o * down) % up over the window ending at input (o * down) // up;
+            # buffer[0] is input consumed - keep, so positions are shifted by that many inputs.
+            position = start * d.down - (self._consumed - keep) * d.up
+            _kernels.fir(buffer[:filled], d.phases, d.up, d.down, position, out)
+            self._produced = end
+        buffer[:keep] = buffer[size:filled]
         self._consumed += size
-        self._produced = max(start, end)
-        return _to_int16(out)
+        return out
 
     def flush(self) -> NDArray[np.int16]:
         """End the stream: return the samples still held back by the filter's delay.
@@ -228,80 +218,6 @@ class Resampler:
         self._buffer[:] = 0.0
         self._consumed = self._produced = 0
         return out[: max(0, owed - already)]
-
-    def _by_period(self, start: int, end: int, base: int) -> NDArray[np.float64]:
-        d = self._design
-        assert d is not None
-        first, last = start // d.up, (end - 1) // d.up + 1
-        row0 = first * d.down - (d.taps_per_phase - 1) - base
-        rows = np.ndarray(
-            (last - first, len(self._period)),
-            dtype=np.float64,
-            buffer=self._buffer,
-            offset=row0 * 8,
-            strides=(d.down * 8, 8),
-        )
-        # np.dot copies the overlapping rows into one block for BLAS; matmul on the strided
-        # view would take numpy's own, several times slower, loop.
-        out: NDArray[np.float64] = np.dot(rows, self._period).ravel()
-        return out[start - first * d.up : end - first * d.up]
-
-    def _by_window(self, start: int, end: int, base: int) -> NDArray[np.float64]:
-        """Decimation by a whole factor: one window of the input per output."""
-        d = self._design
-        assert d is not None
-        row0 = start * d.down - (d.taps_per_phase - 1) - base
-        windows = np.ndarray(
-            (end - start, d.taps_per_phase),
-            dtype=np.float64,
-            buffer=self._buffer,
-            offset=row0 * 8,
-            strides=(d.down * 8, 8),
-        )
-        out: NDArray[np.float64] = np.dot(windows, d.phases[0])
-        return out
-
-    def _by_diagonal(self, start: int, end: int, base: int) -> NDArray[np.float64]:
-        d = self._design
-        assert d is not None
-        first, last = start // d.up, (end - 1) // d.up + 1
-        row0 = first * d.down - (d.taps_per_phase - 1) - base
-        groups, width = self._groups, self._groups * d.up
-        blocks = np.ndarray(
-            (last - first + groups - 1, d.down),
-            dtype=np.float64,
-            buffer=self._buffer,
-            offset=row0 * 8,
-            strides=(d.down * 8, 8),
-        )
-        products = blocks @ self._grouped  # [row, group * up + phase]
-        diagonals = np.ndarray(
-            (last - first, groups, d.up),
-            dtype=np.float64,
-            buffer=products,
-            strides=(width * 8, (width + d.up) * 8, 8),
-        )
-        out: NDArray[np.float64] = diagonals.sum(axis=1).ravel()
-        return out[start - first * d.up : end - first * d.up]
-
-    def _by_gather(self, start: int, end: int, base: int) -> NDArray[np.float64]:
-        d = self._design
-        assert d is not None
-        windows = np.ndarray(
-            (len(self._buffer) - d.taps_per_phase + 1, d.taps_per_phase),
-            dtype=np.float64,
-            buffer=self._buffer,
-            strides=(8, 8),
-        )
-        position = np.arange(start, end, dtype=np.int64) * d.down
-        rows = windows[position // d.up - (d.taps_per_phase - 1) - base]
-        out: NDArray[np.float64] = np.einsum("ij,ij->i", rows, d.phases[position % d.up])
-        return out
-
-
-def _to_int16(samples: NDArray[np.float64]) -> NDArray[np.int16]:
-    np.clip(samples, -32768.0, 32767.0, out=samples)
-    return np.rint(samples).astype(np.int16)
 
 
 def resample(pcm: NDArray[np.int16], rate_in: int, rate_out: int) -> NDArray[np.int16]:

@@ -45,3 +45,17 @@ def test_bytes_in_and_type_check() -> None:
     assert np.array_equal(g711.ulaw_encode(pcm.astype("<i2").tobytes()), g711.ulaw_encode(pcm))
     with pytest.raises(TypeError, match="int16"):
         g711.ulaw_encode(pcm.astype(np.int32))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="odd"):
+        g711.alaw_encode(b"\x00\x01\x02")
+    with pytest.raises(TypeError, match="uint8"):
+        g711.ulaw_decode(np.zeros(4, dtype=np.int16))  # type: ignore[arg-type]
+
+
+def test_strided_arrays_and_empty_frames() -> None:
+    """Views that are not contiguous are encoded and decoded like their copies."""
+    pcm = np.arange(-30000, 30000, 37, dtype=np.int16)
+    assert np.array_equal(g711.ulaw_encode(pcm[::3]), g711.ulaw_encode(pcm[::3].copy()))
+    codes = g711.alaw_encode(pcm)
+    assert np.array_equal(g711.alaw_decode(codes[1::2]), g711.alaw_decode(codes[1::2].copy()))
+    assert g711.ulaw_decode(b"").shape == (0,)
+    assert g711.ulaw_encode(np.zeros(0, dtype=np.int16)).shape == (0,)

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import signal as scipy_signal
 
+from media import _kernels
 from media.resample import (
     PASSBAND_EDGE,
     PASSBAND_RIPPLE_DB,
@@ -45,6 +47,53 @@ def test_frames_equal_one_block(rate_in: int, rate_out: int) -> None:
     assert np.array_equal(whole, frames)
     assert np.array_equal(whole, odd)
     assert abs(len(whole) - len(signal) * rate_out / rate_in) <= design(rate_in, rate_out).length
+
+
+@pytest.mark.parametrize(("rate_in", "rate_out"), PAIRS)
+def test_matches_scipy_upfirdn_exactly(rate_in: int, rate_out: int) -> None:
+    """The compiled kernel's stream equals scipy's upfirdn with the same filter, bit for bit:
+    the sums are exact, so any correct evaluation order gives the same rounded samples."""
+    d = design(rate_in, rate_out)
+    taps = d.phases[:, ::-1].T.ravel()[: d.length]  # undo the polyphase split
+    rng = np.random.default_rng(rate_in * 3 + rate_out)
+    # Full scale with clipping peaks, so rounding and saturation are both exercised.
+    x = np.clip(rng.standard_normal(rate_in // 5) * 20000, -32768, 32767).astype(np.int16)
+    x[100:140] = 32767
+    got = Resampler(rate_in, rate_out).process(x)
+    reference = scipy_signal.upfirdn(taps, x.astype(np.float64), d.up, d.down)[: len(got)]
+    expected = np.rint(np.clip(reference, -32768, 32767)).astype(np.int16)
+    assert len(got) == -(-len(x) * d.up // d.down)
+    assert np.array_equal(got, expected)
+    assert np.abs(got.astype(np.int32)).max() >= 32767  # a clip was reached
+
+
+def test_kernel_rounds_halves_to_even_and_saturates() -> None:
+    """Outputs round like numpy's rint (half to even) and clip to the int16 range."""
+    x = np.array([1, 3, 5, -1, -3, -5, 7, 30000, -30000], dtype=np.float64)
+    out = np.empty(len(x), dtype=np.int16)
+    _kernels.fir(x, np.array([0.5]), 1, 1, 0, out)
+    assert out.tolist() == [0, 2, 2, 0, -2, -2, 4, 15000, -15000]
+    _kernels.fir(x, np.array([2.0]), 1, 1, 0, out)
+    assert out.tolist() == [2, 6, 10, -2, -6, -10, 14, 32767, -32768]
+
+
+def test_kernel_refuses_what_would_read_outside_its_buffers() -> None:
+    """Wrong item types and windows outside the samples are errors, never stray reads."""
+    d = design(8000, 24000)
+    samples, out = np.zeros(400), np.zeros(10, dtype=np.int16)
+    _kernels.fir(samples, d.phases, d.up, d.down, (d.taps_per_phase - 1) * d.up, out)
+    with pytest.raises(ValueError, match="need samples -1"):
+        _kernels.fir(samples, d.phases, d.up, d.down, (d.taps_per_phase - 2) * d.up, out)
+    with pytest.raises(ValueError, match=r"buffer holds 0\.\.399"):
+        _kernels.fir(samples, d.phases, d.up, d.down, 398 * d.up, out)
+    with pytest.raises(TypeError, match="samples: expected items of type 'd'"):
+        _kernels.fir(samples.astype(np.float32), d.phases, d.up, d.down, 300, out)
+    with pytest.raises(TypeError, match="out: expected items of type 'h'"):
+        _kernels.fir(samples, d.phases, d.up, d.down, 300, np.zeros(10, dtype=np.int32))
+    with pytest.raises(ValueError, match="do not split into 2 phases"):
+        _kernels.fir(samples, np.zeros(7), 2, 1, 300, out)
+    with pytest.raises(ValueError, match="contiguous"):
+        _kernels.fir(samples, d.phases, d.up, d.down, 300, np.zeros(20, dtype=np.int16)[::2])
 
 
 @settings(max_examples=40, deadline=None)

@@ -1,0 +1,341 @@
+/*
+ * Per-frame kernels of the media core: the polyphase FIR product and G.711 table lookups.
+ *
+ * Everything else (filter design, state, bounds of a stream) stays in Python; these functions
+ * only do the loops that numpy would otherwise split into many small calls. They take buffers
+ * (numpy arrays, bytes) and write into a caller-made output array, so no numpy headers are
+ * needed to build them.
+ *
+ * fir() works in double precision on integer samples and on coefficients that are multiples of
+ * 2**-30 (see media/resample.py): every product and every partial sum is an exact double, so
+ * the result does not depend on the order of the additions. That is what lets the inner loop
+ * keep several independent sums, and what keeps the output identical to any other exact
+ * evaluation (the tests compare it with scipy's upfirdn).
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Acquire a C-contiguous buffer whose items are `itemsize` bytes of the struct `format` kind. */
+static int
+get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize, char format,
+           const char *name)
+{
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, view, flags) < 0) {
+        return -1;
+    }
+    const char *fmt = view->format ? view->format : "B";
+    if (fmt[0] == '<' || fmt[0] == '=' || fmt[0] == '@') {
+        fmt++;
+    }
+    int kind_ok = fmt[0] == format && fmt[1] == '\0';
+    if (!kind_ok || view->itemsize != itemsize) {
+        PyErr_Format(PyExc_TypeError, "%s: expected items of type '%c' (%zd bytes), got '%s' (%zd)",
+                     name, format, itemsize, view->format ? view->format : "B", view->itemsize);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+static inline int16_t
+to_int16(double value)
+{
+    if (value >= 32767.0) {
+        return 32767;
+    }
+    if (value <= -32768.0) {
+        return -32768;
+    }
+    /* Adding and removing 1.5 * 2**52 leaves no fraction bits, so the addition rounds, and in
+       the default rounding mode it rounds halves to even, as numpy's rint does. (An inline
+       form of nearbyint, which is a library call without SSE4.1.) */
+    const double shift = 6755399441055744.0;
+    return (int16_t)((value + shift) - shift);
+}
+
+/* Two doubles: SSE2 on x86-64, NEON on arm64 (GCC vector extension). */
+typedef double pair __attribute__((vector_size(16)));
+
+static inline pair
+load_pair(const double *p)
+{
+    pair v;
+    memcpy(&v, p, sizeof v); /* unaligned load */
+    return v;
+}
+
+static inline double
+dot(const double *restrict coefficients, const double *restrict samples, Py_ssize_t taps)
+{
+    /* Eight independent partial sums keep the adders busy; the order does not matter (the
+       sums are exact). */
+    pair s0 = {0.0, 0.0}, s1 = {0.0, 0.0}, s2 = {0.0, 0.0}, s3 = {0.0, 0.0};
+    Py_ssize_t j = 0;
+    for (; j + 8 <= taps; j += 8) {
+        s0 += load_pair(coefficients + j) * load_pair(samples + j);
+        s1 += load_pair(coefficients + j + 2) * load_pair(samples + j + 2);
+        s2 += load_pair(coefficients + j + 4) * load_pair(samples + j + 4);
+        s3 += load_pair(coefficients + j + 6) * load_pair(samples + j + 6);
+    }
+    pair s = (s0 + s1) + (s2 + s3);
+    double sum = s[0] + s[1];
+    for (; j < taps; j++) {
+        sum += coefficients[j] * samples[j];
+    }
+    return sum;
+}
+
+/* Four outputs that use the same coefficients on windows `stride` samples apart: each
+   coefficient pair is loaded once for all four, which halves the loads per product. */
+static inline void
+dot4(const double *restrict coefficients, const double *restrict samples, Py_ssize_t stride,
+     Py_ssize_t taps, double sums[4])
+{
+    pair a0 = {0.0, 0.0}, a1 = {0.0, 0.0}, b0 = {0.0, 0.0}, b1 = {0.0, 0.0};
+    pair c0 = {0.0, 0.0}, c1 = {0.0, 0.0}, d0 = {0.0, 0.0}, d1 = {0.0, 0.0};
+    const double *xa = samples, *xb = samples + stride;
+    const double *xc = samples + 2 * stride, *xd = samples + 3 * stride;
+    for (Py_ssize_t j = 0; j + 4 <= taps; j += 4) {
+        pair h0 = load_pair(coefficients + j), h1 = load_pair(coefficients + j + 2);
+        a0 += h0 * load_pair(xa + j);
+        a1 += h1 * load_pair(xa + j + 2);
+        b0 += h0 * load_pair(xb + j);
+        b1 += h1 * load_pair(xb + j + 2);
+        c0 += h0 * load_pair(xc + j);
+        c1 += h1 * load_pair(xc + j + 2);
+        d0 += h0 * load_pair(xd + j);
+        d1 += h1 * load_pair(xd + j + 2);
+    }
+    pair a = a0 + a1, b = b0 + b1, c = c0 + c1, d = d0 + d1;
+    sums[0] = a[0] + a[1];
+    sums[1] = b[0] + b[1];
+    sums[2] = c[0] + c[1];
+    sums[3] = d[0] + d[1];
+}
+
+PyDoc_STRVAR(fir_doc,
+"fir(samples, phases, up, down, position, out)\n--\n\n"
+"Fill `out` (int16) with polyphase FIR outputs. Output n uses phase (position + n*down) % up\n"
+"(a row of `phases`, float64, shape (up, taps), each row reversed) dotted with the `taps`\n"
+"samples of `samples` (float64) that end at index (position + n*down) // up; the result is\n"
+"rounded half to even and clipped to int16.");
+
+static PyObject *
+fir(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 6) {
+        PyErr_Format(PyExc_TypeError, "fir() takes 6 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    Py_ssize_t up = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t down = PyLong_AsSsize_t(args[3]);
+    Py_ssize_t position = PyLong_AsSsize_t(args[4]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (up < 1 || down < 1 || position < 0) {
+        PyErr_SetString(PyExc_ValueError, "fir(): up and down must be >= 1, position >= 0");
+        return NULL;
+    }
+    Py_buffer samples, phases, out;
+    if (get_buffer(args[0], &samples, 0, sizeof(double), 'd', "samples") < 0) {
+        return NULL;
+    }
+    if (get_buffer(args[1], &phases, 0, sizeof(double), 'd', "phases") < 0) {
+        PyBuffer_Release(&samples);
+        return NULL;
+    }
+    if (get_buffer(args[5], &out, 1, sizeof(int16_t), 'h', "out") < 0) {
+        PyBuffer_Release(&samples);
+        PyBuffer_Release(&phases);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_ssize_t n_samples = samples.len / (Py_ssize_t)sizeof(double);
+    Py_ssize_t n_coefficients = phases.len / (Py_ssize_t)sizeof(double);
+    Py_ssize_t count = out.len / (Py_ssize_t)sizeof(int16_t);
+    Py_ssize_t taps = n_coefficients / up;
+    if (taps < 1 || taps * up != n_coefficients) {
+        PyErr_Format(PyExc_ValueError, "fir(): %zd coefficients do not split into %zd phases",
+                     n_coefficients, up);
+        goto done;
+    }
+    if (count > 0) {
+        Py_ssize_t first_start = position / up - (taps - 1);
+        Py_ssize_t last_end = (position + (count - 1) * down) / up;
+        if (first_start < 0 || last_end >= n_samples) {
+            PyErr_Format(PyExc_ValueError,
+                         "fir(): outputs need samples %zd..%zd, the buffer holds 0..%zd",
+                         first_start, last_end, n_samples - 1);
+            goto done;
+        }
+    }
+    const double *x = (const double *)samples.buf;
+    const double *h = (const double *)phases.buf;
+    int16_t *y = (int16_t *)out.buf;
+    /* The GIL stays held: a frame takes microseconds, and taking it back after a release
+       could wait for a whole switch interval behind another thread. */
+    /* Outputs n, n + up, n + 2 up and n + 3 up share a phase, their windows `down` apart:
+       blocks of 4 * up outputs are made four at a time. The rest one by one, stepping phase
+       and window together (no division per output). */
+    Py_ssize_t phase = position % up, start = position / up - (taps - 1);
+    Py_ssize_t step = down / up, carry = down % up;
+    Py_ssize_t n = 0;
+    if (taps % 4 == 0) {
+        for (; n + 4 * up <= count; n += 4 * up) {
+            for (Py_ssize_t r = 0; r < up; r++) {
+                double sums[4];
+                dot4(h + phase * taps, x + start, down, taps, sums);
+                for (int k = 0; k < 4; k++) {
+                    y[n + r + k * up] = to_int16(sums[k]);
+                }
+                start += step;
+                phase += carry;
+                if (phase >= up) {
+                    phase -= up;
+                    start += 1;
+                }
+            }
+            start += 3 * down; /* the block's other three outputs per phase are made */
+        }
+    }
+    for (; n < count; n++) {
+        y[n] = to_int16(dot(h + phase * taps, x + start, taps));
+        start += step;
+        phase += carry;
+        if (phase >= up) {
+            phase -= up;
+            start += 1;
+        }
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&samples);
+    PyBuffer_Release(&phases);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+PyDoc_STRVAR(decode_doc,
+"decode(table, codes, out)\n--\n\n"
+"out[i] = table[codes[i]]: `table` is 256 int16 samples, `codes` bytes, `out` int16.");
+
+static PyObject *
+decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "decode() takes 3 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    Py_buffer table, codes, out;
+    if (get_buffer(args[0], &table, 0, sizeof(int16_t), 'h', "table") < 0) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[1], &codes, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&table);
+        return NULL;
+    }
+    if (get_buffer(args[2], &out, 1, sizeof(int16_t), 'h', "out") < 0) {
+        PyBuffer_Release(&table);
+        PyBuffer_Release(&codes);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_ssize_t count = out.len / (Py_ssize_t)sizeof(int16_t);
+    if (table.len != 256 * (Py_ssize_t)sizeof(int16_t) || codes.len != count) {
+        PyErr_Format(PyExc_ValueError,
+                     "decode(): need a 256-entry table and as many codes (%zd) as outputs (%zd)",
+                     codes.len, count);
+        goto done;
+    }
+    const int16_t *t = (const int16_t *)table.buf;
+    const uint8_t *c = (const uint8_t *)codes.buf;
+    int16_t *y = (int16_t *)out.buf;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        y[i] = t[c[i]];
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&table);
+    PyBuffer_Release(&codes);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+PyDoc_STRVAR(encode_doc,
+"encode(table, samples, out)\n--\n\n"
+"out[i] = table[samples[i] as uint16]: `table` is 65536 code bytes, `samples` int16 items\n"
+"(an array or native-order bytes), `out` bytes-like.");
+
+static PyObject *
+encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "encode() takes 3 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    Py_buffer table, samples, out;
+    if (PyObject_GetBuffer(args[0], &table, PyBUF_C_CONTIGUOUS) < 0) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[1], &samples, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&table);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[2], &out, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&table);
+        PyBuffer_Release(&samples);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_ssize_t count = out.len;
+    if (table.len != 65536 || samples.len != 2 * count) {
+        PyErr_Format(PyExc_ValueError,
+                     "encode(): need a 65536-entry table and two sample bytes (%zd) per output "
+                     "(%zd)",
+                     samples.len, count);
+        goto done;
+    }
+    const uint8_t *t = (const uint8_t *)table.buf;
+    const uint8_t *s = (const uint8_t *)samples.buf;
+    uint8_t *y = (uint8_t *)out.buf;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        uint16_t bits;
+        memcpy(&bits, s + 2 * i, sizeof bits);
+        y[i] = t[bits];
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&table);
+    PyBuffer_Release(&samples);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"fir", (PyCFunction)(void (*)(void))fir, METH_FASTCALL, fir_doc},
+    {"decode", (PyCFunction)(void (*)(void))decode, METH_FASTCALL, decode_doc},
+    {"encode", (PyCFunction)(void (*)(void))encode, METH_FASTCALL, encode_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "media._kernels",
+    .m_doc = "Per-frame loops of the media core (polyphase FIR, G.711 lookups).",
+    .m_size = 0,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC
+PyInit__kernels(void)
+{
+    return PyModuleDef_Init(&module_def);
+}

@@ -41,6 +41,14 @@ get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize, ch
     return 0;
 }
 
+static void
+release(Py_buffer *views, int held)
+{
+    for (int i = 0; i < held; i++) {
+        PyBuffer_Release(&views[i]);
+    }
+}
+
 static inline int16_t
 to_int16(double value)
 {
@@ -117,6 +125,23 @@ dot4(const double *restrict coefficients, const double *restrict samples, Py_ssi
     sums[3] = d[0] + d[1];
 }
 
+/* Where the next output is: its phase and the first sample of its window. */
+struct cursor {
+    Py_ssize_t phase;
+    Py_ssize_t start;
+};
+
+/* One output further: `down` more positions at the high rate, without a division. */
+static inline void
+advance(struct cursor *at, Py_ssize_t up, Py_ssize_t down)
+{
+    at->phase += down;
+    while (at->phase >= up) {
+        at->phase -= up;
+        at->start += 1;
+    }
+}
+
 PyDoc_STRVAR(fir_doc,
 "fir(samples, phases, up, down, position, out)\n--\n\n"
 "Fill `out` (int16) with polyphase FIR outputs. Output n uses phase (position + n*down) % up\n"
@@ -142,23 +167,24 @@ fir(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "fir(): up and down must be >= 1, position >= 0");
         return NULL;
     }
-    Py_buffer samples, phases, out;
-    if (get_buffer(args[0], &samples, 0, sizeof(double), 'd', "samples") < 0) {
-        return NULL;
-    }
-    if (get_buffer(args[1], &phases, 0, sizeof(double), 'd', "phases") < 0) {
-        PyBuffer_Release(&samples);
-        return NULL;
-    }
-    if (get_buffer(args[5], &out, 1, sizeof(int16_t), 'h', "out") < 0) {
-        PyBuffer_Release(&samples);
-        PyBuffer_Release(&phases);
-        return NULL;
-    }
+    Py_buffer views[3];
+    int held = 0;
     PyObject *result = NULL;
-    Py_ssize_t n_samples = samples.len / (Py_ssize_t)sizeof(double);
-    Py_ssize_t n_coefficients = phases.len / (Py_ssize_t)sizeof(double);
-    Py_ssize_t count = out.len / (Py_ssize_t)sizeof(int16_t);
+    if (get_buffer(args[0], &views[0], 0, sizeof(double), 'd', "samples") < 0) {
+        goto done;
+    }
+    held = 1;
+    if (get_buffer(args[1], &views[1], 0, sizeof(double), 'd', "phases") < 0) {
+        goto done;
+    }
+    held = 2;
+    if (get_buffer(args[5], &views[2], 1, sizeof(int16_t), 'h', "out") < 0) {
+        goto done;
+    }
+    held = 3;
+    Py_ssize_t n_samples = views[0].len / (Py_ssize_t)sizeof(double);
+    Py_ssize_t n_coefficients = views[1].len / (Py_ssize_t)sizeof(double);
+    Py_ssize_t count = views[2].len / (Py_ssize_t)sizeof(int16_t);
     Py_ssize_t taps = n_coefficients / up;
     if (taps < 1 || taps * up != n_coefficients) {
         PyErr_Format(PyExc_ValueError, "fir(): %zd coefficients do not split into %zd phases",
@@ -175,49 +201,35 @@ fir(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             goto done;
         }
     }
-    const double *x = (const double *)samples.buf;
-    const double *h = (const double *)phases.buf;
-    int16_t *y = (int16_t *)out.buf;
+    const double *x = (const double *)views[0].buf;
+    const double *h = (const double *)views[1].buf;
+    int16_t *y = (int16_t *)views[2].buf;
     /* The GIL stays held: a frame takes microseconds, and taking it back after a release
-       could wait for a whole switch interval behind another thread. */
-    /* Outputs n, n + up, n + 2 up and n + 3 up share a phase, their windows `down` apart:
-       blocks of 4 * up outputs are made four at a time. The rest one by one, stepping phase
-       and window together (no division per output). */
-    Py_ssize_t phase = position % up, start = position / up - (taps - 1);
-    Py_ssize_t step = down / up, carry = down % up;
+       could wait for a whole switch interval behind another thread.
+       Outputs n, n + up, n + 2 up and n + 3 up share a phase, their windows `down` apart:
+       blocks of 4 * up outputs are made four at a time. The rest one by one. */
+    struct cursor at = {position % up, position / up - (taps - 1)};
     Py_ssize_t n = 0;
     if (taps % 4 == 0) {
         for (; n + 4 * up <= count; n += 4 * up) {
             for (Py_ssize_t r = 0; r < up; r++) {
                 double sums[4];
-                dot4(h + phase * taps, x + start, down, taps, sums);
+                dot4(h + at.phase * taps, x + at.start, down, taps, sums);
                 for (int k = 0; k < 4; k++) {
                     y[n + r + k * up] = to_int16(sums[k]);
                 }
-                start += step;
-                phase += carry;
-                if (phase >= up) {
-                    phase -= up;
-                    start += 1;
-                }
+                advance(&at, up, down);
             }
-            start += 3 * down; /* the block's other three outputs per phase are made */
+            at.start += 3 * down; /* the block's other three outputs per phase are made */
         }
     }
     for (; n < count; n++) {
-        y[n] = to_int16(dot(h + phase * taps, x + start, taps));
-        start += step;
-        phase += carry;
-        if (phase >= up) {
-            phase -= up;
-            start += 1;
-        }
+        y[n] = to_int16(dot(h + at.phase * taps, x + at.start, taps));
+        advance(&at, up, down);
     }
     result = Py_NewRef(Py_None);
 done:
-    PyBuffer_Release(&samples);
-    PyBuffer_Release(&phases);
-    PyBuffer_Release(&out);
+    release(views, held);
     return result;
 }
 
@@ -233,38 +245,37 @@ decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Format(PyExc_TypeError, "decode() takes 3 arguments (%zd given)", nargs);
         return NULL;
     }
-    Py_buffer table, codes, out;
-    if (get_buffer(args[0], &table, 0, sizeof(int16_t), 'h', "table") < 0) {
-        return NULL;
-    }
-    if (PyObject_GetBuffer(args[1], &codes, PyBUF_C_CONTIGUOUS) < 0) {
-        PyBuffer_Release(&table);
-        return NULL;
-    }
-    if (get_buffer(args[2], &out, 1, sizeof(int16_t), 'h', "out") < 0) {
-        PyBuffer_Release(&table);
-        PyBuffer_Release(&codes);
-        return NULL;
-    }
+    Py_buffer views[3];
+    int held = 0;
     PyObject *result = NULL;
-    Py_ssize_t count = out.len / (Py_ssize_t)sizeof(int16_t);
-    if (table.len != 256 * (Py_ssize_t)sizeof(int16_t) || codes.len != count) {
-        PyErr_Format(PyExc_ValueError,
-                     "decode(): need a 256-entry table and as many codes (%zd) as outputs (%zd)",
-                     codes.len, count);
+    if (get_buffer(args[0], &views[0], 0, sizeof(int16_t), 'h', "table") < 0) {
         goto done;
     }
-    const int16_t *t = (const int16_t *)table.buf;
-    const uint8_t *c = (const uint8_t *)codes.buf;
-    int16_t *y = (int16_t *)out.buf;
+    held = 1;
+    if (get_buffer(args[1], &views[1], 0, 1, 'B', "codes") < 0) {
+        goto done;
+    }
+    held = 2;
+    if (get_buffer(args[2], &views[2], 1, sizeof(int16_t), 'h', "out") < 0) {
+        goto done;
+    }
+    held = 3;
+    Py_ssize_t count = views[2].len / (Py_ssize_t)sizeof(int16_t);
+    if (views[0].len != 256 * (Py_ssize_t)sizeof(int16_t) || views[1].len != count) {
+        PyErr_Format(PyExc_ValueError,
+                     "decode(): need a 256-entry table and as many codes (%zd) as outputs (%zd)",
+                     views[1].len, count);
+        goto done;
+    }
+    const int16_t *t = (const int16_t *)views[0].buf;
+    const uint8_t *c = (const uint8_t *)views[1].buf;
+    int16_t *y = (int16_t *)views[2].buf;
     for (Py_ssize_t i = 0; i < count; i++) {
         y[i] = t[c[i]];
     }
     result = Py_NewRef(Py_None);
 done:
-    PyBuffer_Release(&table);
-    PyBuffer_Release(&codes);
-    PyBuffer_Release(&out);
+    release(views, held);
     return result;
 }
 
@@ -281,31 +292,33 @@ encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Format(PyExc_TypeError, "encode() takes 3 arguments (%zd given)", nargs);
         return NULL;
     }
-    Py_buffer table, samples, out;
-    if (PyObject_GetBuffer(args[0], &table, PyBUF_C_CONTIGUOUS) < 0) {
-        return NULL;
-    }
-    if (PyObject_GetBuffer(args[1], &samples, PyBUF_C_CONTIGUOUS) < 0) {
-        PyBuffer_Release(&table);
-        return NULL;
-    }
-    if (PyObject_GetBuffer(args[2], &out, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) {
-        PyBuffer_Release(&table);
-        PyBuffer_Release(&samples);
-        return NULL;
-    }
+    Py_buffer views[3];
+    int held = 0;
     PyObject *result = NULL;
-    Py_ssize_t count = out.len;
-    if (table.len != 65536 || samples.len != 2 * count) {
+    /* The samples may be an int16 array or raw bytes in native order: only their size counts. */
+    if (get_buffer(args[0], &views[0], 0, 1, 'B', "table") < 0) {
+        goto done;
+    }
+    held = 1;
+    if (PyObject_GetBuffer(args[1], &views[1], PyBUF_C_CONTIGUOUS) < 0) {
+        goto done;
+    }
+    held = 2;
+    if (get_buffer(args[2], &views[2], 1, 1, 'B', "out") < 0) {
+        goto done;
+    }
+    held = 3;
+    Py_ssize_t count = views[2].len;
+    if (views[0].len != 65536 || views[1].len != 2 * count) {
         PyErr_Format(PyExc_ValueError,
                      "encode(): need a 65536-entry table and two sample bytes (%zd) per output "
                      "(%zd)",
-                     samples.len, count);
+                     views[1].len, count);
         goto done;
     }
-    const uint8_t *t = (const uint8_t *)table.buf;
-    const uint8_t *s = (const uint8_t *)samples.buf;
-    uint8_t *y = (uint8_t *)out.buf;
+    const uint8_t *t = (const uint8_t *)views[0].buf;
+    const uint8_t *s = (const uint8_t *)views[1].buf;
+    uint8_t *y = (uint8_t *)views[2].buf;
     for (Py_ssize_t i = 0; i < count; i++) {
         uint16_t bits;
         memcpy(&bits, s + 2 * i, sizeof bits);
@@ -313,9 +326,7 @@ encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     result = Py_NewRef(Py_None);
 done:
-    PyBuffer_Release(&table);
-    PyBuffer_Release(&samples);
-    PyBuffer_Release(&out);
+    release(views, held);
     return result;
 }
 

@@ -13,7 +13,7 @@ PROBE = """
 import os
 import sip.process
 import numpy as np
-np.dot(np.ones((160, 205)), np.ones(205))  # a product of the size the resampler makes
+np.dot(np.ones((160, 205)), np.ones(205))  # a small product, as numpy code in a worker makes
 print(len(os.listdir("/proc/self/task")))
 """
 

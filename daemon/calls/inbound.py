@@ -203,7 +203,7 @@ class InboundAgent:
         self._barge_timer: asyncio.TimerHandle | None = None
         self._digits = ""
         self._digit_timer: asyncio.TimerHandle | None = None
-        self._hanging_up = False
+        self._hanging_up: str | None = None  # our own hang-up's cause, once we start one
         self._transfer: asyncio.Future[TransferProgress] | None = None
         self._reconnects = 0
         self._event_at = 0.0  # arrival of the model event being handled
@@ -302,7 +302,7 @@ class InboundAgent:
         if self._http is not None:
             await self._http.aclose()
         self._log_latency()
-        if not self._hanging_up and self.audio is not None and not self.audio.closed:
+        if self._hanging_up is None and self.audio is not None and not self.audio.closed:
             with contextlib.suppress(SipError):
                 await self.ctx.worker.hangup(self.key)
         log.info("agent.call_ended", call_id=self.key, cause=self.end_cause)
@@ -371,7 +371,7 @@ class InboundAgent:
             self._uplink_latency.extend(sent - s for s in stamps)
             stamps.clear()
             self._sent_ms += self.agent.uplink_batch_ms
-        self._end("caller hung up")
+        self._noticed_end()
 
     # -- model -> caller ------------------------------------------------------------------
 
@@ -657,10 +657,7 @@ class InboundAgent:
         if not 200 <= progress.code < 300:
             return {"error": f"the transfer to {target} failed: {progress.code} {progress.reason}"}
         log.info("agent.transferred", call_id=self.key, target=target)
-        self._hanging_up = True
-        with contextlib.suppress(SipError):
-            await self.ctx.worker.hangup(self.key)
-        self._end("transferred")
+        await self._hang_up("transferred")
         return {"ok": True}
 
     async def _until_said(self) -> None:
@@ -679,16 +676,25 @@ class InboundAgent:
     async def _end_call(self) -> None:
         """Hang up once everything queued for the caller (the goodbye) has been played."""
         await self._until_said()
-        self._hanging_up = True
+        await self._hang_up("end_call")
+
+    async def _hang_up(self, cause: str) -> None:
+        """End the call from our side. The media and the SIP events may report the end
+        before the hang-up returns; they then take ``cause`` too, not "caller hung up"."""
+        self._hanging_up = cause
         with contextlib.suppress(SipError):
             await self.ctx.worker.hangup(self.key)
-        self._end("end_call")
+        self._end(cause)
+
+    def _noticed_end(self) -> None:
+        """The media or the SIP events say the call is over: the caller hung up, unless we did."""
+        self._end(self._hanging_up or "caller hung up")
 
     async def _watch_call(self) -> None:
         while True:
             event = await self.ctx.sip_events.get()
             if isinstance(event, CallEnded):
-                self._end("caller hung up" if not self._hanging_up else "end_call")
+                self._noticed_end()
                 return
             if isinstance(event, DtmfReceived):
                 self._dtmf(event.digit)

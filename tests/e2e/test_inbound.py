@@ -186,7 +186,7 @@ async def test_dtmf_as_text_then_end_call_after_the_goodbye(
     config = tmp_path / "sipai.toml"  # this caller gets its own instructions
     config.write_text('[[agent.routes]]\ncaller = "100[2-3]"\ninstructions = "Desk two."\n')
     env = daemon_env | {"SIPAI_AGENT__GREETING": "", "SIPAI_CONFIG": str(config)}
-    async with FakeRealtime("ga", script) as fake, _daemon(pbx, env, fake):
+    async with FakeRealtime("ga", script) as fake, _daemon(pbx, env, fake) as api:
         phone, call = await _call(pbx, "caller", "1002")
         try:
             await phone.command("record", call=call, wav=str(tmp_path / "heard.wav"))
@@ -194,9 +194,11 @@ async def test_dtmf_as_text_then_end_call_after_the_goodbye(
             await phone.command("dtmf", call=call, digits="12#")
             ended = await phone.expect("call", call=call, state="DISCONNECTED", timeout=20)
             await phone.expect("recorded", call=call)
+            record = await _inbound_record(api)
         finally:
             await phone.close()
         assert ended["code"] == 200
+        assert record["end_cause"] == "end_call"  # ours, though the media ends first
         assert fake.violations == []
         assert fake.errors == []
         session = fake.sessions[0]
@@ -313,7 +315,7 @@ async def test_tools_dtmf_http_and_transfer(
     try:
         await target.register(pbx, "1005")
         await target.command("mode", on_incoming="answer", answer_after_ms=100)
-        async with FakeRealtime("ga", script) as fake, _daemon(pbx, env, fake):
+        async with FakeRealtime("ga", script) as fake, _daemon(pbx, env, fake) as api:
             phone, call = await _call(pbx, "caller", "1004")
             try:
                 digits = [(await phone.expect("dtmf", call=call))["digit"] for _ in "42"]
@@ -328,9 +330,11 @@ async def test_tools_dtmf_http_and_transfer(
                 await asyncio.sleep(2.0)
                 await target.command("hangup", call=incoming["call"])
                 await target.expect("recorded", call=incoming["call"])
+                record = await _inbound_record(api)
             finally:
                 await phone.close()
             session = fake.sessions[0]
+        assert record["end_cause"] == "transferred"
         assert fake.violations == []
         assert fake.errors == []
         assert digits == ["4", "2"]

@@ -18,23 +18,46 @@
 #include <stdint.h>
 #include <string.h>
 
-/* Acquire a C-contiguous buffer whose items are `itemsize` bytes of the struct `format` kind. */
 static int
-get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize, char format,
-           const char *name)
+check_nargs(const char *function, Py_ssize_t nargs, Py_ssize_t expected)
 {
-    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (nargs != expected) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", function, expected,
+                     nargs);
+        return -1;
+    }
+    return 0;
+}
+
+/* One buffer argument of a kernel: its position, and what its items must be. */
+struct buffer_spec {
+    int arg;
+    int writable;
+    char format;          /* struct kind of the items; 0: any items, only the size counts */
+    Py_ssize_t itemsize;
+    const char *name;
+};
+
+/* Acquire a C-contiguous buffer as `spec` describes. */
+static int
+get_buffer(PyObject *obj, Py_buffer *view, const struct buffer_spec *spec)
+{
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (spec->writable ? PyBUF_WRITABLE : 0);
     if (PyObject_GetBuffer(obj, view, flags) < 0) {
         return -1;
+    }
+    if (spec->format == 0) {
+        return 0;
     }
     const char *fmt = view->format ? view->format : "B";
     if (fmt[0] == '<' || fmt[0] == '=' || fmt[0] == '@') {
         fmt++;
     }
-    int kind_ok = fmt[0] == format && fmt[1] == '\0';
-    if (!kind_ok || view->itemsize != itemsize) {
+    int kind_ok = fmt[0] == spec->format && fmt[1] == '\0';
+    if (!kind_ok || view->itemsize != spec->itemsize) {
         PyErr_Format(PyExc_TypeError, "%s: expected items of type '%c' (%zd bytes), got '%s' (%zd)",
-                     name, format, itemsize, view->format ? view->format : "B", view->itemsize);
+                     spec->name, spec->format, spec->itemsize,
+                     view->format ? view->format : "B", view->itemsize);
         PyBuffer_Release(view);
         return -1;
     }
@@ -47,6 +70,19 @@ release(Py_buffer *views, int held)
     for (int i = 0; i < held; i++) {
         PyBuffer_Release(&views[i]);
     }
+}
+
+/* Acquire the `n` buffers of `specs` into `views`; on failure none stays held. */
+static int
+get_buffers(PyObject *const *args, const struct buffer_spec *specs, int n, Py_buffer *views)
+{
+    for (int i = 0; i < n; i++) {
+        if (get_buffer(args[specs[i].arg], &views[i], &specs[i]) < 0) {
+            release(views, i);
+            return -1;
+        }
+    }
+    return 0;
 }
 
 static inline int16_t
@@ -153,8 +189,7 @@ static PyObject *
 fir(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 6) {
-        PyErr_Format(PyExc_TypeError, "fir() takes 6 arguments (%zd given)", nargs);
+    if (check_nargs("fir", nargs, 6) < 0) {
         return NULL;
     }
     Py_ssize_t up = PyLong_AsSsize_t(args[2]);
@@ -167,21 +202,16 @@ fir(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "fir(): up and down must be >= 1, position >= 0");
         return NULL;
     }
+    static const struct buffer_spec specs[3] = {
+        {0, 0, 'd', sizeof(double), "samples"},
+        {1, 0, 'd', sizeof(double), "phases"},
+        {5, 1, 'h', sizeof(int16_t), "out"},
+    };
     Py_buffer views[3];
-    int held = 0;
+    if (get_buffers(args, specs, 3, views) < 0) {
+        return NULL;
+    }
     PyObject *result = NULL;
-    if (get_buffer(args[0], &views[0], 0, sizeof(double), 'd', "samples") < 0) {
-        goto done;
-    }
-    held = 1;
-    if (get_buffer(args[1], &views[1], 0, sizeof(double), 'd', "phases") < 0) {
-        goto done;
-    }
-    held = 2;
-    if (get_buffer(args[5], &views[2], 1, sizeof(int16_t), 'h', "out") < 0) {
-        goto done;
-    }
-    held = 3;
     Py_ssize_t n_samples = views[0].len / (Py_ssize_t)sizeof(double);
     Py_ssize_t n_coefficients = views[1].len / (Py_ssize_t)sizeof(double);
     Py_ssize_t count = views[2].len / (Py_ssize_t)sizeof(int16_t);
@@ -229,7 +259,7 @@ fir(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     result = Py_NewRef(Py_None);
 done:
-    release(views, held);
+    release(views, 3);
     return result;
 }
 
@@ -241,25 +271,16 @@ static PyObject *
 decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 3) {
-        PyErr_Format(PyExc_TypeError, "decode() takes 3 arguments (%zd given)", nargs);
+    static const struct buffer_spec specs[3] = {
+        {0, 0, 'h', sizeof(int16_t), "table"},
+        {1, 0, 'B', 1, "codes"},
+        {2, 1, 'h', sizeof(int16_t), "out"},
+    };
+    Py_buffer views[3];
+    if (check_nargs("decode", nargs, 3) < 0 || get_buffers(args, specs, 3, views) < 0) {
         return NULL;
     }
-    Py_buffer views[3];
-    int held = 0;
     PyObject *result = NULL;
-    if (get_buffer(args[0], &views[0], 0, sizeof(int16_t), 'h', "table") < 0) {
-        goto done;
-    }
-    held = 1;
-    if (get_buffer(args[1], &views[1], 0, 1, 'B', "codes") < 0) {
-        goto done;
-    }
-    held = 2;
-    if (get_buffer(args[2], &views[2], 1, sizeof(int16_t), 'h', "out") < 0) {
-        goto done;
-    }
-    held = 3;
     Py_ssize_t count = views[2].len / (Py_ssize_t)sizeof(int16_t);
     if (views[0].len != 256 * (Py_ssize_t)sizeof(int16_t) || views[1].len != count) {
         PyErr_Format(PyExc_ValueError,
@@ -275,7 +296,7 @@ decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     result = Py_NewRef(Py_None);
 done:
-    release(views, held);
+    release(views, 3);
     return result;
 }
 
@@ -288,26 +309,17 @@ static PyObject *
 encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 3) {
-        PyErr_Format(PyExc_TypeError, "encode() takes 3 arguments (%zd given)", nargs);
+    /* The samples may be an int16 array or raw bytes in native order: only their size counts. */
+    static const struct buffer_spec specs[3] = {
+        {0, 0, 'B', 1, "table"},
+        {1, 0, 0, 0, "samples"},
+        {2, 1, 'B', 1, "out"},
+    };
+    Py_buffer views[3];
+    if (check_nargs("encode", nargs, 3) < 0 || get_buffers(args, specs, 3, views) < 0) {
         return NULL;
     }
-    Py_buffer views[3];
-    int held = 0;
     PyObject *result = NULL;
-    /* The samples may be an int16 array or raw bytes in native order: only their size counts. */
-    if (get_buffer(args[0], &views[0], 0, 1, 'B', "table") < 0) {
-        goto done;
-    }
-    held = 1;
-    if (PyObject_GetBuffer(args[1], &views[1], PyBUF_C_CONTIGUOUS) < 0) {
-        goto done;
-    }
-    held = 2;
-    if (get_buffer(args[2], &views[2], 1, 1, 'B', "out") < 0) {
-        goto done;
-    }
-    held = 3;
     Py_ssize_t count = views[2].len;
     if (views[0].len != 65536 || views[1].len != 2 * count) {
         PyErr_Format(PyExc_ValueError,
@@ -326,7 +338,7 @@ encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     result = Py_NewRef(Py_None);
 done:
-    release(views, held);
+    release(views, 3);
     return result;
 }
 

@@ -34,14 +34,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import signal
 
-try:
-    from media import _kernels
-except ImportError as error:  # pragma: no cover - a broken install, not a code path
-    raise ImportError(
-        "media._kernels (the compiled media kernels) is not built: reinstall the package "
-        "with `pip install -e .` or `make`, which needs gcc and the Python headers "
-        "(Debian: apt-get install gcc python3-dev)"
-    ) from error
+from media import _kernels
 
 SUPPORTED_RATES = (8000, 16000, 22050, 24000, 48000)
 PASSBAND_EDGE = 0.9  # fraction of the lower Nyquist frequency kept flat

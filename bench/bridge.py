@@ -24,7 +24,8 @@ A fourth run, ``barge_in``, has the fake start a 5 s reply on each call and send
 from the event's arrival to the playout buffer's flush carried out by the media clock (the
 caller hears silence from the next frame on); p50/max over the calls.
 
-Run: .venv/bin/python -m bench.bridge   (needs sipp and kamailio). Prints one JSON object.
+Run: .venv/bin/python -m bench.bridge   (needs sipp and kamailio). Prints one JSON object on
+stdout, logs on stderr.
 """
 
 from __future__ import annotations
@@ -44,11 +45,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import websockets
 
-from bench.calls import PCAP, ROOT, _cpu_seconds, _fake_model, _free_port, _health
+from bench.calls import PCAP, ROOT, _cpu_seconds, _fake_model, _free_port, _health, scenario
+from bench.report import emit
 
 CALLS = 4
+SPEECH_SECONDS = 7.0
 ECHO_EVERY = 20  # appends of 20 ms: an item every 400 ms...
 ECHO_SAID = 15  # ...carrying the first 300 ms of them
 
@@ -138,7 +142,10 @@ async def run(mode: str) -> dict[str, Any]:
         handler = {"reference": _fake_model, "barge_in": _barge_in_realtime}.get(
             mode, _echo_realtime
         )
-        async with websockets.serve(handler, "127.0.0.1", 0, compression=None) as model:
+        async with (
+            httpx.AsyncClient() as client,
+            websockets.serve(handler, "127.0.0.1", 0, compression=None) as model,
+        ):
             model_port = next(iter(model.sockets)).getsockname()[1]
             fmt = "pcm24" if mode == "pcm24" else "pcmu"
             env = {
@@ -175,13 +182,13 @@ async def run(mode: str) -> dict[str, Any]:
                     sys.executable, *command, env=env, cwd=ROOT, stdout=log_file
                 )
                 try:
-                    health = await _health(api_port, 1)
+                    health = await _health(client, api_port, 1)
                     pids = [daemon.pid, *(w["pid"] for w in health["workers"])]
                     caller = await asyncio.create_subprocess_exec(
                         "sipp",
                         f"127.0.0.1:{sip_port}",
                         "-sf",
-                        str(ROOT / "bench" / "scenarios" / "uac_pcma.xml"),
+                        str(scenario(directory, SPEECH_SECONDS)),
                         "-s",
                         "1000",
                         "-i",
@@ -206,7 +213,7 @@ async def run(mode: str) -> dict[str, Any]:
                         stderr=asyncio.subprocess.DEVNULL,
                     )
                     await asyncio.sleep(2.0)
-                    up = (await _health(api_port, 1))["active_calls"]
+                    up = (await _health(client, api_port, 1))["active_calls"]
                     cpu_before = sum(_cpu_seconds(pid) for pid in pids)
                     window_start = time.monotonic()
                     await asyncio.sleep(4.0)
@@ -271,9 +278,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.serve_reference:
         return _serve_reference()
-    json.dump(asyncio.run(_main()), sys.stdout, indent=2)
-    print()
-    return 0
+    return emit(lambda: asyncio.run(_main()))
 
 
 if __name__ == "__main__":

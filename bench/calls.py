@@ -1,21 +1,40 @@
-"""Concurrent calls on this machine: knee, CPU per call and RSS per worker.
+"""Concurrent calls on this machine: knee, CPU per call, RSS and PSS per worker.
 
-For 1, 2, 4, 8, 12 and 16 SIP workers the daemon (supervisor + worker processes, direct SIP mode)
-takes 4 calls per worker at once from SIPp, which plays 7 s of recorded G.711 speech as RTP
-into each call. Every call is bridged with mu-law passthrough to a fake model on loopback (a
-WebSocket server in this process that sends each frame straight back), and the model's audio
-is played out to the caller. Per level it reports:
+For each level of ``--calls`` (default 4, 8, 16, 32, 48 and 64) the daemon (supervisor + one SIP
+worker per 4 calls, direct SIP mode) takes that many calls at once from SIPp, which plays
+``--seconds`` (default 7) of recorded G.711 speech as RTP into each call (the 7 s recording
+shipped with SIPp, played again as often as the duration needs). Every call is bridged with
+mu-law passthrough to a fake model on loopback (a WebSocket server in this process that sends
+each frame straight back), and the model's audio is played out to the caller. Per level it
+reports:
 
-- calls completed, and the share of 20 ms frames that were late (> 60 ms behind the call's
-  clock when they reached the event loop) or missing, and playout underruns;
-- CPU of the supervisor and the workers over a window with every call up, per call, in % of
-  one core; RSS per worker process.
+- calls up and completed; 20 ms frames that were late (> 60 ms behind the call's clock when
+  they reached the event loop) or missing;
+- playout underruns (silent frames while the echo was streaming), split in two: start-up
+  underruns, in the first 500 ms after a call's first echoed audio was queued for playout
+  (``bench.policies.STARTUP_MS``; the echo's first frames arrive just in time, with nothing
+  queued behind them, and the buffer then keeps a frame ahead), and steady-state underruns,
+  every one after that;
+- ``clean``: every call up in the CPU window and completed, every SIPp exit code 0, and late +
+  missing frames + steady-state underruns <= 0.5 % of the expected frames (start-up
+  underruns do not count);
+- CPU of the supervisor and the workers over a window with every call up (from 2 s after the
+  calls start to 1 s before the first ends), per call, in % of one core;
+- memory per process: RSS (every resident page the process maps, shared ones included, so
+  RSS summed over processes counts the shared libraries once per process) and PSS
+  (proportional set size from /proc/PID/smaps_rollup: each shared page divided among the
+  processes that map it, so PSS sums to what the daemon really costs), per worker and for the
+  supervisor, and the PSS total of the daemon.
 
-The knee is the first level with late/missing frames or underruns above 0.5 %. SIPp and the
-fake model run on the same two cores and are not counted in the CPU figures.
+The knee is the largest level at which that level and every smaller one measured is clean.
+SIPp and the fake model run on the same cores and are not counted in the CPU figures.
 
-Run: .venv/bin/python -m bench.calls [--workers 1 2 4 8 12 16]   (needs sipp: apt-get install
-sip-tester). Prints one JSON object.
+Needs sipp (apt-get install sip-tester). Prints one JSON object on stdout, logs on stderr.
+The full sweep, on an otherwise idle machine (about 2 minutes):
+
+    .venv/bin/python -m bench.calls --calls 4 8 16 32 48 64 --seconds 7 > calls.json
+
+A short check of the script itself: ``.venv/bin/python -m bench.calls --calls 4 --seconds 4``.
 """
 
 from __future__ import annotations
@@ -37,10 +56,16 @@ from typing import Any
 import httpx
 import websockets
 
+from bench.capacity import KNEE_SHARE, STARTUP_MS, is_clean, knee
+from bench.report import emit
+
 ROOT = Path(__file__).resolve().parent.parent
 PCAP = Path("/usr/share/sip-tester/g711a.pcap")
+PCAP_MS = 7050  # the recording's length (236 RTP packets of 30 ms)
+TAIL_MS = 500  # after the speech, before BYE: the echo of the last frames is played
 CALLS_PER_WORKER = 4
-KNEE_SHARE = 0.005
+WARM_UP_SECONDS = 2.0  # calls answered and streaming before the CPU window opens
+MIN_SECONDS = 4.0
 
 
 def _free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -61,6 +86,29 @@ def _rss_mib(pid: int) -> float:
     return 0.0
 
 
+def _pss_mib(pid: int) -> float:
+    """Proportional set size: each shared page counted once, split among its processes."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def scenario(directory: Path, seconds: float) -> Path:
+    """The SIPp caller with ``seconds`` of speech: the recording played as often as needed."""
+    template = (ROOT / "bench" / "scenarios" / "uac_pcma.xml").read_text()
+    play = '<nop><action><exec play_pcap_audio="g711a.pcap"/></action></nop>'
+    steps = []
+    left = round(seconds * 1000)
+    while left > 0:
+        steps += [play, f'<pause milliseconds="{min(left, PCAP_MS)}"/>']
+        left -= PCAP_MS
+    steps.append(f'<pause milliseconds="{TAIL_MS}"/>')
+    path = directory / "uac_pcma.xml"
+    path.write_text(template.replace("<!-- speech -->", "\n  ".join(steps)))
+    return path
+
+
 async def _fake_model(connection: Any) -> None:
     """Send every frame straight back, until the call's side closes."""
     with contextlib.suppress(websockets.ConnectionClosed):
@@ -68,8 +116,10 @@ async def _fake_model(connection: Any) -> None:
             await connection.send(message)
 
 
-async def _health(port: int, workers: int) -> dict[str, Any]:
-    async with httpx.AsyncClient() as client, asyncio.timeout(60):
+async def _health(client: httpx.AsyncClient, port: int, workers: int) -> dict[str, Any]:
+    """/health once every worker is up. ``client`` is made before the calls start: making one
+    blocks the event loop for 15-30 ms (TLS context), and the fake model shares that loop."""
+    async with asyncio.timeout(60):
         while True:
             try:
                 body: dict[str, Any] = (await client.get(f"http://127.0.0.1:{port}/health")).json()
@@ -80,15 +130,20 @@ async def _health(port: int, workers: int) -> dict[str, Any]:
             await asyncio.sleep(0.2)
 
 
-async def run_level(workers: int) -> dict[str, Any]:
-    calls = workers * CALLS_PER_WORKER
+async def run_level(calls: int, seconds: float) -> dict[str, Any]:
+    workers = -(-calls // CALLS_PER_WORKER)
+    per_worker = [min(CALLS_PER_WORKER, calls - CALLS_PER_WORKER * i) for i in range(workers)]
     with tempfile.TemporaryDirectory(prefix="sipai-bench-") as tmp:
         directory = Path(tmp)
         (directory / "g711a.pcap").symlink_to(PCAP)
+        caller = scenario(directory, seconds)
         results = directory / "results.jsonl"
         sip_port = _free_port(socket.SOCK_DGRAM)
         api_port = _free_port()
-        async with websockets.serve(_fake_model, "127.0.0.1", 0, compression=None) as model:
+        async with (
+            httpx.AsyncClient() as client,
+            websockets.serve(_fake_model, "127.0.0.1", 0, compression=None) as model,
+        ):
             model_port = next(iter(model.sockets)).getsockname()[1]
             env = {
                 **os.environ,
@@ -113,14 +168,14 @@ async def run_level(workers: int) -> dict[str, Any]:
                 stdout=asyncio.subprocess.DEVNULL,
             )
             try:
-                health = await _health(api_port, workers)
+                health = await _health(client, api_port, workers)
                 pids = [daemon.pid, *(w["pid"] for w in health["workers"])]
                 callers = [
                     await asyncio.create_subprocess_exec(
                         "sipp",
                         f"127.0.0.1:{sip_port + i}",
                         "-sf",
-                        str(ROOT / "bench" / "scenarios" / "uac_pcma.xml"),
+                        str(caller),
                         "-s",
                         "1000",
                         "-i",
@@ -132,29 +187,31 @@ async def run_level(workers: int) -> dict[str, Any]:
                         "-mp",
                         str(40000 + 20 * i),
                         "-m",
-                        str(CALLS_PER_WORKER),
+                        str(n),
                         "-l",
-                        str(CALLS_PER_WORKER),
+                        str(n),
                         "-r",
-                        str(CALLS_PER_WORKER),
+                        str(n),
                         "-nostdin",
                         "-timeout",
-                        "60s",
+                        f"{round(seconds) + 60}s",
                         cwd=directory,
                         stdout=asyncio.subprocess.DEVNULL,
                         stderr=asyncio.subprocess.DEVNULL,
                     )
-                    for i in range(workers)
+                    for i, n in enumerate(per_worker)
                 ]
-                await asyncio.sleep(2.0)  # every call answered and streaming
-                up = (await _health(api_port, workers))["active_calls"]
+                await asyncio.sleep(WARM_UP_SECONDS)  # every call answered and streaming
+                up = (await _health(client, api_port, workers))["active_calls"]
                 cpu_before = sum(_cpu_seconds(pid) for pid in pids)
                 window_start = time.monotonic()
-                await asyncio.sleep(4.0)
+                await asyncio.sleep(seconds - WARM_UP_SECONDS - 1.0)
                 window = time.monotonic() - window_start
                 cpu = sum(_cpu_seconds(pid) for pid in pids) - cpu_before
                 rss = [round(_rss_mib(pid), 1) for pid in pids[1:]]
+                pss = [round(_pss_mib(pid), 1) for pid in pids[1:]]
                 supervisor_rss = round(_rss_mib(pids[0]), 1)
+                supervisor_pss = round(_pss_mib(pids[0]), 1)
                 codes = [await c.wait() for c in callers]
             finally:
                 daemon.send_signal(signal.SIGTERM)
@@ -165,9 +222,10 @@ async def run_level(workers: int) -> dict[str, Any]:
     expected = sum(r["expected_frames"] for r in rows)
     late = sum(r["late_frames"] for r in rows)
     missing = max(0, expected - frames)
-    underruns = sum(r["underruns"] for r in rows)
-    bad = (late + missing + underruns) / max(1, expected)
-    return {
+    startup = sum(r["startup_underruns"] for r in rows)
+    steady = sum(r["steady_underruns"] for r in rows)
+    bad = (late + missing + steady) / max(1, expected)
+    level: dict[str, Any] = {
         "workers": workers,
         "concurrent_calls": calls,
         "calls_up_in_window": up,
@@ -176,13 +234,19 @@ async def run_level(workers: int) -> dict[str, Any]:
         "frames": frames,
         "late_frames": late,
         "missing_frames": missing,
-        "playout_underruns": underruns,
+        "playout_underruns_startup": startup,
+        "playout_underruns_steady": steady,
         "bad_frame_share": round(bad, 4),
         "cpu_percent_of_one_core": round(100 * cpu / window, 1),
         "cpu_percent_per_call": round(100 * cpu / window / max(1, up), 2),
         "rss_mib_per_worker": rss,
+        "pss_mib_per_worker": pss,
         "rss_mib_supervisor": supervisor_rss,
+        "pss_mib_supervisor": supervisor_pss,
+        "pss_mib_daemon": round(supervisor_pss + sum(pss), 1),
     }
+    level["clean"] = is_clean(level)
+    return level
 
 
 def _serve() -> int:
@@ -196,31 +260,55 @@ def _serve() -> int:
     return asyncio.run(Supervisor(loaded, inbound_policy=policy).run())
 
 
-async def _main(levels: list[int]) -> dict[str, Any]:
+async def _main(levels: list[int], seconds: float) -> dict[str, Any]:
     assert shutil.which("sipp"), "sipp is missing: apt-get install sip-tester"
     assert PCAP.exists(), f"{PCAP} is missing (package sip-tester)"
-    runs = [await run_level(w) for w in levels]
-    knee = next((r["concurrent_calls"] for r in runs if r["bad_frame_share"] > KNEE_SHARE), None)
+    runs = [await run_level(calls, seconds) for calls in sorted(set(levels))]
     return {
         "benchmark": "concurrent_calls",
         "cpu_count": os.cpu_count(),
-        "mode": "mu-law passthrough to a loopback echo model, 7 s speech per call",
+        "mode": f"mu-law passthrough to a loopback echo model, {seconds:g} s speech per call",
+        "call_seconds": seconds,
         "levels": runs,
-        "knee_concurrent_calls": knee,
-        "knee_rule": f"first level with late+missing+underrun frames > {KNEE_SHARE:.1%}",
+        "knee_concurrent_calls": knee(runs),
+        "knee_rule": "largest level that is clean, with every smaller level clean too",
+        "clean_rule": (
+            "every call up and completed, SIPp exit 0, and late + missing frames + steady-state"
+            f" underruns <= {KNEE_SHARE:.1%} of the expected frames"
+        ),
+        "startup_rule": (
+            f"underruns in the first {STARTUP_MS:g} ms after a call's first echoed audio was"
+            " queued for playout are start-up underruns (not counted against clean); every"
+            " later one is a steady-state underrun"
+        ),
+        "pss_rule": "PSS from /proc/PID/smaps_rollup: shared pages split among their processes",
     }
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if value < MIN_SECONDS:
+        raise argparse.ArgumentTypeError(f"at least {MIN_SECONDS:g} s (the CPU window needs it)")
+    return value
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--workers", type=int, nargs="*", default=[1, 2, 4, 8, 12, 16])
+    parser = argparse.ArgumentParser(description="Concurrent calls: knee, CPU, RSS and PSS.")
+    parser.add_argument(
+        "--calls",
+        type=int,
+        nargs="+",
+        default=[4, 8, 16, 32, 48, 64],
+        help="levels: concurrent calls (one worker per 4 calls)",
+    )
+    parser.add_argument(
+        "--seconds", type=_seconds, default=7.0, help="speech per call, at least 4 s"
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         return _serve()
-    json.dump(asyncio.run(_main(args.workers)), sys.stdout, indent=2)
-    print()
-    return 0
+    return emit(lambda: asyncio.run(_main(args.calls, args.seconds)))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ time, then silence, as a phone call would. Per turn:
 - ``stt_ms`` and ``tts_ms``: Whisper on the turn and Piper on the reply's first sentence, as
   the engine measured them (``engine.turn`` log); ``vad_ms`` is the configured silence window.
 
-Run: .venv/bin/python -m bench.engine [--turns 10]. Prints one JSON object.
+Run: .venv/bin/python -m bench.engine [--turns 10]. Prints one JSON object on stdout; the
+engine's log lines go to stderr.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 import websockets
 
+from bench.report import emit
 from media import g711
 from media.resample import resample
 from tests.integration.test_engine import TOKEN, EngineServer
@@ -130,9 +132,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--turns", type=int, default=10)
     args = parser.parse_args()
-    json.dump(asyncio.run(_main(args.turns)), sys.stdout, indent=2)
-    print()
-    return 0
+    return emit(lambda: asyncio.run(_main(args.turns)))
 
 
 if __name__ == "__main__":

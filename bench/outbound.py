@@ -13,14 +13,14 @@ choice calls:
 plus Piper's and Whisper's real-time factors and the choice accuracy over the test
 utterances, synthesised with Piper, passed through G.711 mu-law at 8 kHz and transcribed.
 
-Run: .venv/bin/python -m bench.outbound [--calls 3]   (needs kamailio and the speech models)
+Run: .venv/bin/python -m bench.outbound [--calls 3]   (needs kamailio and the speech models).
+Prints one JSON object on stdout, logs on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import socket
 import statistics
@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from bench.report import emit
 from daemon.calls.choice import ChoiceMatcher, Option
 from daemon.speech import SpeechToText
 from daemon.speech.local import PiperSynthesizer, WhisperTranscriber
@@ -202,5 +203,4 @@ if __name__ == "__main__":
     parser.add_argument("--calls", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3, help="passes over the utterances")
     args = parser.parse_args()
-    json.dump(asyncio.run(main(args.calls, args.repeats)), sys.stdout, indent=2)
-    print()
+    sys.exit(emit(lambda: asyncio.run(main(args.calls, args.repeats))))

@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP_RUN  := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 
-.PHONY: run test lint typecheck unit format bench clean system-deps system-deps-test
+.PHONY: run test lint typecheck unit format bench clean system-deps system-deps-test python-check
 
 # Debian packages, as "command-or-python-module:package". Installed with apt-get when missing
 # and make runs as root; otherwise make stops and names them.
@@ -40,7 +40,35 @@ define ensure_debs
 	fi
 endef
 
-system-deps:
+# The pjsua2-python wheels exist only for CPython on these machines and for the Python versions
+# of requires-python in pyproject.toml: with any other $(PYTHON), stop with that reason before
+# the virtual environment is made, instead of failing in pip's resolver.
+PYTHON_MACHINES := x86_64
+define PYTHON_CHECK
+import operator, platform, re, sys
+spec = re.search(r"^requires-python *= *\x22([^\x22]+)", open("pyproject.toml").read(), re.M).group(1)
+clauses = [re.match(r" *([<>=!]=?) *([0-9.]+)", c).groups() for c in spec.split(",")]
+ops = {"<": operator.lt, "<=": operator.le, ">": operator.gt}
+ops.update({">=": operator.ge, "==": operator.eq, "!=": operator.ne})
+have = lambda want: tuple(sys.version_info[: len(want.split("."))])
+ok = all(ops[op](have(want), tuple(map(int, want.split(".")))) for op, want in clauses)
+machines, machine = "$(PYTHON_MACHINES)".split(), platform.machine()
+kind, version = platform.python_implementation(), platform.python_version()
+ok = ok and kind == "CPython" and machine in machines
+need = "sipai needs CPython %s on %s (pjsua2-python has wheels for those only)" % (spec, "/".join(machines))
+print("" if ok else "%s; %s is %s %s on %s" % (need, "$(PYTHON)", kind, version, machine))
+endef
+define newline
+
+
+endef
+# Empty on a supported interpreter, else the reason (one line); expanded when python-check runs.
+python_problem = $(shell { $(PYTHON) -c '$(subst $(newline),; ,$(PYTHON_CHECK))'; } 2>&1 || echo "$(PYTHON) does not run")
+
+python-check:
+	$(if $(python_problem),$(error $(python_problem)))
+
+system-deps: python-check
 	$(call ensure_debs,$(DEPS_RUN))
 
 system-deps-test: system-deps

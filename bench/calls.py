@@ -30,7 +30,7 @@ The knee is the largest level at which that level and every smaller one measured
 SIPp and the fake model run on the same cores and are not counted in the CPU figures.
 
 Needs sipp (apt-get install sip-tester). Prints one JSON object on stdout, logs on stderr.
-The full sweep, on an otherwise idle machine (about 2 minutes):
+The full sweep, on an otherwise idle machine (a few minutes):
 
     .venv/bin/python -m bench.calls --calls 4 8 16 32 48 64 --seconds 7 > calls.json
 

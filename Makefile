@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP_RUN  := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 
-.PHONY: run test lint typecheck unit format bench clean system-deps system-deps-test python-check
+.PHONY: run test lint typecheck unit format bench clean system-deps system-deps-test
 
 # Debian packages, as "command-or-python-module:package". Installed with apt-get when missing
 # and make runs as root; otherwise make stops and names them.
@@ -65,6 +65,7 @@ endef
 # Empty on a supported interpreter, else the reason (one line); expanded when python-check runs.
 python_problem = $(shell { $(PYTHON) -c '$(subst $(newline),; ,$(PYTHON_CHECK))'; } 2>&1 || echo "$(PYTHON) does not run")
 
+.PHONY: python-check
 python-check:
 	$(if $(python_problem),$(error $(python_problem)))
 

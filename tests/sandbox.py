@@ -19,6 +19,7 @@ PR_SET_MDWE = 65
 PR_GET_MDWE = 66
 PR_MDWE_REFUSE_EXEC_GAIN = 1
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "sipai.service"
+USAGE = "usage: python -m tests.sandbox [--deny-write-execute] -- COMMAND..."
 TRUE = frozenset({"yes", "true", "on", "1"})
 
 
@@ -51,7 +52,7 @@ def write_execute_denied() -> bool:
 
 def main(argv: list[str]) -> int:
     if "--" not in argv:
-        print("usage: python -m tests.sandbox [--deny-write-execute] -- COMMAND...", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
     split = argv.index("--")
     options, command = argv[:split], argv[split + 1 :]
@@ -61,7 +62,8 @@ def main(argv: list[str]) -> int:
         return 2
     if "--deny-write-execute" in options:
         deny_write_execute()
-    os.execvp(command[0], command)
+    os.execvp(command[0], command)  # does not return
+    return 127
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ class Engine:
     token: str = ""
     # The latest caller turns' timings (turn end -> first audio, Whisper, first sentence).
     turns: deque[dict[str, float]] = field(default_factory=lambda: deque(maxlen=1000))
+    # A session's failure for the call's record: (who asked: X-Sipai-Call, the error).
+    on_error: Callable[[str, str], None] | None = None
 
     async def serve(self, websocket: WebSocket) -> None:
         if self.token and not self._authorised(websocket):
@@ -50,6 +52,9 @@ class Engine:
 
         session = EngineSession(send, self.tts, self.stt, self.brain(caller), beta=beta)
         session.on_turn = self.turns.append
+        on_error = self.on_error
+        if on_error is not None:
+            session.on_error = lambda error: on_error(caller, error)
         log.info("engine.session_open", session=session.id, beta=beta, call=caller or None)
         try:
             await session.start()

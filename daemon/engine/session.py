@@ -7,6 +7,11 @@ sentence at a time so the first audio leaves before the whole reply is synthesis
 turn or ``response.cancel`` cancels the reply in progress, synthesis included. Bad events get
 an ``error`` event; the connection stays up.
 
+A turn that cannot be transcribed is never met with silence: the client gets
+``conversation.item.input_audio_transcription.failed``, the caller hears a spoken apology
+(after :data:`MAX_STT_FAILURES` in a row, a goodbye and ``end_call``), and ``on_error`` reports
+it for the call's record.
+
 Events are written in the GA shape; with ``beta`` the names and session shape of the beta
 protocol are used instead.
 """
@@ -19,7 +24,7 @@ import itertools
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +45,11 @@ Send = Callable[[Json], Awaitable[None]]
 VAD_RATE = 16000
 CHUNK_MS = 100  # audio deltas carry this much audio each
 SENTENCE = re.compile(r"(?<=[.!?])\s+")
+MAX_STT_FAILURES = 2  # caller turns in a row that could not be transcribed: then end the call
+APOLOGY = "Sorry, I could not hear that. Please say it again."
+GOODBYE = (
+    "Sorry, I cannot hear you because of a technical problem. Please call again later. Goodbye."
+)
 _ids = itertools.count(1)
 
 
@@ -97,6 +107,8 @@ class EngineSession:
         self.closed = False
         self._timing: dict[str, float] | None = None  # the caller turn being answered
         self.on_turn: Callable[[dict[str, float]], None] | None = None
+        self.on_error: Callable[[str], None] | None = None  # a failure for the call's record
+        self._stt_failures = 0  # caller turns in a row whose transcription failed
 
     # -- the connection -------------------------------------------------------------------
 
@@ -342,11 +354,20 @@ class EngineSession:
         )
         task = asyncio.create_task(self._transcribe(turn, audio, respond))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        _retrieve(task)
 
     async def _transcribe(self, turn: Turn, audio: NDArray[np.int16], respond: bool) -> None:
         started = time.monotonic()
-        text = (await self.stt.transcribe(audio, VAD_RATE)).strip()
+        try:
+            text = (await self.stt.transcribe(audio, VAD_RATE)).strip()
+        except Exception as exc:  # the caller hears an apology, the client an event
+            await self._transcription_failed(turn, exc, respond)
+            return
+        self._stt_failures = 0
         self._timing = {"turn_end": started, "stt_ms": (time.monotonic() - started) * 1000}
         turn.text = text
         await self._send(
@@ -360,6 +381,38 @@ class EngineSession:
         )
         if respond:
             await self._start_response("")
+
+    async def _transcription_failed(self, turn: Turn, exc: Exception, respond: bool) -> None:
+        self._stt_failures += 1
+        message = str(exc) or repr(exc)
+        log.error(
+            "engine.transcription_failed",
+            session=self.id,
+            item_id=turn.item_id,
+            failures=self._stt_failures,
+            error=repr(exc),
+        )
+        if self.on_error is not None:
+            self.on_error(f"speech recognition failed: {message}")
+        await self._send(
+            {
+                "type": "conversation.item.input_audio_transcription.failed",
+                "item_id": turn.item_id,
+                "content_index": 0,
+                "error": {
+                    "type": "transcription_error",
+                    "code": "transcription_failed",
+                    "message": message,
+                    "param": None,
+                },
+            }
+        )
+        if not respond:
+            return  # the client asked for no reply: it decides what to say
+        if self._stt_failures >= MAX_STT_FAILURES:
+            await self._start_response("", (GOODBYE, BrainCall("end_call")))
+        else:
+            await self._start_response("", (APOLOGY,))
 
     async def _clear(self, event: Json) -> None:
         self._buffer = []
@@ -441,17 +494,23 @@ class EngineSession:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    async def _start_response(self, instructions: str) -> None:
+    async def _start_response(
+        self, instructions: str, script: Sequence[str | BrainCall] | None = None
+    ) -> None:
+        """Reply: the brain's words, or ``script``'s when the engine itself must speak."""
         await self._cancel_response()
-        task = asyncio.create_task(self._respond(instructions))
+        task = asyncio.create_task(self._respond(instructions, script))
         self._response = task
         task.add_done_callback(self._response_finished)
 
     def _response_finished(self, task: asyncio.Task[None]) -> None:
         if self._response is task:
             self._response = None
+        _retrieve(task)
 
-    async def _respond(self, instructions: str) -> None:
+    async def _respond(
+        self, instructions: str, script: Sequence[str | BrainCall] | None = None
+    ) -> None:
         response_id = _id("resp")
         output: list[Json] = []
         await self._send(
@@ -467,8 +526,12 @@ class EngineSession:
         )
         status = "completed"
         try:
-            reply = self.brain.reply(
-                self.conversation, self.settings.instructions, instructions, self.settings.tools
+            reply = (
+                _scripted(script)
+                if script is not None
+                else self.brain.reply(
+                    self.conversation, self.settings.instructions, instructions, self.settings.tools
+                )
             )
             speech: _Speech | None = None
             async for part in reply:
@@ -572,6 +635,17 @@ _BETA_NAMES = {
     "response.output_audio_transcript.delta": "response.audio_transcript.delta",
     "response.output_audio_transcript.done": "response.audio_transcript.done",
 }
+
+
+async def _scripted(parts: Sequence[str | BrainCall]) -> AsyncIterator[str | BrainCall]:
+    for part in parts:
+        yield part
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Log what a finished task raised, so no exception of a session goes unretrieved."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("engine.task_failed", task=task.get_name(), error=repr(exc))
 
 
 def _to_8k(pcm24k: NDArray[np.int16]) -> NDArray[np.int16]:

@@ -24,7 +24,8 @@ from tests.sandbox import write_execute_denied
 
 def probe() -> dict[str, Any]:
     try:
-        mapping = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+        writable_executable = mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC
+        mapping = mmap.mmap(-1, mmap.PAGESIZE, prot=writable_executable)
     except OSError as exc:
         return {"mdwe": write_execute_denied(), "wx_mapping": "refused", "errno": exc.errno}
     mapping.close()

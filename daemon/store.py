@@ -82,6 +82,29 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE inbound_calls ADD COLUMN message TEXT;
     """,
+    # The outbox also carries inbound calls' webhooks (inbound.message): its call_id names a
+    # row of calls or of inbound_calls, so it loses its reference to calls (rebuilt, as SQLite
+    # requires, with foreign keys off during the migration).
+    """
+    CREATE TABLE outbox_new (
+        webhook_id TEXT PRIMARY KEY,
+        call_id TEXT,
+        url TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        state TEXT NOT NULL,
+        next_attempt_at REAL,
+        attempts INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO outbox_new (webhook_id, call_id, url, body, created_at, state,
+        next_attempt_at, attempts)
+        SELECT webhook_id, call_id, url, body, created_at, state, next_attempt_at, attempts
+        FROM outbox;
+    DROP TABLE outbox;
+    ALTER TABLE outbox_new RENAME TO outbox;
+    CREATE INDEX outbox_due ON outbox(state, next_attempt_at);
+    CREATE INDEX outbox_by_call ON outbox(call_id, created_at);
+    """,
 )
 
 FINAL_STATUSES = frozenset({"completed", "no_answer", "failed", "busy"})
@@ -95,7 +118,7 @@ class DuplicateCallId(Exception):
 @dataclass(frozen=True)
 class Webhook:
     webhook_id: str
-    call_id: str
+    call_id: str | None  # an outbound or inbound call; None: an engine session of no call
     url: str
     body: str  # the exact JSON sent (and signed), the same on every attempt
     attempts: int
@@ -126,7 +149,7 @@ class Store:
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA foreign_keys=ON")
+        db.execute("PRAGMA foreign_keys=OFF")  # while migrating (no-op inside a transaction)
         db.execute("PRAGMA busy_timeout=5000")
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > len(MIGRATIONS):
@@ -138,8 +161,13 @@ class Store:
             db.execute("BEGIN IMMEDIATE")
             for statement in filter(str.strip, script.split(";")):
                 db.execute(statement)
+            broken = db.execute("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                db.execute("ROLLBACK")
+                raise RuntimeError(f"{self.path}: migration {number} breaks references: {broken}")
             db.execute(f"PRAGMA user_version = {number}")
             db.execute("COMMIT")
+        db.execute("PRAGMA foreign_keys=ON")
         self._db = db
 
     async def close(self) -> None:
@@ -238,32 +266,7 @@ class Store:
             if row is None:
                 return None
             record = _call_record(row)
-            webhooks = []
-            for hook in db.execute(
-                "SELECT * FROM outbox WHERE call_id = ? ORDER BY created_at", (call_id,)
-            ):
-                attempts = [
-                    {
-                        "at": a["started_at"],
-                        "status_code": a["status_code"],
-                        "error": a["error"],
-                        "duration_ms": a["duration_ms"],
-                    }
-                    for a in db.execute(
-                        "SELECT * FROM attempts WHERE webhook_id = ? ORDER BY id",
-                        (hook["webhook_id"],),
-                    )
-                ]
-                webhooks.append(
-                    {
-                        "webhook_id": hook["webhook_id"],
-                        "url": hook["url"],
-                        "state": hook["state"],
-                        "next_attempt_at": hook["next_attempt_at"],
-                        "attempts": attempts,
-                    }
-                )
-            record["webhooks"] = webhooks
+            record["webhooks"] = _webhooks_of(db, call_id)
             return record
 
         return await self._run(get)
@@ -338,6 +341,37 @@ class Store:
             )
         )
 
+    async def queue_message(
+        self, call_id: str | None, message: str, url: str, payload: dict[str, Any]
+    ) -> Webhook:
+        """The receptionist's message on its call and its webhook to ``url``, in one transaction.
+
+        ``call_id`` None: an engine session that belongs to no call (only the webhook is kept).
+        """
+        now = time.time()
+        body = json.dumps(payload, separators=(",", ":"))
+        webhook = Webhook(f"msg_{uuid.uuid4().hex}", call_id, url, body, 0, "pending")
+
+        def queue(db: sqlite3.Connection) -> Webhook:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if call_id is not None:
+                    db.execute(
+                        "UPDATE inbound_calls SET message = ? WHERE call_id = ?", (message, call_id)
+                    )
+                db.execute(
+                    "INSERT INTO outbox (webhook_id, call_id, url, body, created_at, state,"
+                    " next_attempt_at) VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+                    (webhook.webhook_id, call_id, url, body, now, now),
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return webhook
+
+        return await self._run(queue)
+
     async def interrupt_inbound(self) -> int:
         """At start-up: calls left in progress by a previous process are over."""
         now = time.time()
@@ -361,7 +395,14 @@ class Store:
                 "SELECT * FROM inbound_calls WHERE seq < ? ORDER BY seq DESC LIMIT ?",
                 (before if before is not None else 2**62, limit),
             )
-            return [{**dict(row), "transcript": json.loads(row["transcript"])} for row in rows]
+            return [
+                {
+                    **dict(row),
+                    "transcript": json.loads(row["transcript"]),
+                    "webhooks": _webhooks_of(db, row["call_id"]),
+                }
+                for row in rows
+            ]
 
         return await self._run(page)
 
@@ -434,6 +475,35 @@ def _call_record(row: sqlite3.Row) -> dict[str, Any]:
     record["request"] = json.loads(record["request"])
     record["result"] = json.loads(record["result"]) if record["result"] else None
     return record
+
+
+def _webhooks_of(db: sqlite3.Connection, call_id: str) -> list[dict[str, Any]]:
+    """A call's webhook deliveries, oldest first, each with its attempts."""
+    webhooks = []
+    for hook in db.execute(
+        "SELECT * FROM outbox WHERE call_id = ? ORDER BY created_at", (call_id,)
+    ).fetchall():
+        attempts = [
+            {
+                "at": a["started_at"],
+                "status_code": a["status_code"],
+                "error": a["error"],
+                "duration_ms": a["duration_ms"],
+            }
+            for a in db.execute(
+                "SELECT * FROM attempts WHERE webhook_id = ? ORDER BY id", (hook["webhook_id"],)
+            )
+        ]
+        webhooks.append(
+            {
+                "webhook_id": hook["webhook_id"],
+                "url": hook["url"],
+                "state": hook["state"],
+                "next_attempt_at": hook["next_attempt_at"],
+                "attempts": attempts,
+            }
+        )
+    return webhooks
 
 
 def _webhook(row: sqlite3.Row) -> Webhook:

@@ -13,7 +13,6 @@ except the watchdog's pinging thread.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import time
@@ -22,13 +21,12 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from starlette.websockets import WebSocket
 
 from api.app import ApiContext, HealthReport, create_app
 from api.server import ApiServer, ApiStartError
 from api.spec import load_spec
-from api.webhooks import Deliverer, sign
+from api.webhooks import Deliverer
 from config import LoadedSettings
 from config.schema import BrainKind
 from daemon import __version__
@@ -204,47 +202,29 @@ class Supervisor:
             worker, _, call = caller.partition(":")
             call_id = self._inbound_ids.get((int(worker), call)) if worker.isdigit() else None
             log.info("inbound.message", call_id=call_id, message=message)
-            if call_id is not None:
-                await self.store.set_message(call_id, message)
             url = self._settings.webhooks.inbound_url
             if url:
-                task = asyncio.ensure_future(self._post_message(url, call_id, message))
-                self._inbound_writes.add(task)
-                task.add_done_callback(self._inbound_writes.discard)
+                # Through the outbox, like call results: signed, retried, kept across restarts.
+                payload = {
+                    "type": "inbound.message",
+                    "call_id": call_id,
+                    "message": message,
+                    "at": time.time(),
+                }
+                webhook = await self.store.queue_message(call_id, message, url, payload)
+                log.info("inbound.message_queued", call_id=call_id, webhook_id=webhook.webhook_id)
+                self._deliverer.wake()
+            elif call_id is not None:
+                await self.store.set_message(call_id, message)
 
         return Receptionist(self._settings.engine.greeting, on_message)
 
-    async def _post_message(self, url: str, call_id: str | None, message: str) -> None:
-        """POST ``inbound.message`` (signed like call webhooks), three attempts."""
-        body = json.dumps(
-            {"type": "inbound.message", "call_id": call_id, "message": message, "at": time.time()}
-        ).encode()
-        webhook_id = f"msg_{uuid.uuid4().hex}"
-        secret = self._settings.webhooks.secret.get_secret_value()
-        for attempt in range(3):
-            stamp = int(time.time())
-            headers = {
-                "content-type": "application/json",
-                "webhook-id": webhook_id,
-                "webhook-timestamp": str(stamp),
-            }
-            if secret:
-                headers["webhook-signature"] = sign(secret, webhook_id, stamp, body)
-            try:
-                async with httpx.AsyncClient(timeout=self._settings.webhooks.timeout_seconds) as c:
-                    response = await c.post(url, content=body, headers=headers)
-                if response.is_success:
-                    log.info(
-                        "inbound.message_delivered", call_id=call_id, status=response.status_code
-                    )
-                    return
-                problem = f"HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
-                problem = repr(exc)
-            log.warning(
-                "inbound.message_failed", call_id=call_id, attempt=attempt + 1, error=problem
-            )
-            await asyncio.sleep(5 * (attempt + 1))
+    def _engine_error(self, caller: str, error: str) -> None:
+        """An engine session's failure (speech recognition...) goes into its call's record."""
+        worker, _, call = caller.partition(":")
+        key = (int(worker), call) if worker.isdigit() else None
+        if key is not None and key in self._inbound_ids:
+            self._inbound_errors.setdefault(key, error)
 
     def _on_inbound(self, worker: int, kind: str, body: dict[str, Any]) -> None:
         """What an inbound agent reports: the call, each transcript turn, the outcome."""
@@ -384,7 +364,13 @@ class Supervisor:
         self._sip.transcriber = stt.transcribe
         self._sip.synthesizer = tts.synthesize
         self.outbound.runner = PoolRunner(self._sip, tts)
-        self._engine = Engine(tts, stt, self._brain, self._settings.api.token.get_secret_value())
+        self._engine = Engine(
+            tts,
+            stt,
+            self._brain,
+            self._settings.api.token.get_secret_value(),
+            on_error=self._engine_error,
+        )
         log.info(
             "speech.loaded",
             backend=speech.backend.value,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -119,3 +120,73 @@ async def test_version_1_database_is_upgraded(tmp_path: Path) -> None:
         assert len(await store.list_inbound(5)) == 1
     finally:
         await store.close()
+
+
+async def test_inbound_message_and_its_webhook_are_queued_together(store: Store) -> None:
+    """The message lands on its inbound call with a pending outbox row, due at once, whose
+    attempts the inbound listing shows."""
+    await store.insert_inbound("in-1", "sip-1", "1001", 0)
+    payload = {"type": "inbound.message", "call_id": "in-1", "message": "call me", "at": 1.0}
+    webhook = await store.queue_message("in-1", "call me", "http://127.0.0.1:9/m", payload)
+    webhook_due = 1e12
+    [due] = await store.due_webhooks(webhook_due)
+    assert due == webhook
+    assert (due.call_id, due.url, json.loads(due.body)) == ("in-1", "http://127.0.0.1:9/m", payload)
+    await store.record_attempt(
+        webhook.webhook_id,
+        started_at=2.0,
+        duration_ms=1.5,
+        status_code=None,
+        error="ConnectError",
+        state="pending",
+        next_attempt_at=webhook_due,
+    )
+    [record] = await store.list_inbound(5)
+    assert record["message"] == "call me"
+    [hook] = record["webhooks"]
+    assert (hook["webhook_id"], hook["state"]) == (webhook.webhook_id, "pending")
+    assert [a["error"] for a in hook["attempts"]] == ["ConnectError"]
+    session_only = await store.queue_message(None, "hi", "http://127.0.0.1:9/m", payload)
+    assert session_only.call_id is None  # an engine session of no call: only the webhook
+
+
+async def test_version_3_outbox_keeps_its_rows_and_attempts(tmp_path: Path) -> None:
+    """Upgrading to the outbox that also names inbound calls keeps every webhook, its attempts
+    and the attempts' reference to the outbox."""
+    path = tmp_path / "v3.db"
+    db = sqlite3.connect(path)
+    for script in MIGRATIONS[:3]:
+        db.executescript(script)
+    db.execute(
+        "INSERT INTO calls (call_id, created_at, updated_at, request, extension, status)"
+        " VALUES ('c1', 1, 1, '{}', '1001', 'completed')"
+    )
+    db.execute(
+        "INSERT INTO outbox (webhook_id, call_id, url, body, created_at, state, attempts)"
+        " VALUES ('msg_1', 'c1', 'http://127.0.0.1:9/h', '{}', 1, 'delivered', 1)"
+    )
+    db.execute(
+        "INSERT INTO attempts (webhook_id, started_at, duration_ms, status_code)"
+        " VALUES ('msg_1', 2, 3, 200)"
+    )
+    db.execute("PRAGMA user_version = 3")
+    db.commit()
+    db.close()
+    store = Store(path)
+    await store.open()
+    try:
+        record = await store.get_call("c1")
+        assert record is not None
+        [hook] = record["webhooks"]
+        assert (hook["webhook_id"], hook["state"]) == ("msg_1", "delivered")
+        assert [a["status_code"] for a in hook["attempts"]] == [200]
+    finally:
+        await store.close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA foreign_keys=ON")
+    with pytest.raises(sqlite3.IntegrityError):
+        db.execute(
+            "INSERT INTO attempts (webhook_id, started_at, duration_ms) VALUES ('msg_x', 1, 1)"
+        )
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    db.close()

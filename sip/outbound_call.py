@@ -208,9 +208,10 @@ class OutboundCall:
     async def _transcribe_utterance(self) -> None:
         audio = self._audio
         assert audio is not None
+        error = ""
         try:
             text = await self._transcribe(self._utterance, audio.rate, self._hint)
-        except Exception as exc:  # no transcript is "heard nothing", not a crash
-            log.warning("outbound.transcription_failed", call_id=self._call, error=str(exc))
-            text = ""
-        self._post(Transcript(text))
+        except Exception as exc:  # heard nothing, not a crash; the result says why
+            log.error("outbound.transcription_failed", call_id=self._call, error=str(exc))
+            text, error = "", str(exc) or repr(exc)
+        self._post(Transcript(text, error))

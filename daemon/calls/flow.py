@@ -110,6 +110,7 @@ class ListenTimeout:
 @dataclass(frozen=True)
 class Transcript:
     text: str
+    error: str = ""  # speech recognition failed (the text is then empty): why
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ class OutboundFlow:
     answered_at: float | None = None
     raw_text: str | None = None
     choice: str | None = None
+    recognition_error: str | None = None  # the last failed transcription, for the result
 
     def __post_init__(self) -> None:
         self._matcher = ChoiceMatcher(self.options) if self.options else None
@@ -175,6 +177,8 @@ class OutboundFlow:
         if isinstance(event, ListenTimeout) and self.state is State.LISTENING:
             return self._next_round()
         if isinstance(event, Transcript) and self.state is State.TRANSCRIBING:
+            if event.error:
+                self.recognition_error = event.error
             return self._heard(event.text)
         return []  # an event that means nothing in this state (e.g. speech during the message)
 
@@ -226,6 +230,7 @@ class OutboundFlow:
                     message_played=self.message_played,
                     choice_response=self.choice,
                     choice_raw_text=self.raw_text,
+                    error=self.recognition_error if self.choice is None else None,
                     sip_code=200,
                 )
             )

@@ -393,7 +393,7 @@ class EngineSession:
             error=repr(exc),
         )
         if self.on_error is not None:
-            self.on_error(f"speech recognition failed: {message}")
+            self.on_error(message)
         await self._send(
             {
                 "type": "conversation.item.input_audio_transcription.failed",

@@ -15,7 +15,10 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from daemon.logs import get_logger
 from media.resample import Resampler
+
+log = get_logger(__name__)
 
 EXECUTOR = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sipai-speech")
 PAD_SAMPLES_16K = 4000  # 250 ms of silence around an utterance
@@ -86,9 +89,14 @@ class SpeechToText:
 
         ``hint`` lists the words the answer is expected to contain (a choice's options): the
         model is biased towards them, which matters for short answers on telephone audio.
+        A model that fails is logged and raised as :class:`SpeechError` saying so.
         """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(EXECUTOR, self._run, pcm, rate, hint)
+        try:
+            return await loop.run_in_executor(EXECUTOR, self._run, pcm, rate, hint)
+        except Exception as exc:
+            log.error("speech.transcription_failed", seconds=len(pcm) / rate, error=repr(exc))
+            raise SpeechError(f"speech recognition failed: {type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
         _close(self._model)

@@ -150,6 +150,7 @@ async def test_a_failed_transcription_is_apologised_for_and_handled(
     errors = [e for e in logs if e["event"] == "engine.transcription_failed"]
     assert [e["log_level"] for e in errors] == ["error"] * MAX_STT_FAILURES
     assert "could not create a primitive" in errors[0]["error"]
-    assert reported == ["speech recognition failed: could not create a primitive"] * 2
+    expected = "speech recognition failed: RuntimeError: could not create a primitive"
+    assert reported == [expected] * MAX_STT_FAILURES
     assert not [e for e in logs if e["event"] == "engine.task_failed"], logs
     assert unhandled == []

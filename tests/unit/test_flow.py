@@ -103,6 +103,27 @@ def test_unmatched_answer_repeats_then_null_with_raw_text() -> None:
     assert (result.choice_response, result.choice_raw_text) == (None, "what?")
 
 
+def test_failed_recognition_is_the_results_error() -> None:
+    """Speech recognition that fails in every round ends completed, unmatched, with the
+    failure as the result's error; an answer matched in a later round clears it."""
+    failing = "supervisor: transcribe: speech recognition failed: RuntimeError: no primitive"
+    for answers, error in (
+        ([Transcript("", failing), Transcript("", failing)], failing),
+        ([Transcript("", failing), Transcript("yes")], None),
+    ):
+        flow = _choice_flow(repeat_count=2)
+        flow.handle(PlayDone("message"))
+        for answer in answers:
+            flow.handle(PlayDone("prompt"))
+            flow.handle(SpeechEnded())
+            actions = flow.handle(answer)
+        assert actions == [Play("closing")]
+        flow.handle(PlayDone("closing"))
+        result = _result(flow.handle(Ended(200, at=130.0)))
+        assert (result.status, result.error) == ("completed", error)
+        assert result.choice_response == (None if error else "confirmed")
+
+
 def test_speech_during_the_message_is_ignored() -> None:
     """A "hello?" at pick-up does not count: there is no listening before the prompt ends."""
     flow = _choice_flow()

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.report import emit
+
 UTTERANCE = "Please tell John that the delivery will arrive tomorrow morning."
 OPTIONS: list[tuple[str, bool, str, dict[str, str], bool]] = [
     # name, restricted, compute type, environment, through a helper process
@@ -113,7 +115,7 @@ def _child(argv: list[str]) -> int:
     return 0
 
 
-def main() -> int:
+def measure() -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         wav = str(Path(tmp) / "utterance.wav")
         subprocess.run(["espeak-ng", "-w", wav, UTTERANCE], check=True, timeout=30)
@@ -138,11 +140,10 @@ def main() -> int:
             )
             lines = done.stdout.strip().splitlines()
             results[name] = json.loads(lines[-1]) if lines else {"error": done.stderr[-500:]}
-    print(json.dumps({"utterance": UTTERANCE, "options": results}, indent=1))
-    return 0
+    return {"utterance": UTTERANCE, "options": results}
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
         sys.exit(_child(sys.argv[2:]))
-    sys.exit(main())
+    sys.exit(emit(measure))

@@ -48,6 +48,7 @@ class HealthReport:
     active_calls: int
     queued_calls: int
     workers: list[dict[str, Any]]  # per SIP worker: up, registered, calls, restarts...
+    registration_error: str | None = None  # why not registered, once an attempt failed
 
 
 @dataclass(frozen=True)

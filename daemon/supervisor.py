@@ -128,6 +128,7 @@ class Supervisor:
             active_calls=self._sip.active_calls,
             queued_calls=self.outbound.queued + self.dispatcher.queued,
             workers=self._sip.summary(),
+            registration_error=None if sip_registered else self._sip.registration_error,
         )
 
     async def metrics(self) -> str:

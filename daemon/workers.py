@@ -116,6 +116,7 @@ class WorkerState:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     registered: bool = False
     registration_code: int = 0
+    registration_error: str = ""  # why not registered, after a failed attempt
     calls: set[str] = field(default_factory=set)
     restarts: int = 0
     pid: int | None = None
@@ -129,6 +130,7 @@ class WorkerState:
             "up": self.ready.is_set(),
             "registered": self.registered,
             "registration_code": self.registration_code,
+            "registration_error": self.registration_error or None,
             "calls": len(self.calls),
             "restarts": self.restarts,
         }
@@ -411,6 +413,7 @@ class WorkerPool:
         if isinstance(event, RegistrationChanged):
             state.registered = event.registered
             state.registration_code = event.code
+            state.registration_error = event.error
         elif isinstance(event, IncomingCall | CallAnswered | CallRinging):
             state.calls.add(event.call)
         elif isinstance(event, CallEnded):
@@ -430,6 +433,12 @@ class WorkerPool:
     @property
     def registered(self) -> bool:
         return any(s.registered for s in self.workers)
+
+    @property
+    def registration_error(self) -> str | None:
+        """Why the extension is not registered, as the first failing worker reports it."""
+        errors = [s.registration_error for s in self.workers if not s.registered]
+        return next((error for error in errors if error), None)
 
     @property
     def active_calls(self) -> int:

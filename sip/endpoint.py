@@ -3,7 +3,7 @@
 :class:`SipThread` creates the pjsua2 endpoint with ``threadCnt = 0`` and
 ``mainThreadOnly = True`` and runs ``libHandleEvents(10 ms)`` in a loop that also runs
 commands submitted from other threads (:meth:`SipThread.submit` returns a
-``concurrent.futures.Future``) and due timers (registration retries). pjsua2 callbacks run
+``concurrent.futures.Future``) and due timers (registration's). pjsua2 callbacks run
 inside ``libHandleEvents`` on this thread and report through ``emit`` (which hands events to
 the event loop with ``call_soon_threadsafe``). Strong references to every account, call and
 audio port live here; a call's are dropped when it is disconnected, everything is destroyed
@@ -43,7 +43,7 @@ from sip.events import (
     SipEvent,
     TransferProgress,
 )
-from sip.registration import Backoff
+from sip.registration import Actions, Registration
 
 Emit = Callable[[SipEvent], None]
 # Asked on the SIP thread before an inbound call is taken: may this worker have the call with
@@ -227,6 +227,8 @@ class SipThread:
         self.free_ports = list(self.ports)
         self.account = SipAccount(self)
         self.account.create(self._account_config())
+        if not s.direct_mode:
+            self.account.start_registration()
 
     def _account_config(self) -> Any:
         s = self.settings
@@ -235,8 +237,9 @@ class SipThread:
         if not s.direct_mode:
             config.regConfig.registrarUri = s.registrar
             config.regConfig.timeoutSec = s.register_expires
-            config.regConfig.retryIntervalSec = 0  # retries are ours (Backoff), never stop
-            config.regConfig.registerOnAdd = True
+            # Retries and keep-alives are ours (sip.registration), never stop.
+            config.regConfig.retryIntervalSec = 0
+            config.regConfig.registerOnAdd = False
             route = s.proxy or s.registrar
             config.sipConfig.proxies.append(f"{route};lr")
             password = s.password.get_secret_value()
@@ -347,41 +350,50 @@ class PjLogWriter(pj.LogWriter):  # type: ignore[misc]
 
 
 class SipAccount(pj.Account):  # type: ignore[misc]
+    """The extension's account: carries out :class:`Registration`'s decisions (SIP thread)."""
+
     def __init__(self, owner: SipThread) -> None:
         super().__init__()
         self.owner: Any = owner
-        self.backoff = Backoff()
-        self._retry_pending = False
+        self.registration = Registration()
+
+    def start_registration(self) -> None:
+        self._carry_out(self.registration.start())
 
     def onRegState(self, prm: Any) -> None:
         owner = self.owner
-        info = self.getInfo()
         code, reason = int(prm.code), str(prm.reason)
         if owner._stopping:
+            self.registration.stop()
             owner.emit(RegistrationChanged(False, code, reason))
             return
-        if info.regIsActive and code // 100 == 2:
-            self.backoff.reset()
-            owner.emit(RegistrationChanged(True, code, reason))
-            return
-        delay = None
-        if not self._retry_pending:
-            delay = self.backoff.next_delay()
-            self._retry_pending = True
-            owner.later(delay, self._retry)
-        owner.emit(RegistrationChanged(False, code, reason, retry_in=delay))
+        bound = bool(self.getInfo().regIsActive)
+        self._carry_out(self.registration.on_response(code, reason, bound))
 
-    def _retry(self) -> None:
-        self._retry_pending = False
-        if self.owner._stopping:
-            return
-        try:
-            self.setRegistration(True)
-        except pj.Error as exc:
-            delay = self.backoff.next_delay()
-            self._retry_pending = True
-            self.owner.later(delay, self._retry)
-            self.owner.emit(RegistrationChanged(False, 0, exc.info(), retry_in=delay))
+    def _on_timer(self, token: int) -> None:
+        if not self.owner._stopping:
+            self._carry_out(self.registration.on_timer(token))
+
+    def _carry_out(self, actions: Actions) -> None:
+        if actions.send:
+            try:
+                self.setRegistration(True)
+            except pj.Error as exc:
+                actions = self.registration.on_send_failed(exc.info())
+        if actions.timer is not None:
+            token = actions.timer.token
+            self.owner.later(actions.timer.delay, lambda: self._on_timer(token))
+        if actions.report:
+            status = self.registration.status
+            self.owner.emit(
+                RegistrationChanged(
+                    status.registered,
+                    status.code,
+                    status.reason,
+                    retry_in=status.retry_in,
+                    error=status.error,
+                )
+            )
 
     def onIncomingCall(self, prm: Any) -> None:
         owner = self.owner

@@ -11,6 +11,7 @@ class RegistrationChanged:
     code: int  # last SIP status of a REGISTER (0: none yet or transport failure)
     reason: str
     retry_in: float | None = None  # seconds to the next attempt after a failure
+    error: str = ""  # why not registered (e.g. "401 Unauthorized: authentication failed...")
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,7 @@ class SipWorker:
                 code=event.code,
                 reason=event.reason,
                 retry_in=event.retry_in,
+                error=event.error,
             )
         elif isinstance(event, CallAnswered | CallEnded):
             timer = self._ring_timers.pop(event.call, None)

@@ -3,6 +3,8 @@
 Users live in a db_text directory written per instance: 1000 (the daemon) and 1001-1019
 (test phones), password ``pw<user>``, domain 127.0.0.1. Registrations are kept in memory, so
 a restart forgets them, as a PBX reboot would. INVITEs fork to every registered contact.
+Every REGISTER received is logged (``register.received``, with or without credentials), so
+tests can count what a PBX with fail2ban would see.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ loadmodule "auth.so"
 loadmodule "auth_db.so"
 loadmodule "ctl.so"
 loadmodule "kex.so"
+loadmodule "xlog.so"
 
 modparam("ctl", "binrpc", "unix:{ctl}")
 modparam("usrloc", "db_mode", 0)
@@ -105,6 +108,13 @@ request_route {{
     if (is_method("ACK")) {{
         exit;
     }}
+    if (is_method("REGISTER")) {{
+        if (is_present_hf("Authorization")) {{
+            xlog("L_NOTICE", "register.received user=$fU digest=yes\n");
+        }} else {{
+            xlog("L_NOTICE", "register.received user=$fU digest=no\n");
+        }}
+    }}
     if (!auth_check("$fd", "subscriber", "1")) {{
         auth_challenge("$fd", "0");
         exit;
@@ -148,6 +158,7 @@ class Kamailio:
         self.min_expires = min_expires  # shorter registrations get 423 Interval Too Brief
         self.uri = f"sip:{DOMAIN}:{self.port}"
         self._process: subprocess.Popen[bytes] | None = None
+        self._passwords = {user: password(user) for user in USERS}
         self._write_files()
 
     def _write_files(self) -> None:
@@ -156,7 +167,10 @@ class Kamailio:
         (db / "version").write_text(
             "table_name(str) table_version(int)\nsubscriber:7\nlocation:9\n"
         )
-        rows = [f"{i}:{user}:{DOMAIN}:{password(user)}::" for i, user in enumerate(USERS, start=1)]
+        rows = [
+            f"{i}:{user}:{DOMAIN}:{self._passwords[user]}::"
+            for i, user in enumerate(USERS, start=1)
+        ]
         (db / "subscriber").write_text(
             "id(int,auto) username(str) domain(str) password(str) ha1(str,null) "
             "ha1b(str,null)\n" + "\n".join(rows) + "\n"
@@ -220,6 +234,24 @@ class Kamailio:
             self._process.kill()
             self._process.wait(timeout=10)
         self._process = None
+
+    def restart(self, down_seconds: float = 0.0) -> None:
+        """Stop, stay down ``down_seconds``, start again on the same port: the location table
+        (in memory only) comes back empty, as after a PBX reboot."""
+        self.stop()
+        time.sleep(down_seconds)
+        self.start()
+
+    def set_password(self, user: str, secret: str) -> None:
+        """Change ``user``'s password; takes effect at the next :meth:`start`."""
+        self._passwords[user] = secret
+        self._write_files()
+
+    def registers(self, user: str) -> tuple[int, int]:
+        """REGISTERs received from ``user`` so far, across restarts: (all, with credentials)."""
+        log = (self.directory / "kamailio.log").read_text(errors="replace")
+        lines = [line for line in log.splitlines() if f"register.received user={user} " in line]
+        return len(lines), sum(1 for line in lines if line.endswith("digest=yes"))
 
     def contacts(self, user: str) -> list[str]:
         """Contacts registered for ``user`` now (via kamcmd over the ctl socket)."""

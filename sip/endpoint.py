@@ -282,6 +282,7 @@ class SipThread:
             self.endpoint.libHandleEvents(LOOP_MS * 5)
 
     def _destroy(self) -> None:
+        self._timers.clear()  # they hold the account: nothing pjsua2 may outlive libDestroy
         for call in [*self.calls.values(), *self.refused.values()]:
             call.release()
         self.calls.clear()

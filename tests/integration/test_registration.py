@@ -1,0 +1,56 @@
+"""A SIP worker's registration against Kamailio: prompt with the right password, patient
+with a wrong one, and back to the short schedule once the registrar accepts it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from sip.events import RegistrationChanged
+from tests.integration.conftest import Recorded, worker_settings
+from tests.peers.kamailio import Kamailio, password, running_kamailio
+
+MakeWorker = Callable[..., Awaitable[Recorded]]
+
+
+async def test_right_password_registers_promptly(
+    kamailio: Kamailio, make_worker: MakeWorker
+) -> None:
+    """With the right password the worker is registered within 2 s of starting."""
+    started = time.monotonic()
+    worker = await make_worker(worker_settings(kamailio, register_expires=300))
+    event = await worker.expect(RegistrationChanged)
+    seconds = worker.last_arrival - started
+    assert (event.registered, event.code, event.error) == (True, 200, "")
+    assert seconds <= 2, f"registered {seconds:.1f} s after start"
+
+
+async def test_a_fixed_password_registers_and_resets_the_backoff(
+    make_worker: MakeWorker, tmp_path: Path
+) -> None:
+    """Refused with 401, the worker waits about 30 s; once the registrar accepts its password
+    it registers at that attempt, and a later refusal waits 30 s again, not 60 s."""
+    async with running_kamailio(tmp_path / "k") as kamailio:
+        kamailio.set_password("1000", "old-secret")
+        await asyncio.to_thread(kamailio.restart)
+        worker = await make_worker(worker_settings(kamailio, register_expires=300))
+        refused = await worker.expect(RegistrationChanged, registered=False)
+        assert refused.code == 401
+        assert "authentication failed" in refused.error
+        assert refused.retry_in is not None
+        assert 27 <= refused.retry_in <= 33, refused
+
+        kamailio.set_password("1000", password("1000"))  # the administrator fixes the PBX
+        await asyncio.to_thread(kamailio.restart)
+        registered = await worker.expect(RegistrationChanged, registered=True, timeout=40)
+        assert registered.error == ""
+
+        kamailio.set_password("1000", "rotated")  # refused again: the schedule starts over
+        await asyncio.to_thread(kamailio.restart)
+        again = await worker.expect(RegistrationChanged, registered=False, timeout=20)
+        while again.code != 401:  # the keep-alive may first meet the registrar restarting
+            again = await worker.expect(RegistrationChanged, registered=False, timeout=40)
+        assert again.retry_in is not None
+        assert 27 <= again.retry_in <= 33, f"second refusal waits {again.retry_in:.0f} s"

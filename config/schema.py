@@ -44,6 +44,7 @@ class SipSettings(Section):
     rtp_port_min: int = Field(default=20000, ge=1024, le=65535)
     rtp_port_max: int = Field(default=20999, ge=1024, le=65535)
     register_expires: int = Field(default=300, ge=10, le=86400)
+    register_keepalive: int = Field(default=10, ge=0, le=3600)  # 0: refresh only
     clock_rate: int = 8000
     jitter_buffer_max_ms: int = Field(default=200, ge=40, le=1000)
 

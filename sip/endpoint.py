@@ -356,7 +356,7 @@ class SipAccount(pj.Account):  # type: ignore[misc]
     def __init__(self, owner: SipThread) -> None:
         super().__init__()
         self.owner: Any = owner
-        self.registration = Registration()
+        self.registration = Registration(keepalive=owner.settings.register_keepalive)
 
     def start_registration(self) -> None:
         self._carry_out(self.registration.start())

@@ -7,10 +7,10 @@ thread's account carries them out. Timers are identified by a token: arming one 
 earlier token stale, so a timer never needs cancelling.
 
 **Keep-alive by REGISTER.** While registered, a REGISTER is sent every
-:data:`KEEPALIVE_SECONDS` (10 s), whatever ``sip.register_expires`` says; the binding's expiry
-on the registrar stays ``register_expires``. A registrar that restarted and lost its location
-table gets the binding back at the next keep-alive, 10 s at most after it returns. Why not the
-alternatives:
+``sip.register_keepalive`` seconds (10 by default), whatever ``sip.register_expires`` says; the
+binding's expiry on the registrar stays ``register_expires``. A registrar that restarted and
+lost its location table gets the binding back at the next keep-alive, 10 s at most after it
+returns, however short its downtime was. Why not the alternatives:
 
 - an OPTIONS keep-alive proves the registrar answers, not that it still holds the binding: a
   restart shorter than the probe interval, or a table lost without downtime, goes unnoticed
@@ -19,10 +19,16 @@ alternatives:
   ``minimum_expiration`` is 60 s) and it changes what the PBX shows for the extension;
 - pjsua2's ``natConfig.udpKaIntervalSec`` sends bare CRLF, which nothing answers.
 
-A keep-alive REGISTER costs one transaction: pjsip sends the digest of the last challenge
-with it. pjsip itself gives up on an unanswered REGISTER only after 32 s (timer F), so a
-keep-alive unanswered after :data:`ANSWER_SECONDS` counts the binding as lost at once
-(``/health`` turns false) while the transaction keeps retransmitting; any answer ends that.
+The cost, with a registrar that challenges every REGISTER (most do; pjsip sends no digest
+before it is challenged): REGISTER, 401, authenticated REGISTER, 200 every 10 s per worker,
+none of them a failed authentication.
+
+pjsip itself gives up on an unanswered REGISTER only after 32 s (timer F), so a keep-alive
+unanswered after :data:`ANSWER_SECONDS` counts the binding as lost at once (``/health``
+turns false) while the transaction keeps retransmitting (every 4 s at most, so a registrar
+back within those 32 s answers one of them); its answer, or its timeout reported as 408,
+decides what follows. Every pjsua2 call this asks for happens on the SIP thread: the account
+(``sip/endpoint.py``) runs the timers with ``SipThread.later``.
 
 **Backoff.** Transient failures (no answer, transport errors, 408, 423, 480, 5xx) are retried
 with :class:`Backoff` (1 s doubling to 10 s, jittered, forever). A refusal (401/407/403 after
@@ -38,8 +44,10 @@ import random
 from dataclasses import dataclass
 from enum import StrEnum
 
-KEEPALIVE_SECONDS = 10.0
+KEEPALIVE_SECONDS = 10.0  # the default of sip.register_keepalive
 ANSWER_SECONDS = 5.0
+# Past pjsip's timer F (64 x T1 = 32 s): by then an unanswered REGISTER has been reported.
+TRANSACTION_SECONDS = 40.0
 REFUSED_DELAYS = (30.0, 60.0, 120.0, 300.0, 600.0)
 _TRANSIENT_4XX = {408, 423, 480}
 _AUTH = {401, 403, 407}
@@ -139,7 +147,10 @@ class Status:
 
 
 class Registration:
-    def __init__(self, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, rng: random.Random | None = None, keepalive: float = KEEPALIVE_SECONDS
+    ) -> None:
+        self.keepalive = keepalive  # 0: no keep-alive, pjsip's refresh before expiry only
         self.state = State.IDLE
         self.status = Status(False, 0, "not registered yet")
         self.transient = Backoff()
@@ -158,7 +169,7 @@ class Registration:
 
     def stop(self) -> Actions:
         self.state = State.STOPPED
-        self._token += 1  # every pending timer is stale
+        self._disarm()
         return Actions()
 
     def on_response(self, code: int, reason: str, bound: bool) -> Actions:
@@ -171,7 +182,10 @@ class Registration:
             changed = not self.status.registered
             self.state = State.REGISTERED
             self.status = Status(True, code, reason)
-            return Actions(timer=self._arm(KEEPALIVE_SECONDS), report=changed)
+            if not self.keepalive:
+                self._disarm()  # pjsip refreshes before expiry; no timer of ours is due
+                return Actions(report=changed)
+            return Actions(timer=self._arm(self.keepalive), report=changed)
         if code // 100 == 2:
             reason = f"{reason} without our binding"
             return self._failed(Failure.TRANSIENT, code, reason)
@@ -186,9 +200,8 @@ class Registration:
             # the deadline finds out.
             self.state = State.CHECKING
             return Actions(timer=self._arm(ANSWER_SECONDS))
-        if self.state is State.LOST:
-            # The unanswered keep-alive is still retransmitting; its end is reported anyway.
-            return Actions(timer=self._arm(self.transient.next_delay(self._rng)))
+        if self.state is State.LOST:  # the unanswered keep-alive is still out: wait for it
+            return Actions(timer=self._arm(TRANSACTION_SECONDS))
         return self._failed(Failure.TRANSIENT, 0, reason)
 
     def on_timer(self, token: int) -> Actions:
@@ -200,9 +213,9 @@ class Registration:
         if self.state is State.CHECKING:  # keep-alive unanswered
             self.state = State.LOST
             error = f"no answer from the registrar within {ANSWER_SECONDS:g} s"
-            delay = self.transient.next_delay(self._rng)
-            self.status = Status(False, 0, error, error=error, retry_in=delay)
-            return Actions(timer=self._arm(delay), report=True)
+            self.status = Status(False, 0, error, error=error)
+            # pjsip reports the transaction's end; the timer only guards against silence.
+            return Actions(timer=self._arm(TRANSACTION_SECONDS), report=True)
         if self.state in (State.RETRYING, State.REFUSED):
             self.state = State.REGISTERING
             return Actions(send=True)
@@ -225,3 +238,6 @@ class Registration:
     def _arm(self, delay: float) -> Timer:
         self._token += 1
         return Timer(delay, self._token)
+
+    def _disarm(self) -> None:
+        self._token += 1

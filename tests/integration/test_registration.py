@@ -54,3 +54,17 @@ async def test_a_fixed_password_registers_and_resets_the_backoff(
             again = await worker.expect(RegistrationChanged, registered=False, timeout=40)
         assert again.retry_in is not None
         assert 27 <= again.retry_in <= 33, f"second refusal waits {again.retry_in:.0f} s"
+
+
+async def test_keepalive_registers_every_10_s(kamailio: Kamailio, make_worker: MakeWorker) -> None:
+    """While registered, the worker re-REGISTERs every 10 s: each keep-alive is one challenge
+    and one authenticated REGISTER that succeeds, and the binding stays."""
+    worker = await make_worker(worker_settings(kamailio, register_expires=300))
+    await worker.expect(RegistrationChanged, registered=True)
+    before = kamailio.registers("1000")
+    await asyncio.sleep(25)
+    registers, digests = (a - b for a, b in zip(kamailio.registers("1000"), before, strict=True))
+    print(f"in 25 s while registered: {registers} REGISTERs, {digests} with credentials")
+    assert (registers, digests) == (4, 2), f"{registers} REGISTERs, {digests} with credentials"
+    assert worker.sip.registration.registered
+    assert [c.split(";")[0] for c in kamailio.contacts("1000")] == [worker.sip.contact]

@@ -9,6 +9,7 @@ import pytest
 from sip.registration import (
     ANSWER_SECONDS,
     KEEPALIVE_SECONDS,
+    TRANSACTION_SECONDS,
     Actions,
     Failure,
     Registration,
@@ -46,8 +47,9 @@ def test_registered_sends_a_keepalive_register_every_10_s() -> None:
 
 
 def test_an_unanswered_keepalive_counts_as_lost_within_5_s() -> None:
-    """A keep-alive with no answer by its deadline reports unregistered at once, retries with
-    the short backoff, and the late 200 reports registered again."""
+    """A keep-alive with no answer by its deadline reports unregistered at once, waits for
+    pjsip to end that transaction (no REGISTER meanwhile), and the late 200 reports
+    registered again."""
     policy, actions = _registered()
     assert actions.timer is not None
     check = policy.on_timer(actions.timer.token)
@@ -58,9 +60,9 @@ def test_an_unanswered_keepalive_counts_as_lost_within_5_s() -> None:
     assert policy.state is State.LOST
     assert "no answer" in policy.status.error
     assert lost.timer is not None
-    assert lost.timer.delay <= 1.2
-    assert policy.on_timer(lost.timer.token).send
-    busy = policy.on_send_failed("Object is busy")  # the first one is still retransmitting
+    assert lost.timer.delay == TRANSACTION_SECONDS
+    assert policy.on_timer(lost.timer.token).send  # only if pjsip never reported its end
+    busy = policy.on_send_failed("Object is busy")
     assert busy.timer is not None
     assert not busy.report
     assert policy.state is State.LOST
@@ -68,6 +70,32 @@ def test_an_unanswered_keepalive_counts_as_lost_within_5_s() -> None:
     assert back.report
     assert policy.status.registered
     assert policy.state is State.REGISTERED
+
+
+def test_a_timed_out_keepalive_is_retried_with_the_short_backoff() -> None:
+    """pjsip's 408 for the unanswered keep-alive leads to retries 1 s, 2 s... later."""
+    policy, actions = _registered()
+    assert actions.timer is not None
+    check = policy.on_timer(actions.timer.token)
+    assert check.timer is not None
+    policy.on_timer(check.timer.token)
+    timeout = policy.on_response(408, "Request Timeout", bound=False)
+    assert timeout.report
+    assert timeout.timer is not None
+    assert timeout.timer.delay <= 1.2
+    assert policy.state is State.RETRYING
+    assert policy.status.error == "408 Request Timeout"
+
+
+def test_keepalive_zero_leaves_the_refresh_to_pjsip() -> None:
+    """With the keep-alive off, a 200 arms nothing and an earlier retry timer is void."""
+    policy = Registration(random.Random(2), keepalive=0)
+    policy.start()
+    retry = policy.on_response(503, "Service Unavailable", bound=False)
+    assert retry.timer is not None
+    actions = policy.on_response(200, "OK", bound=True)
+    assert actions == Actions(report=True)
+    assert policy.on_timer(retry.timer.token) == Actions()
 
 
 def test_a_superseded_timer_does_nothing() -> None:

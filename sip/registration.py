@@ -94,7 +94,7 @@ class State(StrEnum):
     REGISTERING = "registering"  # a REGISTER is out, not registered (first or a retry)
     REGISTERED = "registered"  # bound; the keep-alive timer runs
     CHECKING = "checking"  # bound; a keep-alive REGISTER is out, its answer deadline runs
-    LOST = "lost"  # a keep-alive went unanswered past the deadline; retrying
+    LOST = "lost"  # a keep-alive went unanswered past the deadline; pjsip still retransmits
     RETRYING = "retrying"  # a transient failure; the short backoff runs
     REFUSED = "refused"  # refused (bad credentials...); the long backoff runs
     STOPPED = "stopped"  # shutting down: nothing more is sent
@@ -147,6 +147,8 @@ class Status:
 
 
 class Registration:
+    """One account's registration: its :class:`State`, its :class:`Status`, both backoffs."""
+
     def __init__(
         self, rng: random.Random | None = None, keepalive: float = KEEPALIVE_SECONDS
     ) -> None:

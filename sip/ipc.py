@@ -1,19 +1,27 @@
 """The supervisor <-> SIP worker protocol, over one Unix stream socket per worker.
 
-Frames are a 4-byte big-endian length and that many bytes of UTF-8 JSON (at most
-``MAX_FRAME`` bytes). Each frame is an envelope::
+Each message is an envelope of UTF-8 JSON::
 
     {"v": 1, "kind": "request" | "response" | "event", "type": "...", "id": 7, "body": {...}}
+
+It travels in frames: a 4-byte big-endian payload length, a 1-byte frame kind and at most
+``MAX_FRAME`` bytes of payload. A message that fits one frame goes as a ``WHOLE`` frame; a
+longer one (an outbound call's audio, a synthesised reply, a caller's utterance: minutes of
+PCM) is cut into ``PIECE`` frames of ``PIECE_BYTES`` ended by a ``LAST_PIECE``, up to
+``MAX_MESSAGE`` bytes in all. A sender writes one multi-frame message at a time, so pieces need
+no id; whole frames may come between them, so a claim or a call event is never queued behind
+minutes of audio.
 
 Either side may send requests (the supervisor: ``make_call``, ``hangup``, ``ping``...; a
 worker: ``claim``); each gets exactly one response with the same ``id``, whose body is the
 result or ``{"error": "..."}``. Events have no id and get no response.
 
-Robustness: a frame that is too long, not JSON or not a valid envelope is answered (when it
-has an id) or logged, and never crashes the reader; a request of an unknown type gets an
-error response; a peer that goes away fails every request still waiting with
-:class:`IpcClosed`. Writes wait for the socket (``drain``), so a slow reader slows the writer
-instead of growing its memory.
+Robustness: a frame that is too long ends the connection (the stream cannot be resynchronised);
+a message beyond ``MAX_MESSAGE`` is dropped and counted; a message that is not JSON or not a
+valid envelope is answered (when it has an id) or logged, and never crashes the reader; a
+request of an unknown type gets an error response; a peer that goes away fails every request
+still waiting with :class:`IpcClosed`. Writes wait for the socket (``drain``), so a slow reader
+slows the writer instead of growing its memory.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import itertools
 import json
 import struct
 from collections.abc import Awaitable, Callable
+from enum import IntEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -33,8 +42,17 @@ from daemon.logs import get_logger
 log = get_logger(__name__)
 
 VERSION = 1
-MAX_FRAME = 1 << 20
-_HEADER = struct.Struct(">I")
+MAX_FRAME = 1 << 20  # payload bytes of one frame: a guard against a corrupt length
+PIECE_BYTES = 256 << 10  # payload bytes of each piece of a multi-frame message
+MAX_MESSAGE = 64 << 20  # bytes of one message (5,000 characters of speech at 16 kHz: ~15 MiB)
+_HEADER = struct.Struct(">IB")  # payload length, FrameKind
+
+
+class FrameKind(IntEnum):
+    WHOLE = 0  # a message in one frame
+    PIECE = 1  # part of a message; more pieces follow
+    LAST_PIECE = 2  # the end of a message cut into pieces
+
 
 Body = dict[str, Any]
 RequestHandler = Callable[[str, Body], Awaitable[Body]]
@@ -59,11 +77,51 @@ class Envelope(BaseModel):
     body: Body = Field(default_factory=dict)
 
 
-def encode(envelope: Envelope) -> bytes:
+def encode(envelope: Envelope) -> list[bytes]:
+    """The frames that carry ``envelope``: one, or pieces of ``PIECE_BYTES`` when it is longer."""
     payload = envelope.model_dump_json(exclude_none=True).encode()
-    if len(payload) > MAX_FRAME:
-        raise ValueError(f"IPC frame of {len(payload)} bytes exceeds {MAX_FRAME}")
-    return _HEADER.pack(len(payload)) + payload
+    if len(payload) > MAX_MESSAGE:
+        raise ValueError(f"IPC message of {len(payload)} bytes exceeds {MAX_MESSAGE}")
+    if len(payload) <= PIECE_BYTES:
+        return [_HEADER.pack(len(payload), FrameKind.WHOLE) + payload]
+    frames = []
+    for start in range(0, len(payload), PIECE_BYTES):
+        piece = payload[start : start + PIECE_BYTES]
+        last = start + PIECE_BYTES >= len(payload)
+        kind = FrameKind.LAST_PIECE if last else FrameKind.PIECE
+        frames.append(_HEADER.pack(len(piece), kind) + piece)
+    return frames
+
+
+class Reassembly:
+    """Joins the pieces of the message in transit; whole frames pass through (pure, no I/O)."""
+
+    def __init__(self) -> None:
+        self._pieces: list[bytes] = []
+        self._size = 0
+        self._dropping = False  # the message in transit grew beyond MAX_MESSAGE
+
+    def add(self, kind: int, payload: bytes) -> bytes | None:
+        """The complete message this frame ends, if any; ValueError for a frame to count as bad
+        (an unknown kind, or the piece that takes a message beyond ``MAX_MESSAGE``)."""
+        if kind == FrameKind.WHOLE:
+            return payload
+        if kind not in (FrameKind.PIECE, FrameKind.LAST_PIECE):
+            raise ValueError(f"unknown frame kind {kind}")
+        last = kind == FrameKind.LAST_PIECE
+        if self._dropping:
+            self._dropping = not last
+            return None
+        self._size += len(payload)
+        if self._size > MAX_MESSAGE:
+            self._pieces, self._size, self._dropping = [], 0, not last
+            raise ValueError(f"IPC message beyond {MAX_MESSAGE} bytes")
+        self._pieces.append(payload)
+        if not last:
+            return None
+        message = b"".join(self._pieces)
+        self._pieces, self._size = [], 0
+        return message
 
 
 class Connection:
@@ -84,7 +142,8 @@ class Connection:
         self._on_event = on_event
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Body]] = {}
-        self._write_lock = asyncio.Lock()
+        self._write_lock = asyncio.Lock()  # one frame at a time on the socket
+        self._pieces_lock = asyncio.Lock()  # one multi-frame message at a time
         self._tasks: set[asyncio.Task[None]] = set()
         self.closed = asyncio.Event()
         self.bad_frames = 0
@@ -112,12 +171,20 @@ class Connection:
         await self._send(Envelope(v=1, kind="event", type=type_, body=body or {}))
 
     async def _send(self, envelope: Envelope) -> None:
-        data = encode(envelope)
+        frames = encode(envelope)
+        if len(frames) == 1:
+            await self._write(frames[0])
+            return
+        async with self._pieces_lock:
+            for frame in frames:  # other messages' whole frames may go between these
+                await self._write(frame)
+
+    async def _write(self, frame: bytes) -> None:
         async with self._write_lock:
             if self.closed.is_set():
                 raise IpcClosed(f"{self.name}: connection closed")
             try:
-                self._writer.write(data)
+                self._writer.write(frame)
                 await self._writer.drain()
             except (ConnectionError, RuntimeError) as exc:
                 self._close()
@@ -125,15 +192,23 @@ class Connection:
 
     async def run(self) -> None:
         """Read and dispatch frames until the peer closes or the stream breaks."""
+        reassembly = Reassembly()
         try:
             while True:
                 header = await self._reader.readexactly(_HEADER.size)
-                (length,) = _HEADER.unpack(header)
+                length, kind = _HEADER.unpack(header)
                 if length > MAX_FRAME:
                     log.error("ipc.frame_too_long", peer=self.name, length=length)
                     break  # the stream cannot be resynchronised
                 payload = await self._reader.readexactly(length)
-                self._dispatch(payload)
+                try:
+                    message = reassembly.add(kind, payload)
+                except ValueError as exc:
+                    self.bad_frames += 1
+                    log.warning("ipc.bad_frame", peer=self.name, error=str(exc))
+                    continue
+                if message is not None:
+                    self._dispatch(message)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the peer closed or vanished (mid-frame too): end of this connection
         finally:

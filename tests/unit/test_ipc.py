@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
+import os
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,7 +14,19 @@ from typing import Any
 
 import pytest
 
-from sip.ipc import MAX_FRAME, Connection, IpcClosed, IpcError, UnknownRequest
+from sip.ipc import (
+    MAX_FRAME,
+    MAX_MESSAGE,
+    PIECE_BYTES,
+    Connection,
+    Envelope,
+    FrameKind,
+    IpcClosed,
+    IpcError,
+    Reassembly,
+    UnknownRequest,
+    encode,
+)
 
 
 class Pair:
@@ -34,6 +49,11 @@ async def pair(short_tmp: Path) -> AsyncIterator[Pair]:
             return {"sum": body["a"] + body["b"]}
         if type_ == "fail":
             raise RuntimeError("no such call w0-9")
+        if type_ == "digest":
+            data = base64.b64decode(body["data"])
+            return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        if type_ == "blob":
+            return {"data": base64.b64encode(bytes(range(256)) * body["kib"] * 4).decode()}
         if type_ == "slow":
             await asyncio.sleep(30)
         raise UnknownRequest
@@ -88,8 +108,8 @@ async def test_errors_and_unknown_types_come_back_as_errors(pair: Pair) -> None:
     assert await pair.client.request("add", {"a": 1, "b": 1}) == {"sum": 2}
 
 
-def _frame(payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + payload
+def _frame(payload: bytes, kind: FrameKind = FrameKind.WHOLE) -> bytes:
+    return struct.pack(">IB", len(payload), kind) + payload
 
 
 async def test_malformed_frames_are_survived(pair: Pair) -> None:
@@ -113,7 +133,7 @@ async def test_oversized_frame_closes_only_that_connection(pair: Pair) -> None:
     """A length beyond MAX_FRAME ends the connection cleanly; waiting requests fail."""
     waiting = asyncio.ensure_future(pair.client.request("slow", within=20))
     await asyncio.sleep(0.05)
-    pair.raw_writer.write(struct.pack(">I", MAX_FRAME + 1))
+    pair.raw_writer.write(struct.pack(">IB", MAX_FRAME + 1, FrameKind.WHOLE))
     await pair.raw_writer.drain()
     await asyncio.wait_for(pair.server.closed.wait(), 5)
     with pytest.raises(IpcClosed):
@@ -133,3 +153,59 @@ async def test_peer_vanishing_mid_message(pair: Pair) -> None:
         await asyncio.wait_for(waiting, 5)
     with pytest.raises(IpcClosed):
         await asyncio.wait_for(pair.server.request("add", {"a": 1, "b": 2}), 5)
+
+
+async def test_messages_beyond_one_frame_cross_intact_both_ways(pair: Pair) -> None:
+    """A 6 MB request and a 4 MB response (minutes of PCM) cross whole, in bounded frames."""
+    data = os.urandom(6_000_000)
+    body = {"data": base64.b64encode(data).decode()}
+    reply = await pair.client.request("digest", body)
+    assert reply == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    big = await pair.client.request("blob", {"kib": 4000})
+    assert base64.b64decode(big["data"]) == bytes(range(256)) * 4000 * 4
+
+
+def test_a_long_message_is_cut_into_bounded_pieces() -> None:
+    """Every frame of a long message stays within PIECE_BYTES; the pieces rejoin to the JSON."""
+    envelope = Envelope(v=1, kind="event", type="audio", body={"pcm": "A" * 6_000_000})
+    frames = encode(envelope)
+    kinds = [f[4] for f in frames]
+    assert kinds == [FrameKind.PIECE] * (len(frames) - 1) + [FrameKind.LAST_PIECE]
+    assert all(struct.unpack(">I", f[:4])[0] == len(f) - 5 <= PIECE_BYTES for f in frames)
+    assert PIECE_BYTES <= MAX_FRAME
+    assert b"".join(f[5:] for f in frames) == envelope.model_dump_json(exclude_none=True).encode()
+    print(f"{len(frames)} frames of <= {PIECE_BYTES} bytes for a 6 MB body")
+
+
+async def test_whole_frames_pass_between_the_pieces_of_a_message(pair: Pair) -> None:
+    """An event sent while a long message is in transit is dispatched at once, not after it."""
+    frames = encode(Envelope(v=1, kind="event", type="audio", body={"pcm": "A" * 600_000}))
+    assert [f[4] for f in frames] == [FrameKind.PIECE, FrameKind.PIECE, FrameKind.LAST_PIECE]
+    small = _frame(json.dumps({"v": 1, "kind": "event", "type": "ringing"}).encode())
+    pair.raw_writer.write(frames[0] + small + frames[1] + frames[2])
+    await pair.raw_writer.drain()
+    events = pair.server.events  # type: ignore[attr-defined]
+    async with asyncio.timeout(5):
+        while len(events) < 2:
+            await asyncio.sleep(0.01)
+    assert [t for t, _ in events] == ["ringing", "audio"]
+    assert events[1][1] == {"pcm": "A" * 600_000}
+
+
+def test_a_message_beyond_the_limit_is_refused_and_dropped() -> None:
+    """The sender refuses a message over MAX_MESSAGE; a receiver drops one and reads on."""
+    with pytest.raises(ValueError, match=f"exceeds {MAX_MESSAGE}"):
+        encode(Envelope(v=1, kind="event", type="x", body={"pcm": "A" * MAX_MESSAGE}))
+    reassembly = Reassembly()
+    piece = b"A" * MAX_FRAME
+    for _ in range(MAX_MESSAGE // MAX_FRAME):
+        assert reassembly.add(FrameKind.PIECE, piece) is None
+    with pytest.raises(ValueError, match="beyond"):
+        reassembly.add(FrameKind.PIECE, piece)
+    assert reassembly.add(FrameKind.PIECE, piece) is None  # the rest of it is skipped
+    assert reassembly.add(FrameKind.LAST_PIECE, piece) is None
+    assert reassembly.add(FrameKind.WHOLE, b"{}") == b"{}"
+    assert reassembly.add(FrameKind.PIECE, b"{") is None
+    assert reassembly.add(FrameKind.LAST_PIECE, b"}") == b"{}"
+    with pytest.raises(ValueError, match="unknown frame kind 7"):
+        reassembly.add(7, b"")

@@ -6,6 +6,10 @@ the playout buffer and waits until it was really played out, listens with VAD (d
 was heard before), hands the utterance to ``transcribe`` (speech is served by the supervisor),
 hangs up. All on the worker's event loop; each action that takes time runs as a task that
 posts its outcome as an event.
+
+It acts on its own call's SIP events only: they come from :class:`sip.call_events.CallEvents`,
+claimed under the call's key as soon as ``make_call`` returns it (events that came earlier are
+kept for it), and the follower checks the key of each one as well.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -45,9 +49,9 @@ from daemon.calls.flow import (
 from daemon.logs import get_logger
 from media.vad import SpeechStarted, SpeechStopped, VoiceActivityDetector
 from sip.audio_port import CallAudio
+from sip.call_events import CallEvents
 from sip.endpoint import SipError
 from sip.events import CallAnswered, CallEnded, CallRinging, SipEvent
-from sip.worker import SipWorker
 
 log = get_logger(__name__)
 
@@ -58,14 +62,26 @@ Transcriber = Callable[[NDArray[np.int16], int, str], Awaitable[str]]
 Reporter = Callable[[str], Awaitable[None]]
 
 
+class CallControl(Protocol):
+    """What the flow asks of the SIP worker (:class:`sip.worker.SipWorker` in a worker)."""
+
+    async def make_call(self, target: str, ring_timeout: float) -> str: ...
+
+    async def hangup(self, call: str) -> None: ...
+
+    async def audio(self, call: str) -> CallAudio: ...
+
+
 class OutboundCall:
     def __init__(
         self,
-        worker: SipWorker,
+        worker: CallControl,
         request: dict[str, Any],
         audio: dict[str, NDArray[np.int16]],
         transcribe: Transcriber,
         report: Reporter,
+        *,
+        calls: CallEvents,  # the worker's SIP events, by call
     ) -> None:
         choice = request.get("choice") or {}
         self.flow = OutboundFlow(
@@ -78,6 +94,7 @@ class OutboundCall:
             repeat_count=int(choice.get("repeat_count", 2)),
         )
         self.worker = worker
+        self._calls = calls
         self.sounds = audio
         # The options' words bias recognition towards the answers we expect.
         self._hint = ", ".join(
@@ -85,7 +102,6 @@ class OutboundCall:
         )
         self._transcribe = transcribe
         self._report = report
-        self.sip_events: asyncio.Queue[SipEvent] = asyncio.Queue()  # fed by the worker process
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._call: str | None = None
         self._audio: CallAudio | None = None
@@ -113,15 +129,19 @@ class OutboundCall:
             if self._call is not None and self.flow.state.value != "done":
                 with contextlib.suppress(Exception):
                     await self.worker.hangup(self._call)
+            if self._call is not None:
+                self._calls.release(self._call)
 
     async def _do(self, action: Action) -> dict[str, Any] | None:
         if isinstance(action, Dial):
-            try:
-                self._call = await self.worker.make_call(action.target, action.ring_timeout)
-            except (SipError, ValueError) as exc:
-                self._post(Ended(0, time.time(), local_cause="dial_failed", reason=str(exc)))
-                return None
-            self._spawn(self._follow_sip())
+            with self._calls.dialing():
+                try:
+                    self._call = await self.worker.make_call(action.target, action.ring_timeout)
+                except (SipError, ValueError) as exc:
+                    self._post(Ended(0, time.time(), local_cause="dial_failed", reason=str(exc)))
+                    return None
+                events = self._calls.claim(self._call)
+            self._spawn(self._follow_sip(self._call, events))
         elif isinstance(action, Report):
             await self._report(action.status)
         elif isinstance(action, Play):
@@ -145,14 +165,16 @@ class OutboundCall:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _follow_sip(self) -> None:
+    async def _follow_sip(self, call: str, events: asyncio.Queue[SipEvent]) -> None:
         while True:
-            event = await self.sip_events.get()
+            event = await events.get()
+            if getattr(event, "call", None) != call:
+                log.error("outbound.foreign_event", call_id=call, sip_event=repr(event))
+                continue
             if isinstance(event, CallRinging):
                 self._post(Ringing())
             elif isinstance(event, CallAnswered):
-                assert self._call is not None
-                self._audio = await self.worker.audio(self._call)
+                self._audio = await self.worker.audio(call)
                 self._post(Answered(time.time()))
             elif isinstance(event, CallEnded):
                 self._post(Ended(event.code, time.time(), event.local_cause, event.reason))

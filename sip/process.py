@@ -4,13 +4,16 @@
 for its settings (``hello``; secrets never travel in argv or the environment), starts the SIP
 worker and then:
 
-- forwards every SIP event to the supervisor (``sip_event`` events);
+- forwards every SIP event to the supervisor (``sip_event`` events), and to the call flow
+  that owns the event's call only (:class:`sip.call_events.CallEvents`);
 - for an inbound call, asks the supervisor to ``claim`` its SIP Call-ID (the PBX forks one
   INVITE to every worker's contact) synchronously from the SIP thread, so a losing copy
   answers 486 and frees its pjsua call slot at once; the winner runs the inbound agent
   (:mod:`daemon.calls.inbound`, a realtime model per ``[agent]``) or a policy given by path;
 - serves ``make_call``, ``answer``, ``reject``, ``hangup``, ``send_dtmf``, ``transfer`` and
-  ``ping`` requests;
+  ``ping`` requests, and ``outbound``: a whole notification call, its audio synthesised by the
+  supervisor and carried in the request (so it is here before dialling); ``ping`` lists the
+  outbound calls in progress with the samples and SHA-256 of the audio each one holds;
 - on ``shutdown``, SIGTERM or the supervisor's disappearance, stops the endpoint in order
   and exits 0. SIGINT is ignored: a terminal's Ctrl-C reaches the supervisor, which drains.
 """
@@ -23,6 +26,7 @@ import base64
 import contextlib
 import ctypes
 import dataclasses
+import hashlib
 import importlib
 import os
 import signal
@@ -46,6 +50,7 @@ from daemon.calls.inbound import InboundAgent, InboundCall
 from daemon.logs import configure_logging, get_logger
 from daemon.realtime.backends import endpoint
 from media.resample import design
+from sip.call_events import CallEvents
 from sip.events import IncomingCall, SipEvent
 from sip.ipc import Body, Connection, IpcError, UnknownRequest
 from sip.outbound_call import OutboundCall
@@ -81,10 +86,10 @@ class WorkerProcess:
         self.agent: AgentSettings | None = None
         self.api = ApiSettings()
         self.realtime = RealtimeSettings()
-        self._inbound_events: dict[str, asyncio.Queue[SipEvent]] = {}
+        self.calls = CallEvents()  # each call's SIP events, for the flow that owns the call
         self.stop = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._outbound: set[OutboundCall] = set()  # outbound calls in progress
+        self._outbound: dict[str, Body] = {}  # outbound calls in progress: the audio they hold
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> int:
@@ -126,15 +131,9 @@ class WorkerProcess:
         async for event in self.worker.events():
             with contextlib.suppress(IpcError):
                 await self.conn.event("sip_event", event_body(event))
-            call = getattr(event, "call", None)
-            queue = self._inbound_events.get(call) if isinstance(call, str) else None
-            if queue is not None:
-                queue.put_nowait(event)
-            for outbound in self._outbound:
-                if outbound.call is None or outbound.call == call:
-                    outbound.sip_events.put_nowait(event)
-            if isinstance(event, IncomingCall):
-                task = asyncio.create_task(self._inbound(event))
+            self.calls.route(event)
+            if isinstance(event, IncomingCall):  # claimed now: none of its events is missed
+                task = asyncio.create_task(self._inbound(event, self.calls.claim(event.call)))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
@@ -154,14 +153,17 @@ class WorkerProcess:
             with contextlib.suppress(IpcError):
                 await conn.event("outbound_status", {"call_id": call_id, "status": status})
 
-        audio = {name: _samples(data) for name, data in body["audio"].items()}
-        outbound = OutboundCall(worker, body["request"], audio, transcribe, report)
-        self._outbound.add(outbound)
+        encoded: dict[str, str] = body["audio"]
+        audio = await asyncio.to_thread(lambda: {k: _samples(v) for k, v in encoded.items()})
+        self._outbound[call_id] = {"audio": await asyncio.to_thread(_summary, audio)}
+        outbound = OutboundCall(
+            worker, body["request"], audio, transcribe, report, calls=self.calls
+        )
         try:
             # Wrapped: a reply with a top-level "error" key means the request failed.
             return {"result": await outbound.run()}
         finally:
-            self._outbound.discard(outbound)
+            self._outbound.pop(call_id, None)
 
     def _claim_from_sip_thread(self, sip_call_id: str) -> bool:  # SIP thread
         """Ask the supervisor, blocking the SIP thread for one IPC round trip (~1 ms)."""
@@ -177,10 +179,8 @@ class WorkerProcess:
             future.cancel()
             return False
 
-    async def _inbound(self, call: IncomingCall) -> None:
+    async def _inbound(self, call: IncomingCall, events: asyncio.Queue[SipEvent]) -> None:
         assert self.worker is not None
-        events: asyncio.Queue[SipEvent] = asyncio.Queue()
-        self._inbound_events[call.call] = events
         try:
             if self.policy is not None:
                 await self.policy(self.worker, call)
@@ -193,7 +193,7 @@ class WorkerProcess:
             with contextlib.suppress(Exception):
                 await self.worker.hangup(call.call)
         finally:
-            self._inbound_events.pop(call.call, None)
+            self.calls.release(call.call)
 
     async def _agent(
         self, worker: SipWorker, call: IncomingCall, events: asyncio.Queue[SipEvent]
@@ -236,6 +236,7 @@ class WorkerProcess:
                 "registered": worker.registration.registered,
                 **diagnostics,
                 "tasks": len(asyncio.all_tasks()),  # for leak checks: no task outlives a call
+                "outbound": self._outbound,
                 "fds": len(os.listdir("/proc/self/fd")),
             }
         if worker is None:
@@ -262,6 +263,17 @@ class WorkerProcess:
 
 def _samples(text: str) -> NDArray[np.int16]:
     return np.frombuffer(base64.b64decode(text), dtype="<i2").astype(np.int16)
+
+
+def _summary(audio: dict[str, NDArray[np.int16]]) -> Body:
+    """Samples and SHA-256 (of the little-endian PCM16) of each sound a call holds."""
+    return {
+        name: {
+            "samples": len(samples),
+            "sha256": hashlib.sha256(samples.astype("<i2").tobytes()).hexdigest(),
+        }
+        for name, samples in audio.items()
+    }
 
 
 def _die_with_parent() -> None:

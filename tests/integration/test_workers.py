@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import itertools
 import os
 import signal
 from collections.abc import Awaitable, Callable
@@ -12,9 +15,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from daemon.calls.runner import PoolRunner
+from daemon.speech import TextToSpeech
+from daemon.speech.local import PiperSynthesizer
 from daemon.workers import NoFreeWorker
 from media.wav import read_wav, write_wav
 from sip.events import CallAnswered, CallEnded
+from sip.ipc import MAX_FRAME
 from tests.audio import tone, tone_level_db
 from tests.integration.conftest import Pool
 from tests.peers.kamailio import Kamailio
@@ -166,3 +173,61 @@ async def test_killed_worker_fails_its_call_and_comes_back(
     assert not [e for e in callees[1].events if e.get("state") == "DISCONNECTED"]
     await pool.pool.command(1, "hangup", call=second[1])
     await pool.wait_for(lambda: any(e.call == second[1] for e in pool.of(CallEnded)))
+
+
+SENTENCES = (
+    "Hello, this is the clinic calling with the details of your visit next week.",
+    "Please arrive fifteen minutes early and bring your insurance card and a photo ID.",
+    "The parking garage on Maple Street is free for patients for the first two hours.",
+    "If you take any medicine every day, bring the list of names and doses with you.",
+)
+
+
+def _long_message(characters: int) -> str:
+    """Natural text of exactly ``characters`` characters (the API's limit is 5,000)."""
+    text = ""
+    for sentence in itertools.cycle(SENTENCES):
+        if len(text) >= characters:
+            return (text[: characters - 1].rstrip() + ".").ljust(characters)
+        text += sentence + " "
+    raise AssertionError("unreachable")
+
+
+async def test_longest_message_reaches_the_worker_intact_before_dialling(
+    kamailio: Kamailio, make_pool: Callable[..., Awaitable[Pool]], phones: Phones
+) -> None:
+    """5,000 characters of Piper speech (minutes of audio, many IPC frames) are in the worker
+    sample for sample by the time the callee's phone rings."""
+    pool = await make_pool(kamailio, 1)
+    piper = await asyncio.to_thread(PiperSynthesizer)
+    tts = TextToSpeech(piper, piper.name)  # the daemon's own TTS, as the supervisor builds it
+    runner = PoolRunner(pool.pool, tts)
+    callee = await phones("callee")
+    await callee.register(kamailio, "1011")
+    await callee.command("mode", on_incoming="ignore")
+    message = _long_message(5000)
+    rate = pool.pool.settings.sip.clock_rate
+    expected = await tts.synthesize(message, rate)  # cached: the runner sends this very audio
+    reports: list[str] = []
+
+    async def report(status: str) -> None:
+        reports.append(status)
+
+    request = {"message": message, "extension": "1011", "ring_timeout": 6}
+    running = asyncio.ensure_future(runner.run("long-1", request, report))
+    try:
+        await callee.expect("incoming", timeout=60)
+        ping = await pool.pool.command(0, "ping")
+    finally:
+        result = await asyncio.wait_for(running, 60)
+    held = ping["outbound"]["long-1"]["audio"]["message"]
+    digest = hashlib.sha256(expected.astype("<i2").tobytes()).hexdigest()
+    encoded = len(base64.b64encode(expected.astype("<i2").tobytes()))
+    print(
+        f"{len(message)} characters: {len(expected) / rate:.0f} s of speech, "
+        f"{encoded} bytes of base64 ({encoded / MAX_FRAME:.1f} x the frame limit), intact"
+    )
+    assert len(message) == 5000
+    assert encoded > 4 * MAX_FRAME  # far beyond what one frame carries
+    assert held == {"samples": len(expected), "sha256": digest}, (held, len(expected))
+    assert (result.status, reports) == ("no_answer", ["ringing"]), (result, reports)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import re
 import signal
@@ -110,6 +111,59 @@ async def test_plain_notification_is_heard(pbx: Kamailio, daemon: Daemon, tmp_pa
         text = await SpeechToText(_whisper()).transcribe(heard.samples, heard.rate)
         words = set("".join(c if c.isalnum() else " " for c in text.lower()).split())
         assert {"reminder", "dentist", "appointment"} <= words, text
+    finally:
+        await phone.close()
+        receiver.close()
+
+
+LONG_BODY = (
+    "This is the service desk with an update on your repair order.",
+    "The technician has replaced the pump and tested the heating system twice.",
+    "A short report of the work will be sent to you by mail within three days.",
+    "If the radiators stay cold after tonight, call the office during opening hours.",
+)
+LONG_END = "Last of all, remember to bring the blue folder."
+
+
+def _long_message(characters: int) -> str:
+    """Text of exactly ``characters`` characters that ends with ``LONG_END``."""
+    body = ""
+    for sentence in itertools.cycle(LONG_BODY):
+        if len(body) + len(sentence) + 1 + len(LONG_END) > characters:
+            return (body + LONG_END).ljust(characters)
+        body += sentence + " "
+    raise AssertionError("unreachable")
+
+
+async def test_message_over_one_ipc_frame_is_heard_to_its_last_words(
+    pbx: Kamailio, daemon: Daemon, tmp_path: Path
+) -> None:
+    """A 1,000-character message (the audio of ~912 used to fill the 1 MiB IPC frame) is
+    dialled and played whole: the phone hears its last words."""
+    message = _long_message(1000)
+    receiver = Receiver()
+    phone = await TestPhone.start("callee")
+    try:
+        await phone.register(pbx, "1012")
+        await phone.command("mode", on_incoming="answer", answer_after_ms=200)
+        await daemon.post({"message": message, "extension": "1012", "callback_url": receiver.url})
+        incoming = await phone.expect("incoming", timeout=60)
+        await phone.expect("media", call=incoming["call"], status="active")
+        await phone.command("record", call=incoming["call"], wav=str(tmp_path / "heard.wav"))
+        payload = await _webhook(receiver, within=180)
+        assert (payload["status"], payload["message_played"]) == ("completed", True), payload
+        await phone.expect("call", call=incoming["call"], state="DISCONNECTED", timeout=30)
+        await phone.expect("recorded", call=incoming["call"], timeout=30)
+        heard = read_wav(tmp_path / "heard.wav")
+        tail = heard.samples[-6 * heard.rate :]  # the daemon hangs up when the message ends
+        text = await SpeechToText(_whisper()).transcribe(tail, heard.rate)
+        words = set(re.findall(r"[a-z]+", text.lower()))
+        print(
+            f"{len(message)} characters, {len(heard.samples) / heard.rate:.1f} s heard, "
+            f"last 6 s: {text!r}"
+        )
+        assert payload["duration_seconds"] > 45, payload
+        assert {"blue", "folder"} <= words, text
     finally:
         await phone.close()
         receiver.close()

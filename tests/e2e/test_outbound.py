@@ -8,11 +8,13 @@ import itertools
 import json
 import re
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from daemon.speech import SpeechToText
@@ -148,21 +150,25 @@ async def test_message_over_one_ipc_frame_is_heard_to_its_last_words(
         await phone.command("mode", on_incoming="answer", answer_after_ms=200)
         await daemon.post({"message": message, "extension": "1012", "callback_url": receiver.url})
         incoming = await phone.expect("incoming", timeout=60)
-        await phone.expect("media", call=incoming["call"], status="active")
+        media = await phone.expect("media", call=incoming["call"], status="active")
         await phone.command("record", call=incoming["call"], wav=str(tmp_path / "heard.wav"))
+        recording_from = time.monotonic()  # the clock of the phone's "at" stamps
         payload = await _webhook(receiver, within=180)
         assert (payload["status"], payload["message_played"]) == ("completed", True), payload
         await phone.expect("call", call=incoming["call"], state="DISCONNECTED", timeout=30)
         await phone.expect("recorded", call=incoming["call"], timeout=30)
         heard = read_wav(tmp_path / "heard.wav")
+        first = int(np.argmax(np.abs(heard.samples) > 500))
+        to_audio_ms = (recording_from - media["at"] + first / heard.rate) * 1000
         tail = heard.samples[-6 * heard.rate :]  # the daemon hangs up when the message ends
         text = await SpeechToText(_whisper()).transcribe(tail, heard.rate)
         words = set(re.findall(r"[a-z]+", text.lower()))
         print(
             f"{len(message)} characters, {len(heard.samples) / heard.rate:.1f} s heard, "
-            f"last 6 s: {text!r}"
+            f"answer -> first audio {to_audio_ms:.0f} ms, last 6 s: {text!r}"
         )
         assert payload["duration_seconds"] > 45, payload
+        assert to_audio_ms <= 200, f"answer -> first audio {to_audio_ms:.0f} ms (budget 200)"
         assert {"blue", "folder"} <= words, text
     finally:
         await phone.close()

@@ -4,13 +4,14 @@ Each message is an envelope of UTF-8 JSON::
 
     {"v": 1, "kind": "request" | "response" | "event", "type": "...", "id": 7, "body": {...}}
 
-It travels in frames: a 4-byte big-endian payload length, a 1-byte frame kind and at most
-``MAX_FRAME`` bytes of payload. A message that fits one frame goes as a ``WHOLE`` frame; a
-longer one (an outbound call's audio, a synthesised reply, a caller's utterance: minutes of
-PCM) is cut into ``PIECE`` frames of ``PIECE_BYTES`` ended by a ``LAST_PIECE``, up to
-``MAX_MESSAGE`` bytes in all. A sender writes one multi-frame message at a time, so pieces need
-no id; whole frames may come between them, so a claim or a call event is never queued behind
-minutes of audio.
+It travels in frames: a 4-byte big-endian word (the frame kind in its top two bits, the
+payload length below them), then at most ``MAX_FRAME`` bytes of payload. A message that fits
+one frame goes as a ``WHOLE`` frame, whose word is just the length; a longer one (an outbound
+call's audio, a synthesised reply, a caller's utterance: minutes of PCM) is cut into ``PIECE``
+frames of ``PIECE_BYTES`` ended by a ``LAST_PIECE``, up to ``MAX_MESSAGE`` bytes in all (a
+reader that knows only whole frames takes a piece for an oversized frame and closes cleanly).
+A sender writes one multi-frame message at a time, so pieces need no id; whole frames may come
+between them, so a claim or a call event is never queued behind minutes of audio.
 
 Either side may send requests (the supervisor: ``make_call``, ``hangup``, ``ping``...; a
 worker: ``claim``); each gets exactly one response with the same ``id``, whose body is the
@@ -45,7 +46,9 @@ VERSION = 1
 MAX_FRAME = 1 << 20  # payload bytes of one frame: a guard against a corrupt length
 PIECE_BYTES = 256 << 10  # payload bytes of each piece of a multi-frame message
 MAX_MESSAGE = 64 << 20  # bytes of one message (5,000 characters of speech at 16 kHz: ~15 MiB)
-_HEADER = struct.Struct(">IB")  # payload length, FrameKind
+_HEADER = struct.Struct(">I")  # FrameKind << _KIND_SHIFT | payload length
+_KIND_SHIFT = 30
+_LENGTH_MASK = (1 << _KIND_SHIFT) - 1
 
 
 class FrameKind(IntEnum):
@@ -83,14 +86,18 @@ def encode(envelope: Envelope) -> list[bytes]:
     if len(payload) > MAX_MESSAGE:
         raise ValueError(f"IPC message of {len(payload)} bytes exceeds {MAX_MESSAGE}")
     if len(payload) <= PIECE_BYTES:
-        return [_HEADER.pack(len(payload), FrameKind.WHOLE) + payload]
+        return [_header(FrameKind.WHOLE, len(payload)) + payload]
     frames = []
     for start in range(0, len(payload), PIECE_BYTES):
         piece = payload[start : start + PIECE_BYTES]
         last = start + PIECE_BYTES >= len(payload)
         kind = FrameKind.LAST_PIECE if last else FrameKind.PIECE
-        frames.append(_HEADER.pack(len(piece), kind) + piece)
+        frames.append(_header(kind, len(piece)) + piece)
     return frames
+
+
+def _header(kind: FrameKind, length: int) -> bytes:
+    return _HEADER.pack(kind << _KIND_SHIFT | length)
 
 
 class Reassembly:
@@ -196,7 +203,8 @@ class Connection:
         try:
             while True:
                 header = await self._reader.readexactly(_HEADER.size)
-                length, kind = _HEADER.unpack(header)
+                (word,) = _HEADER.unpack(header)
+                kind, length = word >> _KIND_SHIFT, word & _LENGTH_MASK
                 if length > MAX_FRAME:
                     log.error("ipc.frame_too_long", peer=self.name, length=length)
                     break  # the stream cannot be resynchronised

@@ -108,8 +108,8 @@ async def test_errors_and_unknown_types_come_back_as_errors(pair: Pair) -> None:
     assert await pair.client.request("add", {"a": 1, "b": 1}) == {"sum": 2}
 
 
-def _frame(payload: bytes, kind: FrameKind = FrameKind.WHOLE) -> bytes:
-    return struct.pack(">IB", len(payload), kind) + payload
+def _frame(payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + payload
 
 
 async def test_malformed_frames_are_survived(pair: Pair) -> None:
@@ -133,7 +133,7 @@ async def test_oversized_frame_closes_only_that_connection(pair: Pair) -> None:
     """A length beyond MAX_FRAME ends the connection cleanly; waiting requests fail."""
     waiting = asyncio.ensure_future(pair.client.request("slow", within=20))
     await asyncio.sleep(0.05)
-    pair.raw_writer.write(struct.pack(">IB", MAX_FRAME + 1, FrameKind.WHOLE))
+    pair.raw_writer.write(struct.pack(">I", MAX_FRAME + 1))
     await pair.raw_writer.drain()
     await asyncio.wait_for(pair.server.closed.wait(), 5)
     with pytest.raises(IpcClosed):
@@ -169,18 +169,24 @@ def test_a_long_message_is_cut_into_bounded_pieces() -> None:
     """Every frame of a long message stays within PIECE_BYTES; the pieces rejoin to the JSON."""
     envelope = Envelope(v=1, kind="event", type="audio", body={"pcm": "A" * 6_000_000})
     frames = encode(envelope)
-    kinds = [f[4] for f in frames]
+    words = [struct.unpack(">I", f[:4])[0] for f in frames]
+    kinds = [word >> 30 for word in words]
     assert kinds == [FrameKind.PIECE] * (len(frames) - 1) + [FrameKind.LAST_PIECE]
-    assert all(struct.unpack(">I", f[:4])[0] == len(f) - 5 <= PIECE_BYTES for f in frames)
-    assert PIECE_BYTES <= MAX_FRAME
-    assert b"".join(f[5:] for f in frames) == envelope.model_dump_json(exclude_none=True).encode()
+    assert all(
+        word & (1 << 30) - 1 == len(f) - 4 <= PIECE_BYTES
+        for word, f in zip(words, frames, strict=True)
+    )
+    assert PIECE_BYTES <= MAX_FRAME < min(words)  # to a whole-frame-only reader: oversized
+    assert b"".join(f[4:] for f in frames) == envelope.model_dump_json(exclude_none=True).encode()
+    small = encode(Envelope(v=1, kind="event", type="ringing"))
+    assert small == [_frame(b'{"v":1,"kind":"event","type":"ringing","body":{}}')]  # kind 0
     print(f"{len(frames)} frames of <= {PIECE_BYTES} bytes for a 6 MB body")
 
 
 async def test_whole_frames_pass_between_the_pieces_of_a_message(pair: Pair) -> None:
     """An event sent while a long message is in transit is dispatched at once, not after it."""
     frames = encode(Envelope(v=1, kind="event", type="audio", body={"pcm": "A" * 600_000}))
-    assert [f[4] for f in frames] == [FrameKind.PIECE, FrameKind.PIECE, FrameKind.LAST_PIECE]
+    assert [f[0] >> 6 for f in frames] == [FrameKind.PIECE, FrameKind.PIECE, FrameKind.LAST_PIECE]
     small = _frame(json.dumps({"v": 1, "kind": "event", "type": "ringing"}).encode())
     pair.raw_writer.write(frames[0] + small + frames[1] + frames[2])
     await pair.raw_writer.drain()

@@ -1,0 +1,108 @@
+"""The longest outbound message whose audio crosses a SIP worker's IPC socket intact.
+
+Synthesises messages with the daemon's own Piper voice at the call rate, sends each as the
+supervisor's ``outbound`` request does (message audio base64 in the request body) over a real
+Unix socket between two :class:`sip.ipc.Connection` ends, and checks on the far end that the
+samples and their SHA-256 match. Bisects on the message length, from 100 characters up to
+the API's limit of 5,000, and prints JSON: the longest length that crossed and the shortest
+that did not (null when 5,000 crossed).
+
+Run: .venv/bin/python -m bench.message_length [--rate 8000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import itertools
+import json
+import socket
+import sys
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from daemon.speech import TextToSpeech
+from daemon.speech.local import PiperSynthesizer
+from sip.ipc import Connection, IpcError
+
+API_LIMIT = 5000
+SENTENCES = (
+    "Hello, this is the clinic calling with the details of your visit next week.",
+    "Please arrive fifteen minutes early and bring your insurance card and a photo ID.",
+    "The parking garage on Maple Street is free for patients for the first two hours.",
+    "If you take any medicine every day, bring the list of names and doses with you.",
+)
+
+
+def message(characters: int) -> str:
+    text = ""
+    for sentence in itertools.cycle(SENTENCES):
+        if len(text) >= characters:
+            return (text[: characters - 1].rstrip() + ".").ljust(characters)
+        text += sentence + " "
+    raise AssertionError("unreachable")
+
+
+def digest(samples: NDArray[np.int16]) -> str:
+    return hashlib.sha256(samples.astype("<i2").tobytes()).hexdigest()
+
+
+async def crosses(supervisor: Connection, samples: NDArray[np.int16], characters: int) -> bool:
+    body = {
+        "call_id": "bench",
+        "request": {"message": message(characters), "extension": "1001", "ring_timeout": 30},
+        "audio": {"message": base64.b64encode(samples.astype("<i2").tobytes()).decode()},
+    }
+    try:
+        reply = await supervisor.request("outbound", body, within=60)
+    except (ValueError, IpcError, TimeoutError) as exc:  # a refused frame is a ValueError
+        print(f"{characters} characters: {exc}", file=sys.stderr)
+        return False
+    return bool(reply == {"samples": len(samples), "sha256": digest(samples)})
+
+
+async def run(rate: int) -> dict[str, Any]:
+    piper = await asyncio.to_thread(PiperSynthesizer)
+    tts = TextToSpeech(piper, piper.name)
+
+    async def worker_side(type_: str, body: dict[str, Any]) -> dict[str, Any]:
+        pcm = np.frombuffer(base64.b64decode(body["audio"]["message"]), dtype="<i2")
+        return {"samples": len(pcm), "sha256": digest(pcm.astype(np.int16))}
+
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    supervisor = Connection(*await asyncio.open_unix_connection(sock=left), "worker-0")
+    worker = Connection(*await asyncio.open_unix_connection(sock=right), "supervisor", worker_side)
+    readers = [asyncio.ensure_future(c.run()) for c in (supervisor, worker)]
+    try:
+
+        async def ok(characters: int) -> bool:
+            samples = await tts.synthesize(message(characters), rate)
+            return await crosses(supervisor, samples, characters)
+
+        if await ok(API_LIMIT):
+            return {"rate": rate, "longest_ok_chars": API_LIMIT, "first_failing_chars": None}
+        low, high = 100, API_LIMIT
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if await ok(middle) else (low, middle)
+        return {"rate": rate, "longest_ok_chars": low, "first_failing_chars": high}
+    finally:
+        await supervisor.aclose()
+        await worker.aclose()
+        for reader in readers:
+            reader.cancel()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rate", type=int, default=8000, choices=(8000, 16000))
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(run(args.rate))))
+
+
+if __name__ == "__main__":
+    main()

@@ -17,7 +17,6 @@ import asyncio
 import base64
 import hashlib
 import itertools
-import json
 import socket
 import sys
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from bench.report import emit
 from daemon.speech import TextToSpeech
 from daemon.speech.local import PiperSynthesizer
 from sip.ipc import Connection, IpcError
@@ -84,12 +84,12 @@ async def run(rate: int) -> dict[str, Any]:
             return await crosses(supervisor, samples, characters)
 
         if await ok(API_LIMIT):
-            return {"rate": rate, "longest_ok_chars": API_LIMIT, "first_failing_chars": None}
+            return _report(rate, API_LIMIT, None)
         low, high = 100, API_LIMIT
         while high - low > 1:
             middle = (low + high) // 2
             low, high = (middle, high) if await ok(middle) else (low, middle)
-        return {"rate": rate, "longest_ok_chars": low, "first_failing_chars": high}
+        return _report(rate, low, high)
     finally:
         await supervisor.aclose()
         await worker.aclose()
@@ -97,12 +97,21 @@ async def run(rate: int) -> dict[str, Any]:
             reader.cancel()
 
 
-def main() -> None:
+def _report(rate: int, longest: int, first_failing: int | None) -> dict[str, Any]:
+    return {
+        "benchmark": "message_length",
+        "rate": rate,
+        "longest_ok_chars": longest,
+        "first_failing_chars": first_failing,
+    }
+
+
+def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rate", type=int, default=8000, choices=(8000, 16000))
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.rate))))
+    return emit(lambda: asyncio.run(run(args.rate)))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -29,6 +30,10 @@ from daemon.outbound import OutboundService, OutboundUnavailable
 from daemon.store import FINAL_STATUSES, DuplicateCallId, Store
 
 log = get_logger(__name__)
+
+SEQ_MAX = 2**63 - 1  # record numbers are SQLite INTEGERs
+_INTEGER = re.compile(r"-?[0-9]{1,20}")
+STRICT_VALUES = ("0", "1", "true", "false")
 
 RESULT_FIELDS = (
     "duration_seconds",
@@ -68,6 +73,20 @@ class ApiContext:
 
 def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"detail": detail, **extra}, status_code=status)
+
+
+class _BadParameter(Exception):
+    """A query parameter out of its documented type or range; the message names it."""
+
+
+def _query_int(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
+    """The integer query parameter ``name`` within ``low..high``, or ``default`` if absent."""
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    if not _INTEGER.fullmatch(text) or not low <= int(text) <= high:
+        raise _BadParameter(f"{name}: must be an integer from {low} to {high}")
+    return int(text)
 
 
 def create_app(ctx: ApiContext) -> Starlette:
@@ -114,8 +133,11 @@ class _Routes:
         return route
 
     async def get_health(self, request: Request) -> Response:
+        strict_text = request.query_params.get("strict", "0")
+        if strict_text not in STRICT_VALUES:
+            return _error(400, f"strict: must be one of {', '.join(STRICT_VALUES)}")
         report = self.ctx.health()
-        strict = request.query_params.get("strict") in ("1", "true")
+        strict = strict_text in ("1", "true")
         code = 503 if strict and report.status != "healthy" else 200
         return JSONResponse(asdict(report), status_code=code)
 
@@ -174,13 +196,11 @@ class _Routes:
         if store is None:
             return JSONResponse({"calls": [], "next_before": None})
         try:
-            limit = int(request.query_params.get("limit", "50"))
-            before_text = request.query_params.get("before")
-            before = int(before_text) if before_text is not None else None
-        except ValueError:
-            return _error(400, "limit and before must be integers")
-        if not 1 <= limit <= 200:
-            return _error(400, "limit: must be between 1 and 200")
+            limit = _query_int(request, "limit", 50, 1, 200)
+            before = _query_int(request, "before", None, 0, SEQ_MAX)
+        except _BadParameter as exc:
+            return _error(400, str(exc))
+        assert limit is not None
         direction = request.query_params.get("direction", "outbound")
         if direction == "inbound":
             inbound = await store.list_inbound(limit, before)
@@ -207,8 +227,10 @@ class _Routes:
         await self.ctx.engine(websocket)
 
     async def http_error(self, request: Request, exc: Exception) -> Response:
-        if isinstance(exc, HTTPException):
-            return _error(exc.status_code, str(exc.detail))
+        if isinstance(exc, HTTPException):  # a 405 keeps its Allow header
+            return JSONResponse(
+                {"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+            )
         return _error(404, "not found")
 
     async def server_error(self, request: Request, exc: Exception) -> Response:

@@ -15,7 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sip.target import request_uri
 
-_CALL_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+_CALL_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+# http(s)://[user@]host[:port][/path?query#fragment], no whitespace (the spec's pattern).
+_CALLBACK_URL = re.compile(
+    r"[Hh][Tt][Tt][Pp][Ss]?://([^\s/?#@\[\]]*@)?([^\s/?#@:\[\]]+|\[[0-9A-Fa-f:.]+\])"
+    r"(:[0-9]*)?([/?#]\S*)?"
+)
 
 
 class Strict(BaseModel):
@@ -29,9 +34,9 @@ class ChoiceOption(Strict):
     @field_validator("synonyms")
     @classmethod
     def _synonyms(cls, value: list[str]) -> list[str]:
-        if any(not s.strip() or len(s) > 200 for s in value):
-            raise ValueError("synonyms must be non-empty strings of at most 200 characters")
-        return value
+        if any(len(s) > 200 for s in value):
+            raise ValueError("synonyms must be strings of at most 200 characters")
+        return value  # a blank synonym is allowed and matches nothing
 
 
 class ChoicePrompt(Strict):
@@ -67,15 +72,15 @@ class OutboundCallRequest(Strict):
     def _callback_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        parts = urlsplit(value) if _CALLBACK_URL.fullmatch(value) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL with a host")
         return value
 
     @field_validator("call_id")
     @classmethod
     def _call_id(cls, value: str | None) -> str | None:
-        if value is not None and not _CALL_ID.match(value):
+        if value is not None and not _CALL_ID.fullmatch(value):
             raise ValueError("must be 1-128 characters of letters, digits and . _ : @ -")
         return value
 

@@ -401,3 +401,77 @@ async def test_restart_mid_queue_loses_nothing_and_dials_nothing_twice(tmp_path:
         await second.service.stop()
         await second.deliverer.stop()
         await second.store.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("before=9223372036854775808", "before"),
+        ("before=-1", "before"),
+        ("before=1e3", "before"),
+        ("before=" + "9" * 5000, "before"),
+        ("limit=0", "limit"),
+        ("limit=201", "limit"),
+        ("limit=1_0", "limit"),
+        ("limit=%2010", "limit"),
+    ],
+)
+async def test_out_of_range_query_parameters_are_400_naming_them(
+    api: Api, query: str, named: str
+) -> None:
+    """GET /calls with a parameter beyond its type or range answers 400 naming it, never 500."""
+    for direction in ("outbound", "inbound"):
+        response = await api.client.get(f"/calls?{query}&direction={direction}")
+        assert response.status_code == 400, (query, response.text)
+        assert response.json()["detail"].startswith(f"{named}: "), response.text
+
+
+async def test_largest_before_is_accepted(api: Api) -> None:
+    """before=2**63-1, SQLite's largest integer, is a valid page start."""
+    response = await api.client.get("/calls?before=9223372036854775807&direction=inbound")
+    assert response.json() == {"calls": [], "next_before": None}
+
+
+async def test_health_strict_takes_only_its_values(api: Api) -> None:
+    """/health?strict= accepts 0, 1, true and false; anything else is 400 naming strict."""
+    for value in ("0", "1", "true", "false"):
+        assert (await api.client.get(f"/health?strict={value}")).status_code == 200
+    wrong = await api.client.get("/health?strict=AAA")
+    assert wrong.status_code == 400
+    assert wrong.json()["detail"].startswith("strict: ")
+
+
+async def test_a_wrong_method_gets_405_with_allow(api: Api) -> None:
+    """A method a route does not serve answers 405 with an Allow header listing those it does."""
+    for method, path, allowed in (
+        ("TRACE", "/health", {"GET", "HEAD"}),
+        ("DELETE", "/call", {"POST"}),
+        ("PUT", "/calls", {"GET", "HEAD"}),
+    ):
+        response = await api.client.request(method, path)
+        assert response.status_code == 405
+        assert set(response.headers["allow"].split(", ")) == allowed, path
+        _conforms(response.json(), "ErrorResponse")
+
+
+async def test_blank_synonyms_are_accepted(api: Api) -> None:
+    """The contract allows any string as a synonym: an empty one is accepted (it matches
+    nothing)."""
+    option = {"value": "yes", "synonyms": ["", "  ", "yeah"]}
+    body = {
+        **BASE,
+        "callback_url": "http://127.0.0.1:9/h",
+        "choice": {**CHOICE, "options": [option]},
+    }
+    assert (await api.client.post("/call", json=body)).status_code == 200
+
+
+async def test_call_list_items_conform_to_the_served_spec(api: Api) -> None:
+    """Each GET /calls item conforms to the served spec's item schema (anyOf of the two
+    record kinds: an in-progress outbound record fits both)."""
+    await api.client.post("/call", json=BASE)
+    items = SPEC["paths"]["/calls"]["get"]["responses"]["200"]["content"]["application/json"]
+    schema = copy.deepcopy(items["schema"]["properties"]["calls"]["items"])
+    schema["components"] = SPEC["components"]
+    for record in (await api.client.get("/calls")).json()["calls"]:
+        OAS30Validator(schema).validate(record)

@@ -1,7 +1,10 @@
 """Structured logging: events with fields, JSON lines for journald, readable on a terminal.
 
 Everything goes through the standard library's root handler, so records from uvicorn and
-other libraries come out in the same format as ours. Bind per-call context with
+other libraries come out in the same format as ours. When the output stream is the journal
+(systemd sets ``JOURNAL_STREAM`` to its device:inode), each line starts with its syslog
+priority, ``<3>`` for an error to ``<7>`` for debug (sd-daemon(3)), which journald parses:
+``journalctl -u sipai -p err`` then shows the errors only. Bind per-call context with
 ``structlog.contextvars.bind_contextvars(call_id=...)`` in the task that handles the call;
 the context does not cross into the SIP or media threads.
 """
@@ -9,6 +12,7 @@ the context does not cross into the SIP or media threads.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import TextIO
 
@@ -22,6 +26,15 @@ _LEVELS = {
     LogLevel.WARNING: logging.WARNING,
     LogLevel.ERROR: logging.ERROR,
 }
+
+# sd-daemon(3) priorities by the lowest logging level they cover, most severe first.
+_PRIORITIES = (
+    (logging.CRITICAL, 2),  # SD_CRIT
+    (logging.ERROR, 3),  # SD_ERR
+    (logging.WARNING, 4),  # SD_WARNING
+    (logging.INFO, 6),  # SD_INFO
+)
+_DEBUG_PRIORITY = 7  # SD_DEBUG
 
 
 def configure_logging(
@@ -63,12 +76,13 @@ def configure_logging(
     )
 
     handler = logging.StreamHandler(out)
-    handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=shared,
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-        )
+    formatter: logging.Formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
+    if is_journal(out):
+        formatter = _PriorityPrefix(formatter)
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -81,6 +95,35 @@ def configure_logging(
         lib.handlers.clear()
         lib.propagate = True
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+def is_journal(stream: TextIO) -> bool:
+    """True when ``stream`` is the journal's stream connection (``JOURNAL_STREAM``)."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        status = os.fstat(stream.fileno())
+    except (OSError, ValueError):  # no file descriptor (io.UnsupportedOperation), or closed
+        return False
+    return (status.st_dev, status.st_ino) == (int(device), int(inode))
+
+
+def priority(levelno: int) -> int:
+    """The syslog priority of a logging level: 3 for ERROR, 4 WARNING, 6 INFO, 7 DEBUG."""
+    return next((p for lowest, p in _PRIORITIES if levelno >= lowest), _DEBUG_PRIORITY)
+
+
+class _PriorityPrefix(logging.Formatter):
+    """``<N>`` before every line of a record (a traceback too), N its syslog priority."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in self._inner.format(record).split("\n"))
 
 
 def _drop_color_message(

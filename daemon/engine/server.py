@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from daemon.engine.brains import Brain
 from daemon.engine.session import EngineSession
@@ -60,12 +60,16 @@ class Engine:
             await session.start()
             while True:
                 await session.handle(await websocket.receive_text())
-        except (WebSocketDisconnect, RuntimeError):
-            pass  # the client went away
+        except WebSocketDisconnect as exc:  # the client went away: an event, not an error
+            log.info("engine.client_disconnected", session=session.id, code=exc.code)
+        except RuntimeError:
+            pass  # a receive after the close
         finally:
             await session.close()
-            with contextlib.suppress(RuntimeError):
-                await websocket.close()
+            if websocket.client_state is WebSocketState.CONNECTED:
+                # The client may vanish during the close too: that is the same disconnect.
+                with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+                    await websocket.close()
             log.info("engine.session_closed", session=session.id)
 
     def _authorised(self, websocket: WebSocket) -> bool:

@@ -5,7 +5,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import structlog
@@ -55,3 +60,86 @@ def test_console_on_a_terminal_and_level_filter() -> None:
     assert "call.hidden" not in text
     assert "call.shown" in text
     assert not text.lstrip().startswith("{")
+
+
+_EMIT = """
+import logging, structlog
+from config.schema import LogFormat, LogLevel
+from daemon.logs import configure_logging, get_logger
+configure_logging(LogLevel.DEBUG, LogFormat(FORMAT))
+log = get_logger("test")
+log.debug("level.debug")
+log.info("level.info")
+log.warning("level.warning")
+log.error("level.error")
+log.critical("level.critical")
+logging.getLogger("pjsip").error("sip_transport.c  Error sending")
+logging.getLogger("uvicorn.error").info("Started server process")
+try:
+    raise ValueError("boom")
+except ValueError:
+    log.exception("level.exception")
+"""
+_PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
+
+
+def _emit(tmp_path: Path, fmt: str, journal_of: str | None) -> list[str]:
+    """Run the logging set-up in a process whose stdout is a file; JOURNAL_STREAM names the
+    device:inode of ``journal_of`` ("stdout": that file itself)."""
+    out = tmp_path / "stdout"
+    out.touch()
+    env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+    if journal_of is not None:
+        other = tmp_path / "other"
+        other.touch()
+        status = (out if journal_of == "stdout" else other).stat()
+        env["JOURNAL_STREAM"] = f"{status.st_dev}:{status.st_ino}"
+    with out.open("w") as stdout:
+        subprocess.run(
+            [sys.executable, "-c", _EMIT.replace("FORMAT", repr(fmt))],
+            stdout=stdout,
+            env=env,
+            check=True,
+            timeout=60,
+        )
+    return out.read_text().splitlines()
+
+
+def test_journal_stream_lines_carry_their_syslog_priority(tmp_path: Path) -> None:
+    """With stdout the journal's stream, every JSON line starts with <N>, N the syslog
+    priority of its level (3 error ... 7 debug), for library records too."""
+    lines = _emit(tmp_path, "json", "stdout")
+    seen = []
+    for line in lines:
+        match = re.fullmatch(r"<(\d)>(\{.*\})", line)
+        assert match, line
+        event = json.loads(match[2])
+        assert int(match[1]) == _PRIORITY[event["level"]], line
+        seen.append((match[1], event["event"]))
+    assert seen == [
+        ("7", "level.debug"),
+        ("6", "level.info"),
+        ("4", "level.warning"),
+        ("3", "level.error"),
+        ("2", "level.critical"),
+        ("3", "sip_transport.c  Error sending"),
+        ("6", "Started server process"),
+        ("3", "level.exception"),
+    ], f"priorities seen: {seen}"
+
+
+def test_journal_prefix_on_every_line_of_a_traceback(tmp_path: Path) -> None:
+    """In console format a traceback spans lines: each one carries the record's priority."""
+    lines = _emit(tmp_path, "console", "stdout")
+    start = next(i for i, line in enumerate(lines) if "level.exception" in line)
+    assert len(lines) - start > 3, lines
+    assert all(line.startswith("<3>") for line in lines[start:]), lines[start:]
+    assert all(re.match(r"<[2-7]>", line) for line in lines), lines
+
+
+@pytest.mark.parametrize("journal_of", [None, "another file"])
+def test_no_prefix_when_stdout_is_not_the_journal(tmp_path: Path, journal_of: str | None) -> None:
+    """Without JOURNAL_STREAM, or when it names another stream than stdout (output
+    redirected), lines are plain JSON."""
+    for line in _emit(tmp_path, "json", journal_of):
+        assert json.loads(line)["event"], line

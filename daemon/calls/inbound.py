@@ -82,6 +82,7 @@ SEND_DTMF = Tool(
     },
 )
 TRANSFER_SECONDS = 30.0  # longest wait for the transfer target to answer
+MEDIA_END_GRACE = 2.0  # the media ends with the call: its CallEnded (the cause) follows at once
 REPLAY_TURNS = 30  # transcript turns replayed into a new session
 
 
@@ -371,6 +372,9 @@ class InboundAgent:
             self._uplink_latency.extend(sent - s for s in stamps)
             stamps.clear()
             self._sent_ms += self.agent.uplink_batch_ms
+        # The SIP event that closed the media says how the call ended: give it the word.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.ended.wait(), MEDIA_END_GRACE)
         self._noticed_end()
 
     # -- model -> caller ------------------------------------------------------------------
@@ -686,15 +690,16 @@ class InboundAgent:
             await self.ctx.worker.hangup(self.key)
         self._end(cause)
 
-    def _noticed_end(self) -> None:
-        """The media or the SIP events say the call is over: the caller hung up, unless we did."""
-        self._end(self._hanging_up or "caller hung up")
+    def _noticed_end(self, event: CallEnded | None = None) -> None:
+        """The media or the SIP events say the call is over: unless we hung up, the caller did,
+        or the SIP failure ``event`` reports did."""
+        self._end(self._hanging_up or end_cause(event))
 
     async def _watch_call(self) -> None:
         while True:
             event = await self.ctx.sip_events.get()
             if isinstance(event, CallEnded):
-                self._noticed_end()
+                self._noticed_end(event)
                 return
             if isinstance(event, DtmfReceived):
                 self._dtmf(event.digit)
@@ -727,6 +732,15 @@ class InboundAgent:
         await self.session.send(dialect.user_text(f"[The caller pressed the keys: {digits}]"))
         if self._response is None:
             await self.session.send(dialect.respond())
+
+
+def end_cause(event: CallEnded | None) -> str:
+    """How a call that we did not hang up ended, from its CallEnded (None: unknown)."""
+    if event is None or event.code < 300:  # the caller's BYE (200 Normal call clearing)
+        return "caller hung up"
+    if event.code == 408 and not event.answered:  # our 200 OK was never ACKed (timer H)
+        return f"no ACK from the caller: 408 {event.reason}"
+    return f"SIP {event.code} {event.reason}"
 
 
 def _percentile_ms(seconds: Iterable[float], q: float) -> float | None:

@@ -7,6 +7,7 @@ gets its own session and brain.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
@@ -47,8 +48,20 @@ class Engine:
         await websocket.accept()
         caller = websocket.headers.get("x-sipai-call", "")
 
+        gone = False  # the client went away: what is still sent goes nowhere
+
         async def send(event: dict[str, Any]) -> None:
-            await websocket.send_text(json.dumps(event, separators=(",", ":")))
+            nonlocal gone
+            if gone:
+                return
+            try:
+                await websocket.send_text(json.dumps(event, separators=(",", ":")))
+            except WebSocketDisconnect:
+                gone = True  # the receive loop gets the disconnect too and ends the session
+                return
+            # Let a lost connection be noticed before the next write: without this pause a
+            # response streams on into the dead socket and asyncio warns of every write.
+            await asyncio.sleep(0)
 
         session = EngineSession(send, self.tts, self.stt, self.brain(caller), beta=beta)
         session.on_turn = self.turns.append

@@ -88,15 +88,18 @@ async def test_a_dropped_realtime_socket_is_an_info_event(
     daemon_env: dict[str, str], tmp_path: Path
 ) -> None:
     """A client that drops /v1/realtime mid-response is logged as engine.client_disconnected
-    at info, and the daemon logs no error or warning for it."""
+    at info; the daemon logs no error for it and writes nothing more into the dead socket."""
     out = tmp_path / "stdout"
     async with _daemon(daemon_env, out) as base:
         await _drop_mid_response(base)
         # Closed, or (before the fix) the disconnect escaped the route as an ASGI error.
         await _until_logged(out, "engine.session_closed", "Exception in ASGI application\n")
     events = _json_lines(out)
-    errors = [e["event"] for e in events if e["level"] in ("warning", "error", "critical")]
-    assert errors == [], f"{len(errors)} warning or error events: {errors[:3]}"
+    errors = [e["event"] for e in events if e["level"] in ("error", "critical")]
+    assert errors == [], f"{len(errors)} error events: {errors[:3]}"
+    # asyncio warns of each write into a socket known to be dead, from the fifth on.
+    dead_writes = [e for e in events if e["event"] == "socket.send() raised exception."]
+    assert dead_writes == [], f"{len(dead_writes)} writes into the dropped socket"
     dropped = [e for e in events if e["event"] == "engine.client_disconnected"]
     assert [e["level"] for e in dropped] == ["info"], dropped
 

@@ -454,6 +454,18 @@ class WorkerPool:
         return sum(len(s.calls) for s in self.workers)
 
     @property
+    def all_up(self) -> bool:
+        """Every worker that should run is up: ready, connected and its process alive."""
+        return all(
+            s.ready.is_set()
+            and s.conn is not None
+            and not s.conn.closed.is_set()
+            and s.process is not None
+            and s.process.returncode is None
+            for s in self.workers
+        )
+
+    @property
     def free_slots(self) -> int:
         """Call slots free on workers that are up."""
         return sum(

@@ -119,7 +119,10 @@ class Supervisor:
     def health(self) -> HealthReport:
         registration_needed = not self._settings.sip.direct_mode
         sip_registered = self._sip.registered
-        healthy = not self._stopping and (sip_registered or not registration_needed)
+        # Every worker counts, from start-up on: a dead one (restarting) takes no calls.
+        healthy = (
+            not self._stopping and self._sip.all_up and (sip_registered or not registration_needed)
+        )
         return HealthReport(
             status="healthy" if healthy else "unhealthy",
             sip_registered=sip_registered,

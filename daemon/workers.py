@@ -54,6 +54,7 @@ from sip.ipc import Body, Connection, IpcClosed, IpcError, UnknownRequest
 log = get_logger(__name__)
 
 READY_SECONDS = 30.0
+TEARDOWN_POLL_SECONDS = 0.2
 STOP_SECONDS = 10.0
 CLAIM_MEMORY_SECONDS = 300.0
 RESTART_BACKOFF_CAP = 30.0
@@ -122,6 +123,11 @@ class WorkerState:
     pid: int | None = None
     reader: asyncio.Future[None] | None = None  # the IPC connection's read loop
     reserved: int = 0  # outbound calls handed to this worker and not finished
+    # Slots of ended calls that pjsua is still tearing down, as the worker last reported them
+    # (pjsua's call count less the calls it holds); counted as used until reported free.
+    teardown: int = 0
+    teardown_epoch: int = 0  # bumped by each release: a report asked for before it is stale
+    teardown_poll: asyncio.Task[None] | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -295,6 +301,9 @@ class WorkerPool:
         self._stopping = True
         for task in self._supervise:
             task.cancel()
+        for state in self.workers:
+            if state.teardown_poll is not None:
+                state.teardown_poll.cancel()
 
         async def stop_one(state: WorkerState) -> None:
             if state.conn is not None:
@@ -445,6 +454,18 @@ class WorkerPool:
         return sum(len(s.calls) for s in self.workers)
 
     @property
+    def all_up(self) -> bool:
+        """Every worker that should run is up: ready, connected and its process alive."""
+        return all(
+            s.ready.is_set()
+            and s.conn is not None
+            and not s.conn.closed.is_set()
+            and s.process is not None
+            and s.process.returncode is None
+            for s in self.workers
+        )
+
+    @property
     def free_slots(self) -> int:
         """Call slots free on workers that are up."""
         return sum(
@@ -463,14 +484,14 @@ class WorkerPool:
             for s in self.workers
             if s.ready.is_set()
             and s.conn is not None
-            and len(s.calls) < self.settings.sip.max_calls
+            and self._used(s) < self.settings.sip.max_calls
         ]
         if not candidates:
             raise NoFreeWorker(
                 f"no SIP worker has a free call slot ({self.active_calls} calls on "
                 f"{len(self.workers)} workers x {self.settings.sip.max_calls})"
             )
-        state = min(candidates, key=lambda s: (len(s.calls), s.index))
+        state = min(candidates, key=lambda s: (self._used(s), s.index))
         assert state.conn is not None
         result = await state.conn.request(
             "make_call", {"target": target, "ring_timeout": ring_timeout}
@@ -489,7 +510,9 @@ class WorkerPool:
     def _used(self, state: WorkerState) -> int:
         # Reserved outbound calls show up in ``calls`` once dialled; counting the larger of
         # the two never over-commits a worker (it may under-use one holding both kinds).
-        return max(len(state.calls), state.reserved)
+        # Slots still in pjsua's teardown are taken too: a call that ended keeps its slot
+        # until its INVITE transaction is over, up to ~32 s when the far end went silent.
+        return max(len(state.calls), state.reserved) + state.teardown
 
     async def reserve_slot(self) -> int:
         """Wait for a free call slot; reserve it on the least loaded worker."""
@@ -509,7 +532,36 @@ class WorkerPool:
             await self._capacity.wait()
 
     def release_slot(self, index: int) -> None:
-        self.workers[index].reserved = max(0, self.workers[index].reserved - 1)
+        """The outbound call on worker ``index`` is over; its slot counts as taken until the
+        worker reports that pjsua has really released it."""
+        state = self.workers[index]
+        state.reserved = max(0, state.reserved - 1)
+        state.teardown += 1
+        state.teardown_epoch += 1
+        if state.teardown_poll is None or state.teardown_poll.done():
+            state.teardown_poll = asyncio.ensure_future(self._follow_teardown(state))
+
+    async def _follow_teardown(self, state: WorkerState) -> None:
+        """Ask the worker how many slots pjsua is still tearing down until none is."""
+        while state.teardown > 0:
+            conn = state.conn
+            if conn is None or not state.ready.is_set():
+                state.teardown = 0  # a worker that died or restarts has no pjsua calls left
+                break
+            epoch = state.teardown_epoch
+            try:
+                reply = await conn.request("ping", within=5.0)
+            except (IpcError, TimeoutError):
+                state.teardown = 0
+                break
+            if epoch == state.teardown_epoch:  # no release since the question: up to date
+                held = int(reply.get("pjsua_calls", 0)) - int(reply.get("calls", 0))
+                freed = state.teardown > max(0, held)
+                state.teardown = max(0, held)
+                if freed:
+                    self._capacity_changed()
+            if state.teardown > 0:
+                await asyncio.sleep(TEARDOWN_POLL_SECONDS)
         self._capacity_changed()
 
     async def probe(self) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import ctypes
 import gc
 import heapq
 import itertools
@@ -61,15 +62,25 @@ class SipError(Exception):
     """A SIP operation was refused (too many calls, bad target, unknown call...)."""
 
 
-class SlotInTeardown(SipError):
+class NoFreeSlot(SipError):
+    """No pjsua call slot is free now; one frees when a call ends and pjsua has torn it down."""
+
+
+class SlotInTeardown(NoFreeSlot):
     """pjsua has no free call slot yet although this worker holds fewer calls than its limit.
 
-    A call that just ended keeps its pjsua slot until pjsua finishes tearing it down (media
-    channel, dialog), which can lag the DISCONNECTED callback; the caller retries shortly.
+    pjsua reports a hung-up call DISCONNECTED at once but keeps its slot until the INVITE
+    transaction ends: the far end's 487 to our CANCEL, or pjsip's timers when it never
+    answers (about 30 s behind a proxy whose branch went silent, 32 s with no reply at all).
     """
 
 
 PJ_ETOOMANY = 70010
+# pjsua's own count of call slots in use, calls being torn down included (pjsua2 has no
+# binding for it; the C function is exported by the same library).
+_pjsua_call_get_count = ctypes.CDLL(pj._pjsua2.__file__).pjsua_call_get_count
+_pjsua_call_get_count.restype = ctypes.c_uint
+_pjsua_call_get_count.argtypes = []
 
 
 @dataclass
@@ -308,13 +319,23 @@ class SipThread:
     def new_call_id(self) -> str:
         return f"w{self.index}-{next(self._call_ids)}"
 
+    def pjsua_calls(self) -> int:
+        """Call slots pjsua holds: live calls plus hung-up ones it is still tearing down."""
+        return int(_pjsua_call_get_count())
+
     def make_call(self, uri: str) -> str:
+        """Dial ``uri``; :class:`NoFreeSlot` when every call slot is taken (nothing sent)."""
         if self.account is None:
             raise SipError("the SIP endpoint is not running")
         if len(self.calls) >= self.settings.max_calls:
-            raise SipError(
+            raise NoFreeSlot(
                 f"this worker already holds {len(self.calls)} calls (sip.max_calls = "
                 f"{self.settings.max_calls})"
+            )
+        if self.pjsua_calls() >= self.settings.max_calls:  # checked first: pjsua logs a refusal
+            raise SlotInTeardown(
+                f"cannot call {uri} yet: {self.pjsua_calls() - len(self.calls)} call slots "
+                "are still being torn down"
             )
         call = SipCall(self, self.account)
         try:
@@ -435,6 +456,7 @@ class SipCall(pj.Call):  # type: ignore[misc]
         self.stats: MediaStats | None = None
         self.ended = False
         self.refused = False  # answered 486 in onIncomingCall: no events, no audio
+        self.responded = False  # any SIP response to our INVITE arrived (100 Trying counts)
 
     def respond(self, code: int) -> None:
         prm = pj.CallOpParam()
@@ -482,6 +504,11 @@ class SipCall(pj.Call):  # type: ignore[misc]
             )
             self.owner.calls.pop(self.key, None)
             self.release()
+
+    def onCallTsxState(self, prm: Any) -> None:
+        event = prm.e
+        if event.type == pj.PJSIP_EVENT_TSX_STATE and not self.responded:
+            self.responded = event.body.tsxState.type == pj.PJSIP_EVENT_RX_MSG
 
     def onCallMediaState(self, prm: Any) -> None:
         info = self.getInfo()

@@ -9,7 +9,7 @@ take and return plain values only.
 from __future__ import annotations
 
 import asyncio
-import time
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
@@ -18,7 +18,7 @@ import pjsua2 as pj
 from config.schema import SipSettings
 from daemon.logs import get_logger
 from sip.audio_port import CallAudio
-from sip.endpoint import Claim, SipError, SipThread, SlotInTeardown
+from sip.endpoint import Claim, NoFreeSlot, SipError, SipThread
 from sip.events import CallAnswered, CallEnded, RegistrationChanged, SipEvent
 from sip.target import request_uri
 
@@ -28,8 +28,12 @@ __all__ = ["SipError", "SipWorker"]
 
 T = TypeVar("T")
 
-# How long make_call waits for pjsua to finish tearing down a call that just ended.
-SLOT_WAIT = 2.0
+# How often a dial waiting for a call slot asks pjsua again: a slot held by a call being torn
+# down frees without any event (a call ending wakes the waiting dials at once).
+SLOT_POLL = 0.1
+# A target that has sent no SIP response at all (not even 100 Trying) by then is unreachable;
+# below pjsip's 32 s INVITE timeout, so the call ends as ours with that cause.
+NO_RESPONSE_SECONDS = 30.0
 
 
 class SipWorker:
@@ -42,6 +46,7 @@ class SipWorker:
         self._thread: SipThread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ring_timers: dict[str, asyncio.TimerHandle] = {}
+        self._call_ended = asyncio.Event()  # set by each CallEnded: a slot may be free
 
     @property
     def domain(self) -> str:
@@ -95,6 +100,8 @@ class SipWorker:
             timer = self._ring_timers.pop(event.call, None)
             if timer is not None:
                 timer.cancel()
+            if isinstance(event, CallEnded):
+                self._call_ended.set()
         self._events.put_nowait(event)
 
     async def events(self) -> AsyncIterator[SipEvent]:
@@ -112,38 +119,68 @@ class SipWorker:
     # -- calls ---------------------------------------------------------------------------
 
     async def make_call(self, target: str, ring_timeout: float = 30.0) -> str:
-        """Dial ``target``; CANCEL if unanswered after ``ring_timeout`` s. Returns the call id."""
+        """Dial ``target`` as soon as a call slot is free (waiting as long as that takes);
+        CANCEL if unanswered after ``ring_timeout`` s. Returns the call id."""
         thread = self._thread
         if thread is None:
             raise SipError("the SIP worker is not running")
         uri = request_uri(target, thread.domain)
         key = await self._dial(thread, uri)
         assert self._loop is not None
+        deadline = self._loop.time() + ring_timeout
         self._ring_timers[key] = self._loop.call_later(
-            ring_timeout, lambda: asyncio.ensure_future(self._ring_timeout(key))
+            min(ring_timeout, NO_RESPONSE_SECONDS),
+            lambda: asyncio.ensure_future(self._ring_timeout(key, deadline)),
         )
         log.info("sip.dialing", call_id=key, uri=uri, ring_timeout=ring_timeout)
         return key
 
     async def _dial(self, thread: SipThread, uri: str) -> str:
-        # A slot freed a moment ago may still be in pjsua's teardown: retry for up to
-        # SLOT_WAIT seconds before giving up.
-        deadline = time.monotonic() + SLOT_WAIT
+        """Make the call once pjsua has a slot: a slot of a call that ended stays taken until
+        pjsua has torn that call down, which has no event of its own."""
+        waiting_since: float | None = None
         while True:
+            self._call_ended.clear()
             try:
                 key: str = await self._on_sip_thread(lambda: thread.make_call(uri))
-                return key
-            except SlotInTeardown:
-                if time.monotonic() >= deadline:
-                    raise
-                log.debug("sip.slot_in_teardown", uri=uri)
-                await asyncio.sleep(0.02)
+            except NoFreeSlot as exc:
+                if waiting_since is None:
+                    waiting_since = asyncio.get_running_loop().time()
+                    log.info("sip.waiting_for_slot", worker=self.index, uri=uri, reason=str(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._call_ended.wait(), SLOT_POLL)
+                continue
+            if waiting_since is not None:
+                waited = asyncio.get_running_loop().time() - waiting_since
+                log.info("sip.slot_free", worker=self.index, call_id=key, waited_s=round(waited, 2))
+            return key
 
-    async def _ring_timeout(self, key: str) -> None:
+    async def _ring_timeout(self, key: str, deadline: float) -> None:
+        """End an unanswered call: "no_response" if the target never sent any SIP response,
+        else "ring_timeout" once ``deadline`` is reached."""
         self._ring_timers.pop(key, None)
         thread = self._thread
-        if thread is not None:
-            await self._on_sip_thread(lambda: _end_if_present(thread, key, "ring_timeout"))
+        if thread is None:
+            return
+        assert self._loop is not None
+        left = deadline - self._loop.time()
+
+        def end() -> bool:
+            call = thread.calls.get(key)
+            if call is None:
+                return True
+            if not call.responded:
+                call.end("no_response")
+            elif left <= 0:
+                call.end("ring_timeout")
+            else:
+                return False
+            return True
+
+        if not await self._on_sip_thread(end):
+            self._ring_timers[key] = self._loop.call_later(
+                left, lambda: asyncio.ensure_future(self._ring_timeout(key, deadline))
+            )
 
     async def answer(self, call: str) -> None:
         thread = self._thread
@@ -191,6 +228,8 @@ class SipWorker:
             return {
                 "conference_ports": int(thread.endpoint.mediaActivePorts()),
                 "calls": len(thread.calls),
+                # slots pjsua holds, calls it is still tearing down included
+                "pjsua_calls": thread.pjsua_calls(),
             }
 
         return await self._on_sip_thread(read)

@@ -119,7 +119,7 @@ class Ended:
 
     code: int
     at: float
-    local_cause: str = ""  # "ring_timeout", "hangup", "worker_died"...
+    local_cause: str = ""  # "ring_timeout", "no_response", "hangup", "worker_died"...
     reason: str = ""
 
 
@@ -127,7 +127,12 @@ Event = Ringing | Answered | PlayDone | SpeechEnded | ListenTimeout | Transcript
 
 
 def status_for_unanswered(code: int, local_cause: str) -> str:
-    """The contract status of a call that was never answered (DESIGN section 5)."""
+    """The contract status of a call that was never answered (DESIGN section 5).
+
+    ``no_response``: the target sent no SIP response at all (nothing listens there), which is
+    a failure to reach it, not a callee who let it ring."""
+    if local_cause == "no_response":
+        return "failed"
     if local_cause == "ring_timeout" or code in (408, 480):
         return "no_answer"
     if code in (486, 600):
@@ -221,6 +226,9 @@ class OutboundFlow:
         if self.answered_at is None:
             status = status_for_unanswered(event.code, event.local_cause)
             error = None if status != "failed" else f"SIP {event.code} {event.reason}".strip()
+            if event.local_cause == "no_response":
+                error = f"no SIP response from {self.target}"
+                return [Finish(CallResult(status, error=error))]
             return [Finish(CallResult(status, error=error, sip_code=event.code or None))]
         return [
             Finish(

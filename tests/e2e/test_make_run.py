@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 
+import httpx
 import pytest
 
 from tests.conftest import ROOT, wait_for_health
@@ -24,8 +26,12 @@ def test_make_run_serves_health(daemon_env: dict[str, str]) -> None:
     )
     try:
         health = wait_for_health(int(daemon_env["SIPAI_API__PORT"]), proc, timeout=300)
+        deadline = time.monotonic() + 30
+        while health.json()["status"] != "healthy":  # unhealthy until the SIP worker is up
+            assert time.monotonic() < deadline, health.json()
+            time.sleep(0.1)
+            health = httpx.get(health.url, timeout=5)
         assert health.status_code == 200
-        assert health.json()["status"] == "healthy"
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends to the foreground group
         proc.wait(timeout=15)
     finally:

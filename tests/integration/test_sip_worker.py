@@ -21,7 +21,6 @@ from sip.events import (
     RegistrationChanged,
     TransferProgress,
 )
-from sip.worker import SipError
 from tests.audio import tone, tone_level_db
 from tests.integration.conftest import Recorded, worker_settings
 from tests.peers.kamailio import Kamailio, running_kamailio
@@ -203,21 +202,28 @@ async def test_no_answer_is_cancelled_at_the_ring_timeout(
 async def test_four_calls_then_a_fifth_is_refused(
     kamailio: Kamailio, make_worker: MakeWorker, phones: Phones
 ) -> None:
-    """Four inbound calls are held; a fifth gets 486; a fifth outbound gets a clear error."""
+    """Four inbound calls are held; a fifth gets 486; a fifth outbound waits for a slot and
+    is dialled once one of the four has ended."""
     worker = await make_worker(worker_settings(kamailio))
     await worker.expect(RegistrationChanged, registered=True)
     first, second = await phones("a"), await phones("b")
     await first.register(kamailio, "1001")
     await second.register(kamailio, "1002")
-    for _ in range(4):
-        await _call_in(worker, first)
+    held = [(await _call_in(worker, first))[0] for _ in range(4)]
     assert await worker.sip.call_count() == 4
     fifth = await second.command("dial", uri="sip:1000@127.0.0.1")
     refused = await second.expect("call", call=fifth["call"], state="DISCONNECTED")
     assert refused["code"] == 486
-    with pytest.raises(SipError, match="already holds 4 calls"):
-        await worker.sip.make_call("1002")
+    dialling = asyncio.ensure_future(worker.sip.make_call("1002"))
+    await asyncio.sleep(1.0)
+    assert not dialling.done()  # waiting for a slot, nothing sent
     assert await worker.sip.call_count() == 4
+    await worker.sip.hangup(held[0])
+    await worker.expect(CallEnded, call=held[0])
+    call = await asyncio.wait_for(dialling, 10)
+    await second.expect("incoming", timeout=10)
+    assert await worker.sip.call_count() == 4
+    await worker.sip.hangup(call)
 
 
 async def test_dtmf_both_ways(kamailio: Kamailio, make_worker: MakeWorker, phones: Phones) -> None:

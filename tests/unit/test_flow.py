@@ -155,6 +155,7 @@ def test_hang_up_during_the_message() -> None:
         (404, "", "failed"),
         (503, "", "failed"),
         (0, "worker_died", "failed"),
+        (487, "no_response", "failed"),
     ],
 )
 def test_unanswered_calls_map_sip_codes(code: int, cause: str, status: str) -> None:
@@ -166,3 +167,13 @@ def test_unanswered_calls_map_sip_codes(code: int, cause: str, status: str) -> N
     assert result.status == status
     assert result.message_played is False
     assert (result.error is not None) == (status == "failed")
+
+
+def test_target_that_never_responded_failed_without_a_sip_code() -> None:
+    """A dial nobody responded to (not even 100 Trying) fails and says so, with no SIP code."""
+    flow = OutboundFlow("sip:x@127.0.0.1:1", 5)
+    flow.start()
+    ended = Ended(487, at=5.0, local_cause="no_response", reason="Request Terminated")
+    result = _result(flow.handle(ended))
+    assert (result.status, result.sip_code) == ("failed", None)
+    assert result.error == "no SIP response from sip:x@127.0.0.1:1"

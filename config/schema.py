@@ -47,6 +47,9 @@ class SipSettings(Section):
     register_keepalive: int = Field(default=10, ge=0, le=3600)  # 0: refresh only
     clock_rate: int = 8000
     jitter_buffer_max_ms: int = Field(default=200, ge=40, le=1000)
+    # Symmetric RTP for callers behind NAT: within a call's first packets, follow the
+    # signalled peer's IP to the port it really sends from. Off: only the SDP's address.
+    rtp_latching: bool = False
 
     @field_validator("registrar", "proxy")
     @classmethod

@@ -45,6 +45,7 @@ from sip.events import (
     TransferProgress,
 )
 from sip.registration import Actions, Registration
+from sip.rtp_guard import LATCH_POLL_SECONDS, MediaGuard
 
 Emit = Callable[[SipEvent], None]
 # Asked on the SIP thread before an inbound call is taken: may this worker have the call with
@@ -457,6 +458,7 @@ class SipCall(pj.Call):  # type: ignore[misc]
         self.ended = False
         self.refused = False  # answered 486 in onIncomingCall: no events, no audio
         self.responded = False  # any SIP response to our INVITE arrived (100 Trying counts)
+        self.guard = MediaGuard(owner.settings.rtp_latching)  # SIP thread only
 
     def respond(self, code: int) -> None:
         prm = pj.CallOpParam()
@@ -517,6 +519,7 @@ class SipCall(pj.Call):  # type: ignore[misc]
                 continue
             if media.status not in (pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD):
                 continue
+            self._guard_media(index)
             audio_media = self.getAudioMedia(index)
             if self.port is not None and self.media is not None:
                 if self.media.getPortId() == audio_media.getPortId():
@@ -533,6 +536,35 @@ class SipCall(pj.Call):  # type: ignore[misc]
             audio_media.startTransmit(self.port)
             self.port.startTransmit(audio_media)
             return
+
+    def _guard_media(self, index: int) -> None:
+        """Admit RTP and RTCP only from the peer the SDP negotiated (sip.rtp_guard)."""
+        try:
+            transport, stream = self.getMedTransportInfo(index), self.getStreamInfo(index)
+        except pj.Error:
+            return  # no stream: nothing is received
+        if self.guard.update(
+            transport.localRtpName,
+            transport.localRtcpName,
+            stream.remoteRtpAddress,
+            stream.remoteRtcpAddress,
+            time.monotonic(),
+        ):
+            latch = self.guard.latch
+            self.owner.later(LATCH_POLL_SECONDS, lambda: self._check_latch(index, latch))
+
+    def _check_latch(self, index: int, latch: object) -> None:
+        if self.ended or self.guard.latch is not latch:
+            return  # the call ended or its media restarted with a new latch
+        try:
+            received = int(self.getStreamStat(index).rtcp.rxStat.pkt)
+            transport = self.getMedTransportInfo(index)
+        except pj.Error:
+            return
+        if self.guard.check(
+            received, transport.srcRtpName, transport.srcRtcpName, time.monotonic()
+        ):
+            self.owner.later(LATCH_POLL_SECONDS, lambda: self._check_latch(index, latch))
 
     def onStreamDestroyed(self, prm: Any) -> None:
         try:

@@ -123,8 +123,8 @@ async def make_worker() -> AsyncIterator[Callable[[SipSettings], Awaitable[Recor
 async def phones() -> AsyncIterator[Callable[..., Awaitable[TestPhone]]]:
     started: list[TestPhone] = []
 
-    async def start(name: str = "phone") -> TestPhone:
-        phone = await TestPhone.start(name)
+    async def start(name: str = "phone", sdp_port_offset: int = 0) -> TestPhone:
+        phone = await TestPhone.start(name, sdp_port_offset=sdp_port_offset)
         started.append(phone)
         return phone
 

@@ -34,7 +34,10 @@ class TestPhone:
         self._reader = asyncio.create_task(self._read(), name=f"phone-{name}")
 
     @classmethod
-    async def start(cls, name: str = "phone", short_jitter_buffer: bool = False) -> TestPhone:
+    async def start(
+        cls, name: str = "phone", short_jitter_buffer: bool = False, sdp_port_offset: int = 0
+    ) -> TestPhone:
+        """``sdp_port_offset``: offer an RTP port that much above the one it sends from."""
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -42,6 +45,7 @@ class TestPhone:
             "--rtp-port",
             str(_rtp_base()),
             *(["--short-jitter-buffer"] if short_jitter_buffer else []),
+            *(["--sdp-port-offset", str(sdp_port_offset)] if sdp_port_offset else []),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,

@@ -8,6 +8,10 @@ Commands (one JSON object per line, each with "cmd" and an optional "seq" echoed
   dtmf {call, digits, method: rfc4733|info}  hold {call} / unhold {call}      quit
   tap {call} / tap_stop {call, wav}          (what the phone hears, frame by frame, with the
                                              monotonic time each 20 ms frame arrived)
+  media_info {call}                          (local and remote RTP addresses, RTP packets
+                                             received and sent so far)
+  send_raw {call, packets: [hex]}            (datagrams sent from the call's RTP socket to
+                                             the far end's RTP address, as a faulty peer)
 on_incoming: "answer" (after answer_after_ms), "busy" (486), "decline" (603), "ignore"
 (ring forever). Events go to stdout as JSON lines: "ok"/"error" replies, "reg", "incoming",
 "call" (state changes), "media", "dtmf", "played". pjsip's own output goes to stderr.
@@ -20,6 +24,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import selectors
 import sys
 import time
@@ -30,6 +35,7 @@ import pjsua2 as pj
 
 from media.wav import write_wav
 from sip import bytevector
+from sip.rtp_guard import parse_address, udp_socket
 
 # pjlib prints to stdout before any configuration applies: keep stdout for the protocol only.
 _protocol = os.fdopen(os.dup(1), "w", buffering=1)
@@ -83,6 +89,16 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
     def onDtmfDigit(self, prm: pj.OnDtmfDigitParam) -> None:
         emit("dtmf", call=self.key, digit=prm.digit)
 
+    def onCallSdpCreated(self, prm: pj.OnCallSdpCreatedParam) -> None:
+        offset = self.phone.sdp_port_offset
+        if offset:  # as a phone behind NAT: its RTP comes from another port than signalled
+            prm.sdp.wholeSdp = re.sub(
+                r"^(m=audio |a=rtcp:)(\d+)",
+                lambda m: f"{m[1]}{int(m[2]) + offset}",
+                prm.sdp.wholeSdp,
+                flags=re.MULTILINE,
+            )
+
     def onCallTransferRequest(self, prm: pj.OnCallTransferRequestParam) -> None:
         new_call = PhoneCall(self.phone, self.phone.account)
         self.phone.calls[new_call.key] = new_call
@@ -129,7 +145,13 @@ class Account(pj.Account):  # type: ignore[misc]
 
 
 class Phone:
-    def __init__(self, sip_port: int, rtp_port: int, short_jitter_buffer: bool = False) -> None:
+    def __init__(
+        self,
+        sip_port: int,
+        rtp_port: int,
+        short_jitter_buffer: bool = False,
+        sdp_port_offset: int = 0,
+    ) -> None:
         self.ep = pj.Endpoint()
         self.ep.libCreate()
         config = pj.EpConfig()
@@ -154,6 +176,7 @@ class Phone:
         self.ep.audDevManager().setNullDev()
         self.ep.libStart()
         self.rtp_port = rtp_port
+        self.sdp_port_offset = sdp_port_offset  # added to the RTP port the SDP offers
         self.account: Account | None = None
         self.calls: dict[int, PhoneCall] = {}
         self.mode = "answer"
@@ -285,6 +308,33 @@ class Phone:
         target.tap = None
         return {"times": [at for at, _ in frames]}
 
+    def cmd_media_info(self, call: int) -> dict[str, Any]:
+        target = self.calls[call]
+        transport = target.getMedTransportInfo(0)
+        stream = target.getStreamInfo(0)
+        stat = target.getStreamStat(0).rtcp
+        return {
+            "local_rtp": transport.localRtpName,
+            "remote_rtp": stream.remoteRtpAddress,
+            "remote_rtcp": stream.remoteRtcpAddress,
+            "rx_packets": int(stat.rxStat.pkt),
+            "tx_packets": int(stat.txStat.pkt),
+        }
+
+    def cmd_send_raw(self, call: int, packets: list[str]) -> dict[str, Any]:
+        target = self.calls[call]
+        local = parse_address(target.getMedTransportInfo(0).localRtpName)
+        remote = parse_address(target.getStreamInfo(0).remoteRtpAddress)
+        assert local is not None, "no local RTP address"
+        assert remote is not None, "no remote RTP address"
+        sock = udp_socket(local)
+        assert sock is not None, "no RTP socket"
+        with sock:
+            for packet in packets:
+                with contextlib.suppress(OSError):
+                    sock.sendto(bytes.fromhex(packet), remote)
+        return {}
+
     def cmd_stop_record(self, call: int) -> dict[str, Any]:
         target = self.calls.get(call)
         if target is not None:
@@ -333,8 +383,9 @@ def main() -> int:
     parser.add_argument("--sip-port", type=int, default=0)
     parser.add_argument("--rtp-port", type=int, required=True)
     parser.add_argument("--short-jitter-buffer", action="store_true")
+    parser.add_argument("--sdp-port-offset", type=int, default=0)
     args = parser.parse_args()
-    phone = Phone(args.sip_port, args.rtp_port, args.short_jitter_buffer)
+    phone = Phone(args.sip_port, args.rtp_port, args.short_jitter_buffer, args.sdp_port_offset)
     selector = selectors.DefaultSelector()
     selector.register(sys.stdin, selectors.EVENT_READ)
     emit("ready")

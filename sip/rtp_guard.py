@@ -136,6 +136,10 @@ class Latch:
             return None
         self.state = LatchState.LOCKED
         rtp = _same_ip(rtp_source, self.signalled_rtp) if received else self.signalled_rtp
+        if rtcp_source is None and rtp != self.signalled_rtp:
+            # No RTCP yet (it comes every few seconds): expect it next to the latched RTP,
+            # as pjmedia does when it latches.
+            rtcp_source = (rtp[0], rtp[1] + 1)
         rtcp = _same_ip(rtcp_source, self.signalled_rtcp)
         return Rules(Allow(*rtp), Allow(*rtcp))
 

@@ -519,7 +519,6 @@ class SipCall(pj.Call):  # type: ignore[misc]
                 continue
             if media.status not in (pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD):
                 continue
-            self._guard_media(index)
             audio_media = self.getAudioMedia(index)
             if self.port is not None and self.media is not None:
                 if self.media.getPortId() == audio_media.getPortId():
@@ -537,17 +536,23 @@ class SipCall(pj.Call):  # type: ignore[misc]
             self.port.startTransmit(audio_media)
             return
 
-    def _guard_media(self, index: int) -> None:
-        """Admit RTP and RTCP only from the peer the SDP negotiated (sip.rtp_guard)."""
+    def onStreamPreCreate(self, prm: Any) -> None:
+        """Before pjmedia's stream is attached to the call's sockets (a new call, or a
+        re-INVITE that changed the media): admit RTP and RTCP only from the peer the SDP
+        negotiated (sip.rtp_guard)."""
+        info, index = prm.streamInfo, int(prm.streamIdx)
+        if info.type != pj.PJMEDIA_TYPE_AUDIO:
+            return
         try:
-            transport, stream = self.getMedTransportInfo(index), self.getStreamInfo(index)
+            transport = self.getMedTransportInfo(index)
+            local_rtp, local_rtcp = transport.localRtpName, transport.localRtcpName
         except pj.Error:
-            return  # no stream: nothing is received
+            local_rtp = local_rtcp = ""  # reported by the guard: it has nothing to filter
         if self.guard.update(
-            transport.localRtpName,
-            transport.localRtcpName,
-            stream.remoteRtpAddress,
-            stream.remoteRtcpAddress,
+            local_rtp,
+            local_rtcp,
+            info.remoteRtpAddress,
+            info.remoteRtcpAddress,
             time.monotonic(),
         ):
             latch = self.guard.latch

@@ -214,6 +214,8 @@ class MediaGuard:
         (then :meth:`check` is due every ``LATCH_POLL_SECONDS`` until it returns False)."""
         rtp = parse_address(remote_rtp)
         local = (parse_address(local_rtp), parse_address(local_rtcp))
+        if local[0] is None:
+            log.error("rtp.filter_failed", local=local_rtp, error="no local RTP address")
         if rtp is None:
             # No usable peer (c=0.0.0.0 on hold, say): nothing may enter.
             self.latch = None

@@ -185,6 +185,62 @@ async def test_rtp_from_another_port_neither_redirects_nor_enters_the_call(
     await worker.expect(CallEnded, call=call)
 
 
+async def test_rtp_flooded_while_the_call_is_set_up_never_gets_in(
+    kamailio: Kamailio, make_worker: MakeWorker, phones: Phones, tmp_path: Path
+) -> None:
+    """A flood at the RTP port a call is about to use, from before the INVITE until the call
+    runs, takes none of its media: the filter is in place before pjmedia's stream starts."""
+    settings = worker_settings(kamailio)
+    worker = await make_worker(settings)
+    phone = await phones("caller")
+    target = ("127.0.0.1", settings.rtp_port_min)  # the first call's RTP port
+    packets = _tone_packets(1000)
+    stop = asyncio.Event()
+
+    async def flood() -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        for tick in range(2000):  # at most 20 s
+            if stop.is_set():
+                break
+            for packet in packets[(15 * tick) % 990 :][:15]:
+                with contextlib.suppress(OSError):  # nothing bound there yet: ICMP
+                    sock.sendto(packet, target)
+            await asyncio.sleep(0.01)
+        return sock
+
+    flooding = asyncio.create_task(flood())
+    await asyncio.sleep(0.2)
+    call, phone_call, audio = await _call_in(worker, phone, kamailio, tmp_path)
+    info = await phone.command("media_info", call=phone_call)
+    assert parse_address(info["remote_rtp"]) == target, info
+    uplink = Uplink(audio)
+    started = time.monotonic()
+    await asyncio.sleep(1.5)
+    stop.set()
+    injector = await flooding
+    after = await phone.command("media_info", call=phone_call)
+    to_injector = _drain(injector)
+    injector.close()
+    heard = uplink.between(started + 0.3, time.monotonic())
+    uplink.stop()
+    figures = {
+        "to_injector": to_injector,
+        "to_phone": after["rx_packets"] - info["rx_packets"],
+        "injected_db": round(tone_level_db(heard, INJECTED_HZ, RATE), 1),
+        "phone_db": round(tone_level_db(heard, PHONE_HZ, RATE), 1),
+    }
+    print(f"\nrtp flood during call set-up: {figures}")
+    assert to_injector == 0, figures
+    assert figures["to_phone"] >= 60, figures
+    assert figures["injected_db"] < FULL - 40, figures
+    assert figures["phone_db"] > FULL - 6, figures
+    await worker.sip.hangup(call)
+    await worker.expect(CallEnded, call=call)
+
+
 async def test_rtp_injected_into_an_outbound_call_is_dropped(
     kamailio: Kamailio, make_worker: MakeWorker, phones: Phones, tmp_path: Path
 ) -> None:

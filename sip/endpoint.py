@@ -561,14 +561,14 @@ class SipCall(pj.Call):  # type: ignore[misc]
     def _check_latch(self, index: int, latch: object) -> None:
         if self.ended or self.guard.latch is not latch:
             return  # the call ended or its media restarted with a new latch
+        now = time.monotonic()
         try:
             received = int(self.getStreamStat(index).rtcp.rxStat.pkt)
             transport = self.getMedTransportInfo(index)
-        except pj.Error:
-            return
-        if self.guard.check(
-            received, transport.srcRtpName, transport.srcRtcpName, time.monotonic()
-        ):
+            sources = (transport.srcRtpName, transport.srcRtcpName)
+        except pj.Error:  # no stream to ask: lock to the signalled peer at once
+            received, sources, now = 0, ("", ""), float("inf")
+        if self.guard.check(received, *sources, now):
             self.owner.later(LATCH_POLL_SECONDS, lambda: self._check_latch(index, latch))
 
     def onStreamDestroyed(self, prm: Any) -> None:

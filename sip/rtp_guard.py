@@ -2,8 +2,10 @@
 
 pjmedia (2.15) follows the source of incoming RTP: after a few packets from a new address its
 stream takes that address as the remote one, and the UDP transport sends the call's audio
-there (``PJMEDIA_RTP_NAT_PROBATION_CNT``). pjsua2 offers no setting to turn that off, so any
-host that floods a call's RTP port takes the call's audio over and talks into it. Here every
+there (``PJMEDIA_RTP_NAT_PROBATION_CNT``). pjsua creates its UDP media transports with no
+options (so never ``PJMEDIA_UDP_NO_SRC_ADDR_CHECKING``, which would only stop the sending
+side anyway) and pjsua2 offers no setting for it: any host that floods a call's RTP port
+takes the call's audio over and talks into it. Here every
 call's RTP and RTCP sockets get a classic BPF socket filter (``SO_ATTACH_FILTER``) that lets
 through only datagrams from the peer the SDP negotiated: everything else is dropped by the
 kernel before pjmedia reads it, so it can neither redirect the call nor be heard.
@@ -152,7 +154,7 @@ def _same_ip(source: tuple[str, int] | None, signalled: tuple[str, int]) -> tupl
 
 def attach(sock: socket.socket, allow: Allow) -> None:
     code = filter_program(allow)
-    buffer = ctypes.create_string_buffer(code, len(code))  # read by the kernel during the call
+    buffer = ctypes.create_string_buffer(code, len(code))  # the kernel copies it in setsockopt
     program = struct.pack("HL", len(code) // 8, ctypes.addressof(buffer))
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, program)
 

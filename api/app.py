@@ -2,31 +2,37 @@
 
 Routes: ``GET /health`` (never authenticated; ``?strict=1`` answers 503 when unhealthy),
 ``POST /call``, ``GET /call/{call_id}``, ``GET /calls``, ``GET /metrics``,
-``GET /openapi.json``. With ``api.token`` set, every route but ``/health`` needs
-``Authorization: Bearer <token>``. Every rejected request gets a JSON body with ``detail``;
-invalid bodies get 400 naming the field, never 422, and nothing is stored for them.
+``GET /openapi.json`` and the WebSocket ``/v1/realtime``. With tokens set (``api.token``,
+``api.tokens``), every route but ``/health`` needs ``Authorization: Bearer <token>`` (the
+WebSocket also takes ``api-key``), and each request is logged (``api.request``) with the name
+of the token it used, never the token. Every rejected request gets a JSON body with
+``detail``, a refused WebSocket handshake too (an HTTP response, not a close); invalid bodies
+get 400 naming the field, never 422, and nothing is stored for them.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
+from starlette.datastructures import Address
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from api.auth import ApiTokens, offered_token
 from api.models import describe, parse_request
+from api.ratelimit import RateLimiter
 from daemon.logs import get_logger
-from daemon.outbound import OutboundService, OutboundUnavailable
+from daemon.outbound import OutboundService, OutboundUnavailable, QueueFull
 from daemon.store import FINAL_STATUSES, DuplicateCallId, Store
 
 log = get_logger(__name__)
@@ -63,8 +69,9 @@ class ApiContext:
     health: Callable[[], HealthReport]
     store: Store | None = None
     outbound: OutboundService | None = None
-    token: str = ""
+    tokens: ApiTokens = field(default_factory=ApiTokens)
     max_body_bytes: int = 65536
+    rate_limit_per_minute: int = 0  # POST /call per client; 0 = no limit
     draining: Callable[[], bool] = lambda: False
     metrics: Callable[[], Awaitable[str]] | None = None
     spec: dict[str, Any] | None = None
@@ -73,6 +80,9 @@ class ApiContext:
 
 def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"detail": detail, **extra}, status_code=status)
+
+
+UNAUTHORISED = "missing or invalid bearer token"
 
 
 class _BadParameter(Exception):
@@ -109,26 +119,34 @@ def create_app(ctx: ApiContext) -> Starlette:
 class _Routes:
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
-
-    def authorised(self, request: Request) -> bool:
-        if not self.ctx.token:
-            return True
-        scheme, _, supplied = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            supplied.strip().encode(), self.ctx.token.encode()
-        )
+        per_minute = ctx.rate_limit_per_minute
+        self.limiter = RateLimiter(per_minute) if per_minute else None
 
     def guarded(
         self, handler: Callable[[Request], Awaitable[Response]]
     ) -> Callable[[Request], Awaitable[Response]]:
         async def route(request: Request) -> Response:
-            if not self.authorised(request):
-                return JSONResponse(
-                    {"detail": "missing or invalid bearer token"},
+            started = time.monotonic()
+            name = self.ctx.tokens.identify(offered_token(request.headers))
+            if self.ctx.tokens.required and name is None:
+                response: Response = JSONResponse(
+                    {"detail": UNAUTHORISED},
                     status_code=401,
                     headers={"www-authenticate": "Bearer"},
                 )
-            return await handler(request)
+            else:
+                request.state.token = name
+                response = await handler(request)
+            status = response.status_code
+            _log_request(
+                request.method,
+                request.url.path,
+                status,
+                name,
+                client=request.client,
+                started=started,
+            )
+            return response
 
         return route
 
@@ -158,6 +176,15 @@ class _Routes:
         ctx = self.ctx
         if ctx.draining():
             return _error(503, "the daemon is stopping and takes no new calls")
+        if self.limiter is not None:
+            client = request.state.token or (request.client.host if request.client else "")
+            wait = self.limiter.check(client, time.monotonic())
+            if wait:
+                return JSONResponse(
+                    {"detail": f"more than {self.limiter.per_minute} calls a minute: retry later"},
+                    status_code=429,
+                    headers={"retry-after": str(wait)},
+                )
         body = await self._body(request)
         if body is None:
             return _error(400, f"request body exceeds {ctx.max_body_bytes} bytes")
@@ -181,6 +208,10 @@ class _Routes:
             return _error(409, f"call_id {call_id!r} is already in use", call_id=call_id)
         except OutboundUnavailable as exc:
             return _error(503, str(exc))
+        except QueueFull as exc:
+            return JSONResponse(
+                {"detail": str(exc)}, status_code=503, headers={"retry-after": str(exc.retry_after)}
+            )
         return JSONResponse({"call_id": call_id, "status": "queued", "message": "Call initiated"})
 
     async def get_call(self, request: Request) -> Response:
@@ -220,10 +251,19 @@ class _Routes:
         return JSONResponse(self.ctx.spec or {})
 
     async def realtime(self, websocket: WebSocket) -> None:
-        """The embedded engine (auth is the engine's: it knows the realtime headers)."""
-        if self.ctx.engine is None:
-            await websocket.close(code=1013, reason="the realtime engine is not running")
+        """The embedded engine, behind the same tokens as the other routes."""
+        started = time.monotonic()
+        name = self.ctx.tokens.identify(offered_token(websocket.headers, api_key_header=True))
+        path, client = websocket.url.path, websocket.client
+        if self.ctx.tokens.required and name is None:
+            await _deny(websocket, 401, UNAUTHORISED, {"www-authenticate": "Bearer"})
+            _log_request("GET", path, 401, name, client=client, started=started)
             return
+        if self.ctx.engine is None:
+            await _deny(websocket, 503, "the realtime engine is not running")
+            _log_request("GET", path, 503, name, client=client, started=started)
+            return
+        _log_request("GET", path, 101, name, client=client, started=started)
         await self.ctx.engine(websocket)
 
     async def http_error(self, request: Request, exc: Exception) -> Response:
@@ -236,6 +276,39 @@ class _Routes:
     async def server_error(self, request: Request, exc: Exception) -> Response:
         log.error("api.error", path=request.url.path, error=repr(exc))
         return _error(500, "internal error")
+
+
+def _log_request(
+    method: str,
+    path: str,
+    status: int,
+    token: str | None,
+    *,
+    client: Address | None,
+    started: float,
+) -> None:
+    """The access log: one event per request, naming the token used (never the token)."""
+    log.info(
+        "api.request",
+        method=method,
+        path=path,
+        status=status,
+        token=token,
+        client=client.host if client is not None else None,
+        ms=round((time.monotonic() - started) * 1000, 1),
+    )
+
+
+async def _deny(
+    websocket: WebSocket, status: int, detail: str, headers: dict[str, str] | None = None
+) -> None:
+    """Refuse a WebSocket handshake with an HTTP response carrying ``detail``."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(
+            JSONResponse({"detail": detail}, status_code=status, headers=headers)
+        )
+    else:  # a server without the denial-response extension answers a close with 403
+        await websocket.close(code=1008, reason=detail)
 
 
 def _call_view(record: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,8 @@ Layers, later ones win:
 
 Secrets (``sip.password``, ``api.token``, ``agent.api_key``, ``webhooks.secret``) may instead
 be read from a file named by ``KEY_file`` or, when neither is set, from the systemd
-credential ``section.key`` in ``$CREDENTIALS_DIRECTORY``. A secret set in the environment
+credential ``section.key`` in ``$CREDENTIALS_DIRECTORY``; named API tokens likewise from
+``api.token_files`` or the credentials ``api.tokens.NAME``. A secret set in the environment
 replaces the file's secret whichever form the file used.
 
 Every problem is reported, not only the first: :class:`ConfigError` carries one line per
@@ -80,6 +81,7 @@ def load_settings(
 
     _apply_env(raw, sources, env, problems)
     _resolve_secrets(raw, sources, config_path, env, problems)
+    _resolve_named_tokens(raw, sources, config_path, env, problems)
 
     try:
         settings = Settings.model_validate(raw)
@@ -184,6 +186,58 @@ def _resolve_secrets(
                 raw[section] = table
 
 
+def _resolve_named_tokens(
+    raw: dict[str, Any],
+    sources: dict[Key, str],
+    config_path: Path | None,
+    env: Mapping[str, str],
+    problems: list[str],
+) -> None:
+    """Add ``api.token_files`` and the credentials ``api.tokens.NAME`` to ``api.tokens``.
+
+    A name given inline or in ``token_files`` wins over a credential of the same name, as
+    for the other secrets; a name both inline and in ``token_files`` is an error."""
+    table = raw.get("api", {})
+    if not isinstance(table, dict):
+        return  # reported by validation
+    tokens, files = table.get("tokens", {}), table.get("token_files", {})
+    if not isinstance(tokens, dict) or not isinstance(files, dict):
+        return  # reported by validation
+    tokens = dict(tokens)
+    for name, file_value in files.items():
+        source = sources.get(("api", "token_files"), "settings")
+        if name in tokens:
+            problems.append(f"{source}: api.tokens.{name}: set in tokens or token_files, not both")
+            continue
+        secret_path = Path(str(file_value))
+        if not secret_path.is_absolute() and source == str(config_path):
+            secret_path = Path(source).parent / secret_path
+        secret = _read_secret(secret_path)
+        if isinstance(secret, OSError):
+            problems.append(
+                f"{source}: api.token_files.{name}: cannot read {str(secret_path)!r}: "
+                f"{secret.strerror}"
+            )
+            continue
+        tokens[name] = secret
+    credentials = env.get(CREDENTIALS_ENV, "")
+    prefix = "api.tokens."
+    if credentials and Path(credentials).is_dir():
+        for credential in sorted(Path(credentials).glob(prefix + "*")):
+            name = credential.name.removeprefix(prefix)
+            if name in tokens:
+                continue
+            secret = _read_secret(credential)
+            if isinstance(secret, OSError):
+                problems.append(f"credential {credential}: api.tokens.{name}: cannot read")
+                continue
+            tokens[name] = secret
+            sources[("api", "tokens")] = f"credential {credential}"
+    if tokens:
+        table["tokens"] = tokens
+        raw["api"] = table
+
+
 def _read_secret(path: Path) -> str | OSError:
     try:
         return path.read_text(encoding="utf-8").rstrip("\r\n")
@@ -233,4 +287,4 @@ def _is_leaf(loc: Key) -> bool:
 
 
 def _is_secret(loc: Key) -> bool:
-    return len(loc) == 2 and (loc[0], loc[1]) in SECRET_KEYS
+    return len(loc) == 2 and ((loc[0], loc[1]) in SECRET_KEYS or loc == ("api", "tokens"))

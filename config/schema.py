@@ -8,6 +8,7 @@ Defaults are the embedded ones: with no file at all the daemon runs in direct SI
 from __future__ import annotations
 
 import ipaddress
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Self
@@ -99,12 +100,51 @@ class SipSettings(Section):
         return not self.registrar
 
 
+TOKEN_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+DEFAULT_TOKEN_NAME = "default"  # noqa: S105 - the name api.token goes by in the access log
+
+
 class ApiSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     token: SecretStr = SecretStr("")
     token_file: str = ""
     max_body_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
+    # Named tokens valid besides api.token (which is named "default"), for key rotation.
+    tokens: dict[str, SecretStr] = Field(default_factory=dict)
+    token_files: dict[str, str] = Field(default_factory=dict)  # name -> file holding the token
+    rate_limit_per_minute: int = Field(default=0, ge=0, le=1_000_000)  # POST /call; 0 = off
+
+    @field_validator("tokens")
+    @classmethod
+    def _named_tokens(cls, tokens: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        seen: dict[str, str] = {}
+        for name, token in tokens.items():
+            if not TOKEN_NAME.fullmatch(name):
+                raise ValueError(f"token name {name!r}: use 1-64 letters, digits, '.', '_', '-'")
+            value = token.get_secret_value()
+            if not value:
+                raise ValueError(f"token {name!r} is empty")
+            if value in seen:
+                raise ValueError(f"tokens {seen[value]!r} and {name!r} are the same token")
+            seen[value] = name
+        return tokens
+
+    @model_validator(mode="after")
+    def _default_token(self) -> Self:
+        token = self.token.get_secret_value()
+        if token and DEFAULT_TOKEN_NAME in self.tokens:
+            raise ValueError(f"api.token is named {DEFAULT_TOKEN_NAME!r}: rename tokens.default")
+        if token and token in {t.get_secret_value() for t in self.tokens.values()}:
+            raise ValueError("api.token is also one of api.tokens")
+        return self
+
+    @property
+    def named_tokens(self) -> dict[str, str]:
+        """Every valid token by name (in clear); empty when the API needs none."""
+        token = self.token.get_secret_value()
+        named = {DEFAULT_TOKEN_NAME: token} if token else {}
+        return named | {name: t.get_secret_value() for name, t in sorted(self.tokens.items())}
 
     @property
     def loopback_only(self) -> bool:
@@ -315,6 +355,9 @@ class SpeechSettings(Section):
 class CallsSettings(Section):
     # Outbound calls at once; 0 = every slot of every worker (sip.workers x sip.max_calls).
     max_concurrent: int = Field(default=0, ge=0, le=1000)
+    # Calls waiting for a slot; beyond it POST /call answers 503. 240 = five minutes of calls
+    # for a 2-core box: 48 calls at once (the planned capacity), each about a minute long.
+    max_queued: int = Field(default=240, ge=1, le=100_000)
 
 
 class BrainKind(StrEnum):

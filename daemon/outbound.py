@@ -1,7 +1,8 @@
 """Outbound notification calls: the durable queue between ``POST /call`` and the call flow.
 
 A request is stored as ``queued`` before the API answers, so a restart loses nothing. Up to
-``calls.max_concurrent`` calls run at once, in FIFO order. A call is marked ``dialing`` in
+``calls.max_concurrent`` calls run at once, in FIFO order; at most ``calls.max_queued`` wait
+(a request beyond is refused before anything is stored). A call is marked ``dialing`` in
 the store before its runner starts; at start-up, calls found ``dialing``/``ringing``/
 ``answered`` belonged to a process that died and are finished as ``failed`` (never dialled
 twice), and ``queued`` ones are resumed in order.
@@ -51,6 +52,22 @@ class OutboundUnavailable(Exception):
     """No call flow is configured to carry out outbound calls."""
 
 
+class QueueFull(Exception):
+    """The queue holds ``calls.max_queued`` calls: the request is refused, nothing stored."""
+
+    def __init__(self, max_queued: int) -> None:
+        super().__init__(
+            f"the outbound queue is full ({max_queued} calls waiting, calls.max_queued): "
+            f"retry after {QUEUE_FULL_RETRY_SECONDS} s"
+        )
+        self.retry_after = QUEUE_FULL_RETRY_SECONDS
+
+
+# Retry-After when the queue is full: about one call's length, the time the running calls
+# take to make room.
+QUEUE_FULL_RETRY_SECONDS = 60
+
+
 class OutboundService:
     def __init__(
         self,
@@ -58,11 +75,15 @@ class OutboundService:
         runner: CallRunner | None,
         max_concurrent: int,
         on_final: Callable[[], None] = lambda: None,
+        *,
+        max_queued: int,
     ) -> None:
         self._store = store
         self.runner = runner  # set once the call flow is ready (speech loaded)
         self._slots = asyncio.Semaphore(max_concurrent)
         self._queue: asyncio.Queue[str] = asyncio.Queue()  # call ids, FIFO
+        self.max_queued = max_queued
+        self._admitting = 0  # submissions past the bound check, still being stored
         self._on_final = on_final
         self._numbers = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -99,12 +120,19 @@ class OutboundService:
         self._loop_task = asyncio.create_task(self._run(), name="outbound")
 
     async def submit(self, call_id: str, request: dict[str, Any]) -> None:
-        """Store and queue a validated request (DuplicateCallId if the id is taken)."""
+        """Store and queue a validated request (DuplicateCallId if the id is taken, QueueFull
+        when ``max_queued`` calls wait already; then nothing is stored)."""
         if self.runner is None:
             raise OutboundUnavailable(
                 "outbound calls are not available: no call flow is configured in this build"
             )
-        await self._store.insert_call(call_id, request)
+        if self._queue.qsize() + self._admitting >= self.max_queued:
+            raise QueueFull(self.max_queued)
+        self._admitting += 1
+        try:
+            await self._store.insert_call(call_id, request)
+        finally:
+            self._admitting -= 1
         self._queue.put_nowait(call_id)
         log.info("call.queued", call_id=call_id, extension=request["extension"])
 

@@ -24,6 +24,7 @@ from typing import Any
 from starlette.websockets import WebSocket
 
 from api.app import ApiContext, HealthReport, create_app
+from api.auth import ApiTokens
 from api.server import ApiServer, ApiStartError
 from api.spec import load_spec
 from api.webhooks import Deliverer
@@ -96,6 +97,7 @@ class Supervisor:
             runner,
             settings.calls.max_concurrent or capacity,
             on_final=self._deliverer.wake,
+            max_queued=settings.calls.max_queued,
         )
         self._store_open = False
         self._runner_given = runner is not None
@@ -318,8 +320,9 @@ class Supervisor:
             health=self.health,
             store=self.store,
             outbound=self.outbound,
-            token=api.token.get_secret_value(),
+            tokens=ApiTokens(api.named_tokens),
             max_body_bytes=api.max_body_bytes,
+            rate_limit_per_minute=api.rate_limit_per_minute,
             draining=lambda: self.draining,
             metrics=self.metrics,
             spec=load_spec(),
@@ -329,7 +332,7 @@ class Supervisor:
         await self._api.start()
         host, port = self._api.address
         log.info("api.listening", host=host, port=port)
-        if not api.loopback_only and not api.token.get_secret_value():
+        if not api.loopback_only and not api.named_tokens:
             log.warning(
                 "api.unauthenticated",
                 host=api.host,
@@ -368,13 +371,7 @@ class Supervisor:
         self._sip.transcriber = stt.transcribe
         self._sip.synthesizer = tts.synthesize
         self.outbound.runner = PoolRunner(self._sip, tts)
-        self._engine = Engine(
-            tts,
-            stt,
-            self._brain,
-            self._settings.api.token.get_secret_value(),
-            on_error=self._engine_error,
-        )
+        self._engine = Engine(tts, stt, self._brain, on_error=self._engine_error)
         log.info(
             "speech.loaded",
             backend=speech.backend.value,

@@ -1,7 +1,7 @@
 """The ``/v1/realtime`` WebSocket endpoint on the daemon's API (Starlette).
 
-Bearer auth when ``api.token`` is set (``Authorization: Bearer`` or ``api-key``). The GA
-protocol by default; beta when the client sends ``OpenAI-Beta: realtime=v1``. Each connection
+The API's route checks the bearer token before a connection reaches :meth:`Engine.serve`.
+The GA protocol by default; beta when the client sends ``OpenAI-Beta: realtime=v1``. Each connection
 gets its own session and brain.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -34,16 +33,12 @@ class Engine:
     tts: TextToSpeech
     stt: SpeechToText
     brain: BrainFactory
-    token: str = ""
     # The latest caller turns' timings (turn end -> first audio, Whisper, first sentence).
     turns: deque[dict[str, float]] = field(default_factory=lambda: deque(maxlen=1000))
     # A session's failure for the call's record: (who asked: X-Sipai-Call, the error).
     on_error: Callable[[str, str], None] | None = None
 
     async def serve(self, websocket: WebSocket) -> None:
-        if self.token and not self._authorised(websocket):
-            await websocket.close(code=1008, reason="missing or invalid token")
-            return
         beta = "realtime=v1" in websocket.headers.get("openai-beta", "")
         await websocket.accept()
         caller = websocket.headers.get("x-sipai-call", "")
@@ -84,11 +79,6 @@ class Engine:
                 with contextlib.suppress(RuntimeError, WebSocketDisconnect):
                     await websocket.close()
             log.info("engine.session_closed", session=session.id)
-
-    def _authorised(self, websocket: WebSocket) -> bool:
-        offered = websocket.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        offered = offered or websocket.headers.get("api-key", "")
-        return hmac.compare_digest(offered.encode(), self.token.encode())
 
 
 EngineHandler = Callable[[WebSocket], Awaitable[None]]

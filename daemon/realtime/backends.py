@@ -57,7 +57,8 @@ def endpoint(agent: AgentSettings, api: ApiSettings) -> Endpoint:
             api.host, api.host
         )
         url = f"ws://{host}:{api.port}/v1/realtime"
-        token = api.token.get_secret_value()
+        # api.token, else the first named token: the engine takes any token the API takes.
+        token = next(iter(api.named_tokens.values()), "")
         if token:
             headers["Authorization"] = f"Bearer {token}"
     return Endpoint(url, headers, dialect)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate as validate_spec
+from structlog.testing import capture_logs
 
 from api.app import ApiContext, HealthReport, create_app
+from api.auth import ApiTokens
 from api.spec import load_spec
 from api.webhooks import Deliverer
 from daemon.outbound import CallResult, OutboundService, Report
@@ -66,22 +70,51 @@ class Api:
         self.deliverer = deliverer
 
 
-async def _api(tmp_path: Path, token: str = "", max_concurrent: int = 4) -> Api:
+async def _api(
+    tmp_path: Path,
+    token: str = "",
+    max_concurrent: int = 4,
+    *,
+    tokens: dict[str, str] | None = None,
+    max_queued: int = 240,
+    rate_limit_per_minute: int = 0,
+) -> Api:
     store = Store(tmp_path / "sipai.db")
     await store.open()
     runner = ScriptedRunner()
     deliverer = Deliverer(store, "secret", waits=(0.2,) * 7)
-    service = OutboundService(store, runner, max_concurrent, on_final=deliverer.wake)
+    service = OutboundService(
+        store, runner, max_concurrent, on_final=deliverer.wake, max_queued=max_queued
+    )
     await service.recover()
     service.start()
     deliverer.start()
+    named = ({"default": token} if token else {}) | (tokens or {})
     ctx = ApiContext(
-        health=_health, store=store, outbound=service, token=token, max_body_bytes=4096, spec=SPEC
+        health=_health,
+        store=store,
+        outbound=service,
+        tokens=ApiTokens(named),
+        max_body_bytes=4096,
+        spec=SPEC,
+        rate_limit_per_minute=rate_limit_per_minute,
     )
-    client = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(ctx)), base_url="http://sipai"
-    )
+    client = _client(ctx)
     return Api(client, store, runner, service, deliverer)
+
+
+def _client(ctx: ApiContext, address: str = "127.0.0.1") -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=create_app(ctx), client=(address, 40000))
+    return httpx.AsyncClient(transport=transport, base_url="http://sipai")
+
+
+async def _close(api: Api) -> None:
+    for event in api.runner.release.values():
+        event.set()
+    await api.client.aclose()
+    await api.service.stop()
+    await api.deliverer.stop()
+    await api.store.close()
 
 
 @pytest.fixture
@@ -475,3 +508,146 @@ async def test_call_list_items_conform_to_the_served_spec(api: Api) -> None:
     schema["components"] = SPEC["components"]
     for record in (await api.client.get("/calls")).json()["calls"]:
         OAS30Validator(schema).validate(record)
+
+
+def _stored_ids(tmp_path: Path, table: str = "calls") -> set[str]:
+    with contextlib.closing(sqlite3.connect(tmp_path / "sipai.db")) as db:
+        return {row[0] for row in db.execute(f"SELECT call_id FROM {table}")}
+
+
+async def test_posts_beyond_the_queue_bound_get_503_and_store_nothing(tmp_path: Path) -> None:
+    """With 1 call running and max_queued 5, 40 concurrent posts queue 6: the other 34 get 503
+    with Retry-After and a detail, no row in SQLite and no webhook."""
+    api = await _api(tmp_path, max_concurrent=1, max_queued=5)
+    api.runner.hold = True
+    receiver = Receiver()
+    posts = 40
+    try:
+        bodies = [{**BASE, "callback_url": receiver.url, "call_id": f"c{n}"} for n in range(posts)]
+        # The first call must be running before the burst, so the bound is all that limits it.
+        first = await api.client.post("/call", json=bodies[0])
+        async with asyncio.timeout(5):
+            while not api.runner.started:
+                await asyncio.sleep(0.01)
+        burst = await asyncio.gather(*(api.client.post("/call", json=b) for b in bodies[1:]))
+        answers = [first, *burst]
+        accepted = {b["call_id"] for b, r in zip(bodies, answers, strict=True) if r.is_success}
+        refused = [r for r in answers if not r.is_success]
+        print(f"accepted {len(accepted)} of {posts} posts (1 running + max_queued 5)")
+        assert len(accepted) == 6, f"accepted {len(accepted)} of {posts} posts"
+        assert {r.status_code for r in refused} == {503}
+        assert {r.headers["retry-after"] for r in refused} == {"60"}
+        assert "outbound queue is full (5 calls waiting" in refused[0].json()["detail"]
+        assert api.service.queued == 5
+        assert _stored_ids(tmp_path) == accepted
+        for call_id in accepted:
+            api.runner.release.setdefault(call_id, asyncio.Event()).set()
+        async with asyncio.timeout(10):
+            while len(receiver.requests()) < len(accepted):
+                await asyncio.sleep(0.02)
+                for call_id in api.runner.started:
+                    api.runner.release.setdefault(call_id, asyncio.Event()).set()
+        await asyncio.sleep(0.3)  # a stray webhook for a refused call would arrive meanwhile
+        hooked = {json.loads(r.body)["call_id"] for r in receiver.requests()}
+        assert hooked == accepted
+        assert _stored_ids(tmp_path, "outbox") == accepted
+        after = await api.client.post("/call", json={**BASE, "call_id": "later"})
+        assert after.status_code == 200, "the queue takes calls again once it has room"
+    finally:
+        receiver.close()
+        await _close(api)
+
+
+async def test_the_rate_limit_is_per_token_name(tmp_path: Path) -> None:
+    """With 3 posts a minute, a token's 4th post gets 429 with Retry-After (20 s) and is not
+    stored, while another token's posts still go through."""
+    api = await _api(tmp_path, tokens={"crm": "tok-crm", "ops": "tok-ops"}, rate_limit_per_minute=3)
+    crm = {"authorization": "Bearer tok-crm"}
+    ops = {"authorization": "Bearer tok-ops"}
+    try:
+        codes = [
+            (await api.client.post("/call", json={**BASE, "call_id": f"c{n}"}, headers=crm))
+            for n in range(4)
+        ]
+        assert [r.status_code for r in codes] == [200, 200, 200, 429]
+        assert codes[3].headers["retry-after"] == "20"
+        assert "more than 3 calls a minute" in codes[3].json()["detail"]
+        assert "c3" not in _stored_ids(tmp_path)
+        other = await api.client.post("/call", json=BASE, headers=ops)
+        assert other.status_code == 200
+        assert (await api.client.get("/calls", headers=crm)).status_code == 200, "POST /call only"
+    finally:
+        await _close(api)
+
+
+async def test_without_tokens_the_rate_limit_is_per_client_address(tmp_path: Path) -> None:
+    """Without tokens the limit counts per client address: a second address is unaffected."""
+    api = await _api(tmp_path)
+    ctx = ApiContext(health=_health, store=api.store, outbound=api.service, rate_limit_per_minute=1)
+    # Two clients of one app: the limiter lives in the app.
+    app = create_app(ctx)
+    near = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, client=("10.0.0.1", 1)), base_url="http://sipai"
+    )
+    far = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, client=("10.0.0.2", 1)), base_url="http://sipai"
+    )
+    try:
+        assert (await near.post("/call", json=BASE)).status_code == 200
+        assert (await near.post("/call", json=BASE)).status_code == 429
+        assert (await far.post("/call", json=BASE)).status_code == 200
+    finally:
+        await near.aclose()
+        await far.aclose()
+        await _close(api)
+
+
+async def test_two_named_tokens_work_and_a_removed_one_is_refused(tmp_path: Path) -> None:
+    """api.token and a named token both open every guarded route; once the old token is
+    removed from the settings, it gets 401 with a detail while the new one keeps working."""
+    api = await _api(tmp_path, token="tok-old", tokens={"crm-2027": "tok-new"})
+    old = {"authorization": "Bearer tok-old"}
+    new = {"authorization": "Bearer tok-new"}
+    try:
+        for headers in (old, new):
+            assert (await api.client.post("/call", json=BASE, headers=headers)).status_code == 200
+            assert (await api.client.get("/calls", headers=headers)).status_code == 200
+        rotated = ApiContext(
+            health=_health,
+            store=api.store,
+            outbound=api.service,
+            tokens=ApiTokens({"crm-2027": "tok-new"}),
+        )
+        client = _client(rotated)
+        try:
+            refused = await client.post("/call", json=BASE, headers=old)
+            assert refused.status_code == 401
+            assert refused.json() == {"detail": "missing or invalid bearer token"}
+            assert (await client.post("/call", json=BASE, headers=new)).status_code == 200
+        finally:
+            await client.aclose()
+    finally:
+        await _close(api)
+
+
+async def test_the_access_log_names_the_token_never_the_token(tmp_path: Path) -> None:
+    """Each request logs api.request with the token's name (None when refused); the token's
+    value appears in no log event."""
+    api = await _api(tmp_path, tokens={"crm": "tok-crm-secret"})
+    try:
+        with capture_logs() as logs:
+            await api.client.post(
+                "/call", json=BASE, headers={"authorization": "Bearer tok-crm-secret"}
+            )
+            await api.client.get("/calls", headers={"authorization": "Bearer tok-crm-secret"})
+            await api.client.get("/calls", headers={"authorization": "Bearer tok-crm-secre"})
+        requests = [e for e in logs if e["event"] == "api.request"]
+        assert [(e["method"], e["path"], e["status"], e["token"]) for e in requests] == [
+            ("POST", "/call", 200, "crm"),
+            ("GET", "/calls", 200, "crm"),
+            ("GET", "/calls", 401, None),
+        ]
+        assert requests[0]["client"] == "127.0.0.1"
+        assert not [e for e in logs if "tok-crm-secre" in repr(e)]
+    finally:
+        await _close(api)

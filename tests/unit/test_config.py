@@ -159,6 +159,54 @@ def test_secret_file_relative_to_config_and_explicit_value_wins(tmp_path: Path) 
     assert loaded.settings.sip.password.get_secret_value() == "from-file"
 
 
+def test_named_tokens_from_the_file_token_files_and_credentials(tmp_path: Path) -> None:
+    """api.token is "default"; api.tokens, api.token_files (relative to the file) and the
+    credentials api.tokens.NAME add named tokens, the file's name winning over a credential."""
+    (tmp_path / "billing.token").write_text("tok-billing\n")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "api.tokens.ops").write_text("tok-ops\n")
+    (creds / "api.tokens.crm").write_text("tok-stale")
+    path = _write(
+        tmp_path,
+        '[api]\ntoken = "tok-default"\ntokens = { crm = "tok-crm" }\n'
+        'token_files = { billing = "billing.token" }\n',
+    )
+    loaded = load_settings(path, environ={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert loaded.settings.api.named_tokens == {
+        "default": "tok-default",
+        "billing": "tok-billing",
+        "crm": "tok-crm",
+        "ops": "tok-ops",
+    }
+    assert load_settings(None, environ={}).settings.api.named_tokens == {}
+
+
+@pytest.mark.parametrize(
+    ("api", "reason"),
+    [
+        ('tokens = { crm = "" }', "token 'crm' is empty"),
+        ('tokens = { "a b" = "x" }', "token name 'a b'"),
+        ('tokens = { crm = "same", ops = "same" }', "tokens 'crm' and 'ops' are the same token"),
+        ('token = "t"\ntokens = { default = "u" }', "api.token is named 'default'"),
+        ('token = "t"\ntokens = { crm = "t" }', "api.token is also one of api.tokens"),
+        (
+            'tokens = { crm = "x" }\ntoken_files = { crm = "f" }',
+            "api.tokens.crm: set in tokens or token_files, not both",
+        ),
+        ('token_files = { crm = "/nonexistent/t" }', "api.token_files.crm: cannot read"),
+    ],
+)
+def test_named_token_problems(tmp_path: Path, api: str, reason: str) -> None:
+    """Empty, badly named, duplicated or unreadable named tokens are errors, never echoed."""
+    path = _write(tmp_path, f"[api]\n{api}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    assert reason in str(caught.value)
+    assert 'same"' not in str(caught.value)
+    assert "'x'" not in str(caught.value)
+
+
 def test_secret_in_environment_replaces_file_form(tmp_path: Path) -> None:
     """SIPAI_SIP__PASSWORD replaces a password_file set in the file."""
     path = _write(tmp_path, '[sip]\npassword_file = "/nonexistent/pw"\n')

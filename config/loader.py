@@ -231,8 +231,9 @@ def _resolve_named_tokens(
             if isinstance(secret, OSError):
                 problems.append(f"credential {credential}: api.tokens.{name}: cannot read")
                 continue
-            tokens[name] = secret
-            sources[("api", "tokens")] = f"credential {credential}"
+            if secret:  # an empty credential file means "not set", as for the other secrets
+                tokens[name] = secret
+                sources[("api", "tokens")] = f"credential {credential}"
     if tokens:
         table["tokens"] = tokens
         raw["api"] = table

@@ -1,7 +1,8 @@
 """The embedded realtime engine, driven by the official ``openai`` package's realtime client.
 
-The engine runs on a real Starlette app on loopback with real Piper and Whisper; every server
-event is checked against the package's typed models (unknown fields rejected too).
+The engine runs behind the daemon's real API app (its tokens included) on loopback with real
+Piper and Whisper; every server event is checked against the package's typed models (unknown
+fields rejected too).
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from typing import Any
 import numpy as np
 import pytest
 import uvicorn
+import websockets
 from openai import AsyncOpenAI
-from starlette.applications import Starlette
-from starlette.routing import WebSocketRoute
+from structlog.testing import capture_logs
 
+from api.app import ApiContext, HealthReport, create_app
+from api.auth import ApiTokens
 from daemon.engine.brains import Receptionist
 from daemon.engine.server import Engine
 from daemon.speech import SpeechToText, TextToSpeech
@@ -29,6 +32,7 @@ from media.resample import resample
 from tests.realtime_oracle import check_server_event
 
 TOKEN = "engine-token"
+SECOND_TOKEN = "engine-token-2027"  # a second named token, valid at the same time
 MESSAGE = "Please call me back tomorrow morning."
 
 
@@ -45,10 +49,15 @@ class EngineServer:
             TextToSpeech(piper, piper.name),
             SpeechToText(WhisperTranscriber()),
             lambda caller: Receptionist(on_message=keep),
-            TOKEN,
         )
         self.engine = engine
-        app = Starlette(routes=[WebSocketRoute("/v1/realtime", engine.serve)])
+        app = create_app(
+            ApiContext(
+                health=lambda: HealthReport("healthy", False, "test", 1.0, 0, 0, []),
+                tokens=ApiTokens({"crm": TOKEN, "crm-2027": SECOND_TOKEN}),
+                engine=engine.serve,
+            )
+        )
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
@@ -181,8 +190,54 @@ async def test_bad_events_get_errors_not_a_disconnect(engine: EngineServer) -> N
         await _events_until(conn, "ga", "session.updated", seen)  # still talking
 
 
-async def test_a_wrong_token_is_refused(engine: EngineServer) -> None:
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"api-key": "wrong"}, {"Authorization": "Basic x"}],
+    ids=["none", "wrong-bearer", "wrong-api-key", "not-bearer"],
+)
+async def test_a_missing_or_wrong_token_gets_401_with_a_detail(
+    engine: EngineServer, headers: dict[str, str]
+) -> None:
+    """A handshake without a valid token is refused with HTTP 401, a JSON detail and
+    WWW-Authenticate (not a close, which clients see as 403)."""
+    url = f"ws://127.0.0.1:{engine.port}/v1/realtime?model=sipai-local"
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(url, additional_headers=headers, open_timeout=10):
+            pass
+    response = refused.value.response
+    print(f"/v1/realtime without a valid token: HTTP {response.status_code}")
+    assert response.status_code == 401, f"refused with HTTP {response.status_code}"
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.headers["content-type"] == "application/json"
+    assert json.loads(response.body) == {"detail": "missing or invalid bearer token"}
+
+
+async def test_the_openai_client_with_a_wrong_token_is_refused(engine: EngineServer) -> None:
+    """The official client offering a wrong key fails to connect with the server's 401."""
     client = AsyncOpenAI(api_key="wrong", websocket_base_url=f"ws://127.0.0.1:{engine.port}/v1")
-    with pytest.raises(Exception, match=r"1008|403|invalid token|rejected"):
+    with pytest.raises(websockets.InvalidStatus, match="401"):
         async with client.realtime.connect(model="sipai-local") as conn:
             await conn.recv_bytes()
+
+
+@pytest.mark.parametrize(
+    ("headers", "name"),
+    [
+        ({"Authorization": f"Bearer {TOKEN}"}, "crm"),
+        ({"Authorization": f"Bearer {SECOND_TOKEN}"}, "crm-2027"),
+        ({"api-key": SECOND_TOKEN}, "crm-2027"),
+    ],
+)
+async def test_each_named_token_opens_a_session_logged_by_name(
+    engine: EngineServer, headers: dict[str, str], name: str
+) -> None:
+    """Both named tokens open an engine session; the access log names the token, never
+    carries it."""
+    url = f"ws://127.0.0.1:{engine.port}/v1/realtime?model=sipai-local"
+    with capture_logs() as logs:
+        async with websockets.connect(url, additional_headers=headers, open_timeout=10) as ws:
+            first = json.loads(await ws.recv())
+    assert first["type"] == "session.created"
+    [request] = [e for e in logs if e["event"] == "api.request"]
+    assert (request["path"], request["status"], request["token"]) == ("/v1/realtime", 101, name)
+    assert not [e for e in logs if TOKEN in repr(e)]

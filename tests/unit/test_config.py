@@ -167,6 +167,7 @@ def test_named_tokens_from_the_file_token_files_and_credentials(tmp_path: Path) 
     creds.mkdir()
     (creds / "api.tokens.ops").write_text("tok-ops\n")
     (creds / "api.tokens.crm").write_text("tok-stale")
+    (creds / "api.tokens.unset").write_text("")
     path = _write(
         tmp_path,
         '[api]\ntoken = "tok-default"\ntokens = { crm = "tok-crm" }\n'

@@ -84,3 +84,9 @@ def test_local_uses_the_api_port_and_token() -> None:
         "ws://[::1]:9000/v1/realtime",
         {"Authorization": "Bearer t"},
     )
+
+
+def test_local_without_api_token_uses_a_named_token() -> None:
+    """With only named tokens, the workers reach the engine with the first one by name."""
+    api = ApiSettings.model_validate({"tokens": {"ops": "t-ops", "crm": "t-crm"}})
+    assert endpoint(_agent(), api).headers == {"Authorization": "Bearer t-crm"}

@@ -21,8 +21,6 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.websockets import WebSocket
-
 from api.app import ApiContext, HealthReport, create_app
 from api.auth import ApiTokens
 from api.server import ApiServer, ApiStartError
@@ -184,12 +182,6 @@ class Supervisor:
                 answered=event.answered,
             )
 
-    async def _serve_engine(self, websocket: WebSocket) -> None:
-        if self._engine is None:
-            await websocket.close(code=1013, reason="the realtime engine is not running")
-            return
-        await self._engine.serve(websocket)
-
     def _brain(self, caller: str) -> Brain:
         """The brain for one engine session; ``caller`` is "worker:call" if known."""
         engine = self._settings.engine
@@ -326,7 +318,8 @@ class Supervisor:
             draining=lambda: self.draining,
             metrics=self.metrics,
             spec=load_spec(),
-            engine=self._serve_engine,
+            # Without speech loaded there is no engine: /v1/realtime then answers 503.
+            engine=self._engine.serve if self._engine is not None else None,
         )
         self._api = ApiServer(create_app(context), api.host, api.port)
         await self._api.start()

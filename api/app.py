@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -69,7 +69,7 @@ class ApiContext:
     health: Callable[[], HealthReport]
     store: Store | None = None
     outbound: OutboundService | None = None
-    tokens: ApiTokens = field(default_factory=ApiTokens)
+    tokens: Mapping[str, str] = field(default_factory=dict)  # name -> token; empty: no auth
     max_body_bytes: int = 65536
     rate_limit_per_minute: int = 0  # POST /call per client; 0 = no limit
     draining: Callable[[], bool] = lambda: False
@@ -119,6 +119,7 @@ def create_app(ctx: ApiContext) -> Starlette:
 class _Routes:
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
+        self.tokens = ApiTokens(ctx.tokens)
         per_minute = ctx.rate_limit_per_minute
         self.limiter = RateLimiter(per_minute) if per_minute else None
 
@@ -127,8 +128,8 @@ class _Routes:
     ) -> Callable[[Request], Awaitable[Response]]:
         async def route(request: Request) -> Response:
             started = time.monotonic()
-            name = self.ctx.tokens.identify(offered_token(request.headers))
-            if self.ctx.tokens.required and name is None:
+            name = self.tokens.identify(offered_token(request.headers))
+            if self.tokens.required and name is None:
                 response: Response = JSONResponse(
                     {"detail": UNAUTHORISED},
                     status_code=401,
@@ -253,9 +254,9 @@ class _Routes:
     async def realtime(self, websocket: WebSocket) -> None:
         """The embedded engine, behind the same tokens as the other routes."""
         started = time.monotonic()
-        name = self.ctx.tokens.identify(offered_token(websocket.headers, api_key_header=True))
+        name = self.tokens.identify(offered_token(websocket.headers, api_key_header=True))
         path, client = websocket.url.path, websocket.client
-        if self.ctx.tokens.required and name is None:
+        if self.tokens.required and name is None:
             await _deny(websocket, 401, UNAUTHORISED, {"www-authenticate": "Bearer"})
             _log_request("GET", path, 401, name, client=client, started=started)
             return

@@ -109,11 +109,21 @@ class ApiSettings(Section):
     port: int = Field(default=8080, ge=1, le=65535)
     token: SecretStr = SecretStr("")
     token_file: str = ""
-    max_body_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
     # Named tokens valid besides api.token (which is named "default"), for key rotation.
     tokens: dict[str, SecretStr] = Field(default_factory=dict)
     token_files: dict[str, str] = Field(default_factory=dict)  # name -> file holding the token
     rate_limit_per_minute: int = Field(default=0, ge=0, le=1_000_000)  # POST /call; 0 = off
+    max_body_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
+
+    @property
+    def loopback_only(self) -> bool:
+        """True when the API is reachable from this machine only."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
 
     @field_validator("tokens")
     @classmethod
@@ -145,16 +155,6 @@ class ApiSettings(Section):
         token = self.token.get_secret_value()
         named = {DEFAULT_TOKEN_NAME: token} if token else {}
         return named | {name: t.get_secret_value() for name, t in sorted(self.tokens.items())}
-
-    @property
-    def loopback_only(self) -> bool:
-        """True when the API is reachable from this machine only."""
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
 
 
 class Backend(StrEnum):

@@ -21,8 +21,9 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.websockets import WebSocket
+
 from api.app import ApiContext, HealthReport, create_app
-from api.auth import ApiTokens
 from api.server import ApiServer, ApiStartError
 from api.spec import load_spec
 from api.webhooks import Deliverer
@@ -182,6 +183,12 @@ class Supervisor:
                 answered=event.answered,
             )
 
+    async def _serve_engine(self, websocket: WebSocket) -> None:
+        if self._engine is None:
+            await websocket.close(code=1013, reason="the realtime engine is not running")
+            return
+        await self._engine.serve(websocket)
+
     def _brain(self, caller: str) -> Brain:
         """The brain for one engine session; ``caller`` is "worker:call" if known."""
         engine = self._settings.engine
@@ -312,14 +319,13 @@ class Supervisor:
             health=self.health,
             store=self.store,
             outbound=self.outbound,
-            tokens=ApiTokens(api.named_tokens),
+            tokens=api.named_tokens,
             max_body_bytes=api.max_body_bytes,
             rate_limit_per_minute=api.rate_limit_per_minute,
             draining=lambda: self.draining,
             metrics=self.metrics,
             spec=load_spec(),
-            # Without speech loaded there is no engine: /v1/realtime then answers 503.
-            engine=self._engine.serve if self._engine is not None else None,
+            engine=self._serve_engine,
         )
         self._api = ApiServer(create_app(context), api.host, api.port)
         await self._api.start()

@@ -20,7 +20,6 @@ from openapi_spec_validator import validate as validate_spec
 from structlog.testing import capture_logs
 
 from api.app import ApiContext, HealthReport, create_app
-from api.auth import ApiTokens
 from api.spec import load_spec
 from api.webhooks import Deliverer
 from daemon.outbound import CallResult, OutboundService, Report
@@ -94,7 +93,7 @@ async def _api(
         health=_health,
         store=store,
         outbound=service,
-        tokens=ApiTokens(named),
+        tokens=named,
         max_body_bytes=4096,
         spec=SPEC,
         rate_limit_per_minute=rate_limit_per_minute,
@@ -616,7 +615,7 @@ async def test_two_named_tokens_work_and_a_removed_one_is_refused(tmp_path: Path
             health=_health,
             store=api.store,
             outbound=api.service,
-            tokens=ApiTokens({"crm-2027": "tok-new"}),
+            tokens={"crm-2027": "tok-new"},
         )
         client = _client(rotated)
         try:

@@ -22,7 +22,6 @@ from openai import AsyncOpenAI
 from structlog.testing import capture_logs
 
 from api.app import ApiContext, HealthReport, create_app
-from api.auth import ApiTokens
 from daemon.engine.brains import Receptionist
 from daemon.engine.server import Engine
 from daemon.speech import SpeechToText, TextToSpeech
@@ -54,7 +53,7 @@ class EngineServer:
         app = create_app(
             ApiContext(
                 health=lambda: HealthReport("healthy", False, "test", 1.0, 0, 0, []),
-                tokens=ApiTokens({"crm": TOKEN, "crm-2027": SECOND_TOKEN}),
+                tokens={"crm": TOKEN, "crm-2027": SECOND_TOKEN},
                 engine=engine.serve,
             )
         )

@@ -62,7 +62,8 @@ def test_a_flood_of_posts_queues_up_to_the_bound_and_stores_nothing_beyond(
     daemon_env: dict[str, str], tmp_path: Path
 ) -> None:
     """2,000 concurrent POST /call with the default bounds: 4 run, 240 queue, every other one
-    gets 503 with Retry-After and a detail, and only the accepted ones are in SQLite."""
+    gets 503 with Retry-After and a detail, and only the accepted ones are in SQLite (20-30 s
+    here: the 2,000 posts are the size of the flood this bound answers)."""
     api = int(daemon_env["SIPAI_API__PORT"])
     daemon = _daemon(daemon_env, tmp_path / "started.txt")
     try:

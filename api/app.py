@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.datastructures import Address
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
@@ -112,7 +112,11 @@ def create_app(ctx: ApiContext) -> Starlette:
             Route("/openapi.json", guarded(routes.openapi), methods=["GET"]),
             WebSocketRoute("/v1/realtime", routes.realtime),
         ],
-        exception_handlers={HTTPException: routes.http_error, 500: routes.server_error},
+        exception_handlers={
+            HTTPException: routes.http_error,
+            ClientDisconnect: routes.client_disconnected,
+            500: routes.server_error,
+        },
     )
 
 
@@ -273,6 +277,11 @@ class _Routes:
                 {"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
             )
         return _error(404, "not found")
+
+    async def client_disconnected(self, request: Request, exc: Exception) -> Response:
+        """The client hung up, or was cut off by api.body_timeout, before its body was in."""
+        log.info("api.client_disconnected", path=request.url.path)
+        return _error(400, "the client disconnected before the request body was complete")
 
     async def server_error(self, request: Request, exc: Exception) -> Response:
         log.error("api.error", path=request.url.path, error=repr(exc))

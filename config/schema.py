@@ -114,6 +114,12 @@ class ApiSettings(Section):
     token_files: dict[str, str] = Field(default_factory=dict)  # name -> file holding the token
     rate_limit_per_minute: int = Field(default=0, ge=0, le=1_000_000)  # POST /call; 0 = off
     max_body_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
+    # Connection limits (api/connections.py): seconds to send a request's headers, then its
+    # body; seconds a connection may sit with no request; connections open at once.
+    header_timeout: float = Field(default=10.0, gt=0, le=300)
+    body_timeout: float = Field(default=15.0, gt=0, le=3600)
+    idle_timeout: float = Field(default=5.0, gt=0, le=3600)
+    max_connections: int = Field(default=512, ge=16, le=8192)
 
     @property
     def loopback_only(self) -> bool:

@@ -7,6 +7,11 @@ priority, ``<3>`` for an error to ``<7>`` for debug (sd-daemon(3)), which journa
 ``journalctl -u sipai -p err`` then shows the errors only. Bind per-call context with
 ``structlog.contextvars.bind_contextvars(call_id=...)`` in the task that handles the call;
 the context does not cross into the SIP or media threads.
+
+No line is written more than a few times a second: :class:`RepeatLimit` on the root handler
+drops the repeats of an identical record (same logger, level and content) beyond ``burst``
+per ``window`` seconds, and a ``log.suppressed`` event gives their count afterwards. A flood
+of one error (a full file table, a scan) thus costs a few lines a second, not megabytes.
 """
 
 from __future__ import annotations
@@ -14,7 +19,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import TextIO
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TextIO
 
 import structlog
 
@@ -83,6 +92,7 @@ def configure_logging(
     if is_journal(out):
         formatter = _PriorityPrefix(formatter)
     handler.setFormatter(formatter)
+    handler.addFilter(RepeatLimit())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -95,6 +105,106 @@ def configure_logging(
         lib.handlers.clear()
         lib.propagate = True
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+@dataclass
+class _Window:
+    started: float
+    source: str
+    line: str
+    passed: int = 1
+    suppressed: int = 0
+
+
+class RepeatLimit(logging.Filter):
+    """Passes an identical record at most ``burst`` times per ``window`` seconds.
+
+    The repeats beyond are dropped and counted; once their window is over, the next record to
+    reach the filter (of any kind) first logs ``log.suppressed`` with the count, the logger and
+    the line. Records are identical when their logger, level and content are (a structlog
+    event's fields but its timestamp; a standard record's formatted message). Thread-safe: the
+    SIP and media threads may log too.
+    """
+
+    def __init__(
+        self,
+        burst: int = 5,
+        window: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        max_lines: int = 4096,
+    ) -> None:
+        super().__init__()
+        self._burst = burst
+        self._window = window
+        self._clock = clock
+        self._max_lines = max_lines
+        self._lock = threading.Lock()  # guards _windows and _next_sweep
+        self._windows: dict[tuple[Any, ...], _Window] = {}
+        self._next_sweep = 0.0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key, line = _identity(record)
+        now = self._clock()
+        with self._lock:
+            over = self._sweep(now) if now >= self._next_sweep else []
+            current = self._windows.get(key)
+            if current is not None and now - current.started >= self._window:
+                del self._windows[key]
+                if current.suppressed:
+                    over.append(current)
+                current = None
+            if current is None:
+                if len(self._windows) >= self._max_lines:
+                    self._forget_unsuppressed()
+                self._windows[key] = _Window(now, record.name, line)
+                passed = True
+            elif current.passed < self._burst:
+                current.passed += 1
+                passed = True
+            else:
+                current.suppressed += 1
+                passed = False
+        for window in over:  # outside the lock: these records come through this filter too
+            _log_suppressed(window, self._window)
+        return passed
+
+    def _sweep(self, now: float) -> list[_Window]:
+        self._next_sweep = now + self._window
+        over = [
+            (key, window)
+            for key, window in self._windows.items()
+            if now - window.started >= self._window
+        ]
+        for key, _ in over:
+            del self._windows[key]
+        return [window for _, window in over if window.suppressed]
+
+    def _forget_unsuppressed(self) -> None:
+        """Bound the table under a flood of distinct lines: forget those with nothing dropped."""
+        for key in [k for k, window in self._windows.items() if not window.suppressed]:
+            del self._windows[key]
+
+
+def _identity(record: logging.LogRecord) -> tuple[tuple[Any, ...], str]:
+    """The key that makes two records the same line, and the line's text for the count."""
+    if isinstance(record.msg, dict):  # a structlog event, already processed
+        fields = tuple(sorted((k, repr(v)) for k, v in record.msg.items() if k != "timestamp"))
+        return (record.name, record.levelno, fields), str(record.msg.get("event", ""))
+    try:
+        message = record.getMessage()
+    except (TypeError, ValueError):  # arguments that do not fit: the handler reports it
+        message = str(record.msg)
+    return (record.name, record.levelno, message), message.split("\n", 1)[0][:200]
+
+
+def _log_suppressed(window: _Window, seconds: float) -> None:
+    get_logger(__name__).warning(
+        "log.suppressed",
+        source=window.source,
+        line=window.line,
+        count=window.suppressed,
+        seconds=seconds,
+    )
 
 
 def is_journal(stream: TextIO) -> bool:

@@ -24,6 +24,7 @@ from typing import Any
 from starlette.websockets import WebSocket
 
 from api.app import ApiContext, HealthReport, create_app
+from api.connections import ConnectionLimits
 from api.server import ApiServer, ApiStartError
 from api.spec import load_spec
 from api.webhooks import Deliverer
@@ -327,10 +328,13 @@ class Supervisor:
             spec=load_spec(),
             engine=self._serve_engine,
         )
-        self._api = ApiServer(create_app(context), api.host, api.port)
+        limits = ConnectionLimits.of(api, self._settings.sip.workers)
+        self._api = ApiServer(create_app(context), api.host, api.port, limits)
         await self._api.start()
         host, port = self._api.address
-        log.info("api.listening", host=host, port=port)
+        log.info(
+            "api.listening", host=host, port=port, max_connections=self._api.limits.max_connections
+        )
         if not api.loopback_only and not api.named_tokens:
             log.warning(
                 "api.unauthenticated",

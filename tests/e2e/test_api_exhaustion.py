@@ -1,0 +1,183 @@
+"""The daemon's API under connection exhaustion, run with systemd's default limit of 1024 file
+descriptors: a flood of idle connections, a body sent at 1 byte/s, a header sent at 1 byte/s.
+
+The settings are the defaults, so the figures are those of an unconfigured daemon.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import resource
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from config.schema import ApiSettings
+from tests.conftest import SIPAI, wait_for_health
+
+pytestmark = pytest.mark.e2e
+
+FD_LIMIT = 1024  # systemd's default soft limit (LimitNOFILE=1024:524288)
+IDLE_CONNECTIONS = 1_100
+HEADER_TIMEOUT = 10.0  # the default api.header_timeout
+BODY_TIMEOUT = 15.0  # the default api.body_timeout
+HEALTH_BUDGET = 0.100  # seconds for GET /health while the connections are open
+LOG_BOUND = 100_000  # bytes of log for the whole run, start-up and shutdown included
+CUT_SLACK = 2.0  # seconds a cut may come after its timeout (timer, load)
+
+
+def _limit_fds() -> None:
+    """Run the daemon (and its workers) as systemd's default LimitNOFILE would."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
+
+
+class _Dripper:
+    """A client that sends ``head`` at once, then one byte of ``drip`` per step, and notes
+    when the server cuts the connection (EOF or reset)."""
+
+    def __init__(self, port: int, head: bytes, drip: bytes) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.sock.sendall(head)
+        self.sock.setblocking(False)
+        self.started = time.monotonic()
+        self.cut_after: float | None = None
+        self.reply = b""
+        self._drip = itertools.cycle(drip)
+
+    def step(self) -> None:
+        """Read what the server sent, then send the next byte unless the server hung up."""
+        if self.cut_after is not None:
+            return
+        try:
+            while data := self.sock.recv(4096):
+                self.reply += data
+            self._cut()  # EOF
+            return
+        except BlockingIOError:
+            pass
+        except OSError:  # reset
+            self._cut()
+            return
+        try:
+            self.sock.send(bytes([next(self._drip)]))
+        except OSError:
+            self._cut()
+
+    def _cut(self) -> None:
+        self.cut_after = time.monotonic() - self.started
+        self.sock.close()
+
+
+def _open_idle(port: int, count: int) -> list[socket.socket]:
+    """``count`` connections that never send a byte (non-blocking connects: a full backlog
+    must not stall the test)."""
+    idle = []
+    for _ in range(count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        code = sock.connect_ex(("127.0.0.1", port))
+        assert code in (0, errno.EINPROGRESS), errno.errorcode.get(code, code)
+        idle.append(sock)
+    return idle
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """True when the daemon has closed (or refused) this idle connection."""
+    try:
+        while data := sock.recv(4096):
+            assert data.startswith(b"HTTP/1.1 503 "), data
+        return True
+    except ConnectionResetError:
+        return True
+    except OSError:  # still open (EAGAIN), or its connect still waits for the backlog
+        return False
+
+
+def _health_latency(port: int) -> float:
+    """Seconds for GET /health on a new connection; infinity when it fails or takes over 1 s."""
+    started = time.monotonic()
+    try:
+        response = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1.0)
+    except httpx.TransportError:
+        return float("inf")
+    if response.status_code != 200:
+        return float("inf")
+    return time.monotonic() - started
+
+
+def test_idle_flood_slow_body_and_slowloris_under_default_fd_limit(
+    daemon_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Under RLIMIT_NOFILE 1024, with 1,100 idle connections, a 1 byte/s body and a 1 byte/s
+    header open, /health answers within 100 ms, the log stays small, and the slow body and
+    header are cut within api.body_timeout and api.header_timeout."""
+    port = int(daemon_env["SIPAI_API__PORT"])
+    out = tmp_path / "stdout"
+    with out.open("wb") as stdout:
+        proc = subprocess.Popen(
+            [SIPAI, "run"], env=daemon_env, stdout=stdout, stderr=stdout, preexec_fn=_limit_fds
+        )
+    idle: list[socket.socket] = []
+    drippers: list[_Dripper] = []
+    try:
+        wait_for_health(port, proc, timeout=60)
+        slow_body = _Dripper(
+            port,
+            b"POST /call HTTP/1.1\r\nHost: sipai\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n",
+            b'{"extension": "1001", "message": "hello"                          ',
+        )
+        slowloris = _Dripper(port, b"GET /health HTTP/1.1\r\nHost: sipai\r\n", b"X-Pad: 0\r\n")
+        drippers = [slow_body, slowloris]
+        idle = _open_idle(port, IDLE_CONNECTIONS)
+        latencies: list[float] = []
+        fds: list[int] = []
+        deadline = time.monotonic() + BODY_TIMEOUT + CUT_SLACK + 1
+        while time.monotonic() < deadline and not all(d.cut_after for d in drippers):
+            step_started = time.monotonic()
+            for dripper in drippers:
+                dripper.step()
+            latencies.append(_health_latency(port))
+            fds.append(len(os.listdir(f"/proc/{proc.pid}/fd")))
+            try:  # doubles as the 1 s between bytes
+                proc.wait(timeout=max(0.0, 1.0 - (time.monotonic() - step_started)))
+                raise AssertionError(f"the daemon exited with {proc.returncode}")
+            except subprocess.TimeoutExpired:
+                pass
+        closed_idle = sum(_closed_by_server(sock) for sock in idle)
+        proc.send_signal(signal.SIGTERM)
+        exit_code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        for sock in idle:
+            sock.close()
+        for dripper in drippers:
+            dripper.sock.close()
+    log_bytes = out.stat().st_size
+    worst = max(latencies)
+    figures = (
+        f"/health worst {worst * 1000:.1f} ms over {len(latencies)} probes "
+        f"({sum(lat == float('inf') for lat in latencies)} failed); log {log_bytes} bytes; "
+        f"slow body cut after {slow_body.cut_after} s (reply {slow_body.reply[:40]!r}); "
+        f"slowloris cut after {slowloris.cut_after} s (reply {slowloris.reply[:40]!r}); "
+        f"supervisor fds at most {max(fds)}; {closed_idle} idle connections closed by the daemon"
+    )
+    print(figures)
+    assert exit_code == 0, figures
+    assert worst <= HEALTH_BUDGET, figures
+    assert log_bytes <= LOG_BOUND, figures
+    assert slow_body.cut_after is not None, figures
+    assert BODY_TIMEOUT - 1 <= slow_body.cut_after <= BODY_TIMEOUT + CUT_SLACK, figures
+    assert slowloris.cut_after is not None, figures
+    assert HEADER_TIMEOUT - 1 <= slowloris.cut_after <= HEADER_TIMEOUT + CUT_SLACK, figures
+    defaults = ApiSettings()
+    assert (defaults.header_timeout, defaults.body_timeout) == (HEADER_TIMEOUT, BODY_TIMEOUT)

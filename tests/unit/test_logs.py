@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -143,3 +144,32 @@ def test_no_prefix_when_stdout_is_not_the_journal(tmp_path: Path, journal_of: st
     redirected), lines are plain JSON."""
     for line in _emit(tmp_path, "json", journal_of):
         assert json.loads(line)["event"], line
+
+
+def test_repeated_lines_are_limited_and_counted() -> None:
+    """An identical line logged 1,000 times at once (asyncio's accept error, a structlog
+    warning) is written 5 times; after its 1 s window one log.suppressed event counts the
+    other 995; distinct lines (other call_ids) all pass."""
+    out = io.StringIO()
+    configure_logging(LogLevel.INFO, LogFormat.JSON, stream=out)
+    log = get_logger("test")
+    for _ in range(1000):
+        logging.getLogger("asyncio").error("socket.accept() out of system resource")
+        log.warning("api.connection_refused", reason="max_connections")
+    for n in range(20):
+        log.info("call.answered", call_id=f"out-1-{n}")
+    time.sleep(1.1)  # past the window: the next record brings the counts
+    log.info("after.window")
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    names = [e["event"] for e in events]
+    written = {line: names.count(line) for line in set(names)}
+    assert written["socket.accept() out of system resource"] == 5, written
+    assert written["api.connection_refused"] == 5, written
+    assert written["call.answered"] == 20, written
+    counts = {e["line"]: e["count"] for e in events if e["event"] == "log.suppressed"}
+    assert counts == {
+        "socket.accept() out of system resource": 995,
+        "api.connection_refused": 995,
+    }, counts
+    assert names[-1] == "after.window"
+    print(f"2,020 records -> {len(events)} lines: {written}")

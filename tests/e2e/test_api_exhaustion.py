@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import resource
 import signal
 import socket
 import subprocess
@@ -31,11 +30,6 @@ BODY_TIMEOUT = 15.0  # the default api.body_timeout
 HEALTH_BUDGET = 0.100  # seconds for GET /health while the connections are open
 LOG_BOUND = 100_000  # bytes of log for the whole run, start-up and shutdown included
 CUT_SLACK = 2.0  # seconds a cut may come after its timeout (timer, load)
-
-
-def _limit_fds() -> None:
-    """Run the daemon (and its workers) as systemd's default LimitNOFILE would."""
-    resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
 
 
 class _Dripper:
@@ -121,8 +115,13 @@ def test_idle_flood_slow_body_and_slowloris_under_default_fd_limit(
     port = int(daemon_env["SIPAI_API__PORT"])
     out = tmp_path / "stdout"
     with out.open("wb") as stdout:
+        # prlimit (util-linux) sets the limit and execs the daemon: same process, its workers
+        # inherit the limit.
         proc = subprocess.Popen(
-            [SIPAI, "run"], env=daemon_env, stdout=stdout, stderr=stdout, preexec_fn=_limit_fds
+            ["prlimit", f"--nofile={FD_LIMIT}:{FD_LIMIT}", SIPAI, "run"],
+            env=daemon_env,
+            stdout=stdout,
+            stderr=stdout,
         )
     idle: list[socket.socket] = []
     drippers: list[_Dripper] = []

@@ -229,11 +229,11 @@ async def test_at_the_cap_with_none_idle_a_new_connection_gets_503_at_once(
 async def test_websocket_outlives_the_idle_timeout() -> None:
     """An upgraded WebSocket is not under the HTTP deadlines: it still echoes after several
     idle timeouts of silence."""
-    async with _serving(ConnectionLimits(idle_timeout=0.2, header_timeout=0.2)) as (_, port):
-        async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
-            await asyncio.sleep(1.0)  # five idle timeouts
-            await ws.send("still here")
-            assert await asyncio.wait_for(ws.recv(), 5) == "still here"
+    limits = ConnectionLimits(idle_timeout=0.2, header_timeout=0.2)
+    async with _serving(limits) as (_, port), websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
+        await asyncio.sleep(1.0)  # five idle timeouts
+        await ws.send("still here")
+        assert await asyncio.wait_for(ws.recv(), 5) == "still here"
 
 
 async def test_connections_counted_back_after_use() -> None:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import functools
 import resource
 import socket
 from collections import OrderedDict
@@ -37,6 +38,10 @@ log = get_logger(__name__)
 
 _BUSY = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 _TOO_SLOW = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+# Connections the kernel completes ahead of accept (clamped to net.core.somaxconn): a burst
+# of connects waits there instead of having its SYNs dropped, which would cost a client
+# (a health probe among them) a 1 s retransmission.
+_BACKLOG = 4096
 _ACCEPT_BATCH = 64  # connections taken per readiness event, so other callbacks run between
 _ACCEPT_RETRY_SECONDS = 0.25  # pause after EMFILE/ENFILE/ENOBUFS/ENOMEM
 _SHORTAGE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -127,7 +132,8 @@ class _Slots:
 
     uvicorn's ``server_state.connections`` holds every HTTP connection from its
     ``connection_made`` and every WebSocket after its upgrade; ``pending`` counts the sockets
-    accepted and not yet there. ``idle`` lists the idle HTTP connections, longest idle first.
+    accepted and not yet there (each leaves it in ``connection_made``, or when its set-up
+    fails). ``idle`` lists the idle HTTP connections, longest idle first.
     """
 
     def __init__(self, state: ServerState) -> None:
@@ -156,9 +162,12 @@ class _LimitedH11Protocol(H11Protocol):
         self._phase: Phase | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._upgraded = False
+        self.joined = False  # in server_state.connections, no longer pending
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.joined = True
+        self._slots.pending -= 1
         self._track()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -283,24 +292,30 @@ class _Acceptor:
 
     def _hand_over(self, conn: socket.socket) -> None:
         self._slots.pending += 1
-        task = self._loop.create_task(self._loop.connect_accepted_socket(self._protocol, conn))
-        self._connecting.add(task)
-        task.add_done_callback(self._connected)
+        made: list[_LimitedH11Protocol] = []
 
-    def _connected(self, task: asyncio.Task[Any]) -> None:
+        def protocol() -> _LimitedH11Protocol:
+            made.append(
+                _LimitedH11Protocol(
+                    config=self._server.config,
+                    server_state=self._server.server_state,
+                    app_state=self._server.lifespan.state,
+                    slots=self._slots,
+                    limits=self._limits,
+                )
+            )
+            return made[0]
+
+        task = self._loop.create_task(self._loop.connect_accepted_socket(protocol, conn))
+        self._connecting.add(task)
+        task.add_done_callback(functools.partial(self._connected, made))
+
+    def _connected(self, made: list[_LimitedH11Protocol], task: asyncio.Task[Any]) -> None:
         self._connecting.discard(task)
-        self._slots.pending -= 1  # counted in server_state.connections by now, if it lives
+        if not (made and made[0].joined):  # set-up failed before connection_made
+            self._slots.pending -= 1
         if not task.cancelled() and task.exception() is not None:
             log.debug("api.connection_failed", error=repr(task.exception()))
-
-    def _protocol(self) -> _LimitedH11Protocol:
-        return _LimitedH11Protocol(
-            config=self._server.config,
-            server_state=self._server.server_state,
-            app_state=self._server.lifespan.state,
-            slots=self._slots,
-            limits=self._limits,
-        )
 
 
 def _fit_fd_limit(limits: ConnectionLimits) -> ConnectionLimits:
@@ -335,7 +350,7 @@ def _bind(host: str, port: int) -> socket.socket:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)
-        sock.listen(128)
+        sock.listen(_BACKLOG)
     except OSError as exc:
         sock.close()
         raise ApiStartError(f"cannot listen on {host}:{port}: {exc.strerror}") from None

@@ -46,6 +46,11 @@ class SipSettings(Section):
     rtp_port_max: int = Field(default=20999, ge=1024, le=65535)
     register_expires: int = Field(default=300, ge=10, le=86400)
     register_keepalive: int = Field(default=10, ge=0, le=3600)  # 0: refresh only
+    # INVITE sources (IPs or networks); empty: the registrar's and proxy's addresses, or
+    # loopback in direct mode. Any other source gets 403.
+    allow_from: list[str] = Field(default_factory=list)
+    invite_rate: float = Field(default=10.0, ge=0)  # INVITEs a second per source; 0: no limit
+    invite_burst: int = Field(default=20, ge=1, le=10000)
     clock_rate: int = 8000
     jitter_buffer_max_ms: int = Field(default=200, ge=40, le=1000)
     # Symmetric RTP for callers behind NAT: within a call's first packets, follow the
@@ -57,6 +62,19 @@ class SipSettings(Section):
     def _sip_uri(cls, value: str) -> str:
         if value and not value.startswith(("sip:", "sips:")):
             raise ValueError("must be a SIP URI starting with 'sip:'")
+        return value
+
+    @field_validator("allow_from", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        if isinstance(value, str):  # from the environment: comma-separated
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list):
+            for entry in value:
+                try:
+                    ipaddress.ip_network(str(entry).strip(), strict=False)
+                except ValueError:
+                    raise ValueError(f"{entry!r} is not an IP address or network") from None
         return value
 
     @field_validator("bind")

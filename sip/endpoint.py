@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import gc
 import heapq
+import ipaddress
 import itertools
 import logging
 import os
@@ -32,6 +33,8 @@ import pjsua2 as pj
 
 from config.schema import SipSettings, Transport
 from daemon import __version__
+from daemon.logs import get_logger
+from sip.admission import LOOPBACK, Admission, getaddrinfo_resolver, host_of, resolve
 from sip.audio_port import CallAudio, CallAudioPort, port_format
 from sip.events import (
     CallAnswered,
@@ -44,9 +47,11 @@ from sip.events import (
     SipEvent,
     TransferProgress,
 )
+from sip.inbound_filter import InboundFilter
 from sip.registration import Actions, Registration
 from sip.rtp_guard import LATCH_POLL_SECONDS, MediaGuard
 
+log = get_logger(__name__)
 Emit = Callable[[SipEvent], None]
 # Asked on the SIP thread before an inbound call is taken: may this worker have the call with
 # this SIP Call-ID? (Forked INVITEs reach every worker; one wins.) Must answer within ~0.5 s.
@@ -82,6 +87,14 @@ PJ_ETOOMANY = 70010
 _pjsua_call_get_count = ctypes.CDLL(pj._pjsua2.__file__).pjsua_call_get_count
 _pjsua_call_get_count.restype = ctypes.c_uint
 _pjsua_call_get_count.argtypes = []
+# Ends a transaction at once (pjsua2 has no binding for it).
+_pjsip_tsx_terminate = ctypes.CDLL(pj._pjsua2.__file__).pjsip_tsx_terminate
+_pjsip_tsx_terminate.restype = ctypes.c_int
+_pjsip_tsx_terminate.argtypes = [ctypes.c_void_p, ctypes.c_int]
+# After our 200 OK went unACKed for 64 x T1 (32 s), pjsip sends BYE and keeps the call slot
+# until that BYE is answered or times out (another 32 s): a peer that never ACKs, never
+# answers a BYE either. The BYE gets this long (two retransmissions) before it is ended.
+UNACKED_BYE_SECONDS = 1.0
 
 
 @dataclass
@@ -125,6 +138,13 @@ class SipThread:
         self.idle_audio = CallAudio(settings.clock_rate)
         self._call_ids = itertools.count(1)
         self._log_writer = PjLogWriter()  # referenced for as long as pjsua2 may log
+        # INVITE admission (SIP thread only; its allow list is replaced whole when the
+        # registrar's and proxy's names are resolved again).
+        self.admission = Admission(
+            settings.username, (), settings.invite_rate, settings.invite_burst
+        )
+        self._resolving = False  # a resolution of the allow list is under way (SIP thread)
+        self.filtered = False  # the pjsip module refuses INVITEs, before any call slot
 
     # -- other threads ---------------------------------------------------------------------
 
@@ -237,10 +257,59 @@ class SipThread:
             port.createPort(f"call-port-{number}", port_format(s.clock_rate))
             self.ports.append(port)
         self.free_ports = list(self.ports)
+        self._set_allow_from(*self._allow_from(getaddrinfo_resolver))
+        self._filter = InboundFilter(pj._pjsua2.__file__, self.admission, time.monotonic)
+        self.filtered = self._filter.install(
+            ep.libHandleEvents, s.bind, self.port, s.transport is Transport.TCP
+        )
+        if not self.filtered:  # refused from onIncomingCall instead: a slot each, briefly
+            log.error("sip.inbound_filter_unavailable", worker=self.index)
         self.account = SipAccount(self)
         self.account.create(self._account_config())
         if not s.direct_mode:
             self.account.start_registration()
+
+    def _allow_hosts(self) -> list[str]:
+        s = self.settings
+        return [h for h in (host_of(s.registrar), host_of(s.proxy)) if h]
+
+    def _allow_from(self, resolver: Callable[[str], list[str]]) -> tuple[Any, list[str]]:
+        """The allow list's networks and any names that did not resolve (any thread)."""
+        s = self.settings
+        if s.allow_from:
+            return tuple(ipaddress.ip_network(a, strict=False) for a in s.allow_from), []
+        if s.direct_mode:
+            return LOOPBACK, []
+        return resolve(self._allow_hosts(), resolver)
+
+    def _set_allow_from(self, networks: tuple[Any, ...], errors: list[str]) -> None:
+        for error in errors:
+            log.error("sip.allow_from_unresolved", worker=self.index, error=error)
+        if networks or not self.admission.allow_from:
+            self.admission.allow_from = networks
+        log.info("sip.allow_from", worker=self.index, networks=[str(n) for n in networks] or None)
+
+    def refresh_allow_from(self) -> None:
+        """Resolve the registrar's and proxy's names again, off this thread (SIP thread)."""
+        s = self.settings
+        if s.allow_from or s.direct_mode or self._resolving:
+            return
+        hosts = self._allow_hosts()
+        if all(_is_ip(h) for h in hosts):
+            return
+        self._resolving = True
+
+        def work() -> None:
+            result = self._allow_from(getaddrinfo_resolver)
+
+            def apply() -> None:
+                self._resolving = False
+                if result[0] != self.admission.allow_from or result[1]:
+                    self._set_allow_from(*result)
+
+            self._commands.put(apply)
+
+        threading.Thread(target=work, name=f"sip-{self.index}-resolve", daemon=True).start()
 
     def _account_config(self) -> Any:
         s = self.settings
@@ -399,6 +468,7 @@ class SipAccount(pj.Account):  # type: ignore[misc]
 
     def _carry_out(self, actions: Actions) -> None:
         if actions.send:
+            self.owner.refresh_allow_from()
             try:
                 self.setRegistration(True)
             except pj.Error as exc:
@@ -421,6 +491,19 @@ class SipAccount(pj.Account):  # type: ignore[misc]
     def onIncomingCall(self, prm: Any) -> None:
         owner = self.owner
         call = SipCall(owner, self, prm.callId)
+        # Normally refused earlier (sip.inbound_filter); here pjsua has spent a slot and RTP
+        # sockets on the INVITE already, and frees them when this callback returns.
+        refusal = None
+        if not owner.filtered:
+            refusal = owner.admission.decide(
+                str(prm.rdata.srcAddress), str(prm.rdata.wholeMsg), time.monotonic()
+            )
+        if refusal is not None:
+            owner.refused[call.key] = call
+            call.refused = True
+            headers = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after else {}
+            call.respond(refusal.code, headers)
+            return
         info = call.getInfo()
         # Decide now, on this thread: a forked copy we lose must give its pjsua call slot
         # back before the next INVITE of a burst is processed (PJSUA_MAX_CALLS is 4).
@@ -459,10 +542,18 @@ class SipCall(pj.Call):  # type: ignore[misc]
         self.refused = False  # answered 486 in onIncomingCall: no events, no audio
         self.responded = False  # any SIP response to our INVITE arrived (100 Trying counts)
         self.guard = MediaGuard(owner.settings.rtp_latching)  # SIP thread only
+        # pjsip's BYE for a 200 OK never ACKed, while that BYE transaction is alive (SIP thread)
+        self.unacked_bye: int | None = None
+        self.inbound = call_id != pj.PJSUA_INVALID_ID
 
-    def respond(self, code: int) -> None:
+    def respond(self, code: int, headers: dict[str, str] | None = None) -> None:
         prm = pj.CallOpParam()
         prm.statusCode = code
+        for name, value in (headers or {}).items():
+            header = pj.SipHeader()
+            header.hName = name
+            header.hValue = value
+            prm.txOption.headers.append(header)
         self.answer(prm)
 
     def end(self, cause: str, code: int = 0) -> None:
@@ -509,8 +600,26 @@ class SipCall(pj.Call):  # type: ignore[misc]
 
     def onCallTsxState(self, prm: Any) -> None:
         event = prm.e
-        if event.type == pj.PJSIP_EVENT_TSX_STATE and not self.responded:
+        if event.type != pj.PJSIP_EVENT_TSX_STATE:
+            return
+        if not self.responded:
             self.responded = event.body.tsxState.type == pj.PJSIP_EVENT_RX_MSG
+        tsx = event.body.tsxState.tsx
+        if tsx.method != "BYE" or tsx.role != pj.PJSIP_ROLE_UAC:
+            return
+        pointer = int(tsx.pjTransaction)
+        if tsx.state == pj.PJSIP_TSX_STATE_CALLING and self.inbound and not self.answered:
+            # pjsip's own BYE before any ACK: our 200 OK went unanswered for 32 s.
+            self.unacked_bye = pointer
+            self.owner.later(UNACKED_BYE_SECONDS, self._end_unacked_bye)
+        elif pointer == self.unacked_bye and tsx.state >= pj.PJSIP_TSX_STATE_COMPLETED:
+            self.unacked_bye = None  # answered (or gone): never touched again
+
+    def _end_unacked_bye(self) -> None:
+        """Still no answer to the BYE: end its transaction, the call and its slot now."""
+        pointer, self.unacked_bye = self.unacked_bye, None
+        if pointer is not None and not self.ended:
+            _pjsip_tsx_terminate(pointer, 408)
 
     def onCallMediaState(self, prm: Any) -> None:
         info = self.getInfo()
@@ -631,6 +740,14 @@ def _registrar_host(settings: SipSettings) -> str:
     if rest.startswith("["):  # IPv6 reference
         return rest[: rest.index("]") + 1]
     return rest.split(":", 1)[0]
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _display_name(uri: str) -> str:

@@ -163,6 +163,16 @@ class Supervisor:
             for status, count in sorted((await self.store.call_counts()).items())
         ]
         lines += [
+            "# HELP sipai_sip_invites_refused_total INVITEs refused before a call slot, by "
+            "reason: forbidden (403, sip.allow_from), not_found (404, another user), "
+            "rate_limited (503, sip.invite_rate), bad_request (400, Content-Length).",
+            "# TYPE sipai_sip_invites_refused_total counter",
+        ]
+        lines += [
+            f'sipai_sip_invites_refused_total{{reason="{reason}"}} {count}'
+            for reason, count in sorted((await self._sip.refused_invites()).items())
+        ]
+        lines += [
             "# HELP sipai_webhooks Webhooks by delivery state.",
             "# TYPE sipai_webhooks gauge",
         ]

@@ -128,6 +128,9 @@ class WorkerState:
     teardown: int = 0
     teardown_epoch: int = 0  # bumped by each release: a report asked for before it is stale
     teardown_poll: asyncio.Task[None] | None = None
+    # INVITEs the worker refused, by reason: as last reported, and from its earlier lives.
+    refused: dict[str, int] = field(default_factory=dict)
+    refused_before: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -282,6 +285,9 @@ class WorkerPool:
         log.error("worker.died", worker=state.index, exit_code=code, calls=len(state.calls))
         state.ready.clear()
         state.registered = False
+        for reason, count in state.refused.items():
+            state.refused_before[reason] = state.refused_before.get(reason, 0) + count
+        state.refused = {}
         if state.conn is not None:
             state.conn = None
         for call in sorted(state.calls):
@@ -572,6 +578,27 @@ class WorkerPool:
                 await state.conn.request("ping", within=5.0)
 
         await asyncio.gather(*(ping(s) for s in self.workers))
+
+    async def refused_invites(self) -> dict[str, int]:
+        """INVITEs refused before a call slot by every worker since start, by reason."""
+
+        async def ask(state: WorkerState) -> None:
+            if state.conn is not None and state.ready.is_set():
+                with contextlib.suppress(IpcError, TimeoutError):
+                    reply = await state.conn.request("ping", within=2.0)
+                    state.refused = {
+                        k.removeprefix("refused_"): int(v)
+                        for k, v in reply.items()
+                        if k.startswith("refused_")
+                    }
+
+        await asyncio.gather(*(ask(s) for s in self.workers))
+        total: dict[str, int] = {}
+        for state in self.workers:
+            for counts in (state.refused_before, state.refused):
+                for reason, count in counts.items():
+                    total[reason] = total.get(reason, 0) + count
+        return total
 
     async def drain(self) -> None:
         """Return once no worker holds a call (the supervisor bounds the wait)."""

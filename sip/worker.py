@@ -230,6 +230,8 @@ class SipWorker:
                 "calls": len(thread.calls),
                 # slots pjsua holds, calls it is still tearing down included
                 "pjsua_calls": thread.pjsua_calls(),
+                # INVITEs refused by sip.admission, by reason (counters since start)
+                **{f"refused_{k}": v for k, v in thread.admission.refused.items()},
             }
 
         return await self._on_sip_thread(read)

@@ -2,9 +2,11 @@
 
 Runs in the SIP worker that holds the call, on its event loop:
 
-1. Connect and configure the model session first (bounded by ``connect_timeout_seconds``);
-   only then answer, so the caller never hears dead air. If the model cannot be reached,
-   answer and say the apology with the local voice, or reject with 503 (by config).
+1. Answer, and once the caller's ACK confirms the call, connect and configure the model
+   session (bounded by ``connect_timeout_seconds``): a caller that never ACKs (a scanner, a
+   broken peer) costs no model session. If the model cannot be reached, say the apology
+   with the local voice. With ``on_connect_failure = "reject"`` the session is connected
+   before answering instead, so that the call can still be refused with 503.
 2. Uplink: the caller's 20 ms frames are encoded to the session's input format (mu-law
    passthrough at 8 kHz, or PCM resampled to 24 kHz) and sent in batches of
    ``uplink_batch_ms`` as ``input_audio_buffer.append``.
@@ -55,7 +57,14 @@ from daemon.realtime.dialect import SessionConfig, Tool, TurnDetection
 from media.codec import PCM24K, PCMU, AudioFormat, Decoder, Encoder
 from sip.audio_port import CallAudio
 from sip.endpoint import SipError
-from sip.events import CallEnded, DtmfReceived, IncomingCall, SipEvent, TransferProgress
+from sip.events import (
+    CallAnswered,
+    CallEnded,
+    DtmfReceived,
+    IncomingCall,
+    SipEvent,
+    TransferProgress,
+)
 from sip.worker import SipWorker
 
 log = get_logger(__name__)
@@ -84,6 +93,9 @@ SEND_DTMF = Tool(
 TRANSFER_SECONDS = 30.0  # longest wait for the transfer target to answer
 MEDIA_END_GRACE = 2.0  # the media ends with the call: its CallEnded (the cause) follows at once
 REPLAY_TURNS = 30  # transcript turns replayed into a new session
+# Longest wait for the ACK after our 200 OK: pjsip ends the call after 64 x T1 = 32 s of
+# unanswered 200 OK retransmissions (then the call's CallEnded says so first).
+ACK_WAIT_SECONDS = 40.0
 
 
 def _transfer_tool(agent: AgentSettings) -> Tool | None:
@@ -217,11 +229,14 @@ class InboundAgent:
 
     async def run(self) -> None:
         ctx = self.ctx
+        before_answer = self.agent.on_connect_failure is ConnectFailure.REJECT
+        if not before_answer and not await self._answer_and_confirm():
+            return
         started = time.monotonic()
         try:
             reported = await self.session.open(self.agent.connect_timeout_seconds)
         except RealtimeError as exc:
-            await self._cannot_connect(exc)
+            await self._cannot_connect(exc, answered=not before_answer)
             return
         log.info(
             "agent.session_ready",
@@ -233,10 +248,12 @@ class InboundAgent:
             connect_ms=round((time.monotonic() - started) * 1000),
             route=self.route,
         )
+        if before_answer and not await self._answer_and_confirm():
+            await self.session.close()
+            return
         try:
-            await ctx.worker.answer(self.key)
             self.audio = await ctx.worker.audio(self.key)
-        except SipError as exc:  # the caller gave up while the model was connecting
+        except SipError as exc:  # the caller hung up while the model was connecting
             log.info("agent.caller_gone", call_id=self.key, error=str(exc))
             await self.session.close()
             return
@@ -257,7 +274,31 @@ class InboundAgent:
         finally:
             await self._finish()
 
-    async def _cannot_connect(self, exc: RealtimeError) -> None:
+    async def _answer_and_confirm(self) -> bool:
+        """Answer, then wait for the caller's ACK; False if the call ended first."""
+        ctx = self.ctx
+        try:
+            await ctx.worker.answer(self.key)
+        except SipError as exc:  # the caller gave up before the answer
+            log.info("agent.caller_gone", call_id=self.key, error=str(exc))
+            return False
+        try:
+            async with asyncio.timeout(ACK_WAIT_SECONDS):
+                while True:
+                    event = await ctx.sip_events.get()
+                    if isinstance(event, CallAnswered):
+                        return True
+                    if isinstance(event, CallEnded):
+                        self.end_cause = end_cause(event)
+                        log.info("agent.not_confirmed", call_id=self.key, cause=self.end_cause)
+                        return False
+        except TimeoutError:
+            self.end_cause = "no ACK from the caller"
+            with contextlib.suppress(SipError):
+                await ctx.worker.hangup(self.key)
+            return False
+
+    async def _cannot_connect(self, exc: RealtimeError, answered: bool = False) -> None:
         ctx = self.ctx
         log.error(
             "agent.connect_failed",
@@ -274,7 +315,8 @@ class InboundAgent:
                 await ctx.worker.reject(self.key, 503)
             return
         try:
-            await ctx.worker.answer(self.key)
+            if not answered:
+                await ctx.worker.answer(self.key)
             audio = await ctx.worker.audio(self.key)
             speech = await ctx.synthesize(self.agent.apology, audio.rate)
             audio.playout.push("apology", speech)

@@ -1,4 +1,4 @@
-"""An inbound call whose caller never ACKs our 200 OK: the record says so.
+"""An inbound call whose caller never ACKs our 200 OK: the record says so, no model session.
 
 The caller is a real SIP user agent on a UDP socket in this test: it sends an INVITE with an
 SDP offer, lets the daemon's 200 OK be retransmitted until pjsip gives up (64 x T1 = 32 s),
@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -75,11 +77,13 @@ def _caller_without_ack(port: int, seconds: float) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def _daemon(env: dict[str, str]) -> AsyncIterator[str]:
-    """The daemon in direct mode with the embedded engine; yields the API base URL."""
-    process = await asyncio.create_subprocess_exec(
-        SIPAI, "run", env=env | {"SIPAI_SIP__REGISTRAR": ""}, stdout=asyncio.subprocess.DEVNULL
-    )
+async def _daemon(env: dict[str, str], log: Path) -> AsyncIterator[str]:
+    """The daemon in direct mode with the embedded engine, logging to ``log``; yields the API
+    base URL."""
+    with log.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            SIPAI, "run", env=env | {"SIPAI_SIP__REGISTRAR": ""}, stdout=out
+        )
     base = f"http://127.0.0.1:{env['SIPAI_API__PORT']}"
     try:
         async with httpx.AsyncClient() as client, asyncio.timeout(90):
@@ -103,10 +107,13 @@ async def _final_inbound_record(base: str) -> dict[str, Any]:
             await asyncio.sleep(0.1)
 
 
-async def test_a_call_never_acked_is_recorded_as_such(daemon_env: dict[str, str]) -> None:
+async def test_a_call_never_acked_is_recorded_as_such(
+    daemon_env: dict[str, str], tmp_path: Path
+) -> None:
     """A caller that never ACKs the 200 OK ends with end_cause "no ACK from the caller: 408
-    Request Timeout", not "caller hung up"."""
-    async with _daemon(daemon_env) as base:
+    Request Timeout", not "caller hung up", and no model session was opened for it."""
+    log = tmp_path / "daemon.log"
+    async with _daemon(daemon_env, log) as base:
         started = time.monotonic()
         received = await asyncio.to_thread(
             _caller_without_ack, int(daemon_env["SIPAI_SIP__PORT"]), 60.0
@@ -119,3 +126,6 @@ async def test_a_call_never_acked_is_recorded_as_such(daemon_env: dict[str, str]
     assert record["end_cause"] == "no ACK from the caller: 408 Request Timeout", (
         f"{record['end_cause']!r} after {ended_after:.1f} s"
     )
+    events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
+    sessions = [e for e in events if e in ("agent.session_ready", "engine.session_open")]
+    assert not sessions, f"model sessions opened for a call never confirmed: {sessions}"

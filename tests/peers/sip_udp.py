@@ -39,6 +39,7 @@ class UdpAgent:
     target_port: int
     source: str = "127.0.0.1"
     sock: socket.socket = field(init=False)
+    sent: dict[str, list[str]] = field(default_factory=dict)  # each INVITE's header lines
 
     def __post_init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -78,8 +79,22 @@ class UdpAgent:
         if body:
             lines.append("Content-Type: application/sdp")
         lines.append(f"Content-Length: {length}")
+        self.sent[call_id] = lines
         self.send(("\r\n".join(lines) + "\r\n\r\n" + body).encode())
         return call_id
+
+    def cancel(self, call_id: str) -> None:
+        """CANCEL the INVITE sent with ``call_id`` (same branch, RFC 3261 9.1)."""
+        lines = self.sent[call_id]
+        uri = lines[0].split(" ")[1]
+        keep = [line for line in lines[1:6]]  # Via, Max-Forwards, From, To, Call-ID
+        cseq = "CSeq: 1 CANCEL"
+        self.send(
+            (
+                "\r\n".join([f"CANCEL {uri} SIP/2.0", *keep, cseq, "Content-Length: 0"])
+                + "\r\n\r\n"
+            ).encode()
+        )
 
     def send(self, data: bytes) -> None:
         self.sock.sendto(data, ("127.0.0.1", self.target_port))

@@ -47,7 +47,7 @@ def _statuses(agent: UdpAgent, call_id: str, seconds: float) -> list[int]:
 
 
 def _attacks(port: int, unacked: str) -> dict[str, Any]:
-    report: dict[str, Any] = {}
+    report: dict[str, Any] = {"benchmark": "invite_attacks"}
     if unacked == "only":  # on a fresh daemon: no earlier call holds a slot
         report["unacked"] = _unacked(port)
         return report

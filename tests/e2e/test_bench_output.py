@@ -57,3 +57,14 @@ def test_calls_bench_prints_only_json_with_its_fields() -> None:
     [rss], [pss] = level["rss_mib_per_worker"], level["pss_mib_per_worker"]
     assert 0 < pss <= rss, level
     assert level["pss_mib_daemon"] == round(level["pss_mib_supervisor"] + pss, 1)
+
+
+def test_invite_attacks_bench_prints_only_json() -> None:
+    """bench.invite_attacks (without the 35 s un-ACKed part) prints its report alone on
+    stdout, with the refusal counters of /metrics."""
+    result = _bench("bench.invite_attacks", "--allow-from", "127.0.0.1", "--skip-unacked")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["benchmark"] == "invite_attacks"
+    assert {"scanner_user", "other_host", "flood", "content_length"} <= report.keys()
+    assert any('reason="forbidden"' in line for line in report["metrics"]), report["metrics"]

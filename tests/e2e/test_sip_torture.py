@@ -40,11 +40,12 @@ def _torture(port: int, me: int) -> dict[str, bytes]:
     def request(first: str, headers: list[str], body: str = "", length: int | None = None) -> bytes:
         tag = uuid.uuid4().hex
         base = [
-            f"Via: SIP/2.0/UDP 127.0.0.1:{me};branch=z9hG4bK{tag[:16]}",
+            f"Via: SIP/2.0/UDP 127.0.0.1:{me};rport;branch=z9hG4bK{tag[:16]}",
             "Max-Forwards: 70",
             f"From: <sip:2000@127.0.0.1>;tag={tag[:8]}",
             f"To: <sip:1000@{host}>",
             f"Call-ID: {tag}",
+            f"Contact: <sip:2000@127.0.0.1:{me}>",
         ]
         declared = len(body.encode()) if length is None else length
         lines = [first, *base, *headers, f"Content-Length: {declared}"]
@@ -111,13 +112,13 @@ def _torture(port: int, me: int) -> dict[str, bytes]:
             f"INVITE sip:1000@{host} SIP/2.0",
             ["CSeq: 1 INVITE", "Content-Type: application/sdp"],
             offer,
-            length=len(offer) + 500,
+            length=len(offer) + 40,
         ),
         "content_length_too_small": request(
             f"INVITE sip:1000@{host} SIP/2.0",
             ["CSeq: 1 INVITE", "Content-Type: application/sdp"],
             offer,
-            length=10,
+            length=len(offer) - 40,
         ),
         "content_length_negative": request(
             f"INVITE sip:1000@{host} SIP/2.0",
@@ -205,6 +206,16 @@ def _options_answered(port: int) -> bool:
         agent.close()
 
 
+def _exchange(port: int, packet: bytes) -> list[int]:
+    """Send ``packet`` from 127.0.0.1; the statuses of what comes back within 0.3 s."""
+    agent = UdpAgent(port)
+    try:
+        agent.send(packet)
+        return [reply.status for reply in agent.receive(0.3)]
+    finally:
+        agent.close()
+
+
 def _blast(port: int, packets: list[bytes]) -> None:
     """Send from 127.0.0.1 and 127.0.0.2, paced in bursts the kernel's buffer holds."""
     agents = [UdpAgent(port), UdpAgent(port, source="127.0.0.2")]
@@ -251,8 +262,9 @@ async def test_torture_and_mutated_datagrams_leave_the_worker_whole(
     daemon_env: dict[str, str], tmp_path: Path
 ) -> None:
     """During a call, the torture messages and 5,000 mutated INVITE/OPTIONS datagrams neither
-    crash the worker nor end the call; OPTIONS is answered after each; RSS and fds return to
-    their baseline. About 30 s (the call in progress spans the whole battery)."""
+    crash the worker nor end the call; OPTIONS is answered after each; INVITEs whose
+    Content-Length disagrees with the body get 400 and none becomes a call; RSS and fds
+    return to their baseline. About 30 s (the call in progress spans the whole battery)."""
     port = int(daemon_env["SIPAI_SIP__PORT"])
     async with _daemon(daemon_env, tmp_path / "daemon.log") as worker:
         pid = worker["pid"]
@@ -264,8 +276,9 @@ async def test_torture_and_mutated_datagrams_leave_the_worker_whole(
         await asyncio.sleep(1.0)
         baseline = _worker_usage(pid)
         unanswered = []
+        answers: dict[str, list[int]] = {}
         for name, packet in torture.items():
-            await asyncio.to_thread(_blast, port, [packet])
+            answers[name] = await asyncio.to_thread(_exchange, port, packet)
             if not await asyncio.to_thread(_options_answered, port):
                 unanswered.append(name)
         started = time.monotonic()
@@ -276,11 +289,17 @@ async def test_torture_and_mutated_datagrams_leave_the_worker_whole(
         after = _worker_usage(pid)
         stats = await call
     grown = after[0] - baseline[0]
+    print(f"torture answers: {answers}")
     print(
         f"{len(torture)} torture messages, {MUTATED} mutated datagrams in {blasted:.1f} s: "
         f"RSS {baseline[0]} -> {after[0]} KiB ({grown:+d}), fds {baseline[1]} -> {after[1]}"
     )
     assert not unanswered, f"OPTIONS unanswered after: {unanswered}"
+    for name in ("too_big", "too_small", "huge"):
+        assert answers[f"content_length_{name}"] == [400], answers
+    assert answers["content_length_negative"] in ([], [400]), answers  # pjsip drops it unparsed
+    rang = [name for name, codes in answers.items() if 180 in codes]
+    assert not rang, f"torture INVITEs that became calls: {rang}"
     assert int(stats["SuccessfulCall(C)"]) == 1, stats
     assert grown <= RSS_TOLERANCE_KIB, f"RSS grew {grown} KiB (tolerance {RSS_TOLERANCE_KIB})"
     assert after[1] == baseline[1], f"fds {baseline[1]} -> {after[1]}"

@@ -12,12 +12,17 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from sip.events import CallEnded, IncomingCall
+from structlog.testing import capture_logs
+
+from sip.events import CallEnded, IncomingCall, RegistrationChanged
 from tests.integration.conftest import Recorded, worker_settings
 from tests.integration.test_sip_robustness import _sipp
+from tests.peers.kamailio import Kamailio
+from tests.peers.phone import TestPhone
 from tests.peers.sip_udp import UdpAgent, sdp
 
 MakeWorker = Callable[..., Awaitable[Recorded]]
+Phones = Callable[..., Awaitable[TestPhone]]
 
 
 async def _refused(worker: Recorded) -> dict[str, int]:
@@ -182,3 +187,61 @@ async def test_unacked_calls_free_their_slots_within_the_sip_timer(
     assert 31 <= held <= 35, f"4 un-ACKed calls held 4 slots for {held:.1f} s"
     stats = await _sipp(port, tmp_path, "-sn", "uac", "-m", "1", "-d", "100")
     assert int(stats["SuccessfulCall(C)"]) == 1
+
+
+async def test_by_default_only_the_registrar_may_send_invites(
+    kamailio: Kamailio, make_worker: MakeWorker, phones: Phones
+) -> None:
+    """With a registrar and no sip.allow_from, an INVITE straight to the worker from another
+    host gets 403, and a call through Kamailio (its R-URI the worker's contact, whose user
+    is sip.username) rings."""
+    worker = await make_worker(worker_settings(kamailio))
+    await worker.expect(RegistrationChanged, registered=True)
+    port = worker.sip.settings.port
+
+    def direct() -> int:
+        scanner = UdpAgent(port, source="127.0.0.2")
+        try:
+            call_id = scanner.invite()
+            return scanner.finals([call_id], 5)[call_id].status
+        finally:
+            scanner.close()
+
+    assert await asyncio.to_thread(direct) == 403
+    phone = await phones("caller")
+    await phone.register(kamailio, "1001")
+    await phone.command("dial", uri="sip:1000@127.0.0.1")
+    incoming = await worker.expect(IncomingCall)
+    await phone.expect("call", state="EARLY", code=180)
+    await worker.sip.reject(incoming.call, 486)
+    assert (await _refused(worker)) == {
+        "forbidden": 1,
+        "not_found": 0,
+        "rate_limited": 0,
+        "bad_request": 0,
+    }
+
+
+async def test_a_registrar_name_that_does_not_resolve_is_logged_not_fatal(
+    make_worker: MakeWorker,
+) -> None:
+    """A registrar whose name does not resolve: the worker starts, logs
+    sip.allow_from_unresolved naming it, and refuses every INVITE with 403."""
+    with capture_logs() as logs:
+        worker = await make_worker(
+            worker_settings(None, registrar="sip:no-such-pbx.invalid:5060", password="x")
+        )
+    errors = [e for e in logs if e["event"] == "sip.allow_from_unresolved"]
+    assert errors, logs
+    assert "no-such-pbx.invalid" in errors[0]["error"], errors
+    assert errors[0]["log_level"] == "error"
+
+    def direct() -> int:
+        peer = UdpAgent(worker.sip.settings.port)
+        try:
+            call_id = peer.invite()
+            return peer.finals([call_id], 5)[call_id].status
+        finally:
+            peer.close()
+
+    assert await asyncio.to_thread(direct) == 403

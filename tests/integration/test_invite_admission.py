@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
 from structlog.testing import capture_logs
 
 from sip.events import CallEnded, IncomingCall, RegistrationChanged
@@ -189,13 +190,15 @@ async def test_unacked_calls_free_their_slots_within_the_sip_timer(
     assert int(stats["SuccessfulCall(C)"]) == 1
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
 async def test_by_default_only_the_registrar_may_send_invites(
-    kamailio: Kamailio, make_worker: MakeWorker, phones: Phones
+    kamailio: Kamailio, make_worker: MakeWorker, phones: Phones, host: str
 ) -> None:
-    """With a registrar and no sip.allow_from, an INVITE straight to the worker from another
-    host gets 403, and a call through Kamailio (its R-URI the worker's contact, whose user
-    is sip.username) rings."""
-    worker = await make_worker(worker_settings(kamailio))
+    """With a registrar (given by address or by name) and no sip.allow_from, an INVITE
+    straight to the worker from another host gets 403, and a call through Kamailio (its R-URI
+    the worker's contact, whose user is sip.username) rings."""
+    registrar = kamailio.uri.replace("127.0.0.1", host)
+    worker = await make_worker(worker_settings(kamailio, registrar=registrar, domain="127.0.0.1"))
     await worker.expect(RegistrationChanged, registered=True)
     port = worker.sip.settings.port
 

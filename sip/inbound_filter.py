@@ -23,6 +23,7 @@ Only the SIP thread calls into this module (pjsip runs it inside ``libHandleEven
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import socket
 import time
 import uuid
@@ -115,8 +116,9 @@ class InboundFilter:
         status = self._lib.pjsip_endpt_register_module(self._endpt, ctypes.byref(self._module))
         if status != 0:
             return False
-        if bind in ("0.0.0.0", "::"):  # listening everywhere: probe over loopback
-            bind = "::1" if bind == "::" else "127.0.0.1"
+        address = ipaddress.ip_address(bind)
+        if address.is_unspecified:  # listening everywhere: probe over loopback
+            bind = "::1" if address.version == 6 else "127.0.0.1"
         family = socket.AF_INET6 if ":" in bind else socket.AF_INET
         kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM
         with socket.socket(family, kind) as probe:

@@ -145,7 +145,7 @@ class _Routes:
             status = response.status_code
             _log_request(
                 request.method,
-                request.url.path,
+                _logged_path(request, refused=name is None and status == 401),
                 status,
                 name,
                 client=request.client,
@@ -286,6 +286,15 @@ class _Routes:
     async def server_error(self, request: Request, exc: Exception) -> Response:
         log.error("api.error", path=request.url.path, error=repr(exc))
         return _error(500, "internal error")
+
+
+def _logged_path(request: Request, refused: bool) -> str:
+    """The path to log: for a refused request its route's template, so that unauthenticated
+    requests to made-up ids are the same line (and rate-limited as repeats), not one each."""
+    route = request.scope.get("route")
+    if refused and route is not None:
+        return str(getattr(route, "path", request.url.path))
+    return request.url.path
 
 
 def _log_request(

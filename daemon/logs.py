@@ -122,8 +122,8 @@ class RepeatLimit(logging.Filter):
     The repeats beyond are dropped and counted; once their window is over, the next record to
     reach the filter (of any kind) first logs ``log.suppressed`` with the count, the logger and
     the line. Records are identical when their logger, level and content are (a structlog
-    event's fields but its timestamp; a standard record's formatted message). Thread-safe: the
-    SIP and media threads may log too.
+    event's fields but its timestamp and duration; a standard record's formatted message).
+    Thread-safe: the SIP and media threads may log too.
     """
 
     def __init__(
@@ -185,10 +185,16 @@ class RepeatLimit(logging.Filter):
             del self._windows[key]
 
 
+# Fields that differ between lines that say the same thing (a request's duration, say).
+_VOLATILE_FIELDS = frozenset({"timestamp", "ms"})
+
+
 def _identity(record: logging.LogRecord) -> tuple[tuple[Any, ...], str]:
     """The key that makes two records the same line, and the line's text for the count."""
     if isinstance(record.msg, dict):  # a structlog event, already processed
-        fields = tuple(sorted((k, repr(v)) for k, v in record.msg.items() if k != "timestamp"))
+        fields = tuple(
+            sorted((k, repr(v)) for k, v in record.msg.items() if k not in _VOLATILE_FIELDS)
+        )
         return (record.name, record.levelno, fields), str(record.msg.get("event", ""))
     try:
         message = record.getMessage()

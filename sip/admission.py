@@ -150,11 +150,30 @@ def resolve(hosts: Iterable[str], resolver: Resolver) -> tuple[tuple[IpNetwork, 
 
 
 def request_line(message: str) -> tuple[str, str]:
-    """(method, Request-URI) of a SIP request's first line; ("", "") if it is none."""
-    parts = message.split("\r\n", 1)[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("SIP/"):
-        return "", ""
+    """(method, Request-URI) of a SIP request's first line, read as leniently as pjsip reads
+    it (blank lines before it, LF or CRLF, runs of spaces or tabs, any case of the version);
+    ("", "") if it is none. The URI is "" when the line has no well-formed one, so an INVITE
+    is never waved through for being oddly spaced."""
+    first = message.lstrip("\r\n").split("\n", 1)[0]
+    parts = first.split()
+    if not parts or parts[0].upper().startswith("SIP/"):
+        return "", ""  # a response, or nothing
+    if len(parts) != 3 or not parts[2].upper().startswith("SIP/"):
+        return parts[0], ""
     return parts[0], parts[1]
+
+
+def _head_and_body(message: str) -> tuple[list[str], str, bool]:
+    """The header lines, the body, and whether the blank line that ends the headers came."""
+    text = message.lstrip("\r\n")
+    crlf, lf = text.find("\r\n\r\n"), text.find("\n\n")
+    if crlf < 0 and lf < 0:
+        return text.replace("\r\n", "\n").split("\n"), "", False
+    if crlf >= 0 and (lf < 0 or crlf <= lf):
+        head, body = text[:crlf], text[crlf + 4 :]
+    else:
+        head, body = text[:lf], text[lf + 2 :]
+    return head.replace("\r\n", "\n").split("\n"), body, True
 
 
 def uri_user(uri: str) -> str:
@@ -188,18 +207,20 @@ def _is_hex(pair: bytes) -> bool:
 def content_length_mismatch(message: str) -> bool:
     """True when the message's Content-Length (``l``) is missing a number or disagrees with
     the body that came with it (the bytes after the blank line)."""
-    head, sep, body = message.partition("\r\n\r\n")
-    if not sep:
+    lines, body, ended = _head_and_body(message)
+    if not ended:
         return False
     declared: str | None = None
-    for line in head.split("\r\n")[1:]:
+    for line in lines[1:]:
         name, colon, value = line.partition(":")
         if colon and name.strip().lower() in ("content-length", "l"):
             if declared is not None and declared != value.strip():
                 return True  # two that disagree
             declared = value.strip()
     if declared is None:
-        return bool(body)  # over UDP a body needs no Content-Length, over TCP it does
+        # Over UDP the datagram frames the body (RFC 3261 18.3); over TCP pjsip does not
+        # parse a message without one.
+        return False
     if not declared.isdigit():
         return True
     return int(declared) != len(body.encode("utf-8", "surrogateescape"))
@@ -231,6 +252,18 @@ class Admission:
     def decide(self, source: str, message: str, now: float) -> Refusal | None:
         """None to take the INVITE (``message`` as received, from ``source``), else why not."""
         refusal = self._decide(source, message, now)
+        if refusal is not None:
+            self.refused[refusal.reason] += 1
+        return refusal
+
+    def backstop(self, source: str, message: str) -> Refusal | None:
+        """The source and Request-URI checks alone, for an INVITE that reached pjsua although
+        the pjsip module screens INVITEs first (counted like :meth:`decide`)."""
+        refusal = None
+        if not self.allowed(source_ip(source)):
+            refusal = Refusal(403, "forbidden")
+        elif uri_user(request_line(message)[1]) != self.username:
+            refusal = Refusal(404, "not_found")
         if refusal is not None:
             self.refused[refusal.reason] += 1
         return refusal

@@ -493,11 +493,11 @@ class SipAccount(pj.Account):  # type: ignore[misc]
         call = SipCall(owner, self, prm.callId)
         # Normally refused earlier (sip.inbound_filter); here pjsua has spent a slot and RTP
         # sockets on the INVITE already, and frees them when this callback returns.
-        refusal = None
-        if not owner.filtered:
-            refusal = owner.admission.decide(
-                str(prm.rdata.srcAddress), str(prm.rdata.wholeMsg), time.monotonic()
-            )
+        source, message = str(prm.rdata.srcAddress), str(prm.rdata.wholeMsg)
+        if owner.filtered:  # screened already; this catches what the module could not read
+            refusal = owner.admission.backstop(source, message)
+        else:
+            refusal = owner.admission.decide(source, message, time.monotonic())
         if refusal is not None:
             owner.refused[call.key] = call
             call.refused = True

@@ -159,7 +159,7 @@ class InboundFilter:
             if not buffer or not 0 < length <= 1 << 20:
                 return 0
             message = ctypes.string_at(buffer, length).decode("utf-8", "surrogateescape")
-            if request_line(message)[0] != "INVITE":
+            if request_line(message)[0].upper() != "INVITE":
                 return 0
             source = ctypes.string_at(rdata + layout.src_name).decode("ascii", "replace")
             refusal = self.admission.decide(source, message, self.clock())

@@ -44,6 +44,7 @@ _ACCEPT, _DROP = 0xFFFFFFFF, 0
 LATCH_PACKETS = 10
 LATCH_SECONDS = 3.0
 LATCH_POLL_SECONDS = 0.1
+_MAX_QUEUED = 4096  # datagrams dropped at most when a filter is set (a few receive buffers)
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,20 @@ def attach(sock: socket.socket, allow: Allow) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, program)
 
 
+def _discard_queued(sock: socket.socket) -> int:
+    """Drop what reached the socket before its filter did (the kernel filters arrivals, not
+    the queue): a flood queued during call set-up would otherwise still be read by pjmedia,
+    which latches on to the first source it hears. Bounded by the receive buffer."""
+    dropped = 0
+    for _ in range(_MAX_QUEUED):
+        try:
+            sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_TRUNC)
+        except (BlockingIOError, InterruptedError):
+            break
+        dropped += 1
+    return dropped
+
+
 def udp_socket(local: tuple[str, int]) -> socket.socket | None:
     """A duplicate of this process's UDP socket bound to ``local`` (the caller closes it).
 
@@ -263,6 +278,7 @@ class MediaGuard:
                 continue
             try:
                 attach(sock, allow)
+                _discard_queued(sock)
             except OSError as exc:
                 log.error("rtp.filter_failed", local=where, error=str(exc))
             finally:

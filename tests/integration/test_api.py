@@ -630,8 +630,8 @@ async def test_two_named_tokens_work_and_a_removed_one_is_refused(tmp_path: Path
 
 
 async def test_the_access_log_names_the_token_never_the_token(tmp_path: Path) -> None:
-    """Each request logs api.request with the token's name (None when refused); the token's
-    value appears in no log event."""
+    """Each request logs api.request with the token's name (None when refused, with the
+    route's template for its path); the token's value appears in no log event."""
     api = await _api(tmp_path, tokens={"crm": "tok-crm-secret"})
     try:
         with capture_logs() as logs:
@@ -640,11 +640,16 @@ async def test_the_access_log_names_the_token_never_the_token(tmp_path: Path) ->
             )
             await api.client.get("/calls", headers={"authorization": "Bearer tok-crm-secret"})
             await api.client.get("/calls", headers={"authorization": "Bearer tok-crm-secre"})
+            await api.client.get("/call/made-up-1")
+            await api.client.get("/call/made-up-2")
         requests = [e for e in logs if e["event"] == "api.request"]
         assert [(e["method"], e["path"], e["status"], e["token"]) for e in requests] == [
             ("POST", "/call", 200, "crm"),
             ("GET", "/calls", 200, "crm"),
             ("GET", "/calls", 401, None),
+            # refused: the route's template, so a flood of made-up ids repeats one line
+            ("GET", "/call/{call_id}", 401, None),
+            ("GET", "/call/{call_id}", 401, None),
         ]
         assert requests[0]["client"] == "127.0.0.1"
         assert not [e for e in logs if "tok-crm-secre" in repr(e)]

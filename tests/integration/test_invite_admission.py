@@ -157,6 +157,45 @@ async def test_an_invite_whose_content_length_disagrees_gets_400(make_worker: Ma
     assert (await _refused(worker))["bad_request"] == 2
 
 
+async def test_an_oddly_framed_request_line_is_screened_too(make_worker: MakeWorker) -> None:
+    """INVITEs whose request line pjsip accepts but a strict reader would not (a trailing
+    space, runs of spaces or tabs, a blank line before it, a lower-case version, LF line
+    endings) get 403 from a host outside sip.allow_from and 404 for another extension:
+    none rings."""
+    worker = await make_worker(worker_settings(None, allow_from=["127.0.0.1"]))
+    port = worker.sip.settings.port
+
+    def variants(user: str) -> dict[str, tuple[str, str]]:
+        uri = f"sip:{user}@127.0.0.1:{port}"
+        return {
+            "trailing space": (f"INVITE {uri} SIP/2.0 ", "\r\n"),
+            "two spaces": (f"INVITE  {uri} SIP/2.0", "\r\n"),
+            "tab": (f"INVITE\t{uri}\tSIP/2.0", "\r\n"),
+            "blank line first": (f"\r\nINVITE {uri} SIP/2.0", "\r\n"),
+            "lower-case version": (f"INVITE {uri} sip/2.0", "\r\n"),
+            "LF endings": (f"INVITE {uri} SIP/2.0", "\n"),
+        }
+
+    def send(source: str, user: str) -> dict[str, int]:
+        peer = UdpAgent(port, source=source)
+        try:
+            ids = {
+                name: peer.invite(user=user, start_line=line, eol=eol)
+                for name, (line, eol) in variants(user).items()
+            }
+            finals = peer.finals(list(ids.values()), 3)
+            return {name: finals[c].status if c in finals else 0 for name, c in ids.items()}
+        finally:
+            peer.close()
+
+    stranger = await asyncio.to_thread(send, "127.0.0.2", "1000")
+    scanner = await asyncio.to_thread(send, "127.0.0.1", "100")
+    print(f"from 127.0.0.2: {stranger}; to sip:100 from 127.0.0.1: {scanner}")
+    assert stranger == dict.fromkeys(stranger, 403), stranger
+    assert scanner == dict.fromkeys(scanner, 404), scanner
+    assert (await worker.sip.diagnostics())["pjsua_calls"] == 0
+
+
 async def test_unacked_calls_free_their_slots_within_the_sip_timer(
     make_worker: MakeWorker, tmp_path: Path
 ) -> None:

@@ -20,7 +20,7 @@ from media.g711 import ulaw_encode
 from media.wav import read_wav, write_wav
 from sip.audio_port import CallAudio
 from sip.events import CallAnswered, CallEnded, IncomingCall, RegistrationChanged
-from sip.rtp_guard import DROP_ALL, Allow, attach, parse_address
+from sip.rtp_guard import DROP_ALL, Allow, MediaGuard, attach, parse_address
 from tests.audio import tone, tone_level_db
 from tests.integration.conftest import Recorded, worker_settings
 from tests.peers.kamailio import Kamailio
@@ -341,6 +341,33 @@ def test_filter_admits_only_the_allowed_source() -> None:
                 assert _drain(receiver) == expected, (host, name)
         for sender in senders:
             sender.close()
+
+
+def test_datagrams_queued_before_the_filter_are_dropped_with_it() -> None:
+    """What a stranger queued on a call's RTP socket before the guard filtered it is gone
+    once the filter is set (the kernel filters arrivals only): only the peer's next packet is
+    read."""
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.setblocking(False)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        peer.bind(("127.0.0.1", 0))
+        stranger.bind(("127.0.0.1", 0))
+        for _ in range(50):
+            stranger.sendto(b"queued", receiver.getsockname())
+        time.sleep(0.05)  # loopback delivery; a plain (not async) test
+        local, remote = receiver.getsockname(), peer.getsockname()
+        guard = MediaGuard(latching=False)
+        guard.update(f"{local[0]}:{local[1]}", "", f"{remote[0]}:{remote[1]}", "", 0.0)
+        peer.sendto(b"peer", local)
+        stranger.sendto(b"late", local)
+        time.sleep(0.05)
+        assert _drain(receiver) == 1
+    finally:
+        for sock in (receiver, peer, stranger):
+            sock.close()
 
 
 def _mutations(rng: random.Random, count: int) -> list[tuple[str, bytes]]:

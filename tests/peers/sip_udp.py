@@ -60,8 +60,12 @@ class UdpAgent:
         body: str | None = None,
         content_length: int | None = None,
         method: str = "INVITE",
+        *,
+        start_line: str | None = None,
+        eol: str = "\r\n",
     ) -> str:
-        """Send an INVITE (or OPTIONS) to ``user``; returns its Call-ID."""
+        """Send an INVITE (or OPTIONS) to ``user``; returns its Call-ID. ``start_line`` and
+        ``eol`` replace the request line and the line ending (for oddly framed requests)."""
         call_id = call_id or uuid.uuid4().hex
         body = sdp(self.port + 2) if body is None and method == "INVITE" else (body or "")
         length = len(body.encode()) if content_length is None else content_length
@@ -80,7 +84,9 @@ class UdpAgent:
             lines.append("Content-Type: application/sdp")
         lines.append(f"Content-Length: {length}")
         self.sent[call_id] = lines
-        self.send(("\r\n".join(lines) + "\r\n\r\n" + body).encode())
+        if start_line is not None:
+            lines = [start_line, *lines[1:]]
+        self.send((eol.join(lines) + eol + eol + body).encode())
         return call_id
 
     def cancel(self, call_id: str) -> None:

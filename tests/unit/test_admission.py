@@ -15,6 +15,7 @@ from sip.admission import (
     content_length_mismatch,
     host_of,
     parse_networks,
+    request_line,
     resolve,
     source_ip,
     uri_user,
@@ -144,3 +145,40 @@ def test_no_rate_limit_at_zero_and_loopback_covers_both_families() -> None:
     assert all(admission.decide("127.0.0.9:1", _invite(), 0.0) is None for _ in range(100))
     assert admission.decide("[::1]:1", _invite(), 0.0) is None
     assert admission.decide("10.0.0.1:1", _invite(), 0.0) == Refusal(403, "forbidden")
+
+
+def test_request_lines_are_read_as_leniently_as_pjsip_reads_them() -> None:
+    """Oddly spaced or framed request lines still give their method and URI; a line with no
+    well-formed URI gives the method and an empty URI (so an INVITE is screened, not passed)."""
+    uri = "sip:100@h"
+    for line in (
+        f"INVITE {uri} SIP/2.0 \r\n",
+        f"INVITE  {uri}\tSIP/2.0\r\n",
+        f"\r\n\r\nINVITE {uri} SIP/2.0\r\n",
+        f"INVITE {uri} sip/2.0\r\n",
+        f"INVITE {uri} SIP/2.0\nVia: x\n\n",
+    ):
+        assert request_line(line) == ("INVITE", uri), repr(line)
+    assert request_line("INVITE sip:100@h\r\n") == ("INVITE", "")
+    assert request_line("SIP/2.0 200 OK\r\n") == ("", "")
+    assert request_line("") == ("", "")
+
+
+def test_lf_framing_and_a_missing_content_length_over_udp() -> None:
+    """LF-only messages are checked like CRLF ones; a body without Content-Length (allowed
+    over UDP, where the datagram frames it) is no mismatch."""
+    body = "v=0\n"
+    assert content_length_mismatch(f"INVITE sip:1@h SIP/2.0\nContent-Length: 40\n\n{body}")
+    assert not content_length_mismatch(f"INVITE sip:1@h SIP/2.0\nContent-Length: 4\n\n{body}")
+    assert not content_length_mismatch(f"INVITE sip:1@h SIP/2.0\r\nVia: x\r\n\r\n{body}")
+
+
+def test_the_backstop_checks_source_and_extension_without_spending_the_rate() -> None:
+    """Admission.backstop refuses a stranger (403) and another extension (404), counts them,
+    and takes no token from the source's bucket."""
+    admission = Admission("1000", (ipaddress.ip_network("127.0.0.1/32"),), rate=1.0, burst=1.0)
+    assert admission.backstop("127.0.0.2:5060", _invite()) == Refusal(403, "forbidden")
+    assert admission.backstop("127.0.0.1:5060", _invite(user="100")) == Refusal(404, "not_found")
+    assert admission.backstop("127.0.0.1:5060", _invite()) is None
+    assert admission.decide("127.0.0.1:5060", _invite(), 0.0) is None  # the token is still there
+    assert admission.refused["forbidden"] == admission.refused["not_found"] == 1

@@ -173,3 +173,15 @@ def test_repeated_lines_are_limited_and_counted() -> None:
     }, counts
     assert names[-1] == "after.window"
     print(f"2,020 records -> {len(events)} lines: {written}")
+
+
+def test_lines_that_differ_only_in_duration_are_repeats() -> None:
+    """api.request lines that differ only in their ms (a flood of refused requests) are
+    limited like identical lines: 5 written of 200."""
+    out = io.StringIO()
+    configure_logging(LogLevel.INFO, LogFormat.JSON, stream=out)
+    log = get_logger("test")
+    for n in range(200):
+        log.info("api.request", method="GET", path="/calls", status=401, ms=n / 10)
+    names = [json.loads(line)["event"] for line in out.getvalue().splitlines()]
+    assert names.count("api.request") == 5, names.count("api.request")

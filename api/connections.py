@@ -44,6 +44,7 @@ class ConnectionLimits:
     body_timeout: float = 15.0
     idle_timeout: float = 5.0
     max_connections: int = 512
+    max_per_client: int = 64  # HTTP connections of one client address; 0: no share
     reserved_fds: int = BASE_FDS + FDS_PER_WORKER
 
     @classmethod
@@ -54,6 +55,7 @@ class ConnectionLimits:
             body_timeout=api.body_timeout,
             idle_timeout=api.idle_timeout,
             max_connections=api.max_connections,
+            max_per_client=api.max_connections_per_client,
             reserved_fds=BASE_FDS + FDS_PER_WORKER * sip_workers,
         )
 

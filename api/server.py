@@ -133,16 +133,33 @@ class _Slots:
     uvicorn's ``server_state.connections`` holds every HTTP connection from its
     ``connection_made`` and every WebSocket after its upgrade; ``pending`` counts the sockets
     accepted and not yet there (each leaves it in ``connection_made``, or when its set-up
-    fails). ``idle`` lists the idle HTTP connections, longest idle first.
+    fails). ``idle`` lists the idle HTTP connections, longest idle first. ``by_client``
+    counts each client address's HTTP connections (a WebSocket leaves it at its upgrade: the
+    workers' engine sessions all come from loopback).
     """
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.pending = 0
         self.idle: OrderedDict[_LimitedH11Protocol, None] = OrderedDict()
+        self.by_client: dict[str, int] = {}
 
     def taken(self) -> int:
         return len(self.state.connections) + self.pending
+
+    def join(self, host: str) -> None:
+        self.by_client[host] = self.by_client.get(host, 0) + 1
+
+    def leave(self, host: str) -> None:
+        left = self.by_client.get(host, 0) - 1
+        if left > 0:
+            self.by_client[host] = left
+        else:
+            self.by_client.pop(host, None)
+
+    def idle_of(self, host: str) -> _LimitedH11Protocol | None:
+        """The longest idle connection of ``host``, if it has one."""
+        return next((c for c in self.idle if c.host == host), None)
 
 
 class _LimitedH11Protocol(H11Protocol):
@@ -153,12 +170,15 @@ class _LimitedH11Protocol(H11Protocol):
         config: uvicorn.Config,
         server_state: ServerState,
         app_state: dict[str, Any],
+        *,
         slots: _Slots,
         limits: ConnectionLimits,
+        host: str,
     ) -> None:
         super().__init__(config, server_state, app_state)
         self._slots = slots
         self._limits = limits
+        self.host = host  # counted in slots.by_client until release_client()
         self._phase: Phase | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._upgraded = False
@@ -172,7 +192,14 @@ class _LimitedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._enter(None)
+        self.release_client()
         super().connection_lost(exc)
+
+    def release_client(self) -> None:
+        """This connection no longer counts against its client's share (once)."""
+        if self.host:
+            self._slots.leave(self.host)
+            self.host = ""
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -185,11 +212,13 @@ class _LimitedH11Protocol(H11Protocol):
     def handle_websocket_upgrade(self, event: h11.Request) -> None:
         self._upgraded = True  # the WebSocket protocol owns the transport from here
         self._enter(None)
+        self.release_client()
         super().handle_websocket_upgrade(event)
 
     def evict(self) -> None:
         """Close this idle connection at once to make room for a new one."""
         self._enter(None)
+        self.release_client()
         self.connections.discard(self)  # its slot is free now, not when the close completes
         self._close()
 
@@ -255,7 +284,7 @@ class _Acceptor:
     def _accept(self) -> None:
         for _ in range(_ACCEPT_BATCH):
             try:
-                conn, _ = self._sock.accept()
+                conn, address = self._sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except ConnectionAbortedError:
@@ -273,25 +302,31 @@ class _Acceptor:
                 self._retry = self._loop.call_later(_ACCEPT_RETRY_SECONDS, self.start)
                 return
             conn.setblocking(False)
+            host = str(address[0])
+            share = self._limits.max_per_client
+            if share and self._slots.by_client.get(host, 0) >= share:
+                # This client holds its share: it may only replace one of its own idle ones.
+                own = self._slots.idle_of(host)
+                if own is None:
+                    self._refuse(conn, "max_connections_per_client", share)
+                    continue
+                own.evict()
             if self._slots.taken() >= self._limits.max_connections:
                 if not self._slots.idle:
-                    self._refuse(conn)
+                    self._refuse(conn, "max_connections", self._limits.max_connections)
                     continue
                 next(iter(self._slots.idle)).evict()
-            self._hand_over(conn)
+            self._hand_over(conn, host)
 
-    def _refuse(self, conn: socket.socket) -> None:
+    def _refuse(self, conn: socket.socket, reason: str, limit: int) -> None:
         with contextlib.suppress(OSError):
             conn.send(_BUSY)
         conn.close()
-        log.warning(
-            "api.connection_refused",
-            reason="max_connections",
-            max_connections=self._limits.max_connections,
-        )
+        log.warning("api.connection_refused", reason=reason, limit=limit)
 
-    def _hand_over(self, conn: socket.socket) -> None:
+    def _hand_over(self, conn: socket.socket, host: str) -> None:
         self._slots.pending += 1
+        self._slots.join(host)
         made: list[_LimitedH11Protocol] = []
 
         def protocol() -> _LimitedH11Protocol:
@@ -302,18 +337,25 @@ class _Acceptor:
                     app_state=self._server.lifespan.state,
                     slots=self._slots,
                     limits=self._limits,
+                    host=host,
                 )
             )
             return made[0]
 
         task = self._loop.create_task(self._loop.connect_accepted_socket(protocol, conn))
         self._connecting.add(task)
-        task.add_done_callback(functools.partial(self._connected, made))
+        task.add_done_callback(functools.partial(self._connected, made, host))
 
-    def _connected(self, made: list[_LimitedH11Protocol], task: asyncio.Task[Any]) -> None:
+    def _connected(
+        self, made: list[_LimitedH11Protocol], host: str, task: asyncio.Task[Any]
+    ) -> None:
         self._connecting.discard(task)
         if not (made and made[0].joined):  # set-up failed before connection_made
             self._slots.pending -= 1
+            if made:
+                made[0].release_client()
+            else:
+                self._slots.leave(host)
         if not task.cancelled() and task.exception() is not None:
             log.debug("api.connection_failed", error=repr(task.exception()))
 

@@ -138,6 +138,8 @@ class ApiSettings(Section):
     body_timeout: float = Field(default=15.0, gt=0, le=3600)
     idle_timeout: float = Field(default=5.0, gt=0, le=3600)
     max_connections: int = Field(default=512, ge=16, le=8192)
+    # HTTP connections one client address may hold (WebSockets not counted); 0 = no share.
+    max_connections_per_client: int = Field(default=64, ge=0, le=8192)
 
     @property
     def loopback_only(self) -> bool:

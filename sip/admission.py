@@ -226,6 +226,26 @@ def content_length_mismatch(message: str) -> bool:
     return int(declared) != len(body.encode("utf-8", "surrogateescape"))
 
 
+class RefusalReport:
+    """When to log refusals: the first of each reason at once, then at most one line per
+    reason every ``every`` seconds with the count since the last line (a flood from forged
+    sources must not become a flood of log lines)."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self._last: dict[str, float] = {}
+        self._since: dict[str, int] = {}
+
+    def due(self, reason: str, now: float) -> int:
+        """The refusals of ``reason`` to report now, this one included; 0: not yet."""
+        self._since[reason] = self._since.get(reason, 0) + 1
+        last = self._last.get(reason)
+        if last is not None and now - last < self.every:
+            return 0
+        self._last[reason] = now
+        return self._since.pop(reason)
+
+
 class Admission:
     """The decision for each INVITE; refusals counted by reason."""
 

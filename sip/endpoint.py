@@ -34,7 +34,14 @@ import pjsua2 as pj
 from config.schema import SipSettings, Transport
 from daemon import __version__
 from daemon.logs import get_logger
-from sip.admission import LOOPBACK, Admission, getaddrinfo_resolver, host_of, resolve
+from sip.admission import (
+    LOOPBACK,
+    Admission,
+    RefusalReport,
+    getaddrinfo_resolver,
+    host_of,
+    resolve,
+)
 from sip.audio_port import CallAudio, CallAudioPort, port_format
 from sip.events import (
     CallAnswered,
@@ -47,7 +54,7 @@ from sip.events import (
     SipEvent,
     TransferProgress,
 )
-from sip.inbound_filter import InboundFilter
+from sip.inbound_filter import InboundFilter, report_refusal
 from sip.registration import Actions, Registration
 from sip.rtp_guard import LATCH_POLL_SECONDS, MediaGuard
 
@@ -145,6 +152,7 @@ class SipThread:
         )
         self._resolving = False  # a resolution of the allow list is under way (SIP thread)
         self.filtered = False  # the pjsip module refuses INVITEs, before any call slot
+        self.refusal_report = RefusalReport()  # refusals from onIncomingCall (SIP thread)
 
     # -- other threads ---------------------------------------------------------------------
 
@@ -499,6 +507,7 @@ class SipAccount(pj.Account):  # type: ignore[misc]
         else:
             refusal = owner.admission.decide(source, message, time.monotonic())
         if refusal is not None:
+            report_refusal(owner.refusal_report, refusal, source, time.monotonic())
             owner.refused[call.key] = call
             call.refused = True
             headers = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after else {}

@@ -30,7 +30,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sip.admission import Admission, Refusal, request_line
+from daemon.logs import get_logger
+from sip.admission import Admission, Refusal, RefusalReport, request_line
+
+log = get_logger(__name__)
 
 PRIORITY = 40  # after the transaction (16) and dialog (32) layers, before pjsua (64)
 _TOP_SEARCH = 4096  # where the packet buffer may start in pjsip_rx_data
@@ -82,6 +85,7 @@ class InboundFilter:
     def __init__(self, library: str, admission: Admission, clock: Callable[[], float]) -> None:
         self.admission = admission
         self.clock = clock
+        self.report = RefusalReport()
         self.layout: Layout | None = None
         self._lib = ctypes.CDLL(library)
         self._lib.pjsua_get_pjsip_endpt.restype = ctypes.c_void_p
@@ -162,10 +166,12 @@ class InboundFilter:
             if request_line(message)[0].upper() != "INVITE":
                 return 0
             source = ctypes.string_at(rdata + layout.src_name).decode("ascii", "replace")
-            refusal = self.admission.decide(source, message, self.clock())
+            now = self.clock()
+            refusal = self.admission.decide(source, message, now)
             if refusal is None:
                 return 0
             self._respond(rdata, refusal)
+            report_refusal(self.report, refusal, source, now)
             return 1
         except Exception:  # never let an exception cross into pjsip; pjsua decides instead
             return 0
@@ -216,4 +222,19 @@ class InboundFilter:
                 links[0] = links[1] = ctypes.addressof(head)
         self._lib.pjsip_endpt_respond_stateless(
             self._endpt, rdata, refusal.code, None, ctypes.byref(head) if head else None, None
+        )
+
+
+def report_refusal(report: RefusalReport, refusal: Refusal, source: str, now: float) -> None:
+    """Log a refused INVITE, the first of its kind at once and then one line per reason every
+    few seconds with the count (``/metrics`` counts every one)."""
+    count = report.due(refusal.reason, now)
+    if count:
+        log.warning(
+            "sip.invite_refused",
+            reason=refusal.reason,
+            code=refusal.code,
+            source=source,
+            count=count,
+            every_seconds=report.every,
         )

@@ -243,3 +243,36 @@ async def test_connections_counted_back_after_use() -> None:
         for _ in range(50):
             async with httpx.AsyncClient() as client:
                 assert (await client.get(f"http://127.0.0.1:{port}/ok")).status_code == 200
+
+
+async def test_one_client_address_holds_at_most_its_share(clients: _Clients) -> None:
+    """A client address holding max_connections_per_client unfinished requests gets a bare
+    503 for one more, while another address is still served; once they close, the address
+    may open its share of idle connections again, and one more replaces its longest idle."""
+    limits = ConnectionLimits(max_connections=16, max_per_client=4)
+    async with _serving(limits) as (_, port):
+        slow = []
+        for _ in range(4):
+            reader, writer = await clients.connect(port)
+            writer.write(b"GET /ok HTTP/1.1\r\n")  # headers begun, never finished
+            slow.append((reader, writer))
+        await asyncio.sleep(0.2)  # all four in the server
+        reader, _ = await clients.connect(port)
+        reply = await asyncio.wait_for(reader.read(4096), SLACK)
+        assert reply.startswith(b"HTTP/1.1 503 "), reply
+        other, writer = await asyncio.open_connection(
+            "127.0.0.1", port, local_addr=("127.0.0.2", 0)
+        )
+        clients.writers.append(writer)
+        writer.write(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert (await _response(other)).endswith(b"ok")
+        for _, slow_writer in slow:
+            slow_writer.close()
+        await asyncio.sleep(0.2)  # their slots are counted back
+        idle = []
+        for _ in range(5):
+            reader, writer = await clients.connect(port)
+            writer.write(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert (await _response(reader)).endswith(b"ok")
+            idle.append(reader)
+        await _seconds_until_closed(idle[0], SLACK)  # the fifth took the first one's place

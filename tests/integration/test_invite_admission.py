@@ -35,7 +35,8 @@ async def test_a_flood_from_another_host_gets_403_and_holds_no_slot(
     make_worker: MakeWorker, tmp_path: Path
 ) -> None:
     """500 INVITEs from a host outside sip.allow_from, in bursts of 50: every one gets 403, no
-    call slot or call event is spent on them, and a real call right after is answered."""
+    call slot or call event is spent on them, the log names the first at once and counts the
+    rest (one line, not 500), and a real call right after is answered."""
     worker = await make_worker(worker_settings(None, allow_from=["127.0.0.1"]))
     port = worker.sip.settings.port
 
@@ -52,8 +53,12 @@ async def test_a_flood_from_another_host_gets_403_and_holds_no_slot(
         finally:
             scanner.close()
 
-    codes, took = await asyncio.to_thread(flood)
+    with capture_logs() as logs:
+        codes, took = await asyncio.to_thread(flood)
     print(f"500 INVITEs from 127.0.0.2: {codes} in {took:.2f} s")
+    lines = [e for e in logs if e["event"] == "sip.invite_refused"]
+    assert len(lines) == 1 or took >= 10, lines  # one line per reason every 10 s
+    assert (lines[0]["reason"], lines[0]["source"].split(":")[0]) == ("forbidden", "127.0.0.2")
     assert codes == {"403": 500}, codes
     diagnostics = await worker.sip.diagnostics()
     assert diagnostics["pjsua_calls"] == 0, diagnostics

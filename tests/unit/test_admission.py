@@ -11,6 +11,7 @@ from sip.admission import (
     Admission,
     RateLimiter,
     Refusal,
+    RefusalReport,
     TokenBucket,
     content_length_mismatch,
     host_of,
@@ -182,3 +183,14 @@ def test_the_backstop_checks_source_and_extension_without_spending_the_rate() ->
     assert admission.backstop("127.0.0.1:5060", _invite()) is None
     assert admission.decide("127.0.0.1:5060", _invite(), 0.0) is None  # the token is still there
     assert admission.refused["forbidden"] == admission.refused["not_found"] == 1
+
+
+def test_refusals_are_reported_first_at_once_then_counted_every_few_seconds() -> None:
+    """The first refusal of a reason is reported at once; the next ones within 10 s are only
+    counted, and the line after the interval carries their count; reasons are apart."""
+    report = RefusalReport(every=10.0)
+    assert report.due("forbidden", 0.0) == 1
+    assert [report.due("forbidden", t / 10) for t in range(1, 100)] == [0] * 99
+    assert report.due("not_found", 5.0) == 1
+    assert report.due("forbidden", 10.0) == 100
+    assert report.due("forbidden", 10.5) == 0

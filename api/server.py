@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import errno
 import functools
+import json
 import resource
 import socket
 from collections import OrderedDict
@@ -36,7 +37,21 @@ from daemon.logs import get_logger
 
 log = get_logger(__name__)
 
-_BUSY = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+def _busy(detail: str) -> bytes:
+    """A complete 503 written straight to a refused socket (no protocol, no task)."""
+    body = json.dumps({"detail": detail}).encode()
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+        f"retry-after: 1\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+_BUSY = {
+    "max_connections": _busy("too many connections to the API; retry shortly"),
+    "max_connections_per_client": _busy("too many connections from this client; retry shortly"),
+}
 _TOO_SLOW = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 # Connections the kernel completes ahead of accept (clamped to net.core.somaxconn): a burst
 # of connects waits there instead of having its SYNs dropped, which would cost a client
@@ -320,7 +335,7 @@ class _Acceptor:
 
     def _refuse(self, conn: socket.socket, reason: str, limit: int) -> None:
         with contextlib.suppress(OSError):
-            conn.send(_BUSY)
+            conn.send(_BUSY[reason])
         conn.close()
         log.warning("api.connection_refused", reason=reason, limit=limit)
 

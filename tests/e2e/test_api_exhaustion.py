@@ -1,7 +1,11 @@
 """The daemon's API under connection exhaustion, run with systemd's default limit of 1024 file
 descriptors: a flood of idle connections, a body sent at 1 byte/s, a header sent at 1 byte/s.
 
-The settings are the defaults, so the figures are those of an unconfigured daemon.
+The settings are the defaults, so the figures are those of an unconfigured daemon. The
+attackers are other hosts than the prober (loopback addresses of their own): the idle flood
+comes from 20 addresses, 55 connections each (within api.max_connections_per_client, 64, so
+that it is the global cap that holds them), the slow body and the slow header from one each,
+/health is asked from 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ pytestmark = pytest.mark.e2e
 
 FD_LIMIT = 1024  # systemd's default soft limit (LimitNOFILE=1024:524288)
 IDLE_CONNECTIONS = 1_100
+IDLE_SOURCES = [f"127.0.1.{n}" for n in range(1, 21)]
 HEADER_TIMEOUT = 10.0  # the default api.header_timeout
 BODY_TIMEOUT = 15.0  # the default api.body_timeout
 MAX_CONNECTIONS = 512  # the default api.max_connections
@@ -37,8 +42,10 @@ class _Dripper:
     """A client that sends ``head`` at once, then one byte of ``drip`` per :meth:`drip`, and
     notes when the server cuts the connection (EOF or reset)."""
 
-    def __init__(self, port: int, head: bytes, drip: bytes) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    def __init__(self, port: int, head: bytes, drip: bytes, source: str) -> None:
+        self.sock = socket.create_connection(
+            ("127.0.0.1", port), timeout=5, source_address=(source, 0)
+        )
         self.sock.sendall(head)
         self.sock.setblocking(False)
         self.started = time.monotonic()
@@ -70,12 +77,13 @@ class _Dripper:
             self.cut_after = time.monotonic() - self.started
 
 
-def _open_idle(port: int, count: int) -> list[socket.socket]:
-    """``count`` connections that never send a byte (non-blocking connects: a full backlog
-    must not stall the test)."""
+def _open_idle(port: int, count: int, sources: list[str]) -> list[socket.socket]:
+    """``count`` connections that never send a byte, from ``sources`` in turn (non-blocking
+    connects: a full backlog must not stall the test)."""
     idle = []
-    for _ in range(count):
+    for n in range(count):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind((sources[n % len(sources)], 0))
         sock.setblocking(False)
         code = sock.connect_ex(("127.0.0.1", port))
         assert code in (0, errno.EINPROGRESS), errno.errorcode.get(code, code)
@@ -139,10 +147,13 @@ def test_idle_flood_slow_body_and_slowloris_under_default_fd_limit(
             b"POST /call HTTP/1.1\r\nHost: sipai\r\nContent-Type: application/json\r\n"
             b"Content-Length: 1000\r\n\r\n",
             b'{"extension": "1001", "message": "hello"                          ',
+            source="127.0.2.1",
         )
-        slowloris = _Dripper(port, b"GET /health HTTP/1.1\r\nHost: sipai\r\n", b"X-Pad: 0\r\n")
+        slowloris = _Dripper(
+            port, b"GET /health HTTP/1.1\r\nHost: sipai\r\n", b"X-Pad: 0\r\n", source="127.0.2.2"
+        )
         drippers = [slow_body, slowloris]
-        idle = _open_idle(port, IDLE_CONNECTIONS)
+        idle = _open_idle(port, IDLE_CONNECTIONS, IDLE_SOURCES)
         # Probed at once, /health waits behind the burst of connections being taken in.
         during_burst = _health_latency(port)
         latencies: list[float] = []

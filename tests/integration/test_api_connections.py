@@ -260,6 +260,7 @@ async def test_one_client_address_holds_at_most_its_share(clients: _Clients) -> 
         reader, _ = await clients.connect(port)
         reply = await asyncio.wait_for(reader.read(4096), SLACK)
         assert reply.startswith(b"HTTP/1.1 503 "), reply
+        assert reply.endswith(b'{"detail": "too many connections from this client; retry shortly"}')
         other, writer = await asyncio.open_connection(
             "127.0.0.1", port, local_addr=("127.0.0.2", 0)
         )

@@ -30,9 +30,9 @@ from starlette.websockets import WebSocket
 
 from api.auth import ApiTokens, offered_token
 from api.models import describe, parse_request
-from api.ratelimit import RateLimiter
 from daemon.logs import get_logger
 from daemon.outbound import OutboundService, OutboundUnavailable, QueueFull
+from daemon.ratelimit import RateLimiter
 from daemon.store import FINAL_STATUSES, DuplicateCallId, Store
 
 log = get_logger(__name__)

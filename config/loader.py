@@ -157,17 +157,12 @@ def _resolve_secrets(
                     f"{source}: {section}.{key}: set either {key} or {file_key}, not both"
                 )
                 continue
-            secret_path = Path(str(file_value))
-            if not secret_path.is_absolute() and source == str(config_path):
-                secret_path = Path(source).parent / secret_path
-            secret = _read_secret(secret_path)
-            if isinstance(secret, OSError):
-                problems.append(
-                    f"{source}: {section}.{file_key}: cannot read {str(secret_path)!r}: "
-                    f"{secret.strerror}"
-                )
+            from_file = _read_secret_file(
+                file_value, source, config_path, f"{section}.{file_key}", problems
+            )
+            if from_file is None:
                 continue
-            table[key] = secret
+            table[key] = from_file
             sources[(section, key)] = f"{source} ({section}.{file_key})"
             raw[section] = table
         elif not table.get(key) and credentials:
@@ -209,17 +204,12 @@ def _resolve_named_tokens(
         if name in tokens:
             problems.append(f"{source}: api.tokens.{name}: set in tokens or token_files, not both")
             continue
-        secret_path = Path(str(file_value))
-        if not secret_path.is_absolute() and source == str(config_path):
-            secret_path = Path(source).parent / secret_path
-        secret = _read_secret(secret_path)
-        if isinstance(secret, OSError):
-            problems.append(
-                f"{source}: api.token_files.{name}: cannot read {str(secret_path)!r}: "
-                f"{secret.strerror}"
-            )
+        from_file = _read_secret_file(
+            file_value, source, config_path, f"api.token_files.{name}", problems
+        )
+        if from_file is None:
             continue
-        tokens[name] = secret
+        tokens[name] = from_file
     credentials = env.get(CREDENTIALS_ENV, "")
     prefix = "api.tokens."
     if credentials and Path(credentials).is_dir():
@@ -237,6 +227,21 @@ def _resolve_named_tokens(
     if tokens:
         table["tokens"] = tokens
         raw["api"] = table
+
+
+def _read_secret_file(
+    file_value: object, source: str, config_path: Path | None, key: str, problems: list[str]
+) -> str | None:
+    """The secret in the file a setting ``key`` names (relative to the config file when given
+    there); None, with the problem noted, when it cannot be read."""
+    secret_path = Path(str(file_value))
+    if not secret_path.is_absolute() and source == str(config_path):
+        secret_path = Path(source).parent / secret_path
+    secret = _read_secret(secret_path)
+    if isinstance(secret, OSError):
+        problems.append(f"{source}: {key}: cannot read {str(secret_path)!r}: {secret.strerror}")
+        return None
+    return secret
 
 
 def _read_secret(path: Path) -> str | OSError:

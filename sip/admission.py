@@ -18,9 +18,10 @@ from __future__ import annotations
 import ipaddress
 import math
 import socket
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+
+from daemon.ratelimit import KeyedBuckets
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -36,49 +37,6 @@ class Refusal:
     code: int
     reason: str  # the counter's label: forbidden | not_found | rate_limited | bad_request
     retry_after: int | None = None  # seconds, for 503
-
-
-class TokenBucket:
-    """``rate`` tokens a second up to ``burst``; each INVITE takes one."""
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.stamp = now
-
-    def take(self, now: float) -> float:
-        """0.0 when a token was taken, else the seconds until one is there."""
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return 0.0
-        return (1.0 - self.tokens) / self.rate
-
-
-class RateLimiter:
-    """One token bucket per source address, at most ``max_sources`` of them."""
-
-    def __init__(self, rate: float, burst: float, max_sources: int = MAX_SOURCES) -> None:
-        self.rate = rate
-        self.burst = max(1.0, burst)
-        self.max_sources = max_sources
-        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
-
-    def check(self, source: str, now: float) -> float:
-        """0.0 if ``source`` may send this INVITE now, else the seconds to wait."""
-        bucket = self._buckets.get(source)
-        if bucket is None:
-            bucket = self._buckets[source] = TokenBucket(self.rate, self.burst, now)
-            while len(self._buckets) > self.max_sources:
-                self._buckets.popitem(last=False)
-        else:
-            self._buckets.move_to_end(source)
-        return bucket.take(now)
-
-    def __len__(self) -> int:
-        return len(self._buckets)
 
 
 def parse_networks(entries: Iterable[str]) -> tuple[IpNetwork, ...]:
@@ -139,7 +97,7 @@ def resolve(hosts: Iterable[str], resolver: Resolver) -> tuple[tuple[IpNetwork, 
             networks.append(ipaddress.ip_network(host))
             continue
         except ValueError:
-            pass
+            pass  # a name: resolved below
         try:
             addresses = resolver(host)
         except (OSError, UnicodeError) as exc:
@@ -258,7 +216,7 @@ class Admission:
     ) -> None:
         self.username = username
         self.allow_from = allow_from  # replaced whole when names are resolved again
-        self.limiter = RateLimiter(rate, burst) if rate > 0 else None
+        self.limiter = KeyedBuckets(rate, max(1.0, burst), MAX_SOURCES) if rate > 0 else None
         self.refused: dict[str, int] = {
             "forbidden": 0,
             "not_found": 0,

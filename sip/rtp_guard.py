@@ -196,7 +196,7 @@ def udp_socket(local: tuple[str, int]) -> socket.socket | None:
                 if bound[1] == local[1] and _same_host(bound[0], local[0]):
                     return sock
         except OSError:
-            pass
+            pass  # closed meanwhile, or not bound: not the one
         sock.close()
     return None
 

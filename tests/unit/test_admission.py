@@ -6,13 +6,12 @@ import ipaddress
 
 import pytest
 
+from daemon.ratelimit import KeyedBuckets, TokenBucket
 from sip.admission import (
     LOOPBACK,
     Admission,
-    RateLimiter,
     Refusal,
     RefusalReport,
-    TokenBucket,
     content_length_mismatch,
     host_of,
     parse_networks,
@@ -33,7 +32,7 @@ def _invite(user: str = "1000", body: str = "v=0\r\n", length: int | None = None
 
 def test_token_bucket_allows_a_burst_then_the_rate() -> None:
     """A bucket of 3 at 2/s gives 3 at once, then one every 0.5 s, and says how long to wait."""
-    bucket = TokenBucket(rate=2.0, burst=3.0, now=0.0)
+    bucket = TokenBucket.full(capacity=3.0, rate=2.0, now=0.0)
     assert [bucket.take(0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
     assert bucket.take(0.0) == pytest.approx(0.5)
     assert bucket.take(0.25) == pytest.approx(0.25)
@@ -44,7 +43,7 @@ def test_token_bucket_allows_a_burst_then_the_rate() -> None:
 
 def test_rate_limiter_keeps_one_bucket_per_source_and_forgets_the_oldest() -> None:
     """Sources do not share a bucket, and at most max_sources buckets are kept."""
-    limiter = RateLimiter(rate=1.0, burst=1.0, max_sources=2)
+    limiter = KeyedBuckets(rate=1.0, burst=1.0, max_keys=2)
     assert limiter.check("a", 0.0) == 0.0
     assert limiter.check("a", 0.0) > 0
     assert limiter.check("b", 0.0) == 0.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from api.ratelimit import RateLimiter, TokenBucket
+from daemon.ratelimit import RateLimiter, TokenBucket
 
 
 def test_a_bucket_gives_its_burst_then_one_token_per_interval() -> None:

@@ -1,6 +1,6 @@
 """The SIP worker processes, seen from the supervisor.
 
-:class:`WorkerPool` runs ``sip.workers`` processes (``python -m sip.process``). Worker ``i``
+:class:`WorkerPool` runs ``sip.workers`` processes (``python -m daemon.worker``). Worker ``i``
 connects to ``RUNTIME_DIR/worker-i.sock``, gets its settings (SIP port ``sip.port + i``, its
 slice of the RTP range), registers the same extension with its own Contact and reports events.
 The pool:
@@ -202,7 +202,7 @@ class WorkerPool:
         state.process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "sip.process",
+            "daemon.worker",
             "--socket",
             str(state.socket_path),
             "--index",

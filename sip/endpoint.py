@@ -33,6 +33,7 @@ import pjsua2 as pj
 
 from config.schema import SipSettings, Transport
 from daemon import __version__
+from daemon.legs.leg import LegError
 from daemon.logs import get_logger
 from sip.admission import (
     LOOPBACK,
@@ -71,7 +72,7 @@ _KEEP_CODECS = {8000: ("PCMU/8000", "PCMA/8000"), 16000: ("G722/16000", "PCMU/80
 _endpoint_in_use = threading.Lock()
 
 
-class SipError(Exception):
+class SipError(LegError):
     """A SIP operation was refused (too many calls, bad target, unknown call...)."""
 
 

@@ -4,6 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from daemon.legs.leg import MediaStats
+
+__all__ = [
+    "CallAnswered",
+    "CallEnded",
+    "CallRinging",
+    "DtmfReceived",
+    "IncomingCall",
+    "MediaStats",
+    "RegistrationChanged",
+    "SipEvent",
+    "TransferProgress",
+]
+
 
 @dataclass(frozen=True)
 class RegistrationChanged:
@@ -33,16 +47,6 @@ class CallRinging:
 @dataclass(frozen=True)
 class CallAnswered:
     call: str
-
-
-@dataclass(frozen=True)
-class MediaStats:
-    rx_packets: int
-    rx_lost: int
-    rx_jitter_ms: float
-    tx_packets: int
-    uplink_dropped_frames: int
-    playout_underruns: int
 
 
 @dataclass(frozen=True)

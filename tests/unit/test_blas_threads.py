@@ -11,7 +11,7 @@ from tests.conftest import ROOT
 
 PROBE = """
 import os
-import sip.process
+import daemon.worker.process
 import numpy as np
 np.dot(np.ones((160, 205)), np.ones(205))  # a small product, as numpy code in a worker makes
 print(len(os.listdir("/proc/self/task")))

@@ -1,0 +1,114 @@
+"""One call leg as a call flow sees it: its events, its commands, its media.
+
+A flow (the inbound agent, an outbound notification) talks to a :class:`CallLeg` only; the
+SIP worker provides one per pjsua2 call (:mod:`sip.leg`), :mod:`daemon.legs.memory` a pair
+in memory for tests. Events come in the order the call produced them, ``Ended`` last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from daemon.legs.media import LegMedia
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    key: str  # the worker's id of the call ("w0-3", "m1")
+    inbound: bool
+    sip_call_id: str = ""
+    caller: str = ""  # From user
+    display_name: str = ""
+    remote_uri: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
+
+
+@dataclass(frozen=True)
+class MediaStats:
+    rx_packets: int
+    rx_lost: int
+    rx_jitter_ms: float
+    tx_packets: int
+    uplink_dropped_frames: int
+    playout_underruns: int
+
+
+@dataclass(frozen=True)
+class Ringing:
+    code: int  # 180/183
+
+
+@dataclass(frozen=True)
+class Answered:
+    """Outbound: the callee's 200; inbound: the caller's ACK."""
+
+
+@dataclass(frozen=True)
+class Dtmf:
+    digit: str
+    method: str  # "rfc4733" | "info"
+
+
+@dataclass(frozen=True)
+class TransferProgress:
+    code: int
+    reason: str
+    final: bool
+
+
+@dataclass(frozen=True)
+class Ended:
+    code: int
+    reason: str
+    local_cause: str = ""
+    answered: bool = False
+    stats: MediaStats | None = None
+
+
+LegEvent = Ringing | Answered | Dtmf | TransferProgress | Ended
+
+
+class LegError(Exception):
+    """The call refused an operation (gone, unknown, no slot)."""
+
+
+class CallLeg(Protocol):
+    @property
+    def info(self) -> CallInfo: ...
+
+    async def receive(self) -> LegEvent:
+        """This call's events, in order; Ended last."""
+        ...
+
+    async def answer(self) -> None:
+        """200 OK; Answered follows on the ACK."""
+        ...
+
+    async def reject(self, code: int = 486) -> None: ...
+
+    async def hangup(self) -> None:
+        """Idempotent, never raises once ended."""
+        ...
+
+    async def send_dtmf(self, digits: str) -> None: ...
+
+    async def transfer(self, target: str) -> None:
+        """REFER; TransferProgress events follow."""
+        ...
+
+    async def media(self) -> LegMedia:
+        """LegError if the call is already gone."""
+        ...
+
+    def release(self) -> None:
+        """The flow is done: stop routing events."""
+        ...
+
+
+class Dialer(Protocol):
+    async def dial(self, target: str, ring_timeout: float) -> CallLeg:
+        """A new outbound leg (its events follow); LegError/ValueError if it cannot dial."""
+        ...

@@ -11,9 +11,7 @@ STAMP_TEST := $(VENV)/.installed-test
 
 # Debian packages, as "command-or-python-module:package". Installed with apt-get when missing
 # and make runs as root; otherwise make stops and names them.
-# "h:Python.h" checks for the interpreter's C headers (the media core's kernels compile
-# against them at install time).
-DEPS_RUN  := py:venv:python3-venv py:ensurepip:python3-venv gcc:gcc h:Python.h:python3-dev
+DEPS_RUN  := py:venv:python3-venv py:ensurepip:python3-venv
 DEPS_TEST := kamailio:kamailio sipp:sip-tester espeak-ng:espeak-ng sox:sox \
              systemd-analyze:systemd
 
@@ -23,9 +21,6 @@ define ensure_debs
 	  pkg=$${dep##*:}; what=$${dep%:*}; \
 	  case $$what in \
 	    py:*) $(PYTHON) -c "import $${what#py:}" 2>/dev/null || missing="$$missing $$pkg" ;; \
-	    h:*) $(PYTHON) -c "import os, sys, sysconfig; \
-	      sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], '$${what#h:}')))" \
-	      || missing="$$missing $$pkg" ;; \
 	    *) command -v $$what >/dev/null 2>&1 || [ -x /usr/sbin/$$what ] || missing="$$missing $$pkg" ;; \
 	  esac; \
 	done; \
@@ -79,12 +74,11 @@ $(BIN)/python: | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# setup.py builds media/_kernels.c: a change to either reinstalls (and recompiles).
-$(STAMP_RUN): pyproject.toml setup.py media/_kernels.c | $(BIN)/python
+$(STAMP_RUN): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
-$(STAMP_TEST): pyproject.toml setup.py media/_kernels.c | $(BIN)/python
+$(STAMP_TEST): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@ $(STAMP_RUN)
 
@@ -108,7 +102,6 @@ unit: $(STAMP_TEST)
 
 ## bench: the benchmarks under bench/, each printing JSON.
 bench: $(STAMP_TEST)
-	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/media.py
 	$(BIN)/python -m bench.calls
 	$(BIN)/python -m bench.outbound

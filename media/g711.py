@@ -4,18 +4,13 @@ The reference is the Sun/ITU routine that CPython's ``audioop`` (and ``audioop-l
 implement: 16-bit input is truncated to 14 bits (mu-law) or 13 bits (A-law) before
 companding. Encoding is one lookup in a 65,536-entry table indexed by the sample's bit
 pattern; decoding one lookup in a 256-entry table. Both tables are built once at import from
-the reference algorithm written over arrays; the lookups run in the compiled kernel
-(``media/_kernels.c``), which costs a fraction of numpy's indexing on a 160-sample frame.
+the reference algorithm written over arrays; a frame is one ``numpy.take``.
 """
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 from numpy.typing import NDArray
-
-from media import _kernels
 
 _ALL_SAMPLES = np.arange(-32768, 32768, dtype=np.int32)
 _ALL_CODES = np.arange(256, dtype=np.int32)
@@ -74,38 +69,28 @@ _MULAW_ENCODE = _build_mulaw_encoder()
 _MULAW_DECODE = _build_mulaw_decoder()
 _ALAW_ENCODE = _build_alaw_encoder()
 _ALAW_DECODE = _build_alaw_decoder()
-_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 def _encode(table: NDArray[np.uint8], pcm: NDArray[np.int16] | bytes) -> NDArray[np.uint8]:
     if isinstance(pcm, bytes | bytearray):
         if len(pcm) % 2:
             raise ValueError(f"G.711 encodes 16-bit samples, got {len(pcm)} bytes (odd)")
-        # The kernel reads native int16: little-endian bytes go as they are where that is native.
-        samples: NDArray[np.int16] | bytes = (
-            pcm if _LITTLE_ENDIAN else np.frombuffer(pcm, dtype="<i2").astype(np.int16)
-        )
-        out = np.empty(len(pcm) // 2, dtype=np.uint8)
+        patterns = np.frombuffer(pcm, dtype="<u2")
     else:
         if pcm.dtype != np.int16:
             raise TypeError(f"G.711 encodes int16 samples, got {pcm.dtype}")
-        samples = np.ascontiguousarray(pcm)
-        out = np.empty(pcm.shape, dtype=np.uint8)
-    _kernels.encode(table, samples, out)
-    return out
+        patterns = pcm.view(np.uint16)
+    return np.take(table, patterns)
 
 
 def _decode(table: NDArray[np.int16], data: NDArray[np.uint8] | bytes) -> NDArray[np.int16]:
     if isinstance(data, bytes | bytearray):
-        out = np.empty(len(data), dtype=np.int16)
-        codes: NDArray[np.uint8] | bytes = data
+        codes = np.frombuffer(data, dtype=np.uint8)
     else:
         if data.dtype != np.uint8:
             raise TypeError(f"G.711 decodes uint8 codes, got {data.dtype}")
-        codes = np.ascontiguousarray(data)
-        out = np.empty(data.shape, dtype=np.int16)
-    _kernels.decode(table, codes, out)
-    return out
+        codes = data
+    return np.take(table, codes)
 
 
 def ulaw_encode(pcm: NDArray[np.int16] | bytes) -> NDArray[np.uint8]:

@@ -8,15 +8,16 @@ is what the caller heard), and :meth:`PlayoutBuffer.flush` silences playout with
 fading the frame in progress out over ``fade_ms`` instead of cutting it.
 
 Threads: one producer (the call's asyncio task) calls :meth:`push`, :meth:`end_item` and
-:meth:`flush`; one consumer (the media clock thread, in ``onFrameRequested``) calls
-:meth:`pull`. They share only a ``collections.deque`` (``append``/``popleft`` are atomic) and
-counters each written by one side only, so :meth:`pull` never takes a lock nor blocks.
+:meth:`flush` and :meth:`forget`; one consumer (the media clock thread, in
+``onFrameRequested``) calls :meth:`pull`. They share only ``collections.deque`` objects
+(``append``/``popleft`` are atomic) and state each written by one side only (``_Producer``,
+``_Consumer`` and the per-item counts), so :meth:`pull` never takes a lock nor blocks.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import monotonic
 
 import numpy as np
@@ -41,6 +42,30 @@ class PlayoutStats:
     depth_ms: float  # audio queued now
 
 
+@dataclass
+class _Producer:
+    """State written by the producer only (the consumer reads ``generation``, ``streaming``)."""
+
+    generation: int = 0  # flushes asked for
+    queued_in: int = 0  # samples queued as frames, padding included
+    overrun_samples: int = 0
+    pending: NDArray[np.int16] = field(default_factory=lambda: np.zeros(0, dtype=np.int16))
+    pending_item: str | None = None  # owner of ``pending``, the start of a frame
+    pending_stamp: float = 0.0
+    streaming: str | None = None  # open item: silence now is an underrun
+
+
+@dataclass
+class _Consumer:
+    """Counters written by the consumer only (the producer reads ``generation``, ``queued_out``)."""
+
+    generation: int = 0  # flushes carried out
+    queued_out: int = 0
+    frames_out: int = 0
+    underruns: int = 0
+    flushes: int = 0
+
+
 class PlayoutBuffer:
     def __init__(
         self,
@@ -61,23 +86,10 @@ class PlayoutBuffer:
         self._fade = ramp
         self._fade_samples = fade
         self._frames: deque[_Frame] = deque()  # producer appends, consumer pops
-
-        # Written by the producer only.
-        self._generation = 0
-        self._pending: NDArray[np.int16] = np.zeros(0, dtype=np.int16)
-        self._pending_item: str | None = None
-        self._streaming_item: str | None = None  # open item: silence now is an underrun
-        self._queued_in = 0
-        self._overrun_samples = 0
-        self._pending_stamp = 0.0
-
-        # Written by the consumer only.
-        self._consumer_generation = 0
-        self._queued_out = 0
-        self._frames_out = 0
-        self._underruns = 0
-        self._flushes = 0
-        self._played: dict[str, int] = {}
+        self._forgotten: deque[str] = deque()  # items to stop counting: producer appends
+        self._in = _Producer()
+        self._out = _Consumer()
+        self._played: dict[str, int] = {}  # samples handed out per item (consumer writes)
         # Seconds from arrival to hand-out of stamped frames (consumer appends, bounded).
         self.latencies: deque[float] = deque(maxlen=4096)
 
@@ -92,85 +104,97 @@ class PlayoutBuffer:
         that frame was handed out (decoding, the push, and the wait for the next clock tick;
         not the wait behind earlier audio, which is the model sending ahead of real time).
         """
-        if self._pending_item is not None and self._pending_item != item_id:
-            self.end_item(self._pending_item)
-        room = self._capacity - self.depth_samples - len(self._pending)
+        if self._in.pending_item is not None and self._in.pending_item != item_id:
+            self.end_item(self._in.pending_item)
+        room = self._capacity - self.depth_samples - len(self._in.pending)
         accepted = min(len(pcm), max(0, room))
-        self._overrun_samples += len(pcm) - accepted
-        self._streaming_item = item_id
-        self._pending_item = item_id
-        audio = np.concatenate((self._pending, pcm[:accepted]))
+        self._in.overrun_samples += len(pcm) - accepted
+        self._in.streaming = item_id
+        self._in.pending_item = item_id
+        audio = np.concatenate((self._in.pending, pcm[:accepted]))
         whole = len(audio) - len(audio) % self.frame_samples
         data = audio[:whole].astype("<i2").tobytes()
         size = 2 * self.frame_samples
-        generation = self._generation
-        if arrived and not self._pending_stamp and self.depth_samples == 0:
-            self._pending_stamp = arrived
+        generation = self._in.generation
+        if arrived and not self._in.pending_stamp and self.depth_samples == 0:
+            self._in.pending_stamp = arrived
         for offset in range(0, len(data), size):
-            stamp, self._pending_stamp = self._pending_stamp, 0.0
+            stamp, self._in.pending_stamp = self._in.pending_stamp, 0.0
             self._frames.append(
                 _Frame(generation, item_id, data[offset : offset + size], self.frame_samples, stamp)
             )
-        self._queued_in += whole
-        self._pending = audio[whole:]
+        self._in.queued_in += whole
+        self._in.pending = audio[whole:]
         return accepted
 
     def end_item(self, item_id: str) -> None:
         """The item's audio is complete: queue its last partial frame, padded with silence."""
-        if self._pending_item == item_id and len(self._pending):
+        if self._in.pending_item == item_id and len(self._in.pending):
             padded = np.zeros(self.frame_samples, dtype=np.int16)
-            padded[: len(self._pending)] = self._pending
+            padded[: len(self._in.pending)] = self._in.pending
             self._frames.append(
-                _Frame(self._generation, item_id, padded.tobytes(), len(self._pending))
+                _Frame(self._in.generation, item_id, padded.tobytes(), len(self._in.pending))
             )
-            self._queued_in += self.frame_samples
-        if self._pending_item == item_id:
-            self._pending = np.zeros(0, dtype=np.int16)
-            self._pending_item = None
-        if self._streaming_item == item_id:
-            self._streaming_item = None
+            self._in.queued_in += self.frame_samples
+        if self._in.pending_item == item_id:
+            self._in.pending = np.zeros(0, dtype=np.int16)
+            self._in.pending_item = None
+        if self._in.streaming == item_id:
+            self._in.streaming = None
 
     def flush(self) -> None:
         """Drop everything queued; the next frame out fades the current audio to silence."""
-        self._generation += 1
-        self._pending = np.zeros(0, dtype=np.int16)
-        self._pending_stamp = 0.0
-        self._pending_item = None
-        self._streaming_item = None
+        self._in.generation += 1
+        self._in.pending = np.zeros(0, dtype=np.int16)
+        self._in.pending_stamp = 0.0
+        self._in.pending_item = None
+        self._in.streaming = None
+
+    def forget(self, item_id: str) -> None:
+        """Drop the accounting of an item that can no longer be truncated.
+
+        The consumer owns the counts: the id is queued and the next :meth:`pull` drops it, so
+        a count being added at that moment is never lost. Call it once the item's audio has
+        been handed out (a frame of the item handed out later counts it again).
+        """
+        self._forgotten.append(item_id)
 
     @property
     def flush_pending(self) -> bool:
         """True until the consumer has carried out the last flush (at most one frame)."""
-        return self._consumer_generation != self._generation
+        return self._out.generation != self._in.generation
 
     # -- consumer side ---------------------------------------------------------------------
 
     def pull(self) -> bytes:
         """Exactly one frame: queued audio, the fade-out of a flush, or silence."""
-        self._frames_out += 1
-        generation = self._generation
-        if self._consumer_generation != generation:
+        self._out.frames_out += 1
+        forgotten = self._forgotten
+        while forgotten:
+            self._played.pop(forgotten.popleft(), None)
+        generation = self._in.generation
+        if self._out.generation != generation:
             return self._carry_out_flush(generation)
         try:
             frame = self._frames.popleft()
         except IndexError:
-            if self._streaming_item is not None:
-                self._underruns += 1
+            if self._in.streaming is not None:
+                self._out.underruns += 1
             return self._silence
-        self._queued_out += self.frame_samples
+        self._out.queued_out += self.frame_samples
         self._played[frame.item_id] = self._played.get(frame.item_id, 0) + frame.samples
         if frame.stamp:
             self.latencies.append(monotonic() - frame.stamp)
         return frame.data
 
     def _carry_out_flush(self, generation: int) -> bytes:
-        self._consumer_generation = generation
-        self._flushes += 1
+        self._out.generation = generation
+        self._out.flushes += 1
         faded: _Frame | None = None
         frames = self._frames
         while frames and frames[0].generation < generation:
             frame = frames.popleft()
-            self._queued_out += self.frame_samples
+            self._out.queued_out += self.frame_samples
             if faded is None:
                 faded = frame
         if faded is None:
@@ -190,19 +214,15 @@ class PlayoutBuffer:
         """Milliseconds of ``item_id`` handed out so far (rounded down)."""
         return self._played.get(item_id, 0) * 1000 // self.rate
 
-    def forget(self, item_id: str) -> None:
-        """Drop the accounting of an item that can no longer be truncated."""
-        self._played.pop(item_id, None)
-
     @property
     def depth_samples(self) -> int:
-        return max(0, self._queued_in - self._queued_out)
+        return max(0, self._in.queued_in - self._out.queued_out)
 
     def stats(self) -> PlayoutStats:
         return PlayoutStats(
-            frames_out=self._frames_out,
-            underruns=self._underruns,
-            overrun_samples=self._overrun_samples,
-            flushes=self._flushes,
+            frames_out=self._out.frames_out,
+            underruns=self._out.underruns,
+            overrun_samples=self._in.overrun_samples,
+            flushes=self._out.flushes,
             depth_ms=self.depth_samples * 1000 / self.rate,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -129,8 +130,13 @@ def test_accounting_matches_frames_handed_out(chunks: list[int], pulls: int) -> 
 
 
 def test_producer_and_consumer_threads() -> None:
-    """Pushing from one thread while another pulls loses, duplicates and reorders nothing."""
+    """Pushing and forgetting from one thread while another pulls loses, duplicates and
+    reorders nothing: the playing item's count stays exact and forgotten items are gone."""
     buf = PlayoutBuffer(rate=8000, capacity_seconds=100)
+    done_items = [f"old_{i}" for i in range(200)]
+    for item in done_items:  # items already played out, to be forgotten while "a" plays
+        buf.push(item, _ramp(FRAME))
+        buf.pull()
     total = 400 * FRAME
     audio = _ramp(total)
     out: list[bytes] = []
@@ -142,15 +148,27 @@ def test_producer_and_consumer_threads() -> None:
             if any(frame):
                 out.append(frame)
 
-    consumer = threading.Thread(target=consume)
-    consumer.start()
-    for offset in range(0, total, 333):
-        buf.push("a", audio[offset : offset + 333])
-    buf.end_item("a")
-    done.set()
-    consumer.join(timeout=30)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        consumer = threading.Thread(target=consume)
+        consumer.start()
+        forgets = iter(done_items)
+        for offset in range(0, total, 333):
+            buf.push("a", audio[offset : offset + 333])
+            buf.forget(next(forgets))
+        buf.end_item("a")
+        for item in forgets:
+            buf.forget(item)
+        done.set()
+        consumer.join(timeout=30)
+    finally:
+        sys.setswitchinterval(switch)
     assert np.array_equal(np.concatenate([_samples(f) for f in out]), audio)
     assert buf.played_samples("a") == total
+    buf.pull()  # the consumer drops what is still queued to forget
+    remembered = [item for item in done_items if buf.played_samples(item)]
+    assert remembered == [], f"{len(remembered)} forgotten items still counted"
 
 
 def test_arrival_to_hand_out_is_metered_when_nothing_is_queued_ahead() -> None:

@@ -4,7 +4,7 @@ The reference is the Sun/ITU routine that CPython's ``audioop`` (and ``audioop-l
 implement: 16-bit input is truncated to 14 bits (mu-law) or 13 bits (A-law) before
 companding. Encoding is one lookup in a 65,536-entry table indexed by the sample's bit
 pattern; decoding one lookup in a 256-entry table. Both tables are built once at import from
-the reference algorithm written over arrays; a frame is one ``numpy.take``.
+the reference algorithm written over arrays; a frame is one numpy indexing of a table.
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ def _encode(table: NDArray[np.uint8], pcm: NDArray[np.int16] | bytes) -> NDArray
         if pcm.dtype != np.int16:
             raise TypeError(f"G.711 encodes int16 samples, got {pcm.dtype}")
         patterns = pcm.view(np.uint16)
-    return np.take(table, patterns)
+    codes: NDArray[np.uint8] = table[patterns]
+    return codes
 
 
 def _decode(table: NDArray[np.int16], data: NDArray[np.uint8] | bytes) -> NDArray[np.int16]:
@@ -90,7 +91,7 @@ def _decode(table: NDArray[np.int16], data: NDArray[np.uint8] | bytes) -> NDArra
         if data.dtype != np.uint8:
             raise TypeError(f"G.711 decodes uint8 codes, got {data.dtype}")
         codes = data
-    return np.take(table, codes)
+    return table[codes]
 
 
 def ulaw_encode(pcm: NDArray[np.int16] | bytes) -> NDArray[np.uint8]:

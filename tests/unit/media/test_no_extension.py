@@ -1,4 +1,4 @@
-"""The media core is plain Python on numpy and soxr: nothing to compile at install time."""
+"""The media core is plain Python on numpy and scipy: nothing to compile at install time."""
 
 from __future__ import annotations
 

@@ -102,6 +102,7 @@ unit: $(STAMP_TEST)
 
 ## bench: the benchmarks under bench/, each printing JSON.
 bench: $(STAMP_TEST)
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/media.py
 	$(BIN)/python -m bench.calls
 	$(BIN)/python -m bench.outbound

@@ -1,4 +1,4 @@
-"""The sipai supervisor: CLI, lifecycle, and (as they arrive) workers, dispatcher and store."""
+"""The sipai supervisor (CLI, lifecycle, SIP workers, call store) and the call flows the workers run."""
 
 from importlib.metadata import PackageNotFoundError, version
 

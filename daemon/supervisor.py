@@ -5,7 +5,7 @@ or SIGINT: ``STOPPING=1``, refuse new work, give the drainable components up to
 ``daemon.drain_seconds`` to finish, stop the API last (so ``/health`` answers during the
 drain), exit 0. A second signal during the drain exits at once with 128 + the signal number.
 
-Components that hold work (SIP workers, the dispatcher) register a drain coroutine and a
+Components that hold work (SIP workers, the outbound service) register a drain coroutine and a
 watchdog probe with :meth:`Supervisor.add_component`; everything here runs on the loop thread
 except the watchdog's pinging thread.
 """
@@ -32,7 +32,6 @@ from config import LoadedSettings
 from config.schema import BrainKind
 from daemon import __version__
 from daemon.calls.runner import PoolRunner
-from daemon.dispatcher import Dispatcher
 from daemon.engine.brains import Brain, ChatBrain, Receptionist
 from daemon.engine.server import Engine
 from daemon.logs import get_logger
@@ -84,7 +83,6 @@ class Supervisor:
         self._inbound_lock = asyncio.Lock()
         self._inbound_writes: set[asyncio.Future[None]] = set()
         self._engine: Engine | None = None
-        self.dispatcher = Dispatcher(self._sip)
         self.store = Store(settings.storage.path)
         self._deliverer = Deliverer(
             self.store,
@@ -131,7 +129,7 @@ class Supervisor:
             version=__version__,
             uptime_seconds=round(time.monotonic() - self._started_at, 3),
             active_calls=self._sip.active_calls,
-            queued_calls=self.outbound.queued + self.dispatcher.queued,
+            queued_calls=self.outbound.queued,
             workers=self._sip.summary(),
             registration_error=None if sip_registered else self._sip.registration_error,
         )
@@ -354,7 +352,6 @@ class Supervisor:
 
         self._sip_started = True  # so that a partial start is stopped too
         await self._sip.start()
-        self.dispatcher.start()
         self.outbound.start()
         self._deliverer.start()
         self.add_component(Component("outbound", drain=self.outbound.drain, probe=_no_probe))
@@ -423,7 +420,6 @@ class Supervisor:
             self._watchdog = None
         await self.outbound.stop()
         if self._sip_started:
-            await self.dispatcher.stop()
             await self._sip.stop()
             self._sip_started = False
         await self._deliverer.stop()

@@ -1,7 +1,7 @@
 """The real supervisor, with an inbound policy that answers every call and plays silence.
 
-Run as a script by the e2e tests that need calls up inside the daemon process (the product's
-own policy refuses inbound calls until the inbound agent exists).
+Run as a script by the e2e tests that need calls up inside the daemon process without a
+realtime model (the product's own policy hands every call to the inbound agent).
 """
 
 from __future__ import annotations

@@ -8,20 +8,15 @@ and answers the BYE that follows, so only the missing ACK can have ended the cal
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import signal
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import SIPAI
+from tests.support import DaemonProcess, workers_up
 
 pytestmark = pytest.mark.e2e
 
@@ -76,28 +71,6 @@ def _caller_without_ack(port: int, seconds: float) -> list[str]:
         return received
 
 
-@contextlib.asynccontextmanager
-async def _daemon(env: dict[str, str], log: Path) -> AsyncIterator[str]:
-    """The daemon in direct mode with the embedded engine, logging to ``log``; yields the API
-    base URL."""
-    with log.open("wb") as out:
-        process = await asyncio.create_subprocess_exec(
-            SIPAI, "run", env=env | {"SIPAI_SIP__REGISTRAR": ""}, stdout=out
-        )
-    base = f"http://127.0.0.1:{env['SIPAI_API__PORT']}"
-    try:
-        async with httpx.AsyncClient() as client, asyncio.timeout(90):
-            while True:
-                with contextlib.suppress(httpx.TransportError):
-                    if (await client.get(f"{base}/health")).json()["workers"][0]["up"]:
-                        break
-                await asyncio.sleep(0.2)
-        yield base
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 60) == 0
-
-
 async def _final_inbound_record(base: str) -> dict[str, Any]:
     async with httpx.AsyncClient() as client, asyncio.timeout(15):
         while True:
@@ -107,13 +80,12 @@ async def _final_inbound_record(base: str) -> dict[str, Any]:
             await asyncio.sleep(0.1)
 
 
-async def test_a_call_never_acked_is_recorded_as_such(
-    daemon_env: dict[str, str], tmp_path: Path
-) -> None:
+async def test_a_call_never_acked_is_recorded_as_such(daemon_env: dict[str, str]) -> None:
     """A caller that never ACKs the 200 OK ends with end_cause "no ACK from the caller: 408
     Request Timeout", not "caller hung up", and no model session was opened for it."""
-    log = tmp_path / "daemon.log"
-    async with _daemon(daemon_env, log) as base:
+    env = daemon_env | {"SIPAI_SIP__REGISTRAR": ""}  # direct mode, the embedded engine
+    async with DaemonProcess(env, wait=workers_up, timeout=90) as daemon:
+        base = daemon.base_url
         started = time.monotonic()
         received = await asyncio.to_thread(
             _caller_without_ack, int(daemon_env["SIPAI_SIP__PORT"]), 60.0
@@ -126,6 +98,6 @@ async def test_a_call_never_acked_is_recorded_as_such(
     assert record["end_cause"] == "no ACK from the caller: 408 Request Timeout", (
         f"{record['end_cause']!r} after {ended_after:.1f} s"
     )
-    events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
+    events = [e["event"] for e in daemon.log_events()]
     sessions = [e for e in events if e in ("agent.session_ready", "engine.session_open")]
     assert not sessions, f"model sessions opened for a call never confirmed: {sessions}"

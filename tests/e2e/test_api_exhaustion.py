@@ -14,16 +14,14 @@ import errno
 import itertools
 import os
 import select
-import signal
 import socket
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from config.schema import ApiSettings
-from tests.conftest import SIPAI, wait_for_health
+from tests.support import DaemonProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -129,19 +127,15 @@ def test_idle_flood_slow_body_and_slowloris_under_default_fd_limit(
     header are cut within api.body_timeout and api.header_timeout."""
     port = int(daemon_env["SIPAI_API__PORT"])
     out = tmp_path / "stdout"
-    with out.open("wb") as stdout:
-        # prlimit (util-linux) sets the limit and execs the daemon: same process, its workers
-        # inherit the limit.
-        proc = subprocess.Popen(
-            ["prlimit", f"--nofile={FD_LIMIT}:{FD_LIMIT}", SIPAI, "run"],
-            env=daemon_env,
-            stdout=stdout,
-            stderr=stdout,
-        )
+    # prlimit (util-linux) sets the limit and execs the daemon: same process, its workers
+    # inherit the limit.
+    daemon = DaemonProcess(
+        daemon_env, wrapper=["prlimit", f"--nofile={FD_LIMIT}:{FD_LIMIT}"], log=out
+    )
     idle: list[socket.socket] = []
     drippers: list[_Dripper] = []
     try:
-        wait_for_health(port, proc, timeout=60)
+        daemon.start_sync()
         slow_body = _Dripper(
             port,
             b"POST /call HTTP/1.1\r\nHost: sipai\r\nContent-Type: application/json\r\n"
@@ -165,9 +159,9 @@ def test_idle_flood_slow_body_and_slowloris_under_default_fd_limit(
                 for dripper in drippers:
                     dripper.drip()
                 latencies.append(_health_latency(port))
-                fds.append(len(os.listdir(f"/proc/{proc.pid}/fd")))
+                fds.append(len(os.listdir(f"/proc/{daemon.pid}/fd")))
                 next_step += 1.0
-            assert proc.poll() is None, f"the daemon exited with {proc.returncode}"
+            assert daemon.returncode is None, f"the daemon exited with {daemon.returncode}"
             waiting = [d for d in drippers if d.cut_after is None]
             wait = max(0.0, min(next_step, deadline) - time.monotonic())
             readable, _, _ = select.select([d.sock for d in waiting], [], [], wait)
@@ -175,12 +169,9 @@ def test_idle_flood_slow_body_and_slowloris_under_default_fd_limit(
                 if dripper.sock in readable:
                     dripper.read()
         closed_idle = sum(_closed_by_server(sock) for sock in idle)
-        proc.send_signal(signal.SIGTERM)
-        exit_code = proc.wait(timeout=60)
+        exit_code = daemon.stop_sync(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
+        daemon.kill()
         for sock in idle:
             sock.close()
         for dripper in drippers:

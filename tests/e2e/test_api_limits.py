@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,28 +16,26 @@ import httpx
 import pytest
 import websockets
 
-from tests.conftest import ROOT, wait_for_health
+from tests.support import DaemonProcess
 
 pytestmark = pytest.mark.e2e
-SCRIPT = str(ROOT / "tests" / "e2e" / "scripted_supervisor.py")
+SCRIPT = "tests.e2e.scripted_supervisor"
 TOKEN = "flood-token"
 POSTS = 2000
 RUNNING = 4  # one worker's slots: calls.max_concurrent's default
 MAX_QUEUED = 240  # calls.max_queued's default
 
 
-def _daemon(env: dict[str, str], started: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, SCRIPT],
-        env=env
+def _daemon(env: dict[str, str], started: Path) -> DaemonProcess:
+    return DaemonProcess(
+        env
         | {
             "SIPAI_TEST_RUNNER": "hold",
             "SIPAI_TEST_STARTED": str(started),
             "SIPAI_API__TOKEN": TOKEN,
             "SIPAI_DAEMON__DRAIN_SECONDS": "1",
         },
-        stdout=subprocess.DEVNULL,
-        cwd=ROOT,
+        script=SCRIPT,
     )
 
 
@@ -65,9 +60,7 @@ def test_a_flood_of_posts_queues_up_to_the_bound_and_stores_nothing_beyond(
     gets 503 with Retry-After and a detail, and only the accepted ones are in SQLite (20-30 s
     here: the 2,000 posts are the size of the flood this bound answers)."""
     api = int(daemon_env["SIPAI_API__PORT"])
-    daemon = _daemon(daemon_env, tmp_path / "started.txt")
-    try:
-        wait_for_health(api, daemon, timeout=60)
+    with _daemon(daemon_env, tmp_path / "started.txt"):
         began = time.monotonic()
         answers = asyncio.run(_flood(f"http://127.0.0.1:{api}"))
         seconds = time.monotonic() - began
@@ -84,13 +77,6 @@ def test_a_flood_of_posts_queues_up_to_the_bound_and_stores_nothing_beyond(
         with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
             stored = {row[0] for row in conn.execute("SELECT call_id FROM calls")}
         assert stored == accepted
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait(timeout=10)
 
 
 def test_the_realtime_websocket_without_a_token_gets_401(
@@ -99,9 +85,7 @@ def test_the_realtime_websocket_without_a_token_gets_401(
     """The daemon's own server refuses a /v1/realtime handshake without a valid token with
     HTTP 401 and a JSON detail, as every other route does."""
     api = int(daemon_env["SIPAI_API__PORT"])
-    daemon = _daemon(daemon_env, tmp_path / "started.txt")
-    try:
-        wait_for_health(api, daemon, timeout=60)
+    with _daemon(daemon_env, tmp_path / "started.txt"):
         answers = {}
         for label, headers in (("none", {}), ("wrong", {"Authorization": "Bearer nope"})):
             with pytest.raises(websockets.InvalidStatus) as refused:
@@ -113,9 +97,6 @@ def test_the_realtime_websocket_without_a_token_gets_401(
         print(f"/v1/realtime refused with {answers}")
         detail = b'{"detail":"missing or invalid bearer token"}'
         assert answers == {"none": (401, detail), "wrong": (401, detail)}
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=30)
 
 
 async def _handshake(url: str, headers: dict[str, str]) -> None:

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import SIPAI
 from tests.peers.kamailio import Kamailio, password, running_kamailio
 from tests.peers.phone import TestPhone
+from tests.support import DaemonProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -24,30 +21,6 @@ SLOTS = WORKERS * 4
 CALLS = 2 * SLOTS  # two rounds: the second dials into the slots the first one freed
 IN_FLIGHT = 16  # calls.max_concurrent, above the slots: the rest wait in the workers' queue
 RING_TIMEOUT = 5
-
-
-@contextlib.asynccontextmanager
-async def _daemon(env: dict[str, str]) -> AsyncIterator[str]:
-    """A running daemon with every worker up; yields its API base URL."""
-    process = await asyncio.create_subprocess_exec(
-        SIPAI, "run", env=env, stdout=asyncio.subprocess.DEVNULL
-    )
-    base = f"http://127.0.0.1:{env['SIPAI_API__PORT']}"
-    try:
-        async with httpx.AsyncClient() as client, asyncio.timeout(60):
-            while True:
-                try:
-                    health = (await client.get(f"{base}/health")).json()
-                    registered = health["sip_registered"] or "SIPAI_SIP__REGISTRAR" not in env
-                    if registered and all(w["up"] for w in health["workers"]):
-                        break
-                except httpx.TransportError:
-                    pass  # not listening yet
-                await asyncio.sleep(0.2)
-        yield base
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 30) == 0
 
 
 async def _finished(
@@ -80,7 +53,8 @@ async def test_queued_calls_wait_for_slots_pjsua_still_tears_down(
             "SIPAI_SIP__RTP_PORT_MIN": "45000",
             "SIPAI_SIP__RTP_PORT_MAX": "45199",
         }
-        async with _daemon(env) as base:
+        async with DaemonProcess(env, wait="healthy") as daemon:
+            base = daemon.base_url
             await _register_then_vanish(pbx, "1011")
             async with httpx.AsyncClient(timeout=10) as client:
                 ids = []
@@ -111,7 +85,8 @@ async def test_target_where_nothing_listens_is_failed(daemon_env: dict[str, str]
     """A call to a SIP address with no listener (no response at all) ends failed, not
     no_answer, and the error says nothing responded."""
     env = daemon_env | {"SIPAI_SIP__RTP_PORT_MIN": "45200", "SIPAI_SIP__RTP_PORT_MAX": "45299"}
-    async with _daemon(env) as base, httpx.AsyncClient(timeout=10) as client:
+    async with DaemonProcess(env, wait="healthy") as daemon, httpx.AsyncClient(timeout=10) as c:
+        client, base = c, daemon.base_url
         body = {"message": "Hello.", "extension": "sip:x@127.0.0.1:1", "ring_timeout": 5}
         response = await client.post(f"{base}/call", json=body)
         assert response.status_code == 200, response.text

@@ -2,28 +2,23 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port, wait_for_health
 from tests.peers.receiver import Receiver
+from tests.support import DaemonProcess, free_port
 
 pytestmark = pytest.mark.e2e
-SCRIPT = str(ROOT / "tests" / "e2e" / "scripted_supervisor.py")
 
 
-def _daemon(env: dict[str, str], mode: str, started: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, SCRIPT],
-        env=env | {"SIPAI_TEST_RUNNER": mode, "SIPAI_TEST_STARTED": str(started)},
-        stdout=subprocess.DEVNULL,
-        cwd=ROOT,
+def _daemon(env: dict[str, str], mode: str, started: Path) -> DaemonProcess:
+    return DaemonProcess(
+        env | {"SIPAI_TEST_RUNNER": mode, "SIPAI_TEST_STARTED": str(started)},
+        script="tests.e2e.scripted_supervisor",
+        timeout=30,
     )
 
 
@@ -44,7 +39,7 @@ def test_webhook_pending_at_sigkill_is_delivered_after_restart(
     started = tmp_path / "started.txt"
     first = _daemon(daemon_env, "instant", started)
     try:
-        wait_for_health(api, first)
+        first.start_sync()
         posted = httpx.post(
             f"{base}/call",
             json={
@@ -61,23 +56,20 @@ def test_webhook_pending_at_sigkill_is_delivered_after_restart(
 
         _until(attempted)
     finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=10)
+        first.kill()
 
     receiver = Receiver(port)
     second = _daemon(daemon_env, "instant", started)
     try:
-        wait_for_health(api, second)
+        second.start_sync()
         _until(lambda: len(receiver.requests()) == 1, within=30)
         view = httpx.get(f"{base}/call/{call_id}").json()
         [hook] = view["webhooks"]
         assert receiver.requests()[0].headers["webhook-id"] == hook["webhook_id"]
         assert hook["attempts"][0]["status_code"] is None  # refused before the kill
-        second.send_signal(signal.SIGTERM)
-        assert second.wait(timeout=15) == 0
+        assert second.stop_sync(timeout=15) == 0
     finally:
-        if second.poll() is None:
-            second.kill()
+        second.kill()
         receiver.close()
 
 
@@ -91,7 +83,7 @@ def test_sigkill_mid_queue_loses_nothing_and_dials_nothing_twice(
     started = tmp_path / "started.txt"
     first = _daemon(env, "hold", started)
     try:
-        wait_for_health(api, first)
+        first.start_sync()
         ids = [
             httpx.post(f"{base}/call", json={"message": "hi", "extension": "1001"}).json()[
                 "call_id"
@@ -102,12 +94,11 @@ def test_sigkill_mid_queue_loses_nothing_and_dials_nothing_twice(
         health = httpx.get(f"{base}/health").json()
         assert health["queued_calls"] == 2, health
     finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=10)
+        first.kill()
 
     second = _daemon(env, "instant", started)
     try:
-        wait_for_health(api, second)
+        second.start_sync()
         _until(lambda: started.read_text().split() == ids)  # 2 and 3, in order, once each
 
         def final(call_id: str) -> str:
@@ -115,8 +106,6 @@ def test_sigkill_mid_queue_loses_nothing_and_dials_nothing_twice(
 
         _until(lambda: [final(i) for i in ids] == ["failed", "completed", "completed"])
         assert "stopped while the call was" in httpx.get(f"{base}/call/{ids[0]}").json()["error"]
-        second.send_signal(signal.SIGTERM)
-        assert second.wait(timeout=15) == 0
+        assert second.stop_sync(timeout=15) == 0
     finally:
-        if second.poll() is None:
-            second.kill()
+        second.kill()

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import SIPAI, wait_for_health
+from tests.support import DaemonProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -33,10 +32,8 @@ def test_health_is_unhealthy_while_the_worker_is_down(daemon_env: dict[str, str]
     """Direct mode: unhealthy (strict 503) while starting and from a SIGKILL of the only
     worker until its restart is up, healthy (strict 200) otherwise."""
     env = daemon_env | {"SIPAI_SIP__RTP_PORT_MIN": "45300", "SIPAI_SIP__RTP_PORT_MAX": "45399"}
-    proc = subprocess.Popen([SIPAI, "run"], env=env, stdout=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{env['SIPAI_API__PORT']}"
-    try:
-        wait_for_health(int(env["SIPAI_API__PORT"]), proc)
+    with DaemonProcess(env, timeout=30) as daemon:
+        base = daemon.base_url
         starting = []  # (status, strict code) read before the worker was up
         deadline = time.monotonic() + 30
         while True:
@@ -70,6 +67,3 @@ def test_health_is_unhealthy_while_the_worker_is_down(daemon_env: dict[str, str]
         assert ("unhealthy", 503) in down
         report, strict = _health(base)
         assert (report["status"], strict) == ("healthy", 200)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0

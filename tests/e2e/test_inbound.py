@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import re
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,11 +22,11 @@ from numpy.typing import NDArray
 from media.resample import resample
 from media.wav import read_wav, write_wav
 from tests.audio import tone, tone_level_db
-from tests.conftest import SIPAI
 from tests.peers.kamailio import Kamailio, password, running_kamailio
 from tests.peers.phone import TestPhone
 from tests.peers.realtime_server import FakeRealtime, FakeSession
 from tests.peers.receiver import Receiver
+from tests.support import DaemonProcess, callee, registered
 
 pytestmark = pytest.mark.e2e
 
@@ -76,21 +75,8 @@ async def _daemon(
             "SIPAI_AGENT__DIALECT": fake.dialect,
         }
     )
-    process = await asyncio.create_subprocess_exec(
-        SIPAI, "run", env=env, stdout=asyncio.subprocess.DEVNULL
-    )
-    base = f"http://127.0.0.1:{env['SIPAI_API__PORT']}"
-    try:
-        async with httpx.AsyncClient() as client, asyncio.timeout(60):
-            while True:
-                with contextlib.suppress(httpx.TransportError):
-                    if (await client.get(f"{base}/health")).json()["sip_registered"]:
-                        break
-                await asyncio.sleep(0.2)
-        yield base
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 30) == 0
+    async with DaemonProcess(env, wait=registered) as daemon:
+        yield daemon.base_url
 
 
 async def _call(
@@ -311,11 +297,12 @@ async def test_tools_dtmf_http_and_transfer(
         'bearer_token = "tool-secret"\n'
     )
     env = daemon_env | {"SIPAI_AGENT__GREETING": "", "SIPAI_CONFIG": str(config)}
-    target = await TestPhone.start("target")
     try:
-        await target.register(pbx, "1005")
-        await target.command("mode", on_incoming="answer", answer_after_ms=100)
-        async with FakeRealtime("ga", script) as fake, _daemon(pbx, env, fake) as api:
+        async with (
+            callee(pbx, "1005", answer_after_ms=100, name="target") as target,
+            FakeRealtime("ga", script) as fake,
+            _daemon(pbx, env, fake) as api,
+        ):
             phone, call = await _call(pbx, "caller", "1004")
             try:
                 digits = [(await phone.expect("dtmf", call=call))["digit"] for _ in "42"]
@@ -349,7 +336,6 @@ async def test_tools_dtmf_http_and_transfer(
         heard = read_wav(tmp_path / "t.wav")
         assert tone_level_db(heard.samples, 1000, heard.rate) > -30  # caller <-> target talk
     finally:
-        await target.close()
         backend.close()
 
 

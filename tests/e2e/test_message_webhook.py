@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +24,10 @@ from standardwebhooks import Webhook
 from config.schema import EngineSettings
 from media.resample import resample
 from media.wav import write_wav
-from tests.conftest import SIPAI, free_port
 from tests.peers.kamailio import password, running_kamailio
 from tests.peers.phone import TestPhone
 from tests.peers.receiver import Receiver
+from tests.support import DaemonProcess, free_port, registered
 
 pytestmark = pytest.mark.e2e
 MESSAGE = "Please call me back tomorrow morning."
@@ -49,16 +47,6 @@ async def _inbound(api: str) -> list[dict[str, Any]]:
             "calls"
         ]
         return calls
-
-
-async def _until_healthy(api: str, registered: bool) -> None:
-    async with httpx.AsyncClient() as client, asyncio.timeout(60):
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                health = (await client.get(f"{api}/health")).json()
-                if health["sip_registered"] or not registered:
-                    return
-            await asyncio.sleep(0.2)
 
 
 async def _leave_message(phone: TestPhone, tmp_path: Path) -> None:
@@ -95,12 +83,11 @@ async def test_message_webhook_survives_a_down_receiver_and_sigkill(
             "SIPAI_WEBHOOKS__SECRET": secret,
         }
         api = f"http://127.0.0.1:{env['SIPAI_API__PORT']}"
-        first = await asyncio.create_subprocess_exec(
-            SIPAI, "run", env=env, stdout=asyncio.subprocess.DEVNULL
-        )
+        first = DaemonProcess(env, wait=None)
+        await first.start()
         phone = await TestPhone.start("caller")
         try:
-            await _until_healthy(api, registered=True)
+            await first.ready(registered)
             await phone.register(pbx, "1001")
             await _leave_message(phone, tmp_path)
             async with asyncio.timeout(20):
@@ -112,17 +99,14 @@ async def test_message_webhook_survives_a_down_receiver_and_sigkill(
                     await asyncio.sleep(0.1)
         finally:
             await phone.close()
-            first.send_signal(signal.SIGKILL)
-            await asyncio.wait_for(first.wait(), 10)
+            first.kill()
         [before] = hooks
         assert before["state"] == "pending", before
 
         receiver = Receiver(receiver_port)
-        second = await asyncio.create_subprocess_exec(
-            SIPAI, "run", env=env, stdout=asyncio.subprocess.DEVNULL
-        )
+        second = DaemonProcess(env)
         try:
-            await _until_healthy(api, registered=False)
+            await second.start()
             async with asyncio.timeout(30):  # the retry is due 5 s after the refused attempt
                 while not receiver.requests():
                     await asyncio.sleep(0.1)
@@ -132,8 +116,7 @@ async def test_message_webhook_survives_a_down_receiver_and_sigkill(
                         break
                     await asyncio.sleep(0.1)
         finally:
-            second.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(second.wait(), 30) == 0
+            assert await second.stop(timeout=30) == 0
             receiver.close()
 
     [hook] = record["webhooks"]

@@ -7,7 +7,6 @@ import contextlib
 import itertools
 import json
 import re
-import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,20 +20,20 @@ from daemon.speech import SpeechToText
 from daemon.speech.local import WhisperTranscriber
 from media.wav import read_wav
 from tests.audio import bursts, occurrences
-from tests.conftest import SIPAI
 from tests.peers.kamailio import Kamailio, password, running_kamailio
 from tests.peers.openai_audio import OpenAIAudio
 from tests.peers.phone import TestPhone
 from tests.peers.receiver import Receiver
+from tests.support import DaemonProcess, callee, registered
 
 pytestmark = pytest.mark.e2e
 MESSAGE = "Hello, this is a reminder about your dentist appointment tomorrow morning."
 
 
 class Daemon:
-    def __init__(self, process: asyncio.subprocess.Process, base: str) -> None:
+    def __init__(self, process: DaemonProcess) -> None:
         self.process = process
-        self.base = base
+        self.base = process.base_url
 
     async def post(self, body: dict[str, Any]) -> dict[str, Any]:
         async with httpx.AsyncClient() as client:
@@ -58,22 +57,17 @@ async def _running(pbx: Kamailio, env: dict[str, str]) -> AsyncIterator[Daemon]:
         "SIPAI_SIP__RTP_PORT_MIN": "42000",
         "SIPAI_SIP__RTP_PORT_MAX": "42099",
     }
-    process = await asyncio.create_subprocess_exec(
-        SIPAI, "run", env=env, stdout=asyncio.subprocess.DEVNULL
-    )
-    base = f"http://127.0.0.1:{env['SIPAI_API__PORT']}"
-    async with httpx.AsyncClient() as client, asyncio.timeout(60):
-        while True:
-            try:
-                health = (await client.get(f"{base}/health")).json()
-                if health["sip_registered"]:
-                    break
-            except httpx.TransportError:
-                pass  # not listening yet
-            await asyncio.sleep(0.2)
-    yield Daemon(process, base)
-    process.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(process.wait(), 30) == 0
+    async with DaemonProcess(env, wait=registered) as process:
+        yield Daemon(process)
+
+
+@contextlib.asynccontextmanager
+async def _receiving() -> AsyncIterator[Receiver]:
+    receiver = Receiver()
+    try:
+        yield receiver
+    finally:
+        receiver.close()
 
 
 @pytest.fixture
@@ -92,11 +86,7 @@ async def _webhook(receiver: Receiver, within: float = 60.0) -> dict[str, Any]:
 
 async def test_plain_notification_is_heard(pbx: Kamailio, daemon: Daemon, tmp_path: Path) -> None:
     """The phone answers and hears the message (Whisper finds its words); completed."""
-    receiver = Receiver()
-    phone = await TestPhone.start("callee")
-    try:
-        await phone.register(pbx, "1001")
-        await phone.command("mode", on_incoming="answer", answer_after_ms=200)
+    async with _receiving() as receiver, callee(pbx, "1001", answer_after_ms=200) as phone:
         posted = await daemon.post(
             {"message": MESSAGE, "extension": "1001", "callback_url": receiver.url}
         )
@@ -113,9 +103,6 @@ async def test_plain_notification_is_heard(pbx: Kamailio, daemon: Daemon, tmp_pa
         text = await SpeechToText(_whisper()).transcribe(heard.samples, heard.rate)
         words = set("".join(c if c.isalnum() else " " for c in text.lower()).split())
         assert {"reminder", "dentist", "appointment"} <= words, text
-    finally:
-        await phone.close()
-        receiver.close()
 
 
 LONG_BODY = (
@@ -143,11 +130,7 @@ async def test_message_over_one_ipc_frame_is_heard_to_its_last_words(
     """A 1,000-character message (the audio of ~912 used to fill the 1 MiB IPC frame) is
     dialled and played whole: the phone hears its last words."""
     message = _long_message(1000)
-    receiver = Receiver()
-    phone = await TestPhone.start("callee")
-    try:
-        await phone.register(pbx, "1012")
-        await phone.command("mode", on_incoming="answer", answer_after_ms=200)
+    async with _receiving() as receiver, callee(pbx, "1012", answer_after_ms=200) as phone:
         await daemon.post({"message": message, "extension": "1012", "callback_url": receiver.url})
         incoming = await phone.expect("incoming", timeout=60)
         media = await phone.expect("media", call=incoming["call"], status="active")
@@ -170,24 +153,14 @@ async def test_message_over_one_ipc_frame_is_heard_to_its_last_words(
         assert payload["duration_seconds"] > 45, payload
         assert to_audio_ms <= 200, f"answer -> first audio {to_audio_ms:.0f} ms (budget 200)"
         assert {"blue", "folder"} <= words, text
-    finally:
-        await phone.close()
-        receiver.close()
 
 
 async def test_busy_is_reported(pbx: Kamailio, daemon: Daemon) -> None:
     """A callee that answers 486 gives a busy webhook with nothing played."""
-    receiver = Receiver()
-    phone = await TestPhone.start("callee")
-    try:
-        await phone.register(pbx, "1002")
-        await phone.command("mode", on_incoming="busy")
+    async with _receiving() as receiver, callee(pbx, "1002", mode="busy"):
         await daemon.post({"message": MESSAGE, "extension": "1002", "callback_url": receiver.url})
         payload = await _webhook(receiver)
         assert (payload["status"], payload["message_played"]) == ("busy", False)
-    finally:
-        await phone.close()
-        receiver.close()
 
 
 PROMPT = "Would you like to confirm or cancel? Say yes or no."
@@ -254,11 +227,7 @@ async def test_spoken_choice(
     pbx: Kamailio, daemon: Daemon, tmp_path: Path, answer: str, expected: str
 ) -> None:
     """The phone answers after the prompt; the webhook carries the option and the words."""
-    receiver = Receiver()
-    phone = await TestPhone.start("callee")
-    try:
-        await phone.register(pbx, "1003")
-        await phone.command("mode", on_incoming="answer", answer_after_ms=0)
+    async with _receiving() as receiver, callee(pbx, "1003") as phone:
         await daemon.post(_choice_call(receiver, "1003"))
         incoming = await phone.expect("incoming", timeout=20)
         await phone.expect("media", call=incoming["call"], status="active")
@@ -268,20 +237,13 @@ async def test_spoken_choice(
         assert payload["choice_response"] == expected, payload
         spoken = answer.lower().strip(".").split(",")[0]
         assert spoken.split()[0] in payload["choice_raw_text"].lower()
-    finally:
-        await phone.close()
-        receiver.close()
 
 
 async def test_hello_at_pick_up_is_not_the_answer(
     pbx: Kamailio, daemon: Daemon, tmp_path: Path
 ) -> None:
     """A "hello?" during the message is dropped; the answer after the prompt counts."""
-    receiver = Receiver()
-    phone = await TestPhone.start("callee")
-    try:
-        await phone.register(pbx, "1004")
-        await phone.command("mode", on_incoming="answer", answer_after_ms=0)
+    async with _receiving() as receiver, callee(pbx, "1004") as phone:
         await daemon.post(_choice_call(receiver, "1004"))
         incoming = await phone.expect("incoming", timeout=20)
         await phone.expect("media", call=incoming["call"], status="active")
@@ -291,9 +253,6 @@ async def test_hello_at_pick_up_is_not_the_answer(
         payload = await _webhook(receiver)
         assert payload["choice_response"] == "cancelled", payload
         assert "hello" not in payload["choice_raw_text"].lower()
-    finally:
-        await phone.close()
-        receiver.close()
 
 
 async def _prompts_heard(phone: TestPhone, call: int, wav: Path) -> int:
@@ -315,11 +274,7 @@ async def _prompts_heard(phone: TestPhone, call: int, wav: Path) -> int:
 
 async def test_silence_repeats_then_null(pbx: Kamailio, daemon: Daemon, tmp_path: Path) -> None:
     """Nothing said: the phone hears the prompt exactly repeat_count times; completed, null."""
-    receiver = Receiver()
-    phone = await TestPhone.start("callee")
-    try:
-        await phone.register(pbx, "1005")
-        await phone.command("mode", on_incoming="answer", answer_after_ms=0)
+    async with _receiving() as receiver, callee(pbx, "1005") as phone:
         await daemon.post(_choice_call(receiver, "1005", timeout_seconds=5, repeat_count=3))
         incoming = await phone.expect("incoming", timeout=20)
         await phone.expect("media", call=incoming["call"], status="active")
@@ -329,20 +284,13 @@ async def test_silence_repeats_then_null(pbx: Kamailio, daemon: Daemon, tmp_path
         assert payload["choice_raw_text"] is None
         heard = await _prompts_heard(phone, incoming["call"], tmp_path / "heard.wav")
         assert heard == 3
-    finally:
-        await phone.close()
-        receiver.close()
 
 
 async def test_unmatched_answer_repeats_then_null(
     pbx: Kamailio, daemon: Daemon, tmp_path: Path
 ) -> None:
     """Words that match no option: the prompt is asked again; in the end null with the words."""
-    receiver = Receiver()
-    phone = await TestPhone.start("callee")
-    try:
-        await phone.register(pbx, "1010")
-        await phone.command("mode", on_incoming="answer", answer_after_ms=0)
+    async with _receiving() as receiver, callee(pbx, "1010") as phone:
         await daemon.post(_choice_call(receiver, "1010", timeout_seconds=5, repeat_count=2))
         incoming = await phone.expect("incoming", timeout=20)
         await phone.expect("media", call=incoming["call"], status="active")
@@ -354,9 +302,6 @@ async def test_unmatched_answer_repeats_then_null(
         assert {"purple", "elephant", "banana"} & set(re.findall(r"[a-z]+", raw)), payload
         heard = await _prompts_heard(phone, incoming["call"], tmp_path / "heard.wav")
         assert heard == 2
-    finally:
-        await phone.close()
-        receiver.close()
 
 
 async def test_no_answer_failed_and_early_hang_up(
@@ -364,40 +309,36 @@ async def test_no_answer_failed_and_early_hang_up(
 ) -> None:
     """Never answered -> no_answer; unregistered extension -> failed; hang-up mid-message."""
     receivers = [Receiver(), Receiver(), Receiver()]
-    ringing = await TestPhone.start("ringing")
-    hanger = await TestPhone.start("hanger")
     try:
-        await ringing.register(pbx, "1006")
-        await ringing.command("mode", on_incoming="ignore")
-        await hanger.register(pbx, "1007")
-        await hanger.command("mode", on_incoming="answer", answer_after_ms=0)
-        await daemon.post(
-            {
-                "message": MESSAGE,
-                "extension": "1006",
-                "ring_timeout": 5,
-                "callback_url": receivers[0].url,
-            }
-        )
-        await daemon.post(
-            {"message": MESSAGE, "extension": "1019", "callback_url": receivers[1].url}
-        )
-        await daemon.post(
-            {"message": MESSAGE, "extension": "1007", "callback_url": receivers[2].url}
-        )
-        incoming = await hanger.expect("incoming", timeout=20)
-        await hanger.expect("media", call=incoming["call"], status="active")
-        await asyncio.sleep(1.0)
-        await hanger.command("hangup", call=incoming["call"])
-        no_answer, failed, hung_up = [await _webhook(r) for r in receivers]
-        assert no_answer["status"] == "no_answer"
-        assert failed["status"] == "failed"
-        assert "404" in failed["error"]
-        assert (hung_up["status"], hung_up["message_played"]) == ("completed", False)
-        assert hung_up["duration_seconds"] < 3
+        async with (
+            callee(pbx, "1006", mode="ignore", name="ringing"),
+            callee(pbx, "1007", name="hanger") as hanger,
+        ):
+            await daemon.post(
+                {
+                    "message": MESSAGE,
+                    "extension": "1006",
+                    "ring_timeout": 5,
+                    "callback_url": receivers[0].url,
+                }
+            )
+            await daemon.post(
+                {"message": MESSAGE, "extension": "1019", "callback_url": receivers[1].url}
+            )
+            await daemon.post(
+                {"message": MESSAGE, "extension": "1007", "callback_url": receivers[2].url}
+            )
+            incoming = await hanger.expect("incoming", timeout=20)
+            await hanger.expect("media", call=incoming["call"], status="active")
+            await asyncio.sleep(1.0)
+            await hanger.command("hangup", call=incoming["call"])
+            no_answer, failed, hung_up = [await _webhook(r) for r in receivers]
+            assert no_answer["status"] == "no_answer"
+            assert failed["status"] == "failed"
+            assert "404" in failed["error"]
+            assert (hung_up["status"], hung_up["message_played"]) == ("completed", False)
+            assert hung_up["duration_seconds"] < 3
     finally:
-        await ringing.close()
-        await hanger.close()
         for receiver in receivers:
             receiver.close()
 
@@ -407,33 +348,29 @@ async def test_two_calls_at_once_get_their_own_answers(
 ) -> None:
     """Two phones answer differently at the same time; each webhook has its own answer."""
     receivers = [Receiver(), Receiver()]
-    phones = [await TestPhone.start("a"), await TestPhone.start("b")]
     try:
-        for phone, user in zip(phones, ("1008", "1009"), strict=True):
-            await phone.register(pbx, user)
-            await phone.command("mode", on_incoming="answer", answer_after_ms=0)
-        for receiver, user in zip(receivers, ("1008", "1009"), strict=True):
-            await daemon.post(_choice_call(receiver, user))
-        calls = [await p.expect("incoming", timeout=20) for p in phones]
-        for phone, call in zip(phones, calls, strict=True):
-            await phone.expect("media", call=call["call"], status="active")
-        await asyncio.gather(
-            _answer_after_prompt(phones[0], calls[0]["call"], "Yes, I confirm.", tmp_path),
-            _answer_after_prompt(phones[1], calls[1]["call"], "Cancel it please.", tmp_path),
-        )
-        first, second = [await _webhook(r) for r in receivers]
-        assert (first["choice_response"], second["choice_response"]) == (
-            "confirmed",
-            "cancelled",
-        ), (
-            first["choice_raw_text"],
-            second["choice_raw_text"],
-            first["duration_seconds"],
-            second["duration_seconds"],
-        )
+        async with callee(pbx, "1008", name="a") as a, callee(pbx, "1009", name="b") as b:
+            phones = [a, b]
+            for receiver, user in zip(receivers, ("1008", "1009"), strict=True):
+                await daemon.post(_choice_call(receiver, user))
+            calls = [await p.expect("incoming", timeout=20) for p in phones]
+            for phone, call in zip(phones, calls, strict=True):
+                await phone.expect("media", call=call["call"], status="active")
+            await asyncio.gather(
+                _answer_after_prompt(phones[0], calls[0]["call"], "Yes, I confirm.", tmp_path),
+                _answer_after_prompt(phones[1], calls[1]["call"], "Cancel it please.", tmp_path),
+            )
+            first, second = [await _webhook(r) for r in receivers]
+            assert (first["choice_response"], second["choice_response"]) == (
+                "confirmed",
+                "cancelled",
+            ), (
+                first["choice_raw_text"],
+                second["choice_raw_text"],
+                first["duration_seconds"],
+                second["duration_seconds"],
+            )
     finally:
-        for phone in phones:
-            await phone.close()
         for receiver in receivers:
             receiver.close()
 
@@ -452,11 +389,8 @@ async def test_choice_with_the_rest_speech_backend(
         "SIPAI_SPEECH__API_KEY": server.key,
     }
     receiver = Receiver()
-    phone = await TestPhone.start("callee")
     try:
-        async with _running(pbx, env) as daemon:
-            await phone.register(pbx, "1011")
-            await phone.command("mode", on_incoming="answer", answer_after_ms=0)
+        async with _running(pbx, env) as daemon, callee(pbx, "1011") as phone:
             await daemon.post(_choice_call(receiver, "1011"))
             incoming = await phone.expect("incoming", timeout=20)
             await phone.expect("media", call=incoming["call"], status="active")
@@ -468,6 +402,5 @@ async def test_choice_with_the_rest_speech_backend(
         (heard,) = server.requests("/v1/audio/transcriptions")
         assert heard.fields["prompt"].startswith("confirmed, yes, yeah")
     finally:
-        await phone.close()
         receiver.close()
         server.close()

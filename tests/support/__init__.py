@@ -1,6 +1,13 @@
 """What tests and benchmarks share: paths and ports, the daemon as a process, test phones."""
 
-from tests.support.daemon import DaemonExited, DaemonProcess, daemon_env, wait_for_health
+from tests.support.daemon import (
+    DaemonExited,
+    DaemonProcess,
+    daemon_env,
+    registered,
+    wait_for_health,
+    workers_up,
+)
 from tests.support.paths import ROOT, SIPAI, free_port
 from tests.support.phones import callee
 
@@ -12,5 +19,7 @@ __all__ = [
     "callee",
     "daemon_env",
     "free_port",
+    "registered",
     "wait_for_health",
+    "workers_up",
 ]

@@ -50,6 +50,16 @@ def daemon_env(tmp: Path) -> dict[str, str]:
     return env
 
 
+def registered(health: Health) -> bool:
+    """A ``wait`` predicate: at least one worker is registered."""
+    return bool(health["sip_registered"])
+
+
+def workers_up(health: Health) -> bool:
+    """A ``wait`` predicate: every SIP worker is up (direct mode: ready for calls)."""
+    return all(w["up"] for w in health["workers"])
+
+
 class DaemonExited(AssertionError):
     """The daemon exited (or never answered) before it was ready; carries its last log lines."""
 
@@ -195,14 +205,15 @@ class DaemonProcess:
             for file in files:
                 file.close()
 
-    def _ready(self, response: httpx.Response) -> bool:
-        if self.wait_for == "health":
+    @staticmethod
+    def _ready(wait: Wait, response: httpx.Response) -> bool:
+        if wait == "health":
             return True
         body: Health = response.json()
-        if self.wait_for == "healthy":
+        if wait == "healthy":
             return body["status"] == "healthy"
-        assert callable(self.wait_for)
-        return self.wait_for(body)
+        assert callable(wait)
+        return wait(body)
 
     def _failure(self, what: str) -> DaemonExited:
         lines = self.log_lines()[-LAST_LINES:]
@@ -212,16 +223,21 @@ class DaemonProcess:
     def _exited(self) -> DaemonExited:
         return self._failure(f"daemon {self.command} exited with {self.returncode} before ready")
 
-    def _timed_out(self, last: object) -> DaemonExited:
+    def _timed_out(self, timeout: float, last: object) -> DaemonExited:
         self.kill()
-        return self._failure(f"daemon not ready within {self.timeout} s (last: {last!r})")
+        return self._failure(f"daemon not ready within {timeout} s (last: {last!r})")
 
     async def start(self) -> httpx.Response | None:
         """Start the process and wait as told; return the last ``/health`` response."""
         self._spawn()
         if self.wait_for is None:
             return None
-        deadline = time.monotonic() + self.timeout
+        return await self.ready(self.wait_for, self.timeout)
+
+    async def ready(self, wait: Wait = "health", timeout: float = 60.0) -> httpx.Response:
+        """Poll ``/health`` until ``wait`` holds; the daemon is killed if it does not within
+        ``timeout``, and :class:`DaemonExited` raised with its last log lines either way."""
+        deadline = time.monotonic() + timeout
         last: object = None
         async with httpx.AsyncClient(timeout=5.0) as client:
             while time.monotonic() < deadline:
@@ -229,26 +245,29 @@ class DaemonProcess:
                     raise self._exited()
                 try:
                     response = await client.get(f"{self.base_url}/health")
-                    if self._ready(response):
+                    if self._ready(wait, response):
                         return response
                     last = response.json()
                 except httpx.TransportError as exc:
                     last = exc
                 await asyncio.sleep(POLL_SECONDS)
-        raise self._timed_out(last)
+        raise self._timed_out(timeout, last)
 
     def start_sync(self) -> httpx.Response | None:
         """:meth:`start` for tests without an event loop."""
         self._spawn()
         if self.wait_for is None:
             return None
-        deadline = time.monotonic() + self.timeout
+        return self.ready_sync(self.wait_for, self.timeout)
+
+    def ready_sync(self, wait: Wait = "health", timeout: float = 60.0) -> httpx.Response:
+        deadline = time.monotonic() + timeout
         last: object = None
         with httpx.Client(timeout=5.0) as client:
             while time.monotonic() < deadline:
                 try:
                     response = client.get(f"{self.base_url}/health")
-                    if self._ready(response):
+                    if self._ready(wait, response):
                         return response
                     last = response.json()
                 except httpx.TransportError as exc:
@@ -258,7 +277,7 @@ class DaemonProcess:
                 except subprocess.TimeoutExpired:
                     continue
                 raise self._exited()
-        raise self._timed_out(last)
+        raise self._timed_out(timeout, last)
 
     def send_signal(self, sig: int) -> None:
         if self.returncode is None:

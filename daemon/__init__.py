@@ -1,4 +1,4 @@
-"""The sipai supervisor (CLI, lifecycle, SIP workers, call store) and the call flows the workers run."""
+"""The sipai supervisor (CLI, lifecycle, SIP workers, store) and the flows its workers run."""
 
 from importlib.metadata import PackageNotFoundError, version
 

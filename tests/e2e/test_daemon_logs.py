@@ -10,17 +10,15 @@ import asyncio
 import contextlib
 import json
 import re
-import signal
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import websockets
 
-from tests.conftest import SIPAI
+from tests.support import DaemonProcess, workers_up
 
 pytestmark = pytest.mark.e2e
 
@@ -36,25 +34,12 @@ async def _daemon(env: dict[str, str], out: Path, journal: bool = False) -> Asyn
     With ``journal``, JOURNAL_STREAM names ``out`` as systemd names the journal's stream."""
     env = env | {"SIPAI_SIP__REGISTRAR": ""}
     env.pop("JOURNAL_STREAM", None)
-    with out.open("wb") as stdout:
-        if journal:
-            status = out.stat()
-            env["JOURNAL_STREAM"] = f"{status.st_dev}:{status.st_ino}"
-        process = await asyncio.create_subprocess_exec(
-            SIPAI, "run", env=env, stdout=stdout, stderr=stdout
-        )
-    base = f"http://127.0.0.1:{env['SIPAI_API__PORT']}"
-    try:
-        async with httpx.AsyncClient() as client, asyncio.timeout(90):
-            while True:
-                with contextlib.suppress(httpx.TransportError):
-                    if (await client.get(f"{base}/health")).json()["workers"][0]["up"]:
-                        break
-                await asyncio.sleep(0.2)
-        yield base
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 60) == 0
+    out.touch()
+    if journal:
+        status = out.stat()
+        env["JOURNAL_STREAM"] = f"{status.st_dev}:{status.st_ino}"
+    async with DaemonProcess(env, log=out, wait=workers_up, timeout=90) as daemon:
+        yield daemon.base_url
 
 
 def _json_lines(out: Path) -> list[dict[str, Any]]:

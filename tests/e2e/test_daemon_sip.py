@@ -3,37 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.conftest import ROOT, SIPAI, free_port
 from tests.peers.kamailio import password, running_kamailio
 from tests.peers.phone import TestPhone
+from tests.support import DaemonProcess, free_port, registered
 
 pytestmark = pytest.mark.e2e
+ANSWERING = "tests.e2e.answering_supervisor"
 
 
-async def _health(port: int, timeout: float = 20.0, every_worker: bool = False) -> dict[str, Any]:
-    """/health once the extension is registered (by every worker, if asked)."""
-    async with httpx.AsyncClient() as client, asyncio.timeout(timeout):
-        while True:
-            try:
-                body: dict[str, Any] = (await client.get(f"http://127.0.0.1:{port}/health")).json()
-                workers = body["workers"]
-                if body["sip_registered"] and (
-                    not every_worker or all(w["registered"] for w in workers)
-                ):
-                    return body
-            except httpx.TransportError:
-                pass  # not listening yet
-            await asyncio.sleep(0.1)
+def _registered_everywhere(health: dict[str, Any]) -> bool:
+    return bool(health["sip_registered"]) and all(w["registered"] for w in health["workers"])
 
 
 def _env(daemon_env: dict[str, str], registrar: str) -> dict[str, str]:
@@ -61,12 +47,11 @@ async def test_model_unreachable_apology_or_503(
             "SIPAI_AGENT__URL": f"ws://127.0.0.1:{free_port()}/v1/realtime",
             "SIPAI_AGENT__ON_CONNECT_FAILURE": fallback,
         }
-        daemon = await asyncio.create_subprocess_exec(
-            SIPAI, "run", env=env, stdout=asyncio.subprocess.PIPE
-        )
+        daemon = DaemonProcess(env, wait=None)
+        await daemon.start()
         phone = await TestPhone.start("caller")
         try:
-            body = await _health(int(daemon_env["SIPAI_API__PORT"]))
+            body = (await daemon.ready(registered, timeout=20)).json()
             assert body["status"] == "healthy"
             await phone.register(kamailio, "1001")
             dialled = await phone.command("dial", uri="sip:1000@127.0.0.1")
@@ -86,10 +71,8 @@ async def test_model_unreachable_apology_or_503(
                 assert "sorry" in text or "not available" in text, text
         finally:
             await phone.close()
-            daemon.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(daemon.wait(), 15) == 0
-        assert daemon.stdout is not None
-        events = [json.loads(line) for line in (await daemon.stdout.read()).splitlines()]
+            assert await daemon.stop(timeout=15) == 0
+        events = daemon.log_events()
         failed = [e for e in events if e["event"] == "agent.connect_failed"]
         assert failed[0]["kind"] == "connect"
         assert failed[0]["fallback"] == fallback
@@ -102,15 +85,11 @@ async def test_sigterm_with_calls_up_drains_and_exits_0(
     """Two calls up: SIGTERM hangs them up after the drain bound, un-REGISTERs, exits 0."""
     async with running_kamailio(tmp_path / "k") as kamailio:
         env = _env(daemon_env, kamailio.uri) | {"SIPAI_DAEMON__DRAIN_SECONDS": "1"}
-        daemon = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(ROOT / "tests" / "e2e" / "answering_supervisor.py"),
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-        )
+        daemon = DaemonProcess(env, script=ANSWERING, wait=None)
+        await daemon.start()
         phones = [await TestPhone.start("a"), await TestPhone.start("b")]
         try:
-            await _health(int(daemon_env["SIPAI_API__PORT"]))
+            await daemon.ready(registered, timeout=20)
             calls = []
             for phone, user in zip(phones, ("1001", "1002"), strict=True):
                 await phone.register(kamailio, user)
@@ -122,15 +101,13 @@ async def test_sigterm_with_calls_up_drains_and_exits_0(
             for phone, call in zip(phones, calls, strict=True):
                 bye = await phone.expect("call", call=call, state="DISCONNECTED", timeout=10)
                 assert bye["code"] == 200
-            assert await asyncio.wait_for(daemon.wait(), 15) == 0
+            assert await daemon.wait(15) == 0
             assert time.monotonic() - stopped_at < 1 + 5
             assert await asyncio.to_thread(kamailio.contacts, "1000") == []
         finally:
             for phone in phones:
                 await phone.close()
-            if daemon.returncode is None:
-                daemon.kill()
-                await daemon.wait()
+            daemon.kill()
 
 
 async def test_stop_with_calls_on_every_worker(daemon_env: dict[str, str], tmp_path: Path) -> None:
@@ -140,23 +117,18 @@ async def test_stop_with_calls_on_every_worker(daemon_env: dict[str, str], tmp_p
             "SIPAI_SIP__WORKERS": "2",
             "SIPAI_DAEMON__DRAIN_SECONDS": "2",
         }
-        daemon = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(ROOT / "tests" / "e2e" / "answering_supervisor.py"),
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-        )
+        daemon = DaemonProcess(env, script=ANSWERING, wait=None)
+        await daemon.start()
         phones = [await TestPhone.start(f"p{n}") for n in range(6)]
         try:
-            port = int(daemon_env["SIPAI_API__PORT"])
-            await _health(port, every_worker=True)
+            await daemon.ready(_registered_everywhere, timeout=20)
             await asyncio.gather(
                 *(p.register(kamailio, str(1001 + n)) for n, p in enumerate(phones))
             )
             for phone in phones:
                 dialled = await phone.command("dial", uri="sip:1000@127.0.0.1")
                 await phone.expect("call", call=dialled["call"], state="CONFIRMED")
-            body = await _health(port)
+            body = (await daemon.ready(registered, timeout=20)).json()
             workers = body["workers"]
             assert isinstance(workers, list)
             assert [w["registered"] for w in workers] == [True, True]
@@ -166,7 +138,7 @@ async def test_stop_with_calls_on_every_worker(daemon_env: dict[str, str], tmp_p
             assert body["queued_calls"] == 0
             stopped_at = time.monotonic()
             daemon.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(daemon.wait(), 20) == 0
+            assert await daemon.wait(20) == 0
             assert time.monotonic() - stopped_at < 2 + 6
             for phone in phones:
                 await phone.expect("call", state="DISCONNECTED", timeout=10)
@@ -174,6 +146,4 @@ async def test_stop_with_calls_on_every_worker(daemon_env: dict[str, str], tmp_p
         finally:
             for phone in phones:
                 await phone.close()
-            if daemon.returncode is None:
-                daemon.kill()
-                await daemon.wait()
+            daemon.kill()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +15,10 @@ from numpy.typing import NDArray
 from config.schema import EngineSettings
 from media.resample import resample
 from media.wav import write_wav
-from tests.conftest import SIPAI
 from tests.peers.kamailio import password, running_kamailio
 from tests.peers.phone import TestPhone
 from tests.peers.receiver import Receiver
+from tests.support import DaemonProcess, registered
 
 pytestmark = pytest.mark.e2e
 MESSAGE = "Please call me back tomorrow morning."
@@ -46,18 +44,12 @@ async def test_the_receptionist_takes_a_message(daemon_env: dict[str, str], tmp_
             "SIPAI_SIP__RTP_PORT_MAX": "44099",
             "SIPAI_WEBHOOKS__INBOUND_URL": receiver.url,
         }
-        daemon = await asyncio.create_subprocess_exec(
-            SIPAI, "run", env=env, stdout=asyncio.subprocess.DEVNULL
-        )
-        api = f"http://127.0.0.1:{env['SIPAI_API__PORT']}"
+        daemon = DaemonProcess(env, wait=None)
+        await daemon.start()
+        api = daemon.base_url
         phone = await TestPhone.start("caller")
         try:
-            async with httpx.AsyncClient() as client, asyncio.timeout(60):
-                while True:
-                    with contextlib.suppress(httpx.TransportError):
-                        if (await client.get(f"{api}/health")).json()["sip_registered"]:
-                            break
-                    await asyncio.sleep(0.2)
+            await daemon.ready(registered)
             await phone.register(pbx, "1001")
             dialled = await phone.command("dial", uri="sip:1000@127.0.0.1")
             call = dialled["call"]
@@ -83,8 +75,7 @@ async def test_the_receptionist_takes_a_message(daemon_env: dict[str, str], tmp_
                     await asyncio.sleep(0.1)
         finally:
             await phone.close()
-            daemon.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(daemon.wait(), 30) == 0
+            assert await daemon.stop(timeout=30) == 0
             receiver.close()
     assert ended["code"] == 200  # hung up by the daemon after the goodbye (end_call)
     payload = json.loads(receiver.requests()[0].body)
@@ -119,18 +110,11 @@ async def test_the_chat_brain_answers_with_the_model_text(
             "SIPAI_ENGINE__CHAT_URL": chat.url,
             "SIPAI_ENGINE__CHAT_MODEL": "tiny-llm",
         }
-        daemon = await asyncio.create_subprocess_exec(
-            SIPAI, "run", env=env, stdout=asyncio.subprocess.DEVNULL
-        )
-        api = f"http://127.0.0.1:{env['SIPAI_API__PORT']}"
+        daemon = DaemonProcess(env, wait=None)
+        await daemon.start()
         phone = await TestPhone.start("caller")
         try:
-            async with httpx.AsyncClient() as client, asyncio.timeout(60):
-                while True:
-                    with contextlib.suppress(httpx.TransportError):
-                        if (await client.get(f"{api}/health")).json()["sip_registered"]:
-                            break
-                    await asyncio.sleep(0.2)
+            await daemon.ready(registered)
             await phone.register(pbx, "1001")
             dialled = await phone.command("dial", uri="sip:1000@127.0.0.1")
             call = dialled["call"]
@@ -141,8 +125,7 @@ async def test_the_chat_brain_answers_with_the_model_text(
             await phone.expect("recorded", call=call)
         finally:
             await phone.close()
-            daemon.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(daemon.wait(), 30) == 0
+            assert await daemon.stop(timeout=30) == 0
             chat.close()
     first = chat.requests[0]
     assert (first["model"], first["stream"]) == ("tiny-llm", True)

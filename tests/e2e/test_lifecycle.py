@@ -6,7 +6,6 @@ import json
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, SIPAI, wait_for_health
 from tests.e2e.notify import NotifySocket
+from tests.support import SIPAI, DaemonProcess, workers_up
 
 pytestmark = pytest.mark.e2e
 
@@ -25,16 +24,6 @@ def notify(short_tmp: Path) -> Iterator[NotifySocket]:
     sock = NotifySocket(short_tmp)
     yield sock
     sock.close()
-
-
-def _start(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.communicate(timeout=10)
 
 
 def _events(stdout: bytes) -> list[dict[str, object]]:
@@ -50,10 +39,11 @@ def test_notify_watchdog_health_and_graceful_stop(
         "WATCHDOG_USEC": "1000000",  # a ping every 0.5 s
         "SIPAI_DAEMON__DRAIN_SECONDS": "5",
     }
-    proc = _start([str(SIPAI), "run"], env)
+    daemon = DaemonProcess(env, wait=None)
+    daemon.start_sync()
     try:
         ready_at = notify.wait_for("READY=1", timeout=30)
-        health = wait_for_health(int(env["SIPAI_API__PORT"]), proc)
+        health = daemon.ready_sync()
         assert health.status_code == 200
         body = health.json()
         assert (body["status"], body["sip_registered"]) == ("healthy", False)
@@ -65,14 +55,13 @@ def test_notify_watchdog_health_and_graceful_stop(
         notify.wait_for("WATCHDOG=1", timeout=1.0)  # and again within the interval
 
         signalled_at = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
+        daemon.send_signal(signal.SIGTERM)
         notify.wait_for("STOPPING=1", timeout=5)
-        assert proc.wait(timeout=5 + 3) == 0
+        assert daemon.wait_sync(timeout=5 + 3) == 0
         assert time.monotonic() - signalled_at < 5 + 3
     finally:
-        _stop(proc)
-    stdout, _ = proc.communicate()
-    events = [e["event"] for e in _events(stdout)]
+        daemon.kill()
+    events = [e["event"] for e in daemon.log_events()]
     assert events[0] == "daemon.starting"
     assert (
         events.index("daemon.ready")
@@ -83,15 +72,13 @@ def test_notify_watchdog_health_and_graceful_stop(
 
 def test_first_log_line_says_embedded_defaults(daemon_env: dict[str, str]) -> None:
     """With no config file the first log event says the daemon runs on embedded defaults."""
-    env = daemon_env
-    proc = _start([str(SIPAI), "run"], env)
+    daemon = DaemonProcess(daemon_env, timeout=30)
     try:
-        wait_for_health(int(env["SIPAI_API__PORT"]), proc)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=10) == 0
+        daemon.start_sync()
+        assert daemon.stop_sync(signal.SIGINT, timeout=10) == 0
     finally:
-        _stop(proc)
-    first = _events(proc.communicate()[0])[0]
+        daemon.kill()
+    first = daemon.log_events()[0]
     assert first["event"] == "daemon.starting"
     assert str(first["config"]).startswith("embedded defaults")
     assert (first["sip_mode"], first["agent_backend"]) == ("direct", "local")
@@ -127,40 +114,40 @@ def test_busy_api_port_is_a_clean_failure(daemon_env: dict[str, str]) -> None:
     assert "Address already in use" in str(failed[0]["error"])
 
 
-HANGING = ROOT / "tests" / "e2e" / "hanging_supervisor.py"
+HANGING = "tests.e2e.hanging_supervisor"
 
 
 def test_drain_is_bounded(notify: NotifySocket, daemon_env: dict[str, str]) -> None:
     """A component that never finishes draining is cut off after daemon.drain_seconds."""
     env = daemon_env | {"NOTIFY_SOCKET": notify.path, "SIPAI_DAEMON__DRAIN_SECONDS": "1"}
-    proc = _start([sys.executable, str(HANGING)], env)
+    daemon = DaemonProcess(env, script=HANGING, wait=None)
+    daemon.start_sync()
     try:
         notify.wait_for("READY=1", timeout=30)
         signalled_at = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
+        assert daemon.stop_sync(timeout=10) == 0
         elapsed = time.monotonic() - signalled_at
         assert 1.0 <= elapsed < 4.0
     finally:
-        _stop(proc)
-    events = _events(proc.communicate()[0])
+        daemon.kill()
+    events = daemon.log_events()
     assert any(e["event"] == "daemon.drain_timeout" for e in events)
 
 
 def test_second_signal_exits_at_once(notify: NotifySocket, daemon_env: dict[str, str]) -> None:
     """During a long drain a second SIGTERM ends the process immediately with 128+15."""
     env = daemon_env | {"NOTIFY_SOCKET": notify.path, "SIPAI_DAEMON__DRAIN_SECONDS": "60"}
-    proc = _start([sys.executable, str(HANGING)], env)
+    daemon = DaemonProcess(env, script=HANGING, wait=None)
+    daemon.start_sync()
     try:
         notify.wait_for("READY=1", timeout=30)
-        proc.send_signal(signal.SIGTERM)
+        daemon.send_signal(signal.SIGTERM)
         notify.wait_for("STOPPING=1", timeout=5)
         signalled_at = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=5) == 128 + signal.SIGTERM
+        assert daemon.stop_sync(timeout=5) == 128 + signal.SIGTERM
         assert time.monotonic() - signalled_at < 2.0
     finally:
-        _stop(proc)
+        daemon.kill()
 
 
 def test_api_in_the_daemon(daemon_env: dict[str, str]) -> None:
@@ -169,15 +156,11 @@ def test_api_in_the_daemon(daemon_env: dict[str, str]) -> None:
         "SIPAI_SIP__REGISTRAR": "sip:127.0.0.1:9",  # nobody answers there
         "SIPAI_DAEMON__DRAIN_SECONDS": "2",  # the queued call is dialling into the void
     }
-    proc = _start([str(SIPAI), "run"], env)
-    port = int(env["SIPAI_API__PORT"])
+    daemon = DaemonProcess(env, timeout=30)
     try:
-        wait_for_health(port, proc)
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while not all(w["up"] for w in httpx.get(f"{base}/health", timeout=5).json()["workers"]):
-            assert time.monotonic() < deadline, "the SIP worker did not come up"
-            proc.poll()
+        daemon.start_sync()
+        base = daemon.base_url
+        daemon.ready_sync(workers_up, timeout=30)
         assert httpx.get(f"{base}/health?strict=1", timeout=5).status_code == 503
         metrics = httpx.get(f"{base}/metrics", timeout=5).text
         assert "sipai_sip_registered 0" in metrics
@@ -189,7 +172,6 @@ def test_api_in_the_daemon(daemon_env: dict[str, str]) -> None:
         assert good.json()["status"] == "queued"
         [record] = httpx.get(f"{base}/calls", timeout=5).json()["calls"]
         assert record["call_id"] == good.json()["call_id"]
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
+        assert daemon.stop_sync(timeout=15) == 0
     finally:
-        _stop(proc)
+        daemon.kill()

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import ROOT, wait_for_health
+from tests.support import ROOT, wait_for_health
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,10 +25,10 @@ from daemon.speech import SpeechToText
 from daemon.speech.local import WhisperTranscriber
 from media.resample import resample
 from media.wav import read_wav, write_wav
-from tests.conftest import ROOT, SIPAI
 from tests.peers.kamailio import Kamailio, password, running_kamailio
 from tests.peers.phone import TestPhone
 from tests.peers.receiver import Receiver
+from tests.support import DaemonProcess, callee, registered
 
 pytestmark = pytest.mark.e2e
 FAILURE = "speech recognition failed: RuntimeError: could not create a primitive"
@@ -58,32 +57,9 @@ async def _daemon(pbx: Kamailio, env: dict[str, str], log: Path, rtp: int) -> As
         "SIPAI_SIP__RTP_PORT_MIN": str(rtp),
         "SIPAI_SIP__RTP_PORT_MAX": str(rtp + 99),
     }
-    with log.open("wb") as out:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tests.sandbox",
-            "--deny-write-execute",
-            "--",
-            str(SIPAI),
-            "run",
-            env=env,
-            stdout=out,
-            stderr=asyncio.subprocess.STDOUT,
-            cwd=ROOT,
-        )
-    base = f"http://127.0.0.1:{env['SIPAI_API__PORT']}"
-    try:
-        async with httpx.AsyncClient() as client, asyncio.timeout(60):
-            while True:
-                with contextlib.suppress(httpx.TransportError):
-                    if (await client.get(f"{base}/health")).json()["sip_registered"]:
-                        break
-                await asyncio.sleep(0.2)
-        yield base
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 30) == 0
+    sandbox = [sys.executable, "-m", "tests.sandbox", "--deny-write-execute", "--"]
+    async with DaemonProcess(env, wrapper=sandbox, log=log, wait=registered) as daemon:
+        yield daemon.base_url
 
 
 def _events(log: Path) -> list[dict[str, Any]]:
@@ -163,44 +139,39 @@ async def test_outbound_choice_records_the_recognition_failure(
         async with (
             running_kamailio(tmp_path / "k") as pbx,
             _daemon(pbx, daemon_env, log, 44400) as api,
+            callee(pbx, "1003") as phone,
         ):
-            phone = await TestPhone.start("callee")
-            try:
-                await phone.register(pbx, "1003")
-                await phone.command("mode", on_incoming="answer", answer_after_ms=0)
-                _, message_s = _wav(message, tmp_path / "message.wav")
-                _, prompt_s = _wav(prompt, tmp_path / "prompt.wav")
-                answer, _ = _wav("Yes, sure.", tmp_path / "answer.wav")
-                async with httpx.AsyncClient() as client:
-                    posted = await client.post(
-                        f"{api}/call",
-                        json={
-                            "message": message,
-                            "extension": "1003",
-                            "callback_url": receiver.url,
-                            "choice": {
-                                "prompt": prompt,
-                                "options": [
-                                    {"value": "confirmed", "synonyms": ["yes", "sure"]},
-                                    {"value": "cancelled", "synonyms": ["no"]},
-                                ],
-                                "timeout_seconds": 8,
-                                "repeat_count": 1,
-                            },
+            _, message_s = _wav(message, tmp_path / "message.wav")
+            _, prompt_s = _wav(prompt, tmp_path / "prompt.wav")
+            answer, _ = _wav("Yes, sure.", tmp_path / "answer.wav")
+            async with httpx.AsyncClient() as client:
+                posted = await client.post(
+                    f"{api}/call",
+                    json={
+                        "message": message,
+                        "extension": "1003",
+                        "callback_url": receiver.url,
+                        "choice": {
+                            "prompt": prompt,
+                            "options": [
+                                {"value": "confirmed", "synonyms": ["yes", "sure"]},
+                                {"value": "cancelled", "synonyms": ["no"]},
+                            ],
+                            "timeout_seconds": 8,
+                            "repeat_count": 1,
                         },
-                    )
-                assert posted.status_code == 200, posted.text
-                incoming = await phone.expect("incoming", timeout=20)
-                await phone.expect("media", call=incoming["call"], status="active")
-                await asyncio.sleep(message_s + prompt_s + 0.8)
-                await phone.command("play", call=incoming["call"], wav=answer)
-                async with asyncio.timeout(60):
-                    while not receiver.requests():
-                        await asyncio.sleep(0.1)
-                async with httpx.AsyncClient() as client:
-                    view = (await client.get(f"{api}/call/{posted.json()['call_id']}")).json()
-            finally:
-                await phone.close()
+                    },
+                )
+            assert posted.status_code == 200, posted.text
+            incoming = await phone.expect("incoming", timeout=20)
+            await phone.expect("media", call=incoming["call"], status="active")
+            await asyncio.sleep(message_s + prompt_s + 0.8)
+            await phone.command("play", call=incoming["call"], wav=answer)
+            async with asyncio.timeout(60):
+                while not receiver.requests():
+                    await asyncio.sleep(0.1)
+            async with httpx.AsyncClient() as client:
+                view = (await client.get(f"{api}/call/{posted.json()['call_id']}")).json()
     finally:
         receiver.close()
     payload = json.loads(receiver.requests()[0].body)

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import SIPAI
 from tests.peers.kamailio import Kamailio, password, running_kamailio
+from tests.support import DaemonProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -73,20 +73,11 @@ async def _daemon(
         "SIPAI_SIP__RTP_PORT_MIN": "41200",
         "SIPAI_SIP__RTP_PORT_MAX": "41299",
     }
-    daemon = await asyncio.create_subprocess_exec(
-        SIPAI, "run", env=env, stdout=asyncio.subprocess.DEVNULL
-    )
-    try:
-        async with HealthLog(int(daemon_env["SIPAI_API__PORT"])).running() as health:
-            yield health
-    finally:
-        if daemon.returncode is None:
-            daemon.terminate()
-            try:
-                await asyncio.wait_for(daemon.wait(), 20)
-            except TimeoutError:
-                daemon.kill()
-                await daemon.wait()
+    async with (
+        DaemonProcess(env, wait=None) as daemon,
+        HealthLog(daemon.api_port).running() as health,
+    ):
+        yield health
 
 
 async def _until_bound(kamailio: Kamailio, timeout: float) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SIPAI, wait_for_health
+from tests.support import DaemonProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -35,11 +35,9 @@ def test_schemathesis_finds_no_failure(daemon_env: dict[str, str], tmp_path: Pat
         "NO_PROXY": "",
     }
     port = int(env["SIPAI_API__PORT"])
-    daemon = subprocess.Popen(
-        [SIPAI, "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    daemon = DaemonProcess(env, timeout=90)
     try:
-        wait_for_health(port, daemon, timeout=90)
+        daemon.start_sync()
         run = subprocess.run(
             [
                 SCHEMATHESIS,
@@ -62,8 +60,7 @@ def test_schemathesis_finds_no_failure(daemon_env: dict[str, str], tmp_path: Pat
             check=False,
         )
     finally:
-        daemon.terminate()
-        daemon.wait(timeout=60)
+        daemon.stop_sync(timeout=60)
     summary = run.stdout[run.stdout.find("SUMMARY") :]
     failures = re.findall(r"❌ (ST\d+ [^:\n]+): (\d+)", summary)
     print(summary)

@@ -12,20 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import signal
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.conftest import ROOT
 from tests.integration.test_sip_robustness import _sipp
 from tests.peers.sip_udp import UdpAgent, sdp
+from tests.support import DaemonProcess, workers_up
 
 pytestmark = pytest.mark.e2e
 
@@ -239,23 +236,10 @@ async def _daemon(env: dict[str, str], log: Path) -> AsyncIterator[dict[str, Any
         "SIPAI_SIP__RTP_PORT_MIN": "45000",
         "SIPAI_SIP__RTP_PORT_MAX": "45099",
     }
-    script = str(ROOT / "tests" / "e2e" / "answering_supervisor.py")
-    with log.open("wb") as out:
-        process = await asyncio.create_subprocess_exec(sys.executable, script, env=env, stdout=out)
-    try:
-        async with httpx.AsyncClient() as client, asyncio.timeout(60):
-            while True:
-                with contextlib.suppress(httpx.TransportError):
-                    health = (
-                        await client.get(f"http://127.0.0.1:{env['SIPAI_API__PORT']}/health")
-                    ).json()
-                    if health["workers"][0]["up"]:
-                        yield health["workers"][0]
-                        break
-                await asyncio.sleep(0.2)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 60) == 0
+    script = "tests.e2e.answering_supervisor"
+    async with DaemonProcess(env, script=script, stderr="inherit", log=log, wait=None) as daemon:
+        response = await daemon.ready(workers_up)
+        yield response.json()["workers"][0]
 
 
 async def test_torture_and_mutated_datagrams_leave_the_worker_whole(

@@ -18,9 +18,9 @@ from config.schema import AgentSettings, SipSettings
 from daemon.workers import WorkerPool
 from sip.events import IncomingCall, SipEvent
 from sip.worker import SipError, SipWorker
-from tests.conftest import free_port
 from tests.peers.kamailio import Kamailio, password, running_kamailio
 from tests.peers.phone import TestPhone
+from tests.support import free_port
 
 _rtp_bases = itertools.count(40000, 200)
 

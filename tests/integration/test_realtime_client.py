@@ -11,8 +11,8 @@ import websockets
 from daemon.realtime.client import Endpoint, RealtimeError, RealtimeSession, SessionMismatch
 from daemon.realtime.dialect import DIALECTS, SessionConfig, Tool
 from media.codec import PCM24K, PCMU
-from tests.conftest import free_port
 from tests.peers.realtime_server import FakeRealtime
+from tests.support import free_port
 
 CONFIG = SessionConfig("Be brief.", "alloy", PCMU, PCMU, tools=(Tool("end_call", "End.", {}),))
 

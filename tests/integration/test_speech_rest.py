@@ -21,8 +21,8 @@ from daemon.speech.backends import load_speech
 from daemon.speech.local import PiperSynthesizer, WhisperTranscriber
 from daemon.speech.remote import RestAudio, RestSynthesizer, RestTranscriber
 from media import g711
-from tests.conftest import free_port
 from tests.peers.openai_audio import OpenAIAudio
+from tests.support import free_port
 
 
 @pytest.fixture(scope="module")

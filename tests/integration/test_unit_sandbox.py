@@ -19,10 +19,10 @@ import pytest
 from media.vad import rms_dbfs
 from media.wav import read_wav, write_wav
 from tests.audio import tone, tone_level_db
-from tests.conftest import ROOT
 from tests.peers.kamailio import Kamailio
 from tests.peers.phone import TestPhone, _rtp_base
 from tests.sandbox import unit_flags
+from tests.support import ROOT
 
 UTTERANCE = "Please tell John that the delivery will arrive tomorrow morning."
 MAX_RTF = 1.0  # measured about 0.1 on 2 cores: a 3 s turn is heard in about 0.3 s

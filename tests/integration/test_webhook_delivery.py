@@ -13,8 +13,8 @@ import pytest
 
 from api.webhooks import Deliverer
 from daemon.store import Store
-from tests.conftest import ROOT, free_port
 from tests.peers.receiver import Receiver
+from tests.support import ROOT, free_port
 from tests.unit.test_webhooks import _independent_signature
 
 FAST = (0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from daemon.workers import worker_environment
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 PROBE = """
 import os

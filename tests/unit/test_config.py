@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from config import ConfigError, Settings, load_settings
 from config.schema import Backend
-from tests.conftest import ROOT, SIPAI
+from tests.support import ROOT, SIPAI
 
 EXAMPLE = ROOT / "config" / "sipai.example.toml"
 

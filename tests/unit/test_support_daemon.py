@@ -34,4 +34,5 @@ def test_stop_returns_the_exit_status(tmp_path: Path) -> None:
     code = daemon.stop_sync(timeout=30)
     events = [e["event"] for e in daemon.log_events()]
     assert code == 0, daemon.log_lines()[-20:]
-    assert "api.listening" in events and events[-1] == "daemon.stopped", events
+    assert "api.listening" in events, events
+    assert events[-1] == "daemon.stopped", events

@@ -12,7 +12,7 @@ import pytest
 
 from config import Settings
 from config.schema import SECRET_KEYS
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 UNIT = ROOT / "systemd" / "sipai.service"
 MAX_EXPOSURE = 2.0

@@ -113,6 +113,20 @@ class Deliverer:
     def wake(self) -> None:
         self._wake.set()
 
+    async def send_message(self, url: str, call_id: str | None, message: str) -> Webhook:
+        """Queue the receptionist's ``inbound.message`` webhook to ``url`` in the outbox, with
+        the message on its call, and deliver it like call results: signed, retried, kept
+        across restarts."""
+        payload = {
+            "type": "inbound.message",
+            "call_id": call_id,
+            "message": message,
+            "at": time.time(),
+        }
+        webhook = await self._store.queue_message(call_id, message, url, payload)
+        self.wake()
+        return webhook
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()

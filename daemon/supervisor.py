@@ -13,10 +13,10 @@ except the watchdog's pinging thread.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import time
-import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +34,9 @@ from daemon import __version__
 from daemon.calls.runner import PoolRunner
 from daemon.engine.brains import Brain, ChatBrain, Receptionist
 from daemon.engine.server import Engine
+from daemon.inbound_records import InboundRecords
 from daemon.logs import get_logger
+from daemon.metrics import render
 from daemon.outbound import CallRunner, OutboundService
 from daemon.sdnotify import Notifier, Watchdog, watchdog_interval
 from daemon.speech import SpeechError
@@ -73,15 +75,8 @@ class Supervisor:
         inbound_policy: str | None = None,
         runner: CallRunner | None = None,
     ) -> None:
-        self._loaded = loaded
-        self._settings = loaded.settings
-        settings = loaded.settings
+        self._settings = settings = loaded.settings
         self._sip = WorkerPool(settings, inbound_policy, self._on_sip_event)
-        self._sip.inbound_listeners.append(self._on_inbound)
-        self._inbound_ids: dict[tuple[int, str], str] = {}
-        self._inbound_errors: dict[tuple[int, str], str] = {}
-        self._inbound_lock = asyncio.Lock()
-        self._inbound_writes: set[asyncio.Future[None]] = set()
         self._engine: Engine | None = None
         self.store = Store(settings.storage.path)
         self._deliverer = Deliverer(
@@ -89,6 +84,8 @@ class Supervisor:
             settings.webhooks.secret.get_secret_value(),
             settings.webhooks.timeout_seconds,
         )
+        self._records = InboundRecords(self.store, self._deliverer, settings.webhooks.inbound_url)
+        self._sip.inbound_listeners.append(self._records.on_inbound)
         capacity = settings.sip.workers * settings.sip.max_calls
         self.outbound = OutboundService(
             self.store,
@@ -98,12 +95,10 @@ class Supervisor:
             max_queued=settings.calls.max_queued,
         )
         self._store_open = False
-        self._runner_given = runner is not None
         self._notifier = notifier if notifier is not None else Notifier.from_environ()
         self._components: list[Component] = []
         self._started_at = time.monotonic()
-        self._stop_requested = asyncio.Event()
-        self._stopping = False
+        self._stop_requested = asyncio.Event()  # set by the first stop signal
         self._api: ApiServer | None = None
         self._watchdog: Watchdog | None = None
         self._sip_started = False
@@ -114,14 +109,14 @@ class Supervisor:
     @property
     def draining(self) -> bool:
         """True from the first stop signal on: new work is refused."""
-        return self._stopping
+        return self._stop_requested.is_set()
 
     def health(self) -> HealthReport:
         registration_needed = not self._settings.sip.direct_mode
         sip_registered = self._sip.registered
         # Every worker counts, from start-up on: a dead one (restarting) takes no calls.
         healthy = (
-            not self._stopping and self._sip.all_up and (sip_registered or not registration_needed)
+            not self.draining and self._sip.all_up and (sip_registered or not registration_needed)
         )
         return HealthReport(
             status="healthy" if healthy else "unhealthy",
@@ -136,49 +131,12 @@ class Supervisor:
 
     async def metrics(self) -> str:
         """Prometheus text exposition of calls, webhooks, SIP and queue state."""
-        health = self.health()
-        lines = [
-            "# HELP sipai_sip_registered 1 while at least one worker is registered.",
-            "# TYPE sipai_sip_registered gauge",
-            f"sipai_sip_registered {int(health.sip_registered)}",
-            "# HELP sipai_workers_up SIP worker processes up.",
-            "# TYPE sipai_workers_up gauge",
-            f"sipai_workers_up {sum(1 for w in health.workers if w['up'])}",
-            "# HELP sipai_worker_restarts_total SIP worker restarts.",
-            "# TYPE sipai_worker_restarts_total counter",
-            f"sipai_worker_restarts_total {sum(w['restarts'] for w in health.workers)}",
-            "# HELP sipai_active_calls Calls up now.",
-            "# TYPE sipai_active_calls gauge",
-            f"sipai_active_calls {health.active_calls}",
-            "# HELP sipai_queued_calls Outbound calls waiting for a slot.",
-            "# TYPE sipai_queued_calls gauge",
-            f"sipai_queued_calls {health.queued_calls}",
-            "# HELP sipai_calls Stored outbound calls by status.",
-            "# TYPE sipai_calls gauge",
-        ]
-        lines += [
-            f'sipai_calls{{status="{status}"}} {count}'
-            for status, count in sorted((await self.store.call_counts()).items())
-        ]
-        lines += [
-            "# HELP sipai_sip_invites_refused_total INVITEs refused before a call slot, by "
-            "reason: forbidden (403, sip.allow_from), not_found (404, another user), "
-            "rate_limited (503, sip.invite_rate), bad_request (400, Content-Length).",
-            "# TYPE sipai_sip_invites_refused_total counter",
-        ]
-        lines += [
-            f'sipai_sip_invites_refused_total{{reason="{reason}"}} {count}'
-            for reason, count in sorted((await self._sip.refused_invites()).items())
-        ]
-        lines += [
-            "# HELP sipai_webhooks Webhooks by delivery state.",
-            "# TYPE sipai_webhooks gauge",
-        ]
-        lines += [
-            f'sipai_webhooks{{state="{state}"}} {count}'
-            for state, count in sorted((await self.store.webhook_counts()).items())
-        ]
-        return "\n".join(lines) + "\n"
+        return render(
+            self.health(),
+            await self.store.call_counts(),
+            await self._sip.refused_invites(),
+            await self.store.webhook_counts(),
+        )
 
     def _on_sip_event(self, worker: int, event: SipEvent) -> None:
         if isinstance(event, CallEnded):
@@ -190,6 +148,7 @@ class Supervisor:
                 reason=event.reason,
                 local_cause=event.local_cause or None,
                 answered=event.answered,
+                stats=dataclasses.asdict(event.stats) if event.stats is not None else None,
             )
 
     async def _serve_engine(self, websocket: WebSocket) -> None:
@@ -208,88 +167,22 @@ class Supervisor:
                 engine.chat_api_key.get_secret_value(),
                 engine.chat_timeout_seconds,
             )
-        return self._receptionist(caller)
-
-    def _receptionist(self, caller: str) -> Receptionist:
-
-        async def on_message(message: str) -> None:
-            worker, _, call = caller.partition(":")
-            call_id = self._inbound_ids.get((int(worker), call)) if worker.isdigit() else None
-            log.info("inbound.message", call_id=call_id, message=message)
-            url = self._settings.webhooks.inbound_url
-            if url:
-                # Through the outbox, like call results: signed, retried, kept across restarts.
-                payload = {
-                    "type": "inbound.message",
-                    "call_id": call_id,
-                    "message": message,
-                    "at": time.time(),
-                }
-                webhook = await self.store.queue_message(call_id, message, url, payload)
-                log.info("inbound.message_queued", call_id=call_id, webhook_id=webhook.webhook_id)
-                self._deliverer.wake()
-            elif call_id is not None:
-                await self.store.set_message(call_id, message)
-
-        return Receptionist(self._settings.engine.greeting, on_message)
-
-    def _engine_error(self, caller: str, error: str) -> None:
-        """An engine session's failure (speech recognition...) goes into its call's record."""
-        worker, _, call = caller.partition(":")
-        key = (int(worker), call) if worker.isdigit() else None
-        if key is not None and key in self._inbound_ids:
-            self._inbound_errors.setdefault(key, error)
-
-    def _on_inbound(self, worker: int, kind: str, body: dict[str, Any]) -> None:
-        """What an inbound agent reports: the call, each transcript turn, the outcome."""
-        fields = {k: v for k, v in body.items() if k != "call"}
-        log.info(f"inbound.{kind}", call_id=body.get("call"), worker=worker, **fields)
-        task = asyncio.ensure_future(self._record_inbound(worker, kind, body))
-        self._inbound_writes.add(task)
-        task.add_done_callback(self._inbound_writes.discard)
-
-    async def _record_inbound(self, worker: int, kind: str, body: dict[str, Any]) -> None:
-        """Keep the inbound call's record (id ``in-<random>``), events in arrival order."""
-        key = (worker, str(body.get("call")))
-        async with self._inbound_lock:  # one worker's events are stored in arrival order
-            try:
-                if kind == "inbound_call":
-                    call_id = f"in-{uuid.uuid4().hex[:16]}"
-                    self._inbound_ids[key] = call_id
-                    await self.store.insert_inbound(
-                        call_id, str(body["sip_call_id"]), str(body["caller"]), worker
-                    )
-                    return
-                call_id = self._inbound_ids.get(key, "")
-                if kind == "transcript":
-                    await self.store.add_turn(
-                        call_id, str(body["role"]), str(body["text"]), float(body["at"])
-                    )
-                elif kind == "agent_failed":
-                    self._inbound_errors[key] = f"{body.get('kind')}: {body.get('error')}"
-                elif kind == "inbound_done":
-                    error = self._inbound_errors.pop(key, None)
-                    status = "failed" if error else "completed"
-                    await self.store.finish_inbound(call_id, status, str(body["cause"]), error)
-                    self._inbound_ids.pop(key, None)
-            except Exception as exc:
-                log.error("inbound.store_failed", call_id=body.get("call"), error=repr(exc))
+        return Receptionist(engine.greeting, self._records.on_message(caller))
 
     def request_stop(self, signum: int | None = None) -> None:
         """First call starts the drain; a second signal exits the process at once."""
-        if self._stopping:
+        if self.draining:
             if signum is not None:
                 log.warning("daemon.forced_exit", signal=signal.Signals(signum).name)
                 os._exit(128 + signum)
             return
-        self._stopping = True
+        self._stop_requested.set()
         self._notifier.notify("STOPPING=1", "STATUS=draining")
         log.info(
             "daemon.stopping",
             signal=signal.Signals(signum).name if signum is not None else None,
             drain_seconds=self._settings.daemon.drain_seconds,
         )
-        self._stop_requested.set()
 
     async def run(self) -> int:
         """Run until a stop signal; return the process exit status."""
@@ -321,7 +214,7 @@ class Supervisor:
         except (OSError, RuntimeError) as exc:
             raise ApiStartError(f"storage.path {self._settings.storage.path}: {exc}") from None
         self._store_open = True
-        if not self._runner_given:
+        if self.outbound.runner is None:  # no runner given: the pool's, once speech is loaded
             await self._load_speech()
         await self.outbound.recover()
         context = ApiContext(
@@ -381,7 +274,7 @@ class Supervisor:
         self._sip.transcriber = stt.transcribe
         self._sip.synthesizer = tts.synthesize
         self.outbound.runner = PoolRunner(self._sip, tts)
-        self._engine = Engine(tts, stt, self._brain, on_error=self._engine_error)
+        self._engine = Engine(tts, stt, self._brain, on_error=self._records.engine_error)
         log.info(
             "speech.loaded",
             backend=speech.backend.value,

@@ -36,7 +36,8 @@ async def test_model_unreachable_apology_or_503(
     daemon_env: dict[str, str], tmp_path: Path, fallback: str
 ) -> None:
     """/health reports the registration; with no model to talk to, an inbound call hears the
-    apology in the local voice and is hung up, or is rejected with 503, never left silent."""
+    apology in the local voice and is hung up (its call.ended line carries the call's RTP
+    statistics), or is rejected with 503, never left silent."""
     from daemon.speech import SpeechToText  # noqa: PLC0415 - heavy, this test only
     from daemon.speech.local import WhisperTranscriber  # noqa: PLC0415
     from media.wav import read_wav  # noqa: PLC0415
@@ -77,6 +78,11 @@ async def test_model_unreachable_apology_or_503(
         assert failed[0]["kind"] == "connect"
         assert failed[0]["fallback"] == fallback
         assert failed[0]["sip_code"] == (503 if fallback == "reject" else None)
+        if fallback == "apology":  # the call had media: its RTP statistics are logged
+            [ended] = [e for e in events if e["event"] == "call.ended"]
+            print(f"call.ended stats: {ended.get('stats')}")
+            assert ended.get("stats") is not None, ended
+            assert ended["stats"]["tx_packets"] > 0, ended
 
 
 async def test_sigterm_with_calls_up_drains_and_exits_0(

@@ -36,7 +36,6 @@ import base64
 import contextlib
 import json
 import os
-import signal
 import socket
 import statistics
 import sys
@@ -48,8 +47,9 @@ from typing import Any
 import httpx
 import websockets
 
-from bench.calls import PCAP, ROOT, _cpu_seconds, _fake_model, _free_port, _health, scenario
+from bench.calls import PCAP, _cpu_seconds, _fake_model, _health, scenario
 from bench.report import emit
+from tests.support import DaemonProcess, free_port
 
 CALLS = 4
 SPEECH_SECONDS = 7.0
@@ -137,8 +137,8 @@ async def run(mode: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sipai-bridge-") as tmp:
         directory = Path(tmp)
         (directory / "g711a.pcap").symlink_to(PCAP)
-        sip_port = _free_port(socket.SOCK_DGRAM)
-        api_port = _free_port()
+        sip_port = free_port(socket.SOCK_DGRAM)
+        api_port = free_port()
         handler = {"reference": _fake_model, "barge_in": _barge_in_realtime}.get(
             mode, _echo_realtime
         )
@@ -177,53 +177,52 @@ async def run(mode: str) -> dict[str, Any]:
                 ]
             )
             log_path = directory / "daemon.log"
-            with log_path.open("wb") as log_file:
-                daemon = await asyncio.create_subprocess_exec(
-                    sys.executable, *command, env=env, cwd=ROOT, stdout=log_file
+            daemon = DaemonProcess(
+                env, command=[sys.executable, *command], stderr="inherit", log=log_path, wait=None
+            )
+            try:
+                await daemon.start()
+                health = await _health(daemon, client, 1)
+                pids = [daemon.pid, *(w["pid"] for w in health["workers"])]
+                caller = await asyncio.create_subprocess_exec(
+                    "sipp",
+                    f"127.0.0.1:{sip_port}",
+                    "-sf",
+                    str(scenario(directory, SPEECH_SECONDS)),
+                    "-s",
+                    "1000",
+                    "-i",
+                    "127.0.0.1",
+                    "-mi",
+                    "127.0.0.1",
+                    "-p",
+                    str(free_port(socket.SOCK_DGRAM)),
+                    "-mp",
+                    "40000",
+                    "-m",
+                    str(CALLS),
+                    "-l",
+                    str(CALLS),
+                    "-r",
+                    str(CALLS),
+                    "-nostdin",
+                    "-timeout",
+                    "60s",
+                    cwd=directory,
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL,
                 )
-                try:
-                    health = await _health(client, api_port, 1)
-                    pids = [daemon.pid, *(w["pid"] for w in health["workers"])]
-                    caller = await asyncio.create_subprocess_exec(
-                        "sipp",
-                        f"127.0.0.1:{sip_port}",
-                        "-sf",
-                        str(scenario(directory, SPEECH_SECONDS)),
-                        "-s",
-                        "1000",
-                        "-i",
-                        "127.0.0.1",
-                        "-mi",
-                        "127.0.0.1",
-                        "-p",
-                        str(_free_port(socket.SOCK_DGRAM)),
-                        "-mp",
-                        "40000",
-                        "-m",
-                        str(CALLS),
-                        "-l",
-                        str(CALLS),
-                        "-r",
-                        str(CALLS),
-                        "-nostdin",
-                        "-timeout",
-                        "60s",
-                        cwd=directory,
-                        stdout=asyncio.subprocess.DEVNULL,
-                        stderr=asyncio.subprocess.DEVNULL,
-                    )
-                    await asyncio.sleep(2.0)
-                    up = (await _health(client, api_port, 1))["active_calls"]
-                    cpu_before = sum(_cpu_seconds(pid) for pid in pids)
-                    window_start = time.monotonic()
-                    await asyncio.sleep(4.0)
-                    window = time.monotonic() - window_start
-                    cpu = sum(_cpu_seconds(pid) for pid in pids) - cpu_before
-                    code = await caller.wait()
-                    await asyncio.sleep(1.0)  # the calls' summaries are logged
-                finally:
-                    daemon.send_signal(signal.SIGTERM)
-                    await asyncio.wait_for(daemon.wait(), 60)
+                await asyncio.sleep(2.0)
+                up = (await _health(daemon, client, 1))["active_calls"]
+                cpu_before = sum(_cpu_seconds(pid) for pid in pids)
+                window_start = time.monotonic()
+                await asyncio.sleep(4.0)
+                window = time.monotonic() - window_start
+                cpu = sum(_cpu_seconds(pid) for pid in pids) - cpu_before
+                code = await caller.wait()
+                await asyncio.sleep(1.0)  # the calls' summaries are logged
+            finally:
+                await daemon.stop(timeout=60)
             lines = [json.loads(x) for x in log_path.read_text().splitlines() if x.startswith("{")]
     result: dict[str, Any] = {
         "mode": mode,

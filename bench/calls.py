@@ -45,7 +45,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import sys
 import tempfile
@@ -59,20 +58,14 @@ import websockets
 
 from bench.capacity import KNEE_SHARE, STARTUP_MS, is_clean, knee
 from bench.report import emit
+from tests.support import ROOT, DaemonProcess, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 PCAP = Path("/usr/share/sip-tester/g711a.pcap")
 PCAP_MS = 7050  # the recording's length (236 RTP packets of 30 ms)
 TAIL_MS = 500  # after the speech, before BYE: the echo of the last frames is played
 CALLS_PER_WORKER = 4
 WARM_UP_SECONDS = 2.0  # calls answered and streaming before the CPU window opens
 MIN_SECONDS = 4.0
-
-
-def _free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -121,18 +114,15 @@ async def _fake_model(connection: Any) -> None:
             await connection.send(message)
 
 
-async def _health(client: httpx.AsyncClient, port: int, workers: int) -> dict[str, Any]:
+async def _health(daemon: DaemonProcess, client: httpx.AsyncClient, workers: int) -> dict[str, Any]:
     """/health once every worker is up. ``client`` is made before the calls start: making one
     blocks the event loop for 15-30 ms (TLS context), and the fake model shares that loop."""
-    async with asyncio.timeout(60):
-        while True:
-            try:
-                body: dict[str, Any] = (await client.get(f"http://127.0.0.1:{port}/health")).json()
-                if len(body["workers"]) == workers and all(w["up"] for w in body["workers"]):
-                    return body
-            except httpx.TransportError:
-                pass  # not listening yet
-            await asyncio.sleep(0.2)
+
+    def up(body: dict[str, Any]) -> bool:
+        return len(body["workers"]) == workers and all(w["up"] for w in body["workers"])
+
+    body: dict[str, Any] = (await daemon.ready(up, timeout=60, client=client)).json()
+    return body
 
 
 async def run_level(calls: int, seconds: float) -> dict[str, Any]:
@@ -143,8 +133,8 @@ async def run_level(calls: int, seconds: float) -> dict[str, Any]:
         (directory / "g711a.pcap").symlink_to(PCAP)
         caller = scenario(directory, seconds)
         results = directory / "results.jsonl"
-        sip_port = _free_port(socket.SOCK_DGRAM)
-        api_port = _free_port()
+        sip_port = free_port(socket.SOCK_DGRAM)
+        api_port = free_port()
         async with (
             httpx.AsyncClient() as client,
             websockets.serve(_fake_model, "127.0.0.1", 0, compression=None) as model,
@@ -163,17 +153,13 @@ async def run_level(calls: int, seconds: float) -> dict[str, Any]:
                 "SIPAI_BENCH_MODEL_URL": f"ws://127.0.0.1:{model_port}",
                 "SIPAI_BENCH_RESULTS": str(results),
             }
-            daemon = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "bench.calls",
-                "--serve",
-                env=env,
-                cwd=ROOT,
-                stdout=asyncio.subprocess.DEVNULL,
+            command = [sys.executable, "-m", "bench.calls", "--serve"]
+            daemon = DaemonProcess(
+                env, command=command, stdout="devnull", stderr="inherit", wait=None
             )
             try:
-                health = await _health(client, api_port, workers)
+                await daemon.start()
+                health = await _health(daemon, client, workers)
                 pids = [daemon.pid, *(w["pid"] for w in health["workers"])]
                 callers = [
                     await asyncio.create_subprocess_exec(
@@ -188,7 +174,7 @@ async def run_level(calls: int, seconds: float) -> dict[str, Any]:
                         "-mi",
                         "127.0.0.1",
                         "-p",
-                        str(_free_port(socket.SOCK_DGRAM)),
+                        str(free_port(socket.SOCK_DGRAM)),
                         "-mp",
                         str(40000 + 20 * i),
                         "-m",
@@ -207,7 +193,7 @@ async def run_level(calls: int, seconds: float) -> dict[str, Any]:
                     for i, n in enumerate(per_worker)
                 ]
                 await asyncio.sleep(WARM_UP_SECONDS)  # every call answered and streaming
-                up = (await _health(client, api_port, workers))["active_calls"]
+                up = (await _health(daemon, client, workers))["active_calls"]
                 cpu_before = sum(_cpu_seconds(pid) for pid in pids)
                 window_start = time.monotonic()
                 await asyncio.sleep(seconds - WARM_UP_SECONDS - 1.0)
@@ -219,8 +205,7 @@ async def run_level(calls: int, seconds: float) -> dict[str, Any]:
                 supervisor_pss, *pss = await asyncio.to_thread(_sizes, _pss_mib, pids)
                 codes = [await c.wait() for c in callers]
             finally:
-                daemon.send_signal(signal.SIGTERM)
-                await asyncio.wait_for(daemon.wait(), 60)
+                await daemon.stop(timeout=60)
         lines = results.read_text().splitlines() if results.exists() else []
     rows = [json.loads(line) for line in lines]
     frames = sum(r["frames"] for r in rows)

@@ -21,10 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
-import signal
-import socket
 import sys
 import tempfile
 import time
@@ -34,8 +30,8 @@ from typing import Any
 import httpx
 
 from bench.report import emit
-from tests.conftest import SIPAI, free_port
 from tests.peers.sip_udp import UdpAgent, sdp
+from tests.support import DaemonProcess, daemon_env, workers_up
 
 
 def _statuses(agent: UdpAgent, call_id: str, seconds: float) -> list[int]:
@@ -112,38 +108,25 @@ def _unacked(port: int) -> dict[str, Any]:
 
 async def main(allow_from: str, unacked: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sipai-invites-") as tmp:
-        api, sip = free_port(), free_port(socket.SOCK_DGRAM)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SIPAI_")}
+        env = daemon_env(Path(tmp))
         env.update(
-            SIPAI_API__PORT=str(api),
-            SIPAI_SIP__PORT=str(sip),
-            SIPAI_STORAGE__PATH=str(Path(tmp) / "sipai.db"),
             SIPAI_SIP__RTP_PORT_MIN="44000",
             SIPAI_SIP__RTP_PORT_MAX="44099",
         )
         if allow_from:
             env["SIPAI_SIP__ALLOW_FROM"] = allow_from
-        daemon = await asyncio.create_subprocess_exec(
-            SIPAI, "run", env=env, stdout=sys.stderr.fileno()
-        )
-        base = f"http://127.0.0.1:{api}"
+        daemon = DaemonProcess(env, stdout="stderr", stderr="inherit", wait=workers_up, timeout=90)
+        base = daemon.base_url
         try:
+            await daemon.start()
             async with httpx.AsyncClient(timeout=10) as client:
-                async with asyncio.timeout(90):
-                    while True:
-                        with contextlib.suppress(httpx.TransportError):
-                            health = (await client.get(f"{base}/health")).json()
-                            if health["workers"][0]["up"]:
-                                break
-                        await asyncio.sleep(0.2)
-                report = await asyncio.to_thread(_attacks, sip, unacked)
+                report = await asyncio.to_thread(_attacks, daemon.sip_port, unacked)
                 metrics = (await client.get(f"{base}/metrics")).text
                 report["metrics"] = [
                     line for line in metrics.splitlines() if line.startswith("sipai_sip_invites")
                 ]
         finally:
-            daemon.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(daemon.wait(), 60)
+            await daemon.stop(timeout=60)
     return report
 
 

@@ -40,10 +40,10 @@ from daemon.speech.local import PiperSynthesizer, WhisperTranscriber
 from media import g711
 from media.resample import resample
 from media.wav import read_wav, write_wav
-from tests.conftest import free_port
 from tests.peers.kamailio import password, running_kamailio
 from tests.peers.phone import TestPhone
 from tests.peers.receiver import Receiver
+from tests.support import DaemonProcess, free_port, registered
 
 MESSAGE = "Hello, this is a reminder about your dentist appointment tomorrow morning."
 PROMPT = "Would you like to confirm or cancel? Say yes or no."
@@ -112,27 +112,14 @@ async def call_figures(calls: int, directory: Path) -> dict[str, Any]:
             "SIPAI_STORAGE__PATH": str(directory / "sipai.db"),
             "SIPAI_LOG__LEVEL": "warning",
         }
-        daemon = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "daemon",
-            "run",
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        base = f"http://127.0.0.1:{api}"
+        command = [sys.executable, "-m", "daemon", "run"]
+        daemon = DaemonProcess(env, command=command, stdout="devnull", stderr="devnull", wait=None)
+        await daemon.start()
+        base = daemon.base_url
         phone = await TestPhone.start("callee")
         try:
             async with httpx.AsyncClient() as client:
-                async with asyncio.timeout(60):
-                    while True:
-                        try:
-                            if (await client.get(f"{base}/health")).json()["sip_registered"]:
-                                break
-                        except httpx.TransportError:
-                            pass  # not listening yet
-                        await asyncio.sleep(0.2)
+                await daemon.ready(registered)
                 await phone.register(kamailio, "1001")
                 await phone.command("mode", on_incoming="answer", answer_after_ms=0)
                 for n in range(calls):
@@ -175,8 +162,7 @@ async def call_figures(calls: int, directory: Path) -> dict[str, Any]:
                     receiver.close()
         finally:
             await phone.close()
-            daemon.terminate()
-            await daemon.wait()
+            await daemon.stop(timeout=60)
 
     def summary(values: list[float]) -> dict[str, float]:
         return {"median": round(statistics.median(values), 1), "max": round(max(values), 1)}

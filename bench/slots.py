@@ -18,10 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import contextlib
-import os
-import signal
-import socket
 import sys
 import tempfile
 import time
@@ -31,9 +27,9 @@ from typing import Any
 import httpx
 
 from bench.report import emit
-from tests.conftest import SIPAI, free_port
 from tests.peers.kamailio import Kamailio, password, running_kamailio
 from tests.peers.phone import TestPhone
+from tests.support import DaemonProcess, daemon_env
 
 EXTENSION = "1011"
 REREGISTER_SECONDS = 40.0  # the test phone registers for 60 s
@@ -56,12 +52,8 @@ async def _keep_binding(pbx: Kamailio) -> None:
 async def main(calls: int, in_flight: int, workers: int, ring_timeout: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sipai-slots-") as tmp:
         async with running_kamailio(Path(tmp) / "k") as pbx:
-            api = free_port()
-            env = {k: v for k, v in os.environ.items() if not k.startswith("SIPAI_")}
+            env = daemon_env(Path(tmp))
             env.update(
-                SIPAI_API__PORT=str(api),
-                SIPAI_SIP__PORT=str(free_port(socket.SOCK_DGRAM)),
-                SIPAI_STORAGE__PATH=str(Path(tmp) / "sipai.db"),
                 SIPAI_SIP__REGISTRAR=pbx.uri,
                 SIPAI_SIP__PASSWORD=password("1000"),
                 SIPAI_SIP__WORKERS=str(workers),
@@ -69,20 +61,12 @@ async def main(calls: int, in_flight: int, workers: int, ring_timeout: int) -> d
                 SIPAI_SIP__RTP_PORT_MIN="43000",
                 SIPAI_SIP__RTP_PORT_MAX="43399",
             )
-            daemon = await asyncio.create_subprocess_exec(
-                SIPAI, "run", env=env, stdout=sys.stderr.fileno()
-            )
-            base = f"http://127.0.0.1:{api}"
+            daemon = DaemonProcess(env, stdout="stderr", stderr="inherit", wait="healthy")
+            base = daemon.base_url
             keeper: asyncio.Future[None] | None = None
             try:
+                await daemon.start()
                 async with httpx.AsyncClient(timeout=10) as client:
-                    async with asyncio.timeout(60):
-                        while True:
-                            with contextlib.suppress(httpx.TransportError):
-                                health = (await client.get(f"{base}/health")).json()
-                                if health["status"] == "healthy":
-                                    break
-                            await asyncio.sleep(0.2)
                     await _vanish(pbx)
                     keeper = asyncio.ensure_future(_keep_binding(pbx))
                     started = time.monotonic()
@@ -107,8 +91,7 @@ async def main(calls: int, in_flight: int, workers: int, ring_timeout: int) -> d
             finally:
                 if keeper is not None:
                     keeper.cancel()
-                daemon.send_signal(signal.SIGTERM)
-                await daemon.wait()
+                await daemon.stop(timeout=60)
     statuses = collections.Counter(v["call_status"] for v in views.values())
     errors = collections.Counter((v["error"] or "")[:80] for v in views.values() if v["error"])
     return {

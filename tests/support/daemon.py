@@ -11,6 +11,7 @@ serves async tests (``await start()``, ``async with``) and sync ones (``start_sy
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -234,12 +235,20 @@ class DaemonProcess:
             return None
         return await self.ready(self.wait_for, self.timeout)
 
-    async def ready(self, wait: Wait = "health", timeout: float = 60.0) -> httpx.Response:
+    async def ready(
+        self,
+        wait: Wait = "health",
+        timeout: float = 60.0,
+        client: httpx.AsyncClient | None = None,
+    ) -> httpx.Response:
         """Poll ``/health`` until ``wait`` holds; the daemon is killed if it does not within
-        ``timeout``, and :class:`DaemonExited` raised with its last log lines either way."""
+        ``timeout``, and :class:`DaemonExited` raised with its last log lines either way.
+        ``client``: one made beforehand (making one blocks the event loop for 15-30 ms)."""
         deadline = time.monotonic() + timeout
         last: object = None
-        async with httpx.AsyncClient(timeout=5.0) as client:
+        async with contextlib.AsyncExitStack() as stack:
+            if client is None:
+                client = await stack.enter_async_context(httpx.AsyncClient(timeout=5.0))
             while time.monotonic() < deadline:
                 if self.returncode is not None:
                     raise self._exited()

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
 
@@ -275,11 +275,7 @@ class Store:
         """Newest first; ``before`` is the ``seq`` of the last record of the previous page."""
 
         def page(db: sqlite3.Connection) -> list[dict[str, Any]]:
-            rows = db.execute(
-                "SELECT * FROM calls WHERE seq < ? ORDER BY seq DESC LIMIT ?",
-                (before if before is not None else 2**62, limit),
-            )
-            return [_call_record(row) for row in rows]
+            return [_call_record(row) for row in _newest(db, "calls", limit, before)]
 
         return await self._run(page)
 
@@ -391,10 +387,7 @@ class Store:
         """Newest first, transcripts included."""
 
         def page(db: sqlite3.Connection) -> list[dict[str, Any]]:
-            rows = db.execute(
-                "SELECT * FROM inbound_calls WHERE seq < ? ORDER BY seq DESC LIMIT ?",
-                (before if before is not None else 2**62, limit),
-            )
+            rows = _newest(db, "inbound_calls", limit, before)
             return [
                 {
                     **dict(row),
@@ -468,6 +461,16 @@ class Store:
             return {row[0]: int(row[1]) for row in rows}
 
         return await self._run(counts)
+
+
+def _newest(
+    db: sqlite3.Connection, table: Literal["calls", "inbound_calls"], limit: int, before: int | None
+) -> sqlite3.Cursor:
+    """One page of ``table``, newest first: up to ``limit`` rows with ``seq`` below ``before``."""
+    return db.execute(
+        f"SELECT * FROM {table} WHERE seq < ? ORDER BY seq DESC LIMIT ?",  # noqa: S608
+        (before if before is not None else 2**62, limit),
+    )
 
 
 def _call_record(row: sqlite3.Row) -> dict[str, Any]:

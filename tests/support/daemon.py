@@ -314,16 +314,18 @@ class DaemonProcess:
         try:
             return await self.wait(timeout)
         except TimeoutError:
-            self.kill()
-            raise self._failure(f"daemon did not exit within {timeout} s of {sig!r}") from None
+            raise self._not_stopped(sig, timeout) from None
 
     def stop_sync(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         self.send_signal(sig)
         try:
             return self.wait_sync(timeout)
         except TimeoutError:
-            self.kill()
-            raise self._failure(f"daemon did not exit within {timeout} s of {sig!r}") from None
+            raise self._not_stopped(sig, timeout) from None
+
+    def _not_stopped(self, sig: int, timeout: float) -> DaemonExited:
+        self.kill()
+        return self._failure(f"daemon did not exit within {timeout} s of {sig!r}")
 
     def kill(self) -> None:
         """SIGKILL, as a power cut would; returns once the process is gone."""

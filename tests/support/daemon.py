@@ -2,8 +2,8 @@
 
 ``DaemonProcess`` starts ``sipai run`` (or a test supervisor script, or any command), optionally
 behind a wrapper such as ``prlimit`` or ``tests.sandbox``, waits for ``/health`` and stops it
-with a signal. Its stdout goes to a log file next to the store by default, so that a daemon
-that dies before serving ``/health`` fails the test with its last log lines. The same object
+with a signal. Its stdout and stderr go to a log file next to the store by default, so that a
+daemon that dies before serving ``/health`` fails the test with its last log lines. The same object
 serves async tests (``await start()``, ``async with``) and sync ones (``start_sync()``,
 ``with``); both poll the process and ``/health`` with bounded waits.
 """

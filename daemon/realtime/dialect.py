@@ -132,24 +132,10 @@ class Dialect:
         return {"type": "response.create", "response": {"instructions": instructions}}
 
     def user_text(self, text: str) -> Json:
-        return {
-            "type": "conversation.item.create",
-            "item": {
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": text}],
-            },
-        }
+        return _message("user", "input_text", text)
 
     def assistant_text(self, text: str) -> Json:
-        return {
-            "type": "conversation.item.create",
-            "item": {
-                "type": "message",
-                "role": "assistant",
-                "content": [{"type": self.content_type_text, "text": text}],
-            },
-        }
+        return _message("assistant", self.content_type_text, text)
 
     def function_output(self, call_id: str, output: str) -> Json:
         return {
@@ -169,6 +155,20 @@ class Dialect:
         raise NotImplementedError
 
     def parse_session(self, session: Json, created: bool) -> ev.SessionReported:
+        audio = self._audio_keys(session)
+        return ev.SessionReported(
+            created=created,
+            input_format=self.parse_format(audio.get("input_format")),
+            output_format=self.parse_format(audio.get("output_format")),
+            voice=audio.get("voice"),
+            instructions=session.get("instructions"),
+            tools=tuple(str(t.get("name", "")) for t in session.get("tools") or ()),
+            raw=session,
+        )
+
+    def _audio_keys(self, session: Json) -> Json:
+        """The audio settings present in ``session`` under neutral names: input_format,
+        output_format, voice, turn_detection, transcription."""
         raise NotImplementedError
 
     def parse(self, event: Json) -> ev.ModelEvent:
@@ -209,15 +209,19 @@ class Dialect:
     def read_session_update(self, session: Json, settings: SessionSettings) -> SessionSettings:
         """``settings`` with what a client's ``session.update`` changes (absent keys keep
         theirs); ValueError for a format the engine does not serve."""
-        changes: Json = {}
+        audio = self._audio_keys(session)
+        changes: Json = {"voice": str(audio.get("voice") or settings.voice)}
         if "instructions" in session:
             changes["instructions"] = str(session["instructions"] or "")
         if "tools" in session:
             changes["tools"] = tuple(session["tools"] or ())
-        return dataclasses.replace(settings, **changes, **self._read_audio(session, settings))
-
-    def _read_audio(self, session: Json, settings: SessionSettings) -> Json:
-        raise NotImplementedError
+        for key in ("input_format", "output_format"):
+            if key in audio:
+                changes[key] = self._served(audio[key])
+        for key in ("turn_detection", "transcription"):
+            if key in audio:
+                changes[key] = audio[key]
+        return dataclasses.replace(settings, **changes)
 
     def _served(self, value: Any) -> AudioFormat:
         fmt = self.parse_format(value)
@@ -267,32 +271,17 @@ class GaDialect(Dialect):
             return AudioFormat(Encoding.PCM16, int(value.get("rate") or 24000))
         return None
 
-    def parse_session(self, session: Json, created: bool) -> ev.SessionReported:
+    def _audio_keys(self, session: Json) -> Json:
         audio = session.get("audio") or {}
         audio_in, audio_out = audio.get("input") or {}, audio.get("output") or {}
-        return ev.SessionReported(
-            created=created,
-            input_format=self.parse_format(audio_in.get("format")),
-            output_format=self.parse_format(audio_out.get("format")),
-            voice=audio_out.get("voice"),
-            instructions=session.get("instructions"),
-            tools=tuple(str(t.get("name", "")) for t in session.get("tools") or ()),
-            raw=session,
-        )
-
-    def _read_audio(self, session: Json, settings: SessionSettings) -> Json:
-        audio = session.get("audio") or {}
-        audio_in, audio_out = audio.get("input") or {}, audio.get("output") or {}
-        changes: Json = {"voice": str(audio_out.get("voice") or settings.voice)}
-        if "format" in audio_in:
-            changes["input_format"] = self._served(audio_in["format"])
-        if "format" in audio_out:
-            changes["output_format"] = self._served(audio_out["format"])
-        if "turn_detection" in audio_in:
-            changes["turn_detection"] = audio_in["turn_detection"]
-        if "transcription" in audio_in:
-            changes["transcription"] = audio_in["transcription"]
-        return changes
+        where = {
+            "input_format": (audio_in, "format"),
+            "turn_detection": (audio_in, "turn_detection"),
+            "transcription": (audio_in, "transcription"),
+            "output_format": (audio_out, "format"),
+            "voice": (audio_out, "voice"),
+        }
+        return {name: part[key] for name, (part, key) in where.items() if key in part}
 
 
 class BetaDialect(Dialect):
@@ -309,6 +298,13 @@ class BetaDialect(Dialect):
         "g711_ulaw": PCMU,
         "g711_alaw": PCMA,
         "pcm16": PCM24K,
+    }
+    _keys: ClassVar[dict[str, str]] = {
+        "input_format": "input_audio_format",
+        "output_format": "output_audio_format",
+        "voice": "voice",
+        "turn_detection": "turn_detection",
+        "transcription": "input_audio_transcription",
     }
 
     def session_shape(self, settings: SessionSettings, session_id: str = "") -> Json:
@@ -335,31 +331,22 @@ class BetaDialect(Dialect):
     def parse_format(self, value: Any) -> AudioFormat | None:
         return self._names.get(value) if isinstance(value, str) else None
 
-    def parse_session(self, session: Json, created: bool) -> ev.SessionReported:
-        return ev.SessionReported(
-            created=created,
-            input_format=self.parse_format(session.get("input_audio_format")),
-            output_format=self.parse_format(session.get("output_audio_format")),
-            voice=session.get("voice"),
-            instructions=session.get("instructions"),
-            tools=tuple(str(t.get("name", "")) for t in session.get("tools") or ()),
-            raw=session,
-        )
-
-    def _read_audio(self, session: Json, settings: SessionSettings) -> Json:
-        changes: Json = {"voice": str(session.get("voice") or settings.voice)}
-        if "input_audio_format" in session:
-            changes["input_format"] = self._served(session["input_audio_format"])
-        if "output_audio_format" in session:
-            changes["output_format"] = self._served(session["output_audio_format"])
-        if "turn_detection" in session:
-            changes["turn_detection"] = session["turn_detection"]
-        if "input_audio_transcription" in session:
-            changes["transcription"] = session["input_audio_transcription"]
-        return changes
+    def _audio_keys(self, session: Json) -> Json:
+        return {name: session[key] for name, key in self._keys.items() if key in session}
 
 
 DIALECTS: dict[str, Dialect] = {"ga": GaDialect(), "beta": BetaDialect()}
+
+
+def _message(role: str, content_type: str, text: str) -> Json:
+    return {
+        "type": "conversation.item.create",
+        "item": {
+            "type": "message",
+            "role": role,
+            "content": [{"type": content_type, "text": text}],
+        },
+    }
 
 
 def _ga_format(fmt: AudioFormat) -> Json:

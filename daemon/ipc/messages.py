@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-from typing import Annotated, Any, ClassVar, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, TypeVar, cast, get_args
 
 import numpy as np
 from numpy.typing import NDArray
@@ -34,16 +34,7 @@ from pydantic import (
     ValidationError,
 )
 
-from sip.events import (
-    CallAnswered,
-    CallEnded,
-    CallRinging,
-    DtmfReceived,
-    IncomingCall,
-    RegistrationChanged,
-    SipEvent,
-    TransferProgress,
-)
+from sip.events import SipEvent
 
 
 def pcm16_decode(value: Any) -> NDArray[np.int16]:
@@ -216,33 +207,13 @@ class Ready(Event):
     contact: str
 
 
-_SIP_EVENTS: dict[str, type[Any]] = {
-    cls.__name__: cls
-    for cls in (
-        RegistrationChanged,
-        IncomingCall,
-        CallRinging,
-        CallAnswered,
-        CallEnded,
-        DtmfReceived,
-        TransferProgress,
-    )
-}
+_SIP_EVENTS: dict[str, type[Any]] = {cls.__name__: cls for cls in get_args(SipEvent)}
 _SIP_ADAPTERS = {name: TypeAdapter(cls) for name, cls in _SIP_EVENTS.items()}
 
 
 def _sip_event(value: Any) -> SipEvent:
-    if isinstance(
-        value,
-        RegistrationChanged
-        | IncomingCall
-        | CallRinging
-        | CallAnswered
-        | CallEnded
-        | DtmfReceived
-        | TransferProgress,
-    ):
-        return value
+    if isinstance(value, tuple(_SIP_EVENTS.values())):
+        return cast(SipEvent, value)
     if not isinstance(value, dict):
         raise ValueError("a SIP event is an object")
     fields = dict(value)

@@ -1,14 +1,13 @@
-"""What the supervisor keeps of each SIP worker, and what a worker is started with.
+"""What the supervisor keeps of each SIP worker, and the settings a worker is given.
 
 :class:`WorkerState` is one worker process as the pool sees it (process, connection,
-registration, calls, slots); :func:`worker_environment` and :func:`hello_reply` are the
-environment and the settings a worker process gets.
+registration, calls, slots); :func:`hello_reply` is the settings a worker process gets.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -19,23 +18,6 @@ from pydantic import BaseModel, SecretStr
 from config import Settings
 from daemon.ipc import messages as msg
 from daemon.ipc.connection import Body, Connection
-
-
-def worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment a SIP worker process starts with: the supervisor's, less systemd's
-    notify/watchdog/socket variables (they belong to the supervisor), with numpy's BLAS on one
-    thread unless the administrator set it. A worker has no large products for BLAS (the media
-    core's loops are compiled C); any small one would otherwise be split across cores, leaving
-    OpenBLAS's helper threads spinning between 20 ms frames at several times the work's own
-    CPU cost, as the media core's earlier numpy resampler did. The supervisor keeps the default:
-    Whisper's feature extraction there gains from the threads."""
-    env = {
-        k: v
-        for k, v in environ.items()
-        if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS")
-    }
-    env.setdefault("OPENBLAS_NUM_THREADS", "1")
-    return env
 
 
 @dataclass

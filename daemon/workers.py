@@ -29,7 +29,7 @@ import random
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,7 +40,7 @@ from config import Settings
 from daemon.ipc import messages as msg
 from daemon.ipc.connection import Body, Connection, IpcClosed, IpcError
 from daemon.logs import get_logger
-from daemon.pool_state import PoolListeners, WorkerState, hello_reply, worker_environment
+from daemon.pool_state import PoolListeners, WorkerState, hello_reply
 from sip.events import (
     CallAnswered,
     CallEnded,
@@ -60,6 +60,23 @@ RESTART_BACKOFF_CAP = 30.0
 START_RETRY_SECONDS = 15.0
 
 ReplyT = TypeVar("ReplyT", bound=msg.Message)
+
+
+def worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment a SIP worker process starts with: the supervisor's, less systemd's
+    notify/watchdog/socket variables (they belong to the supervisor), with numpy's BLAS on one
+    thread unless the administrator set it. A worker has no large products for BLAS (the media
+    core's loops are compiled C); any small one would otherwise be split across cores, leaving
+    OpenBLAS's helper threads spinning between 20 ms frames at several times the work's own
+    CPU cost, as the media core's earlier numpy resampler did. The supervisor keeps the default:
+    Whisper's feature extraction there gains from the threads."""
+    env = {
+        k: v
+        for k, v in environ.items()
+        if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS")
+    }
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    return env
 
 
 class WorkerStartError(Exception):

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from daemon.pool_state import worker_environment
+from daemon.workers import worker_environment
 from tests.conftest import ROOT
 
 PROBE = """

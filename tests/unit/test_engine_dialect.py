@@ -19,17 +19,15 @@ from numpy.typing import NDArray
 from daemon.engine.brains import Receptionist
 from daemon.engine.session import EngineSession
 from daemon.realtime import events as ev
-from daemon.realtime.dialect import DIALECTS, SessionConfig, SessionSettings, Tool, TurnDetection
+from daemon.realtime.dialect import DIALECTS, SessionConfig, SessionSettings, Tool
 from daemon.speech import SpeechToText, TextToSpeech
 from media.codec import PCM24K, PCMU
 from tests.realtime_oracle import check_server_event
 
-CONFIG = SessionConfig(
-    instructions="You answer the phone for a dental practice.",
-    voice="marin",
-    input_format=PCMU,
+CONFIG = SessionConfig(  # the engine's default input, PCM out, a tool, transcription
+    "You answer the phone for a garage.",
+    "cedar",
     output_format=PCM24K,
-    turn_detection=TurnDetection(threshold=0.6, prefix_padding_ms=300, silence_duration_ms=500),
     transcription_model="whisper-1",
     tools=(Tool("end_call", "Hang up.", {"type": "object", "properties": {}}),),
 )
@@ -94,7 +92,7 @@ async def test_the_client_reads_what_the_engine_serves(dialect: str) -> None:
     created, updated = (e for e in parsed if isinstance(e, ev.SessionReported))
     assert (created.created, created.input_format, created.output_format) == (True, PCMU, PCMU)
     assert not updated.created
-    assert (updated.input_format, updated.output_format, updated.voice) == (PCMU, PCM24K, "marin")
+    assert (updated.input_format, updated.output_format, updated.voice) == (PCMU, PCM24K, "cedar")
     assert (updated.instructions, updated.tools) == (CONFIG.instructions, ("end_call",))
     deltas = [e for e in parsed if isinstance(e, ev.AudioDelta)]
     [done] = [e for e in parsed if isinstance(e, ev.AudioDone)]

@@ -1,11 +1,11 @@
 """The longest outbound message whose audio crosses a SIP worker's IPC socket intact.
 
 Synthesises messages with the daemon's own Piper voice at the call rate, sends each as the
-supervisor's ``outbound`` request does (message audio base64 in the request body) over a real
-Unix socket between two :class:`sip.ipc.Connection` ends, and checks on the far end that the
-samples and their SHA-256 match. Bisects on the message length, from 100 characters up to
-the API's limit of 5,000, and prints JSON: the longest length that crossed and the shortest
-that did not (null when 5,000 crossed).
+supervisor's ``outbound`` request does (message audio as a ``Pcm16`` field of the request)
+over a real Unix socket between two :class:`daemon.ipc.connection.Connection` ends, and checks
+on the far end that the samples and their SHA-256 match. Bisects on the message length, from
+100 characters up to the API's limit of 5,000, and prints JSON: the longest length that
+crossed and the shortest that did not (null when 5,000 crossed).
 
 Run: .venv/bin/python -m bench.message_length [--rate 8000]
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import hashlib
 import itertools
 import socket
@@ -25,9 +24,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bench.report import emit
+from daemon.ipc.connection import Connection, IpcError
+from daemon.ipc.messages import Outbound, OutboundReply
 from daemon.speech import TextToSpeech
 from daemon.speech.local import PiperSynthesizer
-from sip.ipc import Connection, IpcError
 
 API_LIMIT = 5000
 SENTENCES = (
@@ -52,30 +52,32 @@ def digest(samples: NDArray[np.int16]) -> str:
 
 
 async def crosses(supervisor: Connection, samples: NDArray[np.int16], characters: int) -> bool:
-    body = {
-        "call_id": "bench",
-        "request": {"message": message(characters), "extension": "1001", "ring_timeout": 30},
-        "audio": {"message": base64.b64encode(samples.astype("<i2").tobytes()).decode()},
-    }
+    request = Outbound(
+        call_id="bench",
+        request={"message": message(characters), "extension": "1001", "ring_timeout": 30},
+        audio={"message": samples},
+    )
     try:
-        reply = await supervisor.request("outbound", body, within=60)
+        reply = await supervisor.request(request, within=60)
     except (ValueError, IpcError, TimeoutError) as exc:  # a refused frame is a ValueError
         print(f"{characters} characters: {exc}", file=sys.stderr)
         return False
-    return bool(reply == {"samples": len(samples), "sha256": digest(samples)})
+    return reply.result == {"samples": len(samples), "sha256": digest(samples)}
 
 
 async def run(rate: int) -> dict[str, Any]:
     piper = await asyncio.to_thread(PiperSynthesizer)
     tts = TextToSpeech(piper, piper.name)
 
-    async def worker_side(type_: str, body: dict[str, Any]) -> dict[str, Any]:
-        pcm = np.frombuffer(base64.b64decode(body["audio"]["message"]), dtype="<i2")
-        return {"samples": len(pcm), "sha256": digest(pcm.astype(np.int16))}
+    async def worker_side(request: Outbound) -> OutboundReply:
+        pcm = request.audio["message"]
+        return OutboundReply(result={"samples": len(pcm), "sha256": digest(pcm)})
 
     left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     supervisor = Connection(*await asyncio.open_unix_connection(sock=left), "worker-0")
-    worker = Connection(*await asyncio.open_unix_connection(sock=right), "supervisor", worker_side)
+    worker = Connection(
+        *await asyncio.open_unix_connection(sock=right), "supervisor", {Outbound: worker_side}
+    )
     readers = [asyncio.ensure_future(c.run()) for c in (supervisor, worker)]
     try:
 

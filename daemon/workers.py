@@ -9,9 +9,13 @@ The pool:
   with ``local_cause = "worker_died"``;
 - arbitrates inbound claims: the PBX forks one INVITE (one SIP Call-ID) to every contact; the
   first worker to claim a Call-ID answers, the others reply 486;
-- dispatches outbound calls to the connected worker with the most free slots;
+- reserves outbound call slots on the connected worker with the most free ones;
 - aggregates registration and calls for ``/health``, probes every worker for the watchdog,
   drains calls on stop and shuts the workers down in order.
+
+Both directions speak the typed messages of :mod:`daemon.ipc.messages`; the supervisor's end
+serves ``hello``, ``claim``, ``synthesize`` and ``transcribe`` and hears the worker's events
+through the tables of :meth:`WorkerPool._connected`.
 
 Everything here runs on the supervisor's event loop.
 """
@@ -19,7 +23,6 @@ Everything here runs on the supervisor's event loop.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import os
 import random
@@ -27,29 +30,25 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel, SecretStr
 
 from config import Settings
+from daemon.ipc import messages as msg
+from daemon.ipc.connection import Body, Connection, IpcClosed, IpcError
 from daemon.logs import get_logger
+from daemon.pool_state import PoolListeners, WorkerState, hello_reply
 from sip.events import (
     CallAnswered,
     CallEnded,
     CallRinging,
-    DtmfReceived,
     IncomingCall,
-    MediaStats,
     RegistrationChanged,
     SipEvent,
-    TransferProgress,
 )
-from sip.ipc import Body, Connection, IpcClosed, IpcError, UnknownRequest
 
 log = get_logger(__name__)
 
@@ -60,18 +59,7 @@ CLAIM_MEMORY_SECONDS = 300.0
 RESTART_BACKOFF_CAP = 30.0
 START_RETRY_SECONDS = 15.0
 
-_EVENT_TYPES: dict[str, type[Any]] = {
-    cls.__name__: cls
-    for cls in (
-        RegistrationChanged,
-        IncomingCall,
-        CallRinging,
-        CallAnswered,
-        CallEnded,
-        DtmfReceived,
-        TransferProgress,
-    )
-}
+ReplyT = TypeVar("ReplyT", bound=msg.Message)
 
 
 def worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
@@ -91,58 +79,8 @@ def worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def decode_event(body: Body) -> SipEvent:
-    fields = dict(body)
-    cls = _EVENT_TYPES[fields.pop("type")]
-    if cls is CallEnded and fields.get("stats") is not None:
-        fields["stats"] = MediaStats(**fields["stats"])
-    event: SipEvent = cls(**fields)
-    return event
-
-
 class WorkerStartError(Exception):
     """A SIP worker could not be started."""
-
-
-class NoFreeWorker(Exception):
-    """Every worker is busy (or none is running)."""
-
-
-@dataclass
-class WorkerState:
-    index: int
-    socket_path: Path
-    process: asyncio.subprocess.Process | None = None
-    conn: Connection | None = None
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    registered: bool = False
-    registration_code: int = 0
-    registration_error: str = ""  # why not registered, after a failed attempt
-    calls: set[str] = field(default_factory=set)
-    restarts: int = 0
-    pid: int | None = None
-    reader: asyncio.Future[None] | None = None  # the IPC connection's read loop
-    reserved: int = 0  # outbound calls handed to this worker and not finished
-    # Slots of ended calls that pjsua is still tearing down, as the worker last reported them
-    # (pjsua's call count less the calls it holds); counted as used until reported free.
-    teardown: int = 0
-    teardown_epoch: int = 0  # bumped by each release: a report asked for before it is stale
-    teardown_poll: asyncio.Task[None] | None = None
-    # INVITEs the worker refused, by reason: as last reported, and from its earlier lives.
-    refused: dict[str, int] = field(default_factory=dict)
-    refused_before: dict[str, int] = field(default_factory=dict)
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "pid": self.pid,
-            "up": self.ready.is_set(),
-            "registered": self.registered,
-            "registration_code": self.registration_code,
-            "registration_error": self.registration_error or None,
-            "calls": len(self.calls),
-            "restarts": self.restarts,
-        }
 
 
 class WorkerPool:
@@ -167,16 +105,27 @@ class WorkerPool:
         self._claims: dict[str, tuple[int, float]] = {}
         self._stopping = False
         self._calls_changed = asyncio.Event()
-        # Called when a slot may have become free (a call ended, a worker came up).
-        self.capacity_listeners: list[Callable[[], None]] = []
-        # Called with (call_id, status) when a worker reports an outbound call's progress.
-        self.status_listeners: list[Callable[[str, str], None]] = []
+        self.listeners = PoolListeners()
         # Serves workers' "transcribe" requests (the supervisor's speech recognition).
         self.transcriber: Callable[[NDArray[np.int16], int, str], Awaitable[str]] | None = None
         self.synthesizer: Callable[[str, int], Awaitable[NDArray[np.int16]]] | None = None
-        # Inbound agent events (inbound_call, transcript, agent_failed, inbound_done).
-        self.inbound_listeners: list[Callable[[int, str, Body], None]] = []
         self._capacity = asyncio.Event()
+
+    @property
+    def capacity_listeners(self) -> list[Callable[[], None]]:
+        """Called when a slot may have become free (a call ended, a worker came up)."""
+        return self.listeners.capacity
+
+    @property
+    def status_listeners(self) -> list[Callable[[str, str], None]]:
+        """Called with (call_id, status) when a worker reports an outbound call's progress."""
+        return self.listeners.status
+
+    @property
+    def inbound_listeners(self) -> list[Callable[[int, str, Body], None]]:
+        """Called with (worker, kind, body) for the inbound agent's events (inbound_call,
+        transcript, agent_failed, inbound_done), the body as JSON data."""
+        return self.listeners.inbound
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -285,9 +234,7 @@ class WorkerPool:
         log.error("worker.died", worker=state.index, exit_code=code, calls=len(state.calls))
         state.ready.clear()
         state.registered = False
-        for reason, count in state.refused.items():
-            state.refused_before[reason] = state.refused_before.get(reason, 0) + count
-        state.refused = {}
+        state.refused.restarted()
         if state.conn is not None:
             state.conn = None
         for call in sorted(state.calls):
@@ -308,13 +255,13 @@ class WorkerPool:
         for task in self._supervise:
             task.cancel()
         for state in self.workers:
-            if state.teardown_poll is not None:
-                state.teardown_poll.cancel()
+            if state.teardown.poll is not None:
+                state.teardown.poll.cancel()
 
         async def stop_one(state: WorkerState) -> None:
             if state.conn is not None:
                 with contextlib.suppress(IpcError, TimeoutError):
-                    await state.conn.request("shutdown", within=2.0)
+                    await state.conn.request(msg.Shutdown(), within=2.0)
             if state.process is not None and state.process.returncode is None:
                 try:
                     await asyncio.wait_for(state.process.wait(), STOP_SECONDS)
@@ -355,43 +302,47 @@ class WorkerPool:
         if state.conn is not None and not state.conn.closed.is_set():
             writer.close()  # one connection per worker
             return
+
+        async def hello(_: msg.Hello) -> msg.HelloReply:
+            return hello_reply(self.settings, self.inbound_policy)
+
+        async def claim(request: msg.Claim) -> msg.ClaimReply:
+            return msg.ClaimReply(granted=self.claim(state.index, request.sip_call_id))
+
+        def inbound(event: msg.Event) -> None:
+            for listener in self.listeners.inbound:
+                listener(state.index, event.type, event.body())
+
         conn = Connection(
             reader,
             writer,
             f"worker-{state.index}",
-            lambda t, b: self._request(state, t, b),
-            lambda t, b: self._event(state, t, b),
+            {
+                msg.Hello: hello,
+                msg.Claim: claim,
+                msg.Synthesize: self._synthesize,
+                msg.Transcribe: self._transcribe,
+            },
+            {
+                msg.Ready: lambda event: self._ready(state, event),
+                msg.OutboundStatus: self._outbound_status,
+                msg.SipEventMessage: lambda event: self._deliver(state, event.event),
+                **dict.fromkeys(msg.INBOUND_EVENTS, inbound),
+            },
         )
         state.conn = conn
         state.reader = asyncio.ensure_future(conn.run())
 
-    async def _request(self, state: WorkerState, type_: str, body: Body) -> Body:
-        if type_ == "hello":
-            sip = self.settings.sip.model_dump(mode="json")
-            sip["password"] = self.settings.sip.password.get_secret_value()
-            return {
-                "sip": sip,
-                "log_level": self.settings.log.level.value,
-                "log_format": self.settings.log.format.value,
-                "inbound_policy": self.inbound_policy,
-                "agent": _revealed(self.settings.agent),
-                "api": _revealed(self.settings.api),
-                "realtime": _revealed(self.settings.realtime),
-            }
-        if type_ == "claim":
-            return {"granted": self.claim(state.index, str(body["sip_call_id"]))}
-        if type_ == "synthesize":
-            if self.synthesizer is None:
-                raise RuntimeError("no speech synthesis in this supervisor")
-            pcm = await self.synthesizer(str(body["text"]), int(body["rate"]))
-            return {"pcm": base64.b64encode(pcm.astype("<i2").tobytes()).decode()}
-        if type_ == "transcribe":
-            if self.transcriber is None:
-                raise RuntimeError("no speech recognition in this supervisor")
-            pcm = np.frombuffer(base64.b64decode(body["pcm"]), dtype="<i2").astype(np.int16)
-            hint = str(body.get("hint", ""))
-            return {"text": await self.transcriber(pcm, int(body["rate"]), hint)}
-        raise UnknownRequest(type_)
+    async def _synthesize(self, request: msg.Synthesize) -> msg.SynthesizeReply:
+        if self.synthesizer is None:
+            raise RuntimeError("no speech synthesis in this supervisor")
+        return msg.SynthesizeReply(pcm=await self.synthesizer(request.text, request.rate))
+
+    async def _transcribe(self, request: msg.Transcribe) -> msg.TranscribeReply:
+        if self.transcriber is None:
+            raise RuntimeError("no speech recognition in this supervisor")
+        text = await self.transcriber(request.pcm, request.rate, request.hint)
+        return msg.TranscribeReply(text=text)
 
     def claim(self, index: int, sip_call_id: str) -> bool:
         """First claim of a SIP Call-ID wins; later claims (forked copies) lose."""
@@ -405,24 +356,14 @@ class WorkerPool:
         log.info("call.claim", sip_call_id=sip_call_id, worker=index, granted=granted)
         return granted
 
-    def _event(self, state: WorkerState, type_: str, body: Body) -> None:
-        if type_ == "ready":
-            state.ready.set()
-            self._capacity_changed()
-            log.info("worker.ready", worker=state.index, contact=body.get("contact"))
-            return
-        if type_ == "outbound_status":
-            for listener in self.status_listeners:
-                listener(str(body["call_id"]), str(body["status"]))
-            return
-        if type_ in ("inbound_call", "transcript", "agent_failed", "inbound_done"):
-            for inbound_listener in self.inbound_listeners:
-                inbound_listener(state.index, type_, body)
-            return
-        if type_ != "sip_event":
-            log.warning("ipc.unknown_event", worker=state.index, type=type_)
-            return
-        self._deliver(state, decode_event(body))
+    def _ready(self, state: WorkerState, event: msg.Ready) -> None:
+        state.ready.set()
+        self._capacity_changed()
+        log.info("worker.ready", worker=state.index, contact=event.contact)
+
+    def _outbound_status(self, event: msg.OutboundStatus) -> None:
+        for listener in self.listeners.status:
+            listener(event.call_id, event.status)
 
     def _deliver(self, state: WorkerState, event: SipEvent) -> None:
         if isinstance(event, RegistrationChanged):
@@ -440,7 +381,7 @@ class WorkerPool:
 
     def _capacity_changed(self) -> None:
         self._capacity.set()
-        for listener in self.capacity_listeners:
+        for listener in self.listeners.capacity:
             listener()
 
     # -- what the supervisor asks ----------------------------------------------------------
@@ -483,42 +424,28 @@ class WorkerPool:
     def summary(self) -> list[dict[str, Any]]:
         return [s.summary() for s in self.workers]
 
-    async def make_call(self, target: str, ring_timeout: float) -> tuple[int, str]:
-        """Dial on the least loaded worker; returns (worker index, call id)."""
-        candidates = [
-            s
-            for s in self.workers
-            if s.ready.is_set()
-            and s.conn is not None
-            and self._used(s) < self.settings.sip.max_calls
-        ]
-        if not candidates:
-            raise NoFreeWorker(
-                f"no SIP worker has a free call slot ({self.active_calls} calls on "
-                f"{len(self.workers)} workers x {self.settings.sip.max_calls})"
-            )
-        state = min(candidates, key=lambda s: (self._used(s), s.index))
-        assert state.conn is not None
-        result = await state.conn.request(
-            "make_call", {"target": target, "ring_timeout": ring_timeout}
-        )
-        call = str(result["call"])
-        state.calls.add(call)
-        return state.index, call
-
-    async def command(self, index: int, type_: str, within: float = 10.0, **body: Any) -> Body:
-        """Send a call command (hangup, answer, outbound...) to worker ``index``."""
+    async def request(
+        self, index: int, message: msg.Request[ReplyT], within: float = 10.0
+    ) -> ReplyT:
+        """Send a request (outbound, make_call, ping...) to worker ``index``; its reply."""
         conn = self.workers[index].conn
         if conn is None:
             raise IpcClosed(f"worker {index} is not connected")
-        return await conn.request(type_, body, within=within)
+        return await conn.request(message, within=within)
+
+    async def command(self, index: int, type_: str, within: float = 10.0, **body: Any) -> Body:
+        """:meth:`request` with the message named and its fields given as keywords (a
+        pydantic ValidationError if they do not fit); the reply as JSON data."""
+        message = msg.REQUESTS[type_].model_validate(body)
+        reply: msg.Message = await self.request(index, message, within=within)
+        return reply.body()
 
     def _used(self, state: WorkerState) -> int:
         # Reserved outbound calls show up in ``calls`` once dialled; counting the larger of
         # the two never over-commits a worker (it may under-use one holding both kinds).
         # Slots still in pjsua's teardown are taken too: a call that ended keeps its slot
         # until its INVITE transaction is over, up to ~32 s when the far end went silent.
-        return max(len(state.calls), state.reserved) + state.teardown
+        return max(len(state.calls), state.reserved) + state.teardown.slots
 
     async def reserve_slot(self) -> int:
         """Wait for a free call slot; reserve it on the least loaded worker."""
@@ -542,31 +469,33 @@ class WorkerPool:
         worker reports that pjsua has really released it."""
         state = self.workers[index]
         state.reserved = max(0, state.reserved - 1)
-        state.teardown += 1
-        state.teardown_epoch += 1
-        if state.teardown_poll is None or state.teardown_poll.done():
-            state.teardown_poll = asyncio.ensure_future(self._follow_teardown(state))
+        teardown = state.teardown
+        teardown.slots += 1
+        teardown.epoch += 1
+        if teardown.poll is None or teardown.poll.done():
+            teardown.poll = asyncio.ensure_future(self._follow_teardown(state))
 
     async def _follow_teardown(self, state: WorkerState) -> None:
         """Ask the worker how many slots pjsua is still tearing down until none is."""
-        while state.teardown > 0:
+        teardown = state.teardown
+        while teardown.slots > 0:
             conn = state.conn
             if conn is None or not state.ready.is_set():
-                state.teardown = 0  # a worker that died or restarts has no pjsua calls left
+                teardown.slots = 0  # a worker that died or restarts has no pjsua calls left
                 break
-            epoch = state.teardown_epoch
+            epoch = teardown.epoch
             try:
-                reply = await conn.request("ping", within=5.0)
+                reply = await conn.request(msg.Ping(), within=5.0)
             except (IpcError, TimeoutError):
-                state.teardown = 0
+                teardown.slots = 0
                 break
-            if epoch == state.teardown_epoch:  # no release since the question: up to date
-                held = int(reply.get("pjsua_calls", 0)) - int(reply.get("calls", 0))
-                freed = state.teardown > max(0, held)
-                state.teardown = max(0, held)
+            if epoch == teardown.epoch:  # no release since the question: up to date
+                held = reply.pjsua_calls - reply.calls
+                freed = teardown.slots > max(0, held)
+                teardown.slots = max(0, held)
                 if freed:
                     self._capacity_changed()
-            if state.teardown > 0:
+            if teardown.slots > 0:
                 await asyncio.sleep(TEARDOWN_POLL_SECONDS)
         self._capacity_changed()
 
@@ -575,7 +504,7 @@ class WorkerPool:
 
         async def ping(state: WorkerState) -> None:
             if state.conn is not None and state.ready.is_set():
-                await state.conn.request("ping", within=5.0)
+                await state.conn.request(msg.Ping(), within=5.0)
 
         await asyncio.gather(*(ping(s) for s in self.workers))
 
@@ -585,17 +514,13 @@ class WorkerPool:
         async def ask(state: WorkerState) -> None:
             if state.conn is not None and state.ready.is_set():
                 with contextlib.suppress(IpcError, TimeoutError):
-                    reply = await state.conn.request("ping", within=2.0)
-                    state.refused = {
-                        k.removeprefix("refused_"): int(v)
-                        for k, v in reply.items()
-                        if k.startswith("refused_")
-                    }
+                    reply = await state.conn.request(msg.Ping(), within=2.0)
+                    state.refused.now = dict(reply.refused)
 
         await asyncio.gather(*(ask(s) for s in self.workers))
         total: dict[str, int] = {}
         for state in self.workers:
-            for counts in (state.refused_before, state.refused):
+            for counts in (state.refused.before, state.refused.now):
                 for reason, count in counts.items():
                     total[reason] = total.get(reason, 0) + count
         return total
@@ -605,21 +530,3 @@ class WorkerPool:
         while self.active_calls:
             self._calls_changed.clear()
             await self._calls_changed.wait()
-
-
-def _revealed(value: Any) -> Any:
-    """A settings section as plain JSON data with its secrets in clear, for the worker's hello
-    (sent over the worker's own 0600 socket, never in argv or the environment)."""
-    if isinstance(value, SecretStr):
-        return value.get_secret_value()
-    if isinstance(value, BaseModel):
-        return {name: _revealed(getattr(value, name)) for name in type(value).model_fields}
-    if isinstance(value, list | tuple):
-        return [_revealed(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _revealed(v) for k, v in value.items()}
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, Path):
-        return str(value)
-    return value

@@ -11,26 +11,19 @@ transcribes through the supervisor's speech models (``transcribe`` requests), re
 from __future__ import annotations
 
 import asyncio
-import base64
 from typing import Any
 
-import numpy as np
-from numpy.typing import NDArray
-
+from daemon.ipc.connection import IpcClosed, IpcError
+from daemon.ipc.messages import Outbound
 from daemon.logs import get_logger
 from daemon.outbound import CallResult, Report
 from daemon.speech import TextToSpeech
 from daemon.workers import WorkerPool
-from sip.ipc import IpcClosed, IpcError
 
 log = get_logger(__name__)
 
 CLOSING = "Thank you. Goodbye."
 MARGIN_SECONDS = 60.0
-
-
-def _b64(samples: NDArray[np.int16]) -> str:
-    return base64.b64encode(samples.astype("<i2").tobytes()).decode()
 
 
 class PoolRunner:
@@ -62,13 +55,10 @@ class PoolRunner:
             budget += rounds * (float(choice["timeout_seconds"]) + 25.0)
         self._reports[call_id] = report
         try:
-            reply = await self._pool.command(
+            reply = await self._pool.request(
                 index,
-                "outbound",
+                Outbound(call_id=call_id, request=request, audio=sounds),
                 within=budget + MARGIN_SECONDS,
-                call_id=call_id,
-                request=request,
-                audio={name: _b64(samples) for name, samples in sounds.items()},
             )
         except IpcClosed:
             return CallResult("failed", error=f"SIP worker {index} died during the call")
@@ -77,4 +67,4 @@ class PoolRunner:
         finally:
             self._reports.pop(call_id, None)
             self._pool.release_slot(index)
-        return CallResult(**reply["result"])
+        return CallResult(**reply.result)

@@ -20,6 +20,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from daemon.engine.brains import Brain
 from daemon.engine.session import EngineSession
 from daemon.logs import get_logger
+from daemon.realtime.dialect import DIALECTS
 from daemon.speech import SpeechToText, TextToSpeech
 
 log = get_logger(__name__)
@@ -40,6 +41,7 @@ class Engine:
 
     async def serve(self, websocket: WebSocket) -> None:
         beta = "realtime=v1" in websocket.headers.get("openai-beta", "")
+        dialect = DIALECTS["beta" if beta else "ga"]
         await websocket.accept()
         caller = websocket.headers.get("x-sipai-call", "")
 
@@ -58,12 +60,14 @@ class Engine:
             # response streams on into the dead socket and asyncio warns of every write.
             await asyncio.sleep(0)
 
-        session = EngineSession(send, self.tts, self.stt, self.brain(caller), beta=beta)
+        session = EngineSession(send, self.tts, self.stt, self.brain(caller), dialect)
         session.on_turn = self.turns.append
         on_error = self.on_error
         if on_error is not None:
             session.on_error = lambda error: on_error(caller, error)
-        log.info("engine.session_open", session=session.id, beta=beta, call=caller or None)
+        log.info(
+            "engine.session_open", session=session.id, dialect=dialect.name, call=caller or None
+        )
         try:
             await session.start()
             while True:

@@ -7,8 +7,9 @@ mu-law hears noise, and its VAD fails silently): a different input format, or mi
 is a :class:`SessionMismatch`. A different *output* format is accepted and reported: some
 models send PCM whatever was asked, and the caller's decoder follows the session.
 
-Failures are classified (:class:`RealtimeError` ``kind``) so the call flow can tell a refused
-key from a rate limit from a dropped socket.
+Failures are classified (:class:`FailureKind`, the ``kind`` of :class:`RealtimeError`) so the
+call flow can tell a refused key from a rate limit from a dropped socket;
+:func:`server_failure` says which ``error`` events lose the session.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import websockets
@@ -32,24 +34,52 @@ log = get_logger(__name__)
 RETRYABLE_CLOSE = frozenset({1006, 1011, 1012, 1013})
 
 
-class RealtimeError(Exception):
-    """``kind``: auth | rate_limit | connect | timeout | closed | protocol | mismatch."""
+class FailureKind(StrEnum):
+    """Why a realtime session failed; the values are what logs and call records show."""
 
-    def __init__(self, kind: str, message: str, code: int = 0) -> None:
+    AUTH = "auth"  # the key was refused (HTTP 401/403)
+    RATE_LIMIT = "rate_limit"  # HTTP 429 or a rate_limit error event
+    CONNECT = "connect"  # no connection (refused, DNS, handshake)
+    TIMEOUT = "timeout"  # no session within the bound
+    CLOSED = "closed"  # the socket closed; the close code tells whether it passes
+    PROTOCOL = "protocol"  # the server said something unreadable or refused the session
+    MISMATCH = "mismatch"  # the session is not the one asked for
+
+    def retryable(self, code: int = 0) -> bool:
+        """Whether a new session may fix it: connect and timeout always, a close only with a
+        code of :data:`RETRYABLE_CLOSE`, nothing else."""
+        if self is FailureKind.CLOSED:
+            return code in RETRYABLE_CLOSE
+        return self in (FailureKind.CONNECT, FailureKind.TIMEOUT)
+
+
+class RealtimeError(Exception):
+    def __init__(self, kind: FailureKind | str, message: str, code: int = 0) -> None:
         super().__init__(message)
-        self.kind = kind
+        self.kind = FailureKind(kind)  # a value ("closed") names its kind too
         self.code = code
 
     @property
     def retryable(self) -> bool:
-        return self.kind in ("connect", "timeout") or (
-            self.kind == "closed" and self.code in RETRYABLE_CLOSE
-        )
+        return self.kind.retryable(self.code)
 
 
 class SessionMismatch(RealtimeError):
     def __init__(self, message: str) -> None:
-        super().__init__("mismatch", message)
+        super().__init__(FailureKind.MISMATCH, message)
+
+
+_HTTP_FAILURES = {401: FailureKind.AUTH, 403: FailureKind.AUTH, 429: FailureKind.RATE_LIMIT}
+
+
+def server_failure(event: ev.ServerError) -> RealtimeError | None:
+    """What an ``error`` event means for the session: a ``server_error`` loses it as a 1011
+    close would (retryable), a rate limit ends it; None for an error about one request."""
+    if event.type == "server_error":
+        return RealtimeError(FailureKind.CLOSED, f"server_error: {event.message}", 1011)
+    if "rate_limit" in event.code:
+        return RealtimeError(FailureKind.RATE_LIMIT, f"{event.code}: {event.message}")
+    return None
 
 
 @dataclass(frozen=True)
@@ -80,7 +110,7 @@ class RealtimeSession:
         except TimeoutError:
             await self.close()
             raise RealtimeError(
-                "timeout", f"{self.endpoint.safe_url}: no session within {within:g} s"
+                FailureKind.TIMEOUT, f"{self.endpoint.safe_url}: no session within {within:g} s"
             ) from None
         except BaseException:
             await self.close()
@@ -98,12 +128,12 @@ class RealtimeSession:
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
-            kind = {401: "auth", 403: "auth", 429: "rate_limit"}.get(status, "connect")
+            kind = _HTTP_FAILURES.get(status, FailureKind.CONNECT)
             raise RealtimeError(
                 kind, f"{self.endpoint.safe_url}: HTTP {status} on connect", status
             ) from None
         except (OSError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
-            raise RealtimeError("connect", f"{self.endpoint.safe_url}: {exc}") from None
+            raise RealtimeError(FailureKind.CONNECT, f"{self.endpoint.safe_url}: {exc}") from None
         created = await self._expect_session(created=True)
         await self.send(self.dialect.session_update(self.config))
         updated = await self._expect_session(created=False)
@@ -119,7 +149,7 @@ class RealtimeSession:
                 return event
             if isinstance(event, ev.ServerError):
                 raise RealtimeError(
-                    "protocol",
+                    FailureKind.PROTOCOL,
                     f"session {'start' if created else 'update'} refused: "
                     f"{event.code or event.type}: {event.message}",
                 )
@@ -146,7 +176,7 @@ class RealtimeSession:
     async def send(self, event: Json) -> None:
         ws = self._ws
         if ws is None:
-            raise RealtimeError("closed", "the realtime session is not open")
+            raise RealtimeError(FailureKind.CLOSED, "the realtime session is not open")
         try:
             await ws.send(json.dumps(event, separators=(",", ":")))
         except ConnectionClosed as exc:
@@ -155,7 +185,7 @@ class RealtimeSession:
     async def receive(self) -> ev.ModelEvent:
         ws = self._ws
         if ws is None:
-            raise RealtimeError("closed", "the realtime session is not open")
+            raise RealtimeError(FailureKind.CLOSED, "the realtime session is not open")
         try:
             message = await ws.recv()
         except ConnectionClosed as exc:
@@ -163,14 +193,14 @@ class RealtimeSession:
         try:
             raw: Any = json.loads(message)
         except ValueError:
-            raise RealtimeError("protocol", "a server message is not JSON") from None
+            raise RealtimeError(FailureKind.PROTOCOL, "a server message is not JSON") from None
         if not isinstance(raw, dict):
-            raise RealtimeError("protocol", "a server message is not a JSON object")
+            raise RealtimeError(FailureKind.PROTOCOL, "a server message is not a JSON object")
         try:
             return self.dialect.parse(raw)
         except (KeyError, TypeError, ValueError) as exc:
             raise RealtimeError(
-                "protocol", f"malformed {raw.get('type')!r} event: {exc!r}"
+                FailureKind.PROTOCOL, f"malformed {raw.get('type')!r} event: {exc!r}"
             ) from None
 
     async def close(self) -> None:
@@ -183,4 +213,5 @@ def _closed(exc: ConnectionClosed) -> RealtimeError:
     frame = exc.rcvd or exc.sent
     code = frame.code if frame is not None else 1006
     reason = frame.reason if frame is not None else "no close frame"
-    return RealtimeError("closed", f"the realtime socket closed: {code} {reason}".strip(), code)
+    message = f"the realtime socket closed: {code} {reason}".strip()
+    return RealtimeError(FailureKind.CLOSED, message, code)

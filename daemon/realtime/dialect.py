@@ -4,19 +4,28 @@
 ``response.output_audio.delta``... **beta**: ``input_audio_format = "g711_ulaw"``, events
 ``response.audio.delta``... Everything else in the daemon works with :class:`SessionConfig`
 and the events of :mod:`daemon.realtime.events`; only this module knows the wire shapes.
-The official ``openai`` package's typed models check every shape in the tests.
+Both ends use it: the client (:mod:`daemon.realtime.client`) sends ``session.update`` and
+parses server events, the embedded engine (:mod:`daemon.engine`) reads ``session.update``,
+reports its :class:`SessionSettings` in the same shape and names its events through
+:meth:`Dialect.event`. The official ``openai`` package's typed models check every shape in
+the tests.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar
 
 from daemon.realtime import events as ev
 from media.codec import PCM24K, PCMA, PCMU, AudioFormat, Encoding
 
 Json = dict[str, Any]
+Parser = Callable[[Json], ev.ModelEvent]
+SERVED_FORMATS = (PCMU, PCM24K)  # what the embedded engine takes and speaks
 
 
 @dataclass(frozen=True)
@@ -48,18 +57,62 @@ class SessionConfig:
     tools: tuple[Tool, ...] = ()
 
 
+def _server_vad() -> Json:
+    return {
+        "type": "server_vad",
+        "threshold": 0.5,
+        "prefix_padding_ms": 300,
+        "silence_duration_ms": 500,
+        "create_response": True,
+        "interrupt_response": True,
+    }
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """A session as the server side holds it, in neither dialect's shape.
+
+    The formats are typed; turn detection, transcription and tools stay the JSON the client
+    sent (the engine reads only some knobs and reports back the rest as given).
+    """
+
+    instructions: str = ""
+    voice: str = "alloy"
+    input_format: AudioFormat = PCMU
+    output_format: AudioFormat = PCMU
+    turn_detection: Json | None = field(default_factory=_server_vad)
+    transcription: Json | None = None
+    tools: tuple[Json, ...] = ()
+
+
 class Dialect:
     """What both dialects share; subclasses hold the differences."""
 
     name = ""
     audio_delta = ""
     audio_done = ""
+    transcript_delta = ""
     transcript_done = ""
+    content_type_audio = ""  # the content part of a spoken assistant item
+    content_type_text = ""  # the content part of an assistant text item
+    names_function_arguments = True  # response.function_call_arguments.done carries "name"
+    served_names = ""  # the formats the engine serves, for its error messages
 
     # -- client events -------------------------------------------------------------------
 
     def session_update(self, config: SessionConfig) -> Json:
-        raise NotImplementedError
+        settings = SessionSettings(
+            instructions=config.instructions,
+            voice=config.voice,
+            input_format=config.input_format,
+            output_format=config.output_format,
+            turn_detection=_turn_detection(config.turn_detection),
+            transcription=(
+                {"model": config.transcription_model} if config.transcription_model else None
+            ),
+            tools=tuple(_tool(t) for t in config.tools),
+        )
+        return {"type": "session.update", "session": self.session_shape(settings)}
 
     def append(self, audio_b64: str) -> Json:
         return {"type": "input_audio_buffer.append", "audio": audio_b64}
@@ -79,17 +132,10 @@ class Dialect:
         return {"type": "response.create", "response": {"instructions": instructions}}
 
     def user_text(self, text: str) -> Json:
-        return {
-            "type": "conversation.item.create",
-            "item": {
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": text}],
-            },
-        }
+        return _message("user", "input_text", text)
 
     def assistant_text(self, text: str) -> Json:
-        raise NotImplementedError
+        return _message("assistant", self.content_type_text, text)
 
     def function_output(self, call_id: str, output: str) -> Json:
         return {
@@ -97,102 +143,120 @@ class Dialect:
             "item": {"type": "function_call_output", "call_id": call_id, "output": output},
         }
 
+    # -- both ends -----------------------------------------------------------------------
+
+    def session_shape(self, settings: SessionSettings, session_id: str = "") -> Json:
+        """The ``session`` object of ``session.update`` (client) or ``session.updated``."""
+        raise NotImplementedError
+
     # -- server events -------------------------------------------------------------------
 
     def parse_format(self, value: Any) -> AudioFormat | None:
         raise NotImplementedError
 
     def parse_session(self, session: Json, created: bool) -> ev.SessionReported:
+        audio = self._audio_keys(session)
+        return ev.SessionReported(
+            created=created,
+            input_format=self.parse_format(audio.get("input_format")),
+            output_format=self.parse_format(audio.get("output_format")),
+            voice=audio.get("voice"),
+            instructions=session.get("instructions"),
+            tools=tuple(str(t.get("name", "")) for t in session.get("tools") or ()),
+            raw=session,
+        )
+
+    def _audio_keys(self, session: Json) -> Json:
+        """The audio settings present in ``session`` under neutral names: input_format,
+        output_format, voice, turn_detection, transcription."""
         raise NotImplementedError
 
     def parse(self, event: Json) -> ev.ModelEvent:
         """A server event as a :data:`~daemon.realtime.events.ModelEvent`."""
         kind = str(event.get("type", ""))
-        if kind in ("session.created", "session.updated"):
-            return self.parse_session(event.get("session") or {}, kind == "session.created")
-        if kind == self.audio_delta:
-            return ev.AudioDelta(
-                str(event.get("response_id", "")),
-                str(event["item_id"]),
-                int(event.get("content_index", 0)),
-                _b64decode(event.get("delta", "")),
-            )
-        if kind == self.audio_done:
-            return ev.AudioDone(str(event.get("response_id", "")), str(event["item_id"]))
-        if kind == self.transcript_done:
-            return ev.AgentTranscript(str(event["item_id"]), str(event.get("transcript") or ""))
-        if kind == "conversation.item.input_audio_transcription.completed":
-            return ev.CallerTranscript(str(event["item_id"]), str(event.get("transcript") or ""))
-        if kind == "input_audio_buffer.speech_started":
-            return ev.SpeechStarted(
-                int(event.get("audio_start_ms", 0)), str(event.get("item_id", ""))
-            )
-        if kind == "input_audio_buffer.speech_stopped":
-            return ev.SpeechStopped(
-                int(event.get("audio_end_ms", 0)), str(event.get("item_id", ""))
-            )
-        if kind == "response.created":
-            return ev.ResponseCreated(str((event.get("response") or {}).get("id", "")))
-        if kind == "response.done":
-            response = event.get("response") or {}
-            details = response.get("status_details") or {}
-            error = details.get("error") or details.get("reason") or ""
-            return ev.ResponseDone(
-                str(response.get("id", "")), str(response.get("status", "")), str(error)
-            )
-        if kind == "response.output_item.done":
-            item = event.get("item") or {}
-            if item.get("type") == "function_call":
-                return ev.FunctionCall(
-                    str(item.get("call_id", "")),
-                    str(item.get("name", "")),
-                    str(item.get("arguments") or "{}"),
-                    str(item.get("id", "")),
-                )
-        if kind == "error":
-            error = event.get("error") or {}
-            return ev.ServerError(
-                str(error.get("type", "")),
-                str(error.get("code") or ""),
-                str(error.get("message", "")),
-            )
-        return ev.Other(kind)
+        parser = self._parsers.get(kind)
+        return parser(event) if parser is not None else ev.Other(kind)
+
+    @cached_property
+    def _parsers(self) -> dict[str, Parser]:
+        """Server event type -> its parser; the dialect's names come from its attributes."""
+        return {
+            "session.created": lambda e: self.parse_session(e.get("session") or {}, True),
+            "session.updated": lambda e: self.parse_session(e.get("session") or {}, False),
+            self.audio_delta: _audio_delta,
+            self.audio_done: _audio_done,
+            self.transcript_done: _agent_transcript,
+            "conversation.item.input_audio_transcription.completed": _caller_transcript,
+            "input_audio_buffer.speech_started": _speech_started,
+            "input_audio_buffer.speech_stopped": _speech_stopped,
+            "response.created": _response_created,
+            "response.done": _response_done,
+            "response.output_item.done": _output_item_done,
+            "error": _server_error,
+        }
+
+    # -- the server side (the embedded engine) -------------------------------------------
+
+    def event(self, type_ga: str) -> str:
+        """This dialect's name for the server event called ``type_ga`` in GA."""
+        return self._renames.get(type_ga, type_ga)
+
+    @cached_property
+    def _renames(self) -> dict[str, str]:
+        names = ("audio_delta", "audio_done", "transcript_delta", "transcript_done")
+        return {getattr(GaDialect, n): getattr(self, n) for n in names}
+
+    def read_session_update(self, session: Json, settings: SessionSettings) -> SessionSettings:
+        """``settings`` with what a client's ``session.update`` changes (absent keys keep
+        theirs); ValueError for a format the engine does not serve."""
+        audio = self._audio_keys(session)
+        changes: Json = {"voice": str(audio.get("voice") or settings.voice)}
+        if "instructions" in session:
+            changes["instructions"] = str(session["instructions"] or "")
+        if "tools" in session:
+            changes["tools"] = tuple(session["tools"] or ())
+        for key in ("input_format", "output_format"):
+            if key in audio:
+                changes[key] = self._served(audio[key])
+        for key in ("turn_detection", "transcription"):
+            if key in audio:
+                changes[key] = audio[key]
+        return dataclasses.replace(settings, **changes)
+
+    def _served(self, value: Any) -> AudioFormat:
+        fmt = self.parse_format(value)
+        if fmt not in SERVED_FORMATS:
+            raise ValueError(f"unsupported audio format {value!r}: {self.served_names}")
+        return fmt
 
 
 class GaDialect(Dialect):
     name = "ga"
     audio_delta = "response.output_audio.delta"
     audio_done = "response.output_audio.done"
+    transcript_delta = "response.output_audio_transcript.delta"
     transcript_done = "response.output_audio_transcript.done"
+    content_type_audio = "output_audio"
+    content_type_text = "output_text"
+    served_names = "audio/pcmu or audio/pcm 24 kHz"
 
-    def session_update(self, config: SessionConfig) -> Json:
+    def session_shape(self, settings: SessionSettings, session_id: str = "") -> Json:
         audio_in: Json = {
-            "format": _ga_format(config.input_format),
-            "turn_detection": _turn_detection(config.turn_detection),
+            "format": _ga_format(settings.input_format),
+            "turn_detection": settings.turn_detection,
         }
-        if config.transcription_model:
-            audio_in["transcription"] = {"model": config.transcription_model}
-        session: Json = {
+        if settings.transcription:
+            audio_in["transcription"] = settings.transcription
+        return {
             "type": "realtime",
             "output_modalities": ["audio"],
-            "instructions": config.instructions,
+            "instructions": settings.instructions,
             "audio": {
                 "input": audio_in,
-                "output": {"format": _ga_format(config.output_format), "voice": config.voice},
+                "output": {"format": _ga_format(settings.output_format), "voice": settings.voice},
             },
-            "tools": [_tool(t) for t in config.tools],
+            "tools": list(settings.tools),
             "tool_choice": "auto",
-        }
-        return {"type": "session.update", "session": session}
-
-    def assistant_text(self, text: str) -> Json:
-        return {
-            "type": "conversation.item.create",
-            "item": {
-                "type": "message",
-                "role": "assistant",
-                "content": [{"type": "output_text", "text": text}],
-            },
         }
 
     def parse_format(self, value: Any) -> AudioFormat | None:
@@ -207,55 +271,55 @@ class GaDialect(Dialect):
             return AudioFormat(Encoding.PCM16, int(value.get("rate") or 24000))
         return None
 
-    def parse_session(self, session: Json, created: bool) -> ev.SessionReported:
+    def _audio_keys(self, session: Json) -> Json:
         audio = session.get("audio") or {}
         audio_in, audio_out = audio.get("input") or {}, audio.get("output") or {}
-        return ev.SessionReported(
-            created=created,
-            input_format=self.parse_format(audio_in.get("format")),
-            output_format=self.parse_format(audio_out.get("format")),
-            voice=audio_out.get("voice"),
-            instructions=session.get("instructions"),
-            tools=tuple(str(t.get("name", "")) for t in session.get("tools") or ()),
-            raw=session,
-        )
+        where = {
+            "input_format": (audio_in, "format"),
+            "turn_detection": (audio_in, "turn_detection"),
+            "transcription": (audio_in, "transcription"),
+            "output_format": (audio_out, "format"),
+            "voice": (audio_out, "voice"),
+        }
+        return {name: part[key] for name, (part, key) in where.items() if key in part}
 
 
 class BetaDialect(Dialect):
     name = "beta"
     audio_delta = "response.audio.delta"
     audio_done = "response.audio.done"
+    transcript_delta = "response.audio_transcript.delta"
     transcript_done = "response.audio_transcript.done"
+    content_type_audio = "audio"
+    content_type_text = "text"
+    names_function_arguments = False
+    served_names = "g711_ulaw or pcm16"
     _names: ClassVar[dict[str, AudioFormat]] = {
         "g711_ulaw": PCMU,
         "g711_alaw": PCMA,
         "pcm16": PCM24K,
     }
+    _keys: ClassVar[dict[str, str]] = {
+        "input_format": "input_audio_format",
+        "output_format": "output_audio_format",
+        "voice": "voice",
+        "turn_detection": "turn_detection",
+        "transcription": "input_audio_transcription",
+    }
 
-    def session_update(self, config: SessionConfig) -> Json:
-        session: Json = {
-            "modalities": ["audio", "text"],
-            "instructions": config.instructions,
-            "voice": config.voice,
-            "input_audio_format": self._name(config.input_format),
-            "output_audio_format": self._name(config.output_format),
-            "input_audio_transcription": (
-                {"model": config.transcription_model} if config.transcription_model else None
-            ),
-            "turn_detection": _turn_detection(config.turn_detection),
-            "tools": [_tool(t) for t in config.tools],
-            "tool_choice": "auto",
-        }
-        return {"type": "session.update", "session": session}
-
-    def assistant_text(self, text: str) -> Json:
+    def session_shape(self, settings: SessionSettings, session_id: str = "") -> Json:
+        shape: Json = {"id": session_id} if session_id else {}
         return {
-            "type": "conversation.item.create",
-            "item": {
-                "type": "message",
-                "role": "assistant",
-                "content": [{"type": "text", "text": text}],
-            },
+            **shape,
+            "modalities": ["audio", "text"],
+            "instructions": settings.instructions,
+            "voice": settings.voice,
+            "input_audio_format": self._name(settings.input_format),
+            "output_audio_format": self._name(settings.output_format),
+            "input_audio_transcription": settings.transcription,
+            "turn_detection": settings.turn_detection,
+            "tools": list(settings.tools),
+            "tool_choice": "auto",
         }
 
     def _name(self, fmt: AudioFormat) -> str:
@@ -267,19 +331,22 @@ class BetaDialect(Dialect):
     def parse_format(self, value: Any) -> AudioFormat | None:
         return self._names.get(value) if isinstance(value, str) else None
 
-    def parse_session(self, session: Json, created: bool) -> ev.SessionReported:
-        return ev.SessionReported(
-            created=created,
-            input_format=self.parse_format(session.get("input_audio_format")),
-            output_format=self.parse_format(session.get("output_audio_format")),
-            voice=session.get("voice"),
-            instructions=session.get("instructions"),
-            tools=tuple(str(t.get("name", "")) for t in session.get("tools") or ()),
-            raw=session,
-        )
+    def _audio_keys(self, session: Json) -> Json:
+        return {name: session[key] for name, key in self._keys.items() if key in session}
 
 
 DIALECTS: dict[str, Dialect] = {"ga": GaDialect(), "beta": BetaDialect()}
+
+
+def _message(role: str, content_type: str, text: str) -> Json:
+    return {
+        "type": "conversation.item.create",
+        "item": {
+            "type": "message",
+            "role": role,
+            "content": [{"type": content_type, "text": text}],
+        },
+    }
 
 
 def _ga_format(fmt: AudioFormat) -> Json:
@@ -290,6 +357,68 @@ def _ga_format(fmt: AudioFormat) -> Json:
     if fmt.encoding is Encoding.PCM16 and fmt.rate == 24000:
         return {"type": "audio/pcm", "rate": 24000}
     raise ValueError(f"the realtime protocol has no format for {fmt}")
+
+
+# -- server event parsers (the same in both dialects; the names differ) --------------------
+
+
+def _audio_delta(event: Json) -> ev.ModelEvent:
+    return ev.AudioDelta(
+        str(event.get("response_id", "")),
+        str(event["item_id"]),
+        int(event.get("content_index", 0)),
+        _b64decode(event.get("delta", "")),
+    )
+
+
+def _audio_done(event: Json) -> ev.ModelEvent:
+    return ev.AudioDone(str(event.get("response_id", "")), str(event["item_id"]))
+
+
+def _agent_transcript(event: Json) -> ev.ModelEvent:
+    return ev.AgentTranscript(str(event["item_id"]), str(event.get("transcript") or ""))
+
+
+def _caller_transcript(event: Json) -> ev.ModelEvent:
+    return ev.CallerTranscript(str(event["item_id"]), str(event.get("transcript") or ""))
+
+
+def _speech_started(event: Json) -> ev.ModelEvent:
+    return ev.SpeechStarted(int(event.get("audio_start_ms", 0)), str(event.get("item_id", "")))
+
+
+def _speech_stopped(event: Json) -> ev.ModelEvent:
+    return ev.SpeechStopped(int(event.get("audio_end_ms", 0)), str(event.get("item_id", "")))
+
+
+def _response_created(event: Json) -> ev.ModelEvent:
+    return ev.ResponseCreated(str((event.get("response") or {}).get("id", "")))
+
+
+def _response_done(event: Json) -> ev.ModelEvent:
+    response = event.get("response") or {}
+    details = response.get("status_details") or {}
+    error = details.get("error") or details.get("reason") or ""
+    return ev.ResponseDone(str(response.get("id", "")), str(response.get("status", "")), str(error))
+
+
+def _output_item_done(event: Json) -> ev.ModelEvent:
+    item = event.get("item") or {}
+    if item.get("type") != "function_call":
+        return ev.Other(str(event.get("type", "")))
+    return ev.FunctionCall(
+        str(item.get("call_id", "")),
+        str(item.get("name", "")),
+        str(item.get("arguments") or "{}"),
+        str(item.get("id", "")),
+    )
+
+
+def _server_error(event: Json) -> ev.ModelEvent:
+    error = event.get("error") or {}
+    return ev.ServerError(
+        str(error.get("type", "")), str(error.get("code") or ""), str(error.get("message", ""))
+    )
 
 
 def _turn_detection(detection: TurnDetection | None) -> Json | None:

@@ -22,12 +22,13 @@ from numpy.typing import NDArray
 
 from config.schema import AgentSettings, ApiSettings, Backend, RealtimeSettings
 from daemon.calls.inbound import InboundAgent, InboundCall
+from daemon.ipc.connection import Body
+from daemon.ipc.messages import Outbound
 from daemon.logs import get_logger
 from daemon.realtime.backends import endpoint
-from daemon.worker.services import WorkerServices, samples
+from daemon.worker.services import WorkerServices
 from sip.call_events import CallEvents
 from sip.events import IncomingCall, SipEvent
-from sip.ipc import Body
 from sip.leg import SipLeg, call_info
 from sip.outbound_call import OutboundCall
 from sip.worker import SipWorker
@@ -98,18 +99,16 @@ async def agent(ctx: FlowContext, call: IncomingCall, events: asyncio.Queue[SipE
     await services.report("inbound_done", {"call": call.call, "cause": agent_call.end_cause})
 
 
-async def run_outbound(ctx: FlowContext, body: Body) -> Body:
+async def run_outbound(ctx: FlowContext, request: Outbound) -> Body:
     """One outbound notification call, start to end; the result goes back as the reply."""
-    call_id = str(body["call_id"])
+    call_id, audio = request.call_id, request.audio
 
     async def report(status: str) -> None:
         await ctx.services.report("outbound_status", {"call_id": call_id, "status": status})
 
-    encoded: dict[str, str] = body["audio"]
-    audio = await asyncio.to_thread(lambda: {k: samples(v) for k, v in encoded.items()})
     ctx.outbound[call_id] = {"audio": await asyncio.to_thread(summary, audio)}
     outbound = OutboundCall(
-        ctx.worker, body["request"], audio, ctx.services.transcribe, report, calls=ctx.calls
+        ctx.worker, request.request, audio, ctx.services.transcribe, report, calls=ctx.calls
     )
     try:
         # Wrapped: a reply with a top-level "error" key means the request failed.

@@ -1,21 +1,22 @@
-"""The requests a SIP worker process serves: the supervisor's end of the worker's IPC.
+"""The requests a SIP worker process serves: the worker's end of its IPC.
 
 ``ping`` (health and leak counters: tasks, file descriptors, conference ports, calls, the
-outbound calls in progress with the samples and SHA-256 of the audio each one holds),
-``shutdown``, ``outbound`` (a whole notification call, see :func:`daemon.worker.flows.run_outbound`)
-and the call commands ``make_call``, ``answer``, ``reject``, ``hangup``, ``send_dtmf``,
-``transfer``.
+outbound calls in progress with the samples and SHA-256 of the audio each one holds, IPC
+frames it could not read), ``shutdown``, ``outbound`` (a whole notification call, see
+:func:`daemon.worker.flows.run_outbound`), and the call commands ``make_call`` and ``hangup``.
+:meth:`WorkerHandlers.table` is what the worker's connection serves; any other request type
+is answered "unknown request type".
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from daemon.ipc import messages as msg
+from daemon.ipc.connection import RequestHandlers
 from daemon.worker import flows
-from sip.ipc import Body, UnknownRequest
 
 if TYPE_CHECKING:
     from daemon.worker.process import WorkerProcess
@@ -25,39 +26,54 @@ class WorkerHandlers:
     def __init__(self, process: WorkerProcess) -> None:
         self.process = process
 
-    async def serve(self, type_: str, body: Body) -> Body:
-        process = self.process
-        ctx = process.context
-        if type_ == "ping":
-            if ctx is None:
-                return {"starting": True}
-            worker = ctx.worker
-            diagnostics = await worker.diagnostics()
-            return {
-                "registered": worker.registration.registered,
-                **diagnostics,
-                "tasks": len(asyncio.all_tasks()),  # for leak checks: no task outlives a call
-                "outbound": ctx.outbound,
-                "fds": len(os.listdir("/proc/self/fd")),
-            }
+    def table(self) -> RequestHandlers:
+        return {
+            msg.Ping: self.ping,
+            msg.Shutdown: self.shutdown,
+            msg.Outbound: self.outbound,
+            msg.MakeCall: self.make_call,
+            msg.Hangup: self.hangup,
+        }
+
+    def _context(self) -> flows.FlowContext:
+        ctx = self.process.context
         if ctx is None:
             raise RuntimeError("the SIP worker is still starting")
-        worker = ctx.worker
-        handlers: dict[str, Callable[[], Awaitable[Any]]] = {
-            "make_call": lambda: worker.make_call(body["target"], float(body["ring_timeout"])),
-            "answer": lambda: worker.answer(body["call"]),
-            "reject": lambda: worker.reject(body["call"], int(body.get("code", 486))),
-            "hangup": lambda: worker.hangup(body["call"]),
-            "send_dtmf": lambda: worker.send_dtmf(body["call"], body["digits"]),
-            "transfer": lambda: worker.transfer(body["call"], body["target"]),
+        return ctx
+
+    async def ping(self, _: msg.Ping) -> msg.PingReply:
+        process = self.process
+        ctx = process.context
+        if ctx is None:
+            return msg.PingReply(starting=True)
+        diagnostics: dict[str, Any] = dict(await ctx.worker.diagnostics())
+        refused = {
+            key.removeprefix("refused_"): diagnostics.pop(key)
+            for key in list(diagnostics)
+            if key.startswith("refused_")
         }
-        if type_ == "shutdown":
-            process.stop.set()
-            return {}
-        if type_ == "outbound":
-            return await flows.run_outbound(ctx, body)
-        handler = handlers.get(type_)
-        if handler is None:
-            raise UnknownRequest(type_)
-        result = await handler()
-        return {"call": result} if type_ == "make_call" else {}
+        return msg.PingReply(
+            registered=ctx.worker.registration.registered,
+            **diagnostics,
+            refused=refused,
+            tasks=len(asyncio.all_tasks()),  # for leak checks: no task outlives a call
+            outbound={k: msg.HeldCall.model_validate(v) for k, v in ctx.outbound.items()},
+            fds=len(os.listdir("/proc/self/fd")),
+            bad_frames=process.services.conn.bad_frames if process.services else 0,
+        )
+
+    async def shutdown(self, _: msg.Shutdown) -> msg.Done:
+        self.process.stop.set()
+        return msg.Done()
+
+    async def outbound(self, request: msg.Outbound) -> msg.OutboundReply:
+        # {"result": ...}: the call's result under a key of its own, never a top-level "error"
+        return msg.OutboundReply.model_validate(await flows.run_outbound(self._context(), request))
+
+    async def make_call(self, request: msg.MakeCall) -> msg.MakeCallReply:
+        worker = self._context().worker
+        return msg.MakeCallReply(call=await worker.make_call(request.target, request.ring_timeout))
+
+    async def hangup(self, request: msg.Hangup) -> msg.Done:
+        await self._context().worker.hangup(request.call)
+        return msg.Done()

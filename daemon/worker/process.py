@@ -30,6 +30,7 @@ from config.schema import (
     RealtimeSettings,
     SipSettings,
 )
+from daemon.ipc.connection import Connection
 from daemon.logs import configure_logging, get_logger
 from daemon.worker import flows
 from daemon.worker.handlers import WorkerHandlers
@@ -37,7 +38,6 @@ from daemon.worker.services import CLAIM_SECONDS, WorkerServices
 from media.resample import design
 from sip.call_events import CallEvents
 from sip.events import IncomingCall
-from sip.ipc import Connection
 from sip.worker import SipWorker
 
 log = get_logger("daemon.worker")
@@ -59,7 +59,7 @@ class WorkerProcess:
         loop.add_signal_handler(signal.SIGTERM, self.stop.set)
         loop.add_signal_handler(signal.SIGINT, lambda: None)
         reader, writer = await asyncio.open_unix_connection(self.socket_path)
-        conn = Connection(reader, writer, "supervisor", WorkerHandlers(self).serve)
+        conn = Connection(reader, writer, "supervisor", WorkerHandlers(self).table())
         reading = asyncio.create_task(conn.run())
         services = self.services = WorkerServices(conn, self.index)
         hello = await services.hello()

@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 
 from daemon.calls.runner import PoolRunner
+from daemon.ipc.connection import MAX_FRAME
+from daemon.ipc.messages import MakeCall
 from daemon.speech import TextToSpeech
 from daemon.speech.local import PiperSynthesizer
-from daemon.workers import NoFreeWorker
+from daemon.workers import WorkerPool
 from media.wav import read_wav, write_wav
 from sip.events import CallAnswered, CallEnded
-from sip.ipc import MAX_FRAME
 from tests.audio import tone, tone_level_db
 from tests.integration.conftest import Pool
 from tests.peers.kamailio import Kamailio
@@ -43,6 +44,14 @@ def _loudest_second(samples: Any) -> Any:
     energy = np.concatenate(([0.0], np.cumsum(samples.astype(np.float64) ** 2)))
     start = int(np.argmax(energy[8000:] - energy[:-8000]))
     return samples[start : start + 8000]
+
+
+async def _place(pool: WorkerPool, target: str, ring_timeout: float = 10) -> tuple[int, str]:
+    """Dial the way outbound calls are placed: a slot reserved on the least loaded worker,
+    which then dials (``make_call``); (worker index, call id)."""
+    index = await pool.reserve_slot()
+    reply = await pool.request(index, MakeCall(target=target, ring_timeout=ring_timeout))
+    return index, reply.call
 
 
 @pytest.mark.parametrize("workers", [2, 3])
@@ -124,7 +133,8 @@ async def test_forked_calls_are_answered_once_up_to_capacity(
 async def test_outbound_calls_spread_over_workers(
     kamailio: Kamailio, make_pool: Callable[..., Awaitable[Pool]], phones: Phones
 ) -> None:
-    """12 outbound calls with 3 workers are up at once (4 each); a 13th finds no slot."""
+    """12 outbound calls with 3 workers are up at once (4 each); a 13th finds no slot until
+    one is released."""
     pool = await make_pool(kamailio, 3)
     callees = [await phones(f"c{n}") for n in range(3)]
     for n, phone in enumerate(callees):
@@ -132,14 +142,18 @@ async def test_outbound_calls_spread_over_workers(
         await phone.command("mode", on_incoming="answer", answer_after_ms=0)
     placed = []
     for n in range(12):
-        placed.append(await pool.pool.make_call(str(1011 + n % 3), ring_timeout=10))
+        placed.append(await _place(pool.pool, str(1011 + n % 3)))
     await pool.wait_for(lambda: len(pool.of(CallAnswered)) == 12)
     assert sorted(w for w, _ in placed) == [0] * 4 + [1] * 4 + [2] * 4
     assert pool.pool.active_calls == 12
-    with pytest.raises(NoFreeWorker, match="no SIP worker has a free call slot"):
-        await pool.pool.make_call("1011", ring_timeout=10)
+    assert pool.pool.free_slots == 0
+    thirteenth = asyncio.ensure_future(pool.pool.reserve_slot())
+    await asyncio.sleep(1.0)
+    assert not thirteenth.done()
     for worker, call in placed:
         await pool.pool.command(worker, "hangup", call=call)
+        pool.pool.release_slot(worker)
+    assert await asyncio.wait_for(thirteenth, 20) in (0, 1, 2)
     await pool.wait_for(lambda: pool.pool.active_calls == 0)
 
 
@@ -152,8 +166,8 @@ async def test_killed_worker_fails_its_call_and_comes_back(
     for n, phone in enumerate(callees):
         await phone.register(kamailio, str(1011 + n))
         await phone.command("mode", on_incoming="answer", answer_after_ms=0)
-    first = await pool.pool.make_call("1011", ring_timeout=10)
-    second = await pool.pool.make_call("1012", ring_timeout=10)
+    first = await _place(pool.pool, "1011")
+    second = await _place(pool.pool, "1012")
     assert (first[0], second[0]) == (0, 1)
     await pool.wait_for(lambda: len(pool.of(CallAnswered)) == 2)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from sip.ipc import (
+from daemon.ipc.connection import (
     MAX_FRAME,
     MAX_MESSAGE,
     PIECE_BYTES,
@@ -24,9 +24,72 @@ from sip.ipc import (
     IpcClosed,
     IpcError,
     Reassembly,
-    UnknownRequest,
     encode,
 )
+from daemon.ipc.messages import Claim, ClaimReply, Done, Event, Message, Request
+
+
+class Sum(Message):
+    sum: int
+
+
+class Add(Request[Sum]):
+    type = "add"
+    reply = Sum
+    a: int
+    b: int
+
+
+class Fail(Request[Done]):
+    type = "fail"
+
+
+class Slow(Request[Done]):
+    type = "slow"
+
+
+class Teleport(Request[Done]):
+    type = "teleport"  # served by neither end
+
+
+class Digested(Message):
+    bytes: int
+    sha256: str
+
+
+class Digest(Request[Digested]):
+    type = "digest"
+    reply = Digested
+    data: str
+
+
+class Data(Message):
+    data: str
+
+
+class Blob(Request[Data]):
+    type = "blob"
+    reply = Data
+    kib: int
+
+
+class Registration(Event):
+    type = "registration"
+    registered: bool
+
+
+class Note(Event):
+    type = "call"
+    n: int
+
+
+class Ringing(Event):
+    type = "ringing"
+
+
+class Audio(Event):
+    type = "audio"
+    pcm: str
 
 
 class Pair:
@@ -44,23 +107,33 @@ async def pair(short_tmp: Path) -> AsyncIterator[Pair]:
     accepted = asyncio.Event()
     events: list[tuple[str, dict[str, Any]]] = []
 
-    async def serve(type_: str, body: dict[str, Any]) -> dict[str, Any]:
-        if type_ == "add":
-            return {"sum": body["a"] + body["b"]}
-        if type_ == "fail":
-            raise RuntimeError("no such call w0-9")
-        if type_ == "digest":
-            data = base64.b64decode(body["data"])
-            return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        if type_ == "blob":
-            return {"data": base64.b64encode(bytes(range(256)) * body["kib"] * 4).decode()}
-        if type_ == "slow":
-            await asyncio.sleep(30)
-        raise UnknownRequest
+    async def add(m: Add) -> Sum:
+        return Sum(sum=m.a + m.b)
+
+    async def fail(m: Fail) -> Done:
+        raise RuntimeError("no such call w0-9")
+
+    async def digest(m: Digest) -> Digested:
+        data = base64.b64decode(m.data)
+        return Digested(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+    async def blob(m: Blob) -> Data:
+        return Data(data=base64.b64encode(bytes(range(256)) * m.kib * 4).decode())
+
+    async def slow(m: Slow) -> Done:
+        await asyncio.sleep(30)
+        return Done()
+
+    def heard(m: Event) -> None:
+        events.append((m.type, m.body()))
 
     def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         result.server = Connection(
-            reader, writer, "worker-0", serve, lambda t, b: events.append((t, b))
+            reader,
+            writer,
+            "worker-0",
+            {Add: add, Fail: fail, Digest: digest, Blob: blob, Slow: slow},
+            {Registration: heard, Note: heard, Ringing: heard, Audio: heard},
         )
         result.server_task = asyncio.ensure_future(result.server.run())
         accepted.set()
@@ -70,12 +143,10 @@ async def pair(short_tmp: Path) -> AsyncIterator[Pair]:
     reader, writer = await asyncio.open_unix_connection(path)
     result.raw_writer = writer
 
-    async def claim(type_: str, body: dict[str, Any]) -> dict[str, Any]:
-        if type_ == "slow":
-            await asyncio.sleep(30)
-        return {"granted": body["sip_call_id"] == "abc"}
+    async def claim(m: Claim) -> ClaimReply:
+        return ClaimReply(granted=m.sip_call_id == "abc")
 
-    result.client = Connection(reader, writer, "supervisor", claim)
+    result.client = Connection(reader, writer, "supervisor", {Claim: claim, Slow: slow})
     client_task = asyncio.ensure_future(result.client.run())
     await accepted.wait()
     result.server.events = events  # type: ignore[attr-defined]
@@ -88,10 +159,10 @@ async def pair(short_tmp: Path) -> AsyncIterator[Pair]:
 
 async def test_requests_both_ways_and_events(pair: Pair) -> None:
     """Each side can ask the other; events arrive in order without replies."""
-    assert await pair.client.request("add", {"a": 2, "b": 3}) == {"sum": 5}
-    assert await pair.server.request("claim", {"sip_call_id": "abc"}) == {"granted": True}
-    await pair.client.event("registration", {"registered": True})
-    await pair.client.event("call", {"n": 1})
+    assert await pair.client.request(Add(a=2, b=3)) == Sum(sum=5)
+    assert await pair.server.request(Claim(sip_call_id="abc")) == ClaimReply(granted=True)
+    await pair.client.event(Registration(registered=True))
+    await pair.client.event(Note(n=1))
     await asyncio.sleep(0.05)
     assert pair.server.events == [  # type: ignore[attr-defined]
         ("registration", {"registered": True}),
@@ -102,10 +173,10 @@ async def test_requests_both_ways_and_events(pair: Pair) -> None:
 async def test_errors_and_unknown_types_come_back_as_errors(pair: Pair) -> None:
     """A handler's exception and an unknown request type are answered, not fatal."""
     with pytest.raises(IpcError, match="no such call w0-9"):
-        await pair.client.request("fail")
+        await pair.client.request(Fail())
     with pytest.raises(IpcError, match="unknown request type 'teleport'"):
-        await pair.client.request("teleport")
-    assert await pair.client.request("add", {"a": 1, "b": 1}) == {"sum": 2}
+        await pair.client.request(Teleport())
+    assert await pair.client.request(Add(a=1, b=1)) == Sum(sum=2)
 
 
 def _frame(payload: bytes) -> bytes:
@@ -125,13 +196,13 @@ async def test_malformed_frames_are_survived(pair: Pair) -> None:
     ):
         writer.write(_frame(junk))
     await writer.drain()
-    assert await pair.client.request("add", {"a": 4, "b": 5}) == {"sum": 9}
+    assert await pair.client.request(Add(a=4, b=5)) == Sum(sum=9)
     assert pair.server.bad_frames == 6
 
 
 async def test_oversized_frame_closes_only_that_connection(pair: Pair) -> None:
     """A length beyond MAX_FRAME ends the connection cleanly; waiting requests fail."""
-    waiting = asyncio.ensure_future(pair.client.request("slow", within=20))
+    waiting = asyncio.ensure_future(pair.client.request(Slow(), within=20))
     await asyncio.sleep(0.05)
     pair.raw_writer.write(struct.pack(">I", MAX_FRAME + 1))
     await pair.raw_writer.drain()
@@ -142,7 +213,7 @@ async def test_oversized_frame_closes_only_that_connection(pair: Pair) -> None:
 
 async def test_peer_vanishing_mid_message(pair: Pair) -> None:
     """Half a frame, then the peer is gone: the reader ends, pending requests fail."""
-    waiting = asyncio.ensure_future(pair.server.request("slow", within=20))
+    waiting = asyncio.ensure_future(pair.server.request(Slow(), within=20))
     await asyncio.sleep(0.05)
     payload = json.dumps({"v": 1, "kind": "event", "type": "call", "body": {}}).encode()
     pair.raw_writer.write(_frame(payload)[:7])
@@ -152,17 +223,16 @@ async def test_peer_vanishing_mid_message(pair: Pair) -> None:
     with pytest.raises(IpcClosed):
         await asyncio.wait_for(waiting, 5)
     with pytest.raises(IpcClosed):
-        await asyncio.wait_for(pair.server.request("add", {"a": 1, "b": 2}), 5)
+        await asyncio.wait_for(pair.server.request(Add(a=1, b=2)), 5)
 
 
 async def test_messages_beyond_one_frame_cross_intact_both_ways(pair: Pair) -> None:
     """A 6 MB request and a 4 MB response (minutes of PCM) cross whole, in bounded frames."""
     data = os.urandom(6_000_000)
-    body = {"data": base64.b64encode(data).decode()}
-    reply = await pair.client.request("digest", body)
-    assert reply == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    big = await pair.client.request("blob", {"kib": 4000})
-    assert base64.b64decode(big["data"]) == bytes(range(256)) * 4000 * 4
+    reply = await pair.client.request(Digest(data=base64.b64encode(data).decode()))
+    assert reply == Digested(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    big = await pair.client.request(Blob(kib=4000))
+    assert base64.b64decode(big.data) == bytes(range(256)) * 4000 * 4
 
 
 def test_a_long_message_is_cut_into_bounded_pieces() -> None:

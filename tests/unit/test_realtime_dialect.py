@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from daemon.realtime import events as ev
+from daemon.realtime.client import FailureKind, RealtimeError, server_failure
 from daemon.realtime.dialect import DIALECTS, SessionConfig, Tool, TurnDetection
 from media.codec import PCM24K, PCMU
 from tests.realtime_oracle import check_client_event, check_server_event
@@ -162,3 +163,79 @@ def test_session_updated_reports_the_formats() -> None:
     )
     assert isinstance(beta, ev.SessionReported)
     assert (beta.created, beta.input_format, beta.output_format) == (True, PCM24K, None)
+
+
+@pytest.mark.parametrize("dialect", ["ga", "beta"])
+def test_events_of_no_use_are_other(dialect: str) -> None:
+    """Event types the call code has no parser for, and output items that are not function
+    calls, parse as Other with their type."""
+    d = DIALECTS[dialect]
+    assert d.parse({"type": "rate_limits.updated", "rate_limits": []}) == ev.Other(
+        "rate_limits.updated"
+    )
+    other_delta = DIALECTS["beta" if dialect == "ga" else "ga"].audio_delta
+    assert d.parse({"type": other_delta, "item_id": "i", "delta": ""}) == ev.Other(other_delta)
+    message = {"type": "response.output_item.done", "item": {"type": "message", "id": "i"}}
+    assert d.parse(message) == ev.Other("response.output_item.done")
+
+
+RETRYABLE = {
+    (FailureKind.CONNECT, 0): True,
+    (FailureKind.TIMEOUT, 0): True,
+    **{(FailureKind.CLOSED, code): True for code in (1006, 1011, 1012, 1013)},
+    **{(FailureKind.CLOSED, code): False for code in (0, 1000, 1001, 1008, 4000)},
+    **{
+        (kind, code): False
+        for kind in (
+            FailureKind.AUTH,
+            FailureKind.RATE_LIMIT,
+            FailureKind.PROTOCOL,
+            FailureKind.MISMATCH,
+        )
+        for code in (0, 401, 429, 1006, 1011)
+    },
+}
+
+
+def test_only_connect_timeout_and_some_closes_are_retryable() -> None:
+    """A new session is tried for connect and timeout failures and for closes 1006, 1011,
+    1012 and 1013 only; the kinds keep the strings logs and call records carry."""
+    table = {(kind, code): kind.retryable(code) for kind, code in RETRYABLE}
+    assert table == RETRYABLE
+    assert [k.value for k in FailureKind] == [
+        "auth",
+        "rate_limit",
+        "connect",
+        "timeout",
+        "closed",
+        "protocol",
+        "mismatch",
+    ]
+    error = RealtimeError(FailureKind.CLOSED, "the realtime socket closed: 1011", 1011)
+    assert (error.kind, error.retryable, f"model {error.kind}") == (
+        "closed",
+        True,
+        "model closed",
+    )
+
+
+def test_server_failure_classifies_error_events() -> None:
+    """A server_error is a retryable 1011 loss, a rate limit ends the session (not
+    retryable), any other error event leaves the session up."""
+    lost = server_failure(ev.ServerError("server_error", "", "boom"))
+    assert lost is not None
+    assert (lost.kind, lost.code, lost.retryable, str(lost)) == (
+        FailureKind.CLOSED,
+        1011,
+        True,
+        "server_error: boom",
+    )
+    limited = server_failure(ev.ServerError("requests", "rate_limit_exceeded", "slow down"))
+    assert limited is not None
+    assert (limited.kind, limited.retryable, str(limited)) == (
+        FailureKind.RATE_LIMIT,
+        False,
+        "rate_limit_exceeded: slow down",
+    )
+    bad = ev.ServerError("invalid_request_error", "item_not_found", "no item")
+    assert server_failure(bad) is None

@@ -13,15 +13,20 @@ reader that knows only whole frames takes a piece for an oversized frame and clo
 A sender writes one multi-frame message at a time, so pieces need no id; whole frames may come
 between them, so a claim or a call event is never queued behind minutes of audio.
 
-Either side may send requests (the supervisor: ``make_call``, ``hangup``, ``ping``...; a
-worker: ``claim``); each gets exactly one response with the same ``id``, whose body is the
-result or ``{"error": "..."}``. Events have no id and get no response.
+Either side may send requests (the supervisor: ``outbound``, ``ping``...; a worker:
+``claim``...); each gets exactly one response with the same ``id``, whose body is the result or
+``{"error": "..."}``. Events have no id and get no response. Bodies are the typed messages of
+:mod:`daemon.ipc.messages`: each end serves the requests and events of its own handler table
+(message class -> handler), validating a body against its class before the handler sees it.
 
 Robustness: a frame that is too long ends the connection (the stream cannot be resynchronised);
 a message beyond ``MAX_MESSAGE`` is dropped and counted; a message that is not JSON or not a
 valid envelope is answered (when it has an id) or logged, and never crashes the reader; a
-request of an unknown type gets an error response; a peer that goes away fails every request
-still waiting with :class:`IpcClosed`. Writes wait for the socket (``drain``), so a slow reader
+request of an unknown type gets an error response ("unknown request type 'x'"), one whose body
+does not fit its message an "invalid x: field: reason" response and an ``ipc.bad_body``
+warning (an event: the warning only); a handler's exception goes back as an error response
+(an event handler's is logged); a peer that goes away fails every request still waiting with
+:class:`IpcClosed`. Writes wait for the socket (``drain``), so a slow reader
 slows the writer instead of growing its memory.
 """
 
@@ -32,12 +37,13 @@ import contextlib
 import itertools
 import json
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from enum import IntEnum
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from daemon.ipc.messages import Event, Message, Request, first_error
 from daemon.logs import get_logger
 
 log = get_logger(__name__)
@@ -58,8 +64,10 @@ class FrameKind(IntEnum):
 
 
 Body = dict[str, Any]
-RequestHandler = Callable[[str, Body], Awaitable[Body]]
-EventHandler = Callable[[str, Body], None]
+ReplyT = TypeVar("ReplyT", bound=Message)
+# What one end serves: a request's class -> its handler (the reply), an event's -> its handler.
+RequestHandlers = Mapping[type[Request[Any]], Callable[[Any], Awaitable[Message]]]
+EventHandlers = Mapping[type[Event], Callable[[Any], None]]
 
 
 class IpcError(Exception):
@@ -139,14 +147,14 @@ class Connection:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         name: str,
-        on_request: RequestHandler | None = None,
-        on_event: EventHandler | None = None,
+        requests: RequestHandlers | None = None,
+        events: EventHandlers | None = None,
     ) -> None:
         self.name = name
         self._reader = reader
         self._writer = writer
-        self._on_request = on_request
-        self._on_event = on_event
+        self._serves = {cls.type: (cls, handler) for cls, handler in (requests or {}).items()}
+        self._hears = {cls.type: (cls, handler) for cls, handler in (events or {}).items()}
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Body]] = {}
         self._write_lock = asyncio.Lock()  # one frame at a time on the socket
@@ -155,27 +163,30 @@ class Connection:
         self.closed = asyncio.Event()
         self.bad_frames = 0
 
-    async def request(self, type_: str, body: Body | None = None, within: float = 10.0) -> Body:
-        """Send a request and return the response body; raise IpcError/IpcClosed/TimeoutError."""
+    async def request(self, message: Request[ReplyT], within: float = 10.0) -> ReplyT:
+        """Send a request and return its reply; raise IpcError/IpcClosed/TimeoutError."""
+        type_ = message.type
         if self.closed.is_set():
             raise IpcClosed(f"{self.name}: connection closed")
         request_id = next(self._ids)
         future: asyncio.Future[Body] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            await self._send(
-                Envelope(v=1, kind="request", type=type_, id=request_id, body=body or {})
-            )
+            envelope = Envelope(v=1, kind="request", type=type_, id=request_id, body=message.body())
+            await self._send(envelope)
             async with asyncio.timeout(within):
                 result = await future
         finally:
             self._pending.pop(request_id, None)
         if "error" in result:
             raise IpcError(f"{self.name}: {type_}: {result['error']}")
-        return result
+        try:
+            return cast(ReplyT, await _validate(message.reply, result, self._big(result)))
+        except ValidationError as exc:
+            raise IpcError(f"{self.name}: {type_}: invalid reply: {first_error(exc)}") from None
 
-    async def event(self, type_: str, body: Body | None = None) -> None:
-        await self._send(Envelope(v=1, kind="event", type=type_, body=body or {}))
+    async def event(self, message: Event) -> None:
+        await self._send(Envelope(v=1, kind="event", type=message.type, body=message.body()))
 
     async def _send(self, envelope: Envelope) -> None:
         frames = encode(envelope)
@@ -227,7 +238,7 @@ class Connection:
             envelope = Envelope.model_validate_json(payload)
         except ValidationError as exc:
             self.bad_frames += 1
-            log.warning("ipc.bad_frame", peer=self.name, error=_first_error(exc))
+            log.warning("ipc.bad_frame", peer=self.name, error=first_error(exc))
             request_id = _request_id(payload)
             if request_id is not None:
                 self._spawn(self._respond(request_id, "invalid", {"error": "invalid frame"}))
@@ -237,31 +248,54 @@ class Connection:
             if future is not None and not future.done():
                 future.set_result(envelope.body)
         elif envelope.kind == "event":
-            if self._on_event is not None:
-                try:
-                    self._on_event(envelope.type, envelope.body)
-                except Exception as exc:
-                    log.error(
-                        "ipc.event_failed", peer=self.name, type=envelope.type, error=repr(exc)
-                    )
+            self._hear(envelope.type, envelope.body)
         elif envelope.id is None:
             self.bad_frames += 1
             log.warning("ipc.bad_frame", peer=self.name, error="request without id")
         else:
-            self._spawn(self._serve(envelope.id, envelope.type, envelope.body))
+            big = len(payload) > PIECE_BYTES
+            self._spawn(self._serve(envelope.id, envelope.type, envelope.body, big))
 
-    async def _serve(self, request_id: int, type_: str, body: Body) -> None:
-        if self._on_request is None:
-            result: Body = {"error": f"unknown request type {type_!r}"}
-        else:
-            try:
-                result = await self._on_request(type_, body)
-            except UnknownRequest:
-                result = {"error": f"unknown request type {type_!r}"}
-            except Exception as exc:  # the error goes back to the requester, and to the log
-                log.warning("ipc.request_failed", peer=self.name, type=type_, error=repr(exc))
-                result = {"error": str(exc) or repr(exc)}
+    def _hear(self, type_: str, body: Body) -> None:
+        known = self._hears.get(type_)
+        if known is None:
+            log.warning("ipc.unknown_event", peer=self.name, type=type_)
+            return
+        cls, handler = known
+        try:
+            message = cls.model_validate(body)
+        except ValidationError as exc:
+            log.warning("ipc.bad_body", peer=self.name, type=type_, error=first_error(exc))
+            return
+        try:
+            handler(message)
+        except Exception as exc:
+            log.error("ipc.event_failed", peer=self.name, type=type_, error=repr(exc))
+
+    async def _serve(self, request_id: int, type_: str, body: Body, big: bool) -> None:
+        known = self._serves.get(type_)
+        if known is None:
+            await self._respond(request_id, type_, {"error": f"unknown request type {type_!r}"})
+            return
+        cls, handler = known
+        try:
+            message = await _validate(cls, body, big)
+        except ValidationError as exc:
+            problem = first_error(exc)
+            log.warning("ipc.bad_body", peer=self.name, type=type_, error=problem)
+            await self._respond(request_id, type_, {"error": f"invalid {type_}: {problem}"})
+            return
+        try:
+            result = (await handler(message)).body()
+        except Exception as exc:  # the error goes back to the requester, and to the log
+            log.warning("ipc.request_failed", peer=self.name, type=type_, error=repr(exc))
+            result = {"error": str(exc) or repr(exc)}
         await self._respond(request_id, type_, result)
+
+    @staticmethod
+    def _big(body: Body) -> bool:
+        """A reply worth validating off the loop (audio): one with a long string in it."""
+        return any(isinstance(v, str) and len(v) > PIECE_BYTES for v in body.values())
 
     async def _respond(self, request_id: int, type_: str, body: Body) -> None:
         with contextlib.suppress(IpcClosed):
@@ -289,14 +323,12 @@ class Connection:
             task.cancel()
 
 
-class UnknownRequest(Exception):
-    """Raised by a request handler for a type it does not serve."""
-
-
-def _first_error(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    where = ".".join(str(p) for p in error["loc"])
-    return f"{where}: {error['msg']}" if where else str(error["msg"])
+async def _validate(cls: type[Message], body: Body, big: bool) -> Message:
+    """``body`` as a ``cls``; a message of minutes of audio is decoded off the event loop, so
+    the calls the process holds meanwhile keep their media flowing."""
+    if big:
+        return await asyncio.to_thread(cls.model_validate, body)
+    return cls.model_validate(body)
 
 
 def _request_id(payload: bytes) -> int | None:

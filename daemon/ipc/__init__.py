@@ -1,0 +1,1 @@
+"""The supervisor <-> SIP worker protocol: framing and connection, typed messages."""

@@ -327,8 +327,7 @@ class MemoryNetwork:
             return leg
         call = self._call(leg, phone)
         later = self.clock.later
-        if phone.on_incoming in ("answer", "ignore"):
-            later(0.0, lambda: leg.post(Ringing(180)))
+        later(0.0, lambda: leg.post(Ringing(180)))
         if phone.on_incoming == "ignore" or phone.answer_after >= ring_timeout:
             later(ring_timeout, lambda: self.end(call, Ended(*TERMINATED, "ring_timeout")))
         elif phone.on_incoming == "answer":

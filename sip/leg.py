@@ -28,7 +28,7 @@ from daemon.legs.media import LegMedia
 from daemon.logs import get_logger
 from sip import events as sip
 from sip.call_events import CallEvents
-from sip.endpoint import SipError
+from sip.errors import SipError
 from sip.worker import SipWorker
 
 log = get_logger(__name__)

@@ -1,7 +1,7 @@
 """The asyncio face of one SIP worker: start/stop, call commands, an event stream.
 
 Every method is a coroutine run on the event loop; the work happens on the SIP thread
-(:mod:`sip.endpoint`) and results come back as futures. Events arrive in the order pjsua2
+(:mod:`sip.thread`) and results come back as futures. Events arrive in the order pjsua2
 produced them. The same calls and events travel over the worker's IPC socket later, so they
 take and return plain values only.
 """
@@ -18,9 +18,10 @@ import pjsua2 as pj
 from config.schema import SipSettings
 from daemon.logs import get_logger
 from sip.audio_port import CallAudio
-from sip.endpoint import Claim, NoFreeSlot, SipError, SipThread
+from sip.errors import NoFreeSlot, SipError
 from sip.events import CallAnswered, CallEnded, RegistrationChanged, SipEvent
 from sip.target import request_uri
+from sip.thread import Claim, SipThread
 
 log = get_logger(__name__)
 
@@ -107,9 +108,6 @@ class SipWorker:
     async def events(self) -> AsyncIterator[SipEvent]:
         while True:
             yield await self._events.get()
-
-    async def next_event(self) -> SipEvent:
-        return await self._events.get()
 
     async def _on_sip_thread(self, action: Callable[[], T]) -> T:
         if self._thread is None:

@@ -20,7 +20,7 @@ import heapq
 import itertools
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal
 
@@ -299,15 +299,15 @@ class MemoryPhone:
         self._network.end(call, Ended(code, reason, "", call.answered))
 
 
-@dataclass
 class MemoryNetwork:
     """Phones by extension, and the calls between them and the daemon's legs."""
 
-    clock: MediaClock
-    rate: int = 8000
-    transfer_result: int = 200  # final status a REFER reports
-    phones: dict[str, MemoryPhone] = field(default_factory=dict)
-    _keys: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    def __init__(self, clock: MediaClock, rate: int = 8000, transfer_result: int = 200) -> None:
+        self.clock = clock
+        self.rate = rate
+        self.transfer_result = transfer_result  # final status a REFER reports
+        self.phones: dict[str, MemoryPhone] = {}
+        self._keys = itertools.count(1)
 
     def phone(
         self, ext: str, on_incoming: OnIncoming = "answer", answer_after: float = 0.0

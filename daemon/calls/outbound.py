@@ -153,7 +153,8 @@ class OutboundCall:
             if isinstance(event, leg.Ringing):
                 self._post(Ringing())
             elif isinstance(event, leg.Answered):
-                self._media = await call.media()
+                with contextlib.suppress(LegError):  # gone at once: nothing plays, Ended is next
+                    self._media = await call.media()
                 self._post(Answered(time.time()))
             elif isinstance(event, leg.Ended):
                 self._post(Ended(event.code, time.time(), event.local_cause, event.reason))
@@ -161,7 +162,8 @@ class OutboundCall:
 
     async def _play(self, item: str) -> None:
         media = self._media
-        assert media is not None
+        if media is None:  # the callee hung up as they answered: the call's Ended follows
+            return
         samples = self.sounds[item]
         item_id = f"{item}-{next(self._plays)}"
         media.playout.push(item_id, samples)
@@ -174,7 +176,8 @@ class OutboundCall:
 
     async def _listen(self, seconds: float) -> None:
         media = self._media
-        assert media is not None
+        if media is None:
+            return
         media.clear_uplink()  # what was heard before the prompt ended is not the answer
         vad = VoiceActivityDetector(
             media.rate, aggressiveness=2, min_speech_ms=200, hangover_ms=700

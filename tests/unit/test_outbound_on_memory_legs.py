@@ -130,6 +130,19 @@ async def test_callee_hanging_up_during_the_message(network: MemoryNetwork) -> N
     assert phone.events == []  # we never hung up a call the callee had ended
 
 
+async def test_callee_hanging_up_as_they_answer(network: MemoryNetwork) -> None:
+    """A callee who hangs up in the instant of answering (the call is gone before its media
+    is asked for) gives a completed call with the message not played, not a stuck flow."""
+    phone = network.phone("2006", answer_after=0.2)
+    running = asyncio.create_task(_call(network, "2006"))
+    async with asyncio.timeout(5):
+        await phone.connected.wait()
+    phone.hang_up()  # before the flow has seen the answer
+    result, reports = await running
+    assert (result["status"], result["message_played"]) == ("completed", False), result
+    assert reports == ["ringing", "answered"]
+
+
 async def test_hello_at_pick_up_is_not_the_answer(network: MemoryNetwork) -> None:
     """A "hello?" said over the message and prompt is dropped when listening starts; the
     answer said after the prompt is the only utterance transcribed, and it counts."""

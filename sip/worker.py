@@ -109,6 +109,11 @@ class SipWorker:
         while True:
             yield await self._events.get()
 
+    def _running(self) -> SipThread:
+        if self._thread is None:
+            raise SipError("the SIP worker is not running")
+        return self._thread
+
     async def _on_sip_thread(self, action: Callable[[], T]) -> T:
         if self._thread is None:
             raise SipError("the SIP worker is not running")
@@ -181,13 +186,11 @@ class SipWorker:
             )
 
     async def answer(self, call: str) -> None:
-        thread = self._thread
-        assert thread is not None
+        thread = self._running()
         await self._on_sip_thread(lambda: thread.call(call).respond(200))
 
     async def reject(self, call: str, code: int = 486) -> None:
-        thread = self._thread
-        assert thread is not None
+        thread = self._running()
         await self._on_sip_thread(lambda: thread.call(call).end("rejected", code))
 
     async def hangup(self, call: str) -> None:
@@ -196,14 +199,12 @@ class SipWorker:
             await self._on_sip_thread(lambda: _end_if_present(thread, call, "hangup"))
 
     async def send_dtmf(self, call: str, digits: str) -> None:
-        thread = self._thread
-        assert thread is not None
+        thread = self._running()
         await self._on_sip_thread(lambda: thread.call(call).dialDtmf(digits))
 
     async def transfer(self, call: str, target: str) -> None:
         """Blind transfer (REFER); progress arrives as TransferProgress events."""
-        thread = self._thread
-        assert thread is not None
+        thread = self._running()
         uri = request_uri(target, thread.domain)
 
         def refer() -> None:
@@ -212,8 +213,7 @@ class SipWorker:
         await self._on_sip_thread(refer)
 
     async def audio(self, call: str) -> CallAudio:
-        thread = self._thread
-        assert thread is not None
+        thread = self._running()
         audio: CallAudio = await self._on_sip_thread(lambda: thread.call(call).audio)
         return audio
 

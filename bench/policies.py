@@ -12,14 +12,13 @@ import numpy as np
 import websockets
 
 from bench.capacity import UnderrunLog
+from daemon.legs.leg import CallLeg
 from media import g711
-from sip.events import IncomingCall
-from sip.worker import SipWorker
 
 LATE_MS = 60.0  # an uplink frame this much behind the call's own 20 ms clock counts as late
 
 
-async def model_echo(worker: SipWorker, call: IncomingCall) -> None:
+async def model_echo(leg: CallLeg) -> None:
     """Answer; send caller audio as mu-law to the fake model; play what it sends back.
 
     Writes one JSON line per call to $SIPAI_BENCH_RESULTS: frames, late and missing uplink
@@ -27,8 +26,8 @@ async def model_echo(worker: SipWorker, call: IncomingCall) -> None:
     until ``bench.capacity.STARTUP_MS`` after the first echoed audio was queued), and when the
     first underruns happened (ms after the first echoed audio).
     """
-    await worker.answer(call.call)
-    audio = await worker.audio(call.call)
+    await leg.answer()
+    audio = await leg.media()
     url = os.environ["SIPAI_BENCH_MODEL_URL"]
     frames = late = 0
     started: float | None = None
@@ -64,8 +63,7 @@ async def model_echo(worker: SipWorker, call: IncomingCall) -> None:
     elapsed = time.monotonic() - started if started is not None else 0.0
     final_underruns = audio.playout.stats().underruns
     result = {
-        "call": call.call,
-        "worker": worker.index,
+        "call": leg.info.key,  # "w<worker>-<n>"
         "frames": frames,
         "expected_frames": round(elapsed / 0.020),
         "late_frames": late,

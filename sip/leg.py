@@ -26,15 +26,15 @@ from daemon.legs.leg import (
 )
 from daemon.legs.media import LegMedia
 from daemon.logs import get_logger
-from sip import events as sip
+from sip import events as sip_events
 from sip.call_events import CallEvents
-from sip.endpoint import SipError
+from sip.errors import SipError
 from sip.worker import SipWorker
 
 log = get_logger(__name__)
 
 
-def call_info(call: sip.IncomingCall) -> CallInfo:
+def call_info(call: sip_events.IncomingCall) -> CallInfo:
     """What a flow may know of an incoming call."""
     return CallInfo(
         key=call.call,
@@ -47,17 +47,17 @@ def call_info(call: sip.IncomingCall) -> CallInfo:
     )
 
 
-def leg_event(event: sip.SipEvent) -> LegEvent | None:
+def leg_event(event: sip_events.SipEvent) -> LegEvent | None:
     """The leg event for a call's SIP event (None: not one a flow sees)."""
-    if isinstance(event, sip.CallRinging):
+    if isinstance(event, sip_events.CallRinging):
         return Ringing(event.code)
-    if isinstance(event, sip.CallAnswered):
+    if isinstance(event, sip_events.CallAnswered):
         return Answered()
-    if isinstance(event, sip.DtmfReceived):
+    if isinstance(event, sip_events.DtmfReceived):
         return Dtmf(event.digit, event.method)
-    if isinstance(event, sip.TransferProgress):
+    if isinstance(event, sip_events.TransferProgress):
         return TransferProgress(event.code, event.reason, event.final)
-    if isinstance(event, sip.CallEnded):
+    if isinstance(event, sip_events.CallEnded):
         return Ended(event.code, event.reason, event.local_cause, event.answered, event.stats)
     return None
 
@@ -67,7 +67,7 @@ class SipLeg:
         self,
         worker: SipWorker,
         info: CallInfo,
-        events: asyncio.Queue[sip.SipEvent],
+        events: asyncio.Queue[sip_events.SipEvent],
         calls: CallEvents,
     ) -> None:
         self.worker = worker

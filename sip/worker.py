@@ -1,7 +1,7 @@
 """The asyncio face of one SIP worker: start/stop, call commands, an event stream.
 
 Every method is a coroutine run on the event loop; the work happens on the SIP thread
-(:mod:`sip.endpoint`) and results come back as futures. Events arrive in the order pjsua2
+(:mod:`sip.thread`) and results come back as futures. Events arrive in the order pjsua2
 produced them. The same calls and events travel over the worker's IPC socket later, so they
 take and return plain values only.
 """
@@ -18,9 +18,10 @@ import pjsua2 as pj
 from config.schema import SipSettings
 from daemon.logs import get_logger
 from sip.audio_port import CallAudio
-from sip.endpoint import Claim, NoFreeSlot, SipError, SipThread
+from sip.errors import NoFreeSlot, SipError
 from sip.events import CallAnswered, CallEnded, RegistrationChanged, SipEvent
 from sip.target import request_uri
+from sip.thread import Claim, SipThread
 
 log = get_logger(__name__)
 
@@ -108,8 +109,10 @@ class SipWorker:
         while True:
             yield await self._events.get()
 
-    async def next_event(self) -> SipEvent:
-        return await self._events.get()
+    def _running(self) -> SipThread:
+        if self._thread is None:
+            raise SipError("the SIP worker is not running")
+        return self._thread
 
     async def _on_sip_thread(self, action: Callable[[], T]) -> T:
         if self._thread is None:
@@ -183,13 +186,11 @@ class SipWorker:
             )
 
     async def answer(self, call: str) -> None:
-        thread = self._thread
-        assert thread is not None
+        thread = self._running()
         await self._on_sip_thread(lambda: thread.call(call).respond(200))
 
     async def reject(self, call: str, code: int = 486) -> None:
-        thread = self._thread
-        assert thread is not None
+        thread = self._running()
         await self._on_sip_thread(lambda: thread.call(call).end("rejected", code))
 
     async def hangup(self, call: str) -> None:
@@ -198,14 +199,12 @@ class SipWorker:
             await self._on_sip_thread(lambda: _end_if_present(thread, call, "hangup"))
 
     async def send_dtmf(self, call: str, digits: str) -> None:
-        thread = self._thread
-        assert thread is not None
+        thread = self._running()
         await self._on_sip_thread(lambda: thread.call(call).dialDtmf(digits))
 
     async def transfer(self, call: str, target: str) -> None:
         """Blind transfer (REFER); progress arrives as TransferProgress events."""
-        thread = self._thread
-        assert thread is not None
+        thread = self._running()
         uri = request_uri(target, thread.domain)
 
         def refer() -> None:
@@ -214,8 +213,7 @@ class SipWorker:
         await self._on_sip_thread(refer)
 
     async def audio(self, call: str) -> CallAudio:
-        thread = self._thread
-        assert thread is not None
+        thread = self._running()
         audio: CallAudio = await self._on_sip_thread(lambda: thread.call(call).audio)
         return audio
 

@@ -56,7 +56,7 @@ from daemon.realtime.client import Endpoint, RealtimeError, RealtimeSession
 from daemon.realtime.dialect import SessionConfig, Tool, TurnDetection
 from media.codec import PCM24K, PCMU, AudioFormat, Decoder, Encoder
 from sip.audio_port import CallAudio
-from sip.endpoint import SipError
+from sip.errors import SipError
 from sip.events import (
     CallAnswered,
     CallEnded,

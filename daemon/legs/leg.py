@@ -28,11 +28,15 @@ class CallInfo:
 
 @dataclass(frozen=True)
 class MediaStats:
+    """A call's media counters when it ended (RTP from the stream, the rest from its media)."""
+
     rx_packets: int
     rx_lost: int
     rx_jitter_ms: float
     tx_packets: int
-    uplink_dropped_frames: int
+    uplink_frames: int  # caller frames handed to the flow's uplink
+    uplink_dropped: int  # of those, dropped unread (the flow fell 1 s behind)
+    callback_errors: int  # media callbacks that failed (counted, never raised)
     playout_underruns: int
 
 

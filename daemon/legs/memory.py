@@ -20,7 +20,7 @@ import heapq
 import itertools
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal
 
@@ -165,7 +165,7 @@ class PhoneEvent:
 
 
 @dataclass
-class _Call:
+class MemoryCall:
     """One call between a daemon leg and a phone (both ends' state, on the loop)."""
 
     leg: MemoryLeg
@@ -185,7 +185,7 @@ class MemoryLeg:
         self._events: asyncio.Queue[LegEvent] = asyncio.Queue()
         self._last: Ended | None = None
         self._released = False
-        self.call: _Call | None = None  # set by the network as soon as the call exists
+        self.call: MemoryCall | None = None  # set by the network as soon as the call exists
 
     @property
     def info(self) -> CallInfo:
@@ -203,7 +203,7 @@ class MemoryLeg:
         if not self._released:
             self._events.put_nowait(event)
 
-    def _live(self) -> _Call:
+    def _live(self) -> MemoryCall:
         call = self.call
         if call is None or call.ended:
             raise LegError(f"call {self._info.key} is gone")
@@ -268,7 +268,7 @@ class MemoryPhone:
         self.ended: Ended | None = None  # how the current call ended, as this side saw it
         self.connected = asyncio.Event()  # media flows both ways
         self.done = asyncio.Event()  # the call is over
-        self.call: _Call | None = None
+        self.call: MemoryCall | None = None
 
     def record(self, event: PhoneEvent) -> None:
         self.events.append(event)
@@ -299,15 +299,15 @@ class MemoryPhone:
         self._network.end(call, Ended(code, reason, "", call.answered))
 
 
-@dataclass
 class MemoryNetwork:
     """Phones by extension, and the calls between them and the daemon's legs."""
 
-    clock: MediaClock
-    rate: int = 8000
-    transfer_result: int = 200  # final status a REFER reports
-    phones: dict[str, MemoryPhone] = field(default_factory=dict)
-    _keys: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    def __init__(self, clock: MediaClock, rate: int = 8000, transfer_result: int = 200) -> None:
+        self.clock = clock
+        self.rate = rate
+        self.transfer_result = transfer_result  # final status a REFER reports
+        self.phones: dict[str, MemoryPhone] = {}
+        self._keys = itertools.count(1)
 
     def phone(
         self, ext: str, on_incoming: OnIncoming = "answer", answer_after: float = 0.0
@@ -327,8 +327,7 @@ class MemoryNetwork:
             return leg
         call = self._call(leg, phone)
         later = self.clock.later
-        if phone.on_incoming in ("answer", "ignore"):
-            later(0.0, lambda: leg.post(Ringing(180)))
+        later(0.0, lambda: leg.post(Ringing(180)))
         if phone.on_incoming == "ignore" or phone.answer_after >= ring_timeout:
             later(ring_timeout, lambda: self.end(call, Ended(*TERMINATED, "ring_timeout")))
         elif phone.on_incoming == "answer":
@@ -362,20 +361,20 @@ class MemoryNetwork:
     def _leg(self, info: CallInfo) -> MemoryLeg:
         return MemoryLeg(self, info, LegMedia(self.rate, self.clock.frame_ms, self.clock))
 
-    def _call(self, leg: MemoryLeg, phone: MemoryPhone) -> _Call:
+    def _call(self, leg: MemoryLeg, phone: MemoryPhone) -> MemoryCall:
         phone.media = LegMedia(self.rate, self.clock.frame_ms, self.clock)
         phone.ended = None
         phone.connected.clear()
         phone.done.clear()
-        call = _Call(leg, phone)
+        call = MemoryCall(leg, phone)
         leg.call = phone.call = call
         return call
 
-    def _pick_up(self, call: _Call) -> None:
+    def _pick_up(self, call: MemoryCall) -> None:
         if not call.ended:
             self.connect(call)
 
-    def connect(self, call: _Call) -> None:
+    def connect(self, call: MemoryCall) -> None:
         """The call is up: media flows from the next tick, and the leg learns it."""
         if call.ended or call.answered:
             return
@@ -384,7 +383,7 @@ class MemoryNetwork:
         call.phone.connected.set()
         call.leg.post(Answered())
 
-    def end(self, call: _Call, ended: Ended) -> None:
+    def end(self, call: MemoryCall, ended: Ended) -> None:
         """Both ends learn that the call is over: the daemon's leg gets ``ended``."""
         if call.ended:
             return

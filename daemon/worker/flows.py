@@ -22,20 +22,21 @@ from numpy.typing import NDArray
 
 from config.schema import AgentSettings, ApiSettings, Backend, RealtimeSettings
 from daemon.calls.inbound import InboundAgent, InboundCall
+from daemon.calls.outbound import OutboundCall
 from daemon.ipc.connection import Body
 from daemon.ipc.messages import Outbound
+from daemon.legs.leg import CallLeg
 from daemon.logs import get_logger
 from daemon.realtime.backends import endpoint
 from daemon.worker.services import WorkerServices
 from sip.call_events import CallEvents
 from sip.events import IncomingCall, SipEvent
-from sip.leg import SipLeg, call_info
-from sip.outbound_call import OutboundCall
+from sip.leg import SipDialer, SipLeg, call_info
 from sip.worker import SipWorker
 
 log = get_logger(__name__)
 
-InboundPolicy = Callable[[SipWorker, IncomingCall], Awaitable[None]]
+InboundPolicy = Callable[[CallLeg], Awaitable[None]]  # answers (or not) and runs a call
 
 
 def load_policy(path: str | None) -> InboundPolicy | None:
@@ -67,7 +68,7 @@ async def inbound(ctx: FlowContext, call: IncomingCall, events: asyncio.Queue[Si
     leg = SipLeg(ctx.worker, call_info(call), events, ctx.calls)
     try:
         if ctx.policy is not None:
-            await ctx.policy(ctx.worker, call)
+            await ctx.policy(leg)
         else:
             await agent(ctx, call, events)
     except Exception as exc:
@@ -107,9 +108,8 @@ async def run_outbound(ctx: FlowContext, request: Outbound) -> Body:
         await ctx.services.report("outbound_status", {"call_id": call_id, "status": status})
 
     ctx.outbound[call_id] = {"audio": await asyncio.to_thread(summary, audio)}
-    outbound = OutboundCall(
-        ctx.worker, request.request, audio, ctx.services.transcribe, report, calls=ctx.calls
-    )
+    dialer = SipDialer(ctx.worker, ctx.calls)
+    outbound = OutboundCall(dialer, request.request, audio, ctx.services.transcribe, report)
     try:
         # Wrapped: a reply with a top-level "error" key means the request failed.
         return {"result": await outbound.run()}

@@ -1,7 +1,7 @@
 """The real supervisor, with an inbound policy that answers every call and plays silence.
 
 Run as a script by the e2e tests that need calls up inside the daemon process without a
-realtime model (the product's own policy hands every call to the inbound agent).
+realtime model behind them.
 """
 
 from __future__ import annotations
@@ -10,17 +10,16 @@ import asyncio
 import sys
 
 from config import load_settings
+from daemon.legs.leg import CallLeg
 from daemon.logs import configure_logging, get_logger
 from daemon.supervisor import Supervisor
-from sip.events import IncomingCall
-from sip.worker import SipWorker
 
 log = get_logger("answering")
 
 
-async def answer(worker: SipWorker, call: IncomingCall) -> None:
-    await worker.answer(call.call)
-    log.info("test.answered", call_id=call.call)
+async def answer(leg: CallLeg) -> None:
+    await leg.answer()
+    log.info("test.answered", call_id=leg.info.key)
 
 
 def main() -> int:

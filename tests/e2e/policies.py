@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from sip.events import IncomingCall
-from sip.worker import SipWorker
+from daemon.legs.leg import CallLeg
 
 
-async def echo(worker: SipWorker, call: IncomingCall) -> None:
+async def echo(leg: CallLeg) -> None:
     """Answer and send the caller's audio straight back (content checks at the phone)."""
-    await worker.answer(call.call)
-    audio = await worker.audio(call.call)
-    async for frame in audio.frames():
-        audio.playout.push("echo", np.frombuffer(frame, dtype="<i2"))
+    await leg.answer()
+    media = await leg.media()
+    async for frame in media.frames():
+        media.playout.push("echo", np.frombuffer(frame, dtype="<i2"))

@@ -107,7 +107,8 @@ async def test_registration_returns_after_pbx_restart(
 async def test_inbound_call_audio_both_ways(
     kamailio: Kamailio, make_worker: MakeWorker, phones: Phones, tmp_path: Path
 ) -> None:
-    """A phone calls in: caller info arrives, each side hears the other's tone."""
+    """A phone calls in: caller info arrives, each side hears the other's tone, and the end
+    reports the call's media counters (RTP packets, uplink frames, no callback errors)."""
     worker = await make_worker(worker_settings(kamailio))
     await worker.expect(RegistrationChanged, registered=True)
     phone = await phones("caller")
@@ -141,6 +142,8 @@ async def test_inbound_call_audio_both_ways(
     assert ended.stats is not None
     assert ended.stats.rx_packets > 40
     assert ended.stats.tx_packets > 40
+    assert ended.stats.uplink_frames >= len(uplink) // 160, ended.stats
+    assert ended.stats.callback_errors == 0, ended.stats
 
 
 async def test_outbound_ringing_answered_ended(

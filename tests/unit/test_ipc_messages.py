@@ -30,7 +30,7 @@ from sip.events import (
 )
 
 PCM = np.array([0, 1, -1, 32767, -32768, 1234], dtype=np.int16)
-STATS = MediaStats(10, 1, 2.5, 12, 0, 3)
+STATS = MediaStats(10, 1, 2.5, 12, 9, 0, 1, 3)
 EXAMPLES: list[m.Message] = [
     m.Ping(),
     m.PingReply(

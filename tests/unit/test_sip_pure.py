@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from sip.endpoint import _display_name, _headers, _registrar_host, _user_of
 from sip.registration import Backoff
 from sip.target import request_uri
+from sip.uri import display_name, headers, registrar_host, user_of
 from tests.integration.conftest import worker_settings
 
 
@@ -49,18 +49,18 @@ def test_bad_dial_targets_are_refused(target: str) -> None:
 
 def test_caller_info_parsing() -> None:
     """Display name, user and header fields come out of the INVITE as sent."""
-    assert _display_name('"Front Desk" <sip:1001@pbx>') == "Front Desk"
-    assert _display_name("Bob <sip:1002@pbx>") == "Bob"
-    assert _display_name("<sip:1003@pbx>") == ""
-    assert _user_of('"X" <sip:1001@pbx;transport=udp>') == "1001"
+    assert display_name('"Front Desk" <sip:1001@pbx>') == "Front Desk"
+    assert display_name("Bob <sip:1002@pbx>") == "Bob"
+    assert display_name("<sip:1003@pbx>") == ""
+    assert user_of('"X" <sip:1001@pbx;transport=udp>') == "1001"
     message = "INVITE sip:1000@pbx SIP/2.0\r\nFrom: a\r\nX-Case: 42\r\nVia: 1\r\nVia: 2\r\n\r\nv=0"
-    assert _headers(message) == {"from": "a", "x-case": "42", "via": "1"}
+    assert headers(message) == {"from": "a", "x-case": "42", "via": "1"}
 
 
 def test_domain_defaults_to_the_registrar_host() -> None:
     """With no sip.domain the registrar's host is used (port and parameters dropped)."""
     settings = worker_settings(None, registrar="sip:pbx.example:5060;transport=udp")
-    assert _registrar_host(settings) == "pbx.example"
-    assert _registrar_host(worker_settings(None, registrar="sip:[::1]:5160")) == "[::1]"
-    assert _registrar_host(worker_settings(None, registrar="sip:ext@10.0.0.5")) == "10.0.0.5"
-    assert _registrar_host(worker_settings(None)) == ""
+    assert registrar_host(settings) == "pbx.example"
+    assert registrar_host(worker_settings(None, registrar="sip:[::1]:5160")) == "[::1]"
+    assert registrar_host(worker_settings(None, registrar="sip:ext@10.0.0.5")) == "10.0.0.5"
+    assert registrar_host(worker_settings(None)) == ""

@@ -1,0 +1,61 @@
+"""The SIP adapter stays below the call flows: sip/ never imports what runs the calls."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+# What sip/ must not import: the flows, their records, the worker process and its IPC.
+FORBIDDEN = ("daemon.calls", "daemon.store", "daemon.outbound", "daemon.worker", "daemon.ipc")
+
+
+def imported_modules(path: Path, package: str) -> Iterator[tuple[int, str]]:
+    """(line, module) for every import in ``path`` (a module of ``package``), at any depth
+    (functions included); ``from a import b`` yields both ``a`` and ``a.b``, so a submodule
+    imported by name counts."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolved against this file's package
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            yield node.lineno, base
+            for alias in node.names:
+                yield node.lineno, f"{base}.{alias.name}"
+
+
+def _package(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).parts[:-1])
+
+
+def _forbidden(module: str) -> bool:
+    return any(module == f or module.startswith(f + ".") for f in FORBIDDEN)
+
+
+def test_sip_imports_nothing_of_the_call_flows() -> None:
+    """No module under sip/ imports daemon.calls, store, outbound, worker or ipc, not even
+    inside a function."""
+    files = sorted((ROOT / "sip").rglob("*.py"))
+    assert len(files) > 10, files
+    found = [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for path in files
+        for line, module in imported_modules(path, _package(path))
+        if _forbidden(module)
+    ]
+    assert not found, "sip/ must stay below the call flows:\n" + "\n".join(found)
+
+
+def test_the_import_walk_sees_imports_inside_functions(tmp_path: Path) -> None:
+    """The walk finds an import hidden in a function body and one written relatively."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f():\n    from ..calls import flow\n    import daemon.ipc\n")
+    walked = {module for _, module in imported_modules(probe, "daemon.legs")}
+    assert walked == {"daemon.calls", "daemon.calls.flow", "daemon.ipc"}, walked
+    assert all(_forbidden(module) for module in walked)

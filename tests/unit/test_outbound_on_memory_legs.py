@@ -1,0 +1,178 @@
+"""Outbound notification calls on in-memory legs: what the callee hears and what is reported."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from daemon.calls.outbound import OutboundCall
+from daemon.legs.memory import MediaClock, MemoryNetwork, PhoneEvent
+from media.resample import resample
+from tests.audio import occurrences, speech
+
+RATE = 8000
+WALL_LIMIT = 2.0  # seconds of wall time a call may take on the virtual clock
+
+
+def _noise(seconds: float, seed: int) -> NDArray[np.int16]:
+    """A sound found again by correlation (sharper than a tone), loud enough to be heard."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(-8000, 8000, round(seconds * RATE)).astype(np.int16)
+
+
+def _copies(recording: NDArray[np.int16], sound: NDArray[np.int16]) -> int:
+    """How many exact copies of ``sound`` ``recording`` holds (the memory network is lossless)."""
+    n = len(sound)
+    starts = np.flatnonzero(recording[: len(recording) - n + 1] == sound[0])
+    return sum(np.array_equal(recording[i : i + n], sound) for i in starts)
+
+
+def _words(text: str) -> NDArray[np.int16]:
+    rate, pcm = speech(text)
+    return resample(pcm, rate, RATE)
+
+
+SOUNDS = {"message": _noise(0.5, 1), "prompt": _noise(0.5, 2), "closing": _noise(0.3, 3)}
+CHOICE = {
+    "options": [{"value": "confirmed", "synonyms": ["yes"]}, {"value": "cancelled"}],
+    "timeout_seconds": 1.0,
+    "repeat_count": 2,
+}
+
+
+class Transcriber:
+    """The speech service's part: says which of the phone's sentences an utterance holds."""
+
+    def __init__(self, sentences: dict[str, NDArray[np.int16]]) -> None:
+        self.sentences = sentences
+        self.heard: list[NDArray[np.int16]] = []
+
+    async def __call__(self, pcm: NDArray[np.int16], rate: int, hint: str) -> str:
+        assert rate == RATE
+        self.heard.append(pcm)
+        return " ".join(t for t, s in self.sentences.items() if occurrences(pcm, s, 0.8, 4))
+
+
+@pytest.fixture
+async def network() -> AsyncIterator[MemoryNetwork]:
+    async with MediaClock(speed=None) as clock:
+        yield MemoryNetwork(clock, rate=RATE)
+
+
+async def _call(
+    network: MemoryNetwork,
+    extension: str,
+    choice: dict[str, Any] | None = None,
+    transcriber: Transcriber | None = None,
+    sounds: dict[str, NDArray[np.int16]] = SOUNDS,
+) -> tuple[dict[str, Any], list[str]]:
+    """Run one call to ``extension``; its result and the statuses it reported."""
+    reports: list[str] = []
+
+    async def report(status: str) -> None:
+        reports.append(status)
+
+    request: dict[str, Any] = {"extension": extension, "ring_timeout": 5}
+    if choice is not None:
+        request["choice"] = choice
+    call = OutboundCall(network, request, sounds, transcriber or Transcriber({}), report)
+    began = time.monotonic()
+    async with asyncio.timeout(10):
+        result = await call.run()
+    wall = time.monotonic() - began
+    print(f"call to {extension}: {network.clock.now():.2f} s on the clock, {wall:.3f} s wall")
+    assert wall < WALL_LIMIT, f"{wall:.2f} s wall for one call on the virtual clock"
+    return result, reports
+
+
+async def test_plain_notification_is_heard_to_its_last_sample(network: MemoryNetwork) -> None:
+    """A call without a choice plays the message to its last sample, hangs up, completes."""
+    phone = network.phone("2001", answer_after=0.4)
+    result, reports = await _call(network, "2001")
+    assert result["status"] == "completed", result
+    assert result["message_played"] is True
+    assert reports == ["ringing", "answered"]
+    heard = phone.heard()
+    start = int(np.flatnonzero(heard)[0])
+    message = SOUNDS["message"]
+    assert np.array_equal(heard[start : start + len(message)], message), "message not intact"
+    assert not np.any(heard[start + len(message) :]), "something after the message"
+    assert phone.events == [PhoneEvent("hung_up")]
+
+
+async def test_busy_is_reported_as_busy(network: MemoryNetwork) -> None:
+    """A 486 from the callee gives status busy with the SIP code, and no hang-up of ours."""
+    phone = network.phone("2002", on_incoming="busy", answer_after=0.3)
+    result, reports = await _call(network, "2002")
+    assert (result["status"], result["sip_code"]) == ("busy", 486), result
+    assert reports == ["ringing"]
+    assert phone.events == []
+
+
+async def test_callee_hanging_up_during_the_message(network: MemoryNetwork) -> None:
+    """The callee hangs up half way through the message: completed, message not played."""
+    phone = network.phone("2003")
+    long = {**SOUNDS, "message": _noise(2.0, 4)}
+    running = asyncio.create_task(_call(network, "2003", sounds=long))
+    async with asyncio.timeout(5):
+        await phone.connected.wait()
+    await network.clock.sleep(1.0)
+    phone.hang_up()
+    result, _ = await running
+    assert result["status"] == "completed", result
+    assert result["message_played"] is False
+    assert phone.events == []  # we never hung up a call the callee had ended
+
+
+async def test_callee_hanging_up_as_they_answer(network: MemoryNetwork) -> None:
+    """A callee who hangs up in the instant of answering (the call is gone before its media
+    is asked for) gives a completed call with the message not played, not a stuck flow."""
+    phone = network.phone("2006", answer_after=0.2)
+    running = asyncio.create_task(_call(network, "2006"))
+    async with asyncio.timeout(5):
+        await phone.connected.wait()
+    phone.hang_up()  # before the flow has seen the answer
+    result, reports = await running
+    assert (result["status"], result["message_played"]) == ("completed", False), result
+    assert reports == ["ringing", "answered"]
+
+
+async def test_hello_at_pick_up_is_not_the_answer(network: MemoryNetwork) -> None:
+    """A "hello?" said over the message and prompt is dropped when listening starts; the
+    answer said after the prompt is the only utterance transcribed, and it counts."""
+    phone = network.phone("2004")
+    hello, answer = _words("Hello?"), _words("No thanks.")
+    transcriber = Transcriber({"hello": hello, "no thanks": answer})
+    choice = {**CHOICE, "options": [{"value": "cancelled", "synonyms": ["no thanks"]}]}
+    running = asyncio.create_task(_call(network, "2004", choice, transcriber))
+    async with asyncio.timeout(5):
+        await phone.connected.wait()
+    phone.play(hello)  # over the message (0.5 s) and into the prompt, ending before it does
+    spoken = len(SOUNDS["message"]) + len(SOUNDS["prompt"])
+    await network.clock.sleep(spoken / RATE + 0.2)
+    phone.play(answer, "answer")
+    result, _ = await running
+    assert result["choice_response"] == "cancelled", result
+    assert len(transcriber.heard) == 1, f"{len(transcriber.heard)} utterances transcribed"
+    assert occurrences(transcriber.heard[0], hello, 0.8, 4) == 0, "the hello was transcribed"
+
+
+async def test_silence_repeats_the_prompt_then_null(network: MemoryNetwork) -> None:
+    """Nothing said: the callee hears the prompt repeat_count times, then the closing; the
+    call completes with no choice and nothing was transcribed."""
+    phone = network.phone("2005")
+    transcriber = Transcriber({})
+    result, _ = await _call(network, "2005", CHOICE, transcriber)
+    assert result["status"] == "completed", result
+    assert result["choice_response"] is None
+    assert transcriber.heard == []
+    heard = phone.heard()
+    prompts = _copies(heard, SOUNDS["prompt"])
+    assert prompts == CHOICE["repeat_count"], f"prompt heard {prompts} times"
+    assert _copies(heard, SOUNDS["closing"]) == 1

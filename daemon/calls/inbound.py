@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import fnmatch
 import json
 import time
 from collections import deque
@@ -38,23 +37,22 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import numpy as np
 from numpy.typing import NDArray
 
-from config.schema import (
-    AgentSettings,
-    ConnectFailure,
-    HttpTool,
-    ModelAudio,
-    RealtimeSettings,
-    TurnDetectionKind,
+from config.schema import AgentSettings, ConnectFailure, RealtimeSettings
+from daemon.calls.agent_config import (
+    END_CALL,
+    SEND_DTMF,
+    for_call,
+    session_config,
+    transfer_targets,
 )
+from daemon.calls.tools import HttpTools
 from daemon.logs import get_logger
 from daemon.realtime import events as ev
 from daemon.realtime.client import Endpoint, RealtimeError, RealtimeSession
-from daemon.realtime.dialect import SessionConfig, Tool, TurnDetection
-from media.codec import PCM24K, PCMU, AudioFormat, Decoder, Encoder
+from media.codec import PCMU, AudioFormat, Decoder, Encoder
 from sip.audio_port import CallAudio
 from sip.errors import SipError
 from sip.events import (
@@ -74,96 +72,12 @@ Report = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 DTMF_GAP_SECONDS = 1.5  # digits typed closer than this go to the model together
 END_CALL_MAX_WAIT = 30.0  # longest goodbye played out before end_call hangs up anyway
-
-END_CALL = Tool(
-    "end_call",
-    "Hang up the call. Say goodbye first; the call ends when your goodbye has been heard.",
-    {"type": "object", "properties": {}, "additionalProperties": False},
-)
-SEND_DTMF = Tool(
-    "send_dtmf",
-    "Send telephone keypad tones to the other end (for example to navigate a menu).",
-    {
-        "type": "object",
-        "properties": {"digits": {"type": "string", "pattern": "^[0-9*#A-D]{1,32}$"}},
-        "required": ["digits"],
-        "additionalProperties": False,
-    },
-)
 TRANSFER_SECONDS = 30.0  # longest wait for the transfer target to answer
 MEDIA_END_GRACE = 2.0  # the media ends with the call: its CallEnded (the cause) follows at once
 REPLAY_TURNS = 30  # transcript turns replayed into a new session
 # Longest wait for the ACK after our 200 OK: pjsip ends the call after 64 x T1 = 32 s of
 # unanswered 200 OK retransmissions (then the call's CallEnded says so first).
 ACK_WAIT_SECONDS = 40.0
-
-
-def _transfer_tool(agent: AgentSettings) -> Tool | None:
-    targets = [t for t in (agent.transfer_target, *agent.transfer_extensions) if t]
-    if not targets:
-        return None
-    extension: dict[str, Any] = {"type": "string", "enum": targets}
-    return Tool(
-        "transfer_call",
-        "Transfer the caller to a colleague. Tell the caller first. Without an extension the "
-        f"caller goes to {targets[0]}.",
-        {
-            "type": "object",
-            "properties": {"extension": extension},
-            "additionalProperties": False,
-        },
-    )
-
-
-def _tools(agent: AgentSettings) -> tuple[Tool, ...]:
-    transfer = _transfer_tool(agent)
-    http = tuple(Tool(t.name, t.description, t.parameters) for t in agent.tools)
-    return (END_CALL, SEND_DTMF, *((transfer,) if transfer else ()), *http)
-
-
-def session_config(agent: AgentSettings) -> SessionConfig:
-    """The session asked for by ``[agent]``."""
-    formats = {ModelAudio.PCMU: PCMU, ModelAudio.PCM24: PCM24K}
-    detection: TurnDetection | None = None
-    if agent.turn_detection is not TurnDetectionKind.NONE:
-        detection = TurnDetection(
-            type=agent.turn_detection.value,
-            threshold=agent.vad_threshold,
-            prefix_padding_ms=agent.vad_prefix_padding_ms,
-            silence_duration_ms=agent.vad_silence_ms,
-            eagerness=agent.vad_eagerness,
-            create_response=True,
-            interrupt_response=False,  # barge-in is decided here (guards), not by the server
-        )
-    return SessionConfig(
-        instructions=agent.instructions,
-        voice=agent.voice,
-        input_format=formats[agent.input_format],
-        output_format=formats[agent.output_format],
-        turn_detection=detection,
-        transcription_model=agent.transcription_model,
-        tools=_tools(agent),
-    )
-
-
-def for_call(agent: AgentSettings, call: IncomingCall) -> tuple[AgentSettings, int | None]:
-    """``agent`` with the first matching ``[[agent.routes]]`` applied; (settings, route index)."""
-    for index, route in enumerate(agent.routes):
-        if route.caller and not fnmatch.fnmatchcase(call.from_user, route.caller):
-            continue
-        if route.header:
-            name, _, value = route.header.partition(":")
-            if call.headers.get(name.strip().lower()) != value.strip():
-                continue
-        changes: dict[str, Any] = {}
-        if route.instructions:
-            changes["instructions"] = route.instructions
-        if route.greeting is not None:
-            changes["greeting"] = route.greeting
-        if route.voice:
-            changes["voice"] = route.voice
-        return agent.model_copy(update=changes), index
-    return agent, None
 
 
 @dataclass
@@ -223,7 +137,7 @@ class InboundAgent:
         self._speech_event_at = 0.0  # arrival of the last speech_started
         self._uplink_latency: deque[float] = deque(maxlen=20000)
         self._session_started = time.monotonic()
-        self._http: httpx.AsyncClient | None = None
+        self._http = HttpTools(self.key)
 
     # -- the call, start to end -----------------------------------------------------------
 
@@ -342,8 +256,7 @@ class InboundAgent:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.session.close()
-        if self._http is not None:
-            await self._http.aclose()
+        await self._http.aclose()
         self._log_latency()
         if self._hanging_up is None and self.audio is not None and not self.audio.closed:
             with contextlib.suppress(SipError):
@@ -657,33 +570,12 @@ class InboundAgent:
                 return {"error": "digits must be 0-9, *, # or A-D"}
             await self.ctx.worker.send_dtmf(self.key, digits)
             return {"ok": True, "sent": digits}
-        if name == "transfer_call" and _transfer_tool(self.agent) is not None:
+        if name == "transfer_call" and transfer_targets(self.agent):
             return await self._transfer_call(str(arguments.get("extension") or ""))
         for tool in self.agent.tools:
             if tool.name == name:
-                return await self._http_tool(tool, arguments)
+                return await self._http.run(tool, arguments)
         return {"error": f"unknown tool {name!r}"}
-
-    async def _http_tool(self, tool: HttpTool, arguments: dict[str, Any]) -> dict[str, Any]:
-        if self._http is None:
-            self._http = httpx.AsyncClient()
-        headers = {"X-Sipai-Call": self.key}
-        token = tool.bearer_token.get_secret_value()
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        try:
-            response = await self._http.post(
-                tool.url, json=arguments, headers=headers, timeout=tool.timeout_seconds
-            )
-        except httpx.HTTPError as exc:
-            return {"error": f"{tool.name}: {type(exc).__name__}: {exc}"}
-        if not response.is_success:
-            return {"error": f"{tool.name}: HTTP {response.status_code}: {response.text[:300]}"}
-        try:
-            result = response.json()
-        except ValueError:
-            return {"result": response.text[:4000]}
-        return result if isinstance(result, dict) else {"result": result}
 
     async def _transfer_call(self, extension: str) -> dict[str, Any]:
         allowed = [t for t in (self.agent.transfer_target, *self.agent.transfer_extensions) if t]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from config.schema import AgentSettings
-from daemon.calls.inbound import for_call, session_config
+from daemon.calls.agent_config import for_call, session_config
 from sip.events import IncomingCall
 
 AGENT = AgentSettings.model_validate(

@@ -1,0 +1,272 @@
+"""What the inbound conversation machine (:mod:`daemon.calls.conversation`) takes and gives.
+
+Events are what the agent observed on the call leg and the model session; actions are what
+the machine asks it to do, in order. All are plain values, compared by content.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from config.schema import HttpTool
+from daemon.realtime import events as ev
+from media.codec import AudioFormat
+
+
+class PlayoutView(Protocol):
+    """What the machine reads of the playout buffer (:class:`media.playout.PlayoutBuffer`)."""
+
+    @property
+    def depth_samples(self) -> int: ...
+
+    def played_ms(self, item_id: str) -> int: ...
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str  # caller | agent
+    text: str
+    at: float  # seconds since the call was answered
+
+
+# -- events (what the agent observed) ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Started:
+    """The call is confirmed and the session is up; ask for the greeting if ``greeting``."""
+
+    greeting: bool
+
+
+@dataclass(frozen=True)
+class Model:
+    event: ev.ModelEvent
+
+
+@dataclass(frozen=True)
+class UplinkSent:
+    ms: int  # caller audio the session's input buffer has received
+
+
+@dataclass(frozen=True)
+class Timer:
+    """The :attr:`Conversation.deadline` has passed."""
+
+
+@dataclass(frozen=True)
+class Flushed:
+    """The playout carried out the flush (or 100 ms passed)."""
+
+
+@dataclass(frozen=True)
+class Drained:
+    """:class:`AwaitPlayout` is over: everything queued was played (or its time ran out)."""
+
+
+@dataclass(frozen=True)
+class Dtmf:
+    digit: str
+
+
+@dataclass(frozen=True)
+class ToolDone:
+    call_id: str
+    output: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    code: int  # the final NOTIFY's status code
+    reason: str
+
+
+@dataclass(frozen=True)
+class SessionLost:
+    kind: str
+    retryable: bool
+    error: str
+
+
+@dataclass(frozen=True)
+class SessionReplaced:
+    output_format: AudioFormat | None
+
+
+@dataclass(frozen=True)
+class ReplaceFailed:
+    kind: str
+    retryable: bool
+    error: str
+
+
+@dataclass(frozen=True)
+class CallEnded:
+    cause: str
+
+
+Event = (
+    Started
+    | Model
+    | UplinkSent
+    | Timer
+    | Flushed
+    | Drained
+    | Dtmf
+    | ToolDone
+    | TransferResult
+    | SessionLost
+    | SessionReplaced
+    | ReplaceFailed
+    | CallEnded
+)
+
+# -- actions (what the agent must do) ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Play:
+    item: str
+    data: bytes  # in the session's output format
+
+
+@dataclass(frozen=True)
+class EndItem:
+    item: str
+
+
+@dataclass(frozen=True)
+class Flush:
+    """Flush the playout, then report :class:`Flushed` (after any Cancel that follows)."""
+
+
+@dataclass(frozen=True)
+class Cancel:
+    pass
+
+
+@dataclass(frozen=True)
+class Truncate:
+    item: str
+    ms: int
+
+
+@dataclass(frozen=True)
+class SendText:
+    text: str  # a user text item
+
+
+@dataclass(frozen=True)
+class CreateResponse:
+    instructions: str = ""
+
+
+@dataclass(frozen=True)
+class FunctionOutput:
+    call_id: str
+    output: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RunTool:
+    """Run an HTTP tool; report :class:`ToolDone`."""
+
+    call_id: str
+    tool: HttpTool
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SendDtmf:
+    """Send keypad tones; report :class:`ToolDone` (ok, or the error)."""
+
+    call_id: str
+    digits: str
+
+
+@dataclass(frozen=True)
+class AwaitPlayout:
+    """Wait until the playout is drained (at most ``timeout`` s), then report :class:`Drained`."""
+
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """REFER the caller; the final progress is a :class:`TransferResult`, a refusal a ToolDone."""
+
+    call_id: str
+    target: str
+
+
+@dataclass(frozen=True)
+class HangUp:
+    cause: str  # the call's end cause, once hung up
+
+
+@dataclass(frozen=True)
+class ReplaceSession:
+    """Open a new session after ``after`` s, replay ``replay`` as text, swap; report
+    :class:`SessionReplaced` or :class:`ReplaceFailed`."""
+
+    reason: str  # reconnect | rotation
+    replay: tuple[Turn, ...]
+    after: float = 0.0
+
+
+@dataclass(frozen=True)
+class SetOutputFormat:
+    format: AudioFormat
+
+
+@dataclass(frozen=True)
+class RecordTurn:
+    turn: Turn
+
+
+@dataclass(frozen=True)
+class ReportFailure:
+    kind: str
+    error: str
+
+
+@dataclass(frozen=True)
+class Apologise:
+    """Say the apology in the local voice after what is playing, and wait for it."""
+
+
+@dataclass(frozen=True)
+class End:
+    cause: str
+
+
+@dataclass(frozen=True)
+class Log:
+    event: str
+    fields: dict[str, Any]
+    level: str = "info"
+
+
+Action = (
+    Play
+    | EndItem
+    | Flush
+    | Cancel
+    | Truncate
+    | SendText
+    | CreateResponse
+    | FunctionOutput
+    | RunTool
+    | SendDtmf
+    | AwaitPlayout
+    | Transfer
+    | HangUp
+    | ReplaceSession
+    | SetOutputFormat
+    | RecordTurn
+    | ReportFailure
+    | Apologise
+    | End
+    | Log
+)

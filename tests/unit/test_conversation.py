@@ -1,0 +1,379 @@
+"""The inbound conversation machine, event by event, with no call and no model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from config.schema import AgentSettings, RealtimeSettings
+from daemon.calls import conversation as cv
+from daemon.calls import conversation_events as ce
+from daemon.realtime import events as ev
+from media.codec import PCM24K
+
+
+@dataclass
+class View:
+    """The playout as the machine sees it: queued samples and milliseconds played per item."""
+
+    depth_samples: int = 0
+    played: dict[str, int] = field(default_factory=dict)
+
+    def played_ms(self, item_id: str) -> int:
+        return self.played.get(item_id, 0)
+
+
+class Call:
+    """One conversation with a settable clock and playout view."""
+
+    def __init__(self, limits: RealtimeSettings | None = None, **agent: Any) -> None:
+        agent.setdefault("greeting", "")
+        self.conv = cv.Conversation(AgentSettings(**agent), limits or RealtimeSettings())
+        self.view = View()
+        self.now = 0.0
+        assert self.feed(ce.Started(greeting=bool(agent["greeting"])), at=0.0) == (
+            [ce.CreateResponse(agent["greeting"])] if agent["greeting"] else []
+        )
+
+    def stage(self) -> cv.Stage:
+        return self.conv.stage
+
+    def floor(self) -> cv.Floor:
+        return self.conv.floor
+
+    def feed(self, event: ce.Event, at: float | None = None) -> list[ce.Action]:
+        if at is not None:
+            self.now = at
+        return self.conv.handle(event, self.now, self.view)
+
+    def model(self, event: ev.ModelEvent, at: float | None = None) -> list[ce.Action]:
+        return self.feed(ce.Model(event), at)
+
+    def speak(self, response: str = "r1", item: str = "i1", queued: int = 8000) -> None:
+        """The model starts a response and its first audio delta is queued for the caller."""
+        assert self.model(ev.ResponseCreated(response)) == []
+        assert self.model(ev.AudioDelta(response, item, 0, b"\xff" * 160)) == [
+            ce.Play(item, b"\xff" * 160)
+        ]
+        self.view.depth_samples = queued
+
+    def sent(self, ms: int) -> None:
+        assert self.feed(ce.UplinkSent(ms)) == []
+
+    def speech(self, start_ms: int, at: float | None = None) -> list[ce.Action]:
+        return self.model(ev.SpeechStarted(start_ms, "u1"), at)
+
+    def tool(self, name: str, arguments: str = "{}", call_id: str = "c1") -> list[ce.Action]:
+        return self.model(ev.FunctionCall(call_id, name, arguments, "f1"))
+
+
+def _tool_log(name: str, arguments: str = "{}") -> ce.Log:
+    return ce.Log("agent.tool", {"tool": name, "arguments": arguments})
+
+
+def test_short_speech_waits_for_the_guard_then_flushes_cancels_and_truncates() -> None:
+    """Speech under barge_in_min_ms sets a deadline and flushes nothing; speech that stops
+    before it does nothing; speech still going at it flushes, cancels, then truncates at the
+    milliseconds the view says were played."""
+    call = Call()
+    call.speak()
+    call.sent(1000)
+    assert call.speech(950, at=10.0) == []  # 50 ms heard of 200
+    assert call.conv.deadline == pytest.approx(10.15)
+    assert call.floor() is cv.Floor.GUARDING
+    assert call.model(ev.SpeechStopped(1100, "u1")) == []
+    assert call.conv.deadline is None
+    assert call.floor() is cv.Floor.AGENT
+    assert call.feed(ce.Timer(), at=10.15) == []
+
+    assert call.speech(1000, at=11.0) == []
+    assert call.conv.deadline == pytest.approx(11.2)
+    call.sent(200)
+    assert call.feed(ce.Timer(), at=11.2) == [ce.Flush(), ce.Cancel()]
+    assert call.floor() is cv.Floor.FLUSHING
+    call.view.played["i1"] = 730
+    actions = call.feed(ce.Flushed(), at=11.25)
+    assert actions[0] == ce.Truncate("i1", 730)
+    assert actions[1] == ce.Log(
+        "agent.barge_in", {"item": "i1", "played_ms": 730, "cancelled": True, "stop_ms": 250.0}
+    )
+    assert call.floor() is cv.Floor.SILENT
+    assert call.conv.deadline is None
+
+
+def test_the_greeting_has_its_own_guard() -> None:
+    """Over the greeting a 300 ms noise cuts nothing and 1.3 s of speech cuts it; over a later
+    response 250 ms of speech is enough (barge_in_min_ms)."""
+    call = Call(greeting="Hello.")
+    call.speak("greet", "i1")
+    call.sent(1000)
+    assert call.speech(1000, at=1.0) == []
+    assert call.conv.deadline == pytest.approx(1.8)  # greeting_guard_ms = 800
+    call.sent(300)
+    assert call.model(ev.SpeechStopped(1300, "u1")) == []
+    assert call.feed(ce.Timer(), at=1.8) == []
+
+    assert call.speech(1300, at=2.0) == []
+    call.sent(1300)
+    assert call.feed(ce.Timer(), at=2.8) == [ce.Flush(), ce.Cancel()]
+    call.feed(ce.Flushed(), at=2.82)
+
+    call.speak("r2", "i2")
+    call.sent(100)
+    assert call.speech(2350, at=4.0) == [ce.Flush(), ce.Cancel()]  # 250 ms heard of 200
+
+
+def test_no_barge_in_when_nothing_is_said() -> None:
+    """Caller speech with nothing pushed, or once the item played out and no response is
+    active, interrupts nothing and sets no deadline."""
+    call = Call()
+    call.sent(2000)
+    assert call.speech(100) == []
+    assert call.conv.deadline is None
+    call.speak()
+    assert call.model(ev.ResponseDone("r1", "completed")) == []
+    call.view.depth_samples = 0
+    assert call.speech(100) == []
+    assert call.conv.deadline is None
+    assert call.floor() is cv.Floor.AGENT
+
+
+def test_no_cancel_once_the_response_is_done() -> None:
+    """A response already done but still queued for the caller is flushed, not cancelled."""
+    call = Call()
+    call.speak()
+    assert call.model(ev.ResponseDone("r1", "completed")) == []
+    call.sent(1000)
+    assert call.speech(500) == [ce.Flush()]
+    call.view.played["i1"] = 300
+    assert call.feed(ce.Flushed())[0] == ce.Truncate("i1", 300)
+
+
+def test_dtmf_digits_are_batched_and_hash_sends_at_once() -> None:
+    """Digits 1.5 s apart or less go to the model together after the gap, `#` sends them at
+    once, and no response is asked for while one is active."""
+    call = Call()
+    assert call.feed(ce.Dtmf("1"), at=0.0) == []
+    assert call.feed(ce.Dtmf("2"), at=1.0) == []
+    assert call.conv.deadline == pytest.approx(2.5)
+    assert call.feed(ce.Timer(), at=2.5) == [
+        ce.Log("agent.dtmf", {"digits": "12"}),
+        ce.SendText("[The caller pressed the keys: 12]"),
+        ce.CreateResponse(),
+    ]
+    assert call.conv.deadline is None
+    assert call.model(ev.ResponseCreated("r1")) == []
+    assert call.feed(ce.Dtmf("3"), at=3.0) == []
+    assert call.feed(ce.Dtmf("#"), at=3.2) == [
+        ce.Log("agent.dtmf", {"digits": "3#"}),
+        ce.SendText("[The caller pressed the keys: 3#]"),
+    ]
+    assert call.conv.deadline is None
+
+
+def test_end_call_hangs_up_after_the_goodbye_is_played() -> None:
+    """end_call answers ok at once, waits for its response to finish, then for the playout to
+    drain (within 30 s of the call), then hangs up with cause end_call."""
+    call = Call()
+    call.speak()
+    assert call.tool("end_call") == [
+        _tool_log("end_call"),
+        ce.FunctionOutput("c1", {"ok": True}),
+    ]
+    assert call.stage() is cv.Stage.CLOSING
+    assert call.feed(ce.Drained()) == []  # no AwaitPlayout was asked for yet
+    assert call.model(ev.ResponseDone("r1", "completed"), at=4.0) == [ce.AwaitPlayout(26.0)]
+    assert call.feed(ce.Drained(), at=6.0) == [ce.HangUp("end_call")]
+    assert call.stage() is cv.Stage.DONE
+    assert call.feed(ce.CallEnded("caller hung up")) == []
+
+
+def test_end_call_whose_response_never_finishes_goes_on_after_30_s() -> None:
+    """A goodbye response that never reports done stops the wait after 30 s."""
+    call = Call()
+    call.speak()
+    call.tool("end_call")
+    assert call.conv.deadline == pytest.approx(30.0)
+    assert call.feed(ce.Timer(), at=30.0) == [ce.AwaitPlayout(0.0)]
+    assert call.feed(ce.Drained()) == [ce.HangUp("end_call")]
+
+
+def _transferring() -> Call:
+    call = Call(transfer_target="2000", transfer_extensions=["2001"])
+    arguments = '{"extension": "2001"}'
+    assert call.tool("transfer_call", arguments) == [
+        _tool_log("transfer_call", arguments),
+        ce.AwaitPlayout(30.0),
+    ]
+    assert call.stage() is cv.Stage.TRANSFERRING
+    assert call.feed(ce.Drained(), at=2.0) == [ce.Transfer("c1", "2001")]
+    assert call.conv.deadline == pytest.approx(32.0)
+    return call
+
+
+def test_transfer_refers_after_the_announcement_and_hangs_up_on_2xx() -> None:
+    """transfer_call waits for the announcement to drain, REFERs, and a 2xx hangs up with
+    cause transferred."""
+    call = _transferring()
+    assert call.feed(ce.TransferResult(200, "OK")) == [
+        ce.Log("agent.transferred", {"target": "2001"}),
+        ce.HangUp("transferred"),
+    ]
+    assert call.stage() is cv.Stage.DONE
+
+
+@pytest.mark.parametrize(
+    ("event", "error"),
+    [
+        (ce.TransferResult(486, "Busy Here"), "the transfer to 2001 failed: 486 Busy Here"),
+        (ce.Timer(), "the transfer to 2001 got no answer"),
+        (ce.ToolDone("c1", {"error": "call gone"}), "call gone"),
+    ],
+)
+def test_a_failed_transfer_is_an_error_for_the_model(event: ce.Event, error: str) -> None:
+    """A failure NOTIFY, no answer within 30 s, or a refused REFER goes back to the model as
+    the tool's error with a new response, and the call stays up."""
+    call = _transferring()
+    assert call.feed(event, at=32.0) == [
+        ce.FunctionOutput("c1", {"error": error}),
+        ce.CreateResponse(),
+    ]
+    assert call.stage() is cv.Stage.ACTIVE
+    assert call.conv.deadline is None
+
+
+def test_a_disallowed_extension_is_not_transferred() -> None:
+    """An extension outside transfer_target/transfer_extensions is an error; no REFER."""
+    call = Call(transfer_target="2000", transfer_extensions=["2001"])
+    arguments = '{"extension": "9999"}'
+    assert call.tool("transfer_call", arguments) == [
+        _tool_log("transfer_call", arguments),
+        ce.FunctionOutput("c1", {"error": "cannot transfer to '9999'; allowed: ['2000', '2001']"}),
+        ce.CreateResponse(),
+    ]
+    assert call.stage() is cv.Stage.ACTIVE
+
+
+def test_tools_check_their_arguments_and_results_come_back() -> None:
+    """Arguments that are no JSON object, bad digits and unknown tools are errors for the
+    model; send_dtmf and HTTP tools report their result through ToolDone."""
+    call = Call(
+        tools=[{"name": "lookup", "description": "d", "url": "http://127.0.0.1:9/x"}],
+    )
+    assert call.tool("lookup", "[1]")[1:] == [
+        ce.FunctionOutput("c1", {"error": "the arguments are not a JSON object"}),
+        ce.CreateResponse(),
+    ]
+    assert call.tool("send_dtmf", '{"digits": "12x"}')[1:] == [
+        ce.FunctionOutput("c1", {"error": "digits must be 0-9, *, # or A-D"}),
+        ce.CreateResponse(),
+    ]
+    assert call.tool("send_dtmf", '{"digits": "12#"}')[1:] == [ce.SendDtmf("c1", "12#")]
+    [run] = call.tool("lookup", '{"q": 1}', "c2")[1:]
+    assert isinstance(run, ce.RunTool)
+    assert (run.call_id, run.tool.name, run.arguments) == ("c2", "lookup", {"q": 1})
+    assert call.feed(ce.ToolDone("c2", {"answer": 42})) == [
+        ce.FunctionOutput("c2", {"answer": 42}),
+        ce.CreateResponse(),
+    ]
+    assert call.tool("nope")[1:] == [
+        ce.FunctionOutput("c1", {"error": "unknown tool 'nope'"}),
+        ce.CreateResponse(),
+    ]
+
+
+def test_tool_results_after_the_call_ended_are_dropped() -> None:
+    """A tool result arriving after the caller hung up sends nothing."""
+    call = Call(tools=[{"name": "lookup", "description": "d", "url": "http://127.0.0.1:9/x"}])
+    call.tool("lookup")
+    assert call.feed(ce.CallEnded("caller hung up")) == [ce.End("caller hung up")]
+    assert call.feed(ce.ToolDone("c1", {"answer": 42})) == []
+    assert call.stage() is cv.Stage.DONE
+
+
+def test_sessions_rotate_after_a_response_past_the_limit_replaying_30_turns() -> None:
+    """The first ResponseDone past max_session_minutes replaces the session, replaying the
+    last 30 transcript turns; a ResponseDone before the limit does not."""
+    call = Call(RealtimeSettings(max_session_minutes=1))
+    for n in range(40):
+        kind = ev.CallerTranscript if n % 2 else ev.AgentTranscript
+        [record] = call.model(kind(f"t{n}", f"turn {n}"), at=n)
+        assert isinstance(record, ce.RecordTurn)
+        assert record.turn == ce.Turn("caller" if n % 2 else "agent", f"turn {n}", float(n))
+    assert call.model(ev.ResponseDone("r1", "completed"), at=59.0) == []
+    [replace] = call.model(ev.ResponseDone("r2", "completed"), at=61.0)
+    assert replace == ce.ReplaceSession("rotation", tuple(call.conv.transcript[-30:]))
+    assert replace.replay[0].text == "turn 10"
+    assert call.stage() is cv.Stage.REPLACING
+    assert call.feed(ce.SessionReplaced(None), at=62.0) == [
+        ce.Log("agent.session_replaced", {"reason": "rotation", "replayed": 30})
+    ]
+    assert call.stage() is cv.Stage.ACTIVE
+    assert call.model(ev.ResponseDone("r3", "completed"), at=100.0) == []
+
+
+def test_reconnects_up_to_max_reconnects_then_apologises_and_ends() -> None:
+    """A retryable loss opens a new session, a failed attempt retries after a pause, and once
+    max_reconnects are used the failure is reported, the apology said and the call ended."""
+    call = Call(RealtimeSettings(max_reconnects=2))
+    [log, replace] = call.feed(ce.SessionLost("closed", True, "1006"))
+    assert log == ce.Log("agent.reconnecting", {"error": "1006", "attempt": 1}, "warning")
+    assert replace == ce.ReplaceSession("reconnect", ())
+    [log, replace] = call.feed(ce.ReplaceFailed("connect", True, "refused"))
+    assert log == ce.Log("agent.reconnecting", {"error": "refused", "attempt": 2}, "warning")
+    assert replace == ce.ReplaceSession("reconnect", (), after=0.5)
+    assert call.feed(ce.ReplaceFailed("connect", True, "refused again")) == [
+        ce.Log("agent.session_lost", {"kind": "connect", "error": "refused again"}, "error"),
+        ce.ReportFailure("connect", "refused again"),
+        ce.Apologise(),
+        ce.End("model connect: refused again"),
+    ]
+    assert call.stage() is cv.Stage.DONE
+
+
+def test_a_rate_limit_ends_the_call_politely_at_once() -> None:
+    """A loss that is not retryable (rate limit) reconnects nothing."""
+    call = Call()
+    actions = call.feed(ce.SessionLost("rate_limit", False, "rate_limit_exceeded: slow down"))
+    assert actions[1:] == [
+        ce.ReportFailure("rate_limit", "rate_limit_exceeded: slow down"),
+        ce.Apologise(),
+        ce.End("model rate_limit: rate_limit_exceeded: slow down"),
+    ]
+
+
+def test_a_replaced_session_counts_the_guard_from_zero() -> None:
+    """After a reconnect the caller audio is counted in the new session's timeline, the old
+    item is no longer cut, and the new output format is applied."""
+    call = Call()
+    call.speak()
+    call.sent(5000)
+    call.feed(ce.SessionLost("closed", True, "1011"))
+    assert call.feed(ce.SessionReplaced(PCM24K))[0] == ce.SetOutputFormat(PCM24K)
+    assert call.floor() is cv.Floor.SILENT
+    call.speak("r9", "i9")
+    call.sent(150)
+    assert call.speech(100, at=5.0) == []  # 50 ms heard, not 5050
+    assert call.conv.deadline == pytest.approx(5.15)
+
+
+def test_end_call_waiting_for_its_response_survives_a_reconnect() -> None:
+    """A session lost while the goodbye streams: once replaced, the wait goes on to the
+    playout (the old response will never finish) and the call still hangs up."""
+    call = Call()
+    call.speak()
+    call.tool("end_call")
+    call.feed(ce.SessionLost("closed", True, "1006"), at=3.0)
+    actions = call.feed(ce.SessionReplaced(None), at=4.0)
+    assert actions[-1] == ce.AwaitPlayout(26.0)
+    assert call.stage() is cv.Stage.CLOSING
+    assert call.feed(ce.Drained()) == [ce.HangUp("end_call")]
+
+
+def test_every_move_is_in_the_tables() -> None:
+    """The transition tables name every state, and DONE leads nowhere."""
+    assert set(cv.FLOOR_MOVES) == set(cv.Floor)
+    assert set(cv.STAGE_MOVES) == set(cv.Stage)
+    assert cv.STAGE_MOVES[cv.Stage.DONE] == frozenset()

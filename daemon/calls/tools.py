@@ -5,11 +5,24 @@ A failing tool is an answer for the model (``{"error": ...}``), never an excepti
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 import httpx
 
 from config.schema import HttpTool
+from daemon.logs import get_logger
+
+log = get_logger(__name__)
+
+
+async def outcome(call_key: str, name: str, run: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    """What a tool call gives the model: its result, or the error it failed with."""
+    try:
+        return await run
+    except Exception as exc:  # a failing tool is the model's problem, not the call's
+        log.warning("agent.tool_failed", call_id=call_key, tool=name, error=str(exc))
+        return {"error": str(exc) or type(exc).__name__}
 
 
 class HttpTools:

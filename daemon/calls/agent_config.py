@@ -6,9 +6,9 @@ import fnmatch
 from typing import Any
 
 from config.schema import AgentSettings, ModelAudio, TurnDetectionKind
+from daemon.legs.leg import CallInfo
 from daemon.realtime.dialect import SessionConfig, Tool, TurnDetection
 from media.codec import PCM24K, PCMU
-from sip.events import IncomingCall
 
 END_CALL = Tool(
     "end_call",
@@ -82,10 +82,10 @@ def session_config(agent: AgentSettings) -> SessionConfig:
     )
 
 
-def for_call(agent: AgentSettings, call: IncomingCall) -> tuple[AgentSettings, int | None]:
+def for_call(agent: AgentSettings, call: CallInfo) -> tuple[AgentSettings, int | None]:
     """``agent`` with the first matching ``[[agent.routes]]`` applied; (settings, route index)."""
     for index, route in enumerate(agent.routes):
-        if route.caller and not fnmatch.fnmatchcase(call.from_user, route.caller):
+        if route.caller and not fnmatch.fnmatchcase(call.caller, route.caller):
             continue
         if route.header:
             name, _, value = route.header.partition(":")

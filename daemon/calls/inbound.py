@@ -1,26 +1,16 @@
-"""An inbound call answered by a realtime model: the bridge, barge-in, tools and DTMF.
+"""An inbound call answered by a realtime model: the agent on a call leg.
 
-Runs in the SIP worker that holds the call, on its event loop:
+The conversation (barge-in, tools, DTMF, reconnects) is the pure machine of
+:mod:`daemon.calls.conversation`; the agent feeds it what the leg and the model session do,
+carries out its actions, and keeps one timer on its deadline (on the media clock).
 
-1. Answer, and once the caller's ACK confirms the call, connect and configure the model
-   session (bounded by ``connect_timeout_seconds``): a caller that never ACKs (a scanner, a
-   broken peer) costs no model session. If the model cannot be reached, say the apology
-   with the local voice. With ``on_connect_failure = "reject"`` the session is connected
-   before answering instead, so that the call can still be refused with 503.
-2. Uplink: the caller's 20 ms frames are encoded to the session's input format (mu-law
-   passthrough at 8 kHz, or PCM resampled to 24 kHz) and sent in batches of
-   ``uplink_batch_ms`` as ``input_audio_buffer.append``.
-3. Downlink: audio deltas are decoded to the call's rate into the playout buffer, tagged with
-   their item, in whatever format the session reports.
-4. Barge-in: on ``speech_started``, once the caller has spoken for ``barge_in_min_ms`` (or
-   ``greeting_guard_ms`` over the greeting), the playout is flushed within one frame, the
-   active response is cancelled, and the item is truncated at the milliseconds the caller
-   really heard (counted by the playout buffer, not by the clock).
-5. Tools: ``end_call`` hangs up once the goodbye has been played out; ``transfer_call``
-   REFERs the caller to a configured extension once the announcement has been played, and
-   tells the model how it went; ``send_dtmf`` sends keypad tones; HTTP tools from config
-   POST their arguments and hand the JSON answer back. A failing tool is an error for the
-   model, never for the call. Caller DTMF reaches the model as a user text item.
+1. Answer; once the caller's ACK confirms the call, connect the model session (bounded by
+   ``connect_timeout_seconds``): a caller that never ACKs costs no session. If the model
+   cannot be reached, say the apology in the local voice, or (``on_connect_failure =
+   "reject"``, connecting before answering) refuse the call with 503.
+2. Uplink: the caller's 20 ms frames, encoded to the session's input format (mu-law
+   passthrough, or PCM at 24 kHz), go out in batches of ``uplink_batch_ms``. Downlink: audio
+   deltas are decoded into the playout buffer, in whatever format the session reports.
 
 A caller hang-up closes the model session at once; nothing outlives the call.
 """
@@ -28,262 +18,153 @@ A caller hang-up closes the model session at once; nothing outlives the call.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Awaitable, Coroutine
+from dataclasses import asdict
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from config.schema import AgentSettings, ConnectFailure, RealtimeSettings
-from daemon.calls.agent_config import (
-    END_CALL,
-    SEND_DTMF,
-    for_call,
-    session_config,
-    transfer_targets,
-)
-from daemon.calls.tools import HttpTools
+from daemon.calls import conversation_events as ce
+from daemon.calls.agent_config import for_call
+from daemon.calls.conversation import Conversation, Stage
+from daemon.calls.session import CallSession
+from daemon.calls.tools import HttpTools, outcome
+from daemon.legs.leg import Answered, CallLeg, Dtmf, Ended, LegError, TransferProgress
+from daemon.legs.media import LegMedia
 from daemon.logs import get_logger
-from daemon.realtime import events as ev
-from daemon.realtime.client import Endpoint, RealtimeError, RealtimeSession
-from media.codec import PCMU, AudioFormat, Decoder, Encoder
-from sip.audio_port import CallAudio
-from sip.errors import SipError
-from sip.events import (
-    CallAnswered,
-    CallEnded,
-    DtmfReceived,
-    IncomingCall,
-    SipEvent,
-    TransferProgress,
-)
-from sip.worker import SipWorker
+from daemon.realtime.client import Endpoint, RealtimeError
+from media.codec import Decoder, Encoder
 
 log = get_logger(__name__)
 
-Synthesize = Callable[[str, int], Awaitable[NDArray[np.int16]]]
-Report = Callable[[str, dict[str, Any]], Awaitable[None]]
-
-DTMF_GAP_SECONDS = 1.5  # digits typed closer than this go to the model together
-END_CALL_MAX_WAIT = 30.0  # longest goodbye played out before end_call hangs up anyway
-TRANSFER_SECONDS = 30.0  # longest wait for the transfer target to answer
-MEDIA_END_GRACE = 2.0  # the media ends with the call: its CallEnded (the cause) follows at once
-REPLAY_TURNS = 30  # transcript turns replayed into a new session
+MEDIA_END_GRACE = 2.0  # the media ends with the call: its Ended (the cause) follows at once
 # Longest wait for the ACK after our 200 OK: pjsip ends the call after 64 x T1 = 32 s of
-# unanswered 200 OK retransmissions (then the call's CallEnded says so first).
+# unanswered 200 OK retransmissions (then the call's Ended says so first).
 ACK_WAIT_SECONDS = 40.0
+FLUSH_WAIT = 0.1  # the media clock carries a flush out within a frame
+LAST_FRAMES = 0.2  # after the playout drained, the last frames leave the media stack
+Later = Coroutine[Any, Any, None]  # waits, then feeds what it saw
 
 
-@dataclass
-class Turn:
-    role: str  # caller | agent
-    text: str
-    at: float  # seconds since the call was answered
+class AgentServices(Protocol):
+    """What the agent needs from its process: local speech and reports to the supervisor."""
 
+    async def synthesize(self, text: str, rate: int) -> NDArray[np.int16]: ...
 
-@dataclass
-class InboundCall:
-    """What the worker process gives an inbound agent: the call and its surroundings."""
-
-    worker: SipWorker
-    call: IncomingCall
-    sip_events: asyncio.Queue[SipEvent]  # this call's events (DTMF, end)
-    synthesize: Synthesize  # local TTS at a rate (served by the supervisor)
-    report: Report  # events for the supervisor (transcript turns, the outcome)
-    transcript: list[Turn] = field(default_factory=list)
+    async def report(self, kind: str, body: dict[str, Any]) -> None: ...
 
 
 class InboundAgent:
     def __init__(
         self,
-        ctx: InboundCall,
+        leg: CallLeg,
         agent: AgentSettings,
         endpoint: Endpoint,
-        limits: RealtimeSettings | None = None,
+        limits: RealtimeSettings,
+        services: AgentServices,
     ) -> None:
-        self.ctx = ctx
-        self.limits = limits or RealtimeSettings()
-        self.agent, self.route = for_call(agent, ctx.call)
-        self.endpoint = endpoint
-        self.key = ctx.call.call
-        self.session = RealtimeSession(endpoint, session_config(self.agent))
-        self.audio: CallAudio | None = None
-        self.answered_at = 0.0
+        self.leg = leg
+        self.key = leg.info.key
+        self.services = services
+        self.agent, route = for_call(agent, leg.info)
+        self.conversation = Conversation(self.agent, limits)
+        self.session = CallSession(endpoint, self.agent, self.key, route)
+        self.media: LegMedia | None = None
         self.ended = asyncio.Event()
         self.end_cause = ""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._decoder: Decoder | None = None
-        self._output_format: AudioFormat = PCMU
-        self._sent_ms = 0  # caller audio sent, in the model's input-buffer timeline
-        self._response: str | None = None  # response in progress
-        self._greeting: str | None = None  # response id of the greeting
-        self._greeting_asked = False
-        self._item_response: dict[str, str] = {}  # audio item -> its response
-        self._playing: str | None = None  # the item last pushed to the playout buffer
-        self._speech_start: int | None = None  # audio_start_ms of the caller's current speech
-        self._barge_timer: asyncio.TimerHandle | None = None
-        self._digits = ""
-        self._digit_timer: asyncio.TimerHandle | None = None
-        self._hanging_up: str | None = None  # our own hang-up's cause, once we start one
-        self._transfer: asyncio.Future[TransferProgress] | None = None
-        self._reconnects = 0
-        self._event_at = 0.0  # arrival of the model event being handled
-        self._speech_event_at = 0.0  # arrival of the last speech_started
-        self._uplink_latency: deque[float] = deque(maxlen=20000)
-        self._session_started = time.monotonic()
+        self._timer: tuple[float, asyncio.Task[Any]] | None = None
         self._http = HttpTools(self.key)
 
     # -- the call, start to end -----------------------------------------------------------
 
     async def run(self) -> None:
-        ctx = self.ctx
         before_answer = self.agent.on_connect_failure is ConnectFailure.REJECT
         if not before_answer and not await self._answer_and_confirm():
             return
-        started = time.monotonic()
         try:
-            reported = await self.session.open(self.agent.connect_timeout_seconds)
+            input_format, output_format = await self.session.open()
         except RealtimeError as exc:
             await self._cannot_connect(exc, answered=not before_answer)
             return
-        log.info(
-            "agent.session_ready",
-            call_id=self.key,
-            url=self.endpoint.safe_url,
-            dialect=self.endpoint.dialect.name,
-            input_format=str(reported.input_format),
-            output_format=str(reported.output_format),
-            connect_ms=round((time.monotonic() - started) * 1000),
-            route=self.route,
-        )
         if before_answer and not await self._answer_and_confirm():
             await self.session.close()
             return
         try:
-            self.audio = await ctx.worker.audio(self.key)
-        except SipError as exc:  # the caller hung up while the model was connecting
+            media = self.media = await self.leg.media()
+        except LegError as exc:  # the caller hung up while the model was connecting
             log.info("agent.caller_gone", call_id=self.key, error=str(exc))
             await self.session.close()
             return
-        self.answered_at = time.monotonic()
-        assert reported.input_format is not None
-        assert reported.output_format is not None
-        self._output_format = reported.output_format
-        encoder = Encoder(self.audio.rate, reported.input_format)
-        self._decoder = Decoder(reported.output_format, self.audio.rate)
+        self._decoder = Decoder(output_format, media.rate)
         try:
-            if self.agent.greeting:
-                self._greeting_asked = True
-                await self.session.send(self.endpoint.dialect.respond(self.agent.greeting))
-            self._spawn(self._uplink(self.audio, encoder))
+            await self._feed(ce.Started(greeting=bool(self.agent.greeting)))
+            self._spawn(self._uplink(media, Encoder(media.rate, input_format)))
             self._spawn(self._downlink())
             self._spawn(self._watch_call())
             await self.ended.wait()
         finally:
-            await self._finish()
+            await self._finish(media)
 
     async def _answer_and_confirm(self) -> bool:
         """Answer, then wait for the caller's ACK; False if the call ended first."""
-        ctx = self.ctx
         try:
-            await ctx.worker.answer(self.key)
-        except SipError as exc:  # the caller gave up before the answer
+            await self.leg.answer()
+        except LegError as exc:  # the caller gave up before the answer
             log.info("agent.caller_gone", call_id=self.key, error=str(exc))
             return False
         try:
             async with asyncio.timeout(ACK_WAIT_SECONDS):
                 while True:
-                    event = await ctx.sip_events.get()
-                    if isinstance(event, CallAnswered):
+                    event = await self.leg.receive()
+                    if isinstance(event, Answered):
                         return True
-                    if isinstance(event, CallEnded):
+                    if isinstance(event, Ended):
                         self.end_cause = end_cause(event)
                         log.info("agent.not_confirmed", call_id=self.key, cause=self.end_cause)
                         return False
         except TimeoutError:
             self.end_cause = "no ACK from the caller"
-            with contextlib.suppress(SipError):
-                await ctx.worker.hangup(self.key)
+            with contextlib.suppress(LegError):
+                await self.leg.hangup()
             return False
 
-    async def _cannot_connect(self, exc: RealtimeError, answered: bool = False) -> None:
-        ctx = self.ctx
-        log.error(
-            "agent.connect_failed",
-            call_id=self.key,
-            url=self.endpoint.safe_url,
-            kind=exc.kind,
-            error=str(exc),
-            fallback=self.agent.on_connect_failure.value,
-            sip_code=503 if self.agent.on_connect_failure is ConnectFailure.REJECT else None,
-        )
-        await ctx.report("agent_failed", {"call": self.key, "kind": exc.kind, "error": str(exc)})
-        if self.agent.on_connect_failure is ConnectFailure.REJECT:
-            with contextlib.suppress(SipError):
-                await ctx.worker.reject(self.key, 503)
-            return
+    async def _cannot_connect(self, exc: RealtimeError, answered: bool) -> None:
+        await self._report_failure(exc.kind, str(exc))
         try:
-            if not answered:
-                await ctx.worker.answer(self.key)
-            audio = await ctx.worker.audio(self.key)
-            speech = await ctx.synthesize(self.agent.apology, audio.rate)
-            audio.playout.push("apology", speech)
-            audio.playout.end_item("apology")
-            await self._until_played(audio, "apology", len(speech))
-            await ctx.worker.hangup(self.key)
-        except SipError as exc2:
-            log.info("agent.caller_gone", call_id=self.key, error=str(exc2))
-
-    async def _until_played(self, audio: CallAudio, item: str, samples: int) -> None:
-        deadline = time.monotonic() + samples / audio.rate + 2.0
-        while audio.playout.played_samples(item) < samples and time.monotonic() < deadline:
-            if audio.closed:
+            if self.agent.on_connect_failure is ConnectFailure.REJECT:
+                await self.leg.reject(503)
                 return
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(0.1)  # the last frame leaves pjmedia's jitter of one tick
+            if not answered:
+                await self.leg.answer()
+            self.media = await self.leg.media()
+            await self._apologise(self.media)
+            await self.leg.hangup()
+        except LegError as gone:
+            log.info("agent.caller_gone", call_id=self.key, error=str(gone))
 
-    async def _finish(self) -> None:
-        for timer in (self._barge_timer, self._digit_timer):
-            if timer is not None:
-                timer.cancel()
+    async def _finish(self, media: LegMedia) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.session.close()
         await self._http.aclose()
-        self._log_latency()
-        if self._hanging_up is None and self.audio is not None and not self.audio.closed:
-            with contextlib.suppress(SipError):
-                await self.ctx.worker.hangup(self.key)
+        self.session.log_latency(media.playout)
+        if not media.closed:  # ended here without a hang-up (an error): end the call too
+            with contextlib.suppress(LegError):
+                await self.leg.hangup()
         log.info("agent.call_ended", call_id=self.key, cause=self.end_cause)
 
-    def _log_latency(self) -> None:
-        """The call's daemon-added latency each way (ms), for metrics and the bench."""
-        audio = self.audio
-        if audio is None:
-            return
-        stats = audio.playout.stats()
-        log.info(
-            "agent.latency",
-            call_id=self.key,
-            uplink_p50_ms=_percentile_ms(self._uplink_latency, 50),
-            uplink_p99_ms=_percentile_ms(self._uplink_latency, 99),
-            downlink_p50_ms=_percentile_ms(audio.playout.latencies, 50),
-            downlink_p99_ms=_percentile_ms(audio.playout.latencies, 99),
-            uplink_frames=len(self._uplink_latency),
-            underruns=stats.underruns,
-        )
-
-    def _spawn(self, coro: Awaitable[Any]) -> None:
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -292,391 +173,187 @@ class InboundAgent:
         exc = task.exception()
         if exc is not None:
             self._end(f"error: {exc}")
-            if not isinstance(exc, RealtimeError):
-                log.error("agent.task_failed", call_id=self.key, error=repr(exc))
+            log.error("agent.task_failed", call_id=self.key, error=repr(exc))
 
     def _end(self, cause: str) -> None:
         if not self.ended.is_set():
             self.end_cause = cause
             self.ended.set()
 
-    def _elapsed(self) -> float:
-        return round(time.monotonic() - self.answered_at, 3)
+    # -- feeding the conversation ---------------------------------------------------------
+
+    async def _feed(self, event: ce.Event, arrived: float = 0.0) -> None:
+        """Hand ``event`` to the conversation and carry out its actions, in order; what they
+        report is fed at once, or by a task started after the last action, once it is over."""
+        media = self.media
+        assert media is not None
+        pending = [event]
+        while pending:
+            actions = self.conversation.handle(pending.pop(0), media.clock.now(), media.playout)
+            later: list[Later] = []
+            for action in actions:
+                result = await self._do(action, media, arrived)
+                if isinstance(result, Coroutine):
+                    later.append(result)
+                elif result is not None:
+                    pending.append(result)
+            for coro in later:
+                self._spawn(coro)
+        self._rearm(media)
+
+    def _rearm(self, media: LegMedia) -> None:
+        """Keep the one timer on the conversation's deadline."""
+        deadline = self.conversation.deadline
+        if self._timer is not None and self._timer[0] == deadline:
+            return
+        if self._timer is not None:
+            self._timer[1].cancel()
+        self._timer = None
+        if deadline is not None:
+            self._timer = (deadline, self._spawn(self._wake(media, deadline)))
+
+    async def _wake(self, media: LegMedia, deadline: float) -> None:
+        await media.clock.sleep(deadline - media.clock.now())
+        self._timer = None
+        await self._feed(ce.Timer())
+
+    async def _do(
+        self, action: ce.Action, media: LegMedia, arrived: float
+    ) -> ce.Event | Later | None:
+        message = self.session.message(action)
+        if message is not None:
+            await self.session.send(message)
+        elif isinstance(action, ce.Play):
+            assert self._decoder is not None
+            media.playout.push(action.item, self._decoder.decode(action.data), arrived)
+        elif isinstance(action, ce.EndItem):
+            media.playout.end_item(action.item)
+        elif isinstance(action, ce.Flush):
+            media.playout.flush()
+            return self._after(media, media.until_flushed(FLUSH_WAIT), ce.Flushed())
+        elif isinstance(action, ce.AwaitPlayout):
+            drained = media.until_drained(action.timeout)
+            return self._after(media, drained, ce.Drained(), LAST_FRAMES)
+        elif isinstance(action, ce.SetOutputFormat):
+            if self._decoder is None or self._decoder.source != action.format:
+                self._decoder = Decoder(action.format, media.rate)
+        else:
+            return await self._do_call(action, media)
+        return None
+
+    async def _do_call(self, action: ce.Action, media: LegMedia) -> ce.Event | Later | None:
+        if isinstance(action, ce.RunTool):
+            run = self._http.run(action.tool, action.arguments)
+            return self._tool(action.call_id, action.tool.name, run)
+        if isinstance(action, ce.SendDtmf):
+            return self._tool(action.call_id, "send_dtmf", self._send_dtmf(action.digits))
+        if isinstance(action, ce.Transfer):
+            try:
+                await self.leg.transfer(action.target)
+            except LegError as exc:
+                return ce.ToolDone(action.call_id, {"error": str(exc)})
+        elif isinstance(action, ce.HangUp):
+            with contextlib.suppress(LegError):
+                await self.leg.hangup()
+            self._end(action.cause)
+        elif isinstance(action, ce.ReplaceSession):
+            if action.after:
+                await media.clock.sleep(action.after)
+            return await self.session.replace(action.replay)
+        elif isinstance(action, ce.RecordTurn):  # role, text, at
+            await self.services.report("transcript", {"call": self.key, **asdict(action.turn)})
+        elif isinstance(action, ce.ReportFailure):
+            await self._report_failure(action.kind, action.error)
+        elif isinstance(action, ce.Apologise):
+            await self._apologise(media)
+        elif isinstance(action, ce.End):
+            self._end(action.cause)
+        elif isinstance(action, ce.Log):
+            getattr(log, action.level)(action.event, call_id=self.key, **action.fields)
+        return None
+
+    async def _after(
+        self, media: LegMedia, wait: Awaitable[bool], event: ce.Event, pause: float = 0.0
+    ) -> None:
+        await wait
+        await media.clock.sleep(pause)
+        await self._feed(event)
+
+    async def _tool(self, call_id: str, name: str, run: Awaitable[dict[str, Any]]) -> None:
+        await self._feed(ce.ToolDone(call_id, await outcome(self.key, name, run)))
+
+    async def _send_dtmf(self, digits: str) -> dict[str, Any]:
+        await self.leg.send_dtmf(digits)
+        return {"ok": True, "sent": digits}
+
+    async def _report_failure(self, kind: str, error: str) -> None:
+        await self.services.report("agent_failed", {"call": self.key, "kind": kind, "error": error})
 
     # -- caller -> model ------------------------------------------------------------------
 
-    async def _uplink(self, audio: CallAudio, encoder: Encoder) -> None:
-        dialect = self.endpoint.dialect
-        frames_per_batch = self.agent.uplink_batch_ms // 20
+    async def _uplink(self, media: LegMedia, encoder: Encoder) -> None:
+        batch_ms = self.agent.uplink_batch_ms
         batch: list[NDArray[np.int16]] = []
         stamps: list[float] = []
-        async for stamp, frame in audio.stamped_frames():
+        async for stamp, frame in media.stamped_frames():
             batch.append(np.frombuffer(frame, dtype="<i2"))
             stamps.append(stamp)
-            if len(batch) < frames_per_batch:
+            if len(batch) < batch_ms // 20:
                 continue
-            pcm = np.concatenate(batch)
+            data = encoder.encode(np.concatenate(batch))
             batch.clear()
-            data = encoder.encode(pcm)
-            try:
-                await self.session.send(dialect.append(base64.b64encode(data).decode()))
-            except RealtimeError:
-                stamps.clear()
-                continue  # the session is being replaced (by _downlink): this audio is lost
-            sent = time.monotonic()
-            self._uplink_latency.extend(sent - s for s in stamps)
+            if await self.session.append(data, stamps, media.clock):  # else being replaced
+                await self._feed(ce.UplinkSent(batch_ms))
             stamps.clear()
-            self._sent_ms += self.agent.uplink_batch_ms
-        # The SIP event that closed the media says how the call ended: give it the word.
+        # The leg's Ended that closed the media says how the call ended: give it the word.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.ended.wait(), MEDIA_END_GRACE)
-        self._noticed_end()
+        await self._feed(ce.CallEnded(end_cause(None)))
 
     # -- model -> caller ------------------------------------------------------------------
 
     async def _downlink(self) -> None:
-        while True:
+        while self.conversation.stage is not Stage.DONE:
             try:
                 event = await self.session.receive()
-                self._event_at = time.monotonic()
-                if isinstance(event, ev.ServerError) and event.type == "server_error":
-                    raise RealtimeError("closed", f"server_error: {event.message}", 1011)
-                if isinstance(event, ev.ServerError) and "rate_limit" in event.code:
-                    raise RealtimeError("rate_limit", f"{event.code}: {event.message}")
             except RealtimeError as exc:
-                if not await self._session_lost(exc):
-                    return
+                await self._feed(ce.SessionLost(exc.kind, exc.retryable, str(exc)))
                 continue
-            await self._on_model_event(event)
-            if (
-                isinstance(event, ev.ResponseDone)
-                and time.monotonic() - self._session_started > self.limits.max_session_minutes * 60
-            ):
-                await self._replace_session("rotation")
+            await self._feed(ce.Model(event), time.monotonic())
 
-    async def _session_lost(self, exc: RealtimeError) -> bool:
-        """Reconnect if the loss is one that passes and reconnects are left; else end the
-        call politely. True when a new session is up."""
-        while exc.retryable and self._reconnects < self.limits.max_reconnects:
-            self._reconnects += 1
-            log.warning(
-                "agent.reconnecting", call_id=self.key, error=str(exc), attempt=self._reconnects
-            )
-            try:
-                await self._replace_session("reconnect")
-                return True
-            except RealtimeError as again:
-                exc = again
-                await asyncio.sleep(0.5)
-        log.error("agent.session_lost", call_id=self.key, kind=exc.kind, error=str(exc))
-        await self.ctx.report(
-            "agent_failed", {"call": self.key, "kind": exc.kind, "error": str(exc)}
-        )
-        await self._apologise()
-        self._end(f"model {exc.kind}: {exc}")
-        return False
-
-    async def _replace_session(self, reason: str) -> None:
-        """A new session with the conversation so far replayed as text; then swap."""
-        new = RealtimeSession(self.endpoint, session_config(self.agent))
-        reported = await new.open(self.agent.connect_timeout_seconds)
-        dialect = self.endpoint.dialect
-        try:
-            for turn in self.ctx.transcript[-REPLAY_TURNS:]:
-                item = dialect.user_text if turn.role == "caller" else dialect.assistant_text
-                await new.send(item(turn.text))
-        except RealtimeError:
-            await new.close()
-            raise
-        old, self.session = self.session, new
-        await old.close()
-        self._session_started = time.monotonic()
-        self._sent_ms = 0  # the new session's input buffer starts now
-        self._response = None
-        self._speech_start = None
-        self._playing = None  # items of the old session cannot be truncated in the new one
-        if reported.output_format is not None and reported.output_format != self._output_format:
-            assert self.audio is not None
-            self._output_format = reported.output_format
-            self._decoder = Decoder(reported.output_format, self.audio.rate)
-        log.info(
-            "agent.session_replaced",
-            call_id=self.key,
-            reason=reason,
-            replayed=min(len(self.ctx.transcript), REPLAY_TURNS),
-        )
-
-    async def _apologise(self) -> None:
+    async def _apologise(self, media: LegMedia) -> None:
         """The apology in the local voice, after what is playing; the caller is then hung up."""
-        audio = self.audio
-        if audio is None or audio.closed:
+        if media.closed:
             return
         try:
-            speech = await self.ctx.synthesize(self.agent.apology, audio.rate)
+            speech = await self.services.synthesize(self.agent.apology, media.rate)
         except Exception as exc:
             log.warning("agent.apology_failed", call_id=self.key, error=repr(exc))
             return
-        audio.playout.flush()
-        audio.playout.push("apology", speech)
-        audio.playout.end_item("apology")
-        await self._until_played(audio, "apology", len(speech))
+        media.playout.flush()
+        media.playout.push("apology", speech)
+        media.playout.end_item("apology")
+        await media.until_played("apology", len(speech), len(speech) / media.rate + 2.0)
+        await media.clock.sleep(0.1)  # the last frame leaves the media stack
 
-    async def _on_model_event(self, event: ev.ModelEvent) -> None:
-        if self._on_audio_event(event):
-            return
-        if isinstance(event, ev.SpeechStarted):
-            self._speech_start = event.audio_start_ms
-            self._speech_event_at = self._event_at
-            self._consider_barge_in()
-        elif isinstance(event, ev.SpeechStopped):
-            self._speech_start = None
-            if self._barge_timer is not None:
-                self._barge_timer.cancel()
-                self._barge_timer = None
-        elif isinstance(event, ev.AgentTranscript | ev.CallerTranscript):
-            await self._turn("agent" if isinstance(event, ev.AgentTranscript) else "caller", event)
-        elif isinstance(event, ev.FunctionCall):
-            self._spawn(self._tool(event))
-        elif isinstance(event, ev.ServerError):
-            log.warning(
-                "agent.server_error",
-                call_id=self.key,
-                type=event.type,
-                code=event.code,
-                message=event.message,
-            )
-
-    def _on_audio_event(self, event: ev.ModelEvent) -> bool:
-        """Audio, responses and format changes; False for any other event."""
-        audio = self.audio
-        assert audio is not None
-        if isinstance(event, ev.AudioDelta):
-            assert self._decoder is not None
-            self._item_response[event.item_id] = event.response_id
-            self._playing = event.item_id
-            audio.playout.push(event.item_id, self._decoder.decode(event.audio), self._event_at)
-        elif isinstance(event, ev.AudioDone):
-            audio.playout.end_item(event.item_id)
-        elif isinstance(event, ev.ResponseCreated):
-            self._response = event.response_id
-            if self._greeting_asked and self._greeting is None:
-                self._greeting = event.response_id
-        elif isinstance(event, ev.ResponseDone):
-            if self._response == event.response_id:
-                self._response = None
-            if event.status == "failed":
-                log.warning("agent.response_failed", call_id=self.key, error=event.error)
-        elif isinstance(event, ev.SessionReported):
-            reported = event.output_format
-            if not event.created and reported is not None and reported != self._output_format:
-                self._output_format = reported
-                self._decoder = Decoder(reported, audio.rate)
-        else:
-            return False
-        return True
-
-    async def _turn(self, role: str, event: ev.AgentTranscript | ev.CallerTranscript) -> None:
-        if not event.text.strip():
-            return
-        turn = Turn(role, event.text.strip(), self._elapsed())
-        self.ctx.transcript.append(turn)
-        await self.ctx.report(
-            "transcript", {"call": self.key, "role": role, "text": turn.text, "at": turn.at}
-        )
-
-    # -- barge-in -------------------------------------------------------------------------
-
-    def _consider_barge_in(self) -> None:
-        """Interrupt once the caller has spoken long enough; a timer if not yet."""
-        audio = self.audio
-        start = self._speech_start
-        if audio is None or start is None or self._playing is None:
-            return
-        if audio.playout.depth_samples == 0 and self._response is None:
-            return  # nothing is being said to the caller
-        playing_greeting = self._item_response.get(self._playing) == self._greeting
-        guard = self.agent.greeting_guard_ms if playing_greeting else self.agent.barge_in_min_ms
-        heard = self._sent_ms - start
-        if heard >= guard:
-            self._spawn(self._barge_in())
-            return
-        if self._barge_timer is None:
-            self._barge_timer = asyncio.get_running_loop().call_later(
-                (guard - heard) / 1000, self._barge_timer_fired
-            )
-
-    def _barge_timer_fired(self) -> None:
-        self._barge_timer = None
-        self._consider_barge_in()
-
-    async def _barge_in(self) -> None:
-        audio, item = self.audio, self._playing
-        if audio is None or item is None:
-            return
-        self._playing = None
-        self._speech_start = None
-        audio.playout.flush()
-        response, self._response = self._response, None
-        dialect = self.endpoint.dialect
-        if response is not None:
-            await self.session.send(dialect.cancel())
-        deadline = time.monotonic() + 0.1
-        # The media clock thread carries the flush out within a frame; it can only be polled.
-        while audio.playout.flush_pending and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.002)
-        stop_ms = (time.monotonic() - self._speech_event_at) * 1000
-        played_ms = audio.playout.played_ms(item)
-        await self.session.send(dialect.truncate(item, played_ms))
-        log.info(
-            "agent.barge_in",
-            call_id=self.key,
-            item=item,
-            played_ms=played_ms,
-            cancelled=response is not None,
-            stop_ms=round(stop_ms, 1),
-        )
-
-    # -- tools and the call ---------------------------------------------------------------
-
-    async def _tool(self, call: ev.FunctionCall) -> None:
-        """Run a tool the model called; its result (or error) goes back to the model."""
-        dialect = self.endpoint.dialect
-        log.info("agent.tool", call_id=self.key, tool=call.name, arguments=call.arguments)
-        try:
-            arguments = json.loads(call.arguments or "{}")
-            if not isinstance(arguments, dict):
-                raise ValueError("not an object")
-        except ValueError:
-            output: dict[str, Any] = {"error": "the arguments are not a JSON object"}
-        else:
-            if call.name == END_CALL.name:
-                await self.session.send(dialect.function_output(call.call_id, '{"ok": true}'))
-                await self._end_call()
-                return
-            try:
-                output = await self._run_tool(call.name, arguments)
-            except Exception as exc:  # a failing tool is the model's problem, not the call's
-                log.warning("agent.tool_failed", call_id=self.key, tool=call.name, error=str(exc))
-                output = {"error": str(exc) or type(exc).__name__}
-        if self.ended.is_set():
-            return
-        await self.session.send(dialect.function_output(call.call_id, json.dumps(output)))
-        await self.session.send(dialect.respond())
-
-    async def _run_tool(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
-        if name == SEND_DTMF.name:
-            digits = str(arguments.get("digits", ""))
-            if not digits or any(d not in "0123456789*#ABCD" for d in digits):
-                return {"error": "digits must be 0-9, *, # or A-D"}
-            await self.ctx.worker.send_dtmf(self.key, digits)
-            return {"ok": True, "sent": digits}
-        if name == "transfer_call" and transfer_targets(self.agent):
-            return await self._transfer_call(str(arguments.get("extension") or ""))
-        for tool in self.agent.tools:
-            if tool.name == name:
-                return await self._http.run(tool, arguments)
-        return {"error": f"unknown tool {name!r}"}
-
-    async def _transfer_call(self, extension: str) -> dict[str, Any]:
-        allowed = [t for t in (self.agent.transfer_target, *self.agent.transfer_extensions) if t]
-        target = extension or allowed[0]
-        if target not in allowed:
-            return {"error": f"cannot transfer to {target!r}; allowed: {allowed}"}
-        await self._until_said()  # "I am transferring you" is heard before the REFER
-        self._transfer = asyncio.get_running_loop().create_future()
-        await self.ctx.worker.transfer(self.key, target)
-        try:
-            async with asyncio.timeout(TRANSFER_SECONDS):
-                progress = await self._transfer
-        except TimeoutError:
-            return {"error": f"the transfer to {target} got no answer"}
-        finally:
-            self._transfer = None
-        if not 200 <= progress.code < 300:
-            return {"error": f"the transfer to {target} failed: {progress.code} {progress.reason}"}
-        log.info("agent.transferred", call_id=self.key, target=target)
-        await self._hang_up("transferred")
-        return {"ok": True}
-
-    async def _until_said(self) -> None:
-        """Wait until everything the model said so far has been played to the caller."""
-        audio = self.audio
-        assert audio is not None
-        deadline = time.monotonic() + END_CALL_MAX_WAIT
-        # The speech may still be streaming in: wait for its response to finish, then for
-        # the playout buffer to run dry (the media thread drains it: it can only be polled).
-        while (self._response is not None or audio.playout.depth_samples) and (  # noqa: ASYNC110
-            time.monotonic() < deadline and not audio.closed
-        ):
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(0.2)  # the last frames leave pjmedia
-
-    async def _end_call(self) -> None:
-        """Hang up once everything queued for the caller (the goodbye) has been played."""
-        await self._until_said()
-        await self._hang_up("end_call")
-
-    async def _hang_up(self, cause: str) -> None:
-        """End the call from our side. The media and the SIP events may report the end
-        before the hang-up returns; they then take ``cause`` too, not "caller hung up"."""
-        self._hanging_up = cause
-        with contextlib.suppress(SipError):
-            await self.ctx.worker.hangup(self.key)
-        self._end(cause)
-
-    def _noticed_end(self, event: CallEnded | None = None) -> None:
-        """The media or the SIP events say the call is over: unless we hung up, the caller did,
-        or the SIP failure ``event`` reports did."""
-        self._end(self._hanging_up or end_cause(event))
+    # -- the leg --------------------------------------------------------------------------
 
     async def _watch_call(self) -> None:
         while True:
-            event = await self.ctx.sip_events.get()
-            if isinstance(event, CallEnded):
-                self._noticed_end(event)
+            event = await self.leg.receive()
+            if isinstance(event, Ended):
+                await self._feed(ce.CallEnded(end_cause(event)))
                 return
-            if isinstance(event, DtmfReceived):
-                self._dtmf(event.digit)
+            if isinstance(event, Dtmf):
+                await self._feed(ce.Dtmf(event.digit))
             elif isinstance(event, TransferProgress) and event.final:
-                self._transfer_progress(event)
-
-    def _transfer_progress(self, event: TransferProgress) -> None:
-        if self._transfer is not None and not self._transfer.done():
-            self._transfer.set_result(event)
-
-    def _dtmf(self, digit: str) -> None:
-        self._digits += digit
-        if self._digit_timer is not None:
-            self._digit_timer.cancel()
-            self._digit_timer = None
-        if digit == "#":
-            self._spawn(self._send_digits())
-        else:
-            self._digit_timer = asyncio.get_running_loop().call_later(
-                DTMF_GAP_SECONDS, lambda: self._spawn(self._send_digits())
-            )
-
-    async def _send_digits(self) -> None:
-        digits, self._digits = self._digits, ""
-        self._digit_timer = None
-        if not digits:
-            return
-        dialect = self.endpoint.dialect
-        log.info("agent.dtmf", call_id=self.key, digits=digits)
-        await self.session.send(dialect.user_text(f"[The caller pressed the keys: {digits}]"))
-        if self._response is None:
-            await self.session.send(dialect.respond())
+                await self._feed(ce.TransferResult(event.code, event.reason))
 
 
-def end_cause(event: CallEnded | None) -> str:
-    """How a call that we did not hang up ended, from its CallEnded (None: unknown)."""
+def end_cause(event: Ended | None) -> str:
+    """How a call that we did not hang up ended, from its Ended (None: unknown)."""
     if event is None or event.code < 300:  # the caller's BYE (200 Normal call clearing)
         return "caller hung up"
     if event.code == 408 and not event.answered:  # our 200 OK was never ACKed (timer H)
         return f"no ACK from the caller: 408 {event.reason}"
     return f"SIP {event.code} {event.reason}"
-
-
-def _percentile_ms(seconds: Iterable[float], q: float) -> float | None:
-    values = list(seconds)
-    return round(float(np.percentile(values, q)) * 1000, 2) if values else None

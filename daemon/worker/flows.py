@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from config.schema import AgentSettings, ApiSettings, Backend, RealtimeSettings
-from daemon.calls.inbound import InboundAgent, InboundCall
+from daemon.calls.inbound import InboundAgent
 from daemon.calls.outbound import OutboundCall
 from daemon.ipc.connection import Body
 from daemon.ipc.messages import Outbound
@@ -70,7 +70,7 @@ async def inbound(ctx: FlowContext, call: IncomingCall, events: asyncio.Queue[Si
         if ctx.policy is not None:
             await ctx.policy(leg)
         else:
-            await agent(ctx, call, events)
+            await agent(ctx, leg)
     except Exception as exc:
         log.error("call.inbound_failed", call_id=call.call, error=repr(exc))
         with contextlib.suppress(Exception):
@@ -81,23 +81,22 @@ async def inbound(ctx: FlowContext, call: IncomingCall, events: asyncio.Queue[Si
         leg.release()
 
 
-async def agent(ctx: FlowContext, call: IncomingCall, events: asyncio.Queue[SipEvent]) -> None:
+async def agent(ctx: FlowContext, leg: CallLeg) -> None:
     """The realtime agent of ``[agent]`` answers the call."""
-    services, settings = ctx.services, ctx.agent
-    context = InboundCall(ctx.worker, call, events, services.synthesize, services.report)
+    services, settings, info = ctx.services, ctx.agent, leg.info
     await services.report(
         "inbound_call",
-        {"call": call.call, "sip_call_id": call.sip_call_id, "caller": call.from_user},
+        {"call": info.key, "sip_call_id": info.sip_call_id, "caller": info.caller},
     )
     target = endpoint(settings, ctx.api)
     if settings.backend is Backend.LOCAL:  # the engine files the message under this call
         target = dataclasses.replace(
-            target, headers={**target.headers, "X-Sipai-Call": f"{ctx.index}:{call.call}"}
+            target, headers={**target.headers, "X-Sipai-Call": f"{ctx.index}:{info.key}"}
         )
-    agent_call = InboundAgent(context, settings, target, ctx.realtime)
+    agent_call = InboundAgent(leg, settings, target, ctx.realtime, services)
     await agent_call.run()
     # The outcome once the call is over (the CallEnded event itself went up already).
-    await services.report("inbound_done", {"call": call.call, "cause": agent_call.end_cause})
+    await services.report("inbound_done", {"call": info.key, "cause": agent_call.end_cause})
 
 
 async def run_outbound(ctx: FlowContext, request: Outbound) -> Body:

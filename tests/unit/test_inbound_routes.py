@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from config.schema import AgentSettings
 from daemon.calls.agent_config import for_call, session_config
-from sip.events import IncomingCall
+from daemon.legs.leg import CallInfo
 
 AGENT = AgentSettings.model_validate(
     {
@@ -19,8 +19,8 @@ AGENT = AgentSettings.model_validate(
 )
 
 
-def _call(caller: str, **headers: str) -> IncomingCall:
-    return IncomingCall("w0-1", "sip-1", f"sip:{caller}@pbx", "", caller, headers)
+def _call(caller: str, **headers: str) -> CallInfo:
+    return CallInfo("w0-1", True, "sip-1", caller, "", f"sip:{caller}@pbx", headers)
 
 
 def test_first_matching_route_applies() -> None:

@@ -4,13 +4,13 @@ The conversation (barge-in, tools, DTMF, reconnects) is the pure machine of
 :mod:`daemon.calls.conversation`; the agent feeds it what the leg and the model session do,
 carries out its actions, and keeps one timer on its deadline (on the media clock).
 
-1. Answer; once the caller's ACK confirms the call, connect the model session (bounded by
-   ``connect_timeout_seconds``): a caller that never ACKs costs no session. If the model
-   cannot be reached, say the apology in the local voice, or (``on_connect_failure =
-   "reject"``, connecting before answering) refuse the call with 503.
-2. Uplink: the caller's 20 ms frames, encoded to the session's input format (mu-law
-   passthrough, or PCM at 24 kHz), go out in batches of ``uplink_batch_ms``. Downlink: audio
-   deltas are decoded into the playout buffer, in whatever format the session reports.
+Answer; once the caller's ACK confirms the call, connect the model session (bounded by
+``connect_timeout_seconds``): a caller that never ACKs costs no session. If the model cannot
+be reached, say the apology in the local voice, or (``on_connect_failure = "reject"``,
+connecting before answering) refuse the call with 503. Uplink: the caller's 20 ms frames,
+encoded to the session's input format (mu-law passthrough, or PCM at 24 kHz), go out in
+batches of ``uplink_batch_ms``. Downlink: audio deltas are decoded into the playout buffer,
+in whatever format the session reports.
 
 A caller hang-up closes the model session at once; nothing outlives the call.
 """
@@ -48,6 +48,7 @@ ACK_WAIT_SECONDS = 40.0
 FLUSH_WAIT = 0.1  # the media clock carries a flush out within a frame
 LAST_FRAMES = 0.2  # after the playout drained, the last frames leave the media stack
 Later = Coroutine[Any, Any, None]  # waits, then feeds what it saw
+Result = ce.Event | Later | None  # of an action: an event to feed now, or a wait
 
 
 class AgentServices(Protocol):
@@ -90,7 +91,7 @@ class InboundAgent:
         try:
             input_format, output_format = await self.session.open()
         except RealtimeError as exc:
-            await self._cannot_connect(exc, answered=not before_answer)
+            await self._cannot_connect(exc)
             return
         if before_answer and not await self._answer_and_confirm():
             await self.session.close()
@@ -115,33 +116,30 @@ class InboundAgent:
         """Answer, then wait for the caller's ACK; False if the call ended first."""
         try:
             await self.leg.answer()
+            async with asyncio.timeout(ACK_WAIT_SECONDS):
+                event = await self.leg.receive()
+                while not isinstance(event, Answered | Ended):
+                    event = await self.leg.receive()
         except LegError as exc:  # the caller gave up before the answer
             log.info("agent.caller_gone", call_id=self.key, error=str(exc))
             return False
-        try:
-            async with asyncio.timeout(ACK_WAIT_SECONDS):
-                while True:
-                    event = await self.leg.receive()
-                    if isinstance(event, Answered):
-                        return True
-                    if isinstance(event, Ended):
-                        self.end_cause = end_cause(event)
-                        log.info("agent.not_confirmed", call_id=self.key, cause=self.end_cause)
-                        return False
         except TimeoutError:
             self.end_cause = "no ACK from the caller"
             with contextlib.suppress(LegError):
                 await self.leg.hangup()
             return False
+        if isinstance(event, Ended):
+            self.end_cause = end_cause(event)
+            log.info("agent.not_confirmed", call_id=self.key, cause=self.end_cause)
+        return isinstance(event, Answered)
 
-    async def _cannot_connect(self, exc: RealtimeError, answered: bool) -> None:
+    async def _cannot_connect(self, exc: RealtimeError) -> None:
+        """Refuse the call (503, not answered yet), or say the apology and hang up."""
         await self._report_failure(exc.kind, str(exc))
         try:
             if self.agent.on_connect_failure is ConnectFailure.REJECT:
                 await self.leg.reject(503)
                 return
-            if not answered:
-                await self.leg.answer()
             self.media = await self.leg.media()
             await self._apologise(self.media)
             await self.leg.hangup()
@@ -168,9 +166,7 @@ class InboundAgent:
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if task.cancelled():
-            return
-        exc = task.exception()
+        exc = None if task.cancelled() else task.exception()
         if exc is not None:
             self._end(f"error: {exc}")
             log.error("agent.task_failed", call_id=self.key, error=repr(exc))
@@ -180,7 +176,7 @@ class InboundAgent:
             self.end_cause = cause
             self.ended.set()
 
-    # -- feeding the conversation ---------------------------------------------------------
+    # -- the conversation: events in, actions out ------------------------------------------
 
     async def _feed(self, event: ce.Event, arrived: float = 0.0) -> None:
         """Hand ``event`` to the conversation and carry out its actions, in order; what they
@@ -203,11 +199,11 @@ class InboundAgent:
 
     def _rearm(self, media: LegMedia) -> None:
         """Keep the one timer on the conversation's deadline."""
-        deadline = self.conversation.deadline
-        if self._timer is not None and self._timer[0] == deadline:
-            return
-        if self._timer is not None:
-            self._timer[1].cancel()
+        deadline, timer = self.conversation.deadline, self._timer
+        if timer is not None:
+            if timer[0] == deadline:
+                return
+            timer[1].cancel()
         self._timer = None
         if deadline is not None:
             self._timer = (deadline, self._spawn(self._wake(media, deadline)))
@@ -217,9 +213,7 @@ class InboundAgent:
         self._timer = None
         await self._feed(ce.Timer())
 
-    async def _do(
-        self, action: ce.Action, media: LegMedia, arrived: float
-    ) -> ce.Event | Later | None:
+    async def _do(self, action: ce.Action, media: LegMedia, arrived: float) -> Result:
         message = self.session.message(action)
         if message is not None:
             await self.session.send(message)
@@ -241,7 +235,7 @@ class InboundAgent:
             return await self._do_call(action, media)
         return None
 
-    async def _do_call(self, action: ce.Action, media: LegMedia) -> ce.Event | Later | None:
+    async def _do_call(self, action: ce.Action, media: LegMedia) -> Result:
         if isinstance(action, ce.RunTool):
             run = self._http.run(action.tool, action.arguments)
             return self._tool(action.call_id, action.tool.name, run)
@@ -276,7 +270,8 @@ class InboundAgent:
         self, media: LegMedia, wait: Awaitable[bool], event: ce.Event, pause: float = 0.0
     ) -> None:
         await wait
-        await media.clock.sleep(pause)
+        if pause:
+            await media.clock.sleep(pause)
         await self._feed(event)
 
     async def _tool(self, call_id: str, name: str, run: Awaitable[dict[str, Any]]) -> None:
@@ -288,8 +283,6 @@ class InboundAgent:
 
     async def _report_failure(self, kind: str, error: str) -> None:
         await self.services.report("agent_failed", {"call": self.key, "kind": kind, "error": error})
-
-    # -- caller -> model ------------------------------------------------------------------
 
     async def _uplink(self, media: LegMedia, encoder: Encoder) -> None:
         batch_ms = self.agent.uplink_batch_ms
@@ -309,8 +302,6 @@ class InboundAgent:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.ended.wait(), MEDIA_END_GRACE)
         await self._feed(ce.CallEnded(end_cause(None)))
-
-    # -- model -> caller ------------------------------------------------------------------
 
     async def _downlink(self) -> None:
         while self.conversation.stage is not Stage.DONE:
@@ -335,8 +326,6 @@ class InboundAgent:
         media.playout.end_item("apology")
         await media.until_played("apology", len(speech), len(speech) / media.rate + 2.0)
         await media.clock.sleep(0.1)  # the last frame leaves the media stack
-
-    # -- the leg --------------------------------------------------------------------------
 
     async def _watch_call(self) -> None:
         while True:

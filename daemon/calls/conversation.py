@@ -313,11 +313,9 @@ class Conversation:
         self._caller.digits_at = None
         if not digits:
             return []
-        actions: list[ce.Action] = [
-            ce.Log("agent.dtmf", {"digits": digits}),
-            ce.SendText(f"[The caller pressed the keys: {digits}]"),
-        ]
-        return actions + ([ce.CreateResponse()] if self._talk.response is None else [])
+        text = ce.SendText(f"[The caller pressed the keys: {digits}]")
+        more: list[ce.Action] = [ce.CreateResponse()] if self._talk.response is None else []
+        return [ce.Log("agent.dtmf", {"digits": digits}), text, *more]
 
     # -- tools ----------------------------------------------------------------------------
 
@@ -329,10 +327,8 @@ class Conversation:
             arguments = None
         if not isinstance(arguments, dict):
             return [log, *self._answer(call.call_id, "the arguments are not a JSON object")]
-        if (
-            call.name in (tools.END_CALL.name, tools.TRANSFER_CALL)
-            and self.stage is not Stage.ACTIVE
-        ):
+        ending = call.name in (tools.END_CALL.name, tools.TRANSFER_CALL)
+        if ending and self.stage is not Stage.ACTIVE:
             return [log, ce.FunctionOutput(call.call_id, {"error": f"the call is {self.stage}"})]
         if call.name == tools.END_CALL.name:
             self._stage_to(Stage.CLOSING)
@@ -363,9 +359,16 @@ class Conversation:
     def _tool_done(self, event: ce.ToolDone) -> list[ce.Action]:
         wait = self._wait
         if wait is not None and wait.call_id == event.call_id and wait.target is not None:
-            self._wait = None  # the REFER was refused
-            self._stage_to(Stage.ACTIVE)
+            self._to_active()  # the REFER was refused
         return [ce.FunctionOutput(event.call_id, event.output), ce.CreateResponse()]
+
+    def _to_active(self) -> None:
+        """The end_call/transfer wait is over: the conversation goes on (once replaced)."""
+        self._wait = None
+        if self.stage is Stage.REPLACING:
+            self._session.resume = Stage.ACTIVE
+        else:
+            self._stage_to(Stage.ACTIVE)
 
     def _said_if_done(self, now: float) -> list[ce.Action]:
         """end_call/transfer: once their response is done, wait for the playout to drain."""
@@ -377,7 +380,7 @@ class Conversation:
 
     def _transfer_step(self, event: ce.Drained | ce.TransferResult, now: float) -> list[ce.Action]:
         wait = self._wait
-        if wait is None or self.stage is Stage.REPLACING:
+        if wait is None:
             return []
         if isinstance(event, ce.Drained) and wait.phase == "playout":
             if wait.target is None:
@@ -393,8 +396,7 @@ class Conversation:
         return self._back_to_active(wait, failed)
 
     def _back_to_active(self, wait: _Wait, error: str) -> list[ce.Action]:
-        self._wait = None
-        self._stage_to(Stage.ACTIVE)
+        self._to_active()
         return self._answer(wait.call_id, error)
 
     # -- the model session ----------------------------------------------------------------
@@ -439,11 +441,7 @@ class Conversation:
         talk.response = None
         talk.playing = talk.flushing = None  # old items cannot be truncated in the new session
         self._floor_to(Floor.SILENT)
-        replayed = min(len(self.transcript), REPLAY_TURNS)
-        actions: list[ce.Action] = []
-        if event.output_format is not None:
-            actions.append(ce.SetOutputFormat(event.output_format))
-        actions.append(
-            ce.Log("agent.session_replaced", {"reason": session.reason, "replayed": replayed})
-        )
-        return actions + self._said_if_done(now)
+        fields = {"reason": session.reason, "replayed": min(len(self.transcript), REPLAY_TURNS)}
+        fmt = event.output_format
+        actions: list[ce.Action] = [ce.SetOutputFormat(fmt)] if fmt is not None else []
+        return [*actions, ce.Log("agent.session_replaced", fields), *self._said_if_done(now)]

@@ -377,3 +377,22 @@ def test_every_move_is_in_the_tables() -> None:
     assert set(cv.FLOOR_MOVES) == set(cv.Floor)
     assert set(cv.STAGE_MOVES) == set(cv.Stage)
     assert cv.STAGE_MOVES[cv.Stage.DONE] == frozenset()
+
+
+def test_a_wait_that_ends_during_a_reconnect_is_carried_out() -> None:
+    """The goodbye drains while a new session opens: the call still hangs up; a REFER refused
+    meanwhile hands the call back to the conversation once the session is back."""
+    call = Call()
+    assert call.tool("end_call")[-1] == ce.AwaitPlayout(30.0)
+    call.feed(ce.SessionLost("closed", True, "1006"))
+    assert call.feed(ce.Drained()) == [ce.HangUp("end_call")]
+
+    call = _transferring()
+    call.feed(ce.SessionLost("closed", True, "1006"))
+    assert call.feed(ce.TransferResult(486, "Busy Here")) == [
+        ce.FunctionOutput("c1", {"error": "the transfer to 2001 failed: 486 Busy Here"}),
+        ce.CreateResponse(),
+    ]
+    assert call.stage() is cv.Stage.REPLACING
+    call.feed(ce.SessionReplaced(None))
+    assert call.stage() is cv.Stage.ACTIVE

@@ -52,7 +52,8 @@ class UplinkSent:
 
 @dataclass(frozen=True)
 class Timer:
-    """The :attr:`Conversation.deadline` has passed."""
+    """The :attr:`Conversation.deadline` has passed: a barge-in guard, the DTMF gap, or an
+    end_call/transfer bound (a REFER with no final answer in 30 s times out so)."""
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,14 @@ the machine asks it to do, in order. All are plain values, compared by content.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from config.schema import HttpTool
 from daemon.realtime import events as ev
 from media.codec import AudioFormat
+
+if TYPE_CHECKING:  # a StrEnum of the client; the machine only names it
+    from daemon.realtime.client import FailureKind
 
 
 class PlayoutView(Protocol):
@@ -85,7 +88,7 @@ class TransferResult:
 
 @dataclass(frozen=True)
 class SessionLost:
-    kind: str
+    kind: FailureKind
     retryable: bool
     error: str
 
@@ -97,7 +100,7 @@ class SessionReplaced:
 
 @dataclass(frozen=True)
 class ReplaceFailed:
-    kind: str
+    kind: FailureKind
     retryable: bool
     error: str
 
@@ -228,7 +231,7 @@ class RecordTurn:
 
 @dataclass(frozen=True)
 class ReportFailure:
-    kind: str
+    kind: FailureKind
     error: str
 
 

@@ -21,7 +21,7 @@ from daemon.calls.agent_config import session_config
 from daemon.legs.media import Clock
 from daemon.logs import get_logger
 from daemon.realtime import events as ev
-from daemon.realtime.client import Endpoint, RealtimeError, RealtimeSession
+from daemon.realtime.client import Endpoint, RealtimeError, RealtimeSession, server_failure
 from daemon.realtime.dialect import Json
 from media.codec import AudioFormat
 from media.playout import PlayoutBuffer
@@ -77,7 +77,7 @@ class CallSession:
 
     async def receive(self) -> ev.ModelEvent:
         event = await self.current.receive()
-        failure = server_failure(event)
+        failure = server_failure(event) if isinstance(event, ev.ServerError) else None
         if failure is not None:
             raise failure
         return event
@@ -142,15 +142,6 @@ class CallSession:
         old, self.current = self.current, new
         await old.close()
         return ce.SessionReplaced(reported.output_format)
-
-
-def server_failure(event: ev.ModelEvent) -> RealtimeError | None:
-    """A server error event that ends the session: a server_error, or a rate limit."""
-    if isinstance(event, ev.ServerError) and event.type == "server_error":
-        return RealtimeError("closed", f"server_error: {event.message}", 1011)
-    if isinstance(event, ev.ServerError) and "rate_limit" in event.code:
-        return RealtimeError("rate_limit", f"{event.code}: {event.message}")
-    return None
 
 
 def _percentile_ms(seconds: Iterable[float], q: float) -> float | None:

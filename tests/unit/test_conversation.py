@@ -11,6 +11,7 @@ from config.schema import AgentSettings, RealtimeSettings
 from daemon.calls import conversation as cv
 from daemon.calls import conversation_events as ce
 from daemon.realtime import events as ev
+from daemon.realtime.client import FailureKind
 from media.codec import PCM24K
 
 
@@ -318,15 +319,15 @@ def test_reconnects_up_to_max_reconnects_then_apologises_and_ends() -> None:
     """A retryable loss opens a new session, a failed attempt retries after a pause, and once
     max_reconnects are used the failure is reported, the apology said and the call ended."""
     call = Call(RealtimeSettings(max_reconnects=2))
-    [log, replace] = call.feed(ce.SessionLost("closed", True, "1006"))
+    [log, replace] = call.feed(ce.SessionLost(FailureKind.CLOSED, True, "1006"))
     assert log == ce.Log("agent.reconnecting", {"error": "1006", "attempt": 1}, "warning")
     assert replace == ce.ReplaceSession("reconnect", ())
-    [log, replace] = call.feed(ce.ReplaceFailed("connect", True, "refused"))
+    [log, replace] = call.feed(ce.ReplaceFailed(FailureKind.CONNECT, True, "refused"))
     assert log == ce.Log("agent.reconnecting", {"error": "refused", "attempt": 2}, "warning")
     assert replace == ce.ReplaceSession("reconnect", (), after=0.5)
-    assert call.feed(ce.ReplaceFailed("connect", True, "refused again")) == [
+    assert call.feed(ce.ReplaceFailed(FailureKind.CONNECT, True, "refused again")) == [
         ce.Log("agent.session_lost", {"kind": "connect", "error": "refused again"}, "error"),
-        ce.ReportFailure("connect", "refused again"),
+        ce.ReportFailure(FailureKind.CONNECT, "refused again"),
         ce.Apologise(),
         ce.End("model connect: refused again"),
     ]
@@ -336,9 +337,11 @@ def test_reconnects_up_to_max_reconnects_then_apologises_and_ends() -> None:
 def test_a_rate_limit_ends_the_call_politely_at_once() -> None:
     """A loss that is not retryable (rate limit) reconnects nothing."""
     call = Call()
-    actions = call.feed(ce.SessionLost("rate_limit", False, "rate_limit_exceeded: slow down"))
+    actions = call.feed(
+        ce.SessionLost(FailureKind.RATE_LIMIT, False, "rate_limit_exceeded: slow down")
+    )
     assert actions[1:] == [
-        ce.ReportFailure("rate_limit", "rate_limit_exceeded: slow down"),
+        ce.ReportFailure(FailureKind.RATE_LIMIT, "rate_limit_exceeded: slow down"),
         ce.Apologise(),
         ce.End("model rate_limit: rate_limit_exceeded: slow down"),
     ]
@@ -350,7 +353,7 @@ def test_a_replaced_session_counts_the_guard_from_zero() -> None:
     call = Call()
     call.speak()
     call.sent(5000)
-    call.feed(ce.SessionLost("closed", True, "1011"))
+    call.feed(ce.SessionLost(FailureKind.CLOSED, True, "1011"))
     assert call.feed(ce.SessionReplaced(PCM24K))[0] == ce.SetOutputFormat(PCM24K)
     assert call.floor() is cv.Floor.SILENT
     call.speak("r9", "i9")
@@ -365,7 +368,7 @@ def test_end_call_waiting_for_its_response_survives_a_reconnect() -> None:
     call = Call()
     call.speak()
     call.tool("end_call")
-    call.feed(ce.SessionLost("closed", True, "1006"), at=3.0)
+    call.feed(ce.SessionLost(FailureKind.CLOSED, True, "1006"), at=3.0)
     actions = call.feed(ce.SessionReplaced(None), at=4.0)
     assert actions[-1] == ce.AwaitPlayout(26.0)
     assert call.stage() is cv.Stage.CLOSING
@@ -384,11 +387,11 @@ def test_a_wait_that_ends_during_a_reconnect_is_carried_out() -> None:
     meanwhile hands the call back to the conversation once the session is back."""
     call = Call()
     assert call.tool("end_call")[-1] == ce.AwaitPlayout(30.0)
-    call.feed(ce.SessionLost("closed", True, "1006"))
+    call.feed(ce.SessionLost(FailureKind.CLOSED, True, "1006"))
     assert call.feed(ce.Drained()) == [ce.HangUp("end_call")]
 
     call = _transferring()
-    call.feed(ce.SessionLost("closed", True, "1006"))
+    call.feed(ce.SessionLost(FailureKind.CLOSED, True, "1006"))
     assert call.feed(ce.TransferResult(486, "Busy Here")) == [
         ce.FunctionOutput("c1", {"error": "the transfer to 2001 failed: 486 Busy Here"}),
         ce.CreateResponse(),

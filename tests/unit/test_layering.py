@@ -59,3 +59,17 @@ def test_the_import_walk_sees_imports_inside_functions(tmp_path: Path) -> None:
     walked = {module for _, module in imported_modules(probe, "daemon.legs")}
     assert walked == {"daemon.calls", "daemon.calls.flow", "daemon.ipc"}, walked
     assert all(_forbidden(module) for module in walked)
+
+
+def test_call_flows_import_nothing_of_sip() -> None:
+    """No module under daemon/calls imports sip, not even inside a function: the flows see a
+    call only through the call leg, so they run on a pjsua2 call or an in-memory leg alike."""
+    files = sorted((ROOT / "daemon" / "calls").rglob("*.py"))
+    assert len(files) > 5, files
+    found = [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for path in files
+        for line, module in imported_modules(path, _package(path))
+        if module == "sip" or module.startswith("sip.")
+    ]
+    assert not found, "daemon/calls must not import sip:\n" + "\n".join(found)

@@ -49,7 +49,7 @@ import websockets
 
 from bench.calls import PCAP, _cpu_seconds, _fake_model, _health, scenario
 from bench.report import emit
-from tests.support import DaemonProcess, free_port
+from tests.support import DaemonProcess, free_port, phone_rtp_base, rtp_range
 
 CALLS = 4
 SPEECH_SECONDS = 7.0
@@ -139,6 +139,7 @@ async def run(mode: str) -> dict[str, Any]:
         (directory / "g711a.pcap").symlink_to(PCAP)
         sip_port = free_port(socket.SOCK_DGRAM)
         api_port = free_port()
+        rtp_min, rtp_max = rtp_range(100)
         handler = {"reference": _fake_model, "barge_in": _barge_in_realtime}.get(
             mode, _echo_realtime
         )
@@ -151,8 +152,8 @@ async def run(mode: str) -> dict[str, Any]:
             env = {
                 **os.environ,
                 "SIPAI_SIP__PORT": str(sip_port),
-                "SIPAI_SIP__RTP_PORT_MIN": "30000",
-                "SIPAI_SIP__RTP_PORT_MAX": "30099",
+                "SIPAI_SIP__RTP_PORT_MIN": str(rtp_min),
+                "SIPAI_SIP__RTP_PORT_MAX": str(rtp_max),
                 "SIPAI_API__PORT": str(api_port),
                 "SIPAI_LOG__LEVEL": "info",
                 "SIPAI_LOG__FORMAT": "json",
@@ -198,7 +199,7 @@ async def run(mode: str) -> dict[str, Any]:
                     "-p",
                     str(free_port(socket.SOCK_DGRAM)),
                     "-mp",
-                    "40000",
+                    str(phone_rtp_base()),
                     "-m",
                     str(CALLS),
                     "-l",

@@ -58,7 +58,7 @@ import websockets
 
 from bench.capacity import KNEE_SHARE, STARTUP_MS, is_clean, knee
 from bench.report import emit
-from tests.support import ROOT, DaemonProcess, free_port
+from tests.support import ROOT, DaemonProcess, free_port, phone_rtp_base, rtp_range
 
 PCAP = Path("/usr/share/sip-tester/g711a.pcap")
 PCAP_MS = 7050  # the recording's length (236 RTP packets of 30 ms)
@@ -133,8 +133,9 @@ async def run_level(calls: int, seconds: float) -> dict[str, Any]:
         (directory / "g711a.pcap").symlink_to(PCAP)
         caller = scenario(directory, seconds)
         results = directory / "results.jsonl"
-        sip_port = free_port(socket.SOCK_DGRAM)
+        sip_port = free_port(socket.SOCK_DGRAM, workers)
         api_port = free_port()
+        rtp_min, rtp_max = rtp_range(100 * workers)
         async with (
             httpx.AsyncClient() as client,
             websockets.serve(_fake_model, "127.0.0.1", 0, compression=None) as model,
@@ -144,8 +145,8 @@ async def run_level(calls: int, seconds: float) -> dict[str, Any]:
                 **os.environ,
                 "SIPAI_SIP__WORKERS": str(workers),
                 "SIPAI_SIP__PORT": str(sip_port),
-                "SIPAI_SIP__RTP_PORT_MIN": "30000",
-                "SIPAI_SIP__RTP_PORT_MAX": str(30000 + 100 * workers - 1),
+                "SIPAI_SIP__RTP_PORT_MIN": str(rtp_min),
+                "SIPAI_SIP__RTP_PORT_MAX": str(rtp_max),
                 "SIPAI_API__PORT": str(api_port),
                 "SIPAI_LOG__LEVEL": "warning",
                 "SIPAI_LOG__FORMAT": "json",
@@ -176,7 +177,7 @@ async def run_level(calls: int, seconds: float) -> dict[str, Any]:
                         "-p",
                         str(free_port(socket.SOCK_DGRAM)),
                         "-mp",
-                        str(40000 + 20 * i),
+                        str(phone_rtp_base()),
                         "-m",
                         str(n),
                         "-l",

@@ -109,10 +109,6 @@ def _unacked(port: int) -> dict[str, Any]:
 async def main(allow_from: str, unacked: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sipai-invites-") as tmp:
         env = daemon_env(Path(tmp))
-        env.update(
-            SIPAI_SIP__RTP_PORT_MIN="44000",
-            SIPAI_SIP__RTP_PORT_MAX="44099",
-        )
         if allow_from:
             env["SIPAI_SIP__ALLOW_FROM"] = allow_from
         daemon = DaemonProcess(env, stdout="stderr", stderr="inherit", wait=workers_up, timeout=90)

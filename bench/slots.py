@@ -58,8 +58,6 @@ async def main(calls: int, in_flight: int, workers: int, ring_timeout: int) -> d
                 SIPAI_SIP__PASSWORD=password("1000"),
                 SIPAI_SIP__WORKERS=str(workers),
                 SIPAI_CALLS__MAX_CONCURRENT=str(in_flight),
-                SIPAI_SIP__RTP_PORT_MIN="43000",
-                SIPAI_SIP__RTP_PORT_MAX="43399",
             )
             daemon = DaemonProcess(env, stdout="stderr", stderr="inherit", wait="healthy")
             base = daemon.base_url

@@ -50,8 +50,6 @@ async def test_queued_calls_wait_for_slots_pjsua_still_tears_down(
             "SIPAI_SIP__PASSWORD": password("1000"),
             "SIPAI_SIP__WORKERS": str(WORKERS),
             "SIPAI_CALLS__MAX_CONCURRENT": str(IN_FLIGHT),
-            "SIPAI_SIP__RTP_PORT_MIN": "45000",
-            "SIPAI_SIP__RTP_PORT_MAX": "45199",
         }
         async with DaemonProcess(env, wait="healthy") as daemon:
             base = daemon.base_url
@@ -84,8 +82,10 @@ async def _register_then_vanish(pbx: Kamailio, user: str) -> None:
 async def test_target_where_nothing_listens_is_failed(daemon_env: dict[str, str]) -> None:
     """A call to a SIP address with no listener (no response at all) ends failed, not
     no_answer, and the error says nothing responded."""
-    env = daemon_env | {"SIPAI_SIP__RTP_PORT_MIN": "45200", "SIPAI_SIP__RTP_PORT_MAX": "45299"}
-    async with DaemonProcess(env, wait="healthy") as daemon, httpx.AsyncClient(timeout=10) as c:
+    async with (
+        DaemonProcess(daemon_env, wait="healthy") as daemon,
+        httpx.AsyncClient(timeout=10) as c,
+    ):
         client, base = c, daemon.base_url
         body = {"message": "Hello.", "extension": "sip:x@127.0.0.1:1", "ring_timeout": 5}
         response = await client.post(f"{base}/call", json=body)

@@ -26,8 +26,6 @@ def _env(daemon_env: dict[str, str], registrar: str) -> dict[str, str]:
     return daemon_env | {
         "SIPAI_SIP__REGISTRAR": registrar,
         "SIPAI_SIP__PASSWORD": password("1000"),
-        "SIPAI_SIP__RTP_PORT_MIN": "41000",
-        "SIPAI_SIP__RTP_PORT_MAX": "41099",
     }
 
 

@@ -40,8 +40,6 @@ async def test_the_receptionist_takes_a_message(daemon_env: dict[str, str], tmp_
         env = daemon_env | {
             "SIPAI_SIP__REGISTRAR": pbx.uri,
             "SIPAI_SIP__PASSWORD": password("1000"),
-            "SIPAI_SIP__RTP_PORT_MIN": "44000",
-            "SIPAI_SIP__RTP_PORT_MAX": "44099",
             "SIPAI_WEBHOOKS__INBOUND_URL": receiver.url,
         }
         daemon = DaemonProcess(env, wait=None)
@@ -104,8 +102,6 @@ async def test_the_chat_brain_answers_with_the_model_text(
         env = daemon_env | {
             "SIPAI_SIP__REGISTRAR": pbx.uri,
             "SIPAI_SIP__PASSWORD": password("1000"),
-            "SIPAI_SIP__RTP_PORT_MIN": "44100",
-            "SIPAI_SIP__RTP_PORT_MAX": "44199",
             "SIPAI_ENGINE__BRAIN": "chat",
             "SIPAI_ENGINE__CHAT_URL": chat.url,
             "SIPAI_ENGINE__CHAT_MODEL": "tiny-llm",

@@ -31,8 +31,7 @@ def _worker_up(report: dict[str, Any]) -> bool:
 def test_health_is_unhealthy_while_the_worker_is_down(daemon_env: dict[str, str]) -> None:
     """Direct mode: unhealthy (strict 503) while starting and from a SIGKILL of the only
     worker until its restart is up, healthy (strict 200) otherwise."""
-    env = daemon_env | {"SIPAI_SIP__RTP_PORT_MIN": "45300", "SIPAI_SIP__RTP_PORT_MAX": "45399"}
-    with DaemonProcess(env, timeout=30) as daemon:
+    with DaemonProcess(daemon_env, timeout=30) as daemon:
         base = daemon.base_url
         starting = []  # (status, strict code) read before the worker was up
         deadline = time.monotonic() + 30

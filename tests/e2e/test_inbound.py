@@ -69,8 +69,6 @@ async def _daemon(
         | {
             "SIPAI_SIP__REGISTRAR": pbx.uri,
             "SIPAI_SIP__PASSWORD": password("1000"),
-            "SIPAI_SIP__RTP_PORT_MIN": "43000",
-            "SIPAI_SIP__RTP_PORT_MAX": "43099",
             "SIPAI_AGENT__BACKEND": backend,
             "SIPAI_AGENT__DIALECT": fake.dialect,
         }

@@ -77,8 +77,6 @@ async def test_message_webhook_survives_a_down_receiver_and_sigkill(
         env = daemon_env | {
             "SIPAI_SIP__REGISTRAR": pbx.uri,
             "SIPAI_SIP__PASSWORD": password("1000"),
-            "SIPAI_SIP__RTP_PORT_MIN": "44200",
-            "SIPAI_SIP__RTP_PORT_MAX": "44299",
             "SIPAI_WEBHOOKS__INBOUND_URL": f"http://127.0.0.1:{receiver_port}/hook",
             "SIPAI_WEBHOOKS__SECRET": secret,
         }

@@ -54,8 +54,6 @@ async def _running(pbx: Kamailio, env: dict[str, str]) -> AsyncIterator[Daemon]:
     env = env | {
         "SIPAI_SIP__REGISTRAR": pbx.uri,
         "SIPAI_SIP__PASSWORD": password("1000"),
-        "SIPAI_SIP__RTP_PORT_MIN": "42000",
-        "SIPAI_SIP__RTP_PORT_MAX": "42099",
     }
     async with DaemonProcess(env, wait=registered) as process:
         yield Daemon(process)

@@ -49,13 +49,11 @@ def _wav(text: str, path: Path) -> tuple[str, float]:
 
 
 @contextlib.asynccontextmanager
-async def _daemon(pbx: Kamailio, env: dict[str, str], log: Path, rtp: int) -> AsyncIterator[str]:
+async def _daemon(pbx: Kamailio, env: dict[str, str], log: Path) -> AsyncIterator[str]:
     """The daemon under MDWE, registered; yields its API base URL; its JSON log in ``log``."""
     env = env | {
         "SIPAI_SIP__REGISTRAR": pbx.uri,
         "SIPAI_SIP__PASSWORD": password("1000"),
-        "SIPAI_SIP__RTP_PORT_MIN": str(rtp),
-        "SIPAI_SIP__RTP_PORT_MAX": str(rtp + 99),
     }
     sandbox = [sys.executable, "-m", "tests.sandbox", "--deny-write-execute", "--"]
     async with DaemonProcess(env, wrapper=sandbox, log=log, wait=registered) as daemon:
@@ -81,7 +79,7 @@ async def test_engine_caller_hears_an_apology_when_recognition_fails(
     log = tmp_path / "daemon.log"
     async with (
         running_kamailio(tmp_path / "k") as pbx,
-        _daemon(pbx, daemon_env, log, 44300) as api,
+        _daemon(pbx, daemon_env, log) as api,
     ):
         phone = await TestPhone.start("caller")
         try:
@@ -138,7 +136,7 @@ async def test_outbound_choice_records_the_recognition_failure(
     try:
         async with (
             running_kamailio(tmp_path / "k") as pbx,
-            _daemon(pbx, daemon_env, log, 44400) as api,
+            _daemon(pbx, daemon_env, log) as api,
             callee(pbx, "1003") as phone,
         ):
             _, message_s = _wav(message, tmp_path / "message.wav")

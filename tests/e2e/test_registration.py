@@ -70,8 +70,6 @@ async def _daemon(
     env = daemon_env | {
         "SIPAI_SIP__REGISTRAR": kamailio.uri,
         "SIPAI_SIP__PASSWORD": secret,
-        "SIPAI_SIP__RTP_PORT_MIN": "41200",
-        "SIPAI_SIP__RTP_PORT_MAX": "41299",
     }
     async with (
         DaemonProcess(env, wait=None) as daemon,

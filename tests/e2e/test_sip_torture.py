@@ -22,7 +22,7 @@ import pytest
 
 from tests.integration.test_sip_robustness import _sipp
 from tests.peers.sip_udp import UdpAgent, sdp
-from tests.support import DaemonProcess, workers_up
+from tests.support import DaemonProcess, phone_rtp_base, workers_up
 
 pytestmark = pytest.mark.e2e
 
@@ -233,8 +233,6 @@ async def _daemon(env: dict[str, str], log: Path) -> AsyncIterator[dict[str, Any
     env = env | {
         "SIPAI_SIP__REGISTRAR": "",
         "SIPAI_SIP__ALLOW_FROM": "127.0.0.1",
-        "SIPAI_SIP__RTP_PORT_MIN": "45000",
-        "SIPAI_SIP__RTP_PORT_MAX": "45099",
     }
     script = "tests.e2e.answering_supervisor"
     async with DaemonProcess(env, script=script, stderr="inherit", log=log, wait=None) as daemon:
@@ -253,7 +251,7 @@ async def test_torture_and_mutated_datagrams_leave_the_worker_whole(
     async with _daemon(daemon_env, tmp_path / "daemon.log") as worker:
         pid = worker["pid"]
         call = asyncio.create_task(_sipp(port, tmp_path, "-sn", "uac", "-m", "1", "-d", "25000"))
-        torture = _torture(port, 40000)
+        torture = _torture(port, phone_rtp_base())
         seeds = [torture["escaped_uri"], torture["line_folding"], torture["multiple_bodies"]]
         rng = random.Random(4475)
         await asyncio.to_thread(_blast, port, _mutations(seeds, 1000, rng))  # warm-up

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,9 +19,8 @@ from sip.events import IncomingCall, SipEvent
 from sip.worker import SipError, SipWorker
 from tests.peers.kamailio import Kamailio, password, running_kamailio
 from tests.peers.phone import TestPhone
-from tests.support import free_port
-
-_rtp_bases = itertools.count(40000, 200)
+from tests.support import free_port, rtp_range
+from tests.support.paths import SIP_SPAN
 
 
 @pytest.fixture
@@ -32,12 +30,12 @@ async def kamailio(tmp_path: Path) -> AsyncIterator[Kamailio]:
 
 
 def worker_settings(kamailio: Kamailio | None, **overrides: Any) -> SipSettings:
-    base = next(_rtp_bases)
+    rtp_min, rtp_max = rtp_range(100)
     values: dict[str, Any] = {
         "username": "1000",
-        "port": free_port(socket.SOCK_DGRAM),
-        "rtp_port_min": base,
-        "rtp_port_max": base + 99,
+        "port": free_port(socket.SOCK_DGRAM, SIP_SPAN),
+        "rtp_port_min": rtp_min,
+        "rtp_port_max": rtp_max,
         "register_expires": 60,
     }
     if kamailio is not None:

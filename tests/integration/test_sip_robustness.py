@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sip.events import CallEnded
 from tests.integration.conftest import Recorded, worker_settings
+from tests.support import free_port
 
 MakeWorker = Callable[..., Awaitable[Recorded]]
 
@@ -27,7 +28,7 @@ async def _sipp(port: int, directory: Path, *args: str) -> dict[str, str]:
         "-i",
         "127.0.0.1",
         "-p",
-        str(random.randint(45000, 49000)),
+        str(free_port(socket.SOCK_DGRAM)),
         "-s",
         "1000",
         "-nostdin",

@@ -18,6 +18,8 @@ import time
 import uuid
 from pathlib import Path
 
+from tests.support.paths import free_port
+
 MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
 DOMAIN = "127.0.0.1"
 USERS = [str(n) for n in range(1000, 1020)]
@@ -140,12 +142,6 @@ request_route {{
 """
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Kamailio:
     """One Kamailio process; ``start``/``stop`` may be called again (same port, same users)."""
 
@@ -154,7 +150,7 @@ class Kamailio:
         assert Path(binary).exists(), "kamailio is missing: `make test` installs it"
         self.binary = binary
         self.directory = directory
-        self.port = _free_udp_port()
+        self.port = free_port(socket.SOCK_DGRAM)
         self.min_expires = min_expires  # shorter registrations get 423 Interval Too Brief
         self.uri = f"sip:{DOMAIN}:{self.port}"
         self._process: subprocess.Popen[bytes] | None = None

@@ -10,15 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.peers.kamailio import Kamailio, password
-
-_next_rtp_base = 32000
-
-
-def _rtp_base() -> int:
-    global _next_rtp_base
-    base = _next_rtp_base
-    _next_rtp_base = 32000 + (_next_rtp_base - 32000 + 100) % 8000
-    return base
+from tests.support.paths import phone_rtp_base
 
 
 class TestPhone:
@@ -43,7 +35,7 @@ class TestPhone:
             "-m",
             "tests.peers.phone_process",
             "--rtp-port",
-            str(_rtp_base()),
+            str(phone_rtp_base()),
             *(["--short-jitter-buffer"] if short_jitter_buffer else []),
             *(["--sdp-port-offset", str(sdp_port_offset)] if sdp_port_offset else []),
             stdin=asyncio.subprocess.PIPE,

@@ -8,7 +8,7 @@ from tests.support.daemon import (
     wait_for_health,
     workers_up,
 )
-from tests.support.paths import ROOT, SIPAI, free_port
+from tests.support.paths import ROOT, SIPAI, free_port, phone_rtp_base, rtp_range
 from tests.support.phones import callee
 
 __all__ = [
@@ -19,7 +19,9 @@ __all__ = [
     "callee",
     "daemon_env",
     "free_port",
+    "phone_rtp_base",
     "registered",
+    "rtp_range",
     "wait_for_health",
     "workers_up",
 ]

@@ -26,7 +26,7 @@ from typing import IO, Any, Literal
 
 import httpx
 
-from tests.support.paths import ROOT, SIPAI, free_port
+from tests.support.paths import ROOT, SIP_SPAN, SIPAI, free_port, rtp_range
 
 Health = dict[str, Any]
 # "health": /health answers; "healthy": it says so; a callable: it holds for the report.
@@ -39,12 +39,15 @@ POLL_SECONDS = 0.1
 
 def daemon_env(tmp: Path) -> dict[str, str]:
     """Environment for a daemon subprocess with its own ports and its state in ``tmp``."""
+    rtp_min, rtp_max = rtp_range(200)
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("SIPAI_", "NOTIFY_", "WATCHDOG_"))
     }
     env.update(
         SIPAI_API__PORT=str(free_port()),
-        SIPAI_SIP__PORT=str(free_port(socket.SOCK_DGRAM)),
+        SIPAI_SIP__PORT=str(free_port(socket.SOCK_DGRAM, SIP_SPAN)),
+        SIPAI_SIP__RTP_PORT_MIN=str(rtp_min),
+        SIPAI_SIP__RTP_PORT_MAX=str(rtp_max),
         SIPAI_STORAGE__PATH=str(tmp / "sipai.db"),
         SIPAI_LOG__FORMAT="json",
     )

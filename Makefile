@@ -86,9 +86,11 @@ $(STAMP_TEST): pyproject.toml | $(BIN)/python
 run: $(STAMP_RUN)
 	exec $(BIN)/sipai run $(if $(CONFIG),--config $(CONFIG))
 
-## test: lint, type check and the whole test suite.
+## test: lint, type check and the whole test suite: in two processes, then the tests that bound
+## wall-clock time in milliseconds (marker realtime) alone.
 test: system-deps-test lint typecheck
-	PYTHONASYNCIODEBUG=1 $(BIN)/pytest
+	PYTHONASYNCIODEBUG=1 $(BIN)/pytest -n 2 --dist loadfile -m "not realtime"
+	PYTHONASYNCIODEBUG=1 $(BIN)/pytest -m realtime
 
 lint: $(STAMP_TEST)
 	$(BIN)/ruff check .

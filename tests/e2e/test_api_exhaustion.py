@@ -119,6 +119,7 @@ def _health_latency(port: int) -> float:
     return time.monotonic() - started
 
 
+@pytest.mark.realtime
 def test_idle_flood_slow_body_and_slowloris_under_default_fd_limit(
     daemon_env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -205,6 +205,7 @@ def _speech_start_ms(pcm: NDArray[np.int16], after_ms: int = 300) -> int | None:
     return None if len(loud) == 0 else int(loud[0] + after_ms // 20) * 20
 
 
+@pytest.mark.realtime
 async def test_barge_in_silences_the_phone_and_truncates_at_what_it_heard(
     pbx: Kamailio, daemon_env: dict[str, str], tmp_path: Path
 ) -> None:

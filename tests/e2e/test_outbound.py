@@ -122,6 +122,7 @@ def _long_message(characters: int) -> str:
     raise AssertionError("unreachable")
 
 
+@pytest.mark.realtime
 async def test_message_over_one_ipc_frame_is_heard_to_its_last_words(
     pbx: Kamailio, daemon: Daemon, tmp_path: Path
 ) -> None:

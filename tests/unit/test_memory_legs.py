@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import numpy as np
+import pytest
 
 from daemon.legs.leg import Answered, CallLeg, Ended, LegError, LegEvent, Ringing
 from daemon.legs.memory import MediaClock, MemoryNetwork, PhoneEvent
@@ -112,6 +113,7 @@ async def test_busy_decline_and_ring_timeout() -> None:
         assert 3.0 <= waited <= 3.1, f"ring timeout after {waited:.2f} s on the clock"
 
 
+@pytest.mark.realtime
 async def test_virtual_clock_runs_ten_seconds_of_audio_in_under_a_second() -> None:
     """On the virtual clock, 10 s of audio is played out to its last sample in < 1 s."""
     async with MediaClock(speed=None) as clock:

@@ -20,9 +20,9 @@ from media.vad import rms_dbfs
 from media.wav import read_wav, write_wav
 from tests.audio import tone, tone_level_db
 from tests.peers.kamailio import Kamailio
-from tests.peers.phone import TestPhone, _rtp_base
+from tests.peers.phone import TestPhone
 from tests.sandbox import unit_flags
-from tests.support import ROOT
+from tests.support import ROOT, phone_rtp_base
 
 UTTERANCE = "Please tell John that the delivery will arrive tomorrow morning."
 MAX_RTF = 1.0  # measured about 0.1 on 2 cores: a 3 s turn is heard in about 0.3 s
@@ -101,7 +101,7 @@ async def _phone(name: str, flags: list[str]) -> TestPhone:
         "-m",
         "tests.peers.phone_process",
         "--rtp-port",
-        str(_rtp_base()),
+        str(phone_rtp_base()),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,

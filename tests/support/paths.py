@@ -39,7 +39,7 @@ def slot_base() -> int:
     global _slot
     if _slot is None:
         for k in range(SLOTS):
-            fd = os.open(LOCK.format(k), os.O_RDWR | os.O_CREAT, 0o666)
+            fd = os.open(LOCK.format(k), os.O_RDONLY | os.O_CREAT, 0o644)  # flock needs no write
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

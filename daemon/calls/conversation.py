@@ -225,6 +225,8 @@ class Conversation:
             return [ce.EndItem(event.item_id)]
         if isinstance(event, ev.ResponseCreated):
             talk.response = event.response_id
+            if self._wait is not None and self._wait.phase == "playout":
+                self._wait.phase = "response"  # more to say: wait for it too (same bound)
             if talk.greeting_asked and talk.greeting is None:
                 talk.greeting = event.response_id
             return []

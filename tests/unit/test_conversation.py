@@ -191,6 +191,21 @@ def test_end_call_hangs_up_after_the_goodbye_is_played() -> None:
     assert call.feed(ce.CallEnded("caller hung up")) == []
 
 
+def test_end_call_waits_for_a_response_that_starts_while_the_goodbye_drains() -> None:
+    """A response created while the goodbye's playout drains is waited for too: the drain
+    that follows it is ignored, and its own done asks for the playout with the time left."""
+    call = Call()
+    call.speak()
+    call.tool("end_call")
+    assert call.model(ev.ResponseDone("r1", "completed"), at=4.0) == [ce.AwaitPlayout(26.0)]
+    assert call.model(ev.ResponseCreated("r2"), at=5.0) == []
+    assert call.feed(ce.Drained(), at=6.0) == []  # r2 is still being said
+    assert call.stage() is cv.Stage.CLOSING
+    assert call.conv.deadline == pytest.approx(30.0)
+    assert call.model(ev.ResponseDone("r2", "completed"), at=10.0) == [ce.AwaitPlayout(20.0)]
+    assert call.feed(ce.Drained(), at=12.0) == [ce.HangUp("end_call")]
+
+
 def test_end_call_whose_response_never_finishes_goes_on_after_30_s() -> None:
     """A goodbye response that never reports done stops the wait after 30 s."""
     call = Call()

@@ -241,12 +241,10 @@ class InboundAgent:
             return self._tool(action.call_id, action.tool.name, run)
         if isinstance(action, ce.SendDtmf):
             return self._tool(action.call_id, "send_dtmf", self._send_dtmf(action.digits))
-        if isinstance(action, ce.Transfer):
-            try:
-                await self.leg.transfer(action.target)
-            except LegError as exc:
-                return ce.ToolDone(action.call_id, {"error": str(exc)})
-        elif isinstance(action, ce.HangUp):
+        if isinstance(action, ce.Transfer):  # its outcome is the NOTIFY's, unless refused
+            result = await outcome(self.key, "transfer_call", self._transfer(action.target))
+            return ce.ToolDone(action.call_id, result) if "error" in result else None
+        if isinstance(action, ce.HangUp):
             with contextlib.suppress(LegError):
                 await self.leg.hangup()
             self._end(action.cause)
@@ -276,6 +274,10 @@ class InboundAgent:
 
     async def _tool(self, call_id: str, name: str, run: Awaitable[dict[str, Any]]) -> None:
         await self._feed(ce.ToolDone(call_id, await outcome(self.key, name, run)))
+
+    async def _transfer(self, target: str) -> dict[str, Any]:
+        await self.leg.transfer(target)
+        return {"ok": True}
 
     async def _send_dtmf(self, digits: str) -> dict[str, Any]:
         await self.leg.send_dtmf(digits)

@@ -233,6 +233,8 @@ class MemoryLeg:
 
     async def transfer(self, target: str) -> None:
         call = self._live()
+        if self._network.refer_refused is not None:
+            raise LegError(self._network.refer_refused)
         call.phone.record(PhoneEvent("refer", target))
         code = self._network.transfer_result
         self.post(TransferProgress(100, "Trying", final=False))
@@ -302,10 +304,17 @@ class MemoryPhone:
 class MemoryNetwork:
     """Phones by extension, and the calls between them and the daemon's legs."""
 
-    def __init__(self, clock: MediaClock, rate: int = 8000, transfer_result: int = 200) -> None:
+    def __init__(
+        self,
+        clock: MediaClock,
+        rate: int = 8000,
+        transfer_result: int = 200,
+        refer_refused: str | None = None,
+    ) -> None:
         self.clock = clock
         self.rate = rate
         self.transfer_result = transfer_result  # final status a REFER reports
+        self.refer_refused = refer_refused  # not None: a REFER raises LegError with this text
         self.phones: dict[str, MemoryPhone] = {}
         self._keys = itertools.count(1)
 

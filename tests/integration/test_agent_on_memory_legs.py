@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from structlog.testing import capture_logs
 
 from config.schema import AgentSettings, ApiSettings, RealtimeSettings
 from daemon.calls.inbound import InboundAgent
@@ -56,9 +57,9 @@ class Call:
 
 
 @contextlib.asynccontextmanager
-async def _network() -> AsyncIterator[MemoryNetwork]:
+async def _network(refer_refused: str | None = None) -> AsyncIterator[MemoryNetwork]:
     async with MediaClock(speed=1.0) as clock:
-        yield MemoryNetwork(clock, rate=RATE)
+        yield MemoryNetwork(clock, rate=RATE, refer_refused=refer_refused)
 
 
 def _call(network: MemoryNetwork, fake: FakeRealtime, **agent: Any) -> Call:
@@ -203,6 +204,32 @@ async def test_transfer_refers_the_phone_after_the_announcement() -> None:
     first, last = _loud(call.phone.heard())
     assert heard_at_refer[0] > last, (heard_at_refer, last)  # all of it heard before the REFER
     assert (last - first + 1) / RATE >= announcement_s - 0.02
+    assert fake.violations == []
+
+
+async def test_a_refused_refer_is_logged_and_a_named_error_for_the_model() -> None:
+    """A REFER the leg refuses (a LegError with no text) logs agent.tool_failed, and the model
+    gets a non-empty error as the transfer's output while the call stays up."""
+
+    async def script(session: FakeSession) -> None:
+        await session.wait_for("input_audio_buffer.append")
+        await session.call_tool("transfer_call", {"extension": "1005"})
+
+    with capture_logs() as logs:
+        async with FakeRealtime("ga", script) as fake, _network(refer_refused="") as network:
+            call = _call(network, fake, transfer_extensions=["1005"])
+            session = await fake.session()
+            received = await session.wait_for(
+                "conversation.item.create",
+                where=lambda e: e["item"]["type"] == "function_call_output",
+            )
+            assert not call.task.done()
+            call.phone.hang_up()
+            assert await call.ended() == "caller hung up"
+    output = json.loads(received.event["item"]["output"])
+    assert output == {"error": "LegError"}, output
+    failed = [e for e in logs if e["event"] == "agent.tool_failed"]
+    assert [(e["tool"], e["error"]) for e in failed] == [("transfer_call", "")], logs
     assert fake.violations == []
 
 

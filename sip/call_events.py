@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 
-from sip.events import SipEvent
+from sip.events import IncomingCall, SipEvent
 
 
 class CallEvents:
@@ -25,9 +25,10 @@ class CallEvents:
         self._dials = 0
 
     def route(self, event: SipEvent) -> None:
-        """Queue ``event`` for the owner of its call (events without a call go nowhere)."""
+        """Queue ``event`` for the owner of its call (events without a call go nowhere, nor
+        an IncomingCall: the inbound flow is handed it, and claims the call's events)."""
         call = getattr(event, "call", None)
-        if not isinstance(call, str):
+        if not isinstance(call, str) or isinstance(event, IncomingCall):
             return
         queue = self._owned.get(call)
         if queue is not None:

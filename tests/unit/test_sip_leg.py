@@ -54,6 +54,27 @@ async def test_own_events_become_leg_events_and_others_are_dropped() -> None:
     assert events.empty()  # released: nothing is routed to the flow any more
 
 
+async def test_an_incoming_call_during_a_dial_reaches_no_leg() -> None:
+    """An IncomingCall routed while a dial is in progress is queued for no one: the inbound
+    leg that claims the call first receives its Ended, the dial only its own ringing, and
+    nothing is logged as an error."""
+    calls = CallEvents()
+    with capture_logs() as logs, calls.dialing():
+        calls.route(sip.IncomingCall("w0-2", "abc@pbx", "sip:1001@pbx", "Ann", "1001"))
+        calls.route(sip.CallRinging("w0-1", 180))
+        dialled, inbound = calls.claim("w0-1"), calls.claim("w0-2")
+    calls.route(sip.CallEnded("w0-2", 200, "Normal call clearing"))
+    worker = SipWorker(worker_settings(None))  # never started
+    leg = SipLeg(worker, CallInfo(key="w0-2", inbound=True), inbound, calls)
+    with capture_logs() as received:
+        async with asyncio.timeout(5):
+            first = await leg.receive()
+    assert first == Ended(200, "Normal call clearing")
+    assert (dialled.qsize(), dialled.get_nowait()) == (1, sip.CallRinging("w0-1", 180))
+    errors = [e for e in logs + received if e["log_level"] == "error"]
+    assert errors == [], errors
+
+
 async def test_commands_on_a_stopped_worker_raise_leg_errors() -> None:
     """Answering, rejecting, DTMF, transfer and media of a leg whose worker is not running
     are refused with a LegError; hang-up is silent."""

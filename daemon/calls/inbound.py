@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict
 from typing import Any, Protocol
 
@@ -180,21 +180,18 @@ class InboundAgent:
 
     async def _feed(self, event: ce.Event, arrived: float = 0.0) -> None:
         """Hand ``event`` to the conversation and carry out its actions, in order; what they
-        report is fed at once, or by a task started after the last action, once it is over."""
+        report is fed at once, or by a task started as soon as its action returns it."""
         media = self.media
         assert media is not None
         pending = [event]
         while pending:
             actions = self.conversation.handle(pending.pop(0), media.clock.now(), media.playout)
-            later: list[Later] = []
             for action in actions:
                 result = await self._do(action, media, arrived)
                 if isinstance(result, Coroutine):
-                    later.append(result)
+                    self._spawn(result)  # tasks start in order: a Flushed before a Drained
                 elif result is not None:
                     pending.append(result)
-            for coro in later:
-                self._spawn(coro)
         self._rearm(media)
 
     def _rearm(self, media: LegMedia) -> None:
@@ -224,10 +221,12 @@ class InboundAgent:
             media.playout.end_item(action.item)
         elif isinstance(action, ce.Flush):
             media.playout.flush()
-            return self._after(media, media.until_flushed(FLUSH_WAIT), ce.Flushed())
+            return self._after(media, lambda: media.until_flushed(FLUSH_WAIT), ce.Flushed())
         elif isinstance(action, ce.AwaitPlayout):
-            drained = media.until_drained(action.timeout)
-            return self._after(media, drained, ce.Drained(), LAST_FRAMES)
+            timeout = action.timeout
+            return self._after(
+                media, lambda: media.until_drained(timeout), ce.Drained(), LAST_FRAMES
+            )
         elif isinstance(action, ce.SetOutputFormat):
             if self._decoder is None or self._decoder.source != action.format:
                 self._decoder = Decoder(action.format, media.rate)
@@ -237,10 +236,11 @@ class InboundAgent:
 
     async def _do_call(self, action: ce.Action, media: LegMedia) -> Result:
         if isinstance(action, ce.RunTool):
-            run = self._http.run(action.tool, action.arguments)
-            return self._tool(action.call_id, action.tool.name, run)
+            tool, arguments = action.tool, action.arguments
+            return self._tool(action.call_id, tool.name, lambda: self._http.run(tool, arguments))
         if isinstance(action, ce.SendDtmf):
-            return self._tool(action.call_id, "send_dtmf", self._send_dtmf(action.digits))
+            digits = action.digits
+            return self._tool(action.call_id, "send_dtmf", lambda: self._send_dtmf(digits))
         if isinstance(action, ce.Transfer):  # its outcome is the NOTIFY's, unless refused
             result = await outcome(self.key, "transfer_call", self._transfer(action.target))
             return ce.ToolDone(action.call_id, result) if "error" in result else None
@@ -265,15 +265,23 @@ class InboundAgent:
         return None
 
     async def _after(
-        self, media: LegMedia, wait: Awaitable[bool], event: ce.Event, pause: float = 0.0
+        self,
+        media: LegMedia,
+        wait: Callable[[], Awaitable[bool]],
+        event: ce.Event,
+        pause: float = 0.0,
     ) -> None:
-        await wait
+        """Feed ``event`` once ``wait()`` is over (made here: a task cancelled before it
+        started leaves no coroutine unawaited)."""
+        await wait()
         if pause:
             await media.clock.sleep(pause)
         await self._feed(event)
 
-    async def _tool(self, call_id: str, name: str, run: Awaitable[dict[str, Any]]) -> None:
-        await self._feed(ce.ToolDone(call_id, await outcome(self.key, name, run)))
+    async def _tool(
+        self, call_id: str, name: str, run: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> None:
+        await self._feed(ce.ToolDone(call_id, await outcome(self.key, name, run())))
 
     async def _transfer(self, target: str) -> dict[str, Any]:
         await self.leg.transfer(target)

@@ -80,6 +80,7 @@ class InboundAgent:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._decoder: Decoder | None = None
         self._timer: tuple[float, asyncio.Task[Any]] | None = None
+        self._hung_up = False  # a HangUp was carried out: the call is ending already
         self._http = HttpTools(self.key)
 
     # -- the call, start to end -----------------------------------------------------------
@@ -153,7 +154,7 @@ class InboundAgent:
         await self.session.close()
         await self._http.aclose()
         self.session.log_latency(media.playout)
-        if not media.closed:  # ended here without a hang-up (an error): end the call too
+        if not media.closed and not self._hung_up:  # ended here on an error: end the call
             with contextlib.suppress(LegError):
                 await self.leg.hangup()
         log.info("agent.call_ended", call_id=self.key, cause=self.end_cause)
@@ -245,6 +246,7 @@ class InboundAgent:
             result = await outcome(self.key, "transfer_call", self._transfer(action.target))
             return ce.ToolDone(action.call_id, result) if "error" in result else None
         if isinstance(action, ce.HangUp):
+            self._hung_up = True
             with contextlib.suppress(LegError):
                 await self.leg.hangup()
             self._end(action.cause)

@@ -226,7 +226,11 @@ class MemoryLeg:
             return
         call.phone.record(PhoneEvent("hung_up"))
         code, reason = CLEARING if call.answered else TERMINATED
-        self._network.end(call, Ended(code, reason, "hangup", call.answered))
+        ended, network = Ended(code, reason, "hangup", call.answered), self._network
+        if network.bye_seconds:  # the call ends once the BYE is answered, as a SIP call does
+            network.clock.later(network.bye_seconds, lambda: network.end(call, ended))
+        else:
+            network.end(call, ended)
 
     async def send_dtmf(self, digits: str) -> None:
         self._live().phone.record(PhoneEvent("dtmf", digits))
@@ -310,11 +314,13 @@ class MemoryNetwork:
         rate: int = 8000,
         transfer_result: int = 200,
         refer_refused: str | None = None,
+        bye_seconds: float = 0.0,
     ) -> None:
         self.clock = clock
         self.rate = rate
         self.transfer_result = transfer_result  # final status a REFER reports
         self.refer_refused = refer_refused  # not None: a REFER raises LegError with this text
+        self.bye_seconds = bye_seconds  # from a leg's hang-up to the end of its call
         self.phones: dict[str, MemoryPhone] = {}
         self._keys = itertools.count(1)
 

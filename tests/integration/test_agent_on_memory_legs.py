@@ -57,9 +57,9 @@ class Call:
 
 
 @contextlib.asynccontextmanager
-async def _network(refer_refused: str | None = None) -> AsyncIterator[MemoryNetwork]:
+async def _network(**options: Any) -> AsyncIterator[MemoryNetwork]:
     async with MediaClock(speed=1.0) as clock:
-        yield MemoryNetwork(clock, rate=RATE, refer_refused=refer_refused)
+        yield MemoryNetwork(clock, rate=RATE, **options)
 
 
 def _call(network: MemoryNetwork, fake: FakeRealtime, **agent: Any) -> Call:
@@ -179,6 +179,25 @@ async def test_dtmf_reaches_the_model_then_end_call_after_the_goodbye() -> None:
     assert output["item"]["type"] == "function_call_output"
     [(kind, turn)] = call.services.reports
     assert (kind, turn["role"], turn["text"]) == ("transcript", "agent", "Goodbye.")
+    assert fake.violations == []
+
+
+async def test_end_call_hangs_up_once_while_the_bye_is_answered() -> None:
+    """A call whose hang-up takes 0.5 s to end it (a BYE awaiting its answer) is hung up
+    once by end_call, not again when the agent finishes."""
+
+    async def script(session: FakeSession) -> None:
+        await session.wait_for("input_audio_buffer.append")
+        await session.respond(tone(500, session.output_rate, 0.3, amplitude=8000))
+        await session.call_tool("end_call", {})
+
+    async with FakeRealtime("ga", script) as fake, _network(bye_seconds=0.5) as network:
+        call = _call(network, fake)
+        assert await call.ended() == "end_call"
+        async with asyncio.timeout(5):
+            await call.phone.done.wait()
+    hang_ups = [e for e in call.phone.events if e.kind == "hung_up"]
+    assert len(hang_ups) == 1, f"{len(hang_ups)} hang-ups: {call.phone.events}"
     assert fake.violations == []
 
 

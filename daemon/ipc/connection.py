@@ -299,7 +299,16 @@ class Connection:
 
     async def _respond(self, request_id: int, type_: str, body: Body) -> None:
         with contextlib.suppress(IpcClosed):
-            await self._send(Envelope(v=1, kind="response", type=type_, id=request_id, body=body))
+            try:
+                await self._send(
+                    Envelope(v=1, kind="response", type=type_, id=request_id, body=body)
+                )
+            except ValueError as exc:  # too large to encode: the requester must not wait it out
+                log.error("ipc.reply_failed", peer=self.name, type=type_, error=str(exc))
+                error = {"error": f"the {type_} reply cannot be sent: {exc}"}
+                await self._send(
+                    Envelope(v=1, kind="response", type=type_, id=request_id, body=error)
+                )
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coroutine)

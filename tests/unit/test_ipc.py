@@ -8,11 +8,13 @@ import hashlib
 import json
 import os
 import struct
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from daemon.ipc.connection import (
     MAX_FRAME,
@@ -176,6 +178,20 @@ async def test_errors_and_unknown_types_come_back_as_errors(pair: Pair) -> None:
         await pair.client.request(Fail())
     with pytest.raises(IpcError, match="unknown request type 'teleport'"):
         await pair.client.request(Teleport())
+    assert await pair.client.request(Add(a=1, b=1)) == Sum(sum=2)
+
+
+async def test_a_reply_too_large_to_send_comes_back_as_an_error_at_once(pair: Pair) -> None:
+    """A handler whose reply exceeds MAX_MESSAGE logs ipc.reply_failed and the requester gets
+    an error reply within seconds, not its 30 s timeout."""
+    kib = MAX_MESSAGE // 768 + 1  # base64 of kib KiB: just over MAX_MESSAGE
+    started = time.monotonic()
+    with capture_logs() as logs, pytest.raises(IpcError, match="cannot be sent") as raised:
+        await pair.client.request(Blob(kib=kib), within=30.0)
+    elapsed = time.monotonic() - started
+    assert elapsed < 10.0, f"the error reply took {elapsed:.1f} s"
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["ipc.reply_failed"]
+    assert f"exceeds {MAX_MESSAGE}" in str(raised.value)
     assert await pair.client.request(Add(a=1, b=1)) == Sum(sum=2)
 
 

@@ -28,7 +28,7 @@ unanswered after :data:`ANSWER_SECONDS` counts the binding as lost at once (``/h
 turns false) while the transaction keeps retransmitting (every 4 s at most, so a registrar
 back within those 32 s answers one of them); its answer, or its timeout reported as 408,
 decides what follows. Every pjsua2 call this asks for happens on the SIP thread: the account
-(``sip/endpoint.py``) runs the timers with ``SipThread.later``.
+(``sip/account.py``) runs the timers with ``SipThread.later``.
 
 **Backoff.** Transient failures (no answer, transport errors, 408, 423, 480, 5xx) are retried
 with :class:`Backoff` (1 s doubling to 10 s, jittered, forever). A refusal (401/407/403 after

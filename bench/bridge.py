@@ -47,9 +47,9 @@ from typing import Any
 import httpx
 import websockets
 
-from bench.calls import PCAP, _cpu_seconds, _fake_model, _health, scenario
+from bench.calls import PCAP, _cpu_seconds, _fake_model, _health, scenario, start_sipp
 from bench.report import emit
-from tests.support import DaemonProcess, free_port, phone_rtp_base, rtp_range
+from tests.support import DaemonProcess, free_port, rtp_range
 
 CALLS = 4
 SPEECH_SECONDS = 7.0
@@ -185,33 +185,12 @@ async def run(mode: str) -> dict[str, Any]:
                 await daemon.start()
                 health = await _health(daemon, client, 1)
                 pids = [daemon.pid, *(w["pid"] for w in health["workers"])]
-                caller = await asyncio.create_subprocess_exec(
-                    "sipp",
+                caller = await start_sipp(
                     f"127.0.0.1:{sip_port}",
-                    "-sf",
-                    str(scenario(directory, SPEECH_SECONDS)),
-                    "-s",
-                    "1000",
-                    "-i",
-                    "127.0.0.1",
-                    "-mi",
-                    "127.0.0.1",
-                    "-p",
-                    str(free_port(socket.SOCK_DGRAM)),
-                    "-mp",
-                    str(phone_rtp_base()),
-                    "-m",
-                    str(CALLS),
-                    "-l",
-                    str(CALLS),
-                    "-r",
-                    str(CALLS),
-                    "-nostdin",
-                    "-timeout",
+                    scenario(directory, SPEECH_SECONDS),
+                    CALLS,
                     "60s",
-                    cwd=directory,
-                    stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.DEVNULL,
+                    directory,
                 )
                 await asyncio.sleep(2.0)
                 up = (await _health(daemon, client, 1))["active_calls"]

@@ -114,6 +114,41 @@ async def _fake_model(connection: Any) -> None:
             await connection.send(message)
 
 
+async def start_sipp(
+    target: str, scenario_file: Path, calls: int, sipp_timeout: str, directory: Path
+) -> asyncio.subprocess.Process:
+    """SIPp placing ``calls`` calls at once to ``target`` with ``scenario_file`` (RTP from a
+    test port block), output discarded; the caller waits for its exit code."""
+    return await asyncio.create_subprocess_exec(
+        "sipp",
+        target,
+        "-sf",
+        str(scenario_file),
+        "-s",
+        "1000",
+        "-i",
+        "127.0.0.1",
+        "-mi",
+        "127.0.0.1",
+        "-p",
+        str(free_port(socket.SOCK_DGRAM)),
+        "-mp",
+        str(phone_rtp_base()),
+        "-m",
+        str(calls),
+        "-l",
+        str(calls),
+        "-r",
+        str(calls),
+        "-nostdin",
+        "-timeout",
+        sipp_timeout,
+        cwd=directory,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
 async def _health(daemon: DaemonProcess, client: httpx.AsyncClient, workers: int) -> dict[str, Any]:
     """/health once every worker is up. ``client`` is made before the calls start: making one
     blocks the event loop for 15-30 ms (TLS context), and the fake model shares that loop."""
@@ -163,33 +198,8 @@ async def run_level(calls: int, seconds: float) -> dict[str, Any]:
                 health = await _health(daemon, client, workers)
                 pids = [daemon.pid, *(w["pid"] for w in health["workers"])]
                 callers = [
-                    await asyncio.create_subprocess_exec(
-                        "sipp",
-                        f"127.0.0.1:{sip_port + i}",
-                        "-sf",
-                        str(caller),
-                        "-s",
-                        "1000",
-                        "-i",
-                        "127.0.0.1",
-                        "-mi",
-                        "127.0.0.1",
-                        "-p",
-                        str(free_port(socket.SOCK_DGRAM)),
-                        "-mp",
-                        str(phone_rtp_base()),
-                        "-m",
-                        str(n),
-                        "-l",
-                        str(n),
-                        "-r",
-                        str(n),
-                        "-nostdin",
-                        "-timeout",
-                        f"{round(seconds) + 60}s",
-                        cwd=directory,
-                        stdout=asyncio.subprocess.DEVNULL,
-                        stderr=asyncio.subprocess.DEVNULL,
+                    await start_sipp(
+                        f"127.0.0.1:{sip_port + i}", caller, n, f"{round(seconds) + 60}s", directory
                     )
                     for i, n in enumerate(per_worker)
                 ]

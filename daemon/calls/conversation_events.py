@@ -147,7 +147,7 @@ class Flush:
 
 @dataclass(frozen=True)
 class Cancel:
-    pass
+    """Cancel the response in progress (``response.cancel``)."""
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ class Request(Message, Generic[ReplyT]):
 
 
 class Event(Message):
-    pass
+    """A message sent without a reply (both directions)."""
 
 
 # -- to a worker -------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -85,7 +86,7 @@ class SessionSettings:
     tools: tuple[Json, ...] = ()
 
 
-class Dialect:
+class Dialect(ABC):
     """What both dialects share; subclasses hold the differences."""
 
     name = ""
@@ -145,14 +146,15 @@ class Dialect:
 
     # -- both ends -----------------------------------------------------------------------
 
+    @abstractmethod
     def session_shape(self, settings: SessionSettings, session_id: str = "") -> Json:
         """The ``session`` object of ``session.update`` (client) or ``session.updated``."""
-        raise NotImplementedError
 
     # -- server events -------------------------------------------------------------------
 
+    @abstractmethod
     def parse_format(self, value: Any) -> AudioFormat | None:
-        raise NotImplementedError
+        """An audio format as this dialect writes it; None if absent or unknown."""
 
     def parse_session(self, session: Json, created: bool) -> ev.SessionReported:
         audio = self._audio_keys(session)

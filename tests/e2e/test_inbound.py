@@ -24,7 +24,7 @@ from media.wav import read_wav, write_wav
 from tests.audio import tone, tone_level_db
 from tests.peers.kamailio import Kamailio, password, running_kamailio
 from tests.peers.phone import TestPhone
-from tests.peers.realtime_server import FakeRealtime, FakeSession
+from tests.peers.realtime_server import RATE_LIMITED, FakeRealtime, FakeSession
 from tests.peers.receiver import Receiver
 from tests.support import DaemonProcess, callee, registered
 
@@ -492,16 +492,7 @@ async def test_rate_limit_ends_the_call_politely_and_is_recorded(
 
     async def script(session: FakeSession) -> None:
         await session.wait_for("input_audio_buffer.append")
-        await session.send(
-            {
-                "type": "error",
-                "error": {
-                    "type": "rate_limit_error",
-                    "code": "rate_limit_exceeded",
-                    "message": "Too many requests.",
-                },
-            }
-        )
+        await session.send(RATE_LIMITED)
 
     env = daemon_env | {"SIPAI_AGENT__GREETING": ""}
     async with FakeRealtime("ga", script) as fake, _daemon(pbx, env, fake) as api:

@@ -23,7 +23,7 @@ from daemon.calls.inbound import InboundAgent
 from daemon.legs.memory import MediaClock, MemoryNetwork, MemoryPhone, PhoneEvent
 from daemon.realtime.backends import endpoint
 from tests.audio import tone, tone_level_db
-from tests.peers.realtime_server import FakeRealtime, FakeSession
+from tests.peers.realtime_server import RATE_LIMITED, FakeRealtime, FakeSession
 
 RATE = 8000
 APOLOGY_HZ = 400
@@ -258,16 +258,7 @@ async def test_a_rate_limit_ends_the_call_politely() -> None:
 
     async def script(session: FakeSession) -> None:
         await session.wait_for("input_audio_buffer.append")
-        await session.send(
-            {
-                "type": "error",
-                "error": {
-                    "type": "rate_limit_error",
-                    "code": "rate_limit_exceeded",
-                    "message": "Too many requests.",
-                },
-            }
-        )
+        await session.send(RATE_LIMITED)
 
     async with FakeRealtime("ga", script) as fake, _network() as network:
         call = _call(network, fake)

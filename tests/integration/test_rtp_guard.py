@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import select
 import socket
 import struct
 import time
@@ -73,6 +74,18 @@ def _drain(sock: socket.socket) -> int:
             break
         received += 1
     return received
+
+
+def _settled(sock: socket.socket, expected: int, quiet: float = 0.05) -> int:
+    """Datagrams read from ``sock`` once ``expected`` of them have arrived (each waited for
+    by readiness, 2 s at most) and no more came within ``quiet`` seconds after."""
+    received = 0
+    while True:
+        wait = 2.0 if received < expected else quiet
+        readable, _, _ = select.select([sock], [], [], wait)
+        if not readable:
+            return received
+        received += _drain(sock)
 
 
 async def _flood(target: tuple[str, int], packets: list[bytes], per_10ms: int) -> socket.socket:
@@ -337,8 +350,7 @@ def test_filter_admits_only_the_allowed_source() -> None:
             with _filtered_socket(family, host, allow) as receiver:
                 for sender in senders:
                     sender.sendto(b"x", receiver.getsockname())
-                time.sleep(0.05)  # loopback delivery; a plain (not async) test
-                assert _drain(receiver) == expected, (host, name)
+                assert _settled(receiver, expected) == expected, (host, name)
         for sender in senders:
             sender.close()
 
@@ -357,14 +369,14 @@ def test_datagrams_queued_before_the_filter_are_dropped_with_it() -> None:
         stranger.bind(("127.0.0.1", 0))
         for _ in range(50):
             stranger.sendto(b"queued", receiver.getsockname())
-        time.sleep(0.05)  # loopback delivery; a plain (not async) test
+        # The stranger's datagrams are queued before the filter goes on.
+        assert select.select([receiver], [], [], 2.0)[0], "nothing queued"
         local, remote = receiver.getsockname(), peer.getsockname()
         guard = MediaGuard(latching=False)
         guard.update(f"{local[0]}:{local[1]}", "", f"{remote[0]}:{remote[1]}", "", 0.0)
         peer.sendto(b"peer", local)
         stranger.sendto(b"late", local)
-        time.sleep(0.05)
-        assert _drain(receiver) == 1
+        assert _settled(receiver, 1) == 1
     finally:
         for sock in (receiver, peer, stranger):
             sock.close()

@@ -37,6 +37,17 @@ def _id(prefix: str) -> str:
     return f"{prefix}_{next(_ids)}"
 
 
+# The error event a rate-limited model sends (the agent ends the call politely on it).
+RATE_LIMITED: dict[str, Any] = {
+    "type": "error",
+    "error": {
+        "type": "rate_limit_error",
+        "code": "rate_limit_exceeded",
+        "message": "Too many requests.",
+    },
+}
+
+
 @dataclass
 class Received:
     at: float  # time.monotonic() on arrival

@@ -87,6 +87,7 @@ class _Talk:
     item_response: dict[str, str] = field(default_factory=dict)  # audio item -> its response
     playing: str | None = None  # the item last pushed to the playout buffer
     flushing: tuple[str, bool] | None = None  # (item, cancelled) of the barge-in under way
+    cut: set[str] = field(default_factory=set)  # items and responses cut by a barge-in
 
 
 @dataclass
@@ -216,6 +217,8 @@ class Conversation:
         """Audio, responses and format changes."""
         talk = self._talk
         if isinstance(event, ev.AudioDelta):
+            if event.item_id in talk.cut or event.response_id in talk.cut:
+                return []  # sent before the model saw the cancel: the caller cut it off
             talk.item_response[event.item_id] = event.response_id
             talk.playing = event.item_id
             if self.floor is Floor.SILENT:
@@ -267,6 +270,7 @@ class Conversation:
             response, talk.response = talk.response, None
             caller.speech_start = caller.barge_at = None
             talk.flushing = (item, response is not None)
+            talk.cut.update(x for x in (item, response) if x is not None)
             self._floor_to(Floor.FLUSHING)
             return [ce.Flush(), ce.Cancel()] if response is not None else [ce.Flush()]
         if caller.barge_at is None:

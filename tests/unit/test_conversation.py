@@ -104,6 +104,19 @@ def test_short_speech_waits_for_the_guard_then_flushes_cancels_and_truncates() -
     assert call.conv.deadline is None
 
 
+def test_late_audio_of_a_cut_response_is_not_played() -> None:
+    """Deltas of the item and response a barge-in cut, arriving after the cancel went out,
+    are dropped; a new response plays."""
+    call = Call()
+    call.speak()
+    call.sent(1000)
+    assert call.speech(500, at=10.0) == [ce.Flush(), ce.Cancel()]
+    assert call.model(ev.AudioDelta("r1", "i1", 1, b"\xff" * 160)) == []
+    assert call.model(ev.AudioDelta("r1", "i2", 0, b"\xff" * 160)) == []
+    assert call.model(ev.ResponseCreated("r2")) == []
+    assert call.model(ev.AudioDelta("r2", "i3", 0, b"\xff" * 160)) == [ce.Play("i3", b"\xff" * 160)]
+
+
 def test_the_greeting_has_its_own_guard() -> None:
     """Over the greeting a 300 ms noise cuts nothing and 1.3 s of speech cuts it; over a later
     response 250 ms of speech is enough (barge_in_min_ms)."""

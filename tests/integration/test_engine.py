@@ -237,6 +237,8 @@ async def test_each_named_token_opens_a_session_logged_by_name(
         async with websockets.connect(url, additional_headers=headers, open_timeout=10) as ws:
             first = json.loads(await ws.recv())
     assert first["type"] == "session.created"
-    [request] = [e for e in logs if e["event"] == "api.request"]
-    assert (request["path"], request["status"], request["token"]) == ("/v1/realtime", 101, name)
+    # The access line of a refused handshake from the test before may land late: only
+    # the upgrade that opened this session is the one to check.
+    [request] = [e for e in logs if e["event"] == "api.request" and e.get("status") == 101]
+    assert (request["path"], request["token"]) == ("/v1/realtime", name)
     assert not [e for e in logs if TOKEN in repr(e)]

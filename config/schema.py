@@ -339,6 +339,13 @@ class WebhookSettings(Section):
 
 class StorageSettings(Section):
     path: Path = Path("./var/sipai.db")
+    retention_days: float = Field(default=0, ge=0, le=36500)  # 0: keep every finished call
+
+
+class RecordingsSettings(Section):
+    enabled: bool = False
+    directory: Path = Path("./var/recordings")
+    retention_days: float = Field(default=30, ge=0, le=36500)  # 0: keep
 
 
 class SpeechBackend(StrEnum):
@@ -463,6 +470,7 @@ class Settings(Section):
     realtime: RealtimeSettings = RealtimeSettings()
     engine: EngineSettings = EngineSettings()
     storage: StorageSettings = StorageSettings()
+    recordings: RecordingsSettings = RecordingsSettings()
     daemon: DaemonSettings = DaemonSettings()
     log: LogSettings = LogSettings()
 

@@ -40,6 +40,10 @@ class CallResult:
     choice_raw_text: str | None = None
     error: str | None = None
     sip_code: int | None = None
+    # beyond the webhook: the call's black box, its recording, when the INVITE went out
+    black_box: dict[str, Any] | None = None
+    recording: dict[str, Any] | None = None  # daemon.blackbox.RecordingInfo as a dict
+    invite_at: float | None = None
 
 
 class CallRunner(Protocol):

@@ -97,6 +97,7 @@ def hello_reply(settings: Settings, inbound_policy: str | None) -> msg.HelloRepl
         agent=_revealed(settings.agent),
         api=_revealed(settings.api),
         realtime=_revealed(settings.realtime),
+        recordings=settings.recordings.model_dump(mode="json"),
     )
 
 

@@ -105,6 +105,32 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX outbox_due ON outbox(state, next_attempt_at);
     CREATE INDEX outbox_by_call ON outbox(call_id, created_at);
     """,
+    # Calls you can see and hear: each call's black box, inbound calls' called user and
+    # answer time, the kind of each webhook (result, inbound.message, inbound.ended,
+    # call.progress), recordings, and the indexes retention deletes by.
+    """
+    ALTER TABLE calls ADD COLUMN black_box TEXT;
+    ALTER TABLE inbound_calls ADD COLUMN black_box TEXT;
+    ALTER TABLE inbound_calls ADD COLUMN extension TEXT;
+    ALTER TABLE inbound_calls ADD COLUMN answered_at REAL;
+    ALTER TABLE outbox ADD COLUMN kind TEXT NOT NULL DEFAULT 'result';
+    UPDATE outbox SET kind = 'inbound.message' WHERE body LIKE '{"type":"inbound.message"%';
+    CREATE TABLE recordings (
+        call_id TEXT PRIMARY KEY,
+        direction TEXT NOT NULL,
+        path TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        duration_seconds REAL NOT NULL,
+        bytes INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        complete INTEGER NOT NULL,
+        dropped_frames INTEGER NOT NULL,
+        rate INTEGER NOT NULL
+    );
+    CREATE INDEX recordings_by_age ON recordings(created_at);
+    CREATE INDEX calls_by_end ON calls(ended_at);
+    CREATE INDEX inbound_by_end ON inbound_calls(ended_at);
+    """,
 )
 
 FINAL_STATUSES = frozenset({"completed", "no_answer", "failed", "busy"})

@@ -57,6 +57,7 @@ class CallEnded:
     local_cause: str = ""  # "ring_timeout", "hangup", "shutdown" when we ended it
     answered: bool = False
     stats: MediaStats | None = None
+    connect_seconds: float = 0.0  # pjsua's connectDuration at the disconnect
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-from typing import Annotated, Any, ClassVar, Generic, TypeVar, cast, get_args
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, cast, get_args
 
 import numpy as np
 from numpy.typing import NDArray
@@ -34,6 +34,7 @@ from pydantic import (
     ValidationError,
 )
 
+from daemon.blackbox import RecordingInfo
 from sip.events import SipEvent
 
 
@@ -160,6 +161,7 @@ class HelloReply(Message):
     agent: dict[str, Any]
     api: dict[str, Any]
     realtime: dict[str, Any]
+    recordings: dict[str, Any] = Field(default_factory=dict)
 
 
 class Hello(Request[HelloReply]):
@@ -255,6 +257,8 @@ class InboundStarted(Event):
     call: str
     sip_call_id: str
     caller: str
+    record_id: str = ""  # the record's id ("in-<hex16>"), made by the worker
+    extension: str = ""  # the called user
 
 
 class TranscriptTurn(Event):
@@ -270,12 +274,16 @@ class AgentFailed(Event):
     call: str
     kind: str  # a daemon.realtime.client.FailureKind value
     error: str
+    phase: Literal["connect", "session"] = "session"
 
 
 class InboundDone(Event):
     type = "inbound_done"
     call: str
     cause: str
+    black_box: dict[str, Any] | None = None  # daemon.blackbox.BlackBox
+    recording: RecordingInfo | None = None
+    connect_seconds: float = 0.0
 
 
 INBOUND_EVENTS: tuple[type[Event], ...] = (InboundStarted, TranscriptTurn, AgentFailed, InboundDone)

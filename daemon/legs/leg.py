@@ -38,6 +38,28 @@ class MediaStats:
     uplink_dropped: int  # of those, dropped unread (the flow fell 1 s behind)
     callback_errors: int  # media callbacks that failed (counted, never raised)
     playout_underruns: int
+    # RTP as received here (pjmedia's RTCP receive statistics)
+    rx_discarded: int = 0
+    rx_duplicates: int = 0
+    rx_reordered: int = 0
+    rx_jitter_max_ms: float = 0.0
+    # what the peer reported of our stream in its RTCP receiver reports (0 reports: unknown)
+    tx_lost_reported: int = 0
+    tx_jitter_ms_reported: float = 0.0
+    tx_reports: int = 0
+    # round trip from RTCP (None: no SR of ours was answered, typical under ~10 s)
+    rtt_ms_mean: float | None = None
+    rtt_ms_max: float = 0.0
+    rtt_samples: int = 0
+    # pjmedia's jitter buffer
+    jb_avg_delay_ms: float = 0.0
+    jb_max_delay_ms: float = 0.0
+    jb_lost: int = 0
+    jb_discarded: int = 0
+    jb_empty: int = 0
+    codec: str = ""
+    playout_overrun_samples: int = 0
+    playout_flushes: int = 0
 
 
 @dataclass(frozen=True)
@@ -70,6 +92,7 @@ class Ended:
     local_cause: str = ""
     answered: bool = False
     stats: MediaStats | None = None
+    connect_seconds: float = 0.0  # answer to end, as the SIP stack counted it
 
 
 LegEvent = Ringing | Answered | Dtmf | TransferProgress | Ended

@@ -14,8 +14,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 from structlog.testing import capture_logs
 
+from daemon.blackbox import RecordingInfo
 from daemon.ipc import messages as m
 from daemon.ipc.connection import Connection, IpcError
 from sip.events import (
@@ -117,6 +119,58 @@ def test_every_message_round_trips() -> None:
     sip = _wire(EXAMPLES[-4])
     assert isinstance(sip, m.SipEventMessage)
     assert sip.event == CallEnded("w0-1", 200, "Normal", "hangup", answered=True, stats=STATS)
+
+
+def test_end_of_call_reports_round_trip() -> None:
+    """A call's end carries its black box, its recording and the full stream statistics to
+    the supervisor intact; a failure's phase is one of two names."""
+    stats = MediaStats(
+        200,
+        10,
+        3.5,
+        201,
+        198,
+        0,
+        0,
+        2,
+        rx_discarded=1,
+        rx_jitter_max_ms=9.0,
+        tx_reports=2,
+        rtt_ms_mean=41.5,
+        rtt_samples=3,
+        jb_avg_delay_ms=40.0,
+        codec="PCMU",
+        playout_flushes=1,
+    )
+    ended = CallEnded("w0-4", 200, "Normal", answered=True, stats=stats, connect_seconds=12.5)
+    assert _wire(m.SipEventMessage(event=ended)).body()["event"]["stats"]["rtt_ms_mean"] == 41.5
+    assert m.SipEventMessage.model_validate(m.SipEventMessage(event=ended).body()).event == ended
+    box = {"version": 1, "codec": "PCMU", "mos": {"rx": 4.1, "tx": None}, "turns": []}
+    recording = RecordingInfo("/var/rec/in-1.wav", 12.48, 399404, "ab" * 32, False, 3, 8000)
+    done = m.InboundDone(
+        call="w0-4",
+        cause="caller hung up",
+        black_box=box,
+        recording=recording,
+        connect_seconds=12.5,
+    )
+    back = _wire(done)
+    assert isinstance(back, m.InboundDone)
+    assert (back.black_box, back.recording, back.connect_seconds) == (box, recording, 12.5)
+    started = _wire(
+        m.InboundStarted(
+            call="w0-4",
+            sip_call_id="a@b",
+            caller="1001",
+            record_id="in-00ff",
+            extension="1000",
+        )
+    )
+    assert started.body()["record_id"] == "in-00ff"
+    failed = _wire(m.AgentFailed(call="w0-4", kind="unreachable", error="x", phase="connect"))
+    assert failed.body()["phase"] == "connect"
+    with pytest.raises(ValidationError, match="phase"):
+        m.AgentFailed.model_validate({"call": "a", "kind": "k", "error": "e", "phase": "later"})
 
 
 @pytest.mark.parametrize(

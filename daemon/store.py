@@ -10,15 +10,18 @@ the migrations below, in order, at open.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+
+from daemon.blackbox import RecordingInfo
 
 T = TypeVar("T")
 
@@ -135,6 +138,12 @@ MIGRATIONS: tuple[str, ...] = (
 
 FINAL_STATUSES = frozenset({"completed", "no_answer", "failed", "busy"})
 IN_FLIGHT_STATUSES = frozenset({"dialing", "ringing", "answered"})
+# What an outbox row carries: the contract's result webhook, the receptionist's message, an
+# inbound call's end, an outbound call's progress (asked for by the request).
+WEBHOOK_KINDS = ("result", "inbound.message", "inbound.ended", "call.progress")
+
+Counts = dict[str, int]
+View = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class DuplicateCallId(Exception):
@@ -149,6 +158,8 @@ class Webhook:
     body: str  # the exact JSON sent (and signed), the same on every attempt
     attempts: int
     state: str  # pending | delivered | gone (410) | abandoned (schedule exhausted)
+    kind: str = "result"  # one of WEBHOOK_KINDS
+    created_at: float = 0.0  # when it was queued
 
 
 class Store:
@@ -156,6 +167,11 @@ class Store:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sipai-store")
         self._db: sqlite3.Connection | None = None  # used on the store thread only
+        # Outbound calls by status and outbox rows by state, for the gauges: loaded at open,
+        # replaced (never mutated) by the store thread after each transaction that moves a
+        # status or a state; the loop reads them without a query, even once the store closed.
+        self._status_counts: Counts = {}
+        self._webhook_counts: Counts = {}
 
     # -- the one door ----------------------------------------------------------------------
 
@@ -194,6 +210,12 @@ class Store:
             db.execute(f"PRAGMA user_version = {number}")
             db.execute("COMMIT")
         db.execute("PRAGMA foreign_keys=ON")
+        self._status_counts = _group_counts(
+            db, "SELECT status, COUNT(*) FROM calls GROUP BY status"
+        )
+        self._webhook_counts = _group_counts(
+            db, "SELECT state, COUNT(*) FROM outbox GROUP BY state"
+        )
         self._db = db
 
     async def close(self) -> None:
@@ -208,57 +230,82 @@ class Store:
     # -- calls -----------------------------------------------------------------------------
 
     async def insert_call(self, call_id: str, request: dict[str, Any]) -> None:
-        """Store a new queued call; DuplicateCallId if the id is taken."""
+        """Store a new queued call; DuplicateCallId if the id is taken, by an outbound or an
+        inbound call (one id space: ``GET /call/{id}`` answers for both)."""
         now = time.time()
 
         def insert(db: sqlite3.Connection) -> None:
-            try:
-                db.execute(
-                    "INSERT INTO calls (call_id, created_at, updated_at, request, extension,"
-                    " callback_url, status) VALUES (?, ?, ?, ?, ?, ?, 'queued')",
-                    (
-                        call_id,
-                        now,
-                        now,
-                        json.dumps(request),
-                        request["extension"],
-                        request.get("callback_url"),
-                    ),
-                )
-            except sqlite3.IntegrityError:
-                raise DuplicateCallId(call_id) from None
+            with _transaction(db):
+                if db.execute(
+                    "SELECT 1 FROM inbound_calls WHERE call_id = ?", (call_id,)
+                ).fetchone():
+                    raise DuplicateCallId(call_id)
+                try:
+                    db.execute(
+                        "INSERT INTO calls (call_id, created_at, updated_at, request, extension,"
+                        " callback_url, status) VALUES (?, ?, ?, ?, ?, ?, 'queued')",
+                        (
+                            call_id,
+                            now,
+                            now,
+                            json.dumps(request),
+                            request["extension"],
+                            request.get("callback_url"),
+                        ),
+                    )
+                except sqlite3.IntegrityError:
+                    raise DuplicateCallId(call_id) from None
+            self._status_counts = _moved(self._status_counts, None, "queued")
 
         await self._run(insert)
 
-    async def update_call(self, call_id: str, **fields: Any) -> None:
-        """Set columns of a call that is not final (status transitions, SIP codes, times)."""
+    async def update_call(self, call_id: str, **fields: Any) -> bool:
+        """Set columns of a call that is not final (status transitions, SIP codes, times); a
+        call already final is left as it is (False)."""
         columns = ", ".join(f"{name} = ?" for name in fields)
+        finals = ",".join("?" * len(FINAL_STATUSES))
 
-        def update(db: sqlite3.Connection) -> None:
-            db.execute(
-                f"UPDATE calls SET {columns}, updated_at = ? WHERE call_id = ?",  # noqa: S608 - column names are ours
-                (*fields.values(), time.time(), call_id),
-            )
+        def update(db: sqlite3.Connection) -> bool:
+            with _transaction(db):
+                row = db.execute(
+                    "SELECT status FROM calls WHERE call_id = ?", (call_id,)
+                ).fetchone()
+                changed = db.execute(
+                    f"UPDATE calls SET {columns}, updated_at = ? WHERE call_id = ?"  # noqa: S608 - column names are ours
+                    f" AND status NOT IN ({finals})",
+                    (*fields.values(), time.time(), call_id, *FINAL_STATUSES),
+                ).rowcount
+            if changed and "status" in fields:
+                self._status_counts = _moved(self._status_counts, row["status"], fields["status"])
+            return bool(changed)
 
-        await self._run(update)
+        return await self._run(update)
 
     async def finish_call(
-        self, call_id: str, status: str, result: dict[str, Any], **fields: Any
+        self,
+        call_id: str,
+        status: str,
+        result: dict[str, Any],
+        *,
+        black_box: dict[str, Any] | None = None,
+        recording: RecordingInfo | None = None,
+        **fields: Any,
     ) -> Webhook | None:
-        """Mark the call final and queue its webhook in one transaction (once only)."""
+        """Mark the call final and queue its webhook in one transaction (once only), with the
+        call's black box and its recording's row."""
         if status not in FINAL_STATUSES:
             raise ValueError(f"{status!r} is not a final status")
         now = time.time()
         body = json.dumps(result, separators=(",", ":"))
+        if black_box is not None:
+            fields["black_box"] = json.dumps(black_box, separators=(",", ":"))
 
         def finish(db: sqlite3.Connection) -> Webhook | None:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(db):
                 row = db.execute(
                     "SELECT status, callback_url FROM calls WHERE call_id = ?", (call_id,)
                 ).fetchone()
                 if row is None or row["status"] in FINAL_STATUSES:
-                    db.execute("ROLLBACK")
                     return None
                 assignments = "".join(f", {name} = ?" for name in fields)
                 db.execute(
@@ -266,23 +313,29 @@ class Store:
                     " WHERE call_id = ?",
                     (status, body, now, *fields.values(), call_id),
                 )
+                if recording is not None:
+                    _insert_recording(db, call_id, "outbound", recording, now)
                 webhook = None
                 if row["callback_url"]:
-                    webhook = Webhook(
-                        f"msg_{uuid.uuid4().hex}", call_id, row["callback_url"], body, 0, "pending"
-                    )
-                    db.execute(
-                        "INSERT INTO outbox (webhook_id, call_id, url, body, created_at, state,"
-                        " next_attempt_at) VALUES (?, ?, ?, ?, ?, 'pending', ?)",
-                        (webhook.webhook_id, call_id, webhook.url, body, now, now),
-                    )
-                db.execute("COMMIT")
-                return webhook
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+                    webhook = _queue(db, call_id, row["callback_url"], body, kind="result", now=now)
+            self._status_counts = _moved(self._status_counts, row["status"], status)
+            if webhook is not None:
+                self._webhook_counts = _moved(self._webhook_counts, None, "pending")
+            return webhook
 
         return await self._run(finish)
+
+    async def queue_progress(self, call_id: str, url: str, payload: dict[str, Any]) -> Webhook:
+        """An outbound call's ``call.progress`` webhook (a status the request asked for)."""
+        body = json.dumps(payload, separators=(",", ":"))
+
+        def queue(db: sqlite3.Connection) -> Webhook:
+            with _transaction(db):
+                webhook = _queue(db, call_id, url, body, kind="call.progress", now=time.time())
+            self._webhook_counts = _moved(self._webhook_counts, None, "pending")
+            return webhook
+
+        return await self._run(queue)
 
     async def get_call(self, call_id: str) -> dict[str, Any] | None:
         """The call record with its webhook deliveries and their attempts, or None."""
@@ -292,6 +345,7 @@ class Store:
             if row is None:
                 return None
             record = _call_record(row)
+            record["recording"] = _recording_of(db, call_id)
             record["webhooks"] = _webhooks_of(db, call_id)
             return record
 
@@ -321,14 +375,21 @@ class Store:
     # -- inbound calls ---------------------------------------------------------------------
 
     async def insert_inbound(
-        self, call_id: str, sip_call_id: str, caller: str, worker: int
+        self,
+        call_id: str,
+        sip_call_id: str,
+        caller: str,
+        worker: int,
+        extension: str | None = None,
     ) -> None:
+        """A new inbound call in progress; ``call_id`` is made by its worker, ``extension`` is
+        the user it called."""
         now = time.time()
         await self._run(
             lambda db: db.execute(
                 "INSERT INTO inbound_calls (call_id, sip_call_id, caller, worker, started_at,"
-                " status) VALUES (?, ?, ?, ?, ?, 'in_progress')",
-                (call_id, sip_call_id, caller, worker, now),
+                " status, extension) VALUES (?, ?, ?, ?, ?, 'in_progress', ?)",
+                (call_id, sip_call_id, caller, worker, now, extension),
             )
         )
 
@@ -344,16 +405,62 @@ class Store:
         )
 
     async def finish_inbound(
-        self, call_id: str, status: str, end_cause: str, error: str | None = None
-    ) -> None:
+        self,
+        call_id: str,
+        status: str,
+        end_cause: str,
+        error: str | None = None,
+        *,
+        black_box: dict[str, Any] | None = None,
+        connect_seconds: float = 0.0,
+        recording: RecordingInfo | None = None,
+        webhook_url: str = "",
+        event: View | None = None,
+    ) -> Webhook | None:
+        """End an inbound call in progress (once only): its status, cause, black box and
+        recording, and, when ``webhook_url`` is set, its ``inbound.ended`` webhook whose body
+        is ``event(record)``, all in one transaction. ``answered_at`` is the end less the
+        ``connect_seconds`` the call was up (none when it never was)."""
         now = time.time()
-        await self._run(
-            lambda db: db.execute(
-                "UPDATE inbound_calls SET status = ?, end_cause = ?, ended_at = ?,"
-                " error = COALESCE(?, error) WHERE call_id = ? AND status = 'in_progress'",
-                (status, end_cause, now, error, call_id),
-            )
-        )
+        box = json.dumps(black_box, separators=(",", ":")) if black_box is not None else None
+        answered_at = now - connect_seconds if connect_seconds > 0 else None
+
+        def finish(db: sqlite3.Connection) -> Webhook | None:
+            with _transaction(db):
+                changed = db.execute(
+                    "UPDATE inbound_calls SET status = ?, end_cause = ?, ended_at = ?,"
+                    " error = COALESCE(?, error), black_box = ?, answered_at = ?"
+                    " WHERE call_id = ? AND status = 'in_progress'",
+                    (status, end_cause, now, error, box, answered_at, call_id),
+                ).rowcount
+                if not changed:
+                    return None
+                if recording is not None:
+                    _insert_recording(db, call_id, "inbound", recording, now)
+                if not webhook_url or event is None:
+                    return None
+                row = db.execute(
+                    "SELECT * FROM inbound_calls WHERE call_id = ?", (call_id,)
+                ).fetchone()
+                payload = event(_inbound_record(db, row))
+                body = json.dumps(payload, separators=(",", ":"))
+                webhook = _queue(db, call_id, webhook_url, body, kind="inbound.ended", now=now)
+            self._webhook_counts = _moved(self._webhook_counts, None, "pending")
+            return webhook
+
+        return await self._run(finish)
+
+    async def get_inbound(self, call_id: str) -> dict[str, Any] | None:
+        """The inbound call's record (transcript, black box, recording) with its webhook
+        deliveries and their attempts, or None."""
+
+        def get(db: sqlite3.Connection) -> dict[str, Any] | None:
+            row = db.execute("SELECT * FROM inbound_calls WHERE call_id = ?", (call_id,)).fetchone()
+            if row is None:
+                return None
+            return {**_inbound_record(db, row), "webhooks": _webhooks_of(db, call_id)}
+
+        return await self._run(get)
 
     async def set_message(self, call_id: str, message: str) -> None:
         """The message the receptionist took on this call."""
@@ -372,54 +479,61 @@ class Store:
         """
         now = time.time()
         body = json.dumps(payload, separators=(",", ":"))
-        webhook = Webhook(f"msg_{uuid.uuid4().hex}", call_id, url, body, 0, "pending")
 
         def queue(db: sqlite3.Connection) -> Webhook:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(db):
                 if call_id is not None:
                     db.execute(
                         "UPDATE inbound_calls SET message = ? WHERE call_id = ?", (message, call_id)
                     )
-                db.execute(
-                    "INSERT INTO outbox (webhook_id, call_id, url, body, created_at, state,"
-                    " next_attempt_at) VALUES (?, ?, ?, ?, ?, 'pending', ?)",
-                    (webhook.webhook_id, call_id, url, body, now, now),
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+                webhook = _queue(db, call_id, url, body, kind="inbound.message", now=now)
+            self._webhook_counts = _moved(self._webhook_counts, None, "pending")
             return webhook
 
         return await self._run(queue)
 
-    async def interrupt_inbound(self) -> int:
-        """At start-up: calls left in progress by a previous process are over."""
+    async def interrupt_inbound(self, webhook_url: str = "", event: View | None = None) -> int:
+        """At start-up: calls left in progress by a previous process are over (failed); with
+        ``webhook_url``, each gets its ``inbound.ended`` webhook (body ``event(record)``) in
+        the same transaction."""
         now = time.time()
 
         def interrupt(db: sqlite3.Connection) -> int:
-            cursor = db.execute(
-                "UPDATE inbound_calls SET status = 'failed', ended_at = ?,"
-                " end_cause = 'interrupted: the daemon stopped during the call'"
-                " WHERE status = 'in_progress'",
-                (now,),
-            )
-            return cursor.rowcount
+            with _transaction(db):
+                ids = [
+                    str(row[0])
+                    for row in db.execute(
+                        "SELECT call_id FROM inbound_calls WHERE status = 'in_progress'"
+                    )
+                ]
+                db.execute(
+                    "UPDATE inbound_calls SET status = 'failed', ended_at = ?,"
+                    " end_cause = 'interrupted: the daemon stopped during the call'"
+                    " WHERE status = 'in_progress'",
+                    (now,),
+                )
+                queued = 0
+                if webhook_url and event is not None:
+                    for call_id in ids:
+                        row = db.execute(
+                            "SELECT * FROM inbound_calls WHERE call_id = ?", (call_id,)
+                        ).fetchone()
+                        payload = event(_inbound_record(db, row))
+                        body = json.dumps(payload, separators=(",", ":"))
+                        _queue(db, call_id, webhook_url, body, kind="inbound.ended", now=now)
+                        queued += 1
+            self._webhook_counts = _changed(self._webhook_counts, {"pending": queued})
+            return len(ids)
 
         return await self._run(interrupt)
 
     async def list_inbound(self, limit: int, before: int | None = None) -> list[dict[str, Any]]:
-        """Newest first, transcripts included."""
+        """Newest first, transcripts, black boxes and recordings included."""
 
         def page(db: sqlite3.Connection) -> list[dict[str, Any]]:
-            rows = _newest(db, "inbound_calls", limit, before)
+            rows = _newest(db, "inbound_calls", limit, before).fetchall()
             return [
-                {
-                    **dict(row),
-                    "transcript": json.loads(row["transcript"]),
-                    "webhooks": _webhooks_of(db, row["call_id"]),
-                }
+                {**_inbound_record(db, row), "webhooks": _webhooks_of(db, row["call_id"])}
                 for row in rows
             ]
 
@@ -459,34 +573,130 @@ class Store:
         next_attempt_at: float | None,
     ) -> None:
         def record(db: sqlite3.Connection) -> None:
-            db.execute("BEGIN IMMEDIATE")
-            db.execute(
-                "INSERT INTO attempts (webhook_id, started_at, duration_ms, status_code, error)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (webhook_id, started_at, duration_ms, status_code, error),
-            )
-            db.execute(
-                "UPDATE outbox SET attempts = attempts + 1, state = ?, next_attempt_at = ?"
-                " WHERE webhook_id = ?",
-                (state, next_attempt_at, webhook_id),
-            )
-            db.execute("COMMIT")
+            with _transaction(db):
+                row = db.execute(
+                    "SELECT state FROM outbox WHERE webhook_id = ?", (webhook_id,)
+                ).fetchone()
+                db.execute(
+                    "INSERT INTO attempts (webhook_id, started_at, duration_ms, status_code,"
+                    " error) VALUES (?, ?, ?, ?, ?)",
+                    (webhook_id, started_at, duration_ms, status_code, error),
+                )
+                db.execute(
+                    "UPDATE outbox SET attempts = attempts + 1, state = ?, next_attempt_at = ?"
+                    " WHERE webhook_id = ?",
+                    (state, next_attempt_at, webhook_id),
+                )
+            if row is not None:
+                self._webhook_counts = _moved(self._webhook_counts, row["state"], state)
 
         await self._run(record)
 
-    async def call_counts(self) -> dict[str, int]:
-        def counts(db: sqlite3.Connection) -> dict[str, int]:
-            rows = db.execute("SELECT status, COUNT(*) FROM calls GROUP BY status")
-            return {row[0]: int(row[1]) for row in rows}
+    def status_counts(self) -> Counts:
+        """Outbound calls by status, from memory (no query; still answers once closed)."""
+        return dict(self._status_counts)
 
-        return await self._run(counts)
+    def webhook_state_counts(self) -> Counts:
+        """Outbox rows by state, from memory (no query; still answers once closed)."""
+        return dict(self._webhook_counts)
 
-    async def webhook_counts(self) -> dict[str, int]:
-        def counts(db: sqlite3.Connection) -> dict[str, int]:
-            rows = db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state")
-            return {row[0]: int(row[1]) for row in rows}
+    async def call_counts(self) -> Counts:
+        return self.status_counts()
 
-        return await self._run(counts)
+    async def webhook_counts(self) -> Counts:
+        return self.webhook_state_counts()
+
+    # -- recordings ------------------------------------------------------------------------
+
+    async def save_recording(self, call_id: str, direction: str, info: RecordingInfo) -> None:
+        """The row of a call's finished recording (its file written by the worker)."""
+        await self._run(lambda db: _insert_recording(db, call_id, direction, info, time.time()))
+
+    async def get_recording(self, call_id: str) -> dict[str, Any] | None:
+        """The recording row of a finished call (path, size, sha256...), or None."""
+
+        def get(db: sqlite3.Connection) -> dict[str, Any] | None:
+            row = db.execute("SELECT * FROM recordings WHERE call_id = ?", (call_id,)).fetchone()
+            return _recording(row) if row is not None else None
+
+        return await self._run(get)
+
+    # -- retention -------------------------------------------------------------------------
+
+    async def prune(self, cutoff: float | None, recording_cutoff: float | None) -> list[str]:
+        """Delete what ended before the cutoffs (None: keep) and return the recording paths
+        whose rows went, for the caller to delete the files.
+
+        ``cutoff``: finished calls of both directions, their webhooks in a final state, their
+        attempts and recordings; a call with a webhook still pending stays whole, and so does
+        a call in progress. Webhooks of no call (an engine session's message) go by their own
+        age. ``recording_cutoff``: recordings made before it (the calls stay)."""
+
+        finals = ",".join("?" * len(FINAL_STATUSES))
+        unsent = (
+            "NOT EXISTS (SELECT 1 FROM outbox o"
+            " WHERE o.call_id = c.call_id AND o.state = 'pending')"
+        )
+
+        def prune(db: sqlite3.Connection) -> list[str]:
+            with _transaction(db):
+                for table, key in (("doomed", "call_id"), ("doomed_hooks", "webhook_id")):
+                    db.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} ({key} TEXT PRIMARY KEY)")
+                    db.execute(f"DELETE FROM {table}")  # noqa: S608 - our names
+                if cutoff is not None:
+                    db.execute(
+                        "INSERT INTO doomed SELECT call_id FROM calls c"  # noqa: S608
+                        f" WHERE status IN ({finals}) AND COALESCE(ended_at, updated_at) < ?"
+                        f" AND {unsent}",
+                        (*FINAL_STATUSES, cutoff),
+                    )
+                    db.execute(
+                        "INSERT OR IGNORE INTO doomed SELECT call_id FROM inbound_calls c"  # noqa: S608
+                        f" WHERE status != 'in_progress' AND ended_at < ? AND {unsent}",
+                        (cutoff,),
+                    )
+                    db.execute(
+                        "INSERT INTO doomed_hooks SELECT webhook_id FROM outbox"
+                        " WHERE call_id IN (SELECT call_id FROM doomed)"
+                        " OR (call_id IS NULL AND state != 'pending' AND created_at < ?)",
+                        (cutoff,),
+                    )
+                statuses = _group_counts(
+                    db,
+                    "SELECT status, COUNT(*) FROM calls"
+                    " WHERE call_id IN (SELECT call_id FROM doomed) GROUP BY status",
+                )
+                states = _group_counts(
+                    db,
+                    "SELECT state, COUNT(*) FROM outbox"
+                    " WHERE webhook_id IN (SELECT webhook_id FROM doomed_hooks) GROUP BY state",
+                )
+                old = (
+                    "call_id IN (SELECT call_id FROM doomed) OR (? IS NOT NULL AND created_at < ?)"
+                )
+                paths = [
+                    str(row[0])
+                    for row in db.execute(
+                        f"SELECT path FROM recordings WHERE {old}",  # noqa: S608
+                        (recording_cutoff, recording_cutoff),
+                    )
+                ]
+                db.execute(
+                    f"DELETE FROM recordings WHERE {old}",  # noqa: S608
+                    (recording_cutoff, recording_cutoff),
+                )
+                hooks = "webhook_id IN (SELECT webhook_id FROM doomed_hooks)"
+                db.execute(f"DELETE FROM attempts WHERE {hooks}")  # noqa: S608
+                db.execute(f"DELETE FROM outbox WHERE {hooks}")  # noqa: S608
+                for table in ("calls", "inbound_calls"):
+                    db.execute(
+                        f"DELETE FROM {table} WHERE call_id IN (SELECT call_id FROM doomed)"  # noqa: S608
+                    )
+            self._status_counts = _changed(self._status_counts, _negated(statuses))
+            self._webhook_counts = _changed(self._webhook_counts, _negated(states))
+            return paths
+
+        return await self._run(prune)
 
 
 def _newest(
@@ -503,7 +713,99 @@ def _call_record(row: sqlite3.Row) -> dict[str, Any]:
     record = dict(row)
     record["request"] = json.loads(record["request"])
     record["result"] = json.loads(record["result"]) if record["result"] else None
+    record["black_box"] = json.loads(record["black_box"]) if record["black_box"] else None
     return record
+
+
+def _inbound_record(db: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:
+    """An inbound call's row with its transcript, black box and recording decoded."""
+    record = dict(row)
+    record["transcript"] = json.loads(record["transcript"])
+    record["black_box"] = json.loads(record["black_box"]) if record["black_box"] else None
+    record["recording"] = _recording_of(db, record["call_id"])
+    return record
+
+
+def _recording_of(db: sqlite3.Connection, call_id: str) -> dict[str, Any] | None:
+    row = db.execute("SELECT * FROM recordings WHERE call_id = ?", (call_id,)).fetchone()
+    return _recording(row) if row is not None else None
+
+
+def _recording(row: sqlite3.Row) -> dict[str, Any]:
+    record = dict(row)
+    record["complete"] = bool(record["complete"])
+    return record
+
+
+def _insert_recording(
+    db: sqlite3.Connection, call_id: str, direction: str, info: RecordingInfo, now: float
+) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO recordings (call_id, direction, path, created_at,"
+        " duration_seconds, bytes, sha256, complete, dropped_frames, rate)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            call_id,
+            direction,
+            info.path,
+            now,
+            info.duration_seconds,
+            info.bytes,
+            info.sha256,
+            int(info.complete),
+            info.dropped_frames,
+            info.rate,
+        ),
+    )
+
+
+def _queue(
+    db: sqlite3.Connection, call_id: str | None, url: str, body: str, *, kind: str, now: float
+) -> Webhook:
+    """A new pending outbox row, due at once (inside the caller's transaction)."""
+    webhook = Webhook(f"msg_{uuid.uuid4().hex}", call_id, url, body, 0, "pending", kind, now)
+    db.execute(
+        "INSERT INTO outbox (webhook_id, call_id, url, body, created_at, state,"
+        " next_attempt_at, kind) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+        (webhook.webhook_id, call_id, url, body, now, now, kind),
+    )
+    return webhook
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT; ROLLBACK on any exception (and the exception goes on)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _group_counts(db: sqlite3.Connection, query: str) -> Counts:
+    return {str(row[0]): int(row[1]) for row in db.execute(query)}
+
+
+def _moved(counts: Counts, old: str | None, new: str | None) -> Counts:
+    """A copy of ``counts`` with one row moved from ``old`` to ``new`` (None: none)."""
+    if old == new:
+        return counts
+    changes = {key: step for key, step in ((old, -1), (new, 1)) if key is not None}
+    return _changed(counts, changes)
+
+
+def _negated(counts: Counts) -> Counts:
+    return {key: -value for key, value in counts.items()}
+
+
+def _changed(counts: Counts, changes: Counts) -> Counts:
+    """A copy of ``counts`` with the signed ``changes`` added; a count at 0 is dropped."""
+    if not changes:
+        return counts
+    summed = {key: counts.get(key, 0) + changes.get(key, 0) for key in counts | changes}
+    return {key: value for key, value in summed.items() if value > 0}
 
 
 def _webhooks_of(db: sqlite3.Connection, call_id: str) -> list[dict[str, Any]]:
@@ -526,6 +828,7 @@ def _webhooks_of(db: sqlite3.Connection, call_id: str) -> list[dict[str, Any]]:
         webhooks.append(
             {
                 "webhook_id": hook["webhook_id"],
+                "kind": hook["kind"],
                 "url": hook["url"],
                 "state": hook["state"],
                 "next_attempt_at": hook["next_attempt_at"],
@@ -537,5 +840,12 @@ def _webhooks_of(db: sqlite3.Connection, call_id: str) -> list[dict[str, Any]]:
 
 def _webhook(row: sqlite3.Row) -> Webhook:
     return Webhook(
-        row["webhook_id"], row["call_id"], row["url"], row["body"], row["attempts"], row["state"]
+        row["webhook_id"],
+        row["call_id"],
+        row["url"],
+        row["body"],
+        row["attempts"],
+        row["state"],
+        row["kind"],
+        row["created_at"],
     )

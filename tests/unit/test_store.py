@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from daemon.blackbox import RecordingInfo
 from daemon.store import FINAL_STATUSES, MIGRATIONS, DuplicateCallId, Store
 
 
@@ -190,3 +191,174 @@ async def test_version_3_outbox_keeps_its_rows_and_attempts(tmp_path: Path) -> N
         )
     assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     db.close()
+
+
+def _recording(path: Path, call_id: str) -> RecordingInfo:
+    return RecordingInfo(str(path / f"{call_id}.wav"), 2.0, 64044, "ab" * 32, True, 0, 8000)
+
+
+def _view(record: dict) -> dict:
+    return {"type": "inbound.ended", "call_id": record["call_id"], "status": record["status"]}
+
+
+async def test_version_4_database_is_upgraded_keeping_rows_and_kinds(tmp_path: Path) -> None:
+    """A version 4 file keeps its calls and webhooks; an inbound.message row gets its kind,
+    a result row the default, and the recordings table is there."""
+    path = tmp_path / "v4.db"
+    db = sqlite3.connect(path)
+    for script in MIGRATIONS[:4]:
+        db.executescript(script)
+    db.execute(
+        "INSERT INTO calls (call_id, created_at, updated_at, request, extension, status)"
+        " VALUES ('c1', 1, 1, '{}', '1001', 'completed')"
+    )
+    db.execute(
+        "INSERT INTO inbound_calls (call_id, sip_call_id, caller, worker, started_at, status)"
+        " VALUES ('in-1', 's', '1002', 0, 1, 'completed')"
+    )
+    for webhook_id, call_id, body in (
+        ("msg_r", "c1", '{"call_id":"c1","status":"completed"}'),
+        ("msg_m", "in-1", '{"type":"inbound.message","call_id":"in-1","message":"hi"}'),
+    ):
+        db.execute(
+            "INSERT INTO outbox (webhook_id, call_id, url, body, created_at, state)"
+            " VALUES (?, ?, 'http://127.0.0.1:9/h', ?, 1, 'delivered')",
+            (webhook_id, call_id, body),
+        )
+    db.execute("PRAGMA user_version = 4")
+    db.commit()
+    db.close()
+    store = Store(path)
+    await store.open()
+    try:
+        outbound = await store.get_call("c1")
+        inbound = await store.get_inbound("in-1")
+        assert outbound is not None
+        assert inbound is not None
+        assert [w["kind"] for w in outbound["webhooks"]] == ["result"]
+        assert [w["kind"] for w in inbound["webhooks"]] == ["inbound.message"]
+        assert (outbound["black_box"], outbound["recording"], inbound["recording"]) == (
+            None,
+            None,
+            None,
+        )
+        await store.save_recording("c1", "outbound", _recording(tmp_path, "c1"))
+        saved = await store.get_recording("c1")
+        assert saved is not None
+        assert (saved["direction"], saved["complete"], saved["rate"]) == ("outbound", True, 8000)
+        assert store.status_counts() == {"completed": 1}
+        assert store.webhook_state_counts() == {"delivered": 2}
+    finally:
+        await store.close()
+
+
+async def test_inbound_finish_and_its_webhook_are_written_together(
+    store: Store, tmp_path: Path
+) -> None:
+    """finish_inbound writes the status, black box, answer time, recording and the
+    inbound.ended outbox row built from the finished record, once only."""
+    await store.insert_inbound("in-1", "sip-1", "1001", 0, "1000")
+    webhook = await store.finish_inbound(
+        "in-1",
+        "completed",
+        "caller hung up",
+        black_box={"version": 1, "connect_seconds": 4.0},
+        connect_seconds=4.0,
+        recording=_recording(tmp_path, "in-1"),
+        webhook_url="http://127.0.0.1:9/in",
+        event=_view,
+    )
+    assert webhook is not None
+    again = await store.finish_inbound(
+        "in-1", "failed", "again", webhook_url="http://127.0.0.1:9/in", event=_view
+    )
+    assert again is None
+    record = await store.get_inbound("in-1")
+    assert record is not None
+    assert (record["status"], record["end_cause"], record["extension"]) == (
+        "completed",
+        "caller hung up",
+        "1000",
+    )
+    assert record["black_box"] == {"version": 1, "connect_seconds": 4.0}
+    assert record["ended_at"] - record["answered_at"] == pytest.approx(4.0)
+    assert record["recording"]["sha256"] == "ab" * 32
+    [hook] = record["webhooks"]
+    assert (hook["webhook_id"], hook["kind"], hook["state"]) == (
+        webhook.webhook_id,
+        "inbound.ended",
+        "pending",
+    )
+    assert json.loads(webhook.body) == {
+        "type": "inbound.ended",
+        "call_id": "in-1",
+        "status": "completed",
+    }
+    [due] = await store.due_webhooks(1e12)
+    assert (due.kind, due.body) == ("inbound.ended", webhook.body)
+    await store.insert_inbound("in-2", "sip-2", "1001", 0)
+    assert await store.finish_inbound("in-2", "completed", "end_call") is None  # no URL: no row
+    assert (await store.get_inbound("in-2") or {})["webhooks"] == []
+
+
+async def test_status_counts_follow_every_transition(store: Store, tmp_path: Path) -> None:
+    """The in-memory counts of calls by status and webhooks by state equal a GROUP BY over
+    the tables after inserts, updates, finishes, attempts, an interrupted inbound call's
+    webhook and a prune."""
+    db = sqlite3.connect(store.path)
+
+    def grouped(query: str) -> dict[str, int]:
+        return {str(k): int(v) for k, v in db.execute(query)}
+
+    def check(step: str) -> None:
+        calls = grouped("SELECT status, COUNT(*) FROM calls GROUP BY status")
+        hooks = grouped("SELECT state, COUNT(*) FROM outbox GROUP BY state")
+        assert store.status_counts() == calls, (step, store.status_counts(), calls)
+        assert store.webhook_state_counts() == hooks, (step, store.webhook_state_counts(), hooks)
+
+    try:
+        for n in range(4):
+            await store.insert_call(f"c{n}", _request())
+        check("insert")
+        await store.update_call("c0", status="dialing")
+        await store.update_call("c0", status="ringing", worker=0)
+        await store.update_call("c1", status="dialing")
+        await store.update_call("c1", sip_code=180)  # no status: no move
+        check("update")
+        hook = await store.finish_call("c0", "busy", {"status": "busy"}, ended_at=10.0)
+        await store.finish_call("c1", "completed", {"status": "completed"}, ended_at=10.0)
+        await store.finish_call("c1", "failed", {"status": "failed"})  # final already
+        assert not await store.update_call("c1", status="answered")  # final already
+        await store.queue_progress("c2", "http://127.0.0.1:9/h", {"type": "call.progress"})
+        await store.insert_inbound("in-1", "sip-1", "1001", 0)
+        await store.queue_message("in-1", "hi", "http://127.0.0.1:9/m", {"type": "m"})
+        check("finish")
+        assert hook is not None
+        await store.record_attempt(
+            hook.webhook_id,
+            started_at=11.0,
+            duration_ms=1.0,
+            status_code=200,
+            error=None,
+            state="delivered",
+            next_attempt_at=None,
+        )
+        check("attempt")
+        assert await store.interrupt_inbound("http://127.0.0.1:9/in", _view) == 1
+        check("interrupt")
+        assert store.status_counts() == {"busy": 1, "completed": 1, "queued": 2}
+        await store.prune(cutoff=20.0, recording_cutoff=None)
+        check("prune")
+        assert store.status_counts() == {"completed": 1, "queued": 2}  # c1's webhook pends
+        assert store.webhook_state_counts() == {"pending": 4}
+    finally:
+        db.close()
+
+
+async def test_an_inbound_id_cannot_be_reused_by_post(store: Store) -> None:
+    """A caller-supplied call_id that names an inbound call is refused like a taken one."""
+    await store.insert_inbound("in-0123456789abcdef", "sip-1", "1001", 0)
+    with pytest.raises(DuplicateCallId):
+        await store.insert_call("in-0123456789abcdef", _request())
+    assert await store.get_call("in-0123456789abcdef") is None
+    assert store.status_counts() == {}

@@ -13,7 +13,8 @@ specification:
 2xx means delivered; 410 Gone stops retrying; anything else (other status, timeout,
 connection error) is retried after 0, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (+-10 % jitter),
 or after ``Retry-After`` when the receiver sends one. Every attempt is recorded. Because the
-outbox is durable, pending webhooks are delivered after a crash or restart.
+outbox is durable, pending webhooks are delivered after a crash or restart. An outbound
+call's ``call.progress`` events are stale news past the first wait: one retry, then abandoned.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import httpx
 
 from daemon import __version__
 from daemon.logs import get_logger
+from daemon.observe import CallObserver, NullObserver
 from daemon.store import Store, Webhook
 
 log = get_logger(__name__)
@@ -40,6 +42,8 @@ log = get_logger(__name__)
 RETRY_WAITS: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
 MAX_RETRY_AFTER = 86400.0
 CONCURRENT_DELIVERIES = 4
+# Retries of a progress event (ringing, answered): the first wait only.
+PROGRESS_RETRIES = 1
 
 
 def signing_key(secret: str) -> bytes:
@@ -93,10 +97,12 @@ class Deliverer:
         secret: str = "",
         timeout: float = 10.0,
         waits: Sequence[float] = RETRY_WAITS,
+        observer: CallObserver | None = None,
     ) -> None:
         self._store = store
         self._secret = secret
         self._waits = tuple(waits)
+        self._observer = observer if observer is not None else NullObserver()
         self._client = httpx.AsyncClient(
             timeout=timeout,
             follow_redirects=False,
@@ -190,7 +196,10 @@ class Deliverer:
         elif status == 410:
             state, next_at = "gone", None
         else:
-            delay = retry_delay(attempts, retry_after, self._waits)
+            waits = (
+                self._waits[:PROGRESS_RETRIES] if webhook.kind == "call.progress" else self._waits
+            )
+            delay = retry_delay(attempts, retry_after, waits)
             state = "pending" if delay is not None else "abandoned"
             next_at = time.time() + delay if delay is not None else None
             if error is None:
@@ -204,9 +213,11 @@ class Deliverer:
             state=state,
             next_attempt_at=next_at,
         )
+        self._observer.webhook_attempted(webhook.kind, state, webhook.created_at, time.time())
         log.info(
             "webhook.attempt",
             webhook_id=webhook.webhook_id,
+            kind=webhook.kind,
             call_id=webhook.call_id,
             attempt=attempts,
             status_code=status,

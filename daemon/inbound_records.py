@@ -1,10 +1,13 @@
 """Inbound calls' records: what the workers' agents and the local engine report, into the store.
 
-Each inbound call gets a record (id ``in-<random>``) when its worker reports it; its transcript
-turns, its failure and its outcome follow in arrival order. The local engine's sessions name
-their call as "worker:call" (the ``X-Sipai-Call`` header): the receptionist's message and a
-session's failure (speech recognition...) land in that call's record. Runs on the
-supervisor's loop.
+Each inbound call gets a record when its worker reports it, under the id the worker made
+(``in-<random>``, so the recording's file and the logs carry it too); its transcript turns, its
+failure and its outcome follow in arrival order. The outcome (status, cause, black box,
+recording) and, when ``webhooks.inbound_url`` is set, the ``inbound.ended`` webhook (the call's
+view, as ``GET /call/{id}`` shows it) are written in one transaction. The local engine's
+sessions name their call as "worker:call" (the ``X-Sipai-Call`` header): the receptionist's
+message and a session's failure (speech recognition...) land in that call's record. Runs on
+the supervisor's loop.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from api.webhooks import Deliverer
+from daemon.blackbox import RecordingInfo
 from daemon.logs import get_logger
+from daemon.observe import CallObserver, FinishedCall, NullObserver
 from daemon.store import Store
 
 log = get_logger(__name__)
@@ -29,15 +34,88 @@ def _call_key(caller: str) -> CallKey | None:
     return (int(worker), call) if worker.isdigit() else None
 
 
+def inbound_view(record: dict[str, Any]) -> dict[str, Any]:
+    """An inbound call's record (``Store.get_inbound``) as the API shows it, in the terms of an
+    outbound call's view: ``status`` in_progress until the call ends, then not_found;
+    ``call_status`` answered, then completed or failed; ``duration_seconds`` the time it was
+    connected; then the inbound call's own fields."""
+    final = record["status"] != "in_progress"
+    black_box = record["black_box"]
+    view: dict[str, Any] = {
+        "call_id": record["call_id"],
+        "status": "not_found" if final else "in_progress",
+        "direction": "inbound",
+        "call_status": record["status"] if final else "answered",
+        "created_at": record["started_at"],
+        "sip_code": None,
+        "caller": record["caller"],
+        "answered_at": record["answered_at"],
+        "ended_at": record["ended_at"],
+        "end_cause": record["end_cause"],
+        "error": record["error"],
+        "transcript": record["transcript"],
+        "message": record["message"],
+    }
+    if record["extension"] is not None:  # records older than the called user have none
+        view["extension"] = record["extension"]
+    if final:
+        if black_box is not None and "connect_seconds" in black_box:
+            view["duration_seconds"] = black_box["connect_seconds"]
+        elif record["answered_at"] is not None and record["ended_at"] is not None:
+            view["duration_seconds"] = round(record["ended_at"] - record["answered_at"], 3)
+        view["black_box"] = black_box
+        view["recording"] = recording_view(record["call_id"], record["recording"])
+    if "webhooks" in record:
+        view["webhooks"] = record["webhooks"]
+    return view
+
+
+def recording_view(call_id: str, recording: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a call's record says of its recording, with the route that serves it."""
+    if recording is None:
+        return None
+    return {
+        "url": f"/call/{call_id}/recording",
+        "duration_seconds": recording["duration_seconds"],
+        "bytes": recording["bytes"],
+        "sha256": recording["sha256"],
+        "complete": bool(recording["complete"]),
+        "dropped_frames": recording["dropped_frames"],
+    }
+
+
+def ended_event(record: dict[str, Any]) -> dict[str, Any]:
+    """The ``inbound.ended`` webhook's body: the finished call's view (its deliveries, which
+    the body cannot know, left out), typed."""
+    return {"type": "inbound.ended", **inbound_view(record)}
+
+
 class InboundRecords:
-    def __init__(self, store: Store, deliverer: Deliverer, message_url: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        deliverer: Deliverer,
+        inbound_url: str,
+        observer: CallObserver | None = None,
+    ) -> None:
         self._store = store
         self._deliverer = deliverer
-        self._message_url = message_url  # webhooks.inbound_url: "" keeps messages in the record
+        # webhooks.inbound_url: the inbound.message and inbound.ended webhooks; "" sends none
+        # (the message stays in the record)
+        self._message_url = inbound_url
+        self._observer = observer if observer is not None else NullObserver()
         self._ids: dict[CallKey, str] = {}  # the record of each call up
         self._errors: dict[CallKey, str] = {}  # the first failure of each call up
         self._lock = asyncio.Lock()
         self._writes: set[asyncio.Future[None]] = set()
+
+    async def recover(self) -> int:
+        """At start-up: finish the calls a previous process left in progress (failed, with
+        their ``inbound.ended`` webhooks); how many there were."""
+        interrupted = await self._store.interrupt_inbound(self._message_url, ended_event)
+        if interrupted and self._message_url:
+            self._deliverer.wake()
+        return interrupted
 
     def on_inbound(self, worker: int, kind: str, body: dict[str, Any]) -> None:
         """What an inbound agent reports: the call, each transcript turn, the outcome."""
@@ -52,10 +130,14 @@ class InboundRecords:
         async with self._lock:  # one worker's events are stored in arrival order
             try:
                 if kind == "inbound_call":
-                    call_id = f"in-{uuid.uuid4().hex[:16]}"
+                    call_id = str(body.get("record_id") or f"in-{uuid.uuid4().hex[:16]}")
                     self._ids[key] = call_id
                     await self._store.insert_inbound(
-                        call_id, str(body["sip_call_id"]), str(body["caller"]), worker
+                        call_id,
+                        str(body["sip_call_id"]),
+                        str(body["caller"]),
+                        worker,
+                        str(body.get("extension") or "") or None,
                     )
                     return
                 call_id = self._ids.get(key, "")
@@ -66,12 +148,34 @@ class InboundRecords:
                 elif kind == "agent_failed":
                     self._errors[key] = f"{body.get('kind')}: {body.get('error')}"
                 elif kind == "inbound_done":
-                    error = self._errors.pop(key, None)
-                    status = "failed" if error else "completed"
-                    await self._store.finish_inbound(call_id, status, str(body["cause"]), error)
                     self._ids.pop(key, None)
+                    await self._finish(call_id, body, self._errors.pop(key, None))
             except Exception as exc:
                 log.error("inbound.store_failed", call_id=body.get("call"), error=repr(exc))
+
+    async def _finish(self, call_id: str, body: dict[str, Any], error: str | None) -> None:
+        status = "failed" if error else "completed"
+        cause = str(body["cause"])
+        black_box = body.get("black_box")
+        recording = RecordingInfo(**body["recording"]) if body.get("recording") else None
+        webhook = await self._store.finish_inbound(
+            call_id,
+            status,
+            cause,
+            error,
+            black_box=black_box,
+            connect_seconds=float(body.get("connect_seconds") or 0.0),
+            recording=recording,
+            webhook_url=self._message_url,
+            event=ended_event,
+        )
+        if webhook is not None:
+            log.info("inbound.ended_queued", call_id=call_id, webhook_id=webhook.webhook_id)
+            self._deliverer.wake()
+        if call_id:  # a call whose start was recorded
+            self._observer.call_finished(
+                FinishedCall(call_id, "inbound", status, cause, black_box, recording)
+            )
 
     def on_message(self, caller: str) -> Callable[[str], Awaitable[None]]:
         """Where the receptionist of the engine session ``caller`` hands the message it took:

@@ -8,7 +8,10 @@ the store before its runner starts; at start-up, calls found ``dialing``/``ringi
 twice), and ``queued`` ones are resumed in order.
 
 The work of one call (dial, speak, listen, match) is a :class:`CallRunner`; the service
-records the statuses it reports and writes the final result together with its webhook.
+records the statuses it reports and writes the final result together with its webhook, the
+call's black box and its recording. A request's ``progress_events`` (``ringing``,
+``answered``, beyond the contract) each queue a ``call.progress`` webhook to its
+``callback_url`` when the call reaches that status; the result webhook stays the contract's.
 """
 
 from __future__ import annotations
@@ -21,12 +24,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from daemon.blackbox import RecordingInfo
 from daemon.logs import get_logger
+from daemon.observe import CallObserver, FinishedCall, NullObserver
 from daemon.store import IN_FLIGHT_STATUSES, Store
 
 log = get_logger(__name__)
 
 Report = Callable[..., Awaitable[None]]  # report(status, **columns)
+BULKY = frozenset({"black_box", "recording"})  # CallResult fields the log line leaves out
 
 
 @dataclass(frozen=True)
@@ -81,8 +87,11 @@ class OutboundService:
         on_final: Callable[[], None] = lambda: None,
         *,
         max_queued: int,
+        observer: CallObserver | None = None,
     ) -> None:
+        """``on_final``: called whenever a webhook was queued (the deliverer's wake)."""
         self._store = store
+        self._observer = observer if observer is not None else NullObserver()
         self.runner = runner  # set once the call flow is ready (speech loaded)
         self._slots = asyncio.Semaphore(max_concurrent)
         self._queue: asyncio.Queue[str] = asyncio.Queue()  # call ids, FIFO
@@ -173,7 +182,8 @@ class OutboundService:
             await self._store.update_call(call_id, status="dialing", dialed_at=time.time())
 
             async def report(status: str, **columns: Any) -> None:
-                await self._store.update_call(call_id, status=status, **columns)
+                if await self._store.update_call(call_id, status=status, **columns):
+                    await self.progress(call_id, record, status)  # not once the call is final
 
             assert self.runner is not None
             try:
@@ -189,6 +199,25 @@ class OutboundService:
             self._slots.release()
             self._idle.set()
 
+    async def progress(self, call_id: str, record: dict[str, Any], status: str) -> None:
+        """Queue the ``call.progress`` webhook of ``status`` if the request asked for it."""
+        request = record["request"]
+        url = request.get("callback_url")
+        if not url or status not in (request.get("progress_events") or ()):
+            return
+        payload = {
+            "type": "call.progress",
+            "call_id": call_id,
+            "extension": record["extension"],
+            "status": status,
+            "at": time.time(),
+        }
+        webhook = await self._store.queue_progress(call_id, url, payload)
+        log.info(
+            "call.progress_queued", call_id=call_id, status=status, webhook_id=webhook.webhook_id
+        )
+        self._on_final()
+
     async def _finish(self, call_id: str, record: dict[str, Any], result: CallResult) -> None:
         payload = {
             "call_id": call_id,
@@ -203,11 +232,44 @@ class OutboundService:
         fields: dict[str, Any] = {"ended_at": time.time()}
         if result.sip_code is not None:
             fields["sip_code"] = result.sip_code
-        webhook = await self._store.finish_call(call_id, result.status, payload, **fields)
+        recording = _recording(call_id, result.recording)
+        webhook = await self._store.finish_call(
+            call_id,
+            result.status,
+            payload,
+            black_box=result.black_box,
+            recording=recording,
+            **fields,
+        )
         log.info(
             "call.finished",
             call_id=call_id,
-            **{k: v for k, v in asdict(result).items() if v is not None},
+            **{k: v for k, v in asdict(result).items() if v is not None and k not in BULKY},
+            recording=recording.path if recording is not None else None,
         )
         if webhook is not None:
             self._on_final()
+        self._observer.call_finished(
+            FinishedCall(
+                call_id=call_id,
+                direction="outbound",
+                status=result.status,
+                end_cause=result.error or "",
+                black_box=result.black_box,
+                recording=recording,
+                created_at=record["created_at"],
+                invite_at=result.invite_at,
+            )
+        )
+
+
+def _recording(call_id: str, data: dict[str, Any] | None) -> RecordingInfo | None:
+    """The worker's report of the call's recording; a malformed one is logged, not stored (the
+    result still is)."""
+    if data is None:
+        return None
+    try:
+        return RecordingInfo(**data)
+    except TypeError as exc:
+        log.error("call.recording_invalid", call_id=call_id, error=str(exc))
+        return None

@@ -8,10 +8,15 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from standardwebhooks import Webhook as StandardWebhook
 
 from api.webhooks import Deliverer
+from daemon.inbound_records import InboundRecords
+from daemon.observe import FinishedCall
+from daemon.outbound import CallResult, OutboundService, Report
 from daemon.store import Store
 from tests.peers.receiver import Receiver
 from tests.support import ROOT, free_port
@@ -167,3 +172,194 @@ async def test_pending_webhook_survives_sigkill(store: Store, tmp_path: Path) ->
         second.kill()
         await second.wait()
         receiver.close()
+
+
+async def _attempted(store: Store, call_id: str) -> bool:
+    record = await store.get_inbound(call_id)
+    return record is not None and any(hook["attempts"] for hook in record["webhooks"])
+
+
+class Watcher:
+    """A call observer that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.calls: list[FinishedCall] = []
+        self.attempts: list[tuple[str, str]] = []
+
+    def call_finished(self, call: FinishedCall) -> None:
+        self.calls.append(call)
+
+    def webhook_attempted(self, kind: str, state: str, queued_at: float, now: float) -> None:
+        assert now >= queued_at > 0
+        self.attempts.append((kind, state))
+
+
+async def test_inbound_end_of_call_is_signed_retried_and_visible(
+    store: Store, tmp_path: Path
+) -> None:
+    """An inbound call's end, reported while the receiver is down, reaches it once up: one
+    webhook-id on every attempt, a Standard Webhooks signature, the call's view as the body,
+    and the attempts on the record."""
+    port = free_port()
+    watcher = Watcher()
+    deliverer = Deliverer(store, SECRET, waits=(0.3,) * 4, observer=watcher)
+    records = InboundRecords(store, deliverer, f"http://127.0.0.1:{port}/in", observer=watcher)
+    deliverer.start()
+    receiver: Receiver | None = None
+    box = {"version": 1, "codec": "PCMU", "connect_seconds": 3.5}
+    recording = {
+        "path": str(tmp_path / "in-00000000000000ab.wav"),
+        "duration_seconds": 3.5,
+        "bytes": 112044,
+        "sha256": "cd" * 32,
+        "complete": True,
+        "dropped_frames": 0,
+        "rate": 8000,
+    }
+    try:
+        start = {"call": "w0-1", "sip_call_id": "sip-1", "caller": "1001"}
+        records.on_inbound(
+            0, "inbound_call", start | {"record_id": "in-00000000000000ab", "extension": "1000"}
+        )
+        records.on_inbound(
+            0, "transcript", {"call": "w0-1", "role": "caller", "text": "hi", "at": 1.0}
+        )
+        records.on_inbound(
+            0,
+            "inbound_done",
+            {
+                "call": "w0-1",
+                "cause": "caller hung up",
+                "black_box": box,
+                "recording": recording,
+                "connect_seconds": 3.5,
+            },
+        )
+        async with asyncio.timeout(10):  # the first attempt was refused
+            while not await _attempted(store, "in-00000000000000ab"):
+                await asyncio.sleep(0.02)
+        receiver = Receiver(port)
+        await _until(lambda: len(receiver.requests()) == 1)
+        await _until(lambda: ("inbound.ended", "delivered") in watcher.attempts)
+        record = await store.get_inbound("in-00000000000000ab")
+    finally:
+        await deliverer.stop()
+        if receiver is not None:
+            receiver.close()
+    assert record is not None
+    [hook] = record["webhooks"]
+    [got] = receiver.requests()
+    assert (hook["kind"], hook["state"]) == ("inbound.ended", "delivered")
+    assert got.headers["webhook-id"] == hook["webhook_id"]
+    payload = StandardWebhook(SECRET).verify(got.body, got.headers)
+    assert payload["type"] == "inbound.ended"
+    assert (payload["call_id"], payload["status"], payload["call_status"]) == (
+        "in-00000000000000ab",
+        "not_found",
+        "completed",
+    )
+    assert (
+        payload["caller"],
+        payload["extension"],
+        payload["end_cause"],
+        payload["black_box"],
+    ) == (
+        "1001",
+        "1000",
+        "caller hung up",
+        box,
+    )
+    assert payload["duration_seconds"] == pytest.approx(3.5, abs=0.01)
+    assert payload["transcript"] == [{"role": "caller", "text": "hi", "at": 1.0}]
+    assert payload["recording"]["url"] == "/call/in-00000000000000ab/recording"
+    assert payload["recording"]["sha256"] == "cd" * 32
+    statuses = [a["status_code"] for a in hook["attempts"]]
+    assert statuses[0] is None, hook  # refused
+    assert statuses[-1] == 200, hook
+    assert watcher.attempts[0] == ("inbound.ended", "pending")
+    [finished] = watcher.calls
+    assert (finished.call_id, finished.direction, finished.status) == (
+        "in-00000000000000ab",
+        "inbound",
+        "completed",
+    )
+    assert finished.recording is not None
+    assert finished.recording.path == recording["path"]
+
+
+class ProgressRunner:
+    """Rings, answers, then holds the call until released; the result has a black box."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def run(self, call_id: str, request: dict[str, Any], report: Report) -> CallResult:
+        await report("ringing")
+        await report("answered", answered_at=1.0)
+        await self.release.wait()
+        return CallResult(
+            "completed",
+            duration_seconds=2.0,
+            message_played=True,
+            black_box={"version": 1, "connect_seconds": 2.0},
+            invite_at=5.0,
+        )
+
+
+async def test_progress_events_only_when_asked_and_the_result_is_unchanged(
+    store: Store,
+) -> None:
+    """A request with progress_events ["answered"] gets one signed call.progress, then the
+    contract's result; a request without the field gets only the result, and both results
+    are the same payload."""
+    receiver = Receiver()
+    watcher = Watcher()
+    runner = ProgressRunner()
+    deliverer = Deliverer(store, SECRET, waits=FAST, observer=watcher)
+    service = OutboundService(
+        store, runner, 4, on_final=deliverer.wake, max_queued=8, observer=watcher
+    )
+    service.start()
+    deliverer.start()
+    base = {"extension": "1001", "message": "hi", "callback_url": receiver.url}
+    try:
+        await service.submit("asked", base | {"progress_events": ["answered"]})
+        await _until(lambda: len(receiver.requests()) == 1)
+        runner.release.set()
+        await _until(lambda: len(receiver.requests()) == 2)
+        await service.submit("plain", base)
+        await _until(lambda: len(receiver.requests()) == 3)
+        await asyncio.sleep(0.3)  # nothing more comes
+        received = receiver.requests()
+        asked = await store.get_call("asked")
+    finally:
+        await service.stop()
+        await deliverer.stop()
+        receiver.close()
+    assert len(received) == 3
+    progress, asked_result, plain_result = (json.loads(r.body) for r in received)
+    assert StandardWebhook(SECRET).verify(received[0].body, received[0].headers) == progress
+    assert {k: v for k, v in progress.items() if k != "at"} == {
+        "type": "call.progress",
+        "call_id": "asked",
+        "extension": "1001",
+        "status": "answered",
+    }
+    contract = {
+        "status": "completed",
+        "extension": "1001",
+        "duration_seconds": 2.0,
+        "message_played": True,
+        "choice_response": None,
+        "choice_raw_text": None,
+        "error": None,
+    }
+    assert asked_result == {"call_id": "asked", **contract}
+    assert plain_result == {"call_id": "plain", **contract}
+    assert asked is not None
+    assert [w["kind"] for w in asked["webhooks"]] == ["call.progress", "result"]
+    assert asked["black_box"] == {"version": 1, "connect_seconds": 2.0}
+    assert [(c.call_id, c.direction, c.invite_at) for c in watcher.calls] == [
+        ("asked", "outbound", 5.0),
+        ("plain", "outbound", 5.0),
+    ]

@@ -1,0 +1,111 @@
+"""Retention: finished calls and recordings older than their configured age are deleted.
+
+``[storage] retention_days`` (0 keeps everything) removes finished calls of both directions
+that ended before the cutoff, with their webhooks in a final state, the attempts, the
+recording rows and files; a call whose webhook is still pending stays whole, and so does a
+call in progress. ``[recordings] retention_days`` (0 keeps them) removes recordings earlier,
+keeping the calls. A pass runs when the supervisor starts, then every hour: the SQL on the
+store's thread, the file deletions through ``asyncio.to_thread``. A file already gone is fine;
+a failure is logged (``retention.failed``) and the next pass tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+
+from daemon.logs import get_logger
+from daemon.store import Store
+
+log = get_logger(__name__)
+
+DAY_SECONDS = 86400.0
+INTERVAL_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What one pass deleted: recording files removed, already missing, or failing."""
+
+    files_removed: int
+    files_missing: int
+    files_failed: int
+
+
+def cutoff(now: float, days: float) -> float | None:
+    """The time before which records ``days`` old go; None when ``days`` is 0 (keep)."""
+    return now - days * DAY_SECONDS if days > 0 else None
+
+
+def remove_files(paths: list[str]) -> Pruned:
+    """Delete the files (blocking: run it in a thread)."""
+    removed = missing = failed = 0
+    for path in paths:
+        try:
+            os.unlink(path)
+            removed += 1
+        except FileNotFoundError:
+            missing += 1
+        except OSError as exc:
+            failed += 1
+            log.error("retention.failed", path=path, error=repr(exc))
+    return Pruned(removed, missing, failed)
+
+
+class Retention:
+    """Runs the passes on the loop; ``prune()`` is one pass (``now`` for tests)."""
+
+    def __init__(
+        self,
+        store: Store,
+        retention_days: float,
+        recording_retention_days: float,
+        interval: float = INTERVAL_SECONDS,
+    ) -> None:
+        self._store = store
+        self._days = retention_days
+        self._recording_days = recording_retention_days
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self._days > 0 or self._recording_days > 0
+
+    async def prune(self, now: float | None = None) -> Pruned:
+        now = time.time() if now is None else now
+        paths = await self._store.prune(cutoff(now, self._days), cutoff(now, self._recording_days))
+        pruned = await asyncio.to_thread(remove_files, paths)
+        if paths:
+            log.info(
+                "retention.pruned",
+                recordings=len(paths),
+                files_removed=pruned.files_removed,
+                files_missing=pruned.files_missing,
+                files_failed=pruned.files_failed,
+            )
+        return pruned
+
+    def start(self) -> None:
+        """Prune now, then every ``interval`` seconds, until stopped (nothing to do if both
+        ages are 0)."""
+        if self.enabled:
+            self._task = asyncio.create_task(self._run(), name="retention")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.prune()
+            except Exception as exc:  # the store failed this pass; the next one retries
+                log.error("retention.failed", error=repr(exc))
+            await asyncio.sleep(self._interval)

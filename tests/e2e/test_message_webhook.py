@@ -3,7 +3,8 @@
 A real call to the daemon (Kamailio, the pjsua2 test phone, Piper and Whisper) leaves a
 message while the receiver is down; the daemon is killed with SIGKILL and restarted with the
 receiver up: the message arrives, signed (checked with the ``standardwebhooks`` package), with
-one webhook-id on every attempt, and the inbound call's record lists the attempts.
+one webhook-id on every attempt, and the inbound call's record lists the attempts. The call's
+end-of-call webhook (``inbound.ended``, to the same URL) is delivered too, under its own id.
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ async def _inbound(api: str) -> list[dict[str, Any]]:
         return calls
 
 
+def _of_kind(hooks: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
+    """The call's webhook of this kind (a call has at most one of each inbound kind)."""
+    return next((hook for hook in hooks if hook["kind"] == kind), None)
+
+
 async def _leave_message(phone: TestPhone, tmp_path: Path) -> None:
     """Call the daemon, wait out the greeting, say the message, confirm it; the daemon hangs up."""
     dialled = await phone.command("dial", uri="sip:1000@127.0.0.1")
@@ -89,17 +95,21 @@ async def test_message_webhook_survives_a_down_receiver_and_sigkill(
             await phone.register(pbx, "1001")
             await _leave_message(phone, tmp_path)
             async with asyncio.timeout(20):
-                while True:  # the call is over and the first attempt was refused
+                while True:  # the call is over and the message's first attempt was refused
                     calls = await _inbound(api)
                     hooks = calls[0]["webhooks"] if calls else []
-                    if calls[0]["status"] != "in_progress" and hooks and hooks[0]["attempts"]:
+                    message = _of_kind(hooks, "inbound.message")
+                    if calls[0]["status"] != "in_progress" and message and message["attempts"]:
                         break
                     await asyncio.sleep(0.1)
         finally:
             await phone.close()
             first.kill()
-        [before] = hooks
-        assert before["state"] == "pending", before
+        before = _of_kind(hooks, "inbound.message")
+        ended = _of_kind(hooks, "inbound.ended")  # queued with the call's end
+        assert before is not None
+        assert ended is not None, hooks
+        assert (before["state"], ended["state"]) == ("pending", "pending"), hooks
 
         receiver = Receiver(receiver_port)
         second = DaemonProcess(env)
@@ -110,22 +120,25 @@ async def test_message_webhook_survives_a_down_receiver_and_sigkill(
                     await asyncio.sleep(0.1)
                 while True:
                     [record] = await _inbound(api)
-                    if record["webhooks"][0]["state"] != "pending":
+                    if all(hook["state"] != "pending" for hook in record["webhooks"]):
                         break
                     await asyncio.sleep(0.1)
         finally:
             assert await second.stop(timeout=30) == 0
             receiver.close()
 
-    [hook] = record["webhooks"]
+    hook = _of_kind(record["webhooks"], "inbound.message")
+    assert hook is not None
     received = receiver.requests()
     ids = {r.headers["webhook-id"] for r in received}
-    assert ids == {before["webhook_id"]} == {hook["webhook_id"]}, (ids, before, hook)
-    payload = Webhook(secret).verify(received[0].body, received[0].headers)
+    assert ids == {before["webhook_id"], ended["webhook_id"]}, (ids, before, ended)
+    assert hook["webhook_id"] == before["webhook_id"], (hook, before)
+    [message] = [r for r in received if r.headers["webhook-id"] == hook["webhook_id"]]
+    payload = Webhook(secret).verify(message.body, message.headers)
     assert payload["type"] == "inbound.message"
     assert payload["call_id"] == record["call_id"]
     assert "tomorrow" in payload["message"].lower()
-    assert json.loads(received[0].body) == payload
+    assert json.loads(message.body) == payload
     assert hook["state"] == "delivered"
     statuses = [a["status_code"] for a in hook["attempts"]]
     assert statuses[0] is None, hook  # refused: nothing listened before the kill

@@ -185,13 +185,14 @@ class Watcher:
     def __init__(self) -> None:
         self.calls: list[FinishedCall] = []
         self.attempts: list[tuple[str, str]] = []
+        self.waits: list[float] = []  # queued -> end of each attempt, seconds
 
     def call_finished(self, call: FinishedCall) -> None:
         self.calls.append(call)
 
     def webhook_attempted(self, kind: str, state: str, queued_at: float, now: float) -> None:
-        assert now >= queued_at > 0
         self.attempts.append((kind, state))
+        self.waits.append(now - queued_at if queued_at > 0 else -1.0)
 
 
 async def test_inbound_end_of_call_is_signed_retried_and_visible(
@@ -277,6 +278,8 @@ async def test_inbound_end_of_call_is_signed_retried_and_visible(
     assert statuses[0] is None, hook  # refused
     assert statuses[-1] == 200, hook
     assert watcher.attempts[0] == ("inbound.ended", "pending")
+    assert all(0 <= wait < 10 for wait in watcher.waits), watcher.waits
+    assert watcher.waits[-1] >= 0.25, watcher.waits  # delivered after the 0.3 s retry wait
     [finished] = watcher.calls
     assert (finished.call_id, finished.direction, finished.status) == (
         "in-00000000000000ab",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -125,3 +127,24 @@ async def test_old_calls_and_recordings_go_pending_webhooks_stay(
     assert orphans == 0
     assert store.status_counts() == {"busy": 1, "completed": 1, "answered": 1}
     assert store.webhook_state_counts() == {"pending": 1, "gone": 1}
+
+
+async def test_the_task_prunes_when_started_and_stops(store: Store) -> None:
+    """start() runs a pass at once (a call ended 8 days ago goes with 7 days kept), stop()
+    ends the task; with both ages 0 nothing starts."""
+    await store.insert_call("old", {"extension": "1001", "message": "m"})
+    await store.finish_call("old", "completed", {"status": "completed"})
+    _age(store, "calls", "old", 8 + (NOW - time.time()) / DAY_SECONDS)  # 8 days before now
+    idle = Retention(store, 0, 0)
+    idle.start()
+    assert not idle.enabled
+    retention = Retention(store, 7, 0)
+    retention.start()
+    try:
+        async with asyncio.timeout(5):
+            while await store.get_call("old") is not None:
+                await asyncio.sleep(0.02)
+    finally:
+        await retention.stop()
+        await idle.stop()
+    assert store.status_counts() == {}

@@ -5,7 +5,8 @@ frames of the call's frame size, keeps up to ``capacity_seconds`` of it, and han
 one frame per :meth:`PlayoutBuffer.pull`: the next queued frame, or silence. For barge-in it
 counts, per response item, the samples actually handed out (so ``audio_end_ms`` of a truncate
 is what the caller heard), and :meth:`PlayoutBuffer.flush` silences playout within one frame,
-fading the frame in progress out over ``fade_ms`` instead of cutting it.
+fading the frame in progress out over ``fade_ms`` instead of cutting it. For the call's black
+box it stamps, on the call's media clock, when the first frame of each item was handed out.
 
 Threads: one producer (the call's asyncio task) calls :meth:`push`, :meth:`end_item` and
 :meth:`flush` and :meth:`forget`; one consumer (the media clock thread, in
@@ -17,6 +18,7 @@ Threads: one producer (the call's asyncio task) calls :meth:`push`, :meth:`end_i
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from time import monotonic
 
@@ -64,6 +66,7 @@ class _Consumer:
     frames_out: int = 0
     underruns: int = 0
     flushes: int = 0
+    item: str | None = None  # the item of the last frame handed out
 
 
 class PlayoutBuffer:
@@ -73,6 +76,7 @@ class PlayoutBuffer:
         frame_ms: int = 20,
         capacity_seconds: float = 60.0,
         fade_ms: float = 8.0,
+        clock: Callable[[], float] = monotonic,
     ) -> None:
         if not 5.0 <= fade_ms <= frame_ms:
             raise ValueError(f"fade_ms must be between 5 and {frame_ms}, got {fade_ms}")
@@ -92,6 +96,10 @@ class PlayoutBuffer:
         self._played: dict[str, int] = {}  # samples handed out per item (consumer writes)
         # Seconds from arrival to hand-out of stamped frames (consumer appends, bounded).
         self.latencies: deque[float] = deque(maxlen=4096)
+        # The clock first frames out are stamped on (the call's media clock): set before
+        # audio flows; read by the consumer.
+        self.clock = clock
+        self._first_out: dict[str, float] = {}  # item -> clock() at its first frame out
 
     # -- producer side ---------------------------------------------------------------------
 
@@ -183,6 +191,9 @@ class PlayoutBuffer:
             return self._silence
         self._out.queued_out += self.frame_samples
         self._played[frame.item_id] = self._played.get(frame.item_id, 0) + frame.samples
+        if frame.item_id != self._out.item:
+            self._out.item = frame.item_id
+            self._first_out.setdefault(frame.item_id, self.clock())
         if frame.stamp:
             self.latencies.append(monotonic() - frame.stamp)
         return frame.data
@@ -209,6 +220,11 @@ class PlayoutBuffer:
     def played_samples(self, item_id: str) -> int:
         """Samples of ``item_id`` handed out so far, fade-out included, padding excluded."""
         return self._played.get(item_id, 0)
+
+    def first_out(self, item_id: str) -> float | None:
+        """When the first frame of ``item_id`` was handed out (on :attr:`clock`); None if
+        none was yet. Kept for the buffer's life (``forget`` leaves it)."""
+        return self._first_out.get(item_id)
 
     def played_ms(self, item_id: str) -> int:
         """Milliseconds of ``item_id`` handed out so far (rounded down)."""

@@ -38,6 +38,11 @@ _pjsip_tsx_terminate.argtypes = [ctypes.c_void_p, ctypes.c_int]
 UNACKED_BYE_SECONDS = 1.0
 
 
+def _seconds(duration: Any) -> float:
+    """A pjsua2 ``TimeVal`` in seconds."""
+    return int(duration.sec) + int(duration.msec) / 1000
+
+
 class CallOwner(Protocol):
     """What a call needs of the SIP thread that holds it (SIP thread only)."""
 
@@ -127,6 +132,7 @@ class SipCall(pj.Call):  # type: ignore[misc]
                     local_cause=self.local_cause,
                     answered=self.answered,
                     stats=self.stats,
+                    connect_seconds=_seconds(info.connectDuration),
                 )
             )
             self.owner.forget(self)
@@ -215,22 +221,50 @@ class SipCall(pj.Call):  # type: ignore[misc]
             self.owner.later(LATCH_POLL_SECONDS, lambda: self._check_latch(index, latch))
 
     def onStreamDestroyed(self, prm: Any) -> None:
+        # The stream already gone: the call ends without RTP statistics.
+        with contextlib.suppress(pj.Error):
+            self.stats = self._stream_stats(int(prm.streamIdx))
+
+    def _stream_stats(self, index: int) -> MediaStats:
+        """The stream's RTP, RTCP and jitter buffer statistics and the media counters, as
+        pjmedia holds them just before the stream goes (the whole call's figures)."""
+        stat = self.getStreamStat(index)
+        rx, tx, rtt, jbuf = stat.rtcp.rxStat, stat.rtcp.txStat, stat.rtcp.rttUsec, stat.jbuf
         try:
-            stat = self.getStreamStat(prm.streamIdx)
-            rx, tx = stat.rtcp.rxStat, stat.rtcp.txStat
-            counters = self.audio.stats()
-            self.stats = MediaStats(
-                rx_packets=int(rx.pkt),
-                rx_lost=int(rx.loss),
-                rx_jitter_ms=float(rx.jitterUsec.mean) / 1000,
-                tx_packets=int(tx.pkt),
-                uplink_frames=counters.uplink_frames,
-                uplink_dropped=counters.uplink_dropped,
-                callback_errors=counters.callback_errors,
-                playout_underruns=counters.playout_underruns,
-            )
+            codec = str(self.getStreamInfo(index).codecName)
         except pj.Error:
-            pass  # the stream is already gone: the call ends without RTP statistics
+            codec = ""
+        counters = self.audio.stats()
+        playout = self.audio.playout.stats()
+        reports = int(tx.updateCount)  # the peer's receiver reports about our stream
+        return MediaStats(
+            rx_packets=int(rx.pkt),
+            rx_lost=int(rx.loss),
+            rx_jitter_ms=float(rx.jitterUsec.mean) / 1000,
+            tx_packets=int(tx.pkt),
+            uplink_frames=counters.uplink_frames,
+            uplink_dropped=counters.uplink_dropped,
+            callback_errors=counters.callback_errors,
+            playout_underruns=counters.playout_underruns,
+            rx_discarded=int(rx.discard),
+            rx_duplicates=int(rx.dup),
+            rx_reordered=int(rx.reorder),
+            rx_jitter_max_ms=float(rx.jitterUsec.max) / 1000 if rx.jitterUsec.n else 0.0,
+            tx_lost_reported=int(tx.loss) if reports else 0,
+            tx_jitter_ms_reported=float(tx.jitterUsec.mean) / 1000 if reports else 0.0,
+            tx_reports=reports,
+            rtt_ms_mean=float(rtt.mean) / 1000 if rtt.n else None,
+            rtt_ms_max=float(rtt.max) / 1000 if rtt.n else 0.0,
+            rtt_samples=int(rtt.n),
+            jb_avg_delay_ms=float(jbuf.avgDelayMsec),
+            jb_max_delay_ms=float(jbuf.maxDelayMsec),
+            jb_lost=int(jbuf.lost),
+            jb_discarded=int(jbuf.discard),
+            jb_empty=int(jbuf.empty),
+            codec=codec,
+            playout_overrun_samples=playout.overrun_samples,
+            playout_flushes=playout.flushes,
+        )
 
     def onDtmfDigit(self, prm: Any) -> None:
         method = "info" if getattr(prm, "method", 0) == pj.PJSUA_DTMF_METHOD_SIP_INFO else "rfc4733"

@@ -58,7 +58,14 @@ def leg_event(event: sip_events.SipEvent) -> LegEvent | None:
     if isinstance(event, sip_events.TransferProgress):
         return TransferProgress(event.code, event.reason, event.final)
     if isinstance(event, sip_events.CallEnded):
-        return Ended(event.code, event.reason, event.local_cause, event.answered, event.stats)
+        return Ended(
+            event.code,
+            event.reason,
+            event.local_cause,
+            event.answered,
+            event.stats,
+            event.connect_seconds,
+        )
     return None
 
 

@@ -187,3 +187,25 @@ def test_arrival_to_hand_out_is_metered_when_nothing_is_queued_ahead() -> None:
     buffer.pull()
     assert len(buffer.latencies) == 2
     assert all(0 <= latency < 1.0 for latency in buffer.latencies)
+
+
+def test_first_frame_out_of_each_item_is_stamped_on_the_buffer_clock() -> None:
+    """``first_out`` of an item is the buffer clock's time at the pull that handed out its
+    first frame, kept after the item is forgotten; None for an item not handed out yet."""
+    now = [100.0]
+    buffer = PlayoutBuffer(rate=8000, clock=lambda: now[0])
+    buffer.push("a", np.ones(2 * FRAME, dtype=np.int16))
+    buffer.end_item("a")
+    buffer.push("b", np.ones(FRAME, dtype=np.int16))
+    assert buffer.first_out("a") is None
+    stamps = []
+    for _ in range(4):
+        now[0] += 0.02
+        buffer.pull()
+        stamps.append(now[0])
+    assert buffer.first_out("a") == stamps[0], (buffer.first_out("a"), stamps)
+    assert buffer.first_out("b") == stamps[2], (buffer.first_out("b"), stamps)
+    buffer.forget("a")
+    buffer.pull()
+    assert buffer.first_out("a") == stamps[0]
+    assert buffer.first_out("c") is None

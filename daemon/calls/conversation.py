@@ -286,7 +286,11 @@ class Conversation:
         played_ms = playout.played_ms(item)
         stop_ms = round((now - self._caller.speech_at) * 1000, 1)
         fields = {"item": item, "played_ms": played_ms, "cancelled": cancelled, "stop_ms": stop_ms}
-        return [ce.Truncate(item, played_ms), ce.Log("agent.barge_in", fields)]
+        return [
+            ce.Truncate(item, played_ms),
+            ce.Log("agent.barge_in", fields),
+            ce.BargedIn(item, stop_ms, played_ms, cancelled),
+        ]
 
     # -- timers and DTMF ------------------------------------------------------------------
 
@@ -450,4 +454,5 @@ class Conversation:
         fields = {"reason": session.reason, "replayed": min(len(self.transcript), REPLAY_TURNS)}
         fmt = event.output_format
         actions: list[ce.Action] = [ce.SetOutputFormat(fmt)] if fmt is not None else []
-        return [*actions, ce.Log("agent.session_replaced", fields), *self._said_if_done(now)]
+        note = ce.SessionNote("replaced", session.reason)
+        return [*actions, ce.Log("agent.session_replaced", fields), note, *self._said_if_done(now)]

@@ -246,6 +246,24 @@ class End:
 
 
 @dataclass(frozen=True)
+class BargedIn:
+    """A barge-in was carried out (for the call's black box)."""
+
+    item: str
+    stop_ms: float  # the model's speech_started -> the playout flushed
+    truncated_ms: int  # what the caller heard of the item
+    cancelled: bool  # a response was still streaming and was cancelled
+
+
+@dataclass(frozen=True)
+class SessionNote:
+    """A change of model session (for the call's black box)."""
+
+    kind: str  # replaced
+    reason: str  # reconnect | rotation
+
+
+@dataclass(frozen=True)
 class Log:
     event: str
     fields: dict[str, Any]
@@ -272,5 +290,7 @@ Action = (
     | ReportFailure
     | Apologise
     | End
+    | BargedIn
+    | SessionNote
     | Log
 )

@@ -30,14 +30,17 @@ from numpy.typing import NDArray
 from config.schema import AgentSettings, ConnectFailure, RealtimeSettings
 from daemon.calls import conversation_events as ce
 from daemon.calls.agent_config import for_call
+from daemon.calls.blackbox_meter import BlackBoxMeter, VoiceMeter
 from daemon.calls.conversation import Conversation, Stage
 from daemon.calls.session import CallSession
 from daemon.calls.tools import HttpTools, outcome
 from daemon.legs.leg import Answered, CallLeg, Dtmf, Ended, LegError, TransferProgress
 from daemon.legs.media import LegMedia
 from daemon.logs import get_logger
+from daemon.realtime import events as ev
 from daemon.realtime.client import Endpoint, RealtimeError
 from media.codec import Decoder, Encoder
+from media.vad import VAD_RATES
 
 log = get_logger(__name__)
 
@@ -82,6 +85,8 @@ class InboundAgent:
         self._timer: tuple[float, asyncio.Task[Any]] | None = None
         self._hung_up = False  # a HangUp was carried out: the call is ending already
         self._http = HttpTools(self.key)
+        self.meter = BlackBoxMeter()  # the call's black box, fed on the loop
+        self._ended_event: Ended | None = None  # the leg's Ended, with the stream statistics
 
     # -- the call, start to end -----------------------------------------------------------
 
@@ -94,6 +99,8 @@ class InboundAgent:
         except RealtimeError as exc:
             await self._cannot_connect(exc)
             return
+        if self.session.connect_ms is not None:
+            self.meter.connected(self.session.connect_ms)
         if before_answer and not await self._answer_and_confirm():
             await self.session.close()
             return
@@ -103,6 +110,8 @@ class InboundAgent:
             log.info("agent.caller_gone", call_id=self.key, error=str(exc))
             await self.session.close()
             return
+        media.playout.clock = media.clock.now  # first frames out, on the clock of the turns
+        self.meter.answered(media.clock.now())
         self._decoder = Decoder(output_format, media.rate)
         try:
             await self._feed(ce.Started(greeting=bool(self.agent.greeting)))
@@ -130,22 +139,60 @@ class InboundAgent:
                 await self.leg.hangup()
             return False
         if isinstance(event, Ended):
+            self._ended_event = event
             self.end_cause = end_cause(event)
             log.info("agent.not_confirmed", call_id=self.key, cause=self.end_cause)
         return isinstance(event, Answered)
 
     async def _cannot_connect(self, exc: RealtimeError) -> None:
         """Refuse the call (503, not answered yet), or say the apology and hang up."""
-        await self._report_failure(exc.kind, str(exc))
+        await self._report_failure(exc.kind, str(exc), "connect")
         try:
             if self.agent.on_connect_failure is ConnectFailure.REJECT:
                 await self.leg.reject(503)
                 return
             self.media = await self.leg.media()
+            self.meter.answered(self.media.clock.now())
             await self._apologise(self.media)
             await self.leg.hangup()
+            await self._until_ended()
         except LegError as gone:
             log.info("agent.caller_gone", call_id=self.key, error=str(gone))
+
+    async def _until_ended(self) -> None:
+        """Wait (a little) for the leg's Ended, which carries the call's stream statistics."""
+        with contextlib.suppress(TimeoutError, LegError):
+            async with asyncio.timeout(MEDIA_END_GRACE):
+                while self._ended_event is None:
+                    event = await self.leg.receive()
+                    if isinstance(event, Ended):
+                        self._ended_event = event
+
+    def black_box(self) -> dict[str, Any] | None:
+        """The call's black box (:class:`daemon.blackbox.BlackBox`) once :meth:`run` has
+        returned; None for a call that never had media (refused, or gone before it)."""
+        media = self.media
+        if media is None:
+            return None
+        ended = self._ended_event
+        stats = ended.stats if ended is not None else None
+        counters = media.stats()
+        playout = media.playout.stats()
+        box = self.meter.black_box(
+            stats,
+            media.rate,
+            ended.connect_seconds if ended is not None else 0.0,
+            media.playout.first_out,
+            {
+                "uplink_frames": counters.uplink_frames,
+                "uplink_dropped": counters.uplink_dropped,
+                "callback_errors": counters.callback_errors,
+                "playout_underruns": counters.playout_underruns,
+                "overrun_samples": playout.overrun_samples,
+                "flushes": playout.flushes,
+            },
+        )
+        return dict(box)
 
     async def _finish(self, media: LegMedia) -> None:
         for task in self._tasks:
@@ -157,6 +204,7 @@ class InboundAgent:
         if not media.closed and not self._hung_up:  # ended here on an error: end the call
             with contextlib.suppress(LegError):
                 await self.leg.hangup()
+        await self._until_ended()
         log.info("agent.call_ended", call_id=self.key, cause=self.end_cause)
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
@@ -218,6 +266,7 @@ class InboundAgent:
         elif isinstance(action, ce.Play):
             assert self._decoder is not None
             media.playout.push(action.item, self._decoder.decode(action.data), arrived)
+            self.meter.item_started(action.item, media.clock.now())
         elif isinstance(action, ce.EndItem):
             media.playout.end_item(action.item)
         elif isinstance(action, ce.Flush):
@@ -257,11 +306,13 @@ class InboundAgent:
         elif isinstance(action, ce.RecordTurn):  # role, text, at
             await self.services.report("transcript", {"call": self.key, **asdict(action.turn)})
         elif isinstance(action, ce.ReportFailure):
-            await self._report_failure(action.kind, action.error)
+            await self._report_failure(action.kind, action.error, "session")
         elif isinstance(action, ce.Apologise):
             await self._apologise(media)
         elif isinstance(action, ce.End):
             self._end(action.cause)
+        elif isinstance(action, ce.BargedIn | ce.SessionNote):
+            self.meter.note(action, media.clock.now())
         elif isinstance(action, ce.Log):
             getattr(log, action.level)(action.event, call_id=self.key, **action.fields)
         return None
@@ -293,14 +344,22 @@ class InboundAgent:
         await self.leg.send_dtmf(digits)
         return {"ok": True, "sent": digits}
 
-    async def _report_failure(self, kind: str, error: str) -> None:
-        await self.services.report("agent_failed", {"call": self.key, "kind": kind, "error": error})
+    async def _report_failure(self, kind: str, error: str, phase: str) -> None:
+        """``phase``: connect (the first session could not be opened) or session."""
+        self.meter.failed(kind, phase)
+        body = {"call": self.key, "kind": kind, "error": error, "phase": phase}
+        await self.services.report("agent_failed", body)
 
     async def _uplink(self, media: LegMedia, encoder: Encoder) -> None:
         batch_ms = self.agent.uplink_batch_ms
         batch: list[NDArray[np.int16]] = []
         stamps: list[float] = []
+        voice = None
+        if media.rate in VAD_RATES:  # the caller's ends of speech, for the turn latencies
+            voice = VoiceMeter(media.rate, self.meter.caller_stopped)
         async for stamp, frame in media.stamped_frames():
+            if voice is not None:
+                voice.feed(stamp, frame)
             batch.append(np.frombuffer(frame, dtype="<i2"))
             stamps.append(stamp)
             if len(batch) < batch_ms // 20:
@@ -322,6 +381,8 @@ class InboundAgent:
             except RealtimeError as exc:
                 await self._feed(ce.SessionLost(exc.kind, exc.retryable, str(exc)))
                 continue
+            if isinstance(event, ev.SpeechStopped) and self.media is not None:
+                self.meter.model_stopped(self.media.clock.now())
             await self._feed(ce.Model(event), time.monotonic())
 
     async def _apologise(self, media: LegMedia) -> None:
@@ -343,6 +404,7 @@ class InboundAgent:
         while True:
             event = await self.leg.receive()
             if isinstance(event, Ended):
+                self._ended_event = event
                 await self._feed(ce.CallEnded(end_cause(event)))
                 return
             if isinstance(event, Dtmf):

@@ -39,6 +39,7 @@ class CallSession:
         self.route = route  # the [[agent.routes]] entry applied, for the log
         self.current = RealtimeSession(endpoint, session_config(agent))
         self.uplink_latency: deque[float] = deque(maxlen=20000)  # frame arrival -> sent, s
+        self.connect_ms: float | None = None  # the first session's connect and set-up time
 
     async def open(self) -> tuple[AudioFormat, AudioFormat]:
         """Connect and configure the first session (logged either way); its input and output
@@ -58,6 +59,7 @@ class CallSession:
                 sip_code=503 if fallback is ConnectFailure.REJECT else None,
             )
             raise
+        self.connect_ms = round((time.monotonic() - started) * 1000, 1)
         log.info(
             "agent.session_ready",
             call_id=self.call_key,
@@ -65,7 +67,7 @@ class CallSession:
             dialect=self.endpoint.dialect.name,
             input_format=str(reported.input_format),
             output_format=str(reported.output_format),
-            connect_ms=round((time.monotonic() - started) * 1000),
+            connect_ms=round(self.connect_ms),
             route=self.route,
         )
         assert reported.input_format is not None  # checked by the session

@@ -337,7 +337,8 @@ def test_sessions_rotate_after_a_response_past_the_limit_replaying_30_turns() ->
     assert replace.replay[0].text == "turn 10"
     assert call.stage() is cv.Stage.REPLACING
     assert call.feed(ce.SessionReplaced(None), at=62.0) == [
-        ce.Log("agent.session_replaced", {"reason": "rotation", "replayed": 30})
+        ce.Log("agent.session_replaced", {"reason": "rotation", "replayed": 30}),
+        ce.SessionNote("replaced", "rotation"),
     ]
     assert call.stage() is cv.Stage.ACTIVE
     assert call.model(ev.ResponseDone("r3", "completed"), at=100.0) == []
@@ -427,3 +428,33 @@ def test_a_wait_that_ends_during_a_reconnect_is_carried_out() -> None:
     assert call.stage() is cv.Stage.REPLACING
     call.feed(ce.SessionReplaced(None))
     assert call.stage() is cv.Stage.ACTIVE
+
+
+def test_a_barge_in_reports_its_stop_and_truncation() -> None:
+    """A barge-in carried out reports, as a typed action after the truncate, the item cut,
+    the time from the model's speech_started to the flush, what was heard and the cancel."""
+    call = Call()
+    call.speak()
+    call.sent(1000)
+    assert call.speech(700, at=20.0) == [ce.Flush(), ce.Cancel()]  # 300 ms heard of 200
+    call.view.played["i1"] = 1460
+    actions = call.feed(ce.Flushed(), at=20.035)
+    assert ce.BargedIn("i1", 35.0, 1460, True) in actions, actions
+    assert actions[0] == ce.Truncate("i1", 1460)
+    call.speak("r2", "i2")
+    assert call.model(ev.ResponseDone("r2", "completed")) == []
+    call.sent(1000)
+    assert call.speech(1700, at=30.0) == [ce.Flush()]  # nothing streams: no cancel
+    [barged] = [a for a in call.feed(ce.Flushed(), at=30.02) if isinstance(a, ce.BargedIn)]
+    assert barged == ce.BargedIn("i2", 20.0, 0, False)
+
+
+def test_a_replacement_reports_its_reason() -> None:
+    """A session replaced after a loss reports a typed note with reason reconnect (a rotation
+    says rotation); a loss that cannot be retried reports none."""
+    call = Call()
+    call.feed(ce.SessionLost(FailureKind.CLOSED, True, "1006"), at=3.0)
+    actions = call.feed(ce.SessionReplaced(None), at=4.0)
+    assert ce.SessionNote("replaced", "reconnect") in actions, actions
+    ending = call.feed(ce.SessionLost(FailureKind.RATE_LIMIT, False, "slow down"), at=5.0)
+    assert not [a for a in ending if isinstance(a, ce.SessionNote)], ending

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from daemon.blackbox import VERSION
+from daemon.calls.blackbox_meter import BlackBoxMeter
 from daemon.calls.choice import Option
 from daemon.calls.flow import (
     Action,
@@ -92,6 +94,12 @@ class OutboundCall:
         self._tasks: set[asyncio.Task[None]] = set()
         self._utterance: NDArray[np.int16] = np.zeros(0, dtype=np.int16)
         self._plays = itertools.count(1)
+        # For the black box: wall time the INVITE went out, the answer and the first frame
+        # of audio out on the leg's clock, and the leg's Ended (its stream statistics).
+        self._invite_at: float | None = None
+        self._answered_clock: float | None = None
+        self._first_audio: float | None = None
+        self._ended: leg.Ended | None = None
 
     @property
     def call(self) -> str | None:
@@ -123,6 +131,7 @@ class OutboundCall:
             except (LegError, ValueError) as exc:
                 self._post(Ended(0, time.time(), local_cause="dial_failed", reason=str(exc)))
                 return None
+            self._invite_at = time.time()
             self._spawn(self._follow(self._leg))
         elif isinstance(action, Report):
             await self._report(action.status)
@@ -136,8 +145,55 @@ class OutboundCall:
             assert self._leg is not None
             await self._leg.hangup()
         elif isinstance(action, Finish):
-            return asdict(action.result)
+            result = asdict(action.result)
+            result.update(invite_at=self._invite_at, black_box=self.black_box())
+            return result
         return None
+
+    def black_box(self) -> dict[str, Any] | None:
+        """The call's black box (:class:`daemon.blackbox.BlackBox`) once it ended; None if
+        nothing was dialled."""
+        if self._leg is None:
+            return None
+        media, ended = self._media, self._ended
+        first, answered = self._first_audio, self._answered_clock
+        outbound = {
+            "invite_at": self._invite_at,
+            "answer_to_first_audio_ms": (
+                round((first - answered) * 1000, 1)
+                if first is not None and answered is not None
+                else None
+            ),
+        }
+        connect_seconds = ended.connect_seconds if ended is not None else 0.0
+        stats = ended.stats if ended is not None else None
+        if media is None:  # never answered: no media to speak of
+            return {
+                "version": VERSION,
+                "rtp": None,
+                "mos": None,
+                "media": None,
+                "outbound": outbound,
+                "connect_seconds": connect_seconds,
+            }
+        meter = BlackBoxMeter()
+        meter.answered(answered or 0.0)
+        counters, playout = media.stats(), media.playout.stats()
+        box = meter.black_box(
+            stats,
+            media.rate,
+            connect_seconds,
+            media.playout.first_out,
+            {
+                "uplink_frames": counters.uplink_frames,
+                "uplink_dropped": counters.uplink_dropped,
+                "callback_errors": counters.callback_errors,
+                "playout_underruns": counters.playout_underruns,
+                "overrun_samples": playout.overrun_samples,
+                "flushes": playout.flushes,
+            },
+        )
+        return {**box, "outbound": outbound}
 
     def _post(self, event: Event) -> None:
         self._events.put_nowait(event)
@@ -155,8 +211,12 @@ class OutboundCall:
             elif isinstance(event, leg.Answered):
                 with contextlib.suppress(LegError):  # gone at once: nothing plays, Ended is next
                     self._media = await call.media()
+                if self._media is not None:
+                    self._media.playout.clock = self._media.clock.now  # first frames out
+                    self._answered_clock = self._media.clock.now()
                 self._post(Answered(time.time()))
             elif isinstance(event, leg.Ended):
+                self._ended = event
                 self._post(Ended(event.code, time.time(), event.local_cause, event.reason))
                 return
 
@@ -170,6 +230,8 @@ class OutboundCall:
         media.playout.end_item(item_id)
         within = len(samples) / media.rate + PLAY_SLACK_SECONDS
         played = await media.until_played(item_id, len(samples), within)
+        if self._first_audio is None:
+            self._first_audio = media.playout.first_out(item_id)
         media.playout.forget(item_id)
         if played or not media.closed:  # cut off by the call's end: Ended follows, not PlayDone
             self._post(PlayDone(item))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pytest
 from numpy.typing import NDArray
 from structlog.testing import capture_logs
 
@@ -300,3 +301,61 @@ async def test_calls_in_a_row_leave_no_task() -> None:
         assert left == 0, f"{left} tasks left after 5 calls"
         assert len(fake.sessions) == 5
         assert all(s.ws.state.name == "CLOSED" for s in fake.sessions)
+
+
+def _quiet_after_sound(quiet_ms: int) -> Callable[[NDArray[np.int16]], bool]:
+    """The caller has made a sound and has been quiet for ``quiet_ms`` since (8 kHz input)."""
+
+    def check(pcm: NDArray[np.int16]) -> bool:
+        loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) > 800)
+        return bool(len(loud)) and len(pcm) - int(loud[-1]) > quiet_ms * 8
+
+    return check
+
+
+@pytest.mark.realtime
+async def test_the_black_box_times_each_turn() -> None:
+    """A model that answers 300 ms after the caller's audio went quiet shows a turn latency
+    of 300-650 ms in the black box (the caller's end measured by the daemon's own VAD, the
+    answer at its first frame out), and a barge-in over the answer is flushed within 40 ms."""
+
+    async def script(session: FakeSession) -> None:
+        await session.wait_for_input(_quiet_after_sound(200), 10)
+        await session.send(
+            {
+                "type": "input_audio_buffer.speech_stopped",
+                "audio_end_ms": session.input_ms - 200,
+                "item_id": "item_caller_1",
+            }
+        )
+        await asyncio.sleep(0.3)
+        reply = tone(600, session.output_rate, 6.0, amplitude=8000)
+        speaking = asyncio.create_task(session.respond(reply, pace=0.5))
+        await asyncio.sleep(1.5)
+        await session.speech_started(max(0, session.input_ms - 300))  # past the 200 ms guard
+        await speaking
+
+    async with FakeRealtime("ga", script) as fake, _network() as network:
+        call = _call(network, fake)
+        await _connected(call)
+        await asyncio.sleep(0.2)
+        call.phone.play(tone(1000, RATE, 1.0, amplitude=8000))
+        session = await fake.session()
+        await session.wait_for("conversation.item.truncate", timeout=20)
+        await asyncio.sleep(0.3)
+        call.phone.hang_up()
+        assert await call.ended() == "caller hung up"
+    box = call.agent.black_box()
+    assert box is not None
+    [turn] = box["turns"]
+    [barge_in] = box["barge_ins"]
+    print(f"\nturn {turn}\nbarge-in {barge_in}\nlatency {box['turn_latency_ms']}")
+    assert turn["latency_ms"] is not None, box
+    assert 300 <= turn["latency_ms"] <= 650, turn
+    assert barge_in["stop_ms"] <= 40, barge_in
+    assert barge_in["cancelled"] is True, barge_in
+    assert box["turn_latency_ms"]["count"] == 1, box["turn_latency_ms"]
+    assert box["model"]["connect_ms"] is not None, box["model"]
+    assert box["media"] is not None, box
+    assert box["media"]["flushes"] == 1, box["media"]
+    assert fake.violations == []

@@ -176,3 +176,28 @@ async def test_silence_repeats_the_prompt_then_null(network: MemoryNetwork) -> N
     prompts = _copies(heard, SOUNDS["prompt"])
     assert prompts == CHOICE["repeat_count"], f"prompt heard {prompts} times"
     assert _copies(heard, SOUNDS["closing"]) == 1
+
+
+async def test_the_result_carries_the_invite_time_and_the_black_box(
+    network: MemoryNetwork,
+) -> None:
+    """The result says when the INVITE went out and carries a black box whose answer to first
+    audio is the time from the answer to the message's first frame out on the leg's clock
+    (one frame, on a lossless network); a busy callee's box has no media."""
+    network.phone("2010", answer_after=0.4)
+    before = time.time()
+    result, _ = await _call(network, "2010")
+    box = result["black_box"]
+    assert box is not None, result
+    assert before <= result["invite_at"] <= time.time(), result
+    assert box["outbound"]["invite_at"] == result["invite_at"]
+    first_audio_ms = box["outbound"]["answer_to_first_audio_ms"]
+    print(f"answer to first audio {first_audio_ms} ms on the clock")
+    assert first_audio_ms is not None, box
+    assert 0 <= first_audio_ms <= 40, box["outbound"]
+    assert box["media"] is not None, box
+    assert box["media"]["uplink_frames"] > 0, box["media"]
+    network.phone("2011", on_incoming="busy", answer_after=0.3)
+    busy, _ = await _call(network, "2011")
+    assert busy["black_box"]["media"] is None, busy
+    assert busy["black_box"]["outbound"]["answer_to_first_audio_ms"] is None, busy

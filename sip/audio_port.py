@@ -4,7 +4,8 @@ pjmedia's clock thread calls :meth:`CallAudioPort.onFrameReceived` (caller audio
 PCM16 frame) and :meth:`CallAudioPort.onFrameRequested` (audio to send) every 20 ms. Both
 only copy bytes: received frames are appended to ``CallAudio.uplink`` with their arrival
 time (a bounded deque of ``(monotonic, bytes)``; append/popleft are atomic), requested frames
-come from ``CallAudio.playout.pull()``. They never block, log, raise or touch asyncio; errors
+come from ``CallAudio.playout.pull()``; a recorded call's tap gets both (the frame handed to
+pjmedia exactly as pulled). They never block, log, raise or touch asyncio; errors
 are counted. The call flow reads ``CallAudio`` (:class:`daemon.legs.media.LegMedia`) from the
 event loop.
 """
@@ -39,6 +40,7 @@ class CallAudioPort(pj.AudioMediaPort):  # type: ignore[misc]
                 audio.uplink_dropped += 1
             audio.uplink.append((monotonic(), data))
             audio.uplink_frames += 1
+            audio.tap_heard(data)
         except Exception:
             audio.callback_errors += 1
 
@@ -46,6 +48,7 @@ class CallAudioPort(pj.AudioMediaPort):  # type: ignore[misc]
         audio = self.audio
         try:
             data = audio.playout.pull()
+            audio.tap_played(data)
             frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
             if not bytevector.write(frame.buf, data):
                 frame.buf = pj.ByteVector(data)

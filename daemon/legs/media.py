@@ -7,6 +7,10 @@ bytes and counts. The flow reads the uplink, pushes to the playout and waits on 
 media side did through the ``until_*`` methods: the media side never touches the loop, so
 they poll, on the leg's :class:`Clock` (virtual in memory: hence ``within`` seconds on that
 clock rather than ``asyncio.timeout``).
+
+A call being recorded has a :class:`RecordTap`: the media side hands it each frame it pulled
+for the caller (:meth:`LegMedia.tap_played`) and each caller frame (:meth:`LegMedia.tap_heard`),
+and a writer thread (:mod:`daemon.recording`) takes them from there.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ UPLINK_FRAMES = 50  # 1 s of caller audio waiting for the call flow; older frame
 POLL_SECONDS = 0.005  # an empty uplink is looked at again after this
 PLAYED_POLL_SECONDS = 0.02  # one frame: the playout advances by whole frames
 FLUSH_POLL_SECONDS = 0.002  # a flush is carried out within a frame: look closer
+TAP_FRAMES = 250  # 5 s of a recorded call waiting for its writer; later frames are dropped
 
 
 class Clock(Protocol):
@@ -52,6 +57,25 @@ class MediaCounters:
     playout_underruns: int
 
 
+class RecordTap:
+    """A recorded call's frames on their way to the writer thread, numbered by media tick.
+
+    The media side appends only: :meth:`LegMedia.tap_played` advances :attr:`tick` and queues
+    the frame the caller is sent, :meth:`LegMedia.tap_heard` queues the caller's frame under
+    the current tick. With ``limit`` frames queued on a side it queues nothing more there and
+    counts :attr:`dropped` (no lock, no wait). The writer thread pops from the left and writes
+    silence for every tick a side has no frame for.
+    """
+
+    def __init__(self, limit: int = TAP_FRAMES) -> None:
+        self.limit = limit
+        self.tick = 0  # written by the media side only
+        self.dropped = 0  # written by the media side only
+        # (tick, frame): the media side appends, the writer thread pops.
+        self.played: deque[tuple[int, bytes]] = deque()
+        self.heard: deque[tuple[int, bytes]] = deque()
+
+
 class LegMedia:
     """Shared between the media side (writes ``uplink``, pulls ``playout``) and the loop."""
 
@@ -66,6 +90,26 @@ class LegMedia:
         self.uplink_dropped = 0  # written by the media side only
         self.callback_errors = 0  # written by the media side only
         self.closed = False  # set by the signalling side when the call ends
+        self.tap: RecordTap | None = None  # set by the loop before audio flows; media side reads
+
+    def tap_played(self, frame: bytes) -> None:
+        """Media side: ``frame`` was just pulled from the playout for the caller."""
+        tap = self.tap
+        if tap is not None:
+            tap.tick += 1
+            if len(tap.played) < tap.limit:
+                tap.played.append((tap.tick, frame))
+            else:
+                tap.dropped += 1
+
+    def tap_heard(self, frame: bytes) -> None:
+        """Media side: ``frame`` of the caller's audio just arrived."""
+        tap = self.tap
+        if tap is not None:
+            if len(tap.heard) < tap.limit:
+                tap.heard.append((tap.tick, frame))
+            else:
+                tap.dropped += 1
 
     async def frames(self) -> AsyncIterator[bytes]:
         """Caller audio as 20 ms PCM16 frames, until the call ends."""

@@ -2,8 +2,8 @@
 
 For running call flows without pjsua2. :class:`MediaClock` does what pjmedia's clock thread
 does for a SIP call (see :mod:`sip.audio_port`): every 20 ms it pulls one frame from each
-side's playout buffer and appends it to the other side's uplink, and it records what each
-side heard. With ``speed=None`` the clock is virtual: it ticks as fast as the event loop lets
+side's playout buffer and appends it to the other side's uplink (a recorded side's tap gets
+both frames, as from a SIP call's port), and it records what each side heard. With ``speed=None`` the clock is virtual: it ticks as fast as the event loop lets
 it, so ten seconds of audio take a fraction of a second. :class:`MemoryNetwork` hands out the
 legs (a :class:`~daemon.legs.leg.Dialer` for outbound flows, :meth:`MemoryNetwork.incoming`
 for inbound ones) and signals like a PBX and a phone would: ringing, answer, busy, decline,
@@ -141,7 +141,9 @@ class _Pair:
 
     def move(self, now: float) -> None:
         to_b = self.a.playout.pull()
+        self.a.tap_played(to_b)
         to_a = self.b.playout.pull()
+        self.b.tap_played(to_a)
         _receive(self.b, now, to_b)
         self.heard_b.append(to_b)
         _receive(self.a, now, to_a)
@@ -154,6 +156,7 @@ def _receive(media: LegMedia, now: float, frame: bytes) -> None:
         media.uplink_dropped += 1
     media.uplink.append((now, frame))
     media.uplink_frames += 1
+    media.tap_heard(frame)
 
 
 @dataclass(frozen=True)

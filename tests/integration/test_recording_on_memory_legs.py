@@ -1,0 +1,130 @@
+"""Recordings of calls on in-memory legs: what the file holds against what the media moved.
+
+The memory network's pairs keep every frame each side received, so the recording's two
+channels can be compared with them byte for byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from daemon.legs.memory import MediaClock, MemoryNetwork
+from daemon.recording.writer import RecordingWriter
+from media.wav import read_wav_channels
+from tests.audio import tone, tone_level_db
+
+RATE = 8000
+FRAME = RATE // 50
+FADE = round(8.0 * RATE / 1000)  # PlayoutBuffer's default fade-out, in samples
+FULL = 20 * np.log10(10000)  # level of the test tones
+
+
+async def test_channel_two_is_what_was_pulled_and_a_flush_cuts_it(tmp_path: Path) -> None:
+    """Channel 2 is byte for byte the frames the daemon's playout handed out: the tone up to
+    the flush at 1.0 s, one faded frame at the tick the flush was carried out, then silence;
+    channel 1 is the phone's tone, as the daemon's leg received it."""
+    writer = RecordingWriter()
+    async with MediaClock(speed=None) as clock:
+        network = MemoryNetwork(clock, rate=RATE)
+        leg, phone = network.incoming("1001")
+        media = await leg.media()
+        recording = writer.start(media, "in-memory", tmp_path / "in-memory.wav")
+        assert recording is not None
+        await leg.answer()
+        phone.play(tone(440, RATE, 2.0))
+        media.playout.push("agent", tone(1000, RATE, 3.0))
+        media.playout.end_item("agent")
+        clock.later(1.0, media.playout.flush)
+        await clock.sleep(2.0)
+        pair = phone.call.pair if phone.call is not None else None
+        assert pair is not None
+        phone.hang_up()
+        info = await writer.finish(recording)
+    await writer.stop()
+
+    assert info is not None
+    rate, samples = read_wav_channels(tmp_path / "in-memory.wav")
+    assert rate == RATE
+    caller, played = samples[:, 0], samples[:, 1]
+    assert played.tobytes() == b"".join(pair.heard_b)  # what the phone was sent
+    assert caller.tobytes() == b"".join(pair.heard_a)  # what the daemon's leg received
+    assert tone_level_db(caller[: 2 * RATE], 440, RATE) > FULL - 1
+    assert tone_level_db(caller[: 2 * RATE], 1000, RATE) < FULL - 40
+    frames = played.reshape(-1, FRAME)
+    sent = tone(1000, RATE, 3.0).reshape(-1, FRAME)
+    cut = next(i for i, frame in enumerate(frames) if not np.array_equal(frame, sent[i]))
+    assert abs(cut * 0.02 - 1.0) <= 0.04, f"flush carried out at {cut * 0.02:.2f} s"
+    assert frames[cut, 0] == sent[cut, 0]  # the faded frame starts at full level
+    assert frames[cut, :FADE].any()
+    assert not frames[cut, FADE:].any()
+    assert not frames[cut + 1 :].any()  # then silence
+    assert info.duration_seconds == len(frames) * 0.02
+    assert (info.complete, info.dropped_frames) == (True, 0)
+
+
+class SlowReader:
+    """Reads a FIFO 1 KB every 100 ms through a 4 KB pipe: a disk 3 times slower than a
+    recording at 8 kHz (32 KB/s)."""
+
+    def __init__(self, path: Path) -> None:
+        os.mkfifo(path)
+        self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a writer's open then succeeds
+        fcntl.fcntl(self.fd, fcntl.F_SETPIPE_SZ, 4096)
+        self.read = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="slow-reader")
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping.wait(0.1):
+            with contextlib.suppress(BlockingIOError):  # nothing written yet
+                self.read += len(os.read(self.fd, 1024))
+
+    def close(self) -> None:
+        """Stop reading; the writer's next write fails with a broken pipe."""
+        self.stopping.set()
+        self.thread.join(timeout=5)
+        os.close(self.fd)
+
+
+async def test_a_slow_disk_drops_frames_and_never_stalls_the_media(tmp_path: Path) -> None:
+    """A recording whose file takes 10 KB/s of its 32 KB/s: the paced media clock still runs
+    every tick in 2 s, the tap drops what the writer cannot take, and the recording is
+    reported incomplete with its dropped frames and its full 2.0 s duration."""
+    path = tmp_path / "slow.wav"
+    reader = SlowReader(path)
+    writer = RecordingWriter()
+    try:
+        async with MediaClock(speed=1.0) as clock:
+            network = MemoryNetwork(clock, rate=RATE)
+            leg, phone = network.incoming("1001")
+            media = await leg.media()
+            recording = writer.start(media, "slow", path, limit=10)
+            assert recording is not None
+            await leg.answer()
+            phone.play(tone(440, RATE, 2.0))
+            media.playout.push("agent", tone(1000, RATE, 2.0))
+            started, ticks = time.monotonic(), clock.ticks
+            await asyncio.sleep(2.0)
+            ran, elapsed = clock.ticks - ticks, time.monotonic() - started
+            phone.hang_up()
+            info = await writer.finish(recording, within=0.3)
+    finally:
+        reader.close()
+        await writer.stop()
+
+    expected = round(elapsed / 0.02)
+    assert abs(ran - expected) <= 2, f"{ran} ticks in {elapsed:.3f} s (expected {expected})"
+    assert info is not None
+    assert not info.complete
+    assert info.dropped_frames > 0, info
+    assert abs(info.duration_seconds - 2.0) <= 0.04, info
+    assert reader.read < 32_000, reader.read  # the reader really was slower than the call

@@ -49,10 +49,12 @@ HASH_CHUNK = 1 << 20
 
 def recording_path(directory: Path, call_id: str, at: float) -> Path:
     """``{directory}/{YYYY-MM-DD}/{call_id}.wav`` for a call begun at ``at`` (epoch seconds,
-    the day in UTC); ValueError for an id that cannot be a file name."""
+    the day in UTC), absolute (a relative directory is taken from the working directory);
+    ValueError for an id that cannot be a file name."""
     if not call_id or "/" in call_id or "\0" in call_id:
         raise ValueError(f"call id {call_id!r} cannot name a file")
-    return directory / time.strftime("%Y-%m-%d", time.gmtime(at)) / f"{call_id}.wav"
+    day = time.strftime("%Y-%m-%d", time.gmtime(at))
+    return directory.absolute() / day / f"{call_id}.wav"
 
 
 class Recording:

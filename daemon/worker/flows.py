@@ -5,6 +5,10 @@
   (:func:`load_policy`, for tests and benchmarks);
 - :func:`run_outbound`: a whole notification call, its audio synthesised by the supervisor
   and carried in the request (so it is here before dialling).
+
+Either is recorded (:mod:`daemon.recording`) when ``[recordings] enabled`` says so, or for an
+outbound call its request's ``record``; the recording is finished once the call has ended
+and reported with the call's outcome (``inbound_done``, the outbound result).
 """
 
 from __future__ import annotations
@@ -14,24 +18,30 @@ import contextlib
 import dataclasses
 import hashlib
 import importlib
+import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
 
-from config.schema import AgentSettings, ApiSettings, Backend, RealtimeSettings
+from config.schema import AgentSettings, ApiSettings, Backend, RealtimeSettings, RecordingsSettings
+from daemon.blackbox import RecordingInfo
 from daemon.calls.inbound import InboundAgent
 from daemon.calls.outbound import OutboundCall
 from daemon.ipc.connection import Body
 from daemon.ipc.messages import Outbound
-from daemon.legs.leg import CallLeg
+from daemon.legs.leg import CallLeg, Dialer, LegError
 from daemon.logs import get_logger
 from daemon.realtime.backends import endpoint
+from daemon.recording.dialer import RecordingDialer, call_ended
+from daemon.recording.writer import Recording, RecordingWriter, recording_path
 from daemon.worker.services import WorkerServices
 from sip.call_events import CallEvents
 from sip.events import IncomingCall, SipEvent
 from sip.leg import SipDialer, SipLeg, call_info
+from sip.uri import user_of
 from sip.worker import SipWorker
 
 log = get_logger(__name__)
@@ -61,16 +71,21 @@ class FlowContext:
     api: ApiSettings
     realtime: RealtimeSettings
     outbound: dict[str, Body] = field(default_factory=dict)  # calls in progress: their audio
+    recordings: RecordingsSettings = field(default_factory=RecordingsSettings)
+    recorder: RecordingWriter = field(default_factory=RecordingWriter)  # the worker's only one
 
 
 async def inbound(ctx: FlowContext, call: IncomingCall, events: asyncio.Queue[SipEvent]) -> None:
-    """Run the flow of a claimed incoming call; whatever happens, the call ends with it."""
+    """Run the flow of a claimed incoming call; whatever happens, the call ends with it, and
+    its recording (if any) with the call."""
     leg = SipLeg(ctx.worker, call_info(call), events, ctx.calls)
+    record_id = f"in-{uuid.uuid4().hex[:16]}"  # the call's record and recording file
+    recording = await start_recording(ctx, leg, record_id) if ctx.recordings.enabled else None
     try:
         if ctx.policy is not None:
             await ctx.policy(leg)
         else:
-            await agent(ctx, leg)
+            await agent(ctx, leg, record_id, recording)
     except Exception as exc:
         log.error("call.inbound_failed", call_id=call.call, error=repr(exc))
         with contextlib.suppress(Exception):
@@ -78,15 +93,25 @@ async def inbound(ctx: FlowContext, call: IncomingCall, events: asyncio.Queue[Si
         with contextlib.suppress(Exception):
             await leg.hangup()
     finally:
+        if recording is not None:  # done already for an agent's call: the same result
+            await finish_recording(ctx, leg, recording)
         leg.release()
 
 
-async def agent(ctx: FlowContext, leg: CallLeg) -> None:
+async def agent(
+    ctx: FlowContext, leg: CallLeg, record_id: str, recording: Recording | None = None
+) -> None:
     """The realtime agent of ``[agent]`` answers the call."""
     services, settings, info = ctx.services, ctx.agent, leg.info
     await services.report(
         "inbound_call",
-        {"call": info.key, "sip_call_id": info.sip_call_id, "caller": info.caller},
+        {
+            "call": info.key,
+            "sip_call_id": info.sip_call_id,
+            "caller": info.caller,
+            "record_id": record_id,
+            "extension": user_of(info.headers.get("to", "")),
+        },
     )
     target = endpoint(settings, ctx.api)
     if settings.backend is Backend.LOCAL:  # the engine files the message under this call
@@ -95,8 +120,38 @@ async def agent(ctx: FlowContext, leg: CallLeg) -> None:
         )
     agent_call = InboundAgent(leg, settings, target, ctx.realtime, services)
     await agent_call.run()
+    ended = await call_ended(leg)
+    written = await finish_recording(ctx, leg, recording) if recording is not None else None
     # The outcome once the call is over (the CallEnded event itself went up already).
-    await services.report("inbound_done", {"call": info.key, "cause": agent_call.end_cause})
+    await services.report(
+        "inbound_done",
+        {
+            "call": info.key,
+            "cause": agent_call.end_cause,
+            "black_box": None,
+            "recording": dataclasses.asdict(written) if written is not None else None,
+            "connect_seconds": ended.connect_seconds if ended is not None else 0.0,
+        },
+    )
+
+
+async def start_recording(ctx: FlowContext, leg: CallLeg, call_id: str) -> Recording | None:
+    """Record the call from its first frame on (None: the call is gone already)."""
+    try:
+        media = await leg.media()
+        path = recording_path(ctx.recordings.directory, call_id, time.time())
+    except (LegError, ValueError) as exc:
+        log.warning("recording.not_started", call_id=call_id, error=str(exc))
+        return None
+    return ctx.recorder.start(media, call_id, path)
+
+
+async def finish_recording(
+    ctx: FlowContext, leg: CallLeg, recording: Recording
+) -> RecordingInfo | None:
+    """The recording, once the call has ended (or a few seconds after its flow did)."""
+    await call_ended(leg)
+    return await ctx.recorder.finish(recording)
 
 
 async def run_outbound(ctx: FlowContext, request: Outbound) -> Body:
@@ -107,12 +162,27 @@ async def run_outbound(ctx: FlowContext, request: Outbound) -> Body:
         await ctx.services.report("outbound_status", {"call_id": call_id, "status": status})
 
     ctx.outbound[call_id] = {"audio": await asyncio.to_thread(summary, audio)}
-    dialer = SipDialer(ctx.worker, ctx.calls)
+    dialer: Dialer = SipDialer(ctx.worker, ctx.calls)
+    record = request.request.get("record")  # None: as [recordings] says
+    recorder: RecordingDialer | None = None
+    if ctx.recordings.enabled if record is None else bool(record):
+        try:
+            path = recording_path(ctx.recordings.directory, call_id, time.time())
+        except ValueError as exc:
+            log.warning("recording.not_started", call_id=call_id, error=str(exc))
+        else:
+            dialer = recorder = RecordingDialer(dialer, ctx.recorder, call_id, path)
     outbound = OutboundCall(dialer, request.request, audio, ctx.services.transcribe, report)
     try:
+        result = await outbound.run()  # once the call has ended
+        if recorder is not None:
+            written = await recorder.finish()
+            result["recording"] = dataclasses.asdict(written) if written is not None else None
         # Wrapped: a reply with a top-level "error" key means the request failed.
-        return {"result": await outbound.run()}
+        return {"result": result}
     finally:
+        if recorder is not None:  # the file is closed on every path
+            await recorder.finish()
         ctx.outbound.pop(call_id, None)
 
 

@@ -10,8 +10,9 @@ worker and then:
   to every worker's contact) synchronously from the SIP thread, so a losing copy answers 486
   and frees its pjsua call slot at once; the winner runs :func:`daemon.worker.flows.inbound`;
 - serves the supervisor's requests (:mod:`daemon.worker.handlers`);
-- on ``shutdown``, SIGTERM or the supervisor's disappearance, stops the endpoint in order
-  and exits 0. SIGINT is ignored: a terminal's Ctrl-C reaches the supervisor, which drains.
+- on ``shutdown``, SIGTERM or the supervisor's disappearance, finishes the recordings still
+  open (:mod:`daemon.recording`), stops the endpoint in order and exits 0. SIGINT is
+  ignored: a terminal's Ctrl-C reaches the supervisor, which drains.
 
 What it asks of and tells the supervisor goes through
 :class:`daemon.worker.services.WorkerServices`.
@@ -28,6 +29,7 @@ from config.schema import (
     LogFormat,
     LogLevel,
     RealtimeSettings,
+    RecordingsSettings,
     SipSettings,
 )
 from daemon.ipc.connection import Connection
@@ -78,6 +80,7 @@ class WorkerProcess:
             agent=AgentSettings.model_validate(hello["agent"]),
             api=ApiSettings.model_validate(hello["api"]),
             realtime=RealtimeSettings.model_validate(hello["realtime"]),
+            recordings=RecordingsSettings.model_validate(hello["recordings"]),
         )
         await worker.start()
         forwarding = asyncio.create_task(self._forward(self.context))
@@ -87,6 +90,7 @@ class WorkerProcess:
         await asyncio.wait({closed, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if closed.done() and not self.stop.is_set():
             log.warning("worker.supervisor_gone", worker=self.index)
+        await self.context.recorder.stop()  # its thread ends before the SIP stack does
         await worker.stop()
         for task in (forwarding, reading, closed, stopping, *self._tasks):
             task.cancel()

@@ -13,10 +13,13 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from daemon.calls.outbound import OutboundCall
 from daemon.legs.memory import MediaClock, MemoryNetwork
+from daemon.recording.dialer import RecordingDialer
 from daemon.recording.writer import RecordingWriter
 from media.wav import read_wav_channels
 from tests.audio import tone, tone_level_db
@@ -68,6 +71,45 @@ async def test_channel_two_is_what_was_pulled_and_a_flush_cuts_it(tmp_path: Path
     assert not frames[cut + 1 :].any()  # then silence
     assert info.duration_seconds == len(frames) * 0.02
     assert (info.complete, info.dropped_frames) == (True, 0)
+
+
+async def test_an_outbound_call_through_the_recording_dialer_is_recorded(tmp_path: Path) -> None:
+    """The outbound flow dialling through a RecordingDialer is recorded from the answer on:
+    channel 2 holds the message exactly as the callee heard it; a busy callee carried no
+    audio and leaves no recording."""
+    writer = RecordingWriter()
+    message = (np.arange(RATE) % 2000 - 1000).astype(np.int16)  # 1 s, no silent frame
+    sounds = {"message": message, "prompt": message, "closing": message}
+
+    async def report(status: str) -> None:
+        pass
+
+    async def transcribe(pcm: Any, rate: int, hint: str) -> str:
+        return ""
+
+    async with MediaClock(speed=None) as clock:
+        network = MemoryNetwork(clock, rate=RATE)
+        phone = network.phone("2001", answer_after=0.3)
+        network.phone("2002", on_incoming="busy", answer_after=0.3)
+        results = {}
+        for extension in ("2001", "2002"):
+            dialer = RecordingDialer(network, writer, extension, tmp_path / f"{extension}.wav")
+            request = {"extension": extension, "ring_timeout": 5}
+            result = await OutboundCall(dialer, request, sounds, transcribe, report).run()
+            results[extension] = (result["status"], await dialer.finish())
+            if extension == "2001":
+                heard = phone.heard()
+    await writer.stop()
+
+    status, info = results["2001"]
+    assert status == "completed"
+    assert info is not None
+    assert info.complete
+    _, samples = read_wav_channels(tmp_path / "2001.wav")
+    assert samples[:, 1].tobytes() == heard.tobytes()
+    assert message.tobytes() in samples[:, 1].tobytes()  # the whole message, intact
+    assert results["2002"] == ("busy", None)
+    assert not (tmp_path / "2002.wav").exists()
 
 
 class SlowReader:

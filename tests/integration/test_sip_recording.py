@@ -8,8 +8,6 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import numpy as np
-
 from config import Settings
 from config.schema import RecordingsSettings
 from daemon.workers import WorkerPool

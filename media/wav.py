@@ -42,11 +42,12 @@ def write_wav(path: Path | str | IO[bytes], rate: int, samples: NDArray[np.int16
 def wav_header(rate: int, channels: int, data_bytes: int) -> bytes:
     """The 44-byte RIFF/WAVE header of 16-bit PCM with ``data_bytes`` of samples.
 
-    ``data_bytes`` of 0xFFFFFFFF (the size of a file still being written) puts the same value
-    in the RIFF size: players read such a file to its end.
+    Sizes beyond 32 bits are written as 0xFFFFFFFF, the size of a file still being written:
+    players read such a file to its end.
     """
     block = 2 * channels
-    riff = 0xFFFFFFFF if data_bytes == 0xFFFFFFFF else 36 + data_bytes
+    riff = min(36 + data_bytes, 0xFFFFFFFF)
+    data_bytes = min(data_bytes, 0xFFFFFFFF)
     return struct.pack(
         "<4sI4s4sIHHIIHH4sI",
         b"RIFF",

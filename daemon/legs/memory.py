@@ -3,11 +3,12 @@
 For running call flows without pjsua2. :class:`MediaClock` does what pjmedia's clock thread
 does for a SIP call (see :mod:`sip.audio_port`): every 20 ms it pulls one frame from each
 side's playout buffer and appends it to the other side's uplink (a recorded side's tap gets
-both frames, as from a SIP call's port), and it records what each side heard. With ``speed=None`` the clock is virtual: it ticks as fast as the event loop lets
-it, so ten seconds of audio take a fraction of a second. :class:`MemoryNetwork` hands out the
-legs (a :class:`~daemon.legs.leg.Dialer` for outbound flows, :meth:`MemoryNetwork.incoming`
-for inbound ones) and signals like a PBX and a phone would: ringing, answer, busy, decline,
-ring timeout, hang-up, DTMF, REFER. Both sides use the real :class:`LegMedia` and
+both frames, as from a SIP call's port), and it records what each side heard. With
+``speed=None`` the clock is virtual: it ticks as fast as the event loop lets it, so ten
+seconds of audio take a fraction of a second. :class:`MemoryNetwork` hands out the legs (a
+:class:`~daemon.legs.leg.Dialer` for outbound flows, :meth:`MemoryNetwork.incoming` for
+inbound ones) and signals like a PBX and a phone would: ringing, answer, busy, decline, ring
+timeout, hang-up, DTMF, REFER. Both sides use the real :class:`LegMedia` and
 :class:`~media.playout.PlayoutBuffer`; nothing here knows what a flow does.
 
 Everything runs on one event loop; the clock's callbacks run inside its tick.

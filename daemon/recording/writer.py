@@ -40,6 +40,7 @@ log = get_logger(__name__)
 
 POLL_SECONDS = 0.1  # how often open taps are emptied into their files
 FINISH_SECONDS = 5.0  # a call's end waits this long for its file to be finished
+STOP_SECONDS = 5.0  # the worker's stop waits this long for the thread (a disk may hang it)
 STREAMING = 0xFFFFFFFF  # the header's sizes while the file is being written
 HEADER_BYTES = 44
 FILE_MODE = 0o640
@@ -167,13 +168,16 @@ class RecordingWriter:
             log.warning("recording.late", call_id=recording.call_id, path=str(recording.path))
             return recording.late_info()
 
-    async def stop(self) -> None:
-        """Finish what is still open (reported incomplete) and end the thread."""
+    async def stop(self, within: float = STOP_SECONDS) -> None:
+        """Finish what is still open (reported incomplete) and end the thread; a thread held
+        up by its disk for ``within`` seconds is left behind (it cannot keep the process)."""
         self._stopped = True
         thread, self._thread = self._thread, None
         if thread is not None:
             self._commands.put(None)
-            await asyncio.to_thread(thread.join)
+            await asyncio.to_thread(thread.join, within)
+            if thread.is_alive():
+                log.warning("recording.writer_stuck", seconds=within)
 
     # -- the sipai-recorder thread ---------------------------------------------------------
 

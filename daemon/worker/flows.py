@@ -128,7 +128,7 @@ async def agent(
         {
             "call": info.key,
             "cause": agent_call.end_cause,
-            "black_box": None,
+            "black_box": agent_call.black_box(),
             "recording": dataclasses.asdict(written) if written is not None else None,
             "connect_seconds": ended.connect_seconds if ended is not None else 0.0,
         },

@@ -36,7 +36,7 @@ from daemon.engine.brains import Brain, ChatBrain, Receptionist
 from daemon.engine.server import Engine
 from daemon.inbound_records import InboundRecords
 from daemon.logs import get_logger
-from daemon.metrics import render
+from daemon.metrics import Metrics, ObservedRunner
 from daemon.outbound import CallRunner, OutboundService
 from daemon.sdnotify import Notifier, Watchdog, watchdog_interval
 from daemon.speech import SpeechError
@@ -44,7 +44,7 @@ from daemon.speech.backends import load_speech
 from daemon.speech.engine import EXECUTOR as SPEECH_EXECUTOR
 from daemon.store import Store
 from daemon.workers import WorkerPool, WorkerStartError
-from sip.events import CallEnded, SipEvent
+from sip.events import CallEnded, RegistrationChanged, SipEvent
 
 log = get_logger(__name__)
 
@@ -79,20 +79,28 @@ class Supervisor:
         self._sip = WorkerPool(settings, inbound_policy, self._on_sip_event)
         self._engine: Engine | None = None
         self.store = Store(settings.storage.path)
+        self._metrics = Metrics(
+            self.health, self.store.status_counts, self.store.webhook_state_counts
+        )
         self._deliverer = Deliverer(
             self.store,
             settings.webhooks.secret.get_secret_value(),
             settings.webhooks.timeout_seconds,
+            observer=self._metrics,
         )
-        self._records = InboundRecords(self.store, self._deliverer, settings.webhooks.inbound_url)
+        self._records = InboundRecords(
+            self.store, self._deliverer, settings.webhooks.inbound_url, observer=self._metrics
+        )
         self._sip.inbound_listeners.append(self._records.on_inbound)
+        self._sip.inbound_listeners.append(self._metrics.on_inbound)
         capacity = settings.sip.workers * settings.sip.max_calls
         self.outbound = OutboundService(
             self.store,
-            runner,
+            ObservedRunner(runner, self._metrics) if runner is not None else None,
             settings.calls.max_concurrent or capacity,
             on_final=self._deliverer.wake,
             max_queued=settings.calls.max_queued,
+            observer=self._metrics,
         )
         self._store_open = False
         self._notifier = notifier if notifier is not None else Notifier.from_environ()
@@ -130,16 +138,14 @@ class Supervisor:
         )
 
     async def metrics(self) -> str:
-        """Prometheus text exposition of calls, webhooks, SIP and queue state."""
-        return render(
-            self.health(),
-            await self.store.call_counts(),
-            await self._sip.refused_invites(),
-            await self.store.webhook_counts(),
-        )
+        """Prometheus text exposition (the families of :mod:`daemon.metrics`); asks the
+        workers for their refused INVITEs, reads everything else from memory."""
+        return self._metrics.exposition(await self._sip.refused_invites()).decode()
 
     def _on_sip_event(self, worker: int, event: SipEvent) -> None:
-        if isinstance(event, CallEnded):
+        if isinstance(event, RegistrationChanged):
+            self._metrics.registration_changed(event)
+        elif isinstance(event, CallEnded):
             log.info(
                 "call.ended",
                 call_id=event.call,
@@ -273,7 +279,7 @@ class Supervisor:
             raise ApiStartError(str(exc)) from None
         self._sip.transcriber = stt.transcribe
         self._sip.synthesizer = tts.synthesize
-        self.outbound.runner = PoolRunner(self._sip, tts)
+        self.outbound.runner = ObservedRunner(PoolRunner(self._sip, tts), self._metrics)
         self._engine = Engine(tts, stt, self._brain, on_error=self._records.engine_error)
         log.info(
             "speech.loaded",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -12,11 +13,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.notify import NotifySocket
 from tests.support import SIPAI, DaemonProcess, workers_up
 
 pytestmark = pytest.mark.e2e
+
+DASHBOARD = Path(__file__).parents[2] / "systemd" / "grafana-dashboard.json"
+PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and",
+                "or", "unless", "offset"}  # fmt: skip
 
 
 @pytest.fixture
@@ -150,8 +156,28 @@ def test_second_signal_exits_at_once(notify: NotifySocket, daemon_env: dict[str,
         daemon.kill()
 
 
+def _dashboard_metrics() -> set[str]:
+    """The metric names in every ``expr`` of the Grafana dashboard (label matchers, ranges,
+    strings and groupings taken out; functions and keywords are not names)."""
+    names: set[str] = set()
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    for expr in (t["expr"] for p in panels for t in p.get("targets", [])):
+        bare = re.sub(r'\{[^}]*\}|\[[^\]]*\]|"[^"]*"', " ", expr)
+        bare = re.sub(r"\b(by|without|on|ignoring)\s*\([^)]*\)", " ", bare)
+        names |= set(re.findall(r"\b[a-zA-Z_:][a-zA-Z0-9_:]*\b(?!\s*\()", bare)) - PROMQL_WORDS
+    return names
+
+
+def _unknown_to(scrape: str, names: set[str]) -> set[str]:
+    """Those of ``names`` that are no family of ``scrape`` (``_total``, ``_bucket``, ``_sum``
+    and ``_count`` folded into their family)."""
+    families = {family.name for family in text_string_to_metric_families(scrape)}
+    return {n for n in names if re.sub(r"_(total|bucket|sum|count)$", "", n) not in families}
+
+
 def test_api_in_the_daemon(daemon_env: dict[str, str]) -> None:
-    """The running daemon: metrics, strict health, 400 for bad calls, valid ones queued."""
+    """The running daemon: metrics (every one the Grafana dashboard uses among them), strict
+    health, 400 for bad calls, valid ones queued."""
     env = daemon_env | {
         "SIPAI_SIP__REGISTRAR": "sip:127.0.0.1:9",  # nobody answers there
         "SIPAI_DAEMON__DRAIN_SECONDS": "2",  # the queued call is dialling into the void
@@ -162,9 +188,15 @@ def test_api_in_the_daemon(daemon_env: dict[str, str]) -> None:
         base = daemon.base_url
         daemon.ready_sync(workers_up, timeout=30)
         assert httpx.get(f"{base}/health?strict=1", timeout=5).status_code == 503
-        metrics = httpx.get(f"{base}/metrics", timeout=5).text
+        scrape = httpx.get(f"{base}/metrics", timeout=5)
+        assert scrape.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+        metrics = scrape.text
         assert "sipai_sip_registered 0" in metrics
         assert "sipai_workers_up 1" in metrics
+        used = _dashboard_metrics()
+        assert len(used) >= 30, f"{len(used)} metrics in the dashboard: {sorted(used)}"
+        unknown = _unknown_to(metrics, used)
+        assert not unknown, f"{len(used)} metrics in the dashboard, not exported: {unknown}"
         bad = httpx.post(f"{base}/call", json={"message": "hi"}, timeout=5)
         assert (bad.status_code, bad.json()["detail"]) == (400, "extension: field required")
         good = httpx.post(f"{base}/call", json={"message": "hi", "extension": "1001"}, timeout=5)

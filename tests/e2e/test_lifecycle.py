@@ -168,11 +168,19 @@ def _dashboard_metrics() -> set[str]:
     return names
 
 
+SERIES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+
+
 def _unknown_to(scrape: str, names: set[str]) -> set[str]:
-    """Those of ``names`` that are no family of ``scrape`` (``_total``, ``_bucket``, ``_sum``
-    and ``_count`` folded into their family)."""
-    families = {family.name for family in text_string_to_metric_families(scrape)}
-    return {n for n in names if re.sub(r"_(total|bucket|sum|count)$", "", n) not in families}
+    """Those of ``names`` that are no series of a family of ``scrape``, by its type: a
+    counter's ``_total``, a histogram's ``_bucket``, ``_sum`` and ``_count``, a gauge's name
+    (whether or not the family has samples yet)."""
+    series = {
+        family.name + suffix
+        for family in text_string_to_metric_families(scrape)
+        for suffix in SERIES.get(family.type, ("",))
+    }
+    return names - series
 
 
 def test_api_in_the_daemon(daemon_env: dict[str, str]) -> None:

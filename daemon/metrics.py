@@ -40,8 +40,6 @@ from daemon.observe import FinishedCall
 from daemon.outbound import CallResult, CallRunner, Report
 from sip.events import RegistrationChanged
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
 INBOUND_END_CAUSES = (
     "caller_hangup",  # the caller hung up (or gave up before the answer)
     "end_call",  # the model ended the call (end_call tool)

@@ -38,6 +38,7 @@ from daemon.inbound_records import InboundRecords
 from daemon.logs import get_logger
 from daemon.metrics import Metrics, ObservedRunner
 from daemon.outbound import CallRunner, OutboundService
+from daemon.retention import Retention
 from daemon.sdnotify import Notifier, Watchdog, watchdog_interval
 from daemon.speech import SpeechError
 from daemon.speech.backends import load_speech
@@ -101,6 +102,9 @@ class Supervisor:
             on_final=self._deliverer.wake,
             max_queued=settings.calls.max_queued,
             observer=self._metrics,
+        )
+        self._retention = Retention(
+            self.store, settings.storage.retention_days, settings.recordings.retention_days
         )
         self._store_open = False
         self._notifier = notifier if notifier is not None else Notifier.from_environ()
@@ -223,6 +227,7 @@ class Supervisor:
         if self.outbound.runner is None:  # no runner given: the pool's, once speech is loaded
             await self._load_speech()
         await self.outbound.recover()
+        self._retention.start()
         context = ApiContext(
             health=self.health,
             store=self.store,
@@ -322,6 +327,7 @@ class Supervisor:
             await self._sip.stop()
             self._sip_started = False
         await self._deliverer.stop()
+        await self._retention.stop()
         if self._api is not None:
             await self._api.stop(API_STOP_SECONDS)
             self._api = None

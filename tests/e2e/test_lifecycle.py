@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
@@ -15,6 +16,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from daemon.store import Store
 from tests.e2e.notify import NotifySocket
 from tests.support import SIPAI, DaemonProcess, workers_up
 
@@ -212,6 +214,40 @@ def test_api_in_the_daemon(daemon_env: dict[str, str]) -> None:
         assert good.json()["status"] == "queued"
         [record] = httpx.get(f"{base}/calls", timeout=5).json()["calls"]
         assert record["call_id"] == good.json()["call_id"]
+        assert daemon.stop_sync(timeout=15) == 0
+    finally:
+        daemon.kill()
+
+
+async def _two_finished_calls(path: Path, ended_at: dict[str, float]) -> None:
+    store = Store(path)
+    await store.open()
+    for call_id, ended in ended_at.items():
+        await store.insert_call(call_id, {"extension": "1001", "message": "hi"})
+        result = {"call_id": call_id, "status": "completed"}
+        await store.finish_call(call_id, "completed", result, ended_at=ended)
+    await store.close()
+
+
+def test_the_daemon_prunes_old_calls_when_it_starts(daemon_env: dict[str, str]) -> None:
+    """With ``storage.retention_days`` set, the daemon's first retention pass at start-up
+    deletes a call that ended before the cutoff and keeps a recent one, and the stored-calls
+    gauge follows."""
+    now = time.time()
+    ended_at = {"out-old": now - 3 * 86400, "out-new": now - 60}
+    asyncio.run(_two_finished_calls(Path(daemon_env["SIPAI_STORAGE__PATH"]), ended_at))
+    daemon = DaemonProcess(daemon_env | {"SIPAI_STORAGE__RETENTION_DAYS": "2"}, timeout=30)
+    try:
+        daemon.start_sync()
+        base = daemon.base_url
+        daemon.ready_sync(workers_up, timeout=30)
+        deadline = time.monotonic() + 5
+        while httpx.get(f"{base}/call/out-old", timeout=5).status_code != 404:
+            assert time.monotonic() < deadline, "the old call is still stored"
+            time.sleep(0.1)
+        assert httpx.get(f"{base}/call/out-new", timeout=5).status_code == 200
+        metrics = httpx.get(f"{base}/metrics", timeout=5).text
+        assert 'sipai_calls{status="completed"} 1.0' in metrics, metrics
         assert daemon.stop_sync(timeout=15) == 0
     finally:
         daemon.kill()

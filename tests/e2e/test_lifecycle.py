@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.store import Store
 from tests.e2e.notify import NotifySocket
+from tests.peers.receiver import Receiver
 from tests.support import SIPAI, DaemonProcess, workers_up
 
 pytestmark = pytest.mark.e2e
@@ -251,3 +252,47 @@ def test_the_daemon_prunes_old_calls_when_it_starts(daemon_env: dict[str, str]) 
         assert daemon.stop_sync(timeout=15) == 0
     finally:
         daemon.kill()
+
+
+def _series(scrape: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Each sample of ``scrape`` by name and labels."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(scrape)
+        for sample in family.samples
+    }
+
+
+def test_a_finished_call_and_its_webhook_count_in_the_metrics(
+    daemon_env: dict[str, str],
+) -> None:
+    """An outbound call the far end refuses (the daemon's own SIP port, another user: 404)
+    counts in the running daemon's metrics once finished: the call by direction, status and
+    end cause, the stored-calls gauge, the refused INVITE, and its result webhook delivered."""
+    receiver = Receiver()
+    daemon = DaemonProcess(daemon_env, timeout=30)  # direct mode: the INVITE goes to the URI
+    try:
+        daemon.start_sync()
+        base = daemon.base_url
+        daemon.ready_sync(workers_up, timeout=30)
+        target = f"sip:9999@127.0.0.1:{daemon_env['SIPAI_SIP__PORT']}"
+        request = {"message": "hi", "extension": target, "callback_url": receiver.url}
+        assert httpx.post(f"{base}/call", json=request, timeout=5).status_code == 200
+        delivered = ("sipai_webhooks_delivered_total", frozenset({("kind", "result")}))
+        deadline = time.monotonic() + 10
+        while (series := _series(httpx.get(f"{base}/metrics", timeout=5).text))[delivered] < 1:
+            assert time.monotonic() < deadline, "no result webhook delivered"
+            time.sleep(0.1)
+        labels = {"direction": "outbound", "status": "failed", "end_cause": "failed"}
+        expected = {
+            ("sipai_calls_total", frozenset(labels.items())): 1.0,
+            ("sipai_calls", frozenset({("status", "failed")})): 1.0,
+            ("sipai_sip_invites_refused_total", frozenset({("reason", "not_found")})): 1.0,
+            ("sipai_webhook_delivery_seconds_count", frozenset({("kind", "result")})): 1.0,
+        }
+        assert {key: series.get(key) for key in expected} == expected
+        assert len(receiver.requests()) == 1
+        assert daemon.stop_sync(timeout=15) == 0
+    finally:
+        daemon.kill()
+        receiver.close()

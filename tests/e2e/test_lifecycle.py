@@ -268,7 +268,8 @@ def test_a_finished_call_and_its_webhook_count_in_the_metrics(
 ) -> None:
     """An outbound call the far end refuses (the daemon's own SIP port, another user: 404)
     counts in the running daemon's metrics once finished: the call by direction, status and
-    end cause, the stored-calls gauge, the refused INVITE, and its result webhook delivered."""
+    end cause, the stored-calls gauge, the refused INVITE, its POST-to-INVITE time, and its
+    result webhook delivered."""
     receiver = Receiver()
     daemon = DaemonProcess(daemon_env, timeout=30)  # direct mode: the INVITE goes to the URI
     try:
@@ -289,8 +290,11 @@ def test_a_finished_call_and_its_webhook_count_in_the_metrics(
             ("sipai_calls", frozenset({("status", "failed")})): 1.0,
             ("sipai_sip_invites_refused_total", frozenset({("reason", "not_found")})): 1.0,
             ("sipai_webhook_delivery_seconds_count", frozenset({("kind", "result")})): 1.0,
+            ("sipai_outbound_post_to_invite_seconds_count", frozenset()): 1.0,
         }
         assert {key: series.get(key) for key in expected} == expected
+        post_to_invite = series[("sipai_outbound_post_to_invite_seconds_sum", frozenset())]
+        print(f"POST /call -> INVITE {post_to_invite * 1000:.1f} ms (in the histogram)")
         assert len(receiver.requests()) == 1
         assert daemon.stop_sync(timeout=15) == 0
     finally:

@@ -1,8 +1,9 @@
 """The Starlette application: the REST contract plus our additions.
 
 Routes: ``GET /health`` (never authenticated; ``?strict=1`` answers 503 when unhealthy),
-``POST /call``, ``GET /call/{call_id}``, ``GET /calls``, ``GET /metrics``,
-``GET /openapi.json`` and the WebSocket ``/v1/realtime``. With tokens set (``api.token``,
+``POST /call``, ``GET /call/{call_id}`` (outbound and inbound ids alike),
+``GET /call/{call_id}/recording``, ``GET /calls``, ``GET /metrics``, ``GET /openapi.json`` and
+the WebSocket ``/v1/realtime``. With tokens set (``api.token``,
 ``api.tokens``), every route but ``/health`` needs ``Authorization: Bearer <token>`` (the
 WebSocket also takes ``api-key``), and each request is logged (``api.request``) with the name
 of the token it used, never the token. Every rejected request gets a JSON body with
@@ -12,7 +13,9 @@ get 400 naming the field, never 422, and nothing is stored for them.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -24,7 +27,14 @@ from starlette.applications import Starlette
 from starlette.datastructures import Address
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import (
+    FileResponse,
+    JSONResponse,
+    MalformedRangeHeader,
+    PlainTextResponse,
+    RangeNotSatisfiable,
+    Response,
+)
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
@@ -107,6 +117,7 @@ def create_app(ctx: ApiContext) -> Starlette:
             Route("/health", routes.get_health, methods=["GET"]),
             Route("/call", guarded(routes.post_call), methods=["POST"]),
             Route("/call/{call_id}", guarded(routes.get_call), methods=["GET"]),
+            Route("/call/{call_id}/recording", guarded(routes.get_recording), methods=["GET"]),
             Route("/calls", guarded(routes.list_calls), methods=["GET"]),
             Route("/metrics", guarded(routes.metrics), methods=["GET"]),
             Route("/openapi.json", guarded(routes.openapi), methods=["GET"]),
@@ -222,10 +233,46 @@ class _Routes:
     async def get_call(self, request: Request) -> Response:
         call_id = request.path_params["call_id"]
         store = self.ctx.store
-        record = await store.get_call(call_id) if store is not None else None
-        if record is None:
-            return JSONResponse({"call_id": call_id, "status": "not_found"}, status_code=404)
-        return JSONResponse(_call_view(record))
+        if store is not None:
+            record = await store.get_call(call_id)
+            if record is not None:
+                return JSONResponse(_call_view(record, await store.get_recording(call_id)))
+            inbound = await store.get_inbound(call_id)
+            if inbound is not None:
+                return JSONResponse(_inbound_view(inbound, await store.get_recording(call_id)))
+        return JSONResponse({"call_id": call_id, "status": "not_found"}, status_code=404)
+
+    async def get_recording(self, request: Request) -> Response:
+        """The call's WAV file, whole or by byte ranges; the path comes from its record only."""
+        call_id = request.path_params["call_id"]
+        store = self.ctx.store
+        recording = await store.get_recording(call_id) if store is not None else None
+        if store is None or recording is None or not await _finished(store, call_id):
+            return _error(404, f"call {call_id!r} has no recording")
+        try:
+            stat = await asyncio.to_thread(os.stat, recording["path"])
+        except OSError:
+            return _error(404, f"the recording of call {call_id!r} is gone")
+        etag = f'"{recording["sha256"]}"'
+        wanted = request.headers.get("range")
+        if wanted is not None:
+            try:  # Starlette's own parser: a refused range gets a JSON detail, as every refusal
+                FileResponse._parse_range_header(wanted, stat.st_size)
+            except MalformedRangeHeader as exc:
+                return _error(400, f"range: {exc.content}")
+            except RangeNotSatisfiable:
+                return JSONResponse(
+                    {"detail": f"range: beyond the {stat.st_size} bytes of the recording"},
+                    status_code=416,
+                    headers={"content-range": f"bytes */{stat.st_size}"},
+                )
+        return FileResponse(
+            recording["path"],
+            media_type="audio/wav",
+            filename=f"{call_id}.wav",
+            stat_result=stat,
+            headers={"etag": etag},
+        )
 
     async def list_calls(self, request: Request) -> Response:
         store = self.ctx.store
@@ -241,12 +288,14 @@ class _Routes:
         if direction == "inbound":
             inbound = await store.list_inbound(limit, before)
             next_seq = inbound[-1]["seq"] if len(inbound) == limit else None
-            return JSONResponse({"calls": inbound, "next_before": next_seq})
+            views = [_inbound_listed(r, await store.get_recording(r["call_id"])) for r in inbound]
+            return JSONResponse({"calls": views, "next_before": next_seq})
         if direction != "outbound":
             return _error(400, "direction: must be 'outbound' or 'inbound'")
         records = await store.list_calls(limit, before)
         next_before = records[-1]["seq"] if len(records) == limit else None
-        return JSONResponse({"calls": [_call_view(r) for r in records], "next_before": next_before})
+        views = [_call_view(r, await store.get_recording(r["call_id"])) for r in records]
+        return JSONResponse({"calls": views, "next_before": next_before})
 
     async def metrics(self, request: Request) -> Response:
         text = await self.ctx.metrics() if self.ctx.metrics is not None else ""
@@ -330,21 +379,101 @@ async def _deny(
         await websocket.close(code=1008, reason=detail)
 
 
-def _call_view(record: dict[str, Any]) -> dict[str, Any]:
+async def _finished(store: Store, call_id: str) -> bool:
+    """Whether the call of this id, outbound or inbound, is over."""
+    call = await store.get_call(call_id)
+    if call is not None:
+        return call["status"] in FINAL_STATUSES
+    inbound = await store.get_inbound(call_id)
+    return inbound is not None and inbound["status"] != "in_progress"
+
+
+def _recording_view(call_id: str, recording: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a call's record says of its recording, with the route that serves it."""
+    if recording is None:
+        return None
+    return {
+        "url": f"/call/{call_id}/recording",
+        "duration_seconds": recording["duration_seconds"],
+        "bytes": recording["bytes"],
+        "sha256": recording["sha256"],
+        "complete": bool(recording["complete"]),
+        "dropped_frames": recording["dropped_frames"],
+    }
+
+
+def _call_view(record: dict[str, Any], recording: dict[str, Any] | None = None) -> dict[str, Any]:
     final = record["status"] in FINAL_STATUSES
     view: dict[str, Any] = {
         "call_id": record["call_id"],
         "status": "not_found" if final else "in_progress",
+        "direction": "outbound",
         "extension": record["extension"],
         "call_status": "queued" if record["status"] == "dialing" else record["status"],
         "created_at": record["created_at"],
         "sip_code": record["sip_code"],
+        "answered_at": record["answered_at"],
+        "ended_at": record["ended_at"],
     }
     if final and record["result"]:
         for name in RESULT_FIELDS:
             view[name] = record["result"].get(name)
+    if final:
+        view["black_box"] = record.get("black_box")
+        view["recording"] = _recording_view(record["call_id"], recording)
     if "webhooks" in record:
         view["webhooks"] = record["webhooks"]
     if "seq" in record:
         view["seq"] = record["seq"]
     return view
+
+
+def _inbound_view(
+    record: dict[str, Any], recording: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """An inbound call in the contract's terms: ``status`` in_progress until it ends, then
+    not_found; ``call_status`` answered, then completed or failed; ``duration_seconds`` the
+    time it was connected."""
+    final = record["status"] != "in_progress"
+    black_box = record.get("black_box")
+    view: dict[str, Any] = {
+        "call_id": record["call_id"],
+        "status": "not_found" if final else "in_progress",
+        "direction": "inbound",
+        "extension": record.get("extension"),
+        "call_status": record["status"] if final else "answered",
+        "created_at": record["started_at"],
+        "sip_code": None,
+        "caller": record["caller"],
+        "answered_at": record.get("answered_at"),
+        "ended_at": record["ended_at"],
+        "end_cause": record["end_cause"],
+        "error": record["error"],
+        "transcript": record["transcript"],
+        "message": record["message"],
+    }
+    if final:
+        connected = black_box.get("connect_seconds") if black_box else None
+        view["duration_seconds"] = connected
+        view["black_box"] = black_box
+        view["recording"] = _recording_view(record["call_id"], recording)
+    if "webhooks" in record:
+        view["webhooks"] = record["webhooks"]
+    if "seq" in record:
+        view["seq"] = record["seq"]
+    return view
+
+
+def _inbound_listed(
+    record: dict[str, Any], recording: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """An item of ``GET /calls?direction=inbound``: the view of :func:`_inbound_view`, except
+    that ``status`` stays the record's own (in_progress, completed, failed), as the list always
+    said, with the record's SIP Call-ID, worker and start time."""
+    return {
+        **_inbound_view(record, recording),
+        "status": record["status"],
+        "sip_call_id": record["sip_call_id"],
+        "worker": record["worker"],
+        "started_at": record["started_at"],
+    }

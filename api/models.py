@@ -1,14 +1,17 @@
 """Request bodies of the REST contract, validated exactly as the contract says.
 
 Types are strict (``"30"`` is not an integer, ``30.0`` neither), unknown fields are errors,
-ranges are the contract's. :func:`describe` turns validation errors into one readable
-``detail`` that names each field, for the 400 response.
+ranges are the contract's. Beyond the contract, a request may carry ``record`` (record this
+call or not; absent or null: ``[recordings] enabled`` decides) and ``progress_events`` (the
+statuses, ``ringing`` and ``answered``, POSTed to ``callback_url`` as they happen; they need
+``callback_url``, as ``choice`` does). :func:`describe` turns validation errors into one
+readable ``detail`` that names each field, for the 400 response.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Self
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -53,6 +56,8 @@ class OutboundCallRequest(Strict):
     ring_timeout: int = Field(default=30, ge=5, le=120)
     choice: ChoicePrompt | None = None
     call_id: str | None = None
+    record: bool | None = None
+    progress_events: list[Literal["ringing", "answered"]] | None = Field(default=None, max_length=2)
 
     @field_validator("message")
     @classmethod
@@ -84,10 +89,19 @@ class OutboundCallRequest(Strict):
             raise ValueError("must be 1-128 characters of letters, digits and . _ : @ -")
         return value
 
+    @field_validator("progress_events")
+    @classmethod
+    def _progress_events(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("each status may be listed once")
+        return value
+
     @model_validator(mode="after")
     def _choice_needs_callback(self) -> Self:
         if self.choice is not None and self.callback_url is None:
             raise ValueError("callback_url is required when choice is specified")
+        if self.progress_events is not None and self.callback_url is None:
+            raise ValueError("callback_url is required when progress_events is specified")
         return self
 
 

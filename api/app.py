@@ -232,22 +232,17 @@ class _Routes:
 
     async def get_call(self, request: Request) -> Response:
         call_id = request.path_params["call_id"]
-        store = self.ctx.store
-        if store is not None:
-            record = await store.get_call(call_id)
-            if record is not None:
-                return JSONResponse(_call_view(record, await store.get_recording(call_id)))
-            inbound = await store.get_inbound(call_id)
-            if inbound is not None:
-                return JSONResponse(_inbound_view(inbound, await store.get_recording(call_id)))
-        return JSONResponse({"call_id": call_id, "status": "not_found"}, status_code=404)
+        found = await _find(self.ctx.store, call_id)
+        if found is None:
+            return JSONResponse({"call_id": call_id, "status": "not_found"}, status_code=404)
+        return JSONResponse(found.view)
 
     async def get_recording(self, request: Request) -> Response:
         """The call's WAV file, whole or by byte ranges; the path comes from its record only."""
         call_id = request.path_params["call_id"]
-        store = self.ctx.store
-        recording = await store.get_recording(call_id) if store is not None else None
-        if store is None or recording is None or not await _finished(store, call_id):
+        found = await _find(self.ctx.store, call_id)
+        recording = found.record["recording"] if found is not None else None
+        if found is None or recording is None or found.view["status"] == "in_progress":
             return _error(404, f"call {call_id!r} has no recording")
         try:
             stat = await asyncio.to_thread(os.stat, recording["path"])
@@ -288,14 +283,13 @@ class _Routes:
         if direction == "inbound":
             inbound = await store.list_inbound(limit, before)
             next_seq = inbound[-1]["seq"] if len(inbound) == limit else None
-            views = [_inbound_listed(r, await store.get_recording(r["call_id"])) for r in inbound]
+            views = [_inbound_listed(r) for r in inbound]
             return JSONResponse({"calls": views, "next_before": next_seq})
         if direction != "outbound":
             return _error(400, "direction: must be 'outbound' or 'inbound'")
         records = await store.list_calls(limit, before)
         next_before = records[-1]["seq"] if len(records) == limit else None
-        views = [_call_view(r, await store.get_recording(r["call_id"])) for r in records]
-        return JSONResponse({"calls": views, "next_before": next_before})
+        return JSONResponse({"calls": [_call_view(r) for r in records], "next_before": next_before})
 
     async def metrics(self, request: Request) -> Response:
         text = await self.ctx.metrics() if self.ctx.metrics is not None else ""
@@ -379,13 +373,21 @@ async def _deny(
         await websocket.close(code=1008, reason=detail)
 
 
-async def _finished(store: Store, call_id: str) -> bool:
-    """Whether the call of this id, outbound or inbound, is over."""
-    call = await store.get_call(call_id)
-    if call is not None:
-        return call["status"] in FINAL_STATUSES
-    inbound = await store.get_inbound(call_id)
-    return inbound is not None and inbound["status"] != "in_progress"
+@dataclass(frozen=True)
+class _Found:
+    record: dict[str, Any]  # as the store keeps it
+    view: dict[str, Any]  # as GET /call/{call_id} shows it
+
+
+async def _find(store: Store | None, call_id: str) -> _Found | None:
+    """The call of this id: an outbound call, else an inbound one, else None."""
+    if store is None:
+        return None
+    record = await store.get_call(call_id)
+    if record is not None:
+        return _Found(record, _call_view(record))
+    record = await store.get_inbound(call_id)
+    return _Found(record, inbound_view(record)) if record is not None else None
 
 
 def _recording_view(call_id: str, recording: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -402,7 +404,7 @@ def _recording_view(call_id: str, recording: dict[str, Any] | None) -> dict[str,
     }
 
 
-def _call_view(record: dict[str, Any], recording: dict[str, Any] | None = None) -> dict[str, Any]:
+def _call_view(record: dict[str, Any]) -> dict[str, Any]:
     final = record["status"] in FINAL_STATUSES
     view: dict[str, Any] = {
         "call_id": record["call_id"],
@@ -419,8 +421,9 @@ def _call_view(record: dict[str, Any], recording: dict[str, Any] | None = None) 
         for name in RESULT_FIELDS:
             view[name] = record["result"].get(name)
     if final:
-        view["black_box"] = record.get("black_box")
-        view["recording"] = _recording_view(record["call_id"], recording)
+        view["black_box"] = record["black_box"]
+        if "recording" in record:  # a listed record comes without its recording
+            view["recording"] = _recording_view(record["call_id"], record["recording"])
     if "webhooks" in record:
         view["webhooks"] = record["webhooks"]
     if "seq" in record:
@@ -428,35 +431,37 @@ def _call_view(record: dict[str, Any], recording: dict[str, Any] | None = None) 
     return view
 
 
-def _inbound_view(
-    record: dict[str, Any], recording: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """An inbound call in the contract's terms: ``status`` in_progress until it ends, then
-    not_found; ``call_status`` answered, then completed or failed; ``duration_seconds`` the
-    time it was connected."""
+def inbound_view(record: dict[str, Any]) -> dict[str, Any]:
+    """An inbound call's record (``Store.get_inbound``) in the contract's terms, as
+    ``GET /call/{call_id}`` shows it and the ``inbound.ended`` webhook carries it: ``status``
+    in_progress until it ends, then not_found; ``call_status`` answered, then completed or
+    failed; ``duration_seconds`` the time it was connected."""
     final = record["status"] != "in_progress"
-    black_box = record.get("black_box")
+    black_box = record["black_box"]
     view: dict[str, Any] = {
         "call_id": record["call_id"],
         "status": "not_found" if final else "in_progress",
         "direction": "inbound",
-        "extension": record.get("extension"),
         "call_status": record["status"] if final else "answered",
         "created_at": record["started_at"],
         "sip_code": None,
         "caller": record["caller"],
-        "answered_at": record.get("answered_at"),
+        "answered_at": record["answered_at"],
         "ended_at": record["ended_at"],
         "end_cause": record["end_cause"],
         "error": record["error"],
         "transcript": record["transcript"],
         "message": record["message"],
     }
+    if record["extension"] is not None:  # records older than the called user have none
+        view["extension"] = record["extension"]
     if final:
-        connected = black_box.get("connect_seconds") if black_box else None
-        view["duration_seconds"] = connected
+        if black_box is not None and "connect_seconds" in black_box:
+            view["duration_seconds"] = black_box["connect_seconds"]
+        elif record["answered_at"] is not None and record["ended_at"] is not None:
+            view["duration_seconds"] = round(record["ended_at"] - record["answered_at"], 3)
         view["black_box"] = black_box
-        view["recording"] = _recording_view(record["call_id"], recording)
+        view["recording"] = _recording_view(record["call_id"], record["recording"])
     if "webhooks" in record:
         view["webhooks"] = record["webhooks"]
     if "seq" in record:
@@ -464,14 +469,12 @@ def _inbound_view(
     return view
 
 
-def _inbound_listed(
-    record: dict[str, Any], recording: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """An item of ``GET /calls?direction=inbound``: the view of :func:`_inbound_view`, except
+def _inbound_listed(record: dict[str, Any]) -> dict[str, Any]:
+    """An item of ``GET /calls?direction=inbound``: the view of :func:`inbound_view`, except
     that ``status`` stays the record's own (in_progress, completed, failed), as the list always
     said, with the record's SIP Call-ID, worker and start time."""
     return {
-        **_inbound_view(record, recording),
+        **inbound_view(record),
         "status": record["status"],
         "sip_call_id": record["sip_call_id"],
         "worker": record["worker"],

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import hashlib
 import json
 import sqlite3
+import time
+import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from structlog.testing import capture_logs
 from api.app import ApiContext, HealthReport, create_app
 from api.spec import load_spec
 from api.webhooks import Deliverer
+from daemon.blackbox import BlackBox, RecordingInfo
 from daemon.outbound import CallResult, OutboundService, Report
 from daemon.store import Store
 from tests.peers.receiver import Receiver
@@ -276,6 +280,7 @@ async def test_token_guards_everything_but_health(tmp_path: Path) -> None:
         for method, path in (
             ("POST", "/call"),
             ("GET", "/call/x"),
+            ("GET", "/call/x/recording"),
             ("GET", "/calls"),
             ("GET", "/metrics"),
             ("GET", "/openapi.json"),
@@ -655,3 +660,238 @@ async def test_the_access_log_names_the_token_never_the_token(tmp_path: Path) ->
         assert not [e for e in logs if "tok-crm-secre" in repr(e)]
     finally:
         await _close(api)
+
+
+BLACK_BOX: BlackBox = {
+    "version": 1,
+    "codec": "PCMU",
+    "rate": 8000,
+    "rtp": {
+        "rx": {
+            "packets": 200,
+            "lost": 10,
+            "loss_pct": 4.76,
+            "discarded": 0,
+            "duplicates": 0,
+            "reordered": 0,
+            "jitter_ms_mean": 1.2,
+            "jitter_ms_max": 3.5,
+        },
+        "tx": {
+            "packets": 210,
+            "lost_reported": 0,
+            "loss_pct_reported": None,
+            "jitter_ms_reported": None,
+            "reports": 0,
+        },
+        "rtt_ms": None,
+        "jitter_buffer": {
+            "avg_delay_ms": 40.0,
+            "max_delay_ms": 60.0,
+            "lost": 10,
+            "discarded": 0,
+            "empty": 3,
+        },
+    },
+    "mos": {
+        "rx": 3.86,
+        "tx": None,
+        "r_rx": 75.98,
+        "r_tx": None,
+        "one_way_ms": 60.0,
+        "model": "g107-g711",
+    },
+    "media": {
+        "uplink_frames": 200,
+        "uplink_dropped": 0,
+        "callback_errors": 0,
+        "playout_underruns": 0,
+        "overrun_samples": 0,
+        "flushes": 1,
+    },
+    "turns": [
+        {
+            "at_s": 2.1,
+            "caller_end_s": 2.0,
+            "first_audio_s": 2.4,
+            "latency_ms": 400.0,
+            "item": "item_1",
+        }
+    ],
+    "turn_latency_ms": {"p50": 400.0, "p95": 400.0, "max": 400.0, "count": 1, "unanswered": 0},
+    "barge_ins": [{"at_s": 3.0, "stop_ms": 18.0, "truncated_at_ms": 900.0, "cancelled": True}],
+    "model": {"connect_ms": 35.0, "reconnects": 0, "replacements": [], "failures": []},
+    "connect_seconds": 4.25,
+}
+
+
+async def test_an_inbound_id_answers_with_the_contract_fields(api: Api) -> None:
+    """GET /call/{id} answers for an inbound id in the contract's terms (in_progress and
+    answered while up; not_found and completed with connect seconds, transcript and black box
+    once ended), conforming to CallStatusResponse; the list keeps the record's own status."""
+    store = api.store
+    await store.insert_inbound("in-00000000000000a1", "abc@pbx", "1001", 0, extension="1000")
+    up = await api.client.get("/call/in-00000000000000a1")
+    assert up.status_code == 200, up.text
+    view = up.json()
+    _conforms(view, "CallStatusResponse")
+    assert (view["call_id"], view["status"], view["call_status"], view["direction"]) == (
+        "in-00000000000000a1",
+        "in_progress",
+        "answered",
+        "inbound",
+    )
+    assert (view["caller"], view["extension"]) == ("1001", "1000")
+    assert "black_box" not in view
+    await store.add_turn("in-00000000000000a1", "agent", "Hello, dental practice.", 0.4)
+    await store.finish_inbound(
+        "in-00000000000000a1",
+        "completed",
+        "caller hung up",
+        black_box=dict(BLACK_BOX),
+        connect_seconds=4.25,
+    )
+    ended = (await api.client.get("/call/in-00000000000000a1")).json()
+    _conforms(ended, "CallStatusResponse")
+    assert (ended["status"], ended["call_status"], ended["end_cause"]) == (
+        "not_found",
+        "completed",
+        "caller hung up",
+    )
+    assert ended["duration_seconds"] == 4.25
+    assert ended["answered_at"] == pytest.approx(ended["ended_at"] - 4.25)
+    assert ended["black_box"] == BLACK_BOX
+    assert ended["recording"] is None
+    assert ended["created_at"] <= ended["ended_at"]
+    assert [t["text"] for t in ended["transcript"]] == ["Hello, dental practice."]
+    [listed] = (await api.client.get("/calls?direction=inbound")).json()["calls"]
+    _conforms(listed, "InboundCallRecord")
+    assert (listed["status"], listed["call_status"]) == ("completed", "completed")
+    assert listed["black_box"] == BLACK_BOX
+    taken = await api.client.post("/call", json={**BASE, "call_id": "in-00000000000000a1"})
+    assert taken.status_code == 409, "an inbound id is not free for POST /call"
+
+
+def _recording(path: Path, seconds: float) -> RecordingInfo:
+    """A two-channel 8 kHz WAV of ``seconds`` at ``path``, described as the worker would."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(2)
+        wav.setsampwidth(2)
+        wav.setframerate(8000)
+        wav.writeframes(bytes(range(256)) * round(seconds * 8000 * 4 / 256))
+    data = path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    return RecordingInfo(str(path), seconds, len(data), sha, True, 0, 8000)
+
+
+async def test_the_recording_is_served_with_ranges_behind_the_token(tmp_path: Path) -> None:
+    """GET /call/{id}/recording needs the token, serves the whole WAV (audio/wav, ETag its
+    sha256) or a byte range (206, Content-Range), and answers 404 with a detail while the call
+    is up, once its file is gone and once retention removed it."""
+    api = await _api(tmp_path, token="t0ken")
+    auth = {"authorization": "Bearer t0ken"}
+    store = api.store
+    try:
+        info = _recording(tmp_path / "recordings" / "in-00000000000000b2.wav", 0.5)
+        await store.insert_inbound("in-00000000000000b2", "b2@pbx", "1001", 0, extension="1000")
+        await store.save_recording("in-00000000000000b2", "inbound", info)
+        url = "/call/in-00000000000000b2/recording"
+        up = await api.client.get(url, headers=auth)
+        assert (up.status_code, up.json()["detail"]) == (
+            404,
+            "call 'in-00000000000000b2' has no recording",
+        ), "served while the call is up"
+        await store.finish_inbound("in-00000000000000b2", "completed", "caller hung up")
+        assert (await api.client.get(url)).status_code == 401
+        whole = await api.client.get(url, headers=auth)
+        assert whole.status_code == 200, whole.text
+        assert whole.headers["content-type"] == "audio/wav"
+        assert whole.content == Path(info.path).read_bytes()
+        assert whole.headers["etag"] == f'"{info.sha256}"'
+        assert whole.headers["accept-ranges"] == "bytes"
+        assert (
+            whole.headers["content-disposition"] == 'attachment; filename="in-00000000000000b2.wav"'
+        )
+        header = await api.client.get(url, headers={**auth, "range": "bytes=0-43"})
+        assert header.status_code == 206
+        assert header.headers["content-range"] == f"bytes 0-43/{info.bytes}"
+        assert header.content == whole.content[:44]
+        with wave.open(str(info.path)) as wav:
+            assert (wav.getnchannels(), wav.getframerate()) == (2, 8000)
+        beyond = await api.client.get(url, headers={**auth, "range": f"bytes={info.bytes}-"})
+        assert beyond.status_code == 416
+        assert beyond.headers["content-range"] == f"bytes */{info.bytes}"
+        _conforms(beyond.json(), "ErrorResponse")
+        garbled = await api.client.get(url, headers={**auth, "range": "seconds=1-2"})
+        assert garbled.status_code == 400
+        _conforms(garbled.json(), "ErrorResponse")
+        view = (await api.client.get("/call/in-00000000000000b2", headers=auth)).json()
+        _conforms(view, "CallStatusResponse")
+        assert view["recording"] == {
+            "url": url,
+            "duration_seconds": 0.5,
+            "bytes": info.bytes,
+            "sha256": info.sha256,
+            "complete": True,
+            "dropped_frames": 0,
+        }
+        Path(info.path).unlink()
+        gone = await api.client.get(url, headers=auth)
+        assert (gone.status_code, gone.json()["detail"]) == (
+            404,
+            "the recording of call 'in-00000000000000b2' is gone",
+        )
+        again = _recording(Path(info.path), 0.5)
+        await store.save_recording("in-00000000000000b2", "inbound", again)
+        assert (await api.client.get(url, headers=auth)).status_code == 200
+        assert await store.prune(None, time.time() + 1) == [again.path]
+        pruned = await api.client.get(url, headers=auth)
+        assert pruned.status_code == 404
+        _conforms(pruned.json(), "ErrorResponse")
+        view = (await api.client.get("/call/in-00000000000000b2", headers=auth)).json()
+        assert view["recording"] is None
+        assert (await api.client.get("/call/nope/recording", headers=auth)).status_code == 404
+    finally:
+        await _close(api)
+
+
+async def test_record_and_progress_events_are_accepted_beyond_the_contract(api: Api) -> None:
+    """POST /call takes record and progress_events (kept in the stored request) and answers
+    400 naming the field for progress_events without callback_url, an unknown or repeated
+    status and a record that is not a boolean; the served spec says the same of each body."""
+    request = SPEC["components"]["schemas"]["OutboundCallRequest"]
+    schema = {**copy.deepcopy(request), "components": SPEC["components"]}
+    hook = {"callback_url": "http://127.0.0.1:9/h"}
+    good = {**BASE, **hook, "record": True, "progress_events": ["ringing", "answered"]}
+    posted = await api.client.post("/call", json=good)
+    assert posted.status_code == 200, posted.text
+    stored = await api.store.get_call(posted.json()["call_id"])
+    assert stored is not None
+    assert (stored["request"]["record"], stored["request"]["progress_events"]) == (
+        True,
+        ["ringing", "answered"],
+    )
+    OAS30Validator(schema).validate(good)
+    for body in (
+        {**BASE, "record": False},
+        {**BASE, "record": None},
+        {**BASE, **hook, "progress_events": []},
+    ):
+        assert (await api.client.post("/call", json=body)).status_code == 200, body
+        OAS30Validator(schema).validate(body)
+    refused: list[tuple[dict[str, Any], str]] = [
+        (
+            {**BASE, "progress_events": ["ringing"]},
+            "callback_url is required when progress_events is specified",
+        ),
+        ({**BASE, **hook, "progress_events": ["hungup"]}, "progress_events.0:"),
+        ({**BASE, **hook, "progress_events": ["ringing", "ringing"]}, "progress_events:"),
+        ({**BASE, "record": "yes"}, "record:"),
+        ({**BASE, "record": 1}, "record:"),
+    ]
+    for body, detail in refused:
+        response = await api.client.post("/call", json=body)
+        assert response.status_code == 400, body
+        assert detail in response.json()["detail"], response.text
+        assert not OAS30Validator(schema).is_valid(body), body

@@ -20,6 +20,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from stat import S_ISREG
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -247,6 +248,8 @@ class _Routes:
         try:
             stat = await asyncio.to_thread(os.stat, recording["path"])
         except OSError:
+            stat = None
+        if stat is None or not S_ISREG(stat.st_mode):  # deleted, or replaced by a directory
             return _error(404, f"the recording of call {call_id!r} is gone")
         etag = f'"{recording["sha256"]}"'
         wanted = request.headers.get("range")

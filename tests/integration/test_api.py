@@ -372,9 +372,10 @@ async def test_call_flow_through_the_api_and_webhook(api: Api) -> None:
         view = (await api.client.get(f"/call/{call_id}")).json()
         _conforms(view, "CallStatusResponse")
         assert (view["status"], view["call_status"]) == ("not_found", "completed")
+        assert (view["direction"], view["recording"]) == ("outbound", None)
         assert view["message_played"] is True
         [hook] = view["webhooks"]
-        assert hook["state"] == "delivered"
+        assert (hook["state"], hook["kind"]) == ("delivered", "result")
         assert hook["webhook_id"] == delivered.headers["webhook-id"]
         assert [a["status_code"] for a in hook["attempts"]] == [200]
         listing = (await api.client.get("/calls")).json()

@@ -41,6 +41,7 @@ from starlette.websockets import WebSocket
 
 from api.auth import ApiTokens, offered_token
 from api.models import describe, parse_request
+from daemon.inbound_records import inbound_view, recording_view
 from daemon.logs import get_logger
 from daemon.outbound import OutboundService, OutboundUnavailable, QueueFull
 from daemon.ratelimit import RateLimiter
@@ -390,21 +391,7 @@ async def _find(store: Store | None, call_id: str) -> _Found | None:
     if record is not None:
         return _Found(record, _call_view(record))
     record = await store.get_inbound(call_id)
-    return _Found(record, inbound_view(record)) if record is not None else None
-
-
-def _recording_view(call_id: str, recording: dict[str, Any] | None) -> dict[str, Any] | None:
-    """What a call's record says of its recording, with the route that serves it."""
-    if recording is None:
-        return None
-    return {
-        "url": f"/call/{call_id}/recording",
-        "duration_seconds": recording["duration_seconds"],
-        "bytes": recording["bytes"],
-        "sha256": recording["sha256"],
-        "complete": bool(recording["complete"]),
-        "dropped_frames": recording["dropped_frames"],
-    }
+    return _Found(record, _inbound_view(record)) if record is not None else None
 
 
 def _call_view(record: dict[str, Any]) -> dict[str, Any]:
@@ -426,7 +413,7 @@ def _call_view(record: dict[str, Any]) -> dict[str, Any]:
     if final:
         view["black_box"] = record["black_box"]
         if "recording" in record:  # a listed record comes without its recording
-            view["recording"] = _recording_view(record["call_id"], record["recording"])
+            view["recording"] = recording_view(record["call_id"], record["recording"])
     if "webhooks" in record:
         view["webhooks"] = record["webhooks"]
     if "seq" in record:
@@ -434,50 +421,18 @@ def _call_view(record: dict[str, Any]) -> dict[str, Any]:
     return view
 
 
-def inbound_view(record: dict[str, Any]) -> dict[str, Any]:
-    """An inbound call's record (``Store.get_inbound``) in the contract's terms, as
-    ``GET /call/{call_id}`` shows it and the ``inbound.ended`` webhook carries it: ``status``
-    in_progress until it ends, then not_found; ``call_status`` answered, then completed or
-    failed; ``duration_seconds`` the time it was connected."""
-    final = record["status"] != "in_progress"
-    black_box = record["black_box"]
-    view: dict[str, Any] = {
-        "call_id": record["call_id"],
-        "status": "not_found" if final else "in_progress",
-        "direction": "inbound",
-        "call_status": record["status"] if final else "answered",
-        "created_at": record["started_at"],
-        "sip_code": None,
-        "caller": record["caller"],
-        "answered_at": record["answered_at"],
-        "ended_at": record["ended_at"],
-        "end_cause": record["end_cause"],
-        "error": record["error"],
-        "transcript": record["transcript"],
-        "message": record["message"],
-    }
-    if record["extension"] is not None:  # records older than the called user have none
-        view["extension"] = record["extension"]
-    if final:
-        if black_box is not None and "connect_seconds" in black_box:
-            view["duration_seconds"] = black_box["connect_seconds"]
-        elif record["answered_at"] is not None and record["ended_at"] is not None:
-            view["duration_seconds"] = round(record["ended_at"] - record["answered_at"], 3)
-        view["black_box"] = black_box
-        view["recording"] = _recording_view(record["call_id"], record["recording"])
-    if "webhooks" in record:
-        view["webhooks"] = record["webhooks"]
-    if "seq" in record:
-        view["seq"] = record["seq"]
-    return view
+def _inbound_view(record: dict[str, Any]) -> dict[str, Any]:
+    """An inbound call's view (as its ``inbound.ended`` webhook carries it), with its record
+    number for paging ``GET /calls``, as an outbound call's view has."""
+    return {**inbound_view(record), "seq": record["seq"]}
 
 
 def _inbound_listed(record: dict[str, Any]) -> dict[str, Any]:
-    """An item of ``GET /calls?direction=inbound``: the view of :func:`inbound_view`, except
+    """An item of ``GET /calls?direction=inbound``: the view of ``GET /call/{call_id}``, except
     that ``status`` stays the record's own (in_progress, completed, failed), as the list always
     said, with the record's SIP Call-ID, worker and start time."""
     return {
-        **inbound_view(record),
+        **_inbound_view(record),
         "status": record["status"],
         "sip_call_id": record["sip_call_id"],
         "worker": record["worker"],

@@ -18,8 +18,10 @@ import httpx
 import numpy as np
 import pytest
 from numpy.typing import NDArray
+from openapi_schema_validator import OAS30Validator
 from standardwebhooks import Webhook
 
+from api.spec import load_spec
 from media.resample import resample
 from media.wav import read_wav, read_wav_channels, write_wav
 from tests.peers.kamailio import Kamailio, password, running_kamailio
@@ -75,8 +77,8 @@ async def test_the_caller_is_on_channel_one_and_the_agent_on_two(
 ) -> None:
     """An inbound call's recording, fetched with the API token, has the caller's words on
     channel 1 and not 2 and the agent's greeting on 2 and not 1, lasts the record's duration
-    within 0.2 s; the record's black box has RTP and a MOS, and one signed inbound.ended
-    webhook came."""
+    within 0.2 s; the record's black box has RTP and a MOS, the record and the one signed
+    inbound.ended webhook conform to the served spec."""
 
     async def script(session: FakeSession) -> None:
         await session.wait_for("response.create")
@@ -135,6 +137,13 @@ async def test_the_caller_is_on_channel_one_and_the_agent_on_two(
         "inbound",
     ), record
     assert ended["call_id"] == record["call_id"]
+    spec = load_spec()
+    schema = {
+        **spec["components"]["schemas"]["CallStatusResponse"],
+        "components": spec["components"],
+    }
+    OAS30Validator(schema).validate(record)
+    OAS30Validator(schema).validate(ended)
     assert fetched.status_code == 200, fetched.text
     assert fetched.headers["content-type"] == "audio/wav"
     rate, frames = read_wav_channels(io.BytesIO(fetched.content))

@@ -218,7 +218,7 @@ class Supervisor:
         api = self._settings.api
         try:
             await self.store.open()
-            interrupted = await self.store.interrupt_inbound()
+            interrupted = await self._records.recover()  # with their inbound.ended webhooks
             if interrupted:
                 log.warning("inbound.interrupted", calls=interrupted)
         except (OSError, RuntimeError) as exc:

@@ -254,6 +254,39 @@ def test_the_daemon_prunes_old_calls_when_it_starts(daemon_env: dict[str, str]) 
         daemon.kill()
 
 
+async def _inbound_left_in_progress(path: Path) -> None:
+    store = Store(path)
+    await store.open()
+    await store.insert_inbound("in-00000000deadbeef", "gone@pbx", "1001", 0, "1000")
+    await store.close()
+
+
+def test_an_inbound_call_a_killed_daemon_left_is_reported_at_start(
+    daemon_env: dict[str, str],
+) -> None:
+    """An inbound call still in progress in the store when the daemon starts (its process
+    died) is finished as failed, and its ``inbound.ended`` webhook is delivered."""
+    asyncio.run(_inbound_left_in_progress(Path(daemon_env["SIPAI_STORAGE__PATH"])))
+    receiver = Receiver()
+    daemon = DaemonProcess(daemon_env | {"SIPAI_WEBHOOKS__INBOUND_URL": receiver.url}, timeout=30)
+    try:
+        daemon.start_sync()
+        deadline = time.monotonic() + 10
+        while not receiver.requests():
+            assert time.monotonic() < deadline, "no inbound.ended webhook after the restart"
+            time.sleep(0.1)
+        [hook] = receiver.requests()
+        body = json.loads(hook.body)
+        assert (body["type"], body["call_id"]) == ("inbound.ended", "in-00000000deadbeef"), body
+        assert body["call_status"] == "failed", body
+        record = httpx.get(f"{daemon.base_url}/call/in-00000000deadbeef", timeout=5).json()
+        assert record["call_status"] == "failed", record
+        assert daemon.stop_sync(timeout=15) == 0
+    finally:
+        daemon.kill()
+        receiver.close()
+
+
 def _series(scrape: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """Each sample of ``scrape`` by name and labels."""
     return {

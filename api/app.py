@@ -412,7 +412,7 @@ def _call_view(record: dict[str, Any]) -> dict[str, Any]:
             view[name] = record["result"].get(name)
     if final:
         view["black_box"] = record["black_box"]
-        if "recording" in record:  # a listed record comes without its recording
+        if "recording" in record:
             view["recording"] = recording_view(record["call_id"], record["recording"])
     if "webhooks" in record:
         view["webhooks"] = record["webhooks"]

@@ -352,10 +352,14 @@ class Store:
         return await self._run(get)
 
     async def list_calls(self, limit: int, before: int | None = None) -> list[dict[str, Any]]:
-        """Newest first; ``before`` is the ``seq`` of the last record of the previous page."""
+        """Newest first, recordings included; ``before`` is the ``seq`` of the last record of
+        the previous page."""
 
         def page(db: sqlite3.Connection) -> list[dict[str, Any]]:
-            return [_call_record(row) for row in _newest(db, "calls", limit, before)]
+            records = [_call_record(row) for row in _newest(db, "calls", limit, before)]
+            for record in records:
+                record["recording"] = _recording_of(db, record["call_id"])
+            return records
 
         return await self._run(page)
 

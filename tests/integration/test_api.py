@@ -857,6 +857,23 @@ async def test_the_recording_is_served_with_ranges_behind_the_token(tmp_path: Pa
         await _close(api)
 
 
+async def test_a_listed_outbound_call_carries_its_recording(tmp_path: Path) -> None:
+    """GET /calls shows a finished outbound call's recording as GET /call/{id} does."""
+    api = await _api(tmp_path)
+    try:
+        info = _recording(tmp_path / "recordings" / "out-rec.wav", 0.25)
+        await api.store.insert_call("out-rec", {**BASE, "call_id": "out-rec"})
+        await api.store.save_recording("out-rec", "outbound", info)
+        result = {"call_id": "out-rec", "status": "completed", "message_played": True}
+        await api.store.finish_call("out-rec", "completed", result)
+        single = (await api.client.get("/call/out-rec")).json()["recording"]
+        [listed] = (await api.client.get("/calls")).json()["calls"]
+        assert single is not None and single["sha256"] == info.sha256, single
+        assert listed["recording"] == single, listed
+    finally:
+        await _close(api)
+
+
 async def test_record_and_progress_events_are_accepted_beyond_the_contract(api: Api) -> None:
     """POST /call takes record and progress_events (kept in the stored request) and answers
     400 naming the field for progress_events without callback_url, an unknown or repeated

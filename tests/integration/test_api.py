@@ -868,7 +868,8 @@ async def test_a_listed_outbound_call_carries_its_recording(tmp_path: Path) -> N
         await api.store.finish_call("out-rec", "completed", result)
         single = (await api.client.get("/call/out-rec")).json()["recording"]
         [listed] = (await api.client.get("/calls")).json()["calls"]
-        assert single is not None and single["sha256"] == info.sha256, single
+        assert single is not None
+        assert single["sha256"] == info.sha256, single
         assert listed["recording"] == single, listed
     finally:
         await _close(api)

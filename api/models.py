@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sip.target import request_uri
 
 _CALL_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+INBOUND_ID_PREFIX = "in-"  # the ids the workers give inbound calls (one id space for both)
 # http(s)://[user@]host[:port][/path?query#fragment], no whitespace (the spec's pattern).
 _CALLBACK_URL = re.compile(
     r"[Hh][Tt][Tt][Pp][Ss]?://([^\s/?#@\[\]]*@)?([^\s/?#@:\[\]]+|\[[0-9A-Fa-f:.]+\])"
@@ -87,6 +88,8 @@ class OutboundCallRequest(Strict):
     def _call_id(cls, value: str | None) -> str | None:
         if value is not None and not _CALL_ID.fullmatch(value):
             raise ValueError("must be 1-128 characters of letters, digits and . _ : @ -")
+        if value is not None and value.startswith(INBOUND_ID_PREFIX):
+            raise ValueError(f"must not begin with {INBOUND_ID_PREFIX!r} (inbound calls' ids)")
         return value
 
     @field_validator("progress_events")

@@ -13,15 +13,17 @@ the supervisor's loop.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from api.webhooks import Deliverer
 from daemon.blackbox import RecordingInfo
 from daemon.logs import get_logger
 from daemon.observe import CallObserver, FinishedCall, NullObserver
-from daemon.store import Store
+from daemon.store import INTERRUPTED_CAUSE, Store
+from sip.events import CallAnswered, CallEnded, SipEvent
 
 log = get_logger(__name__)
 
@@ -37,15 +39,17 @@ def _call_key(caller: str) -> CallKey | None:
 def inbound_view(record: dict[str, Any]) -> dict[str, Any]:
     """An inbound call's record (``Store.get_inbound``) as the API shows it, in the terms of an
     outbound call's view: ``status`` in_progress until the call ends, then not_found;
-    ``call_status`` answered, then completed or failed; ``duration_seconds`` the time it was
-    connected; then the inbound call's own fields."""
+    ``call_status`` ringing until the call is answered, answered, then completed or failed;
+    ``duration_seconds`` the time it was connected; then the inbound call's own fields."""
     final = record["status"] != "in_progress"
     black_box = record["black_box"]
     view: dict[str, Any] = {
         "call_id": record["call_id"],
         "status": "not_found" if final else "in_progress",
         "direction": "inbound",
-        "call_status": record["status"] if final else "answered",
+        "call_status": record["status"]
+        if final
+        else ("answered" if record["answered_at"] is not None else "ringing"),
         "created_at": record["started_at"],
         "sip_code": None,
         "caller": record["caller"],
@@ -111,19 +115,56 @@ class InboundRecords:
 
     async def recover(self) -> int:
         """At start-up: finish the calls a previous process left in progress (failed, with
-        their ``inbound.ended`` webhooks); how many there were."""
+        their ``inbound.ended`` webhooks, told to the observer); how many there were."""
         interrupted = await self._store.interrupt_inbound(self._message_url, ended_event)
         if interrupted and self._message_url:
             self._deliverer.wake()
-        return interrupted
+        for call_id in interrupted:
+            self._observer.call_finished(
+                FinishedCall(call_id, "inbound", "failed", INTERRUPTED_CAUSE)
+            )
+        return len(interrupted)
+
+    def on_sip_event(self, worker: int, event: SipEvent) -> None:
+        """A worker's SIP event: the answer of a call with a record, and the end of the calls
+        of a worker that died (it sends no outcome: the call is finished here, failed)."""
+        if isinstance(event, CallAnswered):
+            at = time.time()
+            self._queue(self._answered((worker, event.call), at))
+        elif isinstance(event, CallEnded) and event.local_cause == "worker_died":
+            self._queue(self._worker_died((worker, event.call), event.reason))
+
+    async def _answered(self, key: CallKey, at: float) -> None:
+        async with self._lock:  # after the record's insert, which comes first
+            call_id = self._ids.get(key)
+            if call_id is None:  # not an agent's call (an outbound call, a test policy)
+                return
+            try:
+                await self._store.answer_inbound(call_id, at)
+            except Exception as exc:
+                log.error("inbound.store_failed", call_id=call_id, error=repr(exc))
+
+    async def _worker_died(self, key: CallKey, reason: str) -> None:
+        async with self._lock:
+            call_id = self._ids.pop(key, None)
+            error = self._errors.pop(key, None)
+            if call_id is None:
+                return
+            try:
+                await self._finish(call_id, {"cause": f"worker_died: {reason}"}, error or reason)
+            except Exception as exc:
+                log.error("inbound.store_failed", call_id=call_id, error=repr(exc))
+
+    def _queue(self, write: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(write)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
 
     def on_inbound(self, worker: int, kind: str, body: dict[str, Any]) -> None:
         """What an inbound agent reports: the call, each transcript turn, the outcome."""
         fields = {k: v for k, v in body.items() if k != "call"}
         log.info(f"inbound.{kind}", call_id=body.get("call"), worker=worker, **fields)
-        task = asyncio.ensure_future(self._record(worker, kind, body))
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
+        self._queue(self._record(worker, kind, body))
 
     async def _record(self, worker: int, kind: str, body: dict[str, Any]) -> None:
         key = (worker, str(body.get("call")))

@@ -4,18 +4,24 @@
 that ended before the cutoff, with their webhooks in a final state, the attempts, the
 recording rows and files; a call whose webhook is still pending stays whole, and so does a
 call in progress. ``[recordings] retention_days`` (0 keeps them) removes recordings earlier,
-keeping the calls. A pass runs when the supervisor starts, then every hour: the SQL on the
-store's thread, the file deletions through ``asyncio.to_thread``. A file already gone is fine;
-a failure is logged (``retention.failed``) and the next pass tries again.
+keeping the calls. The same pass sweeps the recordings directory's day folders
+(``{YYYY-MM-DD}``) wholly older than the shorter of the two ages: a ``.wav`` file there that no
+recording row and no call in progress owns (a worker killed mid-call leaves one) and that has
+not been written to since the cutoff goes, and a day folder left empty goes too. A pass runs
+when the supervisor starts, then every hour: the SQL on the store's thread, the file work
+through ``asyncio.to_thread``. A file already gone is fine; a failure is logged
+(``retention.failed``) and the next pass tries again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import calendar
 import contextlib
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from daemon.logs import get_logger
 from daemon.store import Store
@@ -55,6 +61,44 @@ def remove_files(paths: list[str]) -> Pruned:
     return Pruned(removed, missing, failed)
 
 
+def _old_days(directory: Path, before: float) -> list[Path]:
+    """The day folders of ``directory`` whose whole UTC day is before ``before``."""
+    days = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in directory.iterdir():
+            try:
+                start = calendar.timegm(time.strptime(entry.name, "%Y-%m-%d"))
+            except ValueError:  # not a day folder: not ours to touch
+                continue
+            if start + DAY_SECONDS <= before and entry.is_dir() and not entry.is_symlink():
+                days.append(entry)
+    return sorted(days)
+
+
+def stray_candidates(directory: Path, before: float) -> dict[str, str]:
+    """The recording files of the day folders older than ``before`` not modified since, by
+    their call id (blocking: run it in a thread)."""
+    found: dict[str, str] = {}
+    for day in _old_days(directory, before):
+        for file in day.glob("*.wav"):
+            with contextlib.suppress(FileNotFoundError):
+                if file.is_file() and file.stat().st_mtime < before:
+                    found[file.stem] = str(file)
+    return found
+
+
+def remove_empty_days(directory: Path, before: float) -> int:
+    """Remove the empty day folders older than ``before``; how many went (blocking)."""
+    removed = 0
+    for day in _old_days(directory, before):
+        try:
+            day.rmdir()
+            removed += 1
+        except OSError:  # not empty (a kept recording), or gone already
+            continue
+    return removed
+
+
 class Retention:
     """Runs the passes on the loop; ``prune()`` is one pass (``now`` for tests)."""
 
@@ -64,8 +108,10 @@ class Retention:
         retention_days: float,
         recording_retention_days: float,
         interval: float = INTERVAL_SECONDS,
+        directory: Path | None = None,
     ) -> None:
         self._store = store
+        self._directory = directory  # the recordings' (None: no folders to sweep)
         self._days = retention_days
         self._recording_days = recording_retention_days
         self._interval = interval
@@ -87,7 +133,32 @@ class Retention:
                 files_missing=pruned.files_missing,
                 files_failed=pruned.files_failed,
             )
+        cutoffs = [c for c in (cutoff(now, self._days), cutoff(now, self._recording_days)) if c]
+        if self._directory is not None and cutoffs:
+            stray = await self._sweep(self._directory, max(cutoffs))
+            pruned = Pruned(
+                pruned.files_removed + stray.files_removed,
+                pruned.files_missing + stray.files_missing,
+                pruned.files_failed + stray.files_failed,
+            )
         return pruned
+
+    async def _sweep(self, directory: Path, before: float) -> Pruned:
+        """Delete the files no record owns in the day folders older than ``before``, then the
+        day folders left empty."""
+        candidates = await asyncio.to_thread(stray_candidates, directory, before)
+        unowned = await self._store.unowned(sorted(candidates))
+        stray = await asyncio.to_thread(remove_files, [candidates[c] for c in unowned])
+        folders = await asyncio.to_thread(remove_empty_days, directory, before)
+        if unowned or folders:
+            log.info(
+                "retention.swept",
+                stray_files=len(unowned),
+                files_removed=stray.files_removed,
+                files_failed=stray.files_failed,
+                day_folders_removed=folders,
+            )
+        return stray
 
     def start(self) -> None:
         """Prune now, then every ``interval`` seconds, until stopped (nothing to do if both

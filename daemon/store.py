@@ -138,6 +138,8 @@ MIGRATIONS: tuple[str, ...] = (
 
 FINAL_STATUSES = frozenset({"completed", "no_answer", "failed", "busy"})
 IN_FLIGHT_STATUSES = frozenset({"dialing", "ringing", "answered"})
+# The end cause of an inbound call a previous process left in progress.
+INTERRUPTED_CAUSE = "interrupted: the daemon stopped during the call"
 # What an outbox row carries: the contract's result webhook, the receptionist's message, an
 # inbound call's end, an outbound call's progress (asked for by the request).
 WEBHOOK_KINDS = ("result", "inbound.message", "inbound.ended", "call.progress")
@@ -397,6 +399,16 @@ class Store:
             )
         )
 
+    async def answer_inbound(self, call_id: str, at: float) -> None:
+        """The inbound call in progress was answered at ``at`` (epoch seconds)."""
+        await self._run(
+            lambda db: db.execute(
+                "UPDATE inbound_calls SET answered_at = ?"
+                " WHERE call_id = ? AND status = 'in_progress'",
+                (at, call_id),
+            )
+        )
+
     async def add_turn(self, call_id: str, role: str, text: str, at: float) -> None:
         """Append one transcript turn (``at``: seconds since the call was answered)."""
         turn = json.dumps({"role": role, "text": text, "at": at})
@@ -424,7 +436,8 @@ class Store:
         """End an inbound call in progress (once only): its status, cause, black box and
         recording, and, when ``webhook_url`` is set, its ``inbound.ended`` webhook whose body
         is ``event(record)``, all in one transaction. ``answered_at`` is the end less the
-        ``connect_seconds`` the call was up (none when it never was)."""
+        ``connect_seconds`` the call was up (without them, the time the answer was recorded,
+        if any)."""
         now = time.time()
         box = json.dumps(black_box, separators=(",", ":")) if black_box is not None else None
         answered_at = now - connect_seconds if connect_seconds > 0 else None
@@ -433,7 +446,8 @@ class Store:
             with _transaction(db):
                 changed = db.execute(
                     "UPDATE inbound_calls SET status = ?, end_cause = ?, ended_at = ?,"
-                    " error = COALESCE(?, error), black_box = ?, answered_at = ?"
+                    " error = COALESCE(?, error), black_box = ?,"
+                    " answered_at = COALESCE(?, answered_at)"
                     " WHERE call_id = ? AND status = 'in_progress'",
                     (status, end_cause, now, error, box, answered_at, call_id),
                 ).rowcount
@@ -496,13 +510,15 @@ class Store:
 
         return await self._run(queue)
 
-    async def interrupt_inbound(self, webhook_url: str = "", event: View | None = None) -> int:
+    async def interrupt_inbound(
+        self, webhook_url: str = "", event: View | None = None
+    ) -> list[str]:
         """At start-up: calls left in progress by a previous process are over (failed); with
         ``webhook_url``, each gets its ``inbound.ended`` webhook (body ``event(record)``) in
-        the same transaction."""
+        the same transaction. Returns their ids."""
         now = time.time()
 
-        def interrupt(db: sqlite3.Connection) -> int:
+        def interrupt(db: sqlite3.Connection) -> list[str]:
             with _transaction(db):
                 ids = [
                     str(row[0])
@@ -511,10 +527,9 @@ class Store:
                     )
                 ]
                 db.execute(
-                    "UPDATE inbound_calls SET status = 'failed', ended_at = ?,"
-                    " end_cause = 'interrupted: the daemon stopped during the call'"
+                    "UPDATE inbound_calls SET status = 'failed', ended_at = ?, end_cause = ?"
                     " WHERE status = 'in_progress'",
-                    (now,),
+                    (now, INTERRUPTED_CAUSE),
                 )
                 queued = 0
                 if webhook_url and event is not None:
@@ -527,7 +542,7 @@ class Store:
                         _queue(db, call_id, webhook_url, body, kind="inbound.ended", now=now)
                         queued += 1
             self._webhook_counts = _changed(self._webhook_counts, {"pending": queued})
-            return len(ids)
+            return ids
 
         return await self._run(interrupt)
 
@@ -626,6 +641,28 @@ class Store:
         return await self._run(get)
 
     # -- retention -------------------------------------------------------------------------
+
+    async def unowned(self, call_ids: list[str]) -> list[str]:
+        """Those of ``call_ids`` (the names of recording files) that have no recording row and
+        no call in progress: their files belong to nothing."""
+        finals = ",".join("?" * len(FINAL_STATUSES))
+
+        def unowned(db: sqlite3.Connection) -> list[str]:
+            return [
+                call_id
+                for call_id in call_ids
+                if db.execute(
+                    "SELECT 1 FROM recordings WHERE call_id = ?1"  # noqa: S608
+                    " UNION ALL SELECT 1 FROM calls"
+                    f" WHERE call_id = ?1 AND status NOT IN ({finals})"
+                    " UNION ALL SELECT 1 FROM inbound_calls"
+                    " WHERE call_id = ?1 AND status = 'in_progress'",
+                    (call_id, *FINAL_STATUSES),
+                ).fetchone()
+                is None
+            ]
+
+        return await self._run(unowned)
 
     async def prune(self, cutoff: float | None, recording_cutoff: float | None) -> list[str]:
         """Delete what ended before the cutoffs (None: keep) and return the recording paths

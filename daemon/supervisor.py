@@ -104,7 +104,10 @@ class Supervisor:
             observer=self._metrics,
         )
         self._retention = Retention(
-            self.store, settings.storage.retention_days, settings.recordings.retention_days
+            self.store,
+            settings.storage.retention_days,
+            settings.recordings.retention_days,
+            directory=settings.recordings.directory,
         )
         self._store_open = False
         self._notifier = notifier if notifier is not None else Notifier.from_environ()
@@ -147,6 +150,7 @@ class Supervisor:
         return self._metrics.exposition(await self._sip.refused_invites()).decode()
 
     def _on_sip_event(self, worker: int, event: SipEvent) -> None:
+        self._records.on_sip_event(worker, event)
         if isinstance(event, RegistrationChanged):
             self._metrics.registration_changed(event)
         elif isinstance(event, CallEnded):

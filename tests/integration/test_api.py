@@ -214,6 +214,7 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     ),
     ({**BASE, "colour": "red"}, "colour: unknown field"),
     ({**BASE, "call_id": "has spaces"}, "call_id:"),
+    ({**BASE, "call_id": "in-0123456789abcdef"}, "call_id: must not begin with 'in-'"),
     ({**BASE, "message": 5}, "message:"),
 ]
 
@@ -727,9 +728,10 @@ BLACK_BOX: BlackBox = {
 
 
 async def test_an_inbound_id_answers_with_the_contract_fields(api: Api) -> None:
-    """GET /call/{id} answers for an inbound id in the contract's terms (in_progress and
-    answered while up; not_found and completed with connect seconds, transcript and black box
-    once ended), conforming to CallStatusResponse; the list keeps the record's own status."""
+    """GET /call/{id} answers for an inbound id in the contract's terms (in_progress, and
+    ringing until answered, then answered while up; not_found and completed with connect
+    seconds, transcript and black box once ended), conforming to CallStatusResponse; the list
+    keeps the record's own status."""
     store = api.store
     await store.insert_inbound("in-00000000000000a1", "abc@pbx", "1001", 0, extension="1000")
     up = await api.client.get("/call/in-00000000000000a1")
@@ -739,8 +741,16 @@ async def test_an_inbound_id_answers_with_the_contract_fields(api: Api) -> None:
     assert (view["call_id"], view["status"], view["call_status"], view["direction"]) == (
         "in-00000000000000a1",
         "in_progress",
-        "answered",
+        "ringing",
         "inbound",
+    )
+    assert view["answered_at"] is None
+    await store.answer_inbound("in-00000000000000a1", view["created_at"] + 0.5)
+    answered = (await api.client.get("/call/in-00000000000000a1")).json()
+    _conforms(answered, "CallStatusResponse")
+    assert (answered["call_status"], answered["answered_at"]) == (
+        "answered",
+        view["created_at"] + 0.5,
     )
     assert (view["caller"], view["extension"]) == ("1001", "1000")
     assert "black_box" not in view
@@ -770,7 +780,8 @@ async def test_an_inbound_id_answers_with_the_contract_fields(api: Api) -> None:
     assert (listed["status"], listed["call_status"]) == ("completed", "completed")
     assert listed["black_box"] == BLACK_BOX
     taken = await api.client.post("/call", json={**BASE, "call_id": "in-00000000000000a1"})
-    assert taken.status_code == 409, "an inbound id is not free for POST /call"
+    assert taken.status_code == 400, "an inbound id is not free for POST /call"
+    assert taken.json()["detail"].startswith("call_id:"), taken.json()
 
 
 def _recording(path: Path, seconds: float) -> RecordingInfo:

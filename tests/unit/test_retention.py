@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -148,3 +149,58 @@ async def test_the_task_prunes_when_started_and_stops(store: Store) -> None:
         await retention.stop()
         await idle.stop()
     assert store.status_counts() == {}
+
+
+def _day(directory: Path, days: float) -> Path:
+    """The day folder of a call begun ``days`` before NOW (as the recorder names it)."""
+    folder = directory / time.strftime("%Y-%m-%d", time.gmtime(NOW - days * DAY_SECONDS))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _wav(folder: Path, call_id: str, modified: float | None = None) -> Path:
+    path = folder / f"{call_id}.wav"
+    path.write_bytes(b"RIFF" + bytes(40))
+    if modified is not None:
+        os.utime(path, (modified, modified))
+    return path
+
+
+async def test_stray_recordings_and_empty_day_folders_go(store: Store, tmp_path: Path) -> None:
+    """Day folders older than the cutoff lose the files no record owns (a killed worker's)
+    and, left empty, go themselves; a file with a recording row, the file of a call in
+    progress, one still being written, a newer day's and anything not a day folder's stay."""
+    files = tmp_path / "recordings"
+    old, emptied, empty, recent = _day(files, 10), _day(files, 9), _day(files, 8), _day(files, 1)
+    stray = [_wav(old, "in-0000000000000001"), _wav(emptied, "out-1-1")]
+    await store.insert_call("pending", {"extension": "1001", "message": "m", "callback_url": URL})
+    owned = _wav(old, "pending")
+    await store.finish_call(
+        "pending",
+        "busy",
+        {"status": "busy"},
+        recording=RecordingInfo(str(owned), 1.0, 44, "00" * 32, True, 0, 8000),
+    )
+    _age(store, "calls", "pending", 10)  # its webhook pends: the call and its file stay
+    await store.insert_inbound("in-up", "sip-1", "1002", 0)
+    kept = [
+        owned,
+        _wav(old, "in-up"),  # in progress (days long, but up)
+        _wav(old, "in-0000000000000002", modified=NOW),  # still written to
+        _wav(recent, "in-0000000000000003"),  # younger than the cutoff
+        _wav(_day(files / "misc", 10), "in-0000000000000004"),  # not a day folder of ours
+    ]
+    (old / "notes.txt").write_text("not a recording")
+
+    pruned = await Retention(store, 7, 0, directory=files).prune(now=NOW)
+
+    assert not any(path.exists() for path in stray), stray
+    assert all(path.exists() for path in kept), [p for p in kept if not p.exists()]
+    assert (old / "notes.txt").exists()
+    assert not emptied.exists()
+    assert not empty.exists()
+    assert recent.exists()
+    assert (pruned.files_removed, pruned.files_failed) == (2, 0), pruned
+    record = await store.get_call("pending")
+    assert record is not None
+    assert record["recording"] is not None

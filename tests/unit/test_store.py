@@ -103,7 +103,7 @@ async def test_inbound_calls_keep_their_transcript(store: Store) -> None:
         {"role": "agent", "text": 'Hello, "welcome".', "at": 0.4},
         {"role": "caller", "text": "Hi, I need help.", "at": 2.5},
     ]
-    assert await store.interrupt_inbound() == 1  # in-2 was left in progress
+    assert await store.interrupt_inbound() == ["in-2"]  # in-2 was left in progress
     assert (await store.list_inbound(1))[0]["status"] == "failed"
 
 
@@ -344,7 +344,7 @@ async def test_status_counts_follow_every_transition(store: Store, tmp_path: Pat
             next_attempt_at=None,
         )
         check("attempt")
-        assert await store.interrupt_inbound("http://127.0.0.1:9/in", _view) == 1
+        assert len(await store.interrupt_inbound("http://127.0.0.1:9/in", _view)) == 1
         check("interrupt")
         assert store.status_counts() == {"busy": 1, "completed": 1, "queued": 2}
         await store.prune(cutoff=20.0, recording_cutoff=None)

@@ -133,7 +133,8 @@ class Retention:
                 files_missing=pruned.files_missing,
                 files_failed=pruned.files_failed,
             )
-        cutoffs = [c for c in (cutoff(now, self._days), cutoff(now, self._recording_days)) if c]
+        ages = (cutoff(now, self._days), cutoff(now, self._recording_days))
+        cutoffs = [c for c in ages if c is not None]
         if self._directory is not None and cutoffs:
             stray = await self._sweep(self._directory, max(cutoffs))
             pruned = Pruned(

@@ -49,6 +49,7 @@ INBOUND_END_CAUSES = (
     "sip_error",  # the call ended with a SIP error status
     "error",  # an error of ours, or a cause not known here
     "interrupted",  # the daemon stopped during the call
+    "worker_died",  # the SIP worker holding the call died
 )
 OUTBOUND_END_CAUSES = (
     "completed",  # answered and the message played whole
@@ -92,8 +93,8 @@ def end_cause_label(
 
     Inbound, from the cause the agent recorded: "caller hung up", "end_call", "transferred",
     "model <kind>: ...", "no ACK from the caller...", "SIP <code> ...", "error: ...",
-    "interrupted: ..."; no cause at all is a model that could not be reached when the call
-    failed, else a caller gone before the answer. Outbound, from the result's status and
+    "interrupted: ...", "worker_died: ..."; no cause at all is a model that could not be
+    reached when the call failed, else a caller gone before the answer. Outbound, from the result's status and
     error ("SIP 603 Decline", "SIP 0 <why the INVITE was not sent>", "no SIP response from
     <target>") and whether the message played whole (None: not known, counted as played).
     Anything else is ``error`` (inbound) or ``failed`` (outbound)."""
@@ -110,6 +111,7 @@ def end_cause_label(
         ("no ACK", "no_ack"),
         ("SIP ", "sip_error"),
         ("interrupted", "interrupted"),
+        ("worker_died", "worker_died"),
     ):
         if cause.startswith(prefix):
             return label

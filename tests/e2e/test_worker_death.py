@@ -22,7 +22,7 @@ from tests.support import DaemonProcess, registered
 pytestmark = pytest.mark.e2e
 
 CALLS_FAILED_BY_ERROR = (
-    'sipai_calls_total{direction="inbound",end_cause="error",status="failed"} 1.0'
+    'sipai_calls_total{direction="inbound",end_cause="worker_died",status="failed"} 1.0'
 )
 
 

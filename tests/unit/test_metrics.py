@@ -254,6 +254,7 @@ def test_end_causes_map_to_a_closed_set() -> None:
         ("completed", "SIP 503 Service Unavailable"): "sip_error",
         ("failed", "error: boom"): "error",
         ("failed", "interrupted: the daemon stopped during the call"): "interrupted",
+        ("failed", "worker_died: SIP worker 0 died (exit code -9)"): "worker_died",
         ("completed", "something new"): "error",
     }
     for (status, cause), label in inbound.items():

@@ -94,10 +94,10 @@ def end_cause_label(
     Inbound, from the cause the agent recorded: "caller hung up", "end_call", "transferred",
     "model <kind>: ...", "no ACK from the caller...", "SIP <code> ...", "error: ...",
     "interrupted: ...", "worker_died: ..."; no cause at all is a model that could not be
-    reached when the call failed, else a caller gone before the answer. Outbound, from the result's status and
-    error ("SIP 603 Decline", "SIP 0 <why the INVITE was not sent>", "no SIP response from
-    <target>") and whether the message played whole (None: not known, counted as played).
-    Anything else is ``error`` (inbound) or ``failed`` (outbound)."""
+    reached when the call failed, else a caller gone before the answer. Outbound, from the
+    result's status and error ("SIP 603 Decline", "SIP 0 <why the INVITE was not sent>", "no
+    SIP response from <target>") and whether the message played whole (None: not known,
+    counted as played). Anything else is ``error`` (inbound) or ``failed`` (outbound)."""
     if direction == "outbound":
         return _outbound_cause(status, cause, message_played)
     if not cause:

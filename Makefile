@@ -13,7 +13,7 @@ STAMP_TEST := $(VENV)/.installed-test
 # and make runs as root; otherwise make stops and names them.
 DEPS_RUN  := py:venv:python3-venv py:ensurepip:python3-venv
 DEPS_TEST := kamailio:kamailio sipp:sip-tester espeak-ng:espeak-ng sox:sox \
-             systemd-analyze:systemd
+             systemd-analyze:systemd chromium:chromium chromedriver:chromium-driver
 
 define ensure_debs
 	@missing=""; \

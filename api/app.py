@@ -3,7 +3,8 @@
 Routes: ``GET /health`` (never authenticated; ``?strict=1`` answers 503 when unhealthy),
 ``POST /call``, ``GET /call/{call_id}`` (outbound and inbound ids alike),
 ``GET /call/{call_id}/recording``, ``GET /calls``, ``GET /metrics``, ``GET /openapi.json`` and
-the WebSocket ``/v1/realtime``. With tokens set (``api.token``,
+the WebSocket ``/v1/realtime``; the web console's (:mod:`api.console_routes`) and the
+realtime WebRTC routes (:mod:`api.realtime_calls`). With tokens set (``api.token``,
 ``api.tokens``), every route but ``/health`` needs ``Authorization: Bearer <token>`` (the
 WebSocket also takes ``api-key``), and each request is logged (``api.request``) with the name
 of the token it used, never the token. Every rejected request gets a JSON body with
@@ -21,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from stat import S_ISREG
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -40,7 +41,10 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from api.auth import ApiTokens, offered_token
+from api.console_routes import ConsoleRoutes
 from api.models import describe, parse_request
+from api.realtime_calls import RealtimeCalls
+from daemon.call_feed import CallFeed
 from daemon.inbound_records import inbound_view, recording_view
 from daemon.logs import get_logger
 from daemon.outbound import OutboundService, OutboundUnavailable, QueueFull
@@ -74,6 +78,42 @@ class HealthReport:
     registration_error: str | None = None  # why not registered, once an attempt failed
 
 
+class WebCallRefused(Exception):
+    """A browser's offer the web workers will not answer: ``status`` 400 or 503, ``detail``."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class WebCalls(Protocol):
+    """Browser calls, held by the web workers (``daemon.web``)."""
+
+    async def offer(
+        self,
+        sdp: str,
+        mode: Literal["agent", "engine"],
+        session: dict[str, Any] | None,
+        caller: str,
+        user_agent: str,
+    ) -> tuple[str, str]:
+        """The call's id and the SDP answer; raises :class:`WebCallRefused`."""
+        ...
+
+    async def hangup(self, call: str) -> None:
+        """End the call ``call`` (nothing if it has ended)."""
+        ...
+
+
+class EphemeralKeyStore(Protocol):
+    """Single-use keys for ``/v1/realtime*`` (``api.ephemeral``)."""
+
+    def mint(self, seconds: int, session: dict[str, Any]) -> Any: ...
+
+    def redeem(self, key: str) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True)
 class ApiContext:
     """What the routes may use; everything lives on the supervisor's loop."""
@@ -88,6 +128,9 @@ class ApiContext:
     metrics: Callable[[], Awaitable[str]] | None = None
     spec: dict[str, Any] | None = None
     engine: Callable[[WebSocket], Awaitable[None]] | None = None  # /v1/realtime
+    web: WebCalls | None = None  # None: browser calls are off
+    feed: CallFeed | None = None  # the console's live calls
+    keys: EphemeralKeyStore | None = None
 
 
 def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
@@ -114,6 +157,8 @@ def _query_int(request: Request, name: str, default: int | None, low: int, high:
 def create_app(ctx: ApiContext) -> Starlette:
     routes = _Routes(ctx)
     guarded = routes.guarded
+    console = ConsoleRoutes(ctx)
+    rtc = RealtimeCalls(ctx)
     return Starlette(
         routes=[
             Route("/health", routes.get_health, methods=["GET"]),
@@ -124,6 +169,18 @@ def create_app(ctx: ApiContext) -> Starlette:
             Route("/metrics", guarded(routes.metrics), methods=["GET"]),
             Route("/openapi.json", guarded(routes.openapi), methods=["GET"]),
             WebSocketRoute("/v1/realtime", routes.realtime),
+            Route("/v1/realtime/calls", guarded(rtc.create_call), methods=["POST"]),
+            Route("/v1/realtime/calls/{call_id}/hangup", guarded(rtc.hangup), methods=["POST"]),
+            Route("/v1/realtime/client_secrets", guarded(rtc.client_secret), methods=["POST"]),
+            Route("/", console.index, methods=["GET"]),
+            Route("/login", console.login_page, methods=["GET"]),
+            Route("/login", console.login, methods=["POST"]),
+            Route("/logout", console.logout, methods=["POST"]),
+            Route("/console/session", guarded(console.session), methods=["GET"]),
+            Route("/console/events", guarded(console.events), methods=["GET"]),
+            Route("/console/static/{file}", console.static, methods=["GET"]),
+            Route("/web/calls", guarded(console.web_call), methods=["POST"]),
+            Route("/web/calls/{call}", guarded(console.web_hangup), methods=["DELETE"]),
         ],
         exception_handlers={
             HTTPException: routes.http_error,

@@ -140,6 +140,9 @@ class ApiSettings(Section):
     max_connections: int = Field(default=512, ge=16, le=8192)
     # HTTP connections one client address may hold (WebSockets not counted); 0 = no share.
     max_connections_per_client: int = Field(default=64, ge=0, le=8192)
+    # The web console at / (login with a token; with no token, loopback clients only).
+    console: bool = True
+    console_session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
 
     @property
     def loopback_only(self) -> bool:
@@ -348,6 +351,27 @@ class RecordingsSettings(Section):
     retention_days: float = Field(default=30, ge=0, le=36500)  # 0: keep
 
 
+class WebSettings(Section):
+    """Browser calls over WebRTC, held by web worker processes (``python -m daemon.web``)."""
+
+    enabled: bool = True
+    workers: int = Field(default=1, ge=0, le=4)
+    max_calls: int = Field(default=8, ge=1, le=32)  # browser calls one web worker holds
+    connect_timeout_seconds: float = Field(default=15.0, gt=0, le=120)
+    # The addresses offered as ICE host candidates; empty: the host's addresses plus 127.0.0.1.
+    ice_addresses: list[str] = Field(default_factory=list)
+
+    @field_validator("ice_addresses")
+    @classmethod
+    def _addresses(cls, addresses: list[str]) -> list[str]:
+        for address in addresses:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ValueError(f"{address!r} is not an IP address") from None
+        return addresses
+
+
 class SpeechBackend(StrEnum):
     LOCAL = "local"
     OPENAI = "openai"
@@ -471,6 +495,7 @@ class Settings(Section):
     engine: EngineSettings = EngineSettings()
     storage: StorageSettings = StorageSettings()
     recordings: RecordingsSettings = RecordingsSettings()
+    web: WebSettings = WebSettings()
     daemon: DaemonSettings = DaemonSettings()
     log: LogSettings = LogSettings()
 

@@ -46,7 +46,7 @@ def inbound_view(record: dict[str, Any]) -> dict[str, Any]:
     view: dict[str, Any] = {
         "call_id": record["call_id"],
         "status": "not_found" if final else "in_progress",
-        "direction": "inbound",
+        "direction": record["direction"],
         "call_status": record["status"]
         if final
         else ("answered" if record["answered_at"] is not None else "ringing"),
@@ -179,6 +179,7 @@ class InboundRecords:
                         str(body["caller"]),
                         worker,
                         str(body.get("extension") or "") or None,
+                        direction=str(body.get("direction", "inbound")),
                     )
                     return
                 call_id = self._ids.get(key, "")

@@ -98,6 +98,7 @@ def hello_reply(settings: Settings, inbound_policy: str | None) -> msg.HelloRepl
         api=_revealed(settings.api),
         realtime=_revealed(settings.realtime),
         recordings=settings.recordings.model_dump(mode="json"),
+        web=settings.web.model_dump(mode="json"),
     )
 
 

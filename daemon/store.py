@@ -134,6 +134,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX calls_by_end ON calls(ended_at);
     CREATE INDEX inbound_by_end ON inbound_calls(ended_at);
     """,
+    # Browser calls: an inbound call is a SIP call ('inbound') or a browser's ('web').
+    """
+    ALTER TABLE inbound_calls ADD COLUMN direction TEXT NOT NULL DEFAULT 'inbound';
+    """,
 )
 
 FINAL_STATUSES = frozenset({"completed", "no_answer", "failed", "busy"})
@@ -387,15 +391,17 @@ class Store:
         caller: str,
         worker: int,
         extension: str | None = None,
+        *,
+        direction: str = "inbound",
     ) -> None:
         """A new inbound call in progress; ``call_id`` is made by its worker, ``extension`` is
-        the user it called."""
+        the user it called, ``direction`` is ``inbound`` (SIP) or ``web`` (a browser)."""
         now = time.time()
         await self._run(
             lambda db: db.execute(
                 "INSERT INTO inbound_calls (call_id, sip_call_id, caller, worker, started_at,"
-                " status, extension) VALUES (?, ?, ?, ?, ?, 'in_progress', ?)",
-                (call_id, sip_call_id, caller, worker, now, extension),
+                " status, extension, direction) VALUES (?, ?, ?, ?, ?, 'in_progress', ?, ?)",
+                (call_id, sip_call_id, caller, worker, now, extension, direction),
             )
         )
 
@@ -546,11 +552,14 @@ class Store:
 
         return await self._run(interrupt)
 
-    async def list_inbound(self, limit: int, before: int | None = None) -> list[dict[str, Any]]:
-        """Newest first, transcripts, black boxes and recordings included."""
+    async def list_inbound(
+        self, limit: int, before: int | None = None, direction: str = "inbound"
+    ) -> list[dict[str, Any]]:
+        """Newest first, of one ``direction`` (``inbound`` or ``web``), transcripts, black
+        boxes and recordings included."""
 
         def page(db: sqlite3.Connection) -> list[dict[str, Any]]:
-            rows = _newest(db, "inbound_calls", limit, before).fetchall()
+            rows = _newest(db, "inbound_calls", limit, before, direction).fetchall()
             return [
                 {**_inbound_record(db, row), "webhooks": _webhooks_of(db, row["call_id"])}
                 for row in rows
@@ -741,12 +750,23 @@ class Store:
 
 
 def _newest(
-    db: sqlite3.Connection, table: Literal["calls", "inbound_calls"], limit: int, before: int | None
+    db: sqlite3.Connection,
+    table: Literal["calls", "inbound_calls"],
+    limit: int,
+    before: int | None,
+    direction: str | None = None,
 ) -> sqlite3.Cursor:
-    """One page of ``table``, newest first: up to ``limit`` rows with ``seq`` below ``before``."""
+    """One page of ``table``, newest first: up to ``limit`` rows with ``seq`` below ``before``
+    (and of ``direction``, when given)."""
+    if direction is None:
+        return db.execute(
+            f"SELECT * FROM {table} WHERE seq < ? ORDER BY seq DESC LIMIT ?",  # noqa: S608
+            (before if before is not None else 2**62, limit),
+        )
     return db.execute(
-        f"SELECT * FROM {table} WHERE seq < ? ORDER BY seq DESC LIMIT ?",  # noqa: S608
-        (before if before is not None else 2**62, limit),
+        f"SELECT * FROM {table} WHERE seq < ? AND direction = ?"  # noqa: S608
+        " ORDER BY seq DESC LIMIT ?",
+        (before if before is not None else 2**62, direction, limit),
     )
 
 

@@ -6,10 +6,11 @@ a worker and a supervisor of different versions fail loudly instead of half-unde
 each other. A :class:`Request` names the :class:`Message` that answers it (``reply``).
 
 To a worker: :class:`Ping`, :class:`Shutdown`, :class:`Outbound`, :class:`MakeCall`,
-:class:`Hangup`. To the supervisor: :class:`Hello`, :class:`Claim`, :class:`Synthesize`,
-:class:`Transcribe`, and the events :class:`Ready`, :class:`SipEventMessage`,
-:class:`OutboundStatus` and the inbound agent's :class:`InboundStarted`,
-:class:`TranscriptTurn`, :class:`AgentFailed`, :class:`InboundDone`.
+:class:`Hangup`; to a web worker also :class:`WebOffer` and :class:`WebHangup`. To the
+supervisor: :class:`Hello`, :class:`Claim`, :class:`Synthesize`, :class:`Transcribe`, and
+the events :class:`Ready`, :class:`SipEventMessage`, :class:`OutboundStatus` and the inbound
+agent's :class:`InboundStarted`, :class:`TranscriptTurn`, :class:`AgentFailed`,
+:class:`InboundDone`.
 :data:`REQUESTS` and :data:`EVENTS` map each ``type`` to its class.
 
 :data:`Pcm16` is the one field type for audio: int16 samples, carried as base64 of
@@ -148,6 +149,33 @@ class Hangup(Request[Done]):
     call: str
 
 
+class WebOfferReply(Message):
+    """The answer to a browser's offer; on a refusal ``sdp`` is empty and ``error`` says why."""
+
+    sdp: str = ""
+    call: str = ""  # the web worker's id of the call
+    status: int = 201  # the HTTP status to answer with: 201, or 400 / 503 with ``error``
+    error: str = ""
+
+
+class WebOffer(Request[WebOfferReply]):
+    """A browser's SDP offer, for the inbound agent (``agent``) or the bare engine (``engine``)."""
+
+    type = "web_offer"
+    reply = WebOfferReply
+    sdp: str
+    mode: Literal["agent", "engine"]
+    session: dict[str, Any] | None = None  # the realtime session asked for (engine mode)
+    record_id: str = ""  # the record's id ("in-<hex16>"), agent mode
+    caller: str = ""  # "web:<token name>" or "web:local"
+    user_agent: str = ""
+
+
+class WebHangup(Request[Done]):
+    type = "web_hangup"
+    call: str
+
+
 # -- to the supervisor -------------------------------------------------------------------
 
 
@@ -162,6 +190,7 @@ class HelloReply(Message):
     api: dict[str, Any]
     realtime: dict[str, Any]
     recordings: dict[str, Any] = Field(default_factory=dict)
+    web: dict[str, Any] = Field(default_factory=dict)  # the [web] section
 
 
 class Hello(Request[HelloReply]):
@@ -259,6 +288,7 @@ class InboundStarted(Event):
     caller: str
     record_id: str = ""  # the record's id ("in-<hex16>"), made by the worker
     extension: str = ""  # the called user
+    direction: Literal["inbound", "web"] = "inbound"  # a SIP call, or a browser's
 
 
 class TranscriptTurn(Event):
@@ -290,7 +320,19 @@ INBOUND_EVENTS: tuple[type[Event], ...] = (InboundStarted, TranscriptTurn, Agent
 
 REQUESTS: dict[str, type[Request[Any]]] = {
     cls.type: cls
-    for cls in (Ping, Shutdown, Outbound, MakeCall, Hangup, Hello, Claim, Synthesize, Transcribe)
+    for cls in (
+        Ping,
+        Shutdown,
+        Outbound,
+        MakeCall,
+        Hangup,
+        WebOffer,
+        WebHangup,
+        Hello,
+        Claim,
+        Synthesize,
+        Transcribe,
+    )
 }
 _EVENT_TYPES: tuple[type[Event], ...] = (Ready, SipEventMessage, OutboundStatus, *INBOUND_EVENTS)
 EVENTS: dict[str, type[Event]] = {cls.type: cls for cls in _EVENT_TYPES}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
     from daemon.legs.media import LegMedia
@@ -24,6 +24,7 @@ class CallInfo:
     display_name: str = ""
     remote_uri: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
+    kind: Literal["sip", "web", "memory"] = "sip"  # what carries the call: pjsua2, WebRTC, memory
 
 
 @dataclass(frozen=True)

@@ -339,7 +339,9 @@ class MemoryNetwork:
         """An outbound leg to the phone ``target`` (a Dialer): its events follow."""
         if not target:
             raise ValueError("no target to dial")
-        leg = self._leg(CallInfo(key=f"m{next(self._keys)}", inbound=False, remote_uri=target))
+        leg = self._leg(
+            CallInfo(key=f"m{next(self._keys)}", inbound=False, remote_uri=target, kind="memory")
+        )
         phone = self.phones.get(target)
         if phone is None:
             self.clock.later(0.0, lambda: leg.post(Ended(404, "Not Found")))
@@ -371,6 +373,7 @@ class MemoryNetwork:
             caller=caller,
             remote_uri=f"sip:{caller}@memory",
             headers=dict(headers or {}),
+            kind="memory",
         )
         leg = self._leg(info)
         phone = MemoryPhone(self, caller, ack=ack)

@@ -17,9 +17,11 @@ import pytest
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
+from config import Settings
 from daemon.blackbox import RecordingInfo
 from daemon.ipc import messages as m
 from daemon.ipc.connection import Connection, IpcError
+from daemon.pool_state import hello_reply
 from sip.events import (
     CallAnswered,
     CallEnded,
@@ -57,6 +59,9 @@ EXAMPLES: list[m.Message] = [
     m.MakeCall(target="1001", ring_timeout=10.5),
     m.MakeCallReply(call="w0-1"),
     m.Hangup(call="w0-1"),
+    m.WebOffer(sdp="v=0\r\n", mode="agent", record_id="in-00ff", caller="web:default"),
+    m.WebOfferReply(sdp="v=0\r\n", call="web-1"),
+    m.WebHangup(call="web-1"),
     m.Hello(index=2, pid=4242),
     m.HelloReply(
         sip={"port": 5062, "password": "secret"},
@@ -171,6 +176,53 @@ def test_end_of_call_reports_round_trip() -> None:
     assert failed.body()["phase"] == "connect"
     with pytest.raises(ValidationError, match="phase"):
         m.AgentFailed.model_validate({"call": "a", "kind": "k", "error": "e", "phase": "later"})
+
+
+def test_web_offer_and_direction_round_trip() -> None:
+    """A browser's offer (either mode, with its session), its answer or refusal, its hang-up,
+    a browser call's start with direction web and the hello's [web] section cross intact;
+    an inbound call's direction defaults to inbound and has no third value."""
+    session = {"type": "realtime", "instructions": "Be brief.", "audio": {"output": {}}}
+    offer = m.WebOffer(
+        sdp="v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\n",
+        mode="engine",
+        session=session,
+        caller="web:local",
+        user_agent="Mozilla/5.0",
+    )
+    assert _wire(offer).body() == offer.body()
+    assert m.REQUESTS["web_offer"] is m.WebOffer
+    assert m.WebOffer.reply is m.WebOfferReply
+    assert m.REQUESTS["web_hangup"] is m.WebHangup
+    refused = _wire(m.WebOfferReply(status=503, error="every web worker is full"))
+    assert isinstance(refused, m.WebOfferReply)
+    assert (refused.sdp, refused.status, refused.error) == ("", 503, "every web worker is full")
+    assert m.WebOfferReply(sdp="v=0", call="web-2").status == 201
+    web = _wire(
+        m.InboundStarted(call="web-2", sip_call_id="webrtc:2", caller="web:local", direction="web")
+    )
+    assert web.body()["direction"] == "web"
+    sip = m.InboundStarted.model_validate({"call": "w0-1", "sip_call_id": "a", "caller": "1"})
+    assert sip.direction == "inbound"
+    hello = m.HelloReply(
+        sip={},
+        log_level="info",
+        log_format="json",
+        inbound_policy=None,
+        agent={},
+        api={},
+        realtime={},
+        web={"enabled": True, "max_calls": 8, "ice_addresses": ["127.0.0.1"]},
+    )
+    assert _wire(hello).body()["web"]["ice_addresses"] == ["127.0.0.1"]
+    told = hello_reply(Settings(), None).web
+    assert (told["enabled"], told["workers"], told["max_calls"]) == (True, 1, 8)
+    with pytest.raises(ValidationError, match="direction"):
+        m.InboundStarted.model_validate(
+            {"call": "a", "sip_call_id": "b", "caller": "c", "direction": "outbound"}
+        )
+    with pytest.raises(ValidationError, match="mode"):
+        m.WebOffer.model_validate({"sdp": "v=0", "mode": "phone"})
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from daemon.blackbox import RecordingInfo
+from daemon.inbound_records import inbound_view
 from daemon.store import FINAL_STATUSES, MIGRATIONS, DuplicateCallId, Store
 
 
@@ -250,6 +251,43 @@ async def test_version_4_database_is_upgraded_keeping_rows_and_kinds(tmp_path: P
         assert store.webhook_state_counts() == {"delivered": 2}
     finally:
         await store.close()
+
+
+async def test_version_5_database_gains_direction_keeping_rows(tmp_path: Path) -> None:
+    """A version 5 file's inbound calls read direction inbound and stay listed as inbound;
+    a browser call stored after the upgrade is listed under web only."""
+    path = tmp_path / "v5.db"
+    db = sqlite3.connect(path)
+    for script in MIGRATIONS[:5]:
+        db.executescript(script)
+    db.execute(
+        "INSERT INTO inbound_calls (call_id, sip_call_id, caller, worker, started_at, status,"
+        " extension) VALUES ('in-1', 's', '1002', 0, 1, 'completed', '1000')"
+    )
+    db.execute("PRAGMA user_version = 5")
+    db.commit()
+    db.close()
+    store = Store(path)
+    await store.open()
+    try:
+        old = await store.get_inbound("in-1")
+        assert old is not None
+        assert (old["direction"], old["caller"], old["extension"]) == ("inbound", "1002", "1000")
+        await store.insert_inbound("in-2", "webrtc:1", "web:default", 1000, direction="web")
+        web = await store.get_inbound("in-2")
+        assert web is not None
+        assert web["direction"] == "web"
+        assert (inbound_view(old)["direction"], inbound_view(web)["direction"]) == (
+            "inbound",
+            "web",
+        )
+        assert [r["call_id"] for r in await store.list_inbound(10)] == ["in-1"]
+        assert [r["call_id"] for r in await store.list_inbound(10, direction="web")] == ["in-2"]
+    finally:
+        await store.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 6
+    db.close()
 
 
 async def test_inbound_finish_and_its_webhook_are_written_together(

@@ -150,12 +150,14 @@ class Hangup(Request[Done]):
 
 
 class WebOfferReply(Message):
-    """The answer to a browser's offer; on a refusal ``sdp`` is empty and ``error`` says why."""
+    """The answer to a browser's offer; on a refusal ``sdp`` is empty and ``detail`` says why.
+
+    (Not ``error``: a reply body with a top-level ``error`` is the IPC failure shape.)"""
 
     sdp: str = ""
     call: str = ""  # the web worker's id of the call
-    status: int = 201  # the HTTP status to answer with: 201, or 400 / 503 with ``error``
-    error: str = ""
+    status: int = 201  # the HTTP status to answer with: 201, or 400 / 503 with ``detail``
+    detail: str = ""
 
 
 class WebOffer(Request[WebOfferReply]):

@@ -194,9 +194,10 @@ def test_web_offer_and_direction_round_trip() -> None:
     assert m.REQUESTS["web_offer"] is m.WebOffer
     assert m.WebOffer.reply is m.WebOfferReply
     assert m.REQUESTS["web_hangup"] is m.WebHangup
-    refused = _wire(m.WebOfferReply(status=503, error="every web worker is full"))
+    refused = _wire(m.WebOfferReply(status=503, detail="every web worker is full"))
     assert isinstance(refused, m.WebOfferReply)
-    assert (refused.sdp, refused.status, refused.error) == ("", 503, "every web worker is full")
+    assert (refused.sdp, refused.status, refused.detail) == ("", 503, "every web worker is full")
+    assert "error" not in refused.body(), "a top-level error is the IPC failure shape"
     assert m.WebOfferReply(sdp="v=0", call="web-2").status == 201
     web = _wire(
         m.InboundStarted(call="web-2", sip_call_id="webrtc:2", caller="web:local", direction="web")

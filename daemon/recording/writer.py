@@ -7,13 +7,18 @@ clock thread, or a memory network's clock); the ``sipai-recorder`` thread of
 are paired by media tick, and a tick a side has no frame for (a frame pjmedia did not
 deliver, or one the tap dropped because this thread was behind) is written as silence, so
 both channels keep their alignment and the file its duration. The header goes first with
-its sizes at 0xFFFFFFFF (a file cut short still plays) and is patched when the call ends.
+its sizes at 0xFFFFFFFF (a file cut short still plays) and is patched when the call ends;
+then a ``sipai-recorder-seal`` thread of its own syncs and hashes the file (SHA-256 is a chain
+from the header on, so the whole file is read once more, through its descriptor), so a long
+file never holds up the taps of the other recordings.
 
 Threads: the loop calls :meth:`RecordingWriter.start`, :meth:`RecordingWriter.finish` and
 :meth:`RecordingWriter.stop`; the ``sipai-recorder`` thread owns every file and every
 :class:`Recording` field marked so, and hands results back through a
-``concurrent.futures.Future``. A failing disk never fails a call: the error is logged once
-(``recording.failed``) and the recording is reported incomplete.
+``concurrent.futures.Future``; once a file's sizes are patched, its seal thread owns it and
+its :class:`Recording`. A failing disk (or any error of a recording's step) never fails a call
+nor the other recordings: the error is logged once (``recording.failed``) and that recording is
+reported incomplete.
 """
 
 from __future__ import annotations
@@ -70,7 +75,9 @@ class Recording:
         # The result, set by the writer thread once the file is finished.
         self.done: concurrent.futures.Future[RecordingInfo | None] = concurrent.futures.Future()
         self.closing = False  # set by the loop when the call ended
-        # Writer thread only (``bytes`` is also read by the loop for a late result):
+        self.late = False  # loop only: a finish() gave up waiting for the file once
+        # Writer thread only, then its seal thread (``bytes`` is also read by the loop for a
+        # late result):
         self.fd: int | None = None
         self.bytes = 0  # written to the file, header included
         self.written = 0  # ticks written to the file
@@ -107,6 +114,11 @@ class Recording:
                     taken.setdefault(tick, frame)
         return latest - 1
 
+    def discard(self) -> None:
+        """Drop the frames taken and not written (the recording failed)."""
+        self._heard.clear()
+        self._played.clear()
+
     def interleaved(self, last: int) -> bytes:
         """Ticks after those written up to ``last``, as interleaved samples (silence where a
         side has no frame)."""
@@ -135,6 +147,8 @@ class RecordingWriter:
         self._thread: threading.Thread | None = None  # the loop starts and joins it
         self._stopped = False  # loop only
         self._open: list[Recording] = []  # writer thread only
+        # Started by the writer thread (which drops the finished ones); joined by stop().
+        self._seals: list[threading.Thread] = []
 
     def start(
         self, media: LegMedia, call_id: str, path: Path, limit: int = TAP_FRAMES
@@ -157,14 +171,18 @@ class RecordingWriter:
     ) -> RecordingInfo | None:
         """Once the call has ended: write the rest, patch the header, sync and hash the file.
         None: the call carried no audio, or its file could not be created. A disk still
-        holding the thread up after ``within`` seconds gives an incomplete result at once;
-        the thread finishes the file when its write returns."""
+        holding the thread up after ``within`` seconds gives an incomplete result at once
+        (and to any later call at once too); the thread finishes the file when its write
+        returns."""
         if not recording.closing:
             recording.closing = True
             self._commands.put(_Finish(recording))
+        if recording.late and not recording.done.done():
+            return recording.late_info()
         try:
             return await asyncio.to_thread(recording.done.result, within)
         except TimeoutError:
+            recording.late = True
             log.warning("recording.late", call_id=recording.call_id, path=str(recording.path))
             return recording.late_info()
 
@@ -174,9 +192,12 @@ class RecordingWriter:
         self._stopped = True
         thread, self._thread = self._thread, None
         if thread is not None:
+            deadline = time.monotonic() + within
             self._commands.put(None)
             await asyncio.to_thread(thread.join, within)
-            if thread.is_alive():
+            for seal in list(self._seals):  # the files the thread handed over last
+                await asyncio.to_thread(seal.join, max(0.0, deadline - time.monotonic()))
+            if thread.is_alive() or any(seal.is_alive() for seal in self._seals):
                 log.warning("recording.writer_stuck", seconds=within)
 
     # -- the sipai-recorder thread ---------------------------------------------------------
@@ -197,7 +218,7 @@ class RecordingWriter:
                     self._open.remove(command.recording)
                     self._close(command.recording, complete=True)
             for recording in self._open:
-                self._write_taken(recording, recording.take())
+                self._drain(recording)
         for recording in self._open:
             self._close(recording, complete=False)  # the worker stops during the call
         self._open.clear()
@@ -205,11 +226,20 @@ class RecordingWriter:
     def _create(self, recording: Recording) -> None:
         try:
             recording.path.parent.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+            flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
             recording.fd = os.open(recording.path, flags, FILE_MODE)
             self._write(recording, wav_header(recording.rate, 2, STREAMING))
-        except OSError as exc:
+        except Exception as exc:  # a disk's OSError, or any other: this recording only
             self._fail(recording, exc)
+
+    def _drain(self, recording: Recording, ended: bool = False) -> None:
+        """The tap's frames into the file (``ended``: the media side is done with the call,
+        so every tick up to the last one is whole)."""
+        try:
+            self._write_taken(recording, recording.take() + (1 if ended else 0))
+        except Exception as exc:  # this recording fails; the thread goes on with the others
+            self._fail(recording, exc)
+            recording.discard()
 
     def _write_taken(self, recording: Recording, last: int) -> None:
         if last <= recording.written:
@@ -230,23 +260,24 @@ class RecordingWriter:
             view = view[count:]
             recording.bytes += count
 
-    def _fail(self, recording: Recording, exc: OSError) -> None:
+    def _fail(self, recording: Recording, exc: Exception) -> None:
         if not recording.failed:
             recording.failed = True
             log.warning(
                 "recording.failed",
                 call_id=recording.call_id,
                 path=str(recording.path),
-                error=str(exc),
+                error=str(exc) if isinstance(exc, OSError) else repr(exc),
             )
 
     def _close(self, recording: Recording, complete: bool) -> None:
-        """The call ended (or the worker stops): the rest, the sizes, fsync, the hash."""
-        # The media side is done with the call: every tick up to the last one is whole.
-        self._write_taken(recording, recording.take() + 1)
+        """The call ended (or the worker stops): the rest and the sizes here, then the file
+        goes to a seal thread for fsync and the hash."""
+        self._drain(recording, ended=True)
         fd, recording.fd = recording.fd, None
         if fd is not None and (recording.written == 0 or recording.bytes == 0):
-            os.close(fd)  # the call never carried audio (or the header never made it)
+            with contextlib.suppress(OSError):
+                os.close(fd)  # the call never carried audio (or the header never made it)
             with contextlib.suppress(OSError):
                 os.unlink(recording.path)
             recording.done.set_result(None)
@@ -257,17 +288,40 @@ class RecordingWriter:
         try:
             if not recording.failed:
                 os.pwrite(fd, wav_header(recording.rate, 2, recording.bytes - HEADER_BYTES), 0)
+            seal = threading.Thread(
+                target=self._seal,
+                args=(recording, fd, complete),
+                name="sipai-recorder-seal",
+                daemon=True,
+            )
+            seal.start()
+            self._seals = [thread for thread in self._seals if thread.is_alive()]
+            self._seals.append(seal)
+        except Exception as exc:  # the header, or no thread to be had: finished here
+            self._fail(recording, exc)
+            self._seal(recording, fd, complete)
+
+    def _seal(self, recording: Recording, fd: int, complete: bool) -> None:
+        """fsync the file, hash it through its descriptor, close it, hand the result back."""
+        digest = hashlib.sha256()
+        try:
+            if not recording.failed:
                 os.fsync(fd)
-        except OSError as exc:
+                offset = 0
+                while chunk := os.pread(fd, HASH_CHUNK, offset):
+                    digest.update(chunk)
+                    offset += len(chunk)
+        except Exception as exc:
             self._fail(recording, exc)
         finally:
-            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
         tap = recording.tap
         info = RecordingInfo(
             path=str(recording.path),
             duration_seconds=round(recording.written * recording.frame_seconds, 3),
             bytes=recording.bytes,
-            sha256="" if recording.failed else _sha256(recording),
+            sha256="" if recording.failed else digest.hexdigest(),
             complete=complete and not recording.failed and tap.dropped == 0,
             dropped_frames=tap.dropped,
             rate=recording.rate,
@@ -282,15 +336,3 @@ class RecordingWriter:
             complete=info.complete,
             dropped_frames=info.dropped_frames,
         )
-
-
-def _sha256(recording: Recording) -> str:
-    digest = hashlib.sha256()
-    try:
-        with recording.path.open("rb") as f:
-            while chunk := f.read(HASH_CHUNK):
-                digest.update(chunk)
-    except OSError as exc:
-        log.warning("recording.failed", call_id=recording.call_id, error=str(exc))
-        return ""
-    return digest.hexdigest()

@@ -4,13 +4,16 @@ WAV file whose header and hash describe it once the call has ended."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import os
 import struct
+import time
 import wave
 from pathlib import Path
 
 import numpy as np
+from structlog.testing import capture_logs
 
 from daemon.legs.media import LegMedia
 from daemon.recording.writer import RecordingWriter, recording_path
@@ -98,3 +101,86 @@ async def test_a_call_without_audio_leaves_no_file(tmp_path: Path) -> None:
     await writer.stop()
     assert not (tmp_path / "in-0.wav").exists()
     assert writer.start(media, "in-1", tmp_path / "in-1.wav") is None  # stopped: no new ones
+
+
+async def test_an_unexpected_error_fails_one_recording_and_the_thread_goes_on(
+    tmp_path: Path,
+) -> None:
+    """A recording whose step raises something other than OSError (its path holds a NUL
+    byte: ValueError) is logged once as failed and gives no recording, and the writer thread
+    goes on: a recording started after it is finished complete."""
+    writer = RecordingWriter()
+    bad_media, good_media = LegMedia(RATE), LegMedia(RATE)
+    with capture_logs() as logs:
+        bad = writer.start(bad_media, "bad", tmp_path / "bad\0.wav")
+        good = writer.start(good_media, "good", tmp_path / "good.wav")
+        assert bad is not None
+        assert good is not None
+        for tick in range(1, 51):
+            for media in (bad_media, good_media):
+                media.tap_played(_frame(-tick))
+                media.tap_heard(_frame(tick))
+        bad_info = await writer.finish(bad, within=2.0)
+        good_info = await writer.finish(good, within=2.0)
+        await writer.stop()
+
+    assert bad_info is None, bad_info
+    assert good_info is not None
+    assert (good_info.complete, good_info.duration_seconds) == (True, 1.0), good_info
+    failed = [(e["call_id"], e["error"]) for e in logs if e["event"] == "recording.failed"]
+    assert failed == [("bad", "ValueError('embedded null byte')")], failed
+
+
+async def test_the_sha256_is_of_the_bytes_written_through_the_files_descriptor(
+    tmp_path: Path,
+) -> None:
+    """The hash is read through the recording's own descriptor, not by opening its path
+    again: a file moved away during the call still gets the sha256 of its whole content."""
+    media, writer = LegMedia(RATE), RecordingWriter()
+    path, moved = tmp_path / "in-9.wav", tmp_path / "moved.wav"
+    recording = writer.start(media, "in-9", path)
+    assert recording is not None
+    for tick in range(1, 51):
+        media.tap_played(_frame(tick))
+        media.tap_heard(_frame(-tick))
+    async with asyncio.timeout(5):
+        while not path.exists():
+            await asyncio.sleep(0.02)
+    path.rename(moved)
+    info = await writer.finish(recording)
+    await writer.stop()
+
+    assert info is not None
+    content = moved.read_bytes()
+    assert len(content) == 44 + 50 * FRAME * 4
+    assert info.sha256 == hashlib.sha256(content).hexdigest(), info
+
+
+async def test_a_late_recording_is_waited_for_once(tmp_path: Path) -> None:
+    """A file whose disk holds the writer up (a FIFO nobody reads) gives an incomplete result
+    without a hash after ``within`` seconds, and a second finish() of it gives the same at
+    once instead of waiting again."""
+    path = tmp_path / "stuck.wav"
+    os.mkfifo(path)
+    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # the writer's open then succeeds
+    fcntl.fcntl(reader, fcntl.F_SETPIPE_SZ, 4096)  # full after 6 ticks: os.write blocks
+    media, writer = LegMedia(RATE), RecordingWriter()
+    try:
+        recording = writer.start(media, "stuck", path)
+        assert recording is not None
+        for tick in range(1, 51):
+            media.tap_played(_frame(tick))
+            media.tap_heard(_frame(tick))
+        first = await writer.finish(recording, within=0.3)
+        started = time.monotonic()
+        second = await writer.finish(recording, within=0.3)
+        waited = time.monotonic() - started
+    finally:
+        os.close(reader)  # the blocked write fails with a broken pipe: the thread ends
+        await writer.stop()
+
+    assert first is not None
+    assert second is not None
+    assert (first.complete, first.sha256) == (False, ""), first
+    assert (second.complete, second.sha256) == (False, ""), second
+    assert waited < 0.1, f"the second finish() waited {waited:.3f} s"

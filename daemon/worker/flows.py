@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -45,6 +46,8 @@ from sip.uri import user_of
 from sip.worker import SipWorker
 
 log = get_logger(__name__)
+
+T = TypeVar("T")
 
 InboundPolicy = Callable[[CallLeg], Awaitable[None]]  # answers (or not) and runs a call
 
@@ -93,7 +96,7 @@ async def inbound(ctx: FlowContext, call: IncomingCall, events: asyncio.Queue[Si
         with contextlib.suppress(Exception):
             await leg.hangup()
     finally:
-        if recording is not None:  # done already for an agent's call: the same result
+        if recording is not None and not recording.closing:  # an agent's call finished it
             await finish_recording(ctx, leg, recording)
         leg.release()
 
@@ -120,19 +123,36 @@ async def agent(
         )
     agent_call = InboundAgent(leg, settings, target, ctx.realtime, services)
     await agent_call.run()
-    ended = await call_ended(leg)
-    written = await finish_recording(ctx, leg, recording) if recording is not None else None
-    # The outcome once the call is over (the CallEnded event itself went up already).
+    # The outcome once the call is over (the CallEnded event itself went up already); a part
+    # that cannot be had is left out (logged), never the outcome itself.
+    ended = await outcome_part(info.key, "ended", call_ended(leg))
+    written = None
+    if recording is not None:
+        written = await outcome_part(info.key, "recording", ctx.recorder.finish(recording))
+    try:
+        black_box = agent_call.black_box()
+    except Exception as exc:
+        log.error("call.outcome_failed", call_id=info.key, part="black_box", error=repr(exc))
+        black_box = None
     await services.report(
         "inbound_done",
         {
             "call": info.key,
             "cause": agent_call.end_cause,
-            "black_box": agent_call.black_box(),
+            "black_box": black_box,
             "recording": dataclasses.asdict(written) if written is not None else None,
             "connect_seconds": ended.connect_seconds if ended is not None else 0.0,
         },
     )
+
+
+async def outcome_part(call: str, part: str, step: Awaitable[T]) -> T | None:
+    """One part of a call's outcome; None (logged as ``call.outcome_failed``) if it fails."""
+    try:
+        return await step
+    except Exception as exc:
+        log.error("call.outcome_failed", call_id=call, part=part, error=repr(exc))
+        return None
 
 
 async def start_recording(ctx: FlowContext, leg: CallLeg, call_id: str) -> Recording | None:
@@ -175,15 +195,14 @@ async def run_outbound(ctx: FlowContext, request: Outbound) -> Body:
     outbound = OutboundCall(dialer, request.request, audio, ctx.services.transcribe, report)
     try:
         result = await outbound.run()  # once the call has ended
-        if recorder is not None:
-            written = await recorder.finish()
-            result["recording"] = dataclasses.asdict(written) if written is not None else None
-        # Wrapped: a reply with a top-level "error" key means the request failed.
-        return {"result": result}
     finally:
-        if recorder is not None:  # the file is closed on every path
-            await recorder.finish()
+        # The file is closed on every path, once.
+        written = await recorder.finish() if recorder is not None else None
         ctx.outbound.pop(call_id, None)
+    if recorder is not None:
+        result["recording"] = dataclasses.asdict(written) if written is not None else None
+    # Wrapped: a reply with a top-level "error" key means the request failed.
+    return {"result": result}
 
 
 def summary(audio: dict[str, NDArray[np.int16]]) -> Body:

@@ -12,17 +12,23 @@ import fcntl
 import os
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from structlog.testing import capture_logs
 
+from config.schema import AgentSettings, ApiSettings, RealtimeSettings, RecordingsSettings
 from daemon.calls.outbound import OutboundCall
+from daemon.legs.leg import CallLeg, Ended, LegError, LegEvent
 from daemon.legs.memory import MediaClock, MemoryNetwork
 from daemon.recording.dialer import RecordingDialer
 from daemon.recording.writer import RecordingWriter
+from daemon.worker.flows import FlowContext, agent, start_recording
 from media.wav import read_wav_channels
 from tests.audio import tone, tone_level_db
+from tests.peers.realtime_server import FakeRealtime
 
 RATE = 8000
 FRAME = RATE // 50
@@ -81,8 +87,11 @@ async def test_an_outbound_call_through_the_recording_dialer_is_recorded(tmp_pat
     message = (np.arange(RATE) % 2000 - 1000).astype(np.int16)  # 1 s, no silent frame
     sounds = {"message": message, "prompt": message, "closing": message}
 
+    statuses: dict[str, list[str]] = {"2001": [], "2002": []}
+    extension = ""
+
     async def report(status: str) -> None:
-        pass
+        statuses[extension].append(status)
 
     async def transcribe(pcm: Any, rate: int, hint: str) -> str:
         return ""
@@ -110,6 +119,7 @@ async def test_an_outbound_call_through_the_recording_dialer_is_recorded(tmp_pat
     assert message.tobytes() in samples[:, 1].tobytes()  # the whole message, intact
     assert results["2002"] == ("busy", None)
     assert not (tmp_path / "2002.wav").exists()
+    assert statuses == {"2001": ["ringing", "answered"], "2002": ["ringing"]}, statuses
 
 
 class SlowReader:
@@ -170,3 +180,75 @@ async def test_a_slow_disk_drops_frames_and_never_stalls_the_media(tmp_path: Pat
     assert info.dropped_frames > 0, info
     assert abs(info.duration_seconds - 2.0) <= 0.04, info
     assert reader.read < 32_000, reader.read  # the reader really was slower than the call
+
+
+class GoneAfterEnd:
+    """A call leg whose peer is gone once the call has ended: reading its end a second time
+    fails (as a SIP leg whose call was torn down may), everything else is the memory leg."""
+
+    def __init__(self, leg: CallLeg) -> None:
+        self._leg = leg
+        self._ended = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._leg, name)
+
+    async def receive(self) -> LegEvent:
+        if self._ended:
+            raise LegError("call gone")
+        event = await self._leg.receive()
+        self._ended = isinstance(event, Ended)
+        return event
+
+
+@dataclass
+class Reports:
+    """The supervisor's side of a worker: the reports a flow sent."""
+
+    sent: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    async def report(self, kind: str, body: dict[str, Any]) -> None:
+        self.sent.append((kind, body))
+
+
+async def test_the_inbound_outcome_is_sent_when_a_part_of_it_fails(tmp_path: Path) -> None:
+    """An agent's recorded call whose leg fails when its end is read again still reports
+    ``inbound_done``: the cause, the black box and the finished recording, the failed part
+    logged as ``call.outcome_failed`` and left at its default."""
+    reports = Reports()
+    async with FakeRealtime("ga") as fake, MediaClock(speed=1.0) as clock:
+        network = MemoryNetwork(clock, rate=RATE)
+        memory_leg, phone = network.incoming("1001")
+        leg = GoneAfterEnd(memory_leg)
+        ctx = FlowContext(
+            index=0,
+            worker=None,  # type: ignore[arg-type]
+            calls=None,  # type: ignore[arg-type]
+            services=reports,  # type: ignore[arg-type]
+            policy=None,
+            agent=AgentSettings(backend="url", url=fake.url, greeting=""),
+            api=ApiSettings(),
+            realtime=RealtimeSettings(),
+            recordings=RecordingsSettings(enabled=True, directory=tmp_path),
+        )
+        recording = await start_recording(ctx, leg, "in-parts")  # type: ignore[arg-type]
+        task = asyncio.create_task(agent(ctx, leg, "in-parts", recording))  # type: ignore[arg-type]
+        async with asyncio.timeout(10):
+            await phone.connected.wait()
+        phone.play(tone(440, RATE, 0.5))
+        await asyncio.sleep(0.6)
+        with capture_logs() as logs:
+            phone.hang_up()
+            async with asyncio.timeout(15):
+                await task
+        await ctx.recorder.stop()
+
+    done = [body for kind, body in reports.sent if kind == "inbound_done"]
+    assert len(done) == 1, reports.sent
+    assert done[0]["cause"] == "caller hung up", done[0]
+    assert done[0]["black_box"] is not None
+    assert done[0]["recording"] is not None
+    assert done[0]["recording"]["complete"], done[0]["recording"]
+    assert done[0]["connect_seconds"] == 0.0  # the end could not be read again
+    failed = [(e["part"], e["error"]) for e in logs if e["event"] == "call.outcome_failed"]
+    assert failed == [("ended", "LegError('call gone')")], failed

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import pjsua2 as pj
 
 from config.schema import SipSettings
+from daemon.logs import get_logger
 from sip.audio_port import CallAudio, CallAudioPort
 from sip.events import (
     CallAnswered,
@@ -27,6 +28,8 @@ from sip.events import (
     TransferProgress,
 )
 from sip.rtp_guard import LATCH_POLL_SECONDS, MediaGuard
+
+log = get_logger(__name__)
 
 # Ends a transaction at once (pjsua2 has no binding for it).
 _pjsip_tsx_terminate = ctypes.CDLL(pj._pjsua2.__file__).pjsip_tsx_terminate
@@ -221,50 +224,18 @@ class SipCall(pj.Call):  # type: ignore[misc]
             self.owner.later(LATCH_POLL_SECONDS, lambda: self._check_latch(index, latch))
 
     def onStreamDestroyed(self, prm: Any) -> None:
-        # The stream already gone: the call ends without RTP statistics.
-        with contextlib.suppress(pj.Error):
-            self.stats = self._stream_stats(int(prm.streamIdx))
+        self.stats = guarded_stats(self.key, self.audio, lambda: self._stream_stats(prm))
 
-    def _stream_stats(self, index: int) -> MediaStats:
+    def _stream_stats(self, prm: Any) -> MediaStats:
         """The stream's RTP, RTCP and jitter buffer statistics and the media counters, as
         pjmedia holds them just before the stream goes (the whole call's figures)."""
+        index = int(prm.streamIdx)
         stat = self.getStreamStat(index)
-        rx, tx, rtt, jbuf = stat.rtcp.rxStat, stat.rtcp.txStat, stat.rtcp.rttUsec, stat.jbuf
         try:
             codec = str(self.getStreamInfo(index).codecName)
         except pj.Error:
             codec = ""
-        counters = self.audio.stats()
-        playout = self.audio.playout.stats()
-        reports = int(tx.updateCount)  # the peer's receiver reports about our stream
-        return MediaStats(
-            rx_packets=int(rx.pkt),
-            rx_lost=int(rx.loss),
-            rx_jitter_ms=float(rx.jitterUsec.mean) / 1000,
-            tx_packets=int(tx.pkt),
-            uplink_frames=counters.uplink_frames,
-            uplink_dropped=counters.uplink_dropped,
-            callback_errors=counters.callback_errors,
-            playout_underruns=counters.playout_underruns,
-            rx_discarded=int(rx.discard),
-            rx_duplicates=int(rx.dup),
-            rx_reordered=int(rx.reorder),
-            rx_jitter_max_ms=float(rx.jitterUsec.max) / 1000 if rx.jitterUsec.n else 0.0,
-            tx_lost_reported=int(tx.loss) if reports else 0,
-            tx_jitter_ms_reported=float(tx.jitterUsec.mean) / 1000 if reports else 0.0,
-            tx_reports=reports,
-            rtt_ms_mean=float(rtt.mean) / 1000 if rtt.n else None,
-            rtt_ms_max=float(rtt.max) / 1000 if rtt.n else 0.0,
-            rtt_samples=int(rtt.n),
-            jb_avg_delay_ms=float(jbuf.avgDelayMsec),
-            jb_max_delay_ms=float(jbuf.maxDelayMsec),
-            jb_lost=int(jbuf.lost),
-            jb_discarded=int(jbuf.discard),
-            jb_empty=int(jbuf.empty),
-            codec=codec,
-            playout_overrun_samples=playout.overrun_samples,
-            playout_flushes=playout.flushes,
-        )
+        return media_stats(stat, codec, self.audio)
 
     def onDtmfDigit(self, prm: Any) -> None:
         method = "info" if getattr(prm, "method", 0) == pj.PJSUA_DTMF_METHOD_SIP_INFO else "rfc4733"
@@ -288,3 +259,54 @@ class SipCall(pj.Call):  # type: ignore[misc]
             self.owner.return_port(port)
         self.media = None
         self.audio.closed = True
+
+
+def guarded_stats(call: str, audio: CallAudio, read: Callable[[], MediaStats]) -> MediaStats | None:
+    """A stream's statistics as ``read`` gets them, or None; nothing escapes into pjsua2 (a
+    Python exception raised through a callback is not pjsua2's to handle). pj.Error: the
+    stream is gone already; any other error is counted in the call's ``callback_errors`` and
+    logged (a stream goes once)."""
+    try:
+        return read()
+    except pj.Error:
+        return None
+    except Exception as exc:
+        audio.callback_errors += 1
+        log.error("call.stats_failed", call_id=call, error=repr(exc))
+        return None
+
+
+def media_stats(stat: Any, codec: str, audio: CallAudio) -> MediaStats:
+    """A pjsua2 ``StreamStat`` and the call's own counters as :class:`MediaStats`."""
+    rx, tx, rtt, jbuf = stat.rtcp.rxStat, stat.rtcp.txStat, stat.rtcp.rttUsec, stat.jbuf
+    counters = audio.stats()
+    playout = audio.playout.stats()
+    reports = int(tx.updateCount)  # the peer's receiver reports about our stream
+    return MediaStats(
+        rx_packets=int(rx.pkt),
+        rx_lost=int(rx.loss),
+        rx_jitter_ms=float(rx.jitterUsec.mean) / 1000,
+        tx_packets=int(tx.pkt),
+        uplink_frames=counters.uplink_frames,
+        uplink_dropped=counters.uplink_dropped,
+        callback_errors=counters.callback_errors,
+        playout_underruns=counters.playout_underruns,
+        rx_discarded=int(rx.discard),
+        rx_duplicates=int(rx.dup),
+        rx_reordered=int(rx.reorder),
+        rx_jitter_max_ms=float(rx.jitterUsec.max) / 1000 if rx.jitterUsec.n else 0.0,
+        tx_lost_reported=int(tx.loss) if reports else 0,
+        tx_jitter_ms_reported=float(tx.jitterUsec.mean) / 1000 if reports else 0.0,
+        tx_reports=reports,
+        rtt_ms_mean=float(rtt.mean) / 1000 if rtt.n else None,
+        rtt_ms_max=float(rtt.max) / 1000 if rtt.n else 0.0,
+        rtt_samples=int(rtt.n),
+        jb_avg_delay_ms=float(jbuf.avgDelayMsec),
+        jb_max_delay_ms=float(jbuf.maxDelayMsec),
+        jb_lost=int(jbuf.lost),
+        jb_discarded=int(jbuf.discard),
+        jb_empty=int(jbuf.empty),
+        codec=codec,
+        playout_overrun_samples=playout.overrun_samples,
+        playout_flushes=playout.flushes,
+    )

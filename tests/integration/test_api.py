@@ -868,6 +868,28 @@ async def test_the_recording_is_served_with_ranges_behind_the_token(tmp_path: Pa
         await _close(api)
 
 
+async def test_a_recording_without_a_hash_gets_no_hash_etag(tmp_path: Path) -> None:
+    """A late recording (stored with no sha256) is served with the server's own ETag from
+    its size and time, not ``""``, which every other late recording would share."""
+    api = await _api(tmp_path)
+    try:
+        etags = []
+        for n in (1, 2):
+            call_id = f"in-00000000000000c{n}"
+            info = _recording(tmp_path / "recordings" / f"{call_id}.wav", 0.25 * n)
+            late = RecordingInfo(info.path, info.duration_seconds, info.bytes, "", False, 0, 8000)
+            await api.store.insert_inbound(call_id, f"c{n}@pbx", "1001", 0, extension="1000")
+            await api.store.save_recording(call_id, "inbound", late)
+            await api.store.finish_inbound(call_id, "completed", "caller hung up")
+            served = await api.client.get(f"/call/{call_id}/recording")
+            assert served.status_code == 200, served.text
+            etags.append(served.headers.get("etag"))
+        assert '""' not in etags, etags
+        assert len(set(etags)) == 2, etags
+    finally:
+        await _close(api)
+
+
 async def test_a_listed_outbound_call_carries_its_recording(tmp_path: Path) -> None:
     """GET /calls shows a finished outbound call's recording as GET /call/{id} does."""
     api = await _api(tmp_path)

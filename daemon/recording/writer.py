@@ -72,7 +72,7 @@ class Recording:
         self.tap = tap
         self.rate = rate
         self.frame_bytes = frame_bytes
-        # The result, set by the writer thread once the file is finished.
+        # The result, set by the writer thread (no file) or the seal thread once it is sealed.
         self.done: concurrent.futures.Future[RecordingInfo | None] = concurrent.futures.Future()
         self.closing = False  # set by the loop when the call ended
         self.late = False  # loop only: a finish() gave up waiting for the file once

@@ -122,7 +122,13 @@ async def agent(
             target, headers={**target.headers, "X-Sipai-Call": f"{ctx.index}:{info.key}"}
         )
     agent_call = InboundAgent(leg, settings, target, ctx.realtime, services)
-    await agent_call.run()
+    failure: Exception | None = None
+    try:
+        await agent_call.run()
+    except Exception as exc:  # the record still ends; the flow's caller ends the call
+        failure = exc
+        with contextlib.suppress(Exception):
+            await leg.hangup()
     # The outcome once the call is over (the CallEnded event itself went up already); a part
     # that cannot be had is left out (logged), never the outcome itself.
     ended = await outcome_part(info.key, "ended", call_ended(leg))
@@ -138,12 +144,14 @@ async def agent(
         "inbound_done",
         {
             "call": info.key,
-            "cause": agent_call.end_cause,
+            "cause": agent_call.end_cause if failure is None else f"error: {failure!r}",
             "black_box": black_box,
             "recording": dataclasses.asdict(written) if written is not None else None,
             "connect_seconds": ended.connect_seconds if ended is not None else 0.0,
         },
     )
+    if failure is not None:
+        raise failure
 
 
 async def outcome_part(call: str, part: str, step: Awaitable[T]) -> T | None:

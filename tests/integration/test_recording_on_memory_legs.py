@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from structlog.testing import capture_logs
 
 from config.schema import AgentSettings, ApiSettings, RealtimeSettings, RecordingsSettings
@@ -252,3 +253,46 @@ async def test_the_inbound_outcome_is_sent_when_a_part_of_it_fails(tmp_path: Pat
     assert done[0]["connect_seconds"] == 0.0  # the end could not be read again
     failed = [(e["part"], e["error"]) for e in logs if e["event"] == "call.outcome_failed"]
     assert failed == [("ended", "LegError('call gone')")], failed
+
+
+class FailsToAnswer:
+    """A call leg whose answer fails with an error nobody expects; the rest is the memory
+    leg."""
+
+    def __init__(self, leg: CallLeg) -> None:
+        self._leg = leg
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._leg, name)
+
+    async def answer(self) -> None:
+        raise RuntimeError("boom")
+
+
+async def test_an_agent_that_fails_still_ends_its_record(tmp_path: Path) -> None:
+    """An unexpected error inside the agent's run still sends ``inbound_done`` (cause
+    ``error: ...``), so the record ends instead of staying in progress; the error then
+    reaches the flow, which ends the call."""
+    reports = Reports()
+    async with FakeRealtime("ga") as fake, MediaClock(speed=1.0) as clock:
+        network = MemoryNetwork(clock, rate=RATE)
+        memory_leg, _phone = network.incoming("1001")
+        ctx = FlowContext(
+            index=0,
+            worker=None,  # type: ignore[arg-type]
+            calls=None,  # type: ignore[arg-type]
+            services=reports,  # type: ignore[arg-type]
+            policy=None,
+            agent=AgentSettings(backend="url", url=fake.url, greeting=""),
+            api=ApiSettings(),
+            realtime=RealtimeSettings(),
+            recordings=RecordingsSettings(enabled=False, directory=tmp_path),
+        )
+        leg = FailsToAnswer(memory_leg)
+        with pytest.raises(RuntimeError, match="boom"):
+            async with asyncio.timeout(15):
+                await agent(ctx, leg, "in-fails")  # type: ignore[arg-type]
+        await ctx.recorder.stop()
+
+    done = [body for kind, body in reports.sent if kind == "inbound_done"]
+    assert [body["cause"] for body in done] == ["error: RuntimeError('boom')"], reports.sent

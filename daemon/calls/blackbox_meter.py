@@ -33,6 +33,8 @@ VOICE_RING_FRAMES = 100  # arrival times kept: 2 s, well over the VAD's 500 ms h
 # of speech (the model heard the silence first): a later one belongs to the next utterance.
 END_SLACK_SECONDS = 1.0
 FirstOut = Callable[[str], float | None]  # item -> when its first frame went out, or None
+# Codecs the E-model's G.711 constants do not rate (a browser call's Opus): no MOS for them.
+UNRATED_CODECS = frozenset({"opus"})
 
 
 def line(stats: MediaStats) -> bb.BlackBox:
@@ -84,7 +86,9 @@ def line(stats: MediaStats) -> bb.BlackBox:
                 "empty": stats.jb_empty,
             },
         },
-        "mos": {
+        "mos": None
+        if stats.codec in UNRATED_CODECS
+        else {
             "rx": _round(heard.mos, 3),
             "tx": _round(told.mos, 3) if told is not None else None,
             "r_rx": _round(heard.r),

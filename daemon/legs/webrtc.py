@@ -32,8 +32,11 @@ network (or a test on loopback) would have none. This module is the one place th
 which addresses aioice uses: it replaces ``aioice.ice.get_host_addresses`` on import with
 :func:`host_addresses`, which gives the addresses set by :func:`use_ice_addresses` (``[web]
 ice_addresses``), or, when none are set, the host's addresses as aioice finds them plus
-127.0.0.1. Every connection made here has ``RTCConfiguration(iceServers=[])``
-(:func:`peer_connection`): aiortc would use Google's STUN server otherwise.
+127.0.0.1. It also makes a loopback candidate ignore connectivity checks from addresses that
+are not loopback (a browser on this machine would otherwise pair its network address with our
+127.0.0.1 and select that). Every connection made here has
+``RTCConfiguration(iceServers=[])`` (:func:`peer_connection`): aiortc would use Google's STUN
+server otherwise.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from ipaddress import ip_address
 from typing import Any
 
 import aioice.ice
+import aioice.stun
 import av
 import numpy as np
 from aiortc import (
@@ -124,6 +128,32 @@ def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
 
 
 aioice.ice.get_host_addresses = host_addresses
+
+_aioice_request_received = aioice.ice.Connection.request_received
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ip_address(host.partition("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _request_received(
+    connection: aioice.ice.Connection,
+    message: aioice.stun.Message,
+    addr: tuple[str, int],
+    protocol: aioice.ice.StunProtocol,
+) -> None:
+    """Drop a connectivity check that reaches a loopback candidate from an address that is
+    not loopback (only this host can send one, from its own network address): a browser on
+    the same machine then selects the loopback pair, as it must when only loopback is used."""
+    if _is_loopback(protocol.local_candidate.host) and not _is_loopback(addr[0]):
+        return
+    _aioice_request_received(connection, message, addr, protocol)
+
+
+setattr(aioice.ice.Connection, "request_received", _request_received)  # noqa: B010
 
 
 def peer_connection() -> RTCPeerConnection:
@@ -294,6 +324,11 @@ class WebRtcLeg:
     @property
     def info(self) -> CallInfo:
         return self._info
+
+    @property
+    def peer(self) -> RTCPeerConnection:
+        """The connection (for a caller that serves further data channels of the page)."""
+        return self._pc
 
     @property
     def answer_sdp(self) -> str:

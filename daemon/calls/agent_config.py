@@ -51,14 +51,18 @@ def _transfer_tool(agent: AgentSettings) -> Tool | None:
     )
 
 
-def _tools(agent: AgentSettings) -> tuple[Tool, ...]:
-    transfer = _transfer_tool(agent)
+def _tools(agent: AgentSettings, kind: str = "sip") -> tuple[Tool, ...]:
+    """The session's tools; a browser call (``kind`` "web") has no REFER and no keypad tones,
+    so it is offered neither ``transfer_call`` nor ``send_dtmf``."""
     http = tuple(Tool(t.name, t.description, t.parameters) for t in agent.tools)
+    if kind == "web":
+        return (END_CALL, *http)
+    transfer = _transfer_tool(agent)
     return (END_CALL, SEND_DTMF, *((transfer,) if transfer else ()), *http)
 
 
-def session_config(agent: AgentSettings) -> SessionConfig:
-    """The session asked for by ``[agent]``."""
+def session_config(agent: AgentSettings, kind: str = "sip") -> SessionConfig:
+    """The session asked for by ``[agent]``, for a call leg of ``kind`` (:attr:`CallInfo.kind`)."""
     formats = {ModelAudio.PCMU: PCMU, ModelAudio.PCM24: PCM24K}
     detection: TurnDetection | None = None
     if agent.turn_detection is not TurnDetectionKind.NONE:
@@ -78,7 +82,7 @@ def session_config(agent: AgentSettings) -> SessionConfig:
         output_format=formats[agent.output_format],
         turn_detection=detection,
         transcription_model=agent.transcription_model,
-        tools=_tools(agent),
+        tools=_tools(agent, kind),
     )
 
 

@@ -31,13 +31,19 @@ log = get_logger(__name__)
 
 class CallSession:
     def __init__(
-        self, endpoint: Endpoint, agent: AgentSettings, call_key: str, route: int | None
+        self,
+        endpoint: Endpoint,
+        agent: AgentSettings,
+        call_key: str,
+        route: int | None,
+        kind: str = "sip",
     ) -> None:
         self.endpoint = endpoint
         self.agent = agent
         self.call_key = call_key
         self.route = route  # the [[agent.routes]] entry applied, for the log
-        self.current = RealtimeSession(endpoint, session_config(agent))
+        self.kind = kind  # the call leg's kind: a browser call has fewer tools
+        self.current = RealtimeSession(endpoint, session_config(agent, kind))
         self.uplink_latency: deque[float] = deque(maxlen=20000)  # frame arrival -> sent, s
         self.connect_ms: float | None = None  # the first session's connect and set-up time
 
@@ -131,7 +137,7 @@ class CallSession:
 
     async def replace(self, replay: tuple[ce.Turn, ...]) -> ce.Event:
         """A new session with the conversation so far replayed as text; then swap."""
-        new = RealtimeSession(self.endpoint, session_config(self.agent))
+        new = RealtimeSession(self.endpoint, session_config(self.agent, self.kind))
         dialect = self.endpoint.dialect
         try:
             reported = await new.open(self.agent.connect_timeout_seconds)

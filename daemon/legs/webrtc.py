@@ -510,7 +510,8 @@ class WebRtcLeg:
                 reports += 1
                 tx_lost += max(0, entry.packetsLost)
                 tx_jitter_ms = max(tx_jitter_ms, entry.jitter * 1000 / OPUS_CLOCK)
-                rtt_ms = entry.roundTripTime * 1000
+                if entry.roundTripTime is not None:  # None until an SR of ours is answered
+                    rtt_ms = entry.roundTripTime * 1000
             elif isinstance(entry, RTCOutboundRtpStreamStats) and entry.kind == "audio":
                 tx_packets += entry.packetsSent
         counters = self._media.stats()

@@ -37,3 +37,20 @@ def test_no_route_keeps_the_defaults() -> None:
     agent, index = for_call(AGENT, _call("1001", **{"x-queue": "support"}))
     assert index is None
     assert agent is AGENT
+
+
+def test_a_browser_call_is_offered_neither_transfer_nor_dtmf() -> None:
+    """With transfer targets set, a SIP call's session has transfer_call and send_dtmf, a
+    browser call's only end_call and the HTTP tools."""
+    agent = AgentSettings.model_validate(
+        {
+            "transfer_target": "2000",
+            "tools": [{"name": "lookup", "description": "Find an order.", "url": "http://x/"}],
+        }
+    )
+    sip = CallInfo("w0-1", True, "sip-1", "1001")
+    web = CallInfo("web-1", True, "webrtc:1", "web:local", kind="web")
+    sip_tools = [t.name for t in session_config(agent, sip.kind).tools]
+    web_tools = [t.name for t in session_config(agent, web.kind).tools]
+    assert sip_tools == ["end_call", "send_dtmf", "transfer_call", "lookup"]
+    assert web_tools == ["end_call", "lookup"]

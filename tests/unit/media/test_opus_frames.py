@@ -37,7 +37,8 @@ def test_stereo_48k_frames_become_mono_at_the_leg_rate_and_back() -> None:
 
     down = DownlinkFrames(8000)
     back = [f for frame in out for f in down.push(frame)]
-    assert len(back) == FRAMES and {len(f) for f in back} == {960}
+    assert len(back) == FRAMES
+    assert {len(f) for f in back} == {960}
     whole = DownlinkFrames(8000).push(b"".join(out))
     assert all(np.array_equal(a, b) for a, b in zip(back, whole, strict=True))
     played = np.concatenate(back)[4800:]

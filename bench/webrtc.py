@@ -1,0 +1,403 @@
+"""Browser calls: what the daemon's WebRTC leg adds to a call's latency, and what it costs.
+
+The "browser" is an aiortc peer in this process (Chromium is for tests, not for timing) whose
+microphone plays a 5 ms click every 500 ms and silence between; it hears the other end back
+and times each click's return. The other end runs in a subprocess (``python -m bench.webrtc
+serve``), on loopback only, with one of:
+
+- ``reference``: a bare aiortc peer that sends back every decoded frame as it arrives - the
+  floor of Opus both ways, aiortc's jitter buffer and the loopback network;
+- ``leg``: the daemon's :class:`daemon.legs.webrtc.WebRtcLeg` at 8 kHz (an ``audio/pcmu``
+  model's rate) whose caller audio is pushed back into its playout by an echo in place of the
+  call flow (as ``bench.policies:model_echo`` does for SIP calls, without the model socket):
+  48k -> 8k and back, the playout buffer and the leg's paced track. Only the frames of a click
+  are pushed (as a model sends audio only when it speaks), so nothing is queued ahead of one
+  and the leg's 20 ms clock underruns in between; the wait for its next tick is in the figure.
+
+Per run, over every click: the round trip (click handed to the browser's encoder -> heard
+back, on this process's clock) p50/p99; the uplink (-> the click's frame reaching the far end:
+the leg's uplink stamp, or the reference peer's decoded frame; ``CLOCK_MONOTONIC`` is shared
+by the two processes) and the downlink (that arrival -> heard back); ``added_*_ms`` are the
+``leg`` run's p50s minus the ``reference`` run's. CPU of the subprocess per browser call
+(% of one core, steady state, with 1 and 4 calls at once) and its RSS.
+
+The SIP-side placement question (plan: SIP calls' latency with 0 vs 4 browser legs up, legs
+in a web worker vs in the supervisor) needs the web worker and is not measured here.
+
+Run: .venv/bin/python -m bench.webrtc [--seconds 10] [--legs 1 4]. Prints one JSON object on
+stdout, logs on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fractions
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import aiortc
+import av
+import numpy as np
+from aiortc import RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from numpy.typing import NDArray
+
+from bench.calls import _cpu_seconds, _rss_mib
+from bench.report import emit
+from daemon.legs.leg import CallInfo
+from daemon.legs.webrtc import WebRtcLeg, peer_connection, use_ice_addresses
+from tests.support import free_port
+
+RATE = 48000
+FRAME = 960
+CLICK_EVERY = 25  # frames: a click every 500 ms
+CLICK_AT = 240  # the click starts this many samples into its frame
+CLICK_SAMPLES = 240  # 5 ms
+THRESHOLD = 4000  # a sample above this is the click (Opus noise stays far below)
+LEG_RATE = 8000
+SETTLE_SECONDS = 2.0  # left out of the CPU figure: connection set-up and Opus start-up
+
+
+def _first_loud(pcm: NDArray[np.int16]) -> int | None:
+    loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) > THRESHOLD)
+    return int(loud[0]) if len(loud) else None
+
+
+class ClickTrack(MediaStreamTrack):
+    """The browser's microphone: silence with a 5 ms 2 kHz click every 500 ms."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = 0
+        self.clicks: list[float] = []  # when each click was handed to the encoder
+        self._start: float | None = None
+        t = np.arange(CLICK_SAMPLES) / RATE
+        self._click = np.zeros(FRAME, dtype=np.int16)
+        burst = 20000 * np.sin(2 * np.pi * 2000 * t) * np.hanning(CLICK_SAMPLES)
+        self._click[CLICK_AT : CLICK_AT + CLICK_SAMPLES] = np.rint(burst).astype(np.int16)
+        self._silence = np.zeros(FRAME, dtype=np.int16)
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        due = self._start + self.sent * 0.02
+        if due > now:
+            await asyncio.sleep(due - now)
+        click = self.sent % CLICK_EVERY == CLICK_EVERY - 1
+        pcm = self._click if click else self._silence
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = RATE
+        frame.pts = self.sent * FRAME
+        frame.time_base = fractions.Fraction(1, RATE)
+        if click:
+            self.clicks.append(time.monotonic() + CLICK_AT / RATE)
+        self.sent += 1
+        return frame
+
+
+class Browser:
+    """One browser call: plays clicks, notes when each came back."""
+
+    def __init__(self) -> None:
+        self.pc = peer_connection()
+        self.track = ClickTrack()
+        self.pc.addTrack(self.track)
+        self.heard: list[float] = []
+        self._quiet_until = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.pc.on("track", self._on_track)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        task = asyncio.ensure_future(self._listen(track))
+        self._tasks.add(task)
+
+    async def _listen(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            now = time.monotonic()
+            assert isinstance(frame, av.AudioFrame)
+            pcm = np.asarray(frame.to_ndarray(), dtype=np.int16).reshape(-1)
+            if len(frame.layout.channels) == 2:
+                pcm = pcm[0::2]
+            at = _first_loud(pcm)
+            if at is not None and now >= self._quiet_until:
+                # this frame was handed over now: its sample ``at`` plays ``at`` later than
+                # its first would
+                self.heard.append(now + at / RATE)
+                self._quiet_until = now + 0.25
+
+    async def close(self) -> None:
+        self.track.stop()
+        await self.pc.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+# -- the far end (subprocess) -----------------------------------------------------------------
+
+
+class EchoTrack(MediaStreamTrack):
+    """The reference peer's outgoing track: each decoded frame back as it came."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queue: asyncio.Queue[NDArray[np.int16]] = asyncio.Queue()
+        self.sent = 0
+
+    async def recv(self) -> av.AudioFrame:
+        pcm = await self.queue.get()
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = RATE
+        frame.pts = self.sent * FRAME
+        frame.time_base = fractions.Fraction(1, RATE)
+        self.sent += 1
+        return frame
+
+
+class Arrivals:
+    """When each click reached the far end (one per 250 ms at most)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._quiet_until = 0.0
+
+    def frame(self, arrived: float, pcm: NDArray[np.int16], rate: int) -> None:
+        at = _first_loud(pcm)
+        if at is not None and arrived >= self._quiet_until:
+            self.times.append(arrived + at / rate)
+            self._quiet_until = arrived + 0.25
+
+
+async def _reference_call(offer: str, arrivals: Arrivals) -> tuple[Any, asyncio.Task[None]]:
+    pc = peer_connection()
+    echo = EchoTrack()
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def listen(track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            now = time.monotonic()
+            assert isinstance(frame, av.AudioFrame)
+            pcm = np.asarray(frame.to_ndarray(), dtype=np.int16).reshape(-1)
+            if len(frame.layout.channels) == 2:
+                pcm = pcm[0::2]
+            arrivals.frame(now, pcm, RATE)
+            echo.queue.put_nowait(pcm.copy())
+
+    tasks: list[asyncio.Task[None]] = []
+    pc.on("track", lambda track: tasks.append(asyncio.ensure_future(listen(track))))
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+    pc.addTrack(echo)
+    await pc.setLocalDescription(await pc.createAnswer())
+
+    async def run() -> None:
+        try:
+            await done
+        finally:
+            for task in tasks:
+                task.cancel()
+            await pc.close()
+
+    return pc, asyncio.ensure_future(run())
+
+
+async def _leg_call(offer: str, n: int, arrivals: Arrivals) -> tuple[WebRtcLeg, asyncio.Task[None]]:
+    info = CallInfo(f"web-{n}", True, f"webrtc:{n}", "web:bench", kind="web")
+    leg = await WebRtcLeg.accept(offer, info, LEG_RATE)
+
+    async def echo() -> None:
+        await leg.receive()  # Answered
+        media = await leg.media()
+        async for arrived, frame in media.stamped_frames():
+            pcm = np.frombuffer(frame, dtype=np.int16)
+            arrivals.frame(arrived, pcm, LEG_RATE)
+            if _first_loud(pcm) is not None:  # only the clicks: nothing queued ahead of one
+                media.playout.push("echo", pcm)
+
+    return leg, asyncio.ensure_future(echo())
+
+
+async def serve(mode: str, port: int) -> None:
+    """Answer offers on ``port`` (one JSON line each way per call); the connection's close
+    ends the call, after a last line with the click arrival times."""
+    use_ice_addresses(["127.0.0.1"])
+    calls = iter(range(1, 10**6))
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        offer = json.loads(await reader.readline())["sdp"]
+        arrivals = Arrivals()
+        if mode == "reference":
+            pc, task = await _reference_call(offer, arrivals)
+            answer = pc.localDescription.sdp
+        else:
+            leg, task = await _leg_call(offer, next(calls), arrivals)
+            answer = leg.answer_sdp
+        writer.write(json.dumps({"sdp": answer}).encode() + b"\n")
+        await writer.drain()
+        await reader.readline()  # "done"
+        writer.write(json.dumps({"arrivals": arrivals.times}).encode() + b"\n")
+        await writer.drain()
+        task.cancel()
+        if mode == "reference":
+            await pc.close()
+        else:
+            await leg.hangup()
+            await leg.wait_closed()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    print("ready", flush=True)
+    os.dup2(2, 1)  # what the libraries print from here on goes to stderr
+    async with server:
+        await server.serve_forever()
+
+
+# -- the runs ---------------------------------------------------------------------------------
+
+
+def _pair(sent: list[float], got: list[float], limit: float = 0.4) -> list[float]:
+    """Latencies (ms) of each sent click to the first later arrival within ``limit`` s."""
+    out: list[float] = []
+    for s in sent:
+        later = [g for g in got if s <= g < s + limit]
+        if later:
+            out.append((later[0] - s) * 1000)
+    return out
+
+
+def _p(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    return round(float(np.percentile(values, q)), 1)
+
+
+async def _one_call(port: int, seconds: float) -> dict[str, list[float]]:
+    use_ice_addresses(["127.0.0.1"])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    browser = Browser()
+    await browser.pc.setLocalDescription(await browser.pc.createOffer())
+    assert browser.pc.localDescription is not None
+    writer.write(json.dumps({"sdp": browser.pc.localDescription.sdp}).encode() + b"\n")
+    await writer.drain()
+    answer = json.loads(await reader.readline())["sdp"]
+    await browser.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+    await asyncio.sleep(seconds)
+    writer.write(b"done\n")
+    await writer.drain()
+    arrivals = json.loads(await reader.readline())["arrivals"]
+    writer.close()
+    await browser.close()
+    sent = browser.track.clicks[2:]  # past Opus's start-up
+    return {
+        "round_trip": _pair(sent, browser.heard, 0.6),
+        "uplink": _pair(sent, arrivals),
+        "downlink": _pair(arrivals, browser.heard),
+    }
+
+
+async def _run(mode: str, legs: int, seconds: float) -> dict[str, Any]:
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.webrtc",
+        "serve",
+        "--mode",
+        mode,
+        "--port",
+        str(port),
+        stdout=asyncio.subprocess.PIPE,
+        env=os.environ,
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(30):
+            await proc.stdout.readline()  # "ready"
+        calls = [asyncio.ensure_future(_one_call(port, seconds)) for _ in range(legs)]
+        await asyncio.sleep(SETTLE_SECONDS)
+        cpu0, t0 = _cpu_seconds(proc.pid), time.monotonic()
+        await asyncio.sleep(max(0.5, seconds - SETTLE_SECONDS - 0.5))
+        cpu1, t1 = _cpu_seconds(proc.pid), time.monotonic()
+        rss = _rss_mib(proc.pid)
+        results = await asyncio.gather(*calls)
+    finally:
+        proc.terminate()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                await proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    merged = {k: [v for r in results for v in r[k]] for k in ("round_trip", "uplink", "downlink")}
+    return {
+        "name": mode,
+        "browser_legs": legs,
+        "clicks": len(merged["round_trip"]),
+        "round_trip_ms": {"p50": _p(merged["round_trip"], 50), "p99": _p(merged["round_trip"], 99)},
+        "uplink_ms": {"p50": _p(merged["uplink"], 50), "p99": _p(merged["uplink"], 99)},
+        "downlink_ms": {"p50": _p(merged["downlink"], 50), "p99": _p(merged["downlink"], 99)},
+        "cpu_percent_per_browser_leg": round(100 * (cpu1 - cpu0) / (t1 - t0) / legs, 1),
+        "process_rss_mb": round(rss, 1),
+    }
+
+
+def _added(runs: list[dict[str, Any]], legs: int) -> None:
+    reference = next(r for r in runs if r["name"] == "reference" and r["browser_legs"] == legs)
+    for run in runs:
+        if run["name"] == "leg" and run["browser_legs"] == legs:
+            for key in ("round_trip", "uplink", "downlink"):
+                ours, floor = run[f"{key}_ms"]["p50"], reference[f"{key}_ms"]["p50"]
+                if ours is not None and floor is not None:
+                    run[f"added_{key}_ms"] = round(ours - floor, 1)
+
+
+async def measure(seconds: float, legs: list[int]) -> dict[str, Any]:
+    runs: list[dict[str, Any]] = []
+    for count in legs:
+        for mode in ("reference", "leg"):
+            runs.append(await _run(mode, count, seconds))
+        _added(runs, count)
+    return {
+        "runs": runs,
+        "seconds": seconds,
+        "cpu_count": os.cpu_count(),
+        "aiortc": aiortc.__version__,
+        "av": av.__version__,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.webrtc")
+    parser.add_argument("what", nargs="?", default="measure", choices=("measure", "serve"))
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--legs", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--mode", choices=("reference", "leg"), default="leg")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    if args.what == "serve":
+        asyncio.run(serve(args.mode, args.port))
+        return 0
+    return emit(lambda: asyncio.run(measure(args.seconds, args.legs)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,11 +21,13 @@ by the two processes) and the downlink (that arrival -> heard back); ``added_*_m
 ``leg`` run's p50s minus the ``reference`` run's. CPU of the subprocess per browser call
 (% of one core, steady state, with 1 and 4 calls at once) and its RSS.
 
-The SIP-side placement question (plan: SIP calls' latency with 0 vs 4 browser legs up, legs
-in a web worker vs in the supervisor) needs the web worker and is not measured here.
+With ``--with-sip`` (needs sipp and kamailio): ``bench.bridge``'s 4 SIP calls with mu-law
+passthrough (its ``pcmu`` run), once alone and once with the largest ``--legs`` count of
+browser calls up in a process of their own, as a web worker holds them: the SIP calls' uplink
+and downlink p99 and CPU per call (``with_sip``: [alone, with browser calls]).
 
-Run: .venv/bin/python -m bench.webrtc [--seconds 10] [--legs 1 4]. Prints one JSON object on
-stdout, logs on stderr.
+Run: .venv/bin/python -m bench.webrtc [--seconds 10] [--legs 1 4] [--with-sip]. Prints one
+JSON object on stdout, logs on stderr.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiortc
@@ -47,6 +50,7 @@ from aiortc import RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from numpy.typing import NDArray
 
+from bench import bridge
 from bench.calls import _cpu_seconds, _rss_mib
 from bench.report import emit
 from daemon.legs.leg import CallInfo
@@ -290,7 +294,7 @@ def _p(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 1)
 
 
-async def _one_call(port: int, seconds: float) -> dict[str, list[float]]:
+async def _one_call(port: int, until: asyncio.Event) -> dict[str, list[float]]:
     use_ice_addresses(["127.0.0.1"])
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     browser = Browser()
@@ -300,7 +304,7 @@ async def _one_call(port: int, seconds: float) -> dict[str, list[float]]:
     await writer.drain()
     answer = json.loads(await reader.readline())["sdp"]
     await browser.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-    await asyncio.sleep(seconds)
+    await until.wait()
     writer.write(b"done\n")
     await writer.drain()
     arrivals = json.loads(await reader.readline())["arrivals"]
@@ -314,7 +318,9 @@ async def _one_call(port: int, seconds: float) -> dict[str, list[float]]:
     }
 
 
-async def _run(mode: str, legs: int, seconds: float) -> dict[str, Any]:
+@contextlib.asynccontextmanager
+async def _far_end(mode: str) -> AsyncIterator[tuple[int, int]]:
+    """The far end's subprocess: (its port, its pid)."""
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -332,13 +338,7 @@ async def _run(mode: str, legs: int, seconds: float) -> dict[str, Any]:
         assert proc.stdout is not None
         async with asyncio.timeout(30):
             await proc.stdout.readline()  # "ready"
-        calls = [asyncio.ensure_future(_one_call(port, seconds)) for _ in range(legs)]
-        await asyncio.sleep(SETTLE_SECONDS)
-        cpu0, t0 = _cpu_seconds(proc.pid), time.monotonic()
-        await asyncio.sleep(max(0.5, seconds - SETTLE_SECONDS - 0.5))
-        cpu1, t1 = _cpu_seconds(proc.pid), time.monotonic()
-        rss = _rss_mib(proc.pid)
-        results = await asyncio.gather(*calls)
+        yield port, proc.pid
     finally:
         proc.terminate()
         with contextlib.suppress(TimeoutError):
@@ -347,16 +347,62 @@ async def _run(mode: str, legs: int, seconds: float) -> dict[str, Any]:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def _latencies(results: list[dict[str, list[float]]]) -> dict[str, Any]:
     merged = {k: [v for r in results for v in r[k]] for k in ("round_trip", "uplink", "downlink")}
+    return {
+        "clicks": len(merged["round_trip"]),
+        **{f"{k}_ms": {"p50": _p(v, 50), "p99": _p(v, 99)} for k, v in merged.items()},
+    }
+
+
+async def _run(mode: str, legs: int, seconds: float) -> dict[str, Any]:
+    async with _far_end(mode) as (port, pid):
+        until = asyncio.Event()
+        calls = [asyncio.ensure_future(_one_call(port, until)) for _ in range(legs)]
+        await asyncio.sleep(SETTLE_SECONDS)
+        cpu0, t0 = _cpu_seconds(pid), time.monotonic()
+        await asyncio.sleep(max(0.5, seconds - SETTLE_SECONDS))
+        cpu1, t1 = _cpu_seconds(pid), time.monotonic()
+        rss = _rss_mib(pid)
+        until.set()
+        results = await asyncio.gather(*calls)
     return {
         "name": mode,
         "browser_legs": legs,
-        "clicks": len(merged["round_trip"]),
-        "round_trip_ms": {"p50": _p(merged["round_trip"], 50), "p99": _p(merged["round_trip"], 99)},
-        "uplink_ms": {"p50": _p(merged["uplink"], 50), "p99": _p(merged["uplink"], 99)},
-        "downlink_ms": {"p50": _p(merged["downlink"], 50), "p99": _p(merged["downlink"], 99)},
+        **_latencies(results),
         "cpu_percent_per_browser_leg": round(100 * (cpu1 - cpu0) / (t1 - t0) / legs, 1),
         "process_rss_mb": round(rss, 1),
+    }
+
+
+async def _sip_calls(legs: int) -> dict[str, Any]:
+    """``bench.bridge``'s 4 SIP calls (pcmu), with ``legs`` browser calls up meanwhile in a
+    process of their own."""
+    if not legs:
+        return await bridge.run("pcmu")
+    async with _far_end("leg") as (port, _):
+        until = asyncio.Event()
+        calls = [asyncio.ensure_future(_one_call(port, until)) for _ in range(legs)]
+        await asyncio.sleep(SETTLE_SECONDS)
+        try:
+            return await bridge.run("pcmu")
+        finally:
+            until.set()
+            await asyncio.gather(*calls)
+
+
+async def with_sip(legs: int) -> dict[str, Any]:
+    runs = [await _sip_calls(0), await _sip_calls(legs)]
+    return {
+        "name": "with_sip",
+        "browser_legs": [0, legs],
+        "sip_calls": bridge.CALLS,
+        "sip_uplink_ms_p99": [r.get("uplink_p99_ms") for r in runs],
+        "sip_downlink_ms_p99": [r.get("downlink_p99_ms") for r in runs],
+        "sip_cpu_percent_per_call": [r["cpu_percent_per_call"] for r in runs],
+        "sip_playout_underruns": [r.get("playout_underruns") for r in runs],
     }
 
 
@@ -370,12 +416,14 @@ def _added(runs: list[dict[str, Any]], legs: int) -> None:
                     run[f"added_{key}_ms"] = round(ours - floor, 1)
 
 
-async def measure(seconds: float, legs: list[int]) -> dict[str, Any]:
+async def measure(seconds: float, legs: list[int], sip: bool) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     for count in legs:
         for mode in ("reference", "leg"):
             runs.append(await _run(mode, count, seconds))
         _added(runs, count)
+    if sip:
+        runs.append(await with_sip(max(legs)))
     return {
         "runs": runs,
         "seconds": seconds,
@@ -392,11 +440,12 @@ def main() -> int:
     parser.add_argument("--legs", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--mode", choices=("reference", "leg"), default="leg")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--with-sip", action="store_true", help="also the SIP calls' run")
     args = parser.parse_args()
     if args.what == "serve":
         asyncio.run(serve(args.mode, args.port))
         return 0
-    return emit(lambda: asyncio.run(measure(args.seconds, args.legs)))
+    return emit(lambda: asyncio.run(measure(args.seconds, args.legs, args.with_sip)))
 
 
 if __name__ == "__main__":

@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
+from aiortc import RTCRtpSender
 
 from daemon.calls.blackbox_meter import line
 from daemon.legs.leg import Answered, CallInfo, Ended, LegError
 from daemon.legs.media import LegMedia
-from daemon.legs.webrtc import WebRtcLeg, use_ice_addresses
+from daemon.legs.webrtc import BadOffer, WebRtcLeg, use_ice_addresses
 from tests.audio import tone, tone_level_db
 from tests.peers.webrtc_client import WebRtcClient
 
@@ -150,3 +151,21 @@ async def test_transfer_and_dtmf_raise_and_the_stats_say_opus() -> None:
     finally:
         await client.close()
         await leg.wait_closed()
+
+
+async def test_an_offer_without_opus_or_not_sdp_is_refused_with_the_reason() -> None:
+    """An offer with no audio, without ICE credentials, or whose audio has no Opus raises
+    ``BadOffer`` naming why."""
+    with pytest.raises(BadOffer, match="no audio"):
+        await WebRtcLeg.accept("hello", _info(), RATE)
+    client = WebRtcClient()
+    pcmu = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType == "audio/PCMU"]
+    client.pc.getTransceivers()[0].setCodecPreferences(pcmu)
+    try:
+        offer = await client.offer()
+        with pytest.raises(BadOffer, match="cannot answer the offer: ICE username"):
+            await WebRtcLeg.accept(offer.replace("a=ice-ufrag", "a=x"), _info(), RATE)
+        with pytest.raises(BadOffer, match="no Opus"):
+            await WebRtcLeg.accept(offer, _info(), RATE)
+    finally:
+        await client.close()

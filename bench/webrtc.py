@@ -19,7 +19,8 @@ back, on this process's clock) p50/p99; the uplink (-> the click's frame reachin
 the leg's uplink stamp, or the reference peer's decoded frame; ``CLOCK_MONOTONIC`` is shared
 by the two processes) and the downlink (that arrival -> heard back); ``added_*_ms`` are the
 ``leg`` run's p50s minus the ``reference`` run's. CPU of the subprocess per browser call
-(% of one core, steady state, with 1 and 4 calls at once) and its RSS.
+(% of one core, steady state, with 1 and 4 calls at once), its RSS, and how late its event
+loop woke a 10 ms sleep (p99 and max over the run: aiortc holds the GIL for a frame and more).
 
 With ``--with-sip`` (needs sipp and kamailio): ``bench.bridge``'s 4 SIP calls with mu-law
 passthrough (its ``pcmu`` run), once alone and once with the largest ``--legs`` count of
@@ -55,6 +56,7 @@ from bench.calls import _cpu_seconds, _rss_mib
 from bench.report import emit
 from daemon.legs.leg import CallInfo
 from daemon.legs.webrtc import WebRtcLeg, peer_connection, use_ice_addresses
+from media import opus_frames
 from tests.support import free_port
 
 RATE = 48000
@@ -64,6 +66,7 @@ CLICK_AT = 240  # the click starts this many samples into its frame
 CLICK_SAMPLES = 240  # 5 ms
 THRESHOLD = 4000  # a sample above this is the click (Opus noise stays far below)
 LEG_RATE = 8000
+LAG_PERIOD = 0.01  # the far end's loop is watched with sleeps this long
 SETTLE_SECONDS = 2.0  # left out of the CPU figure: connection set-up and Opus start-up
 
 
@@ -244,7 +247,15 @@ async def serve(mode: str, port: int) -> None:
     """Answer offers on ``port`` (one JSON line each way per call); the connection's close
     ends the call, after a last line with the click arrival times."""
     use_ice_addresses(["127.0.0.1"])
+    opus_frames.prepare()  # as a web worker does at start: no filter design on a call
     calls = iter(range(1, 10**6))
+    lags: list[float] = []  # how late the loop woke a 10 ms sleep, ms
+
+    async def watch_loop() -> None:
+        while True:
+            due = time.monotonic() + LAG_PERIOD
+            await asyncio.sleep(LAG_PERIOD)
+            lags.append((time.monotonic() - due) * 1000)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         offer = json.loads(await reader.readline())["sdp"]
@@ -258,7 +269,8 @@ async def serve(mode: str, port: int) -> None:
         writer.write(json.dumps({"sdp": answer}).encode() + b"\n")
         await writer.drain()
         await reader.readline()  # "done"
-        writer.write(json.dumps({"arrivals": arrivals.times}).encode() + b"\n")
+        lag = {"p99": _p(lags, 99), "max": round(max(lags, default=0.0), 1)}
+        writer.write(json.dumps({"arrivals": arrivals.times, "loop_lag_ms": lag}).encode() + b"\n")
         await writer.drain()
         task.cancel()
         if mode == "reference":
@@ -269,10 +281,14 @@ async def serve(mode: str, port: int) -> None:
         writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", port)
+    watcher = asyncio.ensure_future(watch_loop())
     print("ready", flush=True)
     os.dup2(2, 1)  # what the libraries print from here on goes to stderr
     async with server:
-        await server.serve_forever()
+        try:
+            await server.serve_forever()
+        finally:
+            watcher.cancel()
 
 
 # -- the runs ---------------------------------------------------------------------------------
@@ -307,7 +323,8 @@ async def _one_call(port: int, until: asyncio.Event) -> dict[str, list[float]]:
     await until.wait()
     writer.write(b"done\n")
     await writer.drain()
-    arrivals = json.loads(await reader.readline())["arrivals"]
+    last = json.loads(await reader.readline())
+    arrivals = last["arrivals"]
     writer.close()
     await browser.close()
     sent = browser.track.clicks[2:]  # past Opus's start-up
@@ -315,6 +332,8 @@ async def _one_call(port: int, until: asyncio.Event) -> dict[str, list[float]]:
         "round_trip": _pair(sent, browser.heard, 0.6),
         "uplink": _pair(sent, arrivals),
         "downlink": _pair(arrivals, browser.heard),
+        "loop_lag_max": [last["loop_lag_ms"]["max"]],
+        "loop_lag_p99": [last["loop_lag_ms"]["p99"] or 0.0],
     }
 
 
@@ -354,6 +373,10 @@ def _latencies(results: list[dict[str, list[float]]]) -> dict[str, Any]:
     return {
         "clicks": len(merged["round_trip"]),
         **{f"{k}_ms": {"p50": _p(v, 50), "p99": _p(v, 99)} for k, v in merged.items()},
+        "far_end_loop_lag_ms": {
+            "p99": max(v for r in results for v in r["loop_lag_p99"]),
+            "max": max(v for r in results for v in r["loop_lag_max"]),
+        },
     }
 
 

@@ -79,6 +79,7 @@ from media.opus_frames import (
     WEBRTC_RATE,
     DownlinkFrames,
     UplinkFrames,
+    prepare,
 )
 
 log = get_logger(__name__)
@@ -287,6 +288,9 @@ class WebRtcLeg:
         Media runs at ``rate`` (the agent's input rate). :class:`BadOffer` if aiortc cannot
         answer the offer with Opus audio.
         """
+        # The filters are designed once per process (1-2 s each on first use): a web worker
+        # makes them at start (media.opus_frames.prepare); never on the loop if it did not.
+        await asyncio.to_thread(prepare, (rate,))
         pc = peer_connection()
         leg = cls(pc, info, LegMedia(rate), connect_timeout)
         try:

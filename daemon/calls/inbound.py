@@ -76,7 +76,7 @@ class InboundAgent:
         self.services = services
         self.agent, route = for_call(agent, leg.info)
         self.conversation = Conversation(self.agent, limits)
-        self.session = CallSession(endpoint, self.agent, self.key, route)
+        self.session = CallSession(endpoint, self.agent, self.key, route, leg.info.kind)
         self.media: LegMedia | None = None
         self.ended = asyncio.Event()
         self.end_cause = ""

@@ -28,7 +28,9 @@ def loopback_only() -> AsyncIterator[None]:
 
 
 def _info(n: int = 1) -> CallInfo:
-    return CallInfo(f"web-{n}", True, f"webrtc:{n}", "web:local", headers={"user-agent": "test"})
+    return CallInfo(
+        f"web-{n}", True, f"webrtc:{n}", "web:local", headers={"user-agent": "test"}, kind="web"
+    )
 
 
 async def _connected(client: WebRtcClient, connect_timeout: float = WITHIN) -> WebRtcLeg:

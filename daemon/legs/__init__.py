@@ -1,5 +1,8 @@
 """Call legs: what a call flow holds of a call (:mod:`daemon.legs.leg`), its media, and an
-in-memory network of them for tests (:mod:`daemon.legs.memory`)."""
+in-memory network of them for tests (:mod:`daemon.legs.memory`).
+
+A browser call's leg is :mod:`daemon.legs.webrtc`; it is not imported here, as it loads
+aiortc, which only the web worker needs."""
 
 from daemon.legs.leg import (
     Answered,

@@ -25,7 +25,9 @@ loop woke a 10 ms sleep (p99 and max over the run: aiortc holds the GIL for a fr
 With ``--with-sip`` (needs sipp and kamailio): ``bench.bridge``'s 4 SIP calls with mu-law
 passthrough (its ``pcmu`` run), once alone and once with the largest ``--legs`` count of
 browser calls up in a process of their own, as a web worker holds them: the SIP calls' uplink
-and downlink p99 and CPU per call (``with_sip``: [alone, with browser calls]).
+and downlink p99 and CPU per call (``with_sip``: [alone, with browser calls]), and
+``decision``: the placement rule (:data:`RULE`, set before the first run) applied to them.
+Placing the browser calls in the supervisor's process instead is not measured.
 
 Run: .venv/bin/python -m bench.webrtc [--seconds 10] [--legs 1 4] [--with-sip]. Prints one
 JSON object on stdout, logs on stderr.
@@ -439,16 +441,38 @@ def _added(runs: list[dict[str, Any]], legs: int) -> None:
                     run[f"added_{key}_ms"] = round(ours - floor, 1)
 
 
+RULE = (
+    "browser calls in a process of their own ship if, with them up, SIP calls' uplink and "
+    "downlink p99 rise by <= 1 ms and their CPU per call by <= 1 point"
+)
+
+
+def _decision(sip_run: dict[str, Any]) -> dict[str, Any]:
+    """The placement rule, written down before the runs, applied to ``with_sip``."""
+    rises: dict[str, float] = {}
+    for key in ("sip_uplink_ms_p99", "sip_downlink_ms_p99", "sip_cpu_percent_per_call"):
+        before, after = sip_run[key]
+        if before is not None and after is not None:
+            rises[key] = round(after - before, 2)
+    met = len(rises) == 3 and all(rise <= 1.0 for rise in rises.values())
+    # the other placement (the supervisor's process) is not measured here
+    return {"placement": "web_worker", "rule": RULE, "rises": rises, "met": met}
+
+
 async def measure(seconds: float, legs: list[int], sip: bool) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     for count in legs:
         for mode in ("reference", "leg"):
             runs.append(await _run(mode, count, seconds))
         _added(runs, count)
+    decision: dict[str, Any] | None = None
     if sip:
-        runs.append(await with_sip(max(legs)))
+        sip_run = await with_sip(max(legs))
+        runs.append(sip_run)
+        decision = _decision(sip_run)
     return {
         "runs": runs,
+        "decision": decision,
         "seconds": seconds,
         "cpu_count": os.cpu_count(),
         "aiortc": aiortc.__version__,

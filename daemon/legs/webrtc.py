@@ -232,8 +232,8 @@ async def _uplink(track: MediaStreamTrack, media: LegMedia) -> None:
         try:
             if not isinstance(frame, av.AudioFrame):
                 raise TypeError(f"not audio: {type(frame).__name__}")
-            if frame.format.name not in ("s16", "s16p"):
-                raise TypeError(f"not 16-bit audio: {frame.format.name}")
+            if frame.format.name not in ("s16", "s16p") or frame.sample_rate != WEBRTC_RATE:
+                raise TypeError(f"not 16-bit 48 kHz audio: {frame.format.name} {frame.sample_rate}")
             pcm = np.asarray(frame.to_ndarray(), dtype=np.int16)
             if frame.format.is_planar:
                 pcm = pcm.T  # (channels, samples) -> interleaved

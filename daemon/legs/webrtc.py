@@ -472,28 +472,34 @@ class WebRtcLeg:
         self._ending = True
         answered = self._connected_at is not None
         connect_seconds = time.monotonic() - self._connected_at if self._connected_at else 0.0
-        stats = await self._stats()
-        self._media.closed = True
-        current, uplink = asyncio.current_task(), self._uplink_task
-        for task in list(self._tasks):
-            if task is not current and task is not uplink:
-                task.cancel()
-        self.track.stop()
-        await self._pc.close()  # ends the browser's track: the uplink task returns
-        if uplink is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(uplink), STATS_SECONDS)
-            uplink.cancel()
-        log.info(
-            "webrtc.ended",
-            call_id=self._info.key,
-            sip_code=code,
-            reason=reason,
-            local_cause=local_cause,
-            answered=answered,
-        )
-        self.post(Ended(code, reason, local_cause, answered, stats, connect_seconds))
-        self._ended.set()
+        stats: MediaStats | None = None
+        try:
+            stats = await self._stats()
+            self._media.closed = True
+            current, uplink = asyncio.current_task(), self._uplink_task
+            for task in list(self._tasks):
+                if task is not current and task is not uplink:
+                    task.cancel()
+            self.track.stop()
+            await self._pc.close()  # ends the browser's track: the uplink task returns
+            if uplink is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(uplink), STATS_SECONDS)
+                uplink.cancel()
+        except Exception as exc:  # the call ends whatever its statistics or close did
+            log.warning("webrtc.close_failed", call_id=self._info.key, error=repr(exc))
+        finally:
+            self._media.closed = True
+            log.info(
+                "webrtc.ended",
+                call_id=self._info.key,
+                sip_code=code,
+                reason=reason,
+                local_cause=local_cause,
+                answered=answered,
+            )
+            self.post(Ended(code, reason, local_cause, answered, stats, connect_seconds))
+            self._ended.set()
 
     async def _stats(self) -> MediaStats:
         """The connection's RTP statistics and the media counters, as a SIP call gives them."""

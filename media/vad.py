@@ -6,6 +6,11 @@ frames (short clicks and echo bursts do not count; unvoiced gaps up to ``hangove
 the candidate are tolerated), and ends only after ``hangover_ms`` of continuous non-speech.
 Times are stream positions in milliseconds, counted from the first frame processed.
 
+webrtcvad judges the shape of a frame's spectrum, hardly its level: speech 75-80 dB below
+full scale (what a browser's echo canceller leaves of the agent's own voice, or line crosstalk)
+reads as voiced. A frame quieter than ``floor_dbfs`` (-60 dBFS by default, some 25 dB below
+the quietest caller a phone line carries) is never speech.
+
 webrtcvad keeps flagging frames as voiced for roughly 80-120 ms after a sound stops (its own
 hang-over): a 60 ms click reads as about 140 ms of voice, and speech ends that much after
 the last loud sample. ``min_speech_ms`` defaults to 200 so that clicks and short echo bursts
@@ -47,6 +52,7 @@ class VoiceActivityDetector:
         min_speech_ms: int = 200,
         hangover_ms: int = 500,
         frame_ms: int = 20,
+        floor_dbfs: float = -60.0,
     ) -> None:
         if rate not in VAD_RATES:
             raise ValueError(f"VAD rate must be one of {VAD_RATES}, got {rate}")
@@ -59,6 +65,9 @@ class VoiceActivityDetector:
         self.min_speech_ms = min_speech_ms
         self.hangover_ms = hangover_ms
         self._vad = webrtcvad.Vad(aggressiveness)
+        samples = rate * frame_ms // 1000
+        # the floor as a sum of squares over one frame (no square root per frame)
+        self._floor_energy = samples * (32768.0 * 10 ** (floor_dbfs / 20)) ** 2
         self._splitter = FrameSplitter(2 * rate * frame_ms // 1000)
         self._position_ms = 0
         self._speaking = False
@@ -96,7 +105,9 @@ class VoiceActivityDetector:
     def _frame(self, frame: bytes) -> SpeechEvent | None:
         start = self._position_ms
         self._position_ms += self.frame_ms
-        voiced = self._vad.is_speech(frame, self.rate)
+        samples = np.frombuffer(frame, dtype="<i2")
+        loud = float(np.dot(samples, samples.astype(np.float64))) >= self._floor_energy
+        voiced = loud and self._vad.is_speech(frame, self.rate)
         if voiced:
             self._silence_ms = 0
             self._last_voiced_end = self._position_ms

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from media.g711 import ulaw_decode, ulaw_encode
 from media.resample import resample
 from media.vad import SpeechStarted, SpeechStopped, VoiceActivityDetector, rms_dbfs
 from tests.audio import speech, tone
@@ -58,6 +59,23 @@ def test_silence_and_line_noise_are_not_speech() -> None:
     for signal in (np.zeros(8000 * 3, dtype=np.int16), noise):
         vad = VoiceActivityDetector(8000, aggressiveness=3)
         assert vad.process(signal) == []
+
+
+def test_speech_far_below_any_caller_is_not_speech() -> None:
+    """Speech 75-80 dB below full scale (an echo canceller's residue of the agent's voice),
+    through mu-law at the engine's 16 kHz, starts no speech; the same words at a caller's
+    level do."""
+    rate, words = speech("please call me back tomorrow morning")
+    words = resample(words, rate, 8000).astype(np.float64)
+    for peak, heard in ((16, False), (40, False), (8000, True)):
+        quiet = np.rint(words / np.abs(words).max() * peak).astype(np.int16)
+        line = ulaw_decode(ulaw_encode(quiet))
+        events = VoiceActivityDetector(16000, aggressiveness=1).process(
+            resample(line, 8000, 16000)
+        )
+        level = rms_dbfs(line)
+        print(f"peak {peak}: {level:.1f} dBFS -> {events[:1]}")
+        assert any(isinstance(e, SpeechStarted) for e in events) is heard, (peak, level, events)
 
 
 def test_a_click_shorter_than_min_speech_is_ignored() -> None:

@@ -20,12 +20,13 @@ key and the reason.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_origin
 
 from pydantic import BaseModel, ValidationError
 
@@ -130,8 +131,39 @@ def _apply_env(
                 if variant != key and variant in table and from_file:
                     table.pop(variant, None)
                     sources.pop((section, variant), None)
-        table[key] = env[name]
+        value: Any = env[name]
+        if _is_list(section, key):
+            try:
+                value = _env_list(value)
+            except ValueError as exc:
+                problems.append(f"environment {name}: {exc}")
+                continue
+        table[key] = value
         sources[(section, key)] = f"environment {name}"
+
+
+def _is_list(section: str, key: str) -> bool:
+    """Whether ``[section] key`` holds a list (given in the environment as JSON or commas)."""
+    model = Settings.model_fields.get(section)
+    cls = model.annotation if model is not None else None
+    if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+        return False
+    found = cls.model_fields.get(key)
+    return found is not None and get_origin(found.annotation) is list
+
+
+def _env_list(text: str) -> list[Any]:
+    """A list from the environment: a JSON array (``["127.0.0.1", "::1"]``), or items
+    separated by commas (``127.0.0.1, ::1``; empty: no items)."""
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not a JSON array: {exc.msg} at character {exc.pos}") from None
+        if not isinstance(items, list):
+            raise ValueError("not a JSON array")
+        return items
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def _resolve_secrets(

@@ -72,6 +72,25 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
     assert loaded.sources[("sip", "port")] == "environment SIPAI_SIP__PORT"
 
 
+def test_list_keys_are_given_in_the_environment_as_json_or_commas() -> None:
+    """A list key takes a JSON array or comma-separated items from the environment; a
+    broken array is blamed on its variable."""
+    loaded = load_settings(
+        None,
+        environ={
+            "SIPAI_WEB__ICE_ADDRESSES": '["127.0.0.1", "::1"]',
+            "SIPAI_SIP__ALLOW_FROM": "127.0.0.1, 10.0.0.0/8",
+        },
+    )
+    assert loaded.settings.web.ice_addresses == ["127.0.0.1", "::1"]
+    assert loaded.settings.sip.allow_from == ["127.0.0.1", "10.0.0.0/8"]
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, environ={"SIPAI_WEB__ICE_ADDRESSES": '["127.0.0.1"'})
+    assert caught.value.problems[0].startswith(
+        "environment SIPAI_WEB__ICE_ADDRESSES: not a JSON array"
+    ), caught.value.problems
+
+
 def test_three_errors_are_all_reported(tmp_path: Path) -> None:
     """Each problem gets its own line naming the file, the dotted key and the reason."""
     path = _write(

@@ -52,6 +52,7 @@ class VoiceActivityDetector:
         min_speech_ms: int = 200,
         hangover_ms: int = 500,
         frame_ms: int = 20,
+        *,
         floor_dbfs: float = -60.0,
     ) -> None:
         if rate not in VAD_RATES:

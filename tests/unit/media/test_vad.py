@@ -70,9 +70,7 @@ def test_speech_far_below_any_caller_is_not_speech() -> None:
     for peak, heard in ((16, False), (40, False), (8000, True)):
         quiet = np.rint(words / np.abs(words).max() * peak).astype(np.int16)
         line = ulaw_decode(ulaw_encode(quiet))
-        events = VoiceActivityDetector(16000, aggressiveness=1).process(
-            resample(line, 8000, 16000)
-        )
+        events = VoiceActivityDetector(16000, aggressiveness=1).process(resample(line, 8000, 16000))
         level = rms_dbfs(line)
         print(f"peak {peak}: {level:.1f} dBFS -> {events[:1]}")
         assert any(isinstance(e, SpeechStarted) for e in events) is heard, (peak, level, events)

@@ -57,7 +57,7 @@ class WebHandlers:
     async def web_offer(self, request: msg.WebOffer) -> msg.WebOfferReply:
         host = self.process.host
         if host is None:
-            return msg.WebOfferReply(status=503, error="the web worker is still starting")
+            return msg.WebOfferReply(status=503, detail="the web worker is still starting")
         return await host.offer(request)
 
     async def web_hangup(self, request: msg.WebHangup) -> msg.Done:

@@ -70,17 +70,17 @@ class WebHost:
     async def offer(self, request: msg.WebOffer) -> msg.WebOfferReply:
         """Answer a browser's offer, or refuse it (503: full or stopping; 400: a bad offer)."""
         if self._stopping:
-            return msg.WebOfferReply(status=503, error="the daemon is shutting down")
+            return msg.WebOfferReply(status=503, detail="the daemon is shutting down")
         if self.calls >= self.web.max_calls:
             return msg.WebOfferReply(
                 status=503,
-                error=f"web worker {self.ctx.index} is full ({self.web.max_calls} calls)",
+                detail=f"web worker {self.ctx.index} is full ({self.web.max_calls} calls)",
             )
         key = self.key()
         handler = self.modes.get(request.mode)
         if request.mode != "agent":
             if handler is None:
-                return msg.WebOfferReply(status=503, error=f"no {request.mode} calls here")
+                return msg.WebOfferReply(status=503, detail=f"no {request.mode} calls here")
             return await handler(request, key)
         info = CallInfo(
             key=key,
@@ -100,7 +100,7 @@ class WebHost:
             )
         except BadOffer as exc:
             log.info("web.offer_refused", call_id=key, error=str(exc))
-            return msg.WebOfferReply(status=400, error=str(exc))
+            return msg.WebOfferReply(status=400, detail=str(exc))
         finally:
             self._opening -= 1
         release = self.hold(key, leg)

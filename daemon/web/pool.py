@@ -6,7 +6,7 @@ SIP worker's index. Worker ``1000 + i`` connects to ``RUNTIME_DIR/web-i.sock`` a
 settings a SIP worker gets (:func:`daemon.pool_state.hello_reply`). The pool:
 
 - forwards each offer (``web_offer``) to the up worker holding the fewest calls and answers
-  with the worker's SDP answer, or raises :class:`WebCallRefused` with the HTTP status and
+  with the worker's SDP answer, or raises :class:`api.app.WebCallRefused` with the HTTP status and
   detail (400: an offer aiortc cannot take; 503: no web worker up, all full, or draining);
 - serves the workers' ``hello``, ``synthesize`` and ``transcribe`` and hands their inbound
   events (``inbound_call``, ``transcript``, ``agent_failed``, ``inbound_done``) to its
@@ -39,9 +39,10 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from api.app import WebCallRefused
 from config import Settings
 from daemon.ipc import messages as msg
-from daemon.ipc.connection import Body, Connection, IpcClosed, IpcError
+from daemon.ipc.connection import Body, Connection, IpcError
 from daemon.logs import get_logger
 from daemon.pool_state import hello_reply
 from daemon.web import WEB_WORKER_BASE
@@ -52,15 +53,6 @@ log = get_logger(__name__)
 OFFER_SECONDS = 10.0  # a worker answers an offer once aiortc gathered its host candidates
 DRAIN_POLL_SECONDS = 0.1
 REFRESH_SECONDS = 1.0  # how often the calls each worker holds are asked for
-
-
-class WebCallRefused(Exception):
-    """An offer refused: the HTTP status to answer with, and why."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
 
 
 @dataclass
@@ -151,7 +143,9 @@ class WebPool:
         ready = asyncio.ensure_future(worker.ready.wait())
         exited = asyncio.ensure_future(worker.process.wait())
         try:
-            await asyncio.wait({ready, exited}, timeout=READY_SECONDS, return_when="FIRST_COMPLETED")
+            await asyncio.wait(
+                {ready, exited}, timeout=READY_SECONDS, return_when="FIRST_COMPLETED"
+            )
         finally:
             ready.cancel()
             exited.cancel()
@@ -168,7 +162,7 @@ class WebPool:
         while True:
             assert worker.process is not None
             code = await worker.process.wait()
-            if self._stopping:
+            if self.stopping():
                 return
             self._worker_died(worker, code)
             failures += 1
@@ -178,7 +172,7 @@ class WebPool:
                 "web.restarting", worker=worker.index, exit_code=code, in_seconds=round(delay, 2)
             )
             await asyncio.sleep(delay)
-            if self._stopping:
+            if self.stopping():
                 return
             worker.restarts += 1
             await self._spawn(worker)
@@ -239,6 +233,10 @@ class WebPool:
         if self._own_dir:
             with contextlib.suppress(OSError):
                 self.runtime_dir.rmdir()
+
+    def stopping(self) -> bool:
+        """True once stop() began (a method: the flag changes while _watch awaits)."""
+        return self._stopping
 
     # -- IPC -------------------------------------------------------------------------------
 
@@ -366,10 +364,10 @@ class WebPool:
                 refusal = WebCallRefused(503, f"web worker {worker.index} failed: {exc}")
                 continue
             if reply.status == 503:  # full (or stopping): the next worker may have room
-                refusal = WebCallRefused(503, reply.error)
+                refusal = WebCallRefused(503, reply.detail)
                 continue
-            if reply.error:
-                raise WebCallRefused(reply.status, reply.error)
+            if reply.detail:
+                raise WebCallRefused(reply.status, reply.detail)
             worker.calls += 1
             self._calls[call] = (worker, reply.call, time.monotonic())
             log.info(
@@ -385,23 +383,16 @@ class WebPool:
         raise refusal
 
     async def hangup(self, call: str) -> None:
-        """Hang up the browser call ``call`` (an id :meth:`offer` gave); KeyError if the pool
-        knows no such call up."""
-        owner = self._calls.get(call)
-        if owner is None:
-            raise KeyError(call)
-        worker, key, _ = owner
-        if worker.conn is None:
-            raise KeyError(call)
+        """Hang up the browser call ``call`` (an id :meth:`offer` gave); nothing if it has
+        ended already or is unknown."""
+        owner = self._calls.pop(call, None)
+        conn = owner[0].conn if owner is not None else None
+        if owner is None or conn is None:
+            return
         try:
-            await worker.conn.request(msg.WebHangup(call=key), within=5.0)
-        except IpcClosed:
-            raise KeyError(call) from None
-        except IpcError as exc:  # the call ended meanwhile
-            log.info("web.hangup_unknown", call_id=call, error=str(exc))
-            raise KeyError(call) from None
-        finally:
-            self._calls.pop(call, None)
+            await conn.request(msg.WebHangup(call=owner[1]), within=5.0)
+        except (IpcError, TimeoutError) as exc:  # ended meanwhile, or the worker is gone
+            log.info("web.hangup_missed", call_id=call, error=str(exc) or repr(exc))
 
     # -- health ----------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from api.app import WebCallRefused
 from api.webhooks import Deliverer
 from config import Settings
 from config.schema import AgentSettings
+from daemon.call_feed import CallFeed
 from daemon.inbound_records import InboundRecords, inbound_view
 from daemon.legs.webrtc import use_ice_addresses
 from daemon.store import Store
@@ -120,6 +121,7 @@ class Rig:
     pool: WebPool
     store: Store
     fake: FakeRealtime
+    fed: list[dict[str, Any]]  # what the console's live feed was told, in order
     browsers: list[Browser] = field(default_factory=list)
 
     async def call(self) -> tuple[Browser, str]:
@@ -159,7 +161,16 @@ async def rig(tmp_path: Path) -> AsyncIterator[MakeRig]:
         store = Store(tmp_path / "sipai.db")
         await store.open()
         stack.push_async_callback(store.close)
-        records = InboundRecords(store, Deliverer(store), "")
+        feed = CallFeed()
+        records = InboundRecords(store, Deliverer(store), "", feed=feed)
+        fed: list[dict[str, Any]] = []
+
+        async def follow() -> None:
+            async for event in feed.subscribe():
+                fed.append(event)
+
+        following = asyncio.create_task(follow())
+        stack.callback(following.cancel)
         settings = Settings(
             agent=AgentSettings(backend="url", url=fake.url, greeting="hello"),
             web={"ice_addresses": ["127.0.0.1"], **web},
@@ -169,7 +180,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[MakeRig]:
         pool.inbound_listeners.append(records.on_inbound)
         stack.push_async_callback(pool.stop)
         await pool.start()
-        made.append(Rig(pool, store, fake))
+        made.append(Rig(pool, store, fake, fed))
         return made[-1]
 
     yield make
@@ -198,7 +209,8 @@ async def keep_talking(session: FakeSession) -> None:
 async def test_an_offer_gets_an_answer_and_the_call_a_web_record(rig: MakeRig) -> None:
     """An aiortc browser's offer is answered by a real web worker; the agent greets it (the
     browser hears audio), the model hears the browser, and the call's record is a finished
-    ``web`` call of ``web:default`` with its transcript and black box, viewed as such."""
+    ``web`` call of ``web:default`` with its transcript and black box, viewed as such; the
+    console's live feed is told its start, its turns and its end, as a web call."""
     made = await rig(greet_then_end)
     browser, call = await made.call()
     assert call.startswith("in-"), call
@@ -220,6 +232,14 @@ async def test_an_offer_gets_an_answer_and_the_call_a_web_record(rig: MakeRig) -
     async with asyncio.timeout(5):
         await browser.closed.wait()  # end_call hung up the browser
     assert {"type": "hangup"} in browser.messages, browser.messages
+    fed = [e for e in made.fed if e["call_id"] == call]
+    assert [e["direction"] for e in fed] == ["web"] * len(fed), fed
+    assert fed[0]["status"] == "in_progress", fed
+    assert fed[0]["caller"] == "web:default", fed
+    assert {"role": "caller", "text": "I would like a call back."} in [
+        {k: e["turn"][k] for k in ("role", "text")} for e in fed if "turn" in e
+    ], fed
+    assert fed[-1]["call_status"] == "completed", fed
 
 
 async def test_a_full_web_worker_refuses_with_503_and_a_detail(rig: MakeRig) -> None:

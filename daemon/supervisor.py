@@ -2,15 +2,14 @@
 
 Order of start: API, then SIP and the web workers side by side (once the API and SIP are up,
 ``READY=1``; a web worker that does not start is restarted in the background and never stops
-the daemon), then the watchdog. On the first SIGTERM
-or SIGINT: ``STOPPING=1``, refuse new work, give the drainable components up to
-``daemon.drain_seconds`` to finish, stop the API last (so ``/health`` answers during the
-drain), exit 0. A second signal during the drain exits at once with 128 + the signal number.
+the daemon), then the watchdog. On the first SIGTERM or SIGINT: ``STOPPING=1``, refuse new
+work, give the drainable components up to ``daemon.drain_seconds`` to finish, stop the API
+last (so ``/health`` answers during the drain), exit 0. A second signal during the drain exits
+at once with 128 + the signal number.
 
-Components that hold work (SIP workers, web workers, the outbound service, the console's
-event streams) register a drain coroutine and a
-watchdog probe with :meth:`Supervisor.add_component`; everything here runs on the loop thread
-except the watchdog's pinging thread.
+Components that hold work (SIP workers, web workers, the outbound service, the console's event
+streams) register a drain coroutine and a watchdog probe with :meth:`Supervisor.add_component`;
+everything here runs on the loop thread except the watchdog's pinging thread.
 """
 
 from __future__ import annotations

@@ -7,7 +7,10 @@
 :class:`~daemon.calls.inbound.InboundAgent` on the leg, and reports the outcome
 (``inbound_done`` with the black box and, when ``[recordings] enabled``, the recording). The
 outcome is reported on every path, a failing flow included, so no record stays in progress.
-Runs on the web worker's event loop; nothing here imports pjsua2.
+The browser's connection (the leg's ``Answered``, a SIP call's ACK) is told to the supervisor
+as a SIP call's answer is (``CallAnswered``), so the record's ``answered_at`` and
+``call_status`` follow it alike. Runs on the web worker's event loop; nothing here imports
+pjsua2.
 """
 
 from __future__ import annotations
@@ -15,17 +18,67 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from config.schema import AgentSettings, ApiSettings, Backend, RealtimeSettings, RecordingsSettings
 from daemon.blackbox import RecordingInfo
 from daemon.calls.inbound import AgentServices, InboundAgent
-from daemon.legs.leg import CallLeg, LegError
+from daemon.legs.leg import Answered, CallInfo, CallLeg, LegError, LegEvent
+from daemon.legs.media import LegMedia
 from daemon.logs import get_logger
 from daemon.realtime.backends import endpoint
 from daemon.recording.dialer import call_ended
 from daemon.recording.writer import Recording, RecordingWriter, recording_path
+from sip.events import CallAnswered, SipEvent
 
 log = get_logger(__name__)
+
+
+class WebServices(AgentServices, Protocol):
+    """What a browser call's flow needs from its process: the agent's, and call events."""
+
+    async def sip_event(self, event: SipEvent) -> None: ...
+
+
+class ConnectedLeg:
+    """``leg`` as its flow sees it, telling ``services`` once the browser has connected."""
+
+    def __init__(self, leg: CallLeg, services: WebServices) -> None:
+        self._leg = leg
+        self._services = services
+        self._told = False
+
+    @property
+    def info(self) -> CallInfo:
+        return self._leg.info
+
+    async def receive(self) -> LegEvent:
+        event = await self._leg.receive()
+        if isinstance(event, Answered) and not self._told:
+            self._told = True
+            await self._services.sip_event(CallAnswered(call=self._leg.info.key))
+        return event
+
+    async def answer(self) -> None:
+        await self._leg.answer()
+
+    async def reject(self, code: int = 486) -> None:
+        await self._leg.reject(code)
+
+    async def hangup(self) -> None:
+        await self._leg.hangup()
+
+    async def send_dtmf(self, digits: str) -> None:
+        await self._leg.send_dtmf(digits)
+
+    async def transfer(self, target: str) -> None:
+        await self._leg.transfer(target)
+
+    async def media(self) -> LegMedia:
+        return await self._leg.media()
+
+    def release(self) -> None:
+        self._leg.release()
 
 
 @dataclass
@@ -33,7 +86,7 @@ class WebContext:
     """What the browser calls of one process share (set up once the settings are known)."""
 
     index: int  # the worker's index in records and logs (WEB_WORKER_BASE + i)
-    services: AgentServices
+    services: WebServices
     agent: AgentSettings
     api: ApiSettings
     realtime: RealtimeSettings
@@ -61,7 +114,7 @@ async def web_agent(ctx: WebContext, leg: CallLeg, record_id: str) -> None:
         target = dataclasses.replace(
             target, headers={**target.headers, "X-Sipai-Call": f"{ctx.index}:{info.key}"}
         )
-    agent_call = InboundAgent(leg, settings, target, ctx.realtime, services)
+    agent_call = InboundAgent(ConnectedLeg(leg, services), settings, target, ctx.realtime, services)
     cause = ""
     try:
         await agent_call.run()

@@ -10,7 +10,9 @@ settings a SIP worker gets (:func:`daemon.pool_state.hello_reply`). The pool:
   detail (400: an offer aiortc cannot take; 503: no web worker up, all full, or draining);
 - serves the workers' ``hello``, ``synthesize`` and ``transcribe`` and hands their inbound
   events (``inbound_call``, ``transcript``, ``agent_failed``, ``inbound_done``) to its
-  :attr:`inbound_listeners` with the worker's index, as the SIP pool does;
+  :attr:`inbound_listeners` with the worker's index, as the SIP pool does, and a browser's
+  connection (``CallAnswered``, the one SIP event a web worker sends) to
+  :attr:`answer_listeners`;
 - restarts a worker that dies, with the SIP pool's capped backoff, and finishes each browser
   call it held as failed (``agent_failed`` then ``inbound_done`` to the listeners);
 - drains: refuses new offers and waits for the calls to end; :meth:`stop` then has each worker
@@ -47,6 +49,7 @@ from daemon.logs import get_logger
 from daemon.pool_state import hello_reply
 from daemon.web import WEB_WORKER_BASE
 from daemon.workers import READY_SECONDS, RESTART_BACKOFF_CAP, STOP_SECONDS, worker_environment
+from sip.events import CallAnswered, SipEvent
 
 log = get_logger(__name__)
 
@@ -99,6 +102,8 @@ class WebPool:
         self._draining = False
         # who hears the workers' inbound events: (worker index, kind, body as JSON data)
         self.inbound_listeners: list[Callable[[int, str, Body], None]] = []
+        # who hears a browser call's connection, as a SIP call's answer: (worker index, event)
+        self.answer_listeners: list[Callable[[int, SipEvent], None]] = []
         self.transcriber: Callable[[NDArray[np.int16], int, str], Awaitable[str]] | None = None
         self.synthesizer: Callable[[str, int], Awaitable[NDArray[np.int16]]] | None = None
 
@@ -274,10 +279,19 @@ class WebPool:
                 msg.Synthesize: self._synthesize,
                 msg.Transcribe: self._transcribe,
             },
-            {msg.Ready: ready, **dict.fromkeys(msg.INBOUND_EVENTS, inbound)},
+            {
+                msg.Ready: ready,
+                msg.SipEventMessage: lambda event: self._answered(worker, event.event),
+                **dict.fromkeys(msg.INBOUND_EVENTS, inbound),
+            },
         )
         worker.conn = conn
         worker.reader = asyncio.ensure_future(conn.run())
+
+    def _answered(self, worker: WebWorker, event: SipEvent) -> None:
+        if isinstance(event, CallAnswered):  # the only call event a web worker sends
+            for listener in self.answer_listeners:
+                listener(worker.index, event)
 
     def _inbound(self, worker: WebWorker, event: msg.Event) -> None:
         if isinstance(event, msg.InboundStarted):

@@ -30,6 +30,7 @@ from daemon.legs.webrtc import use_ice_addresses
 from daemon.store import Store
 from daemon.web import WEB_WORKER_BASE
 from daemon.web.pool import WebPool
+from sip.events import CallAnswered
 from tests.peers.realtime_server import FakeRealtime, FakeSession
 
 RATE = 48000
@@ -122,6 +123,7 @@ class Rig:
     store: Store
     fake: FakeRealtime
     fed: list[dict[str, Any]]  # what the console's live feed was told, in order
+    answers: list[tuple[int, Any]]  # the browsers' connections, as the pool told them
     browsers: list[Browser] = field(default_factory=list)
 
     async def call(self) -> tuple[Browser, str]:
@@ -178,9 +180,11 @@ async def rig(tmp_path: Path) -> AsyncIterator[MakeRig]:
         )
         pool = WebPool(settings)
         pool.inbound_listeners.append(records.on_inbound)
+        answers: list[tuple[int, Any]] = []
+        pool.answer_listeners.append(lambda worker, event: answers.append((worker, event)))
         stack.push_async_callback(pool.stop)
         await pool.start()
-        made.append(Rig(pool, store, fake, fed))
+        made.append(Rig(pool, store, fake, fed, answers))
         return made[-1]
 
     yield make
@@ -208,7 +212,8 @@ async def keep_talking(session: FakeSession) -> None:
 
 async def test_an_offer_gets_an_answer_and_the_call_a_web_record(rig: MakeRig) -> None:
     """An aiortc browser's offer is answered by a real web worker; the agent greets it (the
-    browser hears audio), the model hears the browser, and the call's record is a finished
+    browser hears audio), the model hears the browser, its connection is told as a call's
+    answer, and the call's record is a finished
     ``web`` call of ``web:default`` with its transcript and black box, viewed as such; the
     console's live feed is told its start, its turns and its end, as a web call."""
     made = await rig(greet_then_end)
@@ -221,6 +226,7 @@ async def test_an_offer_gets_an_answer_and_the_call_a_web_record(rig: MakeRig) -
     assert record["caller"] == "web:default"
     assert record["worker"] == WEB_WORKER_BASE, record
     assert record["status"] == "completed", record
+    assert made.answers == [(WEB_WORKER_BASE, CallAnswered(call="web-1"))], made.answers
     turns = [(t["role"], t["text"]) for t in record["transcript"]]
     assert ("caller", "I would like a call back.") in turns, turns
     assert ("agent", "Goodbye.") in turns, turns

@@ -213,9 +213,9 @@ async def keep_talking(session: FakeSession) -> None:
 async def test_an_offer_gets_an_answer_and_the_call_a_web_record(rig: MakeRig) -> None:
     """An aiortc browser's offer is answered by a real web worker; the agent greets it (the
     browser hears audio), the model hears the browser, its connection is told as a call's
-    answer, and the call's record is a finished
-    ``web`` call of ``web:default`` with its transcript and black box, viewed as such; the
-    console's live feed is told its start, its turns and its end, as a web call."""
+    answer, and the call's record is a finished ``web`` call of ``web:default`` with its
+    transcript and black box, viewed as such; the console's live feed is told its start, its
+    turns and its end, as a web call."""
     made = await rig(greet_then_end)
     browser, call = await made.call()
     assert call.startswith("in-"), call

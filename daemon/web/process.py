@@ -37,11 +37,20 @@ from daemon.web.flows import WebContext
 from daemon.web.handlers import WebHandlers
 from daemon.web.host import WebHost
 from daemon.worker.services import WorkerServices
+from media.opus_frames import prepare
 from media.resample import design
 
 log = get_logger("daemon.web")
 
-RATES = (8000, 24000, 48000)  # the legs' rates, the models' and Opus's
+MODEL_RATES = (8000, 24000)  # mu-law and PCM: a leg's rate and its model's may differ
+
+
+def _designs() -> None:
+    """The resampler filters of every browser call: Opus's 48 kHz <-> the leg rates, and the
+    leg rates <-> the model's."""
+    prepare()
+    for a, b in itertools.permutations(MODEL_RATES, 2):
+        design(a, b)
 
 
 class WebWorkerProcess:
@@ -62,9 +71,8 @@ class WebWorkerProcess:
         services = self.services = WorkerServices(conn, self.index)
         hello = await services.hello()
         configure_logging(LogLevel(hello["log_level"]), LogFormat(hello["log_format"]))
-        # Resampler designs cost 25-100 ms each: made now, they never stall a call's loop.
-        pairs = list(itertools.permutations(RATES, 2))
-        await asyncio.to_thread(lambda: [design(a, b) for a, b in pairs])
+        # Resampler designs cost up to 1.5 s each here: made now, never on a call's answer.
+        await asyncio.to_thread(_designs)
         context = WebContext(
             index=self.index,
             services=services,

@@ -180,6 +180,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[MakeRig]:
         )
         pool = WebPool(settings)
         pool.inbound_listeners.append(records.on_inbound)
+        pool.answer_listeners.append(records.on_sip_event)
         answers: list[tuple[int, Any]] = []
         pool.answer_listeners.append(lambda worker, event: answers.append((worker, event)))
         stack.push_async_callback(pool.stop)
@@ -227,6 +228,7 @@ async def test_an_offer_gets_an_answer_and_the_call_a_web_record(rig: MakeRig) -
     assert record["worker"] == WEB_WORKER_BASE, record
     assert record["status"] == "completed", record
     assert made.answers == [(WEB_WORKER_BASE, CallAnswered(call="web-1"))], made.answers
+    assert record["answered_at"] is not None, record
     turns = [(t["role"], t["text"]) for t in record["transcript"]]
     assert ("caller", "I would like a call back.") in turns, turns
     assert ("agent", "Goodbye.") in turns, turns
@@ -241,6 +243,7 @@ async def test_an_offer_gets_an_answer_and_the_call_a_web_record(rig: MakeRig) -
     fed = [e for e in made.fed if e["call_id"] == call]
     assert [e["direction"] for e in fed] == ["web"] * len(fed), fed
     assert fed[0]["status"] == "in_progress", fed
+    assert "answered" in [e["call_status"] for e in fed], fed  # a turn came once connected
     assert fed[0]["caller"] == "web:default", fed
     assert {"role": "caller", "text": "I would like a call back."} in [
         {k: e["turn"][k] for k in ("role", "text")} for e in fed if "turn" in e

@@ -19,8 +19,8 @@ settings a SIP worker gets (:func:`daemon.pool_state.hello_reply`). The pool:
   hang up what is left and exit.
 
 A web worker that cannot start does not stop the daemon: SIP service does not depend on it;
-``/health`` shows it under ``web`` and the pool keeps restarting it. Everything here runs on
-the supervisor's event loop.
+:meth:`WebPool.health` says so and the pool keeps restarting it. Everything here runs on the
+supervisor's event loop.
 """
 
 from __future__ import annotations
@@ -357,7 +357,7 @@ class WebPool:
             raise WebCallRefused(503, "the daemon is shutting down")
         up = [w for w in self.workers if w.up]
         if not up:
-            raise WebCallRefused(503, "no web worker is up (see /health)")
+            raise WebCallRefused(503, "no web worker is up")
         call = f"in-{uuid.uuid4().hex[:16]}" if mode == "agent" else f"rtc_{uuid.uuid4().hex}"
         request = msg.WebOffer(
             sdp=sdp,
@@ -415,7 +415,7 @@ class WebPool:
         return sum(w.calls for w in self.workers if w.up)
 
     def health(self) -> dict[str, Any]:
-        """The ``web`` field of ``/health``: workers up, calls held, restarts since start."""
+        """How the web workers are: all up, calls held, restarts since start."""
         return {
             "up": bool(self.workers) and all(w.up for w in self.workers),
             "calls": self.active_calls,

@@ -8,6 +8,8 @@ import fractions
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -311,3 +313,21 @@ async def test_drain_hangs_up_browser_calls_within_the_bound(rig: MakeRig) -> No
     print(f"hang-up seen {elapsed:.2f} s after the drain began")
     record = await made.record(call, lambda r: r["status"] != "in_progress")
     assert record["status"] == "completed", record
+
+
+def test_aiortc_loads_in_the_web_worker_only() -> None:
+    """Importing the supervisor (with its web pool) and the SIP worker's process loads none of
+    aiortc, aioice, pylibsrtp or av; the web worker's process loads aiortc."""
+    probe = (
+        "import sys\n"
+        "import daemon.supervisor, daemon.worker.process\n"
+        "libs = ('aiortc', 'aioice', 'pylibsrtp', 'av')\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & set(libs)))\n"
+        "import daemon.web.process\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & set(libs)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.splitlines()
+    assert out[0] == "[]", f"the supervisor or a SIP worker loads {out[0]}"
+    assert "'aiortc'" in out[1], out

@@ -54,6 +54,10 @@ class WebHost:
         """Calls held, offers being answered included."""
         return len(self._legs) + self._opening
 
+    def stopping(self) -> bool:
+        """True once stop() began (a method: the flag changes while an offer awaits)."""
+        return self._stopping
+
     def key(self) -> str:
         """A new call's id in this process ("web-<n>")."""
         return f"web-{next(self._keys)}"
@@ -69,7 +73,7 @@ class WebHost:
 
     async def offer(self, request: msg.WebOffer) -> msg.WebOfferReply:
         """Answer a browser's offer, or refuse it (503: full or stopping; 400: a bad offer)."""
-        if self._stopping:
+        if self.stopping():
             return msg.WebOfferReply(status=503, detail="the daemon is shutting down")
         if self.calls >= self.web.max_calls:
             return msg.WebOfferReply(
@@ -103,6 +107,9 @@ class WebHost:
             return msg.WebOfferReply(status=400, detail=str(exc))
         finally:
             self._opening -= 1
+        if self.stopping():  # stop() began while aiortc answered: it would miss this leg
+            await leg.hangup()
+            return msg.WebOfferReply(status=503, detail="the daemon is shutting down")
         release = self.hold(key, leg)
         record_id = request.record_id or f"in-{uuid.uuid4().hex[:16]}"
         task = asyncio.create_task(self._run(leg, record_id, release))

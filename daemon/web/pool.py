@@ -193,7 +193,7 @@ class WebPool:
         error = f"web worker {worker.index} died (exit code {code})"
         for key in sorted(worker.started):
             failed = msg.AgentFailed(call=key, kind="worker_died", error=error)
-            done = msg.InboundDone(call=key, cause="the web worker died")
+            done = msg.InboundDone(call=key, cause=f"worker_died: {error}")  # as a SIP call's
             for event in (failed, done):
                 self._inbound(worker, event)
         worker.started.clear()

@@ -281,6 +281,7 @@ async def test_a_killed_web_worker_fails_its_call_and_comes_back(rig: MakeRig) -
     record = await made.record(call, lambda r: r["status"] != "in_progress")
     assert record["status"] == "failed", record
     assert "died" in (record["error"] or ""), record
+    assert record["end_cause"].startswith("worker_died: web worker 1000 died"), record
     async with asyncio.timeout(15):
         while not made.pool.health()["up"]:
             await asyncio.sleep(0.05)

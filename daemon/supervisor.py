@@ -108,7 +108,7 @@ class Supervisor:
         if self._web is not None:
             self._web.inbound_listeners.append(self._records.on_inbound)
             self._web.inbound_listeners.append(self._metrics.on_inbound)
-            self._web.answer_listeners.append(self._records.on_sip_event)
+            self._web.call_listeners.append(self._records.on_sip_event)
         capacity = settings.sip.workers * settings.sip.max_calls
         self.outbound = OutboundService(
             self.store,

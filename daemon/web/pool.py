@@ -12,9 +12,10 @@ settings a SIP worker gets (:func:`daemon.pool_state.hello_reply`). The pool:
   events (``inbound_call``, ``transcript``, ``agent_failed``, ``inbound_done``) to its
   :attr:`inbound_listeners` with the worker's index, as the SIP pool does, and a browser's
   connection (``CallAnswered``, the one SIP event a web worker sends) to
-  :attr:`answer_listeners`;
-- restarts a worker that dies, with the SIP pool's capped backoff, and finishes each browser
-  call it held as failed (``agent_failed`` then ``inbound_done`` to the listeners);
+  :attr:`call_listeners`;
+- restarts a worker that dies, with the SIP pool's capped backoff, and ends each browser call
+  it held with a record as a dead SIP worker's calls end (``CallEnded`` with ``local_cause =
+  "worker_died"`` to :attr:`call_listeners`: the record is finished failed);
 - drains: refuses new offers and waits for the calls to end; :meth:`stop` then has each worker
   hang up what is left and exit.
 
@@ -49,7 +50,7 @@ from daemon.logs import get_logger
 from daemon.pool_state import hello_reply
 from daemon.web import WEB_WORKER_BASE
 from daemon.workers import READY_SECONDS, RESTART_BACKOFF_CAP, STOP_SECONDS, worker_environment
-from sip.events import CallAnswered, SipEvent
+from sip.events import CallAnswered, CallEnded, SipEvent
 
 log = get_logger(__name__)
 
@@ -102,8 +103,9 @@ class WebPool:
         self._draining = False
         # who hears the workers' inbound events: (worker index, kind, body as JSON data)
         self.inbound_listeners: list[Callable[[int, str, Body], None]] = []
-        # who hears a browser call's connection, as a SIP call's answer: (worker index, event)
-        self.answer_listeners: list[Callable[[int, SipEvent], None]] = []
+        # who hears a browser call's connection and, when its worker dies, its end, as a SIP
+        # call's events (CallAnswered, CallEnded): (worker index, event)
+        self.call_listeners: list[Callable[[int, SipEvent], None]] = []
         self.transcriber: Callable[[NDArray[np.int16], int, str], Awaitable[str]] | None = None
         self.synthesizer: Callable[[str, int], Awaitable[NDArray[np.int16]]] | None = None
 
@@ -191,11 +193,8 @@ class WebPool:
         worker.conn = None
         worker.calls = 0
         error = f"web worker {worker.index} died (exit code {code})"
-        for key in sorted(worker.started):
-            failed = msg.AgentFailed(call=key, kind="worker_died", error=error)
-            done = msg.InboundDone(call=key, cause=f"worker_died: {error}")  # as a SIP call's
-            for event in (failed, done):
-                self._inbound(worker, event)
+        for key in sorted(worker.started):  # finished as a dead SIP worker's calls are
+            self._tell(worker, CallEnded(call=key, code=0, reason=error, local_cause="worker_died"))
         worker.started.clear()
         self._forget(worker, lambda key, since: True)
 
@@ -290,8 +289,11 @@ class WebPool:
 
     def _answered(self, worker: WebWorker, event: SipEvent) -> None:
         if isinstance(event, CallAnswered):  # the only call event a web worker sends
-            for listener in self.answer_listeners:
-                listener(worker.index, event)
+            self._tell(worker, event)
+
+    def _tell(self, worker: WebWorker, event: SipEvent) -> None:
+        for listener in self.call_listeners:
+            listener(worker.index, event)
 
     def _inbound(self, worker: WebWorker, event: msg.Event) -> None:
         if isinstance(event, msg.InboundStarted):

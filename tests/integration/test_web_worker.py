@@ -182,9 +182,9 @@ async def rig(tmp_path: Path) -> AsyncIterator[MakeRig]:
         )
         pool = WebPool(settings)
         pool.inbound_listeners.append(records.on_inbound)
-        pool.answer_listeners.append(records.on_sip_event)
+        pool.call_listeners.append(records.on_sip_event)
         answers: list[tuple[int, Any]] = []
-        pool.answer_listeners.append(lambda worker, event: answers.append((worker, event)))
+        pool.call_listeners.append(lambda worker, event: answers.append((worker, event)))
         stack.push_async_callback(pool.stop)
         await pool.start()
         made.append(Rig(pool, store, fake, fed, answers))

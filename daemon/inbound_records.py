@@ -6,8 +6,10 @@ failure and its outcome follow in arrival order. The outcome (status, cause, bla
 recording) and, when ``webhooks.inbound_url`` is set, the ``inbound.ended`` webhook (the call's
 view, as ``GET /call/{id}`` shows it) are written in one transaction. The local engine's
 sessions name their call as "worker:call" (the ``X-Sipai-Call`` header): the receptionist's
-message and a session's failure (speech recognition...) land in that call's record. Runs on
-the supervisor's loop.
+message and a session's failure (speech recognition...) land in that call's record. Browser
+calls (the web workers', ``direction: "web"``) are recorded the same way. After each stored
+change the console's live feed (:class:`daemon.call_feed.CallFeed`) is told the call's headline
+(:func:`feed_event`). Runs on the supervisor's loop.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from api.webhooks import Deliverer
 from daemon.blackbox import RecordingInfo
+from daemon.call_feed import CallFeed
 from daemon.logs import get_logger
 from daemon.observe import CallObserver, FinishedCall, NullObserver
 from daemon.store import INTERRUPTED_CAUSE, Store
@@ -88,6 +91,18 @@ def recording_view(call_id: str, recording: dict[str, Any] | None) -> dict[str, 
     }
 
 
+def feed_event(record: dict[str, Any], turn: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the console's live feed says of an inbound call after a change: its view's
+    headline fields (the page fetches the rest), and the transcript turn just stored."""
+    view = inbound_view(record)
+    event = {k: view.get(k) for k in ("call_id", "direction", "status", "call_status", "caller")}
+    event["extension"] = record["extension"]
+    event["started_at"] = record["started_at"]
+    if turn is not None:
+        event["turn"] = turn
+    return event
+
+
 def ended_event(record: dict[str, Any]) -> dict[str, Any]:
     """The ``inbound.ended`` webhook's body: the finished call's view (its deliveries, which
     the body cannot know, left out), typed."""
@@ -101,8 +116,10 @@ class InboundRecords:
         deliverer: Deliverer,
         inbound_url: str,
         observer: CallObserver | None = None,
+        feed: CallFeed | None = None,
     ) -> None:
         self._store = store
+        self._feed = feed  # the console's live calls: told after each stored change
         self._deliverer = deliverer
         # webhooks.inbound_url: the inbound.message and inbound.ended webhooks; "" sends none
         # (the message stays in the record)
@@ -110,6 +127,7 @@ class InboundRecords:
         self._observer = observer if observer is not None else NullObserver()
         self._ids: dict[CallKey, str] = {}  # the record of each call up
         self._errors: dict[CallKey, str] = {}  # the first failure of each call up
+        self._directions: dict[CallKey, str] = {}  # inbound (SIP) or web, of each call up
         self._lock = asyncio.Lock()
         self._writes: set[asyncio.Future[None]] = set()
 
@@ -181,21 +199,38 @@ class InboundRecords:
                         str(body.get("extension") or "") or None,
                         direction=str(body.get("direction", "inbound")),
                     )
+                    self._directions[key] = str(body.get("direction", "inbound"))
+                    await self._publish(call_id)
                     return
                 call_id = self._ids.get(key, "")
                 if kind == "transcript":
                     await self._store.add_turn(
                         call_id, str(body["role"]), str(body["text"]), float(body["at"])
                     )
+                    turn = {k: body[k] for k in ("role", "text", "at")}
+                    await self._publish(call_id, turn)
                 elif kind == "agent_failed":
                     self._errors[key] = f"{body.get('kind')}: {body.get('error')}"
                 elif kind == "inbound_done":
                     self._ids.pop(key, None)
-                    await self._finish(call_id, body, self._errors.pop(key, None))
+                    direction = self._directions.pop(key, "inbound")
+                    await self._finish(call_id, body, self._errors.pop(key, None), direction)
+                    await self._publish(call_id)
             except Exception as exc:
                 log.error("inbound.store_failed", call_id=body.get("call"), error=repr(exc))
 
-    async def _finish(self, call_id: str, body: dict[str, Any], error: str | None) -> None:
+    async def _publish(self, call_id: str, turn: dict[str, Any] | None = None) -> None:
+        """Tell the console's feed what the record of ``call_id`` now says (``turn``: the
+        transcript turn just stored)."""
+        if self._feed is None or not call_id:
+            return
+        record = await self._store.get_inbound(call_id)
+        if record is not None:
+            self._feed.publish(feed_event(record, turn))
+
+    async def _finish(
+        self, call_id: str, body: dict[str, Any], error: str | None, direction: str = "inbound"
+    ) -> None:
         status = "failed" if error else "completed"
         cause = str(body["cause"])
         black_box = body.get("black_box")
@@ -216,7 +251,7 @@ class InboundRecords:
             self._deliverer.wake()
         if call_id:  # a call whose start was recorded
             self._observer.call_finished(
-                FinishedCall(call_id, "inbound", status, cause, black_box, recording)
+                FinishedCall(call_id, direction, status, cause, black_box, recording)
             )
 
     def on_message(self, caller: str) -> Callable[[str], Awaitable[None]]:

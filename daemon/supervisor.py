@@ -1,13 +1,15 @@
 """The supervisor process's lifecycle: start in order, notify systemd, drain, stop.
 
-Order of start: API, SIP (once both are up, ``READY=1``), then the watchdog. On the first SIGTERM
-or SIGINT: ``STOPPING=1``, refuse new work, give the drainable components up to
-``daemon.drain_seconds`` to finish, stop the API last (so ``/health`` answers during the
-drain), exit 0. A second signal during the drain exits at once with 128 + the signal number.
+Order of start: API, then SIP and the web workers side by side (once the API and SIP are up,
+``READY=1``; a web worker that does not start is restarted in the background and never stops
+the daemon), then the watchdog. On the first SIGTERM or SIGINT: ``STOPPING=1``, refuse new
+work, give the drainable components up to ``daemon.drain_seconds`` to finish, stop the API
+last (so ``/health`` answers during the drain), exit 0. A second signal during the drain exits
+at once with 128 + the signal number.
 
-Components that hold work (SIP workers, the outbound service) register a drain coroutine and a
-watchdog probe with :meth:`Supervisor.add_component`; everything here runs on the loop thread
-except the watchdog's pinging thread.
+Components that hold work (SIP workers, web workers, the outbound service, the console's event
+streams) register a drain coroutine and a watchdog probe with :meth:`Supervisor.add_component`;
+everything here runs on the loop thread except the watchdog's pinging thread.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from api.webhooks import Deliverer
 from config import LoadedSettings
 from config.schema import BrainKind
 from daemon import __version__
+from daemon.call_feed import CallFeed
 from daemon.calls.runner import PoolRunner
 from daemon.engine.brains import Brain, ChatBrain, Receptionist
 from daemon.engine.server import Engine
@@ -44,6 +47,7 @@ from daemon.speech import SpeechError
 from daemon.speech.backends import load_speech
 from daemon.speech.engine import EXECUTOR as SPEECH_EXECUTOR
 from daemon.store import Store
+from daemon.web.pool import WebPool
 from daemon.workers import WorkerPool, WorkerStartError
 from sip.events import CallEnded, RegistrationChanged, SipEvent
 
@@ -89,11 +93,22 @@ class Supervisor:
             settings.webhooks.timeout_seconds,
             observer=self._metrics,
         )
+        self._feed = CallFeed()
         self._records = InboundRecords(
-            self.store, self._deliverer, settings.webhooks.inbound_url, observer=self._metrics
+            self.store,
+            self._deliverer,
+            settings.webhooks.inbound_url,
+            observer=self._metrics,
+            feed=self._feed,
         )
         self._sip.inbound_listeners.append(self._records.on_inbound)
         self._sip.inbound_listeners.append(self._metrics.on_inbound)
+        # Browser calls: web worker processes, apart from the SIP workers (none: off).
+        self._web = WebPool(settings) if settings.web.enabled and settings.web.workers else None
+        if self._web is not None:
+            self._web.inbound_listeners.append(self._records.on_inbound)
+            self._web.inbound_listeners.append(self._metrics.on_inbound)
+            self._web.call_listeners.append(self._records.on_sip_event)
         capacity = settings.sip.workers * settings.sip.max_calls
         self.outbound = OutboundService(
             self.store,
@@ -117,6 +132,7 @@ class Supervisor:
         self._api: ApiServer | None = None
         self._watchdog: Watchdog | None = None
         self._sip_started = False
+        self._web_started = False
 
     def add_component(self, component: Component) -> None:
         self._components.append(component)
@@ -243,6 +259,8 @@ class Supervisor:
             metrics=self.metrics,
             spec=load_spec(),
             engine=self._serve_engine,
+            web=self._web,
+            feed=self._feed,
         )
         limits = ConnectionLimits.of(api, self._settings.sip.workers)
         self._api = ApiServer(create_app(context), api.host, api.port, limits)
@@ -259,11 +277,22 @@ class Supervisor:
             )
 
         self._sip_started = True  # so that a partial start is stopped too
-        await self._sip.start()
+        if self._web is None:
+            await self._sip.start()
+        else:  # side by side; a web worker that is not ready is restarted, SIP serves anyway
+            self._web_started = True
+            web = asyncio.ensure_future(self._web.start())
+            try:
+                await self._sip.start()
+            finally:
+                await web  # started either way, so that stop finds it whole
         self.outbound.start()
         self._deliverer.start()
         self.add_component(Component("outbound", drain=self.outbound.drain, probe=_no_probe))
         self.add_component(Component("sip", drain=self._sip.drain, probe=self._sip.probe))
+        if self._web is not None:
+            self.add_component(Component("web", drain=self._web.drain, probe=_no_probe))
+        self.add_component(Component("console feed", drain=self._drain_feed, probe=_no_probe))
         self._notifier.notify("READY=1", f"STATUS=serving the API on {host}:{port}")
         log.info("daemon.ready", startup_ms=round((time.monotonic() - self._started_at) * 1000))
 
@@ -288,6 +317,9 @@ class Supervisor:
             raise ApiStartError(str(exc)) from None
         self._sip.transcriber = stt.transcribe
         self._sip.synthesizer = tts.synthesize
+        if self._web is not None:
+            self._web.transcriber = stt.transcribe
+            self._web.synthesizer = tts.synthesize
         self.outbound.runner = ObservedRunner(PoolRunner(self._sip, tts), self._metrics)
         self._engine = Engine(tts, stt, self._brain, on_error=self._records.engine_error)
         log.info(
@@ -296,6 +328,10 @@ class Supervisor:
             voice=tts.voice,
             load_ms=round((time.monotonic() - started) * 1000),
         )
+
+    async def _drain_feed(self) -> None:
+        """End the console's event streams, so none holds the API server open on stop."""
+        self._feed.drain()
 
     async def _probe(self) -> None:
         """A round trip through the loop and through every component."""
@@ -327,9 +363,14 @@ class Supervisor:
             await asyncio.to_thread(self._watchdog.stop)
             self._watchdog = None
         await self.outbound.stop()
+        stops = []
+        if self._web is not None and self._web_started:
+            stops.append(self._web.stop())  # hangs up the browser calls left after the drain
+            self._web_started = False
         if self._sip_started:
-            await self._sip.stop()
+            stops.append(self._sip.stop())
             self._sip_started = False
+        await asyncio.gather(*stops)  # side by side: neither waits for the other's processes
         await self._deliverer.stop()
         await self._retention.stop()
         if self._api is not None:

@@ -73,3 +73,45 @@ def test_call_flows_import_nothing_of_sip() -> None:
         if module == "sip" or module.startswith("sip.")
     ]
     assert not found, "daemon/calls must not import sip:\n" + "\n".join(found)
+
+
+# The browser side: what aiortc brings (ICE, DTLS, SRTP, Opus, libav) stays out of the rest.
+BROWSER_LIBRARIES = ("aiortc", "aioice", "av", "pylibsrtp")
+BROWSER_SIDE = ("daemon.legs.webrtc", "daemon.web")
+KEPT_OUT = ("sip", "daemon/worker", "daemon/calls", "api")
+
+
+def _is(module: str, names: tuple[str, ...]) -> bool:
+    return any(module == n or module.startswith(n + ".") for n in names)
+
+
+def test_only_the_browser_side_imports_aiortc() -> None:
+    """aiortc and its libraries (and the modules that use them) are imported by the browser
+    leg and the web worker only: never by sip/, the SIP worker, the call flows or the API, so a
+    SIP worker never loads them and its media clock never shares a GIL with them."""
+    files = {
+        path: ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        for top in ("api", "config", "daemon", "media", "sip")
+        for path in sorted((ROOT / top).rglob("*.py"))
+    }
+    importers = {
+        name: sorted({m for _, m in imported_modules(path, _package(path))})
+        for path, name in files.items()
+    }
+    users = sorted(
+        name
+        for name, modules in importers.items()
+        if any(_is(m, BROWSER_LIBRARIES) for m in modules)
+    )
+    assert "daemon.legs.webrtc" in users, users  # the walk sees the browser leg's imports
+    assert [u for u in users if not _is(u, BROWSER_SIDE)] == [], users
+    found = [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for path in files
+        if any(path.relative_to(ROOT).as_posix().startswith(top + "/") for top in KEPT_OUT)
+        for line, module in imported_modules(path, _package(path))
+        if _is(module, BROWSER_LIBRARIES + BROWSER_SIDE)
+    ]
+    assert not found, "the browser side must stay out of SIP, flows and API:\n" + "\n".join(found)
+    legs = ROOT / "daemon" / "legs" / "__init__.py"
+    assert not [m for _, m in imported_modules(legs, "daemon.legs") if _is(m, BROWSER_SIDE)]

@@ -1,0 +1,425 @@
+"""The web worker processes, seen from the supervisor: where browsers' offers go.
+
+:class:`WebPool` runs ``[web] workers`` processes (``python -m daemon.web``), numbered from
+:data:`daemon.web.WEB_WORKER_BASE` (1000, 1001...) in records and logs so they never meet a
+SIP worker's index. Worker ``1000 + i`` connects to ``RUNTIME_DIR/web-i.sock`` and gets the
+settings a SIP worker gets (:func:`daemon.pool_state.hello_reply`). The pool:
+
+- forwards each offer (``web_offer``) to the up worker holding the fewest calls and answers
+  with the worker's SDP answer, or raises :class:`api.app.WebCallRefused` with the HTTP status and
+  detail (400: an offer aiortc cannot take; 503: no web worker up, all full, or draining);
+- serves the workers' ``hello``, ``synthesize`` and ``transcribe`` and hands their inbound
+  events (``inbound_call``, ``transcript``, ``agent_failed``, ``inbound_done``) to its
+  :attr:`inbound_listeners` with the worker's index, as the SIP pool does, and a browser's
+  connection (``CallAnswered``, the one SIP event a web worker sends) to
+  :attr:`call_listeners`;
+- restarts a worker that dies, with the SIP pool's capped backoff, and ends each browser call
+  it held with a record as a dead SIP worker's calls end (``CallEnded`` with ``local_cause =
+  "worker_died"`` to :attr:`call_listeners`: the record is finished failed);
+- drains: refuses new offers and waits for the calls to end; :meth:`stop` then has each worker
+  hang up what is left and exit.
+
+A web worker that cannot start does not stop the daemon: SIP service does not depend on it;
+:meth:`WebPool.health` says so and the pool keeps restarting it. Everything here runs on the
+supervisor's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from api.app import WebCallRefused
+from config import Settings
+from daemon.ipc import messages as msg
+from daemon.ipc.connection import Body, Connection, IpcError
+from daemon.logs import get_logger
+from daemon.pool_state import hello_reply
+from daemon.web import WEB_WORKER_BASE
+from daemon.workers import READY_SECONDS, RESTART_BACKOFF_CAP, STOP_SECONDS, worker_environment
+from sip.events import CallAnswered, CallEnded, SipEvent
+
+log = get_logger(__name__)
+
+OFFER_SECONDS = 10.0  # a worker answers an offer once aiortc gathered its host candidates
+DRAIN_POLL_SECONDS = 0.1
+REFRESH_SECONDS = 1.0  # how often the calls each worker holds are asked for
+
+
+@dataclass
+class WebWorker:
+    """One web worker process as the pool sees it."""
+
+    index: int  # WEB_WORKER_BASE + i
+    socket_path: Path
+    process: asyncio.subprocess.Process | None = None
+    conn: Connection | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    pid: int | None = None
+    restarts: int = 0
+    calls: int = 0  # calls held, as last counted (offers answered since included)
+    started: set[str] = field(default_factory=set)  # its calls with a record in progress
+    reader: asyncio.Future[None] | None = None
+
+    @property
+    def up(self) -> bool:
+        return (
+            self.ready.is_set()
+            and self.conn is not None
+            and not self.conn.closed.is_set()
+            and self.process is not None
+            and self.process.returncode is None
+        )
+
+
+class WebPool:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        runtime = settings.daemon.runtime_dir or os.environ.get("RUNTIME_DIRECTORY", "")
+        self._own_dir = not runtime
+        self.runtime_dir = Path(runtime or tempfile.mkdtemp(prefix="sipai-web-"))
+        self.workers = [
+            WebWorker(WEB_WORKER_BASE + i, self.runtime_dir / f"web-{i}.sock")
+            for i in range(settings.web.workers)
+        ]
+        # the calls up: pool-wide id -> (worker, the worker's key, when it was answered)
+        self._calls: dict[str, tuple[WebWorker, str, float]] = {}
+        self._servers: list[asyncio.Server] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._draining = False
+        # who hears the workers' inbound events: (worker index, kind, body as JSON data)
+        self.inbound_listeners: list[Callable[[int, str, Body], None]] = []
+        # who hears a browser call's connection and, when its worker dies, its end, as a SIP
+        # call's events (CallAnswered, CallEnded): (worker index, event)
+        self.call_listeners: list[Callable[[int, SipEvent], None]] = []
+        self.transcriber: Callable[[NDArray[np.int16], int, str], Awaitable[str]] | None = None
+        self.synthesizer: Callable[[str, int], Awaitable[NDArray[np.int16]]] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start every web worker and wait (bounded) until each is ready; one that is not is
+        logged and restarted in the background."""
+        self.runtime_dir.mkdir(parents=True, exist_ok=True)
+        for worker in self.workers:
+            with contextlib.suppress(FileNotFoundError):
+                worker.socket_path.unlink()
+            server = await asyncio.start_unix_server(
+                self._acceptor(worker), path=str(worker.socket_path)
+            )
+            worker.socket_path.chmod(0o600)
+            self._servers.append(server)
+            await self._spawn(worker)
+        await asyncio.gather(*(self._wait_ready(w) for w in self.workers))
+        for worker in self.workers:
+            self._tasks.append(asyncio.create_task(self._watch(worker)))
+        self._tasks.append(asyncio.create_task(self._refresh()))
+
+    async def _spawn(self, worker: WebWorker) -> None:
+        worker.ready.clear()
+        worker.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "daemon.web",
+            "--socket",
+            str(worker.socket_path),
+            "--index",
+            str(worker.index),
+            env=worker_environment(os.environ),
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+        worker.pid = worker.process.pid
+        log.info("web.spawned", worker=worker.index, pid=worker.pid)
+
+    async def _wait_ready(self, worker: WebWorker) -> bool:
+        assert worker.process is not None
+        ready = asyncio.ensure_future(worker.ready.wait())
+        exited = asyncio.ensure_future(worker.process.wait())
+        try:
+            await asyncio.wait(
+                {ready, exited}, timeout=READY_SECONDS, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            ready.cancel()
+            exited.cancel()
+        if worker.ready.is_set():
+            return True
+        log.error("web.not_ready", worker=worker.index, exit_code=worker.process.returncode)
+        if worker.process.returncode is None:
+            worker.process.kill()
+        return False
+
+    async def _watch(self, worker: WebWorker) -> None:
+        """Restart the worker whenever it exits while the pool is running."""
+        failures = 0
+        while True:
+            assert worker.process is not None
+            code = await worker.process.wait()
+            if self.stopping():
+                return
+            self._worker_died(worker, code)
+            failures += 1
+            jitter = random.uniform(0.8, 1.2)  # noqa: S311 - not cryptographic
+            delay = min(RESTART_BACKOFF_CAP, 0.5 * 2 ** (failures - 1)) * jitter
+            log.warning(
+                "web.restarting", worker=worker.index, exit_code=code, in_seconds=round(delay, 2)
+            )
+            await asyncio.sleep(delay)
+            if self.stopping():
+                return
+            worker.restarts += 1
+            await self._spawn(worker)
+            if await self._wait_ready(worker):
+                failures = 0
+
+    def _worker_died(self, worker: WebWorker, code: int) -> None:
+        """The worker's calls are gone with it: each call with a record ends failed."""
+        log.error("web.died", worker=worker.index, exit_code=code, calls=worker.calls)
+        worker.ready.clear()
+        worker.conn = None
+        worker.calls = 0
+        error = f"web worker {worker.index} died (exit code {code})"
+        for key in sorted(worker.started):  # finished as a dead SIP worker's calls are
+            self._tell(worker, CallEnded(call=key, code=0, reason=error, local_cause="worker_died"))
+        worker.started.clear()
+        self._forget(worker, lambda key, since: True)
+
+    async def drain(self) -> None:
+        """Refuse new offers; return once no web worker holds a call (the supervisor bounds
+        the wait, then :meth:`stop` hangs up the rest)."""
+        self._draining = True
+        while True:
+            await self._count_calls()
+            if not any(w.calls for w in self.workers if w.up):
+                return
+            await asyncio.sleep(DRAIN_POLL_SECONDS)
+
+    async def stop(self) -> None:
+        """Ask every worker to hang up its calls and exit; wait, kill stragglers."""
+        self._stopping = self._draining = True
+        for task in self._tasks:
+            task.cancel()
+
+        async def stop_one(worker: WebWorker) -> None:
+            if worker.conn is not None:
+                with contextlib.suppress(IpcError, TimeoutError):
+                    await worker.conn.request(msg.Shutdown(), within=2.0)
+            if worker.process is not None and worker.process.returncode is None:
+                try:
+                    await asyncio.wait_for(worker.process.wait(), STOP_SECONDS)
+                except TimeoutError:
+                    log.error("web.kill", worker=worker.index)
+                    worker.process.kill()
+                    await worker.process.wait()
+            if worker.conn is not None:
+                await worker.conn.aclose()
+
+        await asyncio.gather(*(stop_one(w) for w in self.workers))
+        for server in self._servers:
+            server.close()
+        for worker in self.workers:
+            with contextlib.suppress(FileNotFoundError):
+                worker.socket_path.unlink()
+        if self._own_dir:
+            with contextlib.suppress(OSError):
+                self.runtime_dir.rmdir()
+
+    def stopping(self) -> bool:
+        """True once stop() began (a method: the flag changes while _watch awaits)."""
+        return self._stopping
+
+    # -- IPC -------------------------------------------------------------------------------
+
+    def _acceptor(
+        self, worker: WebWorker
+    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], None]:
+        def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self._connected(worker, reader, writer)
+
+        return accept
+
+    def _connected(
+        self, worker: WebWorker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        if worker.conn is not None and not worker.conn.closed.is_set():
+            writer.close()  # one connection per worker
+            return
+
+        async def hello(_: msg.Hello) -> msg.HelloReply:
+            return hello_reply(self.settings, None)
+
+        def ready(_: msg.Ready) -> None:
+            worker.ready.set()
+            log.info("web.ready", worker=worker.index)
+
+        def inbound(event: msg.Event) -> None:
+            self._inbound(worker, event)
+
+        conn = Connection(
+            reader,
+            writer,
+            f"web-{worker.index}",
+            {
+                msg.Hello: hello,
+                msg.Synthesize: self._synthesize,
+                msg.Transcribe: self._transcribe,
+            },
+            {
+                msg.Ready: ready,
+                msg.SipEventMessage: lambda event: self._answered(worker, event.event),
+                **dict.fromkeys(msg.INBOUND_EVENTS, inbound),
+            },
+        )
+        worker.conn = conn
+        worker.reader = asyncio.ensure_future(conn.run())
+
+    def _answered(self, worker: WebWorker, event: SipEvent) -> None:
+        if isinstance(event, CallAnswered):  # the only call event a web worker sends
+            self._tell(worker, event)
+
+    def _tell(self, worker: WebWorker, event: SipEvent) -> None:
+        for listener in self.call_listeners:
+            listener(worker.index, event)
+
+    def _inbound(self, worker: WebWorker, event: msg.Event) -> None:
+        if isinstance(event, msg.InboundStarted):
+            worker.started.add(event.call)
+        elif isinstance(event, msg.InboundDone):
+            worker.started.discard(event.call)
+            worker.calls = max(0, worker.calls - 1)
+            self._forget(worker, lambda key, since: key == event.call)
+        body = event.body()
+        for listener in self.inbound_listeners:
+            listener(worker.index, event.type, body)
+
+    def _forget(self, worker: WebWorker, which: Callable[[str, float], bool]) -> None:
+        """Drop the calls of ``worker`` that are over (``which(key, answered_at)``)."""
+        for call, (owner, key, since) in list(self._calls.items()):
+            if owner is worker and which(key, since):
+                del self._calls[call]
+
+    async def _synthesize(self, request: msg.Synthesize) -> msg.SynthesizeReply:
+        if self.synthesizer is None:
+            raise RuntimeError("no speech synthesis in this supervisor")
+        return msg.SynthesizeReply(pcm=await self.synthesizer(request.text, request.rate))
+
+    async def _transcribe(self, request: msg.Transcribe) -> msg.TranscribeReply:
+        if self.transcriber is None:
+            raise RuntimeError("no speech recognition in this supervisor")
+        text = await self.transcriber(request.pcm, request.rate, request.hint)
+        return msg.TranscribeReply(text=text)
+
+    async def _count_calls(self) -> None:
+        """Ask every worker that is up how many calls it holds."""
+
+        async def ask(worker: WebWorker) -> None:
+            if worker.conn is not None and worker.up:
+                asked = time.monotonic()
+                with contextlib.suppress(IpcError, TimeoutError):
+                    reply = await worker.conn.request(msg.Ping(), within=2.0)
+                    worker.calls = reply.calls
+                    if not reply.calls:  # calls answered before the question are over
+                        self._forget(worker, lambda key, since: since < asked)
+
+        await asyncio.gather(*(ask(w) for w in self.workers))
+
+    async def _refresh(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_SECONDS)
+            await self._count_calls()
+
+    # -- what the API asks (the WebCalls of api.app) ---------------------------------------
+
+    async def offer(
+        self,
+        sdp: str,
+        mode: Literal["agent", "engine"],
+        session: dict[str, Any] | None,
+        caller: str,
+        user_agent: str,
+    ) -> tuple[str, str]:
+        """A browser's offer to the agent or the engine: (the call's id, the SDP answer).
+        The id is the call's record (``in-<hex16>``) for the agent, ``rtc_<hex>`` for the
+        engine; :class:`WebCallRefused` with the HTTP status otherwise."""
+        if self._draining:
+            raise WebCallRefused(503, "the daemon is shutting down")
+        up = [w for w in self.workers if w.up]
+        if not up:
+            raise WebCallRefused(503, "no web worker is up")
+        call = f"in-{uuid.uuid4().hex[:16]}" if mode == "agent" else f"rtc_{uuid.uuid4().hex}"
+        request = msg.WebOffer(
+            sdp=sdp,
+            mode=mode,
+            session=session,
+            record_id=call if mode == "agent" else "",
+            caller=caller,
+            user_agent=user_agent,
+        )
+        refusal: WebCallRefused | None = None
+        for worker in sorted(up, key=lambda w: (w.calls, w.index)):
+            assert worker.conn is not None
+            started = time.monotonic()
+            try:
+                reply = await worker.conn.request(request, within=OFFER_SECONDS)
+            except (IpcError, TimeoutError) as exc:
+                log.warning("web.offer_failed", worker=worker.index, error=str(exc) or repr(exc))
+                refusal = WebCallRefused(503, f"web worker {worker.index} failed: {exc}")
+                continue
+            if reply.status == 503:  # full (or stopping): the next worker may have room
+                refusal = WebCallRefused(503, reply.detail)
+                continue
+            if reply.detail:
+                raise WebCallRefused(reply.status, reply.detail)
+            worker.calls += 1
+            self._calls[call] = (worker, reply.call, time.monotonic())
+            log.info(
+                "web.call",
+                call_id=call,
+                worker=worker.index,
+                key=reply.call,
+                mode=mode,
+                answer_ms=round((time.monotonic() - started) * 1000, 1),
+            )
+            return call, reply.sdp
+        assert refusal is not None
+        raise refusal
+
+    async def hangup(self, call: str) -> None:
+        """Hang up the browser call ``call`` (an id :meth:`offer` gave); nothing if it has
+        ended already or is unknown."""
+        owner = self._calls.pop(call, None)
+        conn = owner[0].conn if owner is not None else None
+        if owner is None or conn is None:
+            return
+        try:
+            await conn.request(msg.WebHangup(call=owner[1]), within=5.0)
+        except (IpcError, TimeoutError) as exc:  # ended meanwhile, or the worker is gone
+            log.info("web.hangup_missed", call_id=call, error=str(exc) or repr(exc))
+
+    # -- health ----------------------------------------------------------------------------
+
+    @property
+    def active_calls(self) -> int:
+        return sum(w.calls for w in self.workers if w.up)
+
+    def health(self) -> dict[str, Any]:
+        """How the web workers are: all up, calls held, restarts since start."""
+        return {
+            "up": bool(self.workers) and all(w.up for w in self.workers),
+            "calls": self.active_calls,
+            "restarts": sum(w.restarts for w in self.workers),
+        }

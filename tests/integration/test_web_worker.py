@@ -1,0 +1,334 @@
+"""The web worker process under the supervisor's pool, answering an aiortc browser on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from api.app import WebCallRefused
+from api.webhooks import Deliverer
+from config import Settings
+from config.schema import AgentSettings
+from daemon.call_feed import CallFeed
+from daemon.inbound_records import InboundRecords, inbound_view
+from daemon.legs.webrtc import use_ice_addresses
+from daemon.store import Store
+from daemon.web import WEB_WORKER_BASE
+from daemon.web.pool import WebPool
+from sip.events import CallAnswered
+from tests.peers.realtime_server import FakeRealtime, FakeSession
+
+RATE = 48000
+FRAME = 960  # 20 ms at 48 kHz
+GREETING = (np.sin(2 * np.pi * 700 * np.arange(8000) / 8000) * 8000).astype(np.int16)
+
+
+class ToneTrack(MediaStreamTrack):
+    """The browser's microphone: a 440 Hz tone in 20 ms frames, paced in real time."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sent = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        self._start = now if self._start is None else self._start
+        due = self._start + self._sent * 0.02
+        if due > now:
+            await asyncio.sleep(due - now)
+        t = (np.arange(FRAME) + self._sent * FRAME) / RATE
+        pcm = (np.sin(2 * np.pi * 440 * t) * 6000).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = RATE
+        frame.pts = self._sent * FRAME
+        frame.time_base = fractions.Fraction(1, RATE)
+        self._sent += 1
+        return frame
+
+
+@dataclass
+class Browser:
+    """An aiortc peer playing the browser's part: offers, plays a tone, hears the daemon."""
+
+    pc: RTCPeerConnection
+    messages: list[Any] = field(default_factory=list)  # on the "sipai" channel
+    peak: int = 0  # loudest sample heard
+    closed: asyncio.Event = field(default_factory=asyncio.Event)  # hung up or disconnected
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    async def offer(cls) -> tuple[Browser, str]:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        browser = cls(pc)
+        channel = pc.createDataChannel("sipai")
+
+        @channel.on("message")
+        def on_message(message: str) -> None:
+            browser.messages.append(json.loads(message))
+            if browser.messages[-1].get("type") == "hangup":
+                browser.closed.set()
+
+        @pc.on("connectionstatechange")
+        def on_state() -> None:
+            if pc.connectionState in ("closed", "failed"):
+                browser.closed.set()
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            browser.tasks.append(asyncio.create_task(browser._hear(track)))
+
+        pc.addTrack(ToneTrack())
+        await pc.setLocalDescription(await pc.createOffer())
+        return browser, pc.localDescription.sdp
+
+    async def _hear(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                self.peak = max(self.peak, int(np.abs(frame.to_ndarray()).max()))
+
+    async def answered(self, sdp: str) -> None:
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+
+    async def close(self) -> None:
+        await self.pc.close()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+@dataclass
+class Rig:
+    pool: WebPool
+    store: Store
+    fake: FakeRealtime
+    fed: list[dict[str, Any]]  # what the console's live feed was told, in order
+    answers: list[tuple[int, Any]]  # the browsers' connections, as the pool told them
+    browsers: list[Browser] = field(default_factory=list)
+
+    async def call(self) -> tuple[Browser, str]:
+        """A browser offers to the agent; (the browser, the call's id)."""
+        browser, sdp = await Browser.offer()
+        self.browsers.append(browser)
+        call, answer = await self.pool.offer(sdp, "agent", None, "web:default", "aiortc")
+        await browser.answered(answer)
+        return browser, call
+
+    async def record(
+        self, call: str, until: Callable[[dict[str, Any]], bool], within: float = 15.0
+    ) -> dict[str, Any]:
+        """The call's record once ``until`` holds for it."""
+        async with asyncio.timeout(within):
+            while True:
+                record = await self.store.get_inbound(call)
+                if record is not None and until(record):
+                    return record
+                await asyncio.sleep(0.05)
+
+
+Script = Callable[[FakeSession], Awaitable[None]]
+MakeRig = Callable[..., Awaitable[Rig]]
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[MakeRig]:
+    """A WebPool (real ``python -m daemon.web``) with its events stored as inbound records,
+    the agent on the scripted fake model; everything on 127.0.0.1."""
+    use_ice_addresses(["127.0.0.1"])  # this process's browsers gather on loopback only
+    stack = contextlib.AsyncExitStack()
+    made: list[Rig] = []
+
+    async def make(script: Script, **web: Any) -> Rig:
+        fake = await stack.enter_async_context(FakeRealtime("ga", script))
+        store = Store(tmp_path / "sipai.db")
+        await store.open()
+        stack.push_async_callback(store.close)
+        feed = CallFeed()
+        records = InboundRecords(store, Deliverer(store), "", feed=feed)
+        fed: list[dict[str, Any]] = []
+
+        async def follow() -> None:
+            async for event in feed.subscribe():
+                fed.append(event)
+
+        following = asyncio.create_task(follow())
+        stack.callback(following.cancel)
+        settings = Settings(
+            agent=AgentSettings(backend="url", url=fake.url, greeting="hello"),
+            web={"ice_addresses": ["127.0.0.1"], **web},
+            daemon={"runtime_dir": str(tmp_path / "run")},
+        )
+        pool = WebPool(settings)
+        pool.inbound_listeners.append(records.on_inbound)
+        pool.call_listeners.append(records.on_sip_event)
+        answers: list[tuple[int, Any]] = []
+        pool.call_listeners.append(lambda worker, event: answers.append((worker, event)))
+        stack.push_async_callback(pool.stop)
+        await pool.start()
+        made.append(Rig(pool, store, fake, fed, answers))
+        return made[-1]
+
+    yield make
+    for made_rig in made:
+        for browser in made_rig.browsers:
+            await browser.close()
+    await stack.aclose()
+    use_ice_addresses([])
+
+
+async def greet_then_end(session: FakeSession) -> None:
+    """The model greets, hears the caller, says goodbye and ends the call."""
+    await session.respond(GREETING, transcript="Hello, how can I help?")
+    await session.caller_said("I would like a call back.")
+    await session.respond(GREETING[:4000], transcript="Goodbye.")
+    await asyncio.sleep(0.6)  # the goodbye plays out
+    await session.call_tool("end_call", {})
+
+
+async def keep_talking(session: FakeSession) -> None:
+    """The model greets and then only listens: the call lasts until someone hangs up."""
+    await session.respond(GREETING, transcript="Hello.")
+    await asyncio.Event().wait()
+
+
+async def test_an_offer_gets_an_answer_and_the_call_a_web_record(rig: MakeRig) -> None:
+    """An aiortc browser's offer is answered by a real web worker; the agent greets it (the
+    browser hears audio), the model hears the browser, its connection is told as a call's
+    answer, and the call's record is a finished ``web`` call of ``web:default`` with its
+    transcript and black box, viewed as such; the console's live feed is told its start, its
+    turns and its end, as a web call."""
+    made = await rig(greet_then_end)
+    browser, call = await made.call()
+    assert call.startswith("in-"), call
+    record = await made.record(call, lambda r: r["status"] != "in_progress")
+    session = await made.fake.session()
+    view = inbound_view(record)
+    assert (record["direction"], view["direction"]) == ("web", "web"), record
+    assert record["caller"] == "web:default"
+    assert record["worker"] == WEB_WORKER_BASE, record
+    assert record["status"] == "completed", record
+    assert made.answers == [(WEB_WORKER_BASE, CallAnswered(call="web-1"))], made.answers
+    assert record["answered_at"] is not None, record
+    turns = [(t["role"], t["text"]) for t in record["transcript"]]
+    assert ("caller", "I would like a call back.") in turns, turns
+    assert ("agent", "Goodbye.") in turns, turns
+    box = record["black_box"]
+    assert box is not None, record
+    assert box["connect_seconds"] > 0.5, box
+    assert session.input_ms > 500, f"the model heard {session.input_ms} ms of the browser"
+    assert browser.peak > 2000, f"the browser heard a peak of {browser.peak}"
+    async with asyncio.timeout(5):
+        await browser.closed.wait()  # end_call hung up the browser
+    assert {"type": "hangup"} in browser.messages, browser.messages
+    fed = [e for e in made.fed if e["call_id"] == call]
+    assert [e["direction"] for e in fed] == ["web"] * len(fed), fed
+    assert fed[0]["status"] == "in_progress", fed
+    assert "answered" in [e["call_status"] for e in fed], fed  # a turn came once connected
+    assert fed[0]["caller"] == "web:default", fed
+    assert {"role": "caller", "text": "I would like a call back."} in [
+        {k: e["turn"][k] for k in ("role", "text")} for e in fed if "turn" in e
+    ], fed
+    assert fed[-1]["call_status"] == "completed", fed
+
+
+async def test_a_full_web_worker_refuses_with_503_and_a_detail(rig: MakeRig) -> None:
+    """With ``max_calls = 1`` a second offer is refused with 503 and a detail naming the
+    full worker, while the first call goes on."""
+    made = await rig(keep_talking, max_calls=1)
+    _, first = await made.call()
+    browser, sdp = await Browser.offer()
+    made.browsers.append(browser)
+    with pytest.raises(WebCallRefused) as refused:
+        await made.pool.offer(sdp, "agent", None, "web:default", "aiortc")
+    assert refused.value.status == 503
+    assert "full (1 calls)" in refused.value.detail, refused.value
+    record = await made.store.get_inbound(first)
+    assert record is not None
+    assert record["status"] == "in_progress", record
+
+
+async def test_a_killed_web_worker_fails_its_call_and_comes_back(rig: MakeRig) -> None:
+    """kill -9 of the web worker mid-call: the call's record ends failed, the worker is
+    restarted, and a new offer is answered."""
+    made = await rig(keep_talking)
+    _, call = await made.call()
+    await made.record(call, lambda r: bool(r["transcript"]))  # the greeting is being heard
+    worker = made.pool.workers[0]
+    assert worker.pid is not None
+    os.kill(worker.pid, signal.SIGKILL)
+    record = await made.record(call, lambda r: r["status"] != "in_progress")
+    assert record["status"] == "failed", record
+    assert "died" in (record["error"] or ""), record
+    assert record["end_cause"].startswith("worker_died: web worker 1000 died"), record
+    async with asyncio.timeout(15):
+        while not made.pool.health()["up"]:
+            await asyncio.sleep(0.05)
+    assert made.pool.health()["restarts"] == 1, made.pool.health()
+    _, again = await made.call()
+    assert again != call
+
+
+async def test_drain_hangs_up_browser_calls_within_the_bound(rig: MakeRig) -> None:
+    """Draining refuses new offers with 503; once the bound (1 s) is over, stopping the pool
+    hangs up the browser, which sees the hang-up within 3 s of the drain's start."""
+    made = await rig(keep_talking)
+    browser, call = await made.call()
+    await made.record(call, lambda r: bool(r["transcript"]))
+    started = time.monotonic()
+    draining = asyncio.create_task(made.pool.drain())
+    late, sdp = await Browser.offer()
+    made.browsers.append(late)
+    with pytest.raises(WebCallRefused) as refused:
+        await made.pool.offer(sdp, "agent", None, "web:default", "aiortc")
+    assert refused.value.status == 503, refused.value
+    done, _ = await asyncio.wait({draining}, timeout=1.0)
+    assert not done, "the drain ended with a call up"
+    draining.cancel()
+    await made.pool.stop()
+    async with asyncio.timeout(3):
+        await browser.closed.wait()
+    elapsed = time.monotonic() - started
+    assert elapsed < 3.0, f"the browser saw the hang-up {elapsed:.2f} s after the drain began"
+    print(f"hang-up seen {elapsed:.2f} s after the drain began")
+    record = await made.record(call, lambda r: r["status"] != "in_progress")
+    assert record["status"] == "completed", record
+
+
+def test_aiortc_loads_in_the_web_worker_only() -> None:
+    """Importing the supervisor (with its web pool) and the SIP worker's process loads none of
+    aiortc, aioice, pylibsrtp or av; the web worker's process loads aiortc."""
+    probe = (
+        "import sys\n"
+        "import daemon.supervisor, daemon.worker.process\n"
+        "libs = ('aiortc', 'aioice', 'pylibsrtp', 'av')\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & set(libs)))\n"
+        "import daemon.web.process\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & set(libs)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.splitlines()
+    assert out[0] == "[]", f"the supervisor or a SIP worker loads {out[0]}"
+    assert "'aiortc'" in out[1], out

@@ -60,7 +60,12 @@ OUTBOUND_END_CAUSES = (
     "dial_failed",  # never reached the callee: no SIP response, or the INVITE not sent
     "failed",  # any other failure (a SIP error status, a worker lost...)
 )
-END_CAUSES = {"inbound": INBOUND_END_CAUSES, "outbound": OUTBOUND_END_CAUSES}
+# a browser call ends as an inbound call does
+END_CAUSES = {
+    "inbound": INBOUND_END_CAUSES,
+    "web": INBOUND_END_CAUSES,
+    "outbound": OUTBOUND_END_CAUSES,
+}
 
 CALL_STATUSES = ("completed", "no_answer", "failed", "busy")
 REGISTRATION_CODES = ("401", "403", "404", "408", "480", "500", "503")
@@ -377,7 +382,7 @@ class Metrics:
     def call_finished(self, call: FinishedCall) -> None:
         """A finished call: its outcome, its recording, and the figures of its black box."""
         played = self._message_played.pop(call.call_id, None)
-        direction = _closed(call.direction, ("inbound", "outbound"))
+        direction = _closed(call.direction, tuple(END_CAUSES))
         label = end_cause_label(direction, call.status, call.end_cause, message_played=played)
         self.calls.labels(direction, _closed(call.status, CALL_STATUSES), label).inc()
         if call.recording is not None:

@@ -159,9 +159,12 @@ def test_a_finished_call_feeds_counters_and_histograms() -> None:
     metrics.call_finished(
         FinishedCall("in-1", "inbound", "completed", "caller hung up", BLACK_BOX, recording)
     )
+    metrics.call_finished(FinishedCall("in-2", "web", "completed", "end_call"))
     f = _scrape(metrics)
     calls = {"direction": "inbound", "status": "completed", "end_cause": "caller_hangup"}
     assert _value(f, "sipai_calls_total", **calls) == 1
+    web = {"direction": "web", "status": "completed", "end_cause": "end_call"}
+    assert _value(f, "sipai_calls_total", **web) == 1
     assert _value(f, "sipai_turn_latency_seconds_count") == 2
     turns = "sipai_turn_latency_seconds"
     assert _value(f, f"{turns}_bucket", le="0.3") == 0

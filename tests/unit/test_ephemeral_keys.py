@@ -1,0 +1,80 @@
+"""Ephemeral keys: minted for a lifetime, single use, kept as digests only."""
+
+from __future__ import annotations
+
+import pytest
+from openai.types.realtime import ClientSecretCreateResponse
+
+from api.ephemeral import EphemeralKeys, KeyRefused, TooManyKeys, is_ephemeral, parse_mint
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_key_expires_and_opens_one_session() -> None:
+    """A key redeems once for its session, then is 'used'; past its lifetime it is 'expired';
+    lifetimes of 9 and 7201 s are refused, and the key's text is kept nowhere."""
+    clock = Clock()
+    keys = EphemeralKeys(clock)
+    session = {"type": "realtime", "instructions": "Be brief."}
+    first = keys.mint(60, session)
+    assert is_ephemeral(first.value), first.value
+    assert len(first.value) == 3 + 32, first.value
+    assert first.expires_at == int(clock.now) + 60
+    ClientSecretCreateResponse.model_validate(first.answer())  # OpenAI's answer shape
+    assert keys.redeem(first.value)["instructions"] == "Be brief."
+    with pytest.raises(KeyRefused) as used:
+        keys.redeem(first.value)
+    assert (used.value.code, used.value.message) == ("used_key", "ephemeral key already used")
+
+    second = keys.mint(60, {})
+    clock.now += 61
+    with pytest.raises(KeyRefused) as expired:
+        keys.redeem(second.value)
+    assert (expired.value.code, expired.value.message) == ("expired_key", "ephemeral key expired")
+    with pytest.raises(KeyRefused) as unknown:
+        keys.redeem("ek_" + "0" * 32)
+    assert unknown.value.code == "invalid_key"
+
+    for seconds in (9, 7201):
+        with pytest.raises(ValueError, match=r"expires_after\.seconds"):
+            parse_mint({"expires_after": {"anchor": "created_at", "seconds": seconds}})
+        with pytest.raises(ValueError, match="seconds"):
+            keys.mint(seconds, {})
+    assert parse_mint({}) == (600, {})
+    assert parse_mint({"expires_after": {"seconds": 10}, "session": {"type": "realtime"}})[0] == 10
+
+    third = keys.mint(7200, {})
+    stored = repr(keys.__dict__)
+    for value in (first.value, second.value, third.value):
+        assert value[3:] not in stored, "a key is kept as text"
+
+
+def test_mint_requests_name_the_wrong_field() -> None:
+    """Bad mint bodies are refused with the field named; a full store refuses to mint."""
+    cases = {
+        "body": [],
+        "colour": {"colour": 1},
+        "expires_after: must": {"expires_after": 5},
+        r"expires_after\.anchor": {"expires_after": {"anchor": "now"}},
+        r"expires_after\.seconds": {"expires_after": {"seconds": "60"}},
+        "session: must": {"session": "x"},
+        r"session\.type": {"session": {"type": "transcription"}},
+    }
+    for field, body in cases.items():
+        with pytest.raises(ValueError, match=field):
+            parse_mint(body)
+    clock = Clock()
+    keys = EphemeralKeys(clock, limit=2)
+    keys.mint(10, {})
+    keys.mint(10, {})
+    with pytest.raises(TooManyKeys):
+        keys.mint(10, {})
+    clock.now += 10  # both expired: pruned on the next mint
+    keys.mint(10, {})
+    assert len(keys) == 1

@@ -5,6 +5,10 @@ Several tokens may be valid at once (``api.token`` as ``default`` plus the named
 offered token is hashed and compared with every known token's hash by
 :func:`hmac.compare_digest`: the digests have one length and no comparison is skipped, so the
 time taken does not depend on how much of a token, or which token, was guessed right.
+
+Realtime clients (the ``/v1/realtime`` WebSocket) may offer it as ``api-key`` instead, and a
+browser, which cannot set headers on a WebSocket, as the subprotocol
+``openai-insecure-api-key.<token>`` (OpenAI's form), listed next to ``realtime``.
 """
 
 from __future__ import annotations
@@ -45,9 +49,24 @@ class ApiTokens:
         return found
 
 
+SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
+
+
 def offered_token(headers: Mapping[str, str], api_key_header: bool = False) -> str:
-    """The token in ``Authorization: Bearer <token>`` (or, for realtime clients, ``api-key``)."""
+    """The token in ``Authorization: Bearer <token>`` (or, for realtime clients, ``api-key``,
+    else the ``openai-insecure-api-key.<token>`` WebSocket subprotocol)."""
     scheme, _, value = headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    return headers.get("api-key", "").strip() if api_key_header else ""
+    if not api_key_header:
+        return ""
+    return headers.get("api-key", "").strip() or subprotocol_token(headers)
+
+
+def subprotocol_token(headers: Mapping[str, str]) -> str:
+    """The token a browser put in ``Sec-WebSocket-Protocol`` (``openai-insecure-api-key.<t>``)."""
+    for offered in headers.get("sec-websocket-protocol", "").split(","):
+        name = offered.strip()
+        if name.startswith(SUBPROTOCOL_PREFIX):
+            return name.removeprefix(SUBPROTOCOL_PREFIX)
+    return ""

@@ -141,8 +141,17 @@ class EphemeralKeys:
         self._keys[_digest(value)] = _Outstanding(float(expires_at), shown)
         return MintedKey(value, expires_at, shown)
 
+    def check(self, key: str) -> None:
+        """Raise KeyRefused unless ``key`` would open a session now (it stays unused)."""
+        self._valid(key)
+
     def redeem(self, key: str) -> dict[str, Any]:
         """The session ``key`` was minted with; the key is used up. Raises KeyRefused."""
+        found = self._valid(key)
+        found.used = True
+        return found.session
+
+    def _valid(self, key: str) -> _Outstanding:
         digest = _digest(key)
         found = self._keys.get(digest)
         if found is None:
@@ -152,8 +161,7 @@ class EphemeralKeys:
             raise KeyRefused("expired_key", "ephemeral key expired")
         if found.used:
             raise KeyRefused("used_key", "ephemeral key already used")
-        found.used = True
-        return found.session
+        return found
 
     def _prune(self, now: float) -> None:
         for digest in [d for d, k in self._keys.items() if now >= k.expires_at]:

@@ -38,3 +38,14 @@ def test_the_offered_token_comes_from_bearer_or_for_realtime_api_key() -> None:
     assert offered_token({"authorization": "Basic abc"}) == ""
     assert offered_token({"api-key": "abc"}) == ""
     assert offered_token({"api-key": "abc"}, api_key_header=True) == "abc"
+
+
+def test_a_browser_offers_its_key_as_a_websocket_subprotocol() -> None:
+    """``openai-insecure-api-key.<token>`` next to ``realtime`` is a realtime client's token
+    (browsers cannot set headers on a WebSocket); ordinary routes ignore it."""
+    headers = {"sec-websocket-protocol": "realtime, openai-insecure-api-key.ek_abc123"}
+    assert offered_token(headers, api_key_header=True) == "ek_abc123"
+    assert offered_token(headers) == ""
+    assert offered_token({"sec-websocket-protocol": "realtime"}, api_key_header=True) == ""
+    both = {**headers, "authorization": "Bearer tok"}
+    assert offered_token(both, api_key_header=True) == "tok"

@@ -27,9 +27,12 @@ def test_a_key_expires_and_opens_one_session() -> None:
     assert len(first.value) == 3 + 32, first.value
     assert first.expires_at == int(clock.now) + 60
     ClientSecretCreateResponse.model_validate(first.answer())  # OpenAI's answer shape
+    keys.check(first.value)  # checking does not use it up
     assert keys.redeem(first.value)["instructions"] == "Be brief."
     with pytest.raises(KeyRefused) as used:
         keys.redeem(first.value)
+    with pytest.raises(KeyRefused, match="already used"):
+        keys.check(first.value)
     assert (used.value.code, used.value.message) == ("used_key", "ephemeral key already used")
 
     second = keys.mint(60, {})

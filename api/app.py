@@ -43,7 +43,7 @@ from starlette.websockets import WebSocket
 from api.auth import ApiTokens, offered_token
 from api.console_routes import ConsoleRoutes
 from api.models import describe, parse_request
-from api.realtime_calls import RealtimeCalls
+from api.realtime_calls import RealtimeCalls, RealtimeSocket, realtime_credential
 from daemon.call_feed import CallFeed
 from daemon.inbound_records import inbound_view, recording_view
 from daemon.logs import get_logger
@@ -111,6 +111,8 @@ class EphemeralKeyStore(Protocol):
 
     def mint(self, seconds: int, session: dict[str, Any]) -> Any: ...
 
+    def check(self, key: str) -> None: ...
+
     def redeem(self, key: str) -> dict[str, Any]: ...
 
 
@@ -169,7 +171,7 @@ def create_app(ctx: ApiContext) -> Starlette:
             Route("/metrics", guarded(routes.metrics), methods=["GET"]),
             Route("/openapi.json", guarded(routes.openapi), methods=["GET"]),
             WebSocketRoute("/v1/realtime", routes.realtime),
-            Route("/v1/realtime/calls", guarded(rtc.create_call), methods=["POST"]),
+            Route("/v1/realtime/calls", rtc.keyed(guarded(rtc.create_call)), methods=["POST"]),
             Route("/v1/realtime/calls/{call_id}/hangup", guarded(rtc.hangup), methods=["POST"]),
             Route("/v1/realtime/client_secrets", guarded(rtc.client_secret), methods=["POST"]),
             Route("/", console.index, methods=["GET"]),
@@ -362,10 +364,11 @@ class _Routes:
     async def realtime(self, websocket: WebSocket) -> None:
         """The embedded engine, behind the same tokens as the other routes."""
         started = time.monotonic()
-        name = self.tokens.identify(offered_token(websocket.headers, api_key_header=True))
+        name, refused = realtime_credential(self.tokens, self.ctx, websocket.headers)
         path, client = websocket.url.path, websocket.client
-        if self.tokens.required and name is None:
-            await _deny(websocket, 401, UNAUTHORISED, {"www-authenticate": "Bearer"})
+        if refused is not None or (self.tokens.required and name is None):
+            detail = refused.message if refused is not None else UNAUTHORISED
+            await _deny(websocket, 401, detail, {"www-authenticate": "Bearer"})
             _log_request("GET", path, 401, name, client=client, started=started)
             return
         if self.ctx.engine is None:
@@ -373,7 +376,7 @@ class _Routes:
             _log_request("GET", path, 503, name, client=client, started=started)
             return
         _log_request("GET", path, 101, name, client=client, started=started)
-        await self.ctx.engine(websocket)
+        await self.ctx.engine(RealtimeSocket.of(websocket))
 
     async def http_error(self, request: Request, exc: Exception) -> Response:
         if isinstance(exc, HTTPException):  # a 405 keeps its Allow header

@@ -20,8 +20,10 @@ import uvicorn
 import websockets
 from openai import AsyncOpenAI
 from structlog.testing import capture_logs
+from websockets.typing import Subprotocol
 
 from api.app import ApiContext, HealthReport, create_app
+from api.ephemeral import EphemeralKeys
 from daemon.engine.brains import Receptionist
 from daemon.engine.server import Engine
 from daemon.speech import SpeechToText, TextToSpeech
@@ -50,11 +52,13 @@ class EngineServer:
             lambda caller: Receptionist(on_message=keep),
         )
         self.engine = engine
+        self.keys = EphemeralKeys()
         app = create_app(
             ApiContext(
                 health=lambda: HealthReport("healthy", False, "test", 1.0, 0, 0, []),
                 tokens={"crm": TOKEN, "crm-2027": SECOND_TOKEN},
                 engine=engine.serve,
+                keys=self.keys,
             )
         )
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None)
@@ -242,3 +246,34 @@ async def test_each_named_token_opens_a_session_logged_by_name(
     [request] = [e for e in logs if e["event"] == "api.request" and e.get("status") == 101]
     assert (request["path"], request["token"]) == ("/v1/realtime", name)
     assert not [e for e in logs if TOKEN in repr(e)]
+
+
+async def test_a_browser_subprotocol_key_opens_one_websocket_session(engine: EngineServer) -> None:
+    """A key minted by POST /v1/realtime/client_secrets, offered as a browser does (the
+    subprotocol openai-insecure-api-key.<key> next to realtime), opens one session accepted
+    with subprotocol realtime; offered again the handshake gets HTTP 401 "already used"."""
+    base = f"127.0.0.1:{engine.port}/v1"
+    async with AsyncOpenAI(api_key=TOKEN, base_url=f"http://{base}") as client:
+        minted = await client.realtime.client_secrets.create(
+            expires_after={"anchor": "created_at", "seconds": 60}
+        )
+    key = minted.value
+    assert key.startswith("ek_"), key
+    url = f"ws://{base}/realtime?model=sipai-local"
+    protocols = [Subprotocol("realtime"), Subprotocol(f"openai-insecure-api-key.{key}")]
+    with capture_logs() as logs:
+        async with websockets.connect(url, subprotocols=protocols, open_timeout=10) as ws:
+            assert ws.subprotocol == "realtime"
+            first = json.loads(await ws.recv())
+            check_server_event(first, "ga")
+    assert first["type"] == "session.created", first
+    [opened] = [e for e in logs if e["event"] == "api.request" and e.get("status") == 101]
+    assert opened["token"] == "ephemeral", opened
+    assert not [e for e in logs if key in repr(e)], "a key was logged"
+
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(url, subprotocols=protocols, open_timeout=10):
+            pass
+    response = refused.value.response
+    assert response.status_code == 401, f"second use: HTTP {response.status_code}"
+    assert json.loads(response.body) == {"detail": "ephemeral key already used"}

@@ -22,7 +22,7 @@ from openai import AsyncOpenAI
 from structlog.testing import capture_logs
 from websockets.typing import Subprotocol
 
-from api.app import ApiContext, HealthReport, create_app
+from api.app import ApiContext, HealthReport, WebCalls, create_app
 from api.ephemeral import EphemeralKeys
 from daemon.engine.brains import Receptionist
 from daemon.engine.server import Engine
@@ -38,7 +38,11 @@ MESSAGE = "Please call me back tomorrow morning."
 
 
 class EngineServer:
-    def __init__(self) -> None:
+    """The engine behind the API app on loopback; ``web`` serves its WebRTC offers, if given.
+
+    Its ephemeral keys run on the wall clock moved on by ``skew`` seconds (for expiry)."""
+
+    def __init__(self, web: WebCalls | None = None) -> None:
         piper = PiperSynthesizer()
         self.piper = piper
         self.messages: list[str] = []
@@ -52,13 +56,15 @@ class EngineServer:
             lambda caller: Receptionist(on_message=keep),
         )
         self.engine = engine
-        self.keys = EphemeralKeys()
+        self.skew = 0.0
+        self.keys = EphemeralKeys(clock=lambda: time.time() + self.skew)
         app = create_app(
             ApiContext(
                 health=lambda: HealthReport("healthy", False, "test", 1.0, 0, 0, []),
                 tokens={"crm": TOKEN, "crm-2027": SECOND_TOKEN},
                 engine=engine.serve,
                 keys=self.keys,
+                web=web,
             )
         )
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None)

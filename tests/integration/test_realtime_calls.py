@@ -1,0 +1,335 @@
+"""OpenAI's realtime WebRTC routes on the daemon's API, driven by the official ``openai`` SDK and
+a real aiortc peer, with a web host (the web worker's :class:`~daemon.web.host.WebHost` and
+its engine relay) in the API's process, the embedded engine (Piper, Whisper, the
+receptionist) behind it. Every data channel event is checked against the SDK's typed models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from openai import AsyncOpenAI
+from openai.types.realtime import ClientSecretCreateResponse
+
+from api.app import WebCallRefused
+from config.schema import AgentSettings, ApiSettings, RealtimeSettings, WebSettings
+from daemon.ipc import messages as msg
+from daemon.legs.webrtc import use_ice_addresses
+from daemon.web.engine_relay import EVENTS_CHANNEL, EngineCalls, engine_endpoint
+from daemon.web.flows import WebContext
+from daemon.web.host import WebHost
+from tests.integration.test_engine import TOKEN, EngineServer
+from tests.peers.webrtc_client import WebRtcClient
+from tests.realtime_oracle import check_server_event
+
+SESSION = {"type": "realtime", "instructions": "You are the front desk."}
+
+
+class _NoServices:
+    """A web host serving engine calls only needs no speech and reports nothing."""
+
+    async def synthesize(self, text: str, rate: int) -> Any:
+        raise AssertionError("an engine call synthesises nothing itself")
+
+    async def report(self, kind: str, body: dict[str, Any]) -> None:
+        raise AssertionError(f"an engine call reports nothing ({kind})")
+
+
+class HostCalls:
+    """The API's ``WebCalls`` served by a web host in the API's own process (no IPC)."""
+
+    def __init__(self) -> None:
+        self.host: WebHost | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, port: int) -> None:
+        api = ApiSettings(host="127.0.0.1", port=port, token=TOKEN)
+        ctx = WebContext(
+            index=1000,
+            services=_NoServices(),
+            agent=AgentSettings(),
+            api=api,
+            realtime=RealtimeSettings(),
+        )
+        web = WebSettings(max_calls=4, connect_timeout_seconds=5)
+        host = self.host = WebHost(ctx, web)
+        host.modes["engine"] = EngineCalls(host, engine_endpoint(api), 5).offer
+
+    async def offer(
+        self, sdp: str, mode: Any, session: dict[str, Any] | None, caller: str, user_agent: str
+    ) -> tuple[str, str]:
+        assert self.host is not None
+        self.loop = asyncio.get_running_loop()
+        request = msg.WebOffer(
+            sdp=sdp, mode=mode, session=session, caller=caller, user_agent=user_agent
+        )
+        reply = await self.host.offer(request)
+        if reply.status != 201:
+            raise WebCallRefused(reply.status, reply.detail)
+        return f"rtc_{reply.call}", reply.sdp
+
+    async def hangup(self, call: str) -> None:
+        assert self.host is not None
+        await self.host.hangup(call.removeprefix("rtc_"))
+
+    def stop(self) -> None:
+        if self.host is not None and self.loop is not None:
+            asyncio.run_coroutine_threadsafe(self.host.stop(), self.loop).result(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[EngineServer, HostCalls]]:
+    use_ice_addresses(["127.0.0.1"])  # both peers of this process: loopback only
+    calls = HostCalls()
+    engine = EngineServer(web=calls)
+    calls.start(engine.port)
+    try:
+        yield engine, calls
+    finally:
+        calls.stop()
+        engine.close()
+        use_ice_addresses([])
+
+
+@pytest.fixture
+async def http(server: tuple[EngineServer, HostCalls]) -> AsyncIterator[httpx.AsyncClient]:
+    engine, _ = server
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{engine.port}", timeout=20) as c:
+        yield c
+
+
+class Browser(WebRtcClient):
+    """An aiortc peer shaped like OpenAI's browser sample: microphone track + ``oai-events``."""
+
+    def __init__(self) -> None:
+        super().__init__(freq=0.0, channel=False)  # a silent microphone: no barge-in
+        self.events: list[dict[str, Any]] = []
+        self.arrived = asyncio.Event()
+        self.oai = self.pc.createDataChannel(EVENTS_CHANNEL)
+        self.oai.on("message", self._on_event)
+
+    def _on_event(self, message: str | bytes) -> None:
+        self.events.append(json.loads(message))
+        self.arrived.set()
+
+    async def until(self, kind: str, within: float) -> dict[str, Any]:
+        """The first event of type ``kind`` (waiting up to ``within`` seconds)."""
+        deadline = time.monotonic() + within
+        while True:
+            for event in self.events:
+                if event["type"] == kind:
+                    return event
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {kind} within {within} s; got {[e['type'] for e in self.events]}"
+            self.arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), left)
+
+
+async def _mint(http: httpx.AsyncClient, seconds: int = 60) -> str:
+    minted = await http.post(
+        "/v1/realtime/client_secrets",
+        json={"expires_after": {"anchor": "created_at", "seconds": seconds}, "session": SESSION},
+        headers={"authorization": f"Bearer {TOKEN}"},
+    )
+    assert minted.status_code == 200, minted.text
+    return str(minted.json()["value"])
+
+
+async def test_the_openai_sdk_mints_a_key_and_gets_an_answer(
+    server: tuple[EngineServer, HostCalls], http: httpx.AsyncClient
+) -> None:
+    """The SDK's client_secrets.create parses our answer as ClientSecretCreateResponse and its
+    calls.create (JSON) gets an SDP answer; a raw application/sdp offer with the key, and a
+    multipart sdp+session offer, get 201 with application/sdp and a Location to hang up."""
+    engine, _ = server
+    peers = [Browser() for _ in range(3)]
+    try:
+        async with AsyncOpenAI(
+            api_key=TOKEN, base_url=f"http://127.0.0.1:{engine.port}/v1"
+        ) as client:
+            secret = await client.realtime.client_secrets.create(
+                expires_after={"anchor": "created_at", "seconds": 120}, session=SESSION
+            )
+            assert isinstance(secret, ClientSecretCreateResponse)
+            assert secret.value.startswith("ek_"), secret.value
+            assert secret.session.type == "realtime"
+            assert abs(secret.expires_at - (time.time() + 120)) < 5, secret.expires_at
+            answer = await client.realtime.calls.create(sdp=await peers[0].offer())
+            assert "a=fingerprint:" in answer.text, answer.text
+            await peers[0].accept(answer.text)
+
+        raw = await http.post(
+            "/v1/realtime/calls",
+            content=await peers[1].offer(),
+            headers={"authorization": f"Bearer {secret.value}", "content-type": "application/sdp"},
+        )
+        assert raw.status_code == 201, raw.text
+        assert raw.headers["content-type"].startswith("application/sdp")
+        location = raw.headers["location"]
+        assert location.startswith("/v1/realtime/calls/rtc_"), location
+        await peers[1].accept(raw.text)
+
+        form = await http.post(
+            "/v1/realtime/calls",
+            files={"sdp": (None, await peers[2].offer()), "session": (None, json.dumps(SESSION))},
+            headers={"authorization": f"Bearer {TOKEN}"},
+        )
+        assert form.status_code == 201, form.text
+        assert "a=fingerprint:" in form.text
+
+        for peer in peers[:2]:
+            await asyncio.wait_for(peer.connected.wait(), 10)
+        hung = await http.post(f"{location}/hangup", headers={"authorization": f"Bearer {TOKEN}"})
+        assert hung.status_code == 200, hung.text
+        await asyncio.wait_for(peers[1].closed.wait(), 10)
+        again = await http.post(f"{location}/hangup", headers={"authorization": f"Bearer {TOKEN}"})
+        assert again.status_code == 404, again.text
+    finally:
+        for peer in peers:
+            await peer.close()
+
+
+async def test_bad_sdp_400_expired_or_used_key_401_wrong_type_415(
+    server: tuple[EngineServer, HostCalls], http: httpx.AsyncClient
+) -> None:
+    """Garbage offers get 400 naming the problem (without using the key up), keys that are
+    used, expired or unknown get 401, a body of another type 415; a key opens no other route."""
+    engine, _ = server
+    key = await _mint(http)
+    bearer = {"authorization": f"Bearer {key}"}
+
+    def refused(response: httpx.Response, status: int, code: str, detail: str) -> None:
+        assert response.status_code == status, (response.status_code, response.text)
+        body = response.json()
+        assert detail in body["detail"], body
+        assert body["error"] == {
+            "message": body["detail"],
+            "type": "invalid_request_error",
+            "code": code,
+        }, body
+
+    sdp_type = {**bearer, "content-type": "application/sdp"}
+    for offer, problem in (
+        (b"", "empty"),
+        (b"hello", "does not start with v=0"),
+        (b"v=0\r\n\xff\xfe", "not UTF-8"),
+        (b"v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n", "no audio"),
+    ):
+        response = await http.post("/v1/realtime/calls", content=offer, headers=sdp_type)
+        refused(response, 400, "invalid_sdp", problem)
+    too_big = await http.post("/v1/realtime/calls", content=b"v=0\r\n" * 40000, headers=sdp_type)
+    refused(too_big, 400, "body_too_large", "exceeds")
+    plain = {**bearer, "content-type": "text/plain"}
+    refused(
+        await http.post("/v1/realtime/calls", content=b"v=0", headers=plain),
+        415,
+        "unsupported_media_type",
+        "content-type",
+    )
+    not_json = {**bearer, "content-type": "application/json"}
+    refused(
+        await http.post("/v1/realtime/calls", content=b"{", headers=not_json),
+        400,
+        "invalid_json",
+        "not valid JSON",
+    )
+
+    # The key opens no REST route, nor does it mint keys.
+    for method, path in (
+        ("GET", "/calls"),
+        ("POST", "/call"),
+        ("POST", "/v1/realtime/client_secrets"),
+    ):
+        other = await http.request(method, path, headers=bearer, json={})
+        assert other.status_code == 401, (path, other.status_code)
+
+    peer = Browser()
+    try:
+        opened = await http.post("/v1/realtime/calls", content=await peer.offer(), headers=sdp_type)
+        assert opened.status_code == 201, opened.text  # the bad offers left the key unused
+        used = await http.post("/v1/realtime/calls", content=await peer.offer(), headers=sdp_type)
+        refused(used, 401, "used_key", "ephemeral key already used")
+        assert used.headers["www-authenticate"] == "Bearer"
+    finally:
+        await peer.close()
+
+    late = await _mint(http, seconds=10)
+    engine.skew = 11.0
+    try:
+        expired = await http.post(
+            "/v1/realtime/calls",
+            content=b"v=0",
+            headers={"authorization": f"Bearer {late}", "content-type": "application/sdp"},
+        )
+    finally:
+        engine.skew = 0.0
+    refused(expired, 401, "expired_key", "ephemeral key expired")
+    unknown = {"authorization": "Bearer ek_" + "0" * 32, "content-type": "application/sdp"}
+    refused(
+        await http.post("/v1/realtime/calls", content=b"v=0", headers=unknown),
+        401,
+        "invalid_key",
+        "unknown ephemeral key",
+    )
+    short = await http.post(
+        "/v1/realtime/client_secrets",
+        json={"expires_after": {"seconds": 9}},
+        headers={"authorization": f"Bearer {TOKEN}"},
+    )
+    refused(short, 400, "invalid_request", "expires_after.seconds")
+
+
+async def test_the_engine_speaks_over_the_track_and_events_go_over_the_data_channel(
+    server: tuple[EngineServer, HostCalls], http: httpx.AsyncClient
+) -> None:
+    """A response.create sent on oai-events makes the engine speak on the track (audio with
+    energy), with session.created, response.done and output_audio_buffer.started/stopped on
+    the channel, every event a valid GA server event, and no audio delta among them."""
+    key = await _mint(http)
+    browser = Browser()
+    try:
+        answer = await http.post(
+            "/v1/realtime/calls",
+            content=await browser.offer(),
+            headers={"authorization": f"Bearer {key}", "content-type": "application/sdp"},
+        )
+        assert answer.status_code == 201, answer.text
+        await browser.accept(answer.text)
+        await asyncio.wait_for(browser.connected.wait(), 10)
+        await browser.until("session.created", 10)
+        updated = await browser.until("session.updated", 10)
+        assert updated["session"]["instructions"] == SESSION["instructions"], updated
+        assert updated["session"]["audio"]["output"]["format"] == {
+            "type": "audio/pcm",
+            "rate": 24000,
+        }
+        browser.oai.send(json.dumps({"type": "response.create"}))
+        started = await browser.until("output_audio_buffer.started", 20)
+        done = await browser.until("response.done", 30)
+        stopped = await browser.until("output_audio_buffer.stopped", 30)
+        assert started["response_id"] == done["response"]["id"] == stopped["response_id"]
+        kinds = [e["type"] for e in browser.events]
+        assert "response.output_audio.delta" not in kinds, kinds
+        assert kinds.index("output_audio_buffer.stopped") > kinds.index("response.done"), kinds
+        for event in browser.events:
+            check_server_event(event, "ga")
+        heard = browser.heard_pcm().astype(np.float64) / 32768.0
+        window = 4800  # 100 ms at 48 kHz
+        levels = [
+            float(np.sqrt(np.mean(heard[i : i + window] ** 2)))
+            for i in range(0, len(heard) - window, window)
+        ]
+        loudest = max(levels, default=0.0)
+        print(f"track level: loudest 100 ms RMS {loudest:.4f} over {len(levels) / 10:.1f} s")
+        assert loudest > 0.01, f"the track carried no speech (loudest 100 ms RMS {loudest:.4f})"
+    finally:
+        await browser.close()

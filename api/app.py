@@ -364,7 +364,7 @@ class _Routes:
     async def realtime(self, websocket: WebSocket) -> None:
         """The embedded engine, behind the same tokens as the other routes."""
         started = time.monotonic()
-        name, refused = realtime_credential(self.tokens, self.ctx, websocket.headers)
+        name, session, refused = realtime_credential(self.tokens, self.ctx, websocket.headers)
         path, client = websocket.url.path, websocket.client
         if refused is not None or (self.tokens.required and name is None):
             detail = refused.message if refused is not None else UNAUTHORISED
@@ -376,7 +376,7 @@ class _Routes:
             _log_request("GET", path, 503, name, client=client, started=started)
             return
         _log_request("GET", path, 101, name, client=client, started=started)
-        await self.ctx.engine(RealtimeSocket.of(websocket))
+        await self.ctx.engine(RealtimeSocket.of(websocket, session))
 
     async def http_error(self, request: Request, exc: Exception) -> Response:
         if isinstance(exc, HTTPException):  # a 405 keeps its Allow header

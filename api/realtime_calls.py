@@ -39,7 +39,7 @@ from urllib.parse import parse_qs
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Message
 from starlette.websockets import WebSocket
 
 from api.auth import ApiTokens, offered_token
@@ -268,31 +268,43 @@ class RealtimeCalls:
 
 def realtime_credential(
     tokens: ApiTokens, ctx: ApiContext, headers: Mapping[str, str]
-) -> tuple[str | None, KeyRefused | None]:
+) -> tuple[str | None, dict[str, Any] | None, KeyRefused | None]:
     """Who a ``/v1/realtime`` handshake is (a token's name, or ``"ephemeral"`` for a key it
-    uses up now), or why its key is refused."""
+    uses up now, with the session the key was minted for), or why its key is refused."""
     offered = offered_token(headers, api_key_header=True)
     if ctx.keys is not None and is_ephemeral(offered):
         try:
-            ctx.keys.redeem(offered)
+            session = ctx.keys.redeem(offered)
         except KeyRefused as exc:
-            return None, exc
-        return EPHEMERAL, None
-    return tokens.identify(offered), None
+            return None, None, exc
+        return EPHEMERAL, session, None
+    return tokens.identify(offered), None, None
 
 
 class RealtimeSocket(WebSocket):
-    """A ``/v1/realtime`` connection that accepts with the ``realtime`` subprotocol when the
-    client asked for it (browsers do, to carry their key), whoever calls :meth:`accept`."""
+    """A ``/v1/realtime`` connection as the engine sees it: accepted with the ``realtime``
+    subprotocol when the client asked for it (browsers do, to carry their key), and, for a
+    key minted with a session, that session applied first, as if the client had sent it as
+    its first ``session.update`` (the client sees ``session.created``, then
+    ``session.updated``)."""
 
-    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        super().__init__(scope, receive, send)
+    def __init__(self, websocket: WebSocket, session: dict[str, Any] | None) -> None:
+        super().__init__(websocket.scope, websocket._receive, websocket._send)
+        self._subprotocol = "realtime" if "realtime" in self.scope.get("subprotocols", []) else None
+        self._first: str | None = None
+        if session:
+            shaped = {k: v for k, v in session.items() if k not in ("id", "object", "expires_at")}
+            self._first = json.dumps({"type": "session.update", "session": shaped})
 
     @classmethod
-    def of(cls, websocket: WebSocket) -> WebSocket:
-        if "realtime" not in websocket.scope.get("subprotocols", []):
+    def of(cls, websocket: WebSocket, session: dict[str, Any] | None = None) -> WebSocket:
+        if not session and "realtime" not in websocket.scope.get("subprotocols", []):
             return websocket
-        return cls(websocket.scope, websocket._receive, websocket._send)
+        return cls(websocket, session)
 
     async def accept(self, subprotocol: str | None = None, headers: Any = None) -> None:
-        await super().accept(subprotocol or "realtime", headers)
+        await super().accept(subprotocol or self._subprotocol, headers)
+
+    async def receive_text(self) -> str:
+        first, self._first = self._first, None
+        return first if first is not None else await super().receive_text()

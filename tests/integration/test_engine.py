@@ -257,11 +257,13 @@ async def test_each_named_token_opens_a_session_logged_by_name(
 async def test_a_browser_subprotocol_key_opens_one_websocket_session(engine: EngineServer) -> None:
     """A key minted by POST /v1/realtime/client_secrets, offered as a browser does (the
     subprotocol openai-insecure-api-key.<key> next to realtime), opens one session accepted
-    with subprotocol realtime; offered again the handshake gets HTTP 401 "already used"."""
+    with subprotocol realtime and configured as minted; offered again the handshake gets
+    HTTP 401 "already used"."""
     base = f"127.0.0.1:{engine.port}/v1"
     async with AsyncOpenAI(api_key=TOKEN, base_url=f"http://{base}") as client:
         minted = await client.realtime.client_secrets.create(
-            expires_after={"anchor": "created_at", "seconds": 60}
+            expires_after={"anchor": "created_at", "seconds": 60},
+            session={"type": "realtime", "instructions": "Answer in French."},
         )
     key = minted.value
     assert key.startswith("ek_"), key
@@ -271,8 +273,12 @@ async def test_a_browser_subprotocol_key_opens_one_websocket_session(engine: Eng
         async with websockets.connect(url, subprotocols=protocols, open_timeout=10) as ws:
             assert ws.subprotocol == "realtime"
             first = json.loads(await ws.recv())
-            check_server_event(first, "ga")
+            second = json.loads(await ws.recv())
+            for event in (first, second):
+                check_server_event(event, "ga")
     assert first["type"] == "session.created", first
+    assert second["type"] == "session.updated", second  # the key's session, applied first
+    assert second["session"]["instructions"] == "Answer in French.", second
     [opened] = [e for e in logs if e["event"] == "api.request" and e.get("status") == 101]
     assert opened["token"] == "ephemeral", opened
     assert not [e for e in logs if key in repr(e)], "a key was logged"

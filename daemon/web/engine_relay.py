@@ -134,6 +134,7 @@ class EngineRelay:
         self._items: list[str] = []  # audio items of the playing response, in order
         self._started = False  # output_audio_buffer.started sent for _playing
         self._audio_done = False  # response.done seen for _playing
+        self._silenced: set[str] = set()  # responses flushed: their late audio is dropped
         self.ended = asyncio.Event()
 
     # -- the data channel -------------------------------------------------------------------
@@ -271,6 +272,8 @@ class EngineRelay:
             audio = base64.b64decode(str(event.get("delta", "")), validate=True)
         except ValueError:
             return
+        if response in self._silenced:
+            return  # cut off (barge-in or clear): what was still on its way is not played
         if response != self._playing:
             self._playing, self._items = response, []
             self._started = self._audio_done = False
@@ -300,6 +303,9 @@ class EngineRelay:
         """Flush the playout and say so (``output_audio_buffer.cleared``)."""
         playing = self._playing
         media.playout.flush()
+        for silenced in (playing, self._response):
+            if silenced is not None and len(self._silenced) < MAX_BACKLOG:
+                self._silenced.add(silenced)
         self._playing, self._items, self._started = None, [], False
         if playing is not None:
             self._to_client(

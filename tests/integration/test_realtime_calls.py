@@ -333,3 +333,50 @@ async def test_the_engine_speaks_over_the_track_and_events_go_over_the_data_chan
         assert loudest > 0.01, f"the track carried no speech (loudest 100 ms RMS {loudest:.4f})"
     finally:
         await browser.close()
+
+
+async def test_output_audio_buffer_clear_silences_the_track_at_once(
+    server: tuple[EngineServer, HostCalls], http: httpx.AsyncClient
+) -> None:
+    """output_audio_buffer.clear sent while the track plays a response answers
+    output_audio_buffer.cleared for it (cancelling it if the engine is still on it), and the
+    track is silent within 100 ms (no stopped event follows for it, no error)."""
+    browser = Browser()
+    try:
+        answer = await http.post(
+            "/v1/realtime/calls",
+            content=await browser.offer(),
+            headers={"authorization": f"Bearer {TOKEN}", "content-type": "application/sdp"},
+        )
+        assert answer.status_code == 201, answer.text
+        await browser.accept(answer.text)
+        await browser.until("session.updated", 10)
+        browser.oai.send(json.dumps({"type": "response.create"}))
+        started = await browser.until("output_audio_buffer.started", 20)
+        await asyncio.sleep(0.5)  # well into the greeting
+        browser.oai.send(json.dumps({"type": "output_audio_buffer.clear"}))
+        cleared = await browser.until("output_audio_buffer.cleared", 5)
+        cleared_at = time.monotonic()
+        assert cleared["response_id"] == started["response_id"], (started, cleared)
+        # Cancelled if the engine was still speaking, else completed (it sends faster than
+        # real time): either way the clear made no error.
+        done = await browser.until("response.done", 10)
+        assert done["response"]["status"] in ("cancelled", "completed"), done["response"]
+        await asyncio.sleep(0.6)
+        after = [
+            frame
+            for frame, at in zip(browser.heard, browser.heard_at, strict=True)
+            if at > cleared_at + 0.1
+        ]
+        tail = np.concatenate(after).astype(np.float64) / 32768.0
+        level = float(np.sqrt(np.mean(tail**2)))
+        print(f"track after clear: RMS {level:.5f} over {len(tail) / 48000:.2f} s")
+        assert len(tail) > 48000 * 0.3, "the track stopped instead of playing silence"
+        assert level < 0.002, f"the track still plays after the clear (RMS {level:.5f})"
+        kinds = [e["type"] for e in browser.events]
+        assert "output_audio_buffer.stopped" not in kinds, kinds
+        assert "error" not in kinds, browser.events
+        for event in browser.events:
+            check_server_event(event, "ga")
+    finally:
+        await browser.close()

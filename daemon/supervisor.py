@@ -27,6 +27,7 @@ from starlette.websockets import WebSocket
 
 from api.app import ApiContext, HealthReport, create_app
 from api.connections import ConnectionLimits
+from api.ephemeral import EphemeralKeys
 from api.server import ApiServer, ApiStartError
 from api.spec import load_spec
 from api.webhooks import Deliverer
@@ -261,6 +262,7 @@ class Supervisor:
             engine=self._serve_engine,
             web=self._web,
             feed=self._feed,
+            keys=EphemeralKeys(),
         )
         limits = ConnectionLimits.of(api, self._settings.sip.workers)
         self._api = ApiServer(create_app(context), api.host, api.port, limits)

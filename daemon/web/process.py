@@ -33,6 +33,7 @@ from config.schema import (
 from daemon.ipc.connection import Connection
 from daemon.legs.webrtc import use_ice_addresses
 from daemon.logs import configure_logging, get_logger
+from daemon.web.engine_relay import EngineCalls, engine_endpoint
 from daemon.web.flows import WebContext
 from daemon.web.handlers import WebHandlers
 from daemon.web.host import WebHost
@@ -84,6 +85,9 @@ class WebWorkerProcess:
         web = WebSettings.model_validate(hello["web"])
         use_ice_addresses(web.ice_addresses)
         host = self.host = WebHost(context, web)
+        host.modes["engine"] = EngineCalls(
+            host, engine_endpoint(context.api), web.connect_timeout_seconds
+        ).offer
         await services.ready(f"web-{self.index}")
         log.info("web.worker_ready", worker=self.index, max_calls=host.web.max_calls)
         closed = asyncio.create_task(conn.closed.wait())

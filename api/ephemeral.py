@@ -81,8 +81,8 @@ def parse_mint(body: Any) -> tuple[int, dict[str, Any]]:
     if unknown:
         raise ValueError(f"{unknown[0]}: unknown field")
     seconds = DEFAULT_SECONDS
-    expires_after = body.get("expires_after")
-    if expires_after is not None:
+    if "expires_after" in body:
+        expires_after = body["expires_after"]
         if not isinstance(expires_after, dict):
             raise ValueError("expires_after: must be an object")
         extra = sorted(set(expires_after) - {"anchor", "seconds"})
@@ -91,6 +91,8 @@ def parse_mint(body: Any) -> tuple[int, dict[str, Any]]:
         if expires_after.get("anchor", "created_at") != "created_at":
             raise ValueError("expires_after.anchor: must be 'created_at'")
         given = expires_after.get("seconds", DEFAULT_SECONDS)
+        if isinstance(given, float) and given.is_integer():
+            given = int(given)  # 60.0 is the integer 60 in JSON
         if (
             not isinstance(given, int)
             or isinstance(given, bool)
@@ -101,8 +103,6 @@ def parse_mint(body: Any) -> tuple[int, dict[str, Any]]:
             )
         seconds = given
     session = body.get("session", {})
-    if session is None:
-        session = {}
     if not isinstance(session, dict):
         raise ValueError("session: must be an object")
     if session.get("type", "realtime") != "realtime":

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.e2e
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 MAX_EXAMPLES = 15  # per operation and phase: the whole test takes about 40 s here
 SEED = 1  # a fixed seed: the same requests on every run, a failure reproduces
+CONFIG = Path(__file__).with_name("schemathesis.toml")  # per-operation exceptions, explained
 
 
 def test_schemathesis_finds_no_failure(daemon_env: dict[str, str], tmp_path: Path) -> None:
@@ -41,6 +42,8 @@ def test_schemathesis_finds_no_failure(daemon_env: dict[str, str], tmp_path: Pat
         run = subprocess.run(
             [
                 SCHEMATHESIS,
+                "--config-file",
+                str(CONFIG),
                 "run",
                 f"http://127.0.0.1:{port}/openapi.json",
                 "--checks",

@@ -67,6 +67,8 @@ def test_mint_requests_name_the_wrong_field() -> None:
         r"expires_after\.anchor": {"expires_after": {"anchor": "now"}},
         r"expires_after\.seconds": {"expires_after": {"seconds": "60"}},
         "session: must": {"session": "x"},
+        "expires_after: must be": {"expires_after": None},
+        "session: must be": {"session": None},
         r"session\.type": {"session": {"type": "transcription"}},
     }
     for field, body in cases.items():

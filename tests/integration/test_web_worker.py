@@ -242,6 +242,10 @@ async def test_an_offer_gets_an_answer_and_the_call_a_web_record(rig: MakeRig) -
     async with asyncio.timeout(5):
         await browser.closed.wait()  # end_call hung up the browser
     assert {"type": "hangup"} in browser.messages, browser.messages
+    # the feed is told after the store wrote the end: its follower may be a step behind
+    async with asyncio.timeout(5):
+        while not [e for e in made.fed if e["call_id"] == call and e["status"] != "in_progress"]:
+            await asyncio.sleep(0.02)
     fed = [e for e in made.fed if e["call_id"] == call]
     assert [e["direction"] for e in fed] == ["web"] * len(fed), fed
     assert fed[0]["status"] == "in_progress", fed

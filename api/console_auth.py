@@ -1,0 +1,108 @@
+"""Console sessions: who is logged in to the web console, and their CSRF tokens. Pure: no I/O.
+
+A browser logs in once with an API token (``POST /login``); it then holds a session cookie
+instead of the token. Sessions live in memory only (they die with the process: the user logs
+in again after a restart), each kept under the SHA-256 digest of its cookie value, never the
+value itself, with the name of the token it was opened with, its own CSRF token and its
+expiry (``api.console_session_hours``). The cookie is sent by the browser on its own, so every
+unsafe request made with it must also carry the session's CSRF token in a header, which a page
+of another origin cannot read.
+
+The login form has a CSRF token of its own: a random value set in a short-lived cookie and
+repeated in the form (double submit), so that a page of another origin cannot log a browser
+in to a session of its choosing.
+
+The clock is given (seconds, monotonic or not): tests drive it explicitly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+
+SESSION_COOKIE = "sipai_session"
+LOGIN_COOKIE = "sipai_login"
+LOGIN_SECONDS = 600  # a login page's CSRF token is good for this long
+MAX_SESSIONS = 1024  # at most this many at once; the oldest goes first
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
+
+
+def same_token(offered: str | None, expected: str) -> bool:
+    """True when ``offered`` is ``expected``, compared in constant time."""
+    if not offered or not expected:
+        return False
+    return hmac.compare_digest(_digest(offered), _digest(expected))
+
+
+@dataclass(frozen=True)
+class ConsoleSession:
+    token_name: str  # the API token the session was opened with ("local": none was needed)
+    csrf: str  # the token unsafe requests of this session must carry in X-CSRF-Token
+    expires_at: float  # on the sessions' clock
+
+    def csrf_matches(self, offered: str | None) -> bool:
+        return same_token(offered, self.csrf)
+
+
+class ConsoleSessions:
+    """The open sessions, by digest of their cookie value."""
+
+    def __init__(
+        self,
+        hours: float,
+        clock: Callable[[], float],
+        max_sessions: int = MAX_SESSIONS,
+    ) -> None:
+        self.seconds = round(hours * 3600)
+        self._clock = clock
+        self._max = max_sessions
+        self._sessions: dict[bytes, ConsoleSession] = {}  # insertion order: oldest first
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def open(self, token_name: str) -> tuple[str, ConsoleSession]:
+        """A new session for ``token_name``: the cookie value to set, and the session."""
+        self._prune()
+        while len(self._sessions) >= self._max:
+            del self._sessions[next(iter(self._sessions))]
+        cookie = secrets.token_urlsafe(32)
+        session = ConsoleSession(
+            token_name, secrets.token_urlsafe(32), self._clock() + self.seconds
+        )
+        self._sessions[_digest(cookie)] = session
+        return cookie, session
+
+    def get(self, cookie: str | None) -> ConsoleSession | None:
+        """The live session of this cookie value, or None (unknown, logged out or expired)."""
+        if not cookie:
+            return None
+        key = _digest(cookie)
+        session = self._sessions.get(key)
+        if session is None:
+            return None
+        if self._clock() >= session.expires_at:
+            del self._sessions[key]
+            return None
+        return session
+
+    def close(self, cookie: str | None) -> None:
+        """Log out: the session of this cookie value is gone (nothing if there is none)."""
+        if cookie:
+            self._sessions.pop(_digest(cookie), None)
+
+    def _prune(self) -> None:
+        now = self._clock()
+        for key in [k for k, s in self._sessions.items() if now >= s.expires_at]:
+            del self._sessions[key]
+
+
+def login_token() -> str:
+    """A fresh CSRF token for a login form (set in its cookie and in the form)."""
+    return secrets.token_urlsafe(24)

@@ -1,0 +1,65 @@
+"""Console sessions: expiry on an explicit clock, CSRF matching, logout."""
+
+from __future__ import annotations
+
+from api.console_auth import ConsoleSessions, same_token
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_sessions_expire_and_csrf_must_match() -> None:
+    """A session is found by its cookie until its hours are up, only its own CSRF token
+    matches, logout removes it, and the cookie value itself is never kept."""
+    clock = Clock()
+    sessions = ConsoleSessions(hours=12, clock=clock)
+    cookie, session = sessions.open("crm")
+    assert sessions.get(cookie) == session
+    assert session.token_name == "crm"
+    assert session.expires_at == 1000.0 + 12 * 3600
+    assert session.csrf_matches(session.csrf)
+    assert not session.csrf_matches(session.csrf[:-1])
+    assert not session.csrf_matches("")
+    assert not session.csrf_matches(None)
+    other_cookie, other = sessions.open("crm")
+    assert other_cookie != cookie
+    assert other.csrf != session.csrf
+    assert not session.csrf_matches(other.csrf), "a CSRF token belongs to one session"
+    assert cookie not in repr(vars(sessions)), "only digests of cookie values are kept"
+
+    assert sessions.get(cookie + "x") is None
+    assert sessions.get("") is None
+    assert sessions.get(None) is None
+
+    clock.now += 12 * 3600 - 1
+    assert sessions.get(cookie) == session, "alive one second before its expiry"
+    sessions.close(other_cookie)
+    assert sessions.get(other_cookie) is None, "logged out"
+    sessions.close(other_cookie)  # twice: nothing
+    clock.now += 1
+    assert sessions.get(cookie) is None, "expired at 12 h"
+    assert len(sessions) == 0
+
+
+def test_the_oldest_session_goes_when_the_cap_is_reached() -> None:
+    """At most ``max_sessions`` are kept: opening one more drops the oldest."""
+    sessions = ConsoleSessions(hours=1, clock=Clock(), max_sessions=2)
+    first, _ = sessions.open("a")
+    second, _ = sessions.open("b")
+    third, _ = sessions.open("c")
+    assert sessions.get(first) is None
+    assert sessions.get(second) is not None
+    assert sessions.get(third) is not None
+
+
+def test_same_token_refuses_empty_values() -> None:
+    """An empty offered or expected token never matches (a missing cookie and field alike)."""
+    assert same_token("abc", "abc")
+    assert not same_token("", "")
+    assert not same_token("abc", "")
+    assert not same_token(None, "abc")

@@ -5,11 +5,16 @@ Routes: ``GET /health`` (never authenticated; ``?strict=1`` answers 503 when unh
 ``GET /call/{call_id}/recording``, ``GET /calls``, ``GET /metrics``, ``GET /openapi.json`` and
 the WebSocket ``/v1/realtime``; the web console's (:mod:`api.console_routes`) and the
 realtime WebRTC routes (:mod:`api.realtime_calls`). With tokens set (``api.token``,
-``api.tokens``), every route but ``/health`` needs ``Authorization: Bearer <token>`` (the
-WebSocket also takes ``api-key``), and each request is logged (``api.request``) with the name
-of the token it used, never the token. Every rejected request gets a JSON body with
-``detail``, a refused WebSocket handshake too (an HTTP response, not a close); invalid bodies
-get 400 naming the field, never 422, and nothing is stored for them.
+``api.tokens``), every route but ``/health`` (and the console's login page and files) needs
+``Authorization: Bearer <token>`` (the WebSocket also takes ``api-key``) or the session
+cookie of a console login; with the cookie, every unsafe method (POST, DELETE...) also needs
+the session's ``X-CSRF-Token``, which a page of another origin cannot know. Each request is
+logged (``api.request``) with the name of the token it used (a session's: the token it was
+opened with), never the token. With no token set, the JSON API is open as before, but the
+console's routes and ``/web/calls`` answer clients on this machine only. Every rejected
+request gets a JSON body with ``detail``, a refused WebSocket handshake too (an HTTP
+response, not a close); invalid bodies get 400 naming the field, never 422, and nothing is
+stored for them.
 """
 
 from __future__ import annotations
@@ -41,7 +46,8 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from api.auth import ApiTokens, offered_token
-from api.console_routes import ConsoleRoutes
+from api.console_auth import SESSION_COOKIE, ConsoleSession, ConsoleSessions
+from api.console_routes import LOOPBACK_ONLY, ConsoleRoutes, is_local
 from api.models import describe, parse_request
 from api.realtime_calls import RealtimeCalls, RealtimeSocket, realtime_credential
 from daemon.call_feed import CallFeed
@@ -133,6 +139,8 @@ class ApiContext:
     web: WebCalls | None = None  # None: browser calls are off
     feed: CallFeed | None = None  # the console's live calls
     keys: EphemeralKeyStore | None = None
+    console: bool = True  # api.console: the web console at /
+    console_session_hours: float = 12.0  # how long a console login lasts
 
 
 def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
@@ -140,6 +148,9 @@ def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
 
 
 UNAUTHORISED = "missing or invalid bearer token"
+BAD_CSRF = "missing or invalid CSRF token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+EPHEMERAL_PREFIX = "ek_"  # the ephemeral keys of POST /v1/realtime/client_secrets
 
 
 class _BadParameter(Exception):
@@ -157,9 +168,10 @@ def _query_int(request: Request, name: str, default: int | None, low: int, high:
 
 
 def create_app(ctx: ApiContext) -> Starlette:
-    routes = _Routes(ctx)
-    guarded = routes.guarded
-    console = ConsoleRoutes(ctx)
+    sessions = ConsoleSessions(ctx.console_session_hours, time.monotonic)
+    routes = _Routes(ctx, sessions)
+    guarded, logged = routes.guarded, routes.logged
+    console = ConsoleRoutes(ctx, routes.tokens, sessions)
     rtc = RealtimeCalls(ctx)
     return Starlette(
         routes=[
@@ -174,15 +186,16 @@ def create_app(ctx: ApiContext) -> Starlette:
             Route("/v1/realtime/calls", rtc.keyed(guarded(rtc.create_call)), methods=["POST"]),
             Route("/v1/realtime/calls/{call_id}/hangup", guarded(rtc.hangup), methods=["POST"]),
             Route("/v1/realtime/client_secrets", guarded(rtc.client_secret), methods=["POST"]),
-            Route("/", console.index, methods=["GET"]),
-            Route("/login", console.login_page, methods=["GET"]),
-            Route("/login", console.login, methods=["POST"]),
-            Route("/logout", console.logout, methods=["POST"]),
-            Route("/console/session", guarded(console.session), methods=["GET"]),
-            Route("/console/events", guarded(console.events), methods=["GET"]),
-            Route("/console/static/{file}", console.static, methods=["GET"]),
-            Route("/web/calls", guarded(console.web_call), methods=["POST"]),
-            Route("/web/calls/{call}", guarded(console.web_hangup), methods=["DELETE"]),
+            Route("/", logged(console.index), methods=["GET"]),
+            Route("/login", logged(console.login_page), methods=["GET"]),
+            Route("/login", logged(console.login), methods=["POST"]),
+            Route("/logout", guarded(console.logout, local=True), methods=["POST"]),
+            Route("/console/session", guarded(console.session, local=True), methods=["GET"]),
+            Route("/console/events", guarded(console.events, local=True), methods=["GET"]),
+            Route("/console/static/{file}", logged(console.static), methods=["GET"]),
+            Route("/console/{page}.html", logged(console.page), methods=["GET"]),
+            Route("/web/calls", guarded(console.web_call, local=True), methods=["POST"]),
+            Route("/web/calls/{call}", guarded(console.web_hangup, local=True), methods=["DELETE"]),
         ],
         exception_handlers={
             HTTPException: routes.http_error,
@@ -193,39 +206,88 @@ def create_app(ctx: ApiContext) -> Starlette:
 
 
 class _Routes:
-    def __init__(self, ctx: ApiContext) -> None:
+    def __init__(self, ctx: ApiContext, sessions: ConsoleSessions) -> None:
         self.ctx = ctx
         self.tokens = ApiTokens(ctx.tokens)
+        self.sessions = sessions
         per_minute = ctx.rate_limit_per_minute
         self.limiter = RateLimiter(per_minute) if per_minute else None
 
     def guarded(
-        self, handler: Callable[[Request], Awaitable[Response]]
+        self,
+        handler: Callable[[Request], Awaitable[Response]],
+        *,
+        local: bool = False,
+        ephemeral: bool = False,
     ) -> Callable[[Request], Awaitable[Response]]:
+        """``handler`` behind the tokens: a bearer token, or a console session's cookie (plus
+        its CSRF token on unsafe methods). ``local``: with no token set, clients on this
+        machine only. ``ephemeral``: a bearer ``ek_...`` key passes to the handler, which
+        redeems it. The handler finds ``request.state.token`` (the token's name),
+        ``.via`` (bearer | session | ephemeral | open) and ``.session``."""
+
         async def route(request: Request) -> Response:
             started = time.monotonic()
-            name = self.tokens.identify(offered_token(request.headers))
-            if self.tokens.required and name is None:
-                response: Response = JSONResponse(
+            offered = offered_token(request.headers)
+            name = self.tokens.identify(offered)
+            via = "bearer" if name is not None else None
+            session: ConsoleSession | None = None
+            if via is None:
+                session = self.sessions.get(request.cookies.get(SESSION_COOKIE))
+                if session is not None:
+                    name, via = session.token_name, "session"
+            if via is None and ephemeral and offered.startswith(EPHEMERAL_PREFIX):
+                via = "ephemeral"
+                request.state.ephemeral = offered
+            request.state.token, request.state.session = name, session
+            request.state.via = via or "open"
+            response: Response
+            if self.tokens.required and via is None:
+                response = JSONResponse(
                     {"detail": UNAUTHORISED},
                     status_code=401,
                     headers={"www-authenticate": "Bearer"},
                 )
+            elif local and not self.tokens.required and not is_local(request):
+                response = _error(403, LOOPBACK_ONLY)
+            elif (
+                session is not None
+                and request.method not in SAFE_METHODS
+                and not session.csrf_matches(request.headers.get("x-csrf-token"))
+            ):
+                response = _error(403, BAD_CSRF)
             else:
-                request.state.token = name
                 response = await handler(request)
-            status = response.status_code
-            _log_request(
-                request.method,
-                _logged_path(request, refused=name is None and status == 401),
-                status,
-                name,
-                client=request.client,
-                started=started,
-            )
+            self._log(request, response, started, refused=name is None)
             return response
 
         return route
+
+    def logged(
+        self, handler: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """``handler`` open to all (it checks what it needs itself), in the access log."""
+
+        async def route(request: Request) -> Response:
+            started = time.monotonic()
+            request.state.token = None
+            response = await handler(request)
+            refused = getattr(request.state, "refused", False)
+            self._log(request, response, started, refused=refused)
+            return response
+
+        return route
+
+    def _log(self, request: Request, response: Response, started: float, refused: bool) -> None:
+        status = response.status_code
+        _log_request(
+            request.method,
+            _logged_path(request, refused=refused and status == 401),
+            status,
+            getattr(request.state, "token", None),
+            client=request.client,
+            started=started,
+        )
 
     async def get_health(self, request: Request) -> Response:
         strict_text = request.query_params.get("strict", "0")
@@ -343,13 +405,13 @@ class _Routes:
             return _error(400, str(exc))
         assert limit is not None
         direction = request.query_params.get("direction", "outbound")
-        if direction == "inbound":
-            inbound = await store.list_inbound(limit, before)
+        if direction in ("inbound", "web"):  # answered by the agent: SIP calls, browsers'
+            inbound = await store.list_inbound(limit, before, direction)
             next_seq = inbound[-1]["seq"] if len(inbound) == limit else None
             views = [_inbound_listed(r) for r in inbound]
             return JSONResponse({"calls": views, "next_before": next_seq})
         if direction != "outbound":
-            return _error(400, "direction: must be 'outbound' or 'inbound'")
+            return _error(400, "direction: must be 'outbound', 'inbound' or 'web'")
         records = await store.list_calls(limit, before)
         next_before = records[-1]["seq"] if len(records) == limit else None
         return JSONResponse({"calls": [_call_view(r) for r in records], "next_before": next_before})

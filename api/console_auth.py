@@ -33,7 +33,7 @@ def _digest(value: str) -> bytes:
     return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
 
 
-def same_token(offered: str | None, expected: str) -> bool:
+def same_token(offered: str | None, expected: str | None) -> bool:
     """True when ``offered`` is ``expected``, compared in constant time."""
     if not offered or not expected:
         return False

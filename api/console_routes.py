@@ -61,7 +61,7 @@ SECURITY_HEADERS = {
     "referrer-policy": "no-referrer",
 }
 HTML_HEADERS = {**SECURITY_HEADERS, "cache-control": "no-store"}
-NO_TOKEN_WARNING = (
+UNPROTECTED_WARNING = (
     "No api.token: anyone who can reach this machine's loopback can use this console."
 )
 LOOPBACK_ONLY = "the console answers only on this machine while api.token is not set"
@@ -220,7 +220,7 @@ class ConsoleRoutes:
         if name is None:
             request.state.refused = True
             return self._login_form(401, "Wrong token.")
-        cookie, session = self.sessions.open(name)
+        cookie, _ = self.sessions.open(name)
         request.state.token = name
         log.info("console.login", token=name)
         response = RedirectResponse("/", status_code=303, headers=HTML_HEADERS)
@@ -248,7 +248,7 @@ class ConsoleRoutes:
             "csrf": session.csrf if session is not None else None,
             "token_name": session.token_name if session is not None else request.state.token,
             "auth": "token" if self.tokens.required else "none",
-            "warning": None if self.tokens.required else NO_TOKEN_WARNING,
+            "warning": None if self.tokens.required else UNPROTECTED_WARNING,
         }
         response = JSONResponse(body, headers={**SECURITY_HEADERS, "cache-control": "no-store"})
         if cookie is not None:
@@ -295,7 +295,7 @@ class ConsoleRoutes:
 
     async def web_call(self, request: Request) -> Response:
         """The "Talk to the agent" button: the browser's SDP offer in, the answer out (201)."""
-        from api.app import WebCallRefused
+        from api.app import WebCallRefused  # noqa: PLC0415 - api.app imports this module
 
         ctx = self.ctx
         if ctx.web is None:

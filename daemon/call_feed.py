@@ -99,27 +99,6 @@ class CallFeed:
         for subscriber in self._subscribers:
             subscriber.put(merged)
 
-    def inbound(self, call_id: str, kind: str, body: Mapping[str, Any], status: str = "") -> None:
-        """Publish what an inbound agent reported (``InboundRecords``' events) once stored:
-        ``inbound_call`` starts the call, ``transcript`` adds a turn, ``inbound_done`` ends it
-        with the record's final ``status``."""
-        if kind == "inbound_call":
-            self.publish(
-                {
-                    "call_id": call_id,
-                    "direction": str(body.get("direction") or "inbound"),
-                    "call_status": "answered",
-                    "caller": body.get("caller"),
-                    "extension": body.get("extension") or None,
-                    "started_at": time.time(),
-                }
-            )
-        elif kind == "transcript" and call_id in self._live:
-            turn = {k: body.get(k) for k in ("role", "text", "at")}
-            self.publish({"call_id": call_id, "call_status": "answered", "turn": turn})
-        elif kind == "inbound_done" and call_id in self._live:
-            self.publish({"call_id": call_id, "call_status": status or "completed"})
-
     def outbound_status(self, call_id: str, status: str, record: Mapping[str, Any]) -> None:
         """An outbound call's new status, as the outbound service stored it (its listener)."""
         self.publish(

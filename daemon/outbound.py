@@ -103,6 +103,8 @@ class OutboundService:
         self._loop_task: asyncio.Task[None] | None = None
         self.active = 0
         self._idle = asyncio.Event()  # set whenever a running call finishes
+        # Called (call_id, status, record) after each status is stored: the console's feed.
+        self.status_listeners: list[Callable[[str, str, dict[str, Any]], None]] = []
 
     @property
     def available(self) -> bool:
@@ -148,6 +150,7 @@ class OutboundService:
             self._admitting -= 1
         self._queue.put_nowait(call_id)
         log.info("call.queued", call_id=call_id, extension=request["extension"])
+        self._status(call_id, "queued", {**request, "created_at": time.time()})
 
     async def stop(self) -> None:
         if self._loop_task is not None:
@@ -180,9 +183,11 @@ class OutboundService:
             if record is None or record["status"] != "queued":
                 return
             await self._store.update_call(call_id, status="dialing", dialed_at=time.time())
+            self._status(call_id, "dialing", record)
 
             async def report(status: str, **columns: Any) -> None:
                 if await self._store.update_call(call_id, status=status, **columns):
+                    self._status(call_id, status, record)
                     await self.progress(call_id, record, status)  # not once the call is final
 
             assert self.runner is not None
@@ -198,6 +203,13 @@ class OutboundService:
             self.active -= 1
             self._slots.release()
             self._idle.set()
+
+    def _status(self, call_id: str, status: str, record: dict[str, Any]) -> None:
+        for listener in self.status_listeners:
+            try:
+                listener(call_id, status, record)
+            except Exception as exc:  # a listener never stops the call
+                log.error("call.status_listener_failed", call_id=call_id, error=repr(exc))
 
     async def progress(self, call_id: str, record: dict[str, Any], status: str) -> None:
         """Queue the ``call.progress`` webhook of ``status`` if the request asked for it."""
@@ -249,6 +261,7 @@ class OutboundService:
         )
         if webhook is not None:
             self._on_final()
+        self._status(call_id, result.status, record)
         self._observer.call_finished(
             FinishedCall(
                 call_id=call_id,

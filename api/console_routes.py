@@ -240,6 +240,8 @@ class ConsoleRoutes:
 
         With no token set, a browser gets a local session here (and its cookie), so the page
         works the same way with or without tokens."""
+        if not self.ctx.console:
+            return _error(404, CONSOLE_OFF)
         session: ConsoleSession | None = getattr(request.state, "session", None)
         cookie = None
         if session is None and not self.tokens.required:
@@ -273,6 +275,8 @@ class ConsoleRoutes:
         then one ``call`` event per change, ``: ping`` while nothing happens, ``resync`` when
         this stream fell too far behind; it ends when the daemon stops."""
         feed = self.ctx.feed
+        if not self.ctx.console:
+            return _error(404, CONSOLE_OFF)
         if feed is None:
             return _error(503, "the live feed is not running")
         try:

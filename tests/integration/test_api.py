@@ -275,7 +275,8 @@ async def test_duplicate_call_id_and_unknown_id(api: Api) -> None:
 
 
 async def test_token_guards_everything_but_health(tmp_path: Path) -> None:
-    """With api.token set, requests without the bearer token get 401; /health stays open."""
+    """With api.token set, requests without the bearer token (or a console session) get 401;
+    /health stays open."""
     api = await _api(tmp_path, token="t0ken")
     try:
         for method, path in (
@@ -285,6 +286,14 @@ async def test_token_guards_everything_but_health(tmp_path: Path) -> None:
             ("GET", "/calls"),
             ("GET", "/metrics"),
             ("GET", "/openapi.json"),
+            ("POST", "/web/calls"),
+            ("DELETE", "/web/calls/x"),
+            ("GET", "/console/session"),
+            ("GET", "/console/events"),
+            ("POST", "/logout"),
+            ("POST", "/v1/realtime/client_secrets"),
+            ("POST", "/v1/realtime/calls"),
+            ("POST", "/v1/realtime/calls/x/hangup"),
         ):
             response = await api.client.request(method, path, json=BASE)
             assert response.status_code == 401, path
@@ -782,6 +791,35 @@ async def test_an_inbound_id_answers_with_the_contract_fields(api: Api) -> None:
     taken = await api.client.post("/call", json={**BASE, "call_id": "in-00000000000000a1"})
     assert taken.status_code == 400, "an inbound id is not free for POST /call"
     assert taken.json()["detail"].startswith("call_id:"), taken.json()
+
+
+async def test_browser_calls_are_listed_under_direction_web(api: Api) -> None:
+    """GET /calls?direction=web lists the browser calls' records (conforming to
+    InboundCallRecord, direction web) and direction=inbound the SIP calls only; GET
+    /call/{id} shows a browser call's direction."""
+    store = api.store
+    await store.insert_inbound("in-00000000000000c1", "abc@pbx", "1001", 0, extension="1000")
+    await store.insert_inbound(
+        "in-00000000000000c2", "webrtc:9f", "web:default", 1000, direction="web"
+    )
+    web = await api.client.get("/calls?direction=web")
+    assert web.status_code == 200, web.text
+    [listed] = web.json()["calls"]
+    _conforms(listed, "InboundCallRecord")
+    assert (listed["call_id"], listed["direction"], listed["caller"], listed["worker"]) == (
+        "in-00000000000000c2",
+        "web",
+        "web:default",
+        1000,
+    )
+    sip = (await api.client.get("/calls?direction=inbound")).json()["calls"]
+    assert [(c["call_id"], c["direction"]) for c in sip] == [("in-00000000000000c1", "inbound")]
+    view = (await api.client.get("/call/in-00000000000000c2")).json()
+    _conforms(view, "CallStatusResponse")
+    assert (view["direction"], view["status"]) == ("web", "in_progress")
+    wrong = await api.client.get("/calls?direction=browser")
+    assert wrong.status_code == 400
+    assert wrong.json()["detail"] == "direction: must be 'outbound', 'inbound' or 'web'"
 
 
 def _recording(path: Path, seconds: float) -> RecordingInfo:

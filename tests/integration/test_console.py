@@ -498,7 +498,8 @@ def test_console_files_reference_nothing_outside_the_daemon() -> None:
 
 async def test_console_pages_carry_the_security_headers(tmp_path: Path) -> None:
     """Every console answer has the Content-Security-Policy, nosniff and no-referrer
-    headers; its HTML is never cached; its files are served by name only."""
+    headers; its HTML is never cached; its files are served by name only; api.console =
+    false turns the pages off (404) and leaves the JSON API."""
     async with _backend(tmp_path) as backend:
         ctx = ApiContext(health=_health, store=backend.store, tokens={"crm": TOKEN})
         async with _client(ctx) as client:
@@ -522,3 +523,10 @@ async def test_console_pages_carry_the_security_headers(tmp_path: Path) -> None:
                 "/console/static/nope.js",
             ):
                 assert (await client.get(path)).status_code == 404, path
+        off = ApiContext(health=_health, store=backend.store, console=False)
+        async with _client(off) as client:
+            for path in ("/", "/login", "/console/session", "/console/events"):
+                response = await client.get(path)
+                assert response.status_code == 404, path
+                assert response.json()["detail"] == "the console is off (api.console = false)"
+            assert (await client.get("/calls")).status_code == 200

@@ -339,8 +339,8 @@ class _Stream:
 async def test_calls_are_pushed_over_sse_and_drain_ends_the_stream(tmp_path: Path) -> None:
     """A stream of /console/events (a real server) starts with a snapshot of the calls in
     progress, then gets each published change as a ``call`` event, in order, within 100 ms;
-    a ``: ping`` when idle; the 17th stream gets 503; draining the feed ends every stream so
-    the server stops at once."""
+    a ``: ping`` when idle; the 17th stream gets 503 and a closed one frees its place; draining
+    the feed ends every stream so the server stops at once."""
     feed = CallFeed(ping_seconds=0.2)
     feed.publish(
         {"call_id": "out-1", "direction": "outbound", "call_status": "ringing", "extension": "1001"}
@@ -428,6 +428,10 @@ async def test_calls_are_pushed_over_sse_and_drain_ends_the_stream(tmp_path: Pat
                 seventeenth = await client.get("/console/events")
                 assert seventeenth.status_code == 503
                 assert "16 console streams" in seventeenth.json()["detail"]
+                await others.pop().response.aclose()  # a page closed: its place is free
+                async with asyncio.timeout(5):
+                    while feed.subscribers != 15:
+                        await asyncio.sleep(0.01)
 
                 feed.drain()
                 assert (await stream.next())[0] == "", "the stream ended"

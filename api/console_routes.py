@@ -160,7 +160,10 @@ class ConsoleRoutes:
             return closed
         if not self._logged_in(request):
             return RedirectResponse("/login", status_code=303, headers=HTML_HEADERS)
-        return self._file(f"{request.path_params['page']}.html")
+        name = f"{request.path_params['page']}.html"
+        if name == "login.html":  # a template: served by GET /login only
+            return _error(404, f"no console file {name!r}")
+        return self._file(name)
 
     async def static(self, request: Request) -> Response:
         """The console's style sheet and scripts (nothing secret: the login page needs them)."""

@@ -167,6 +167,20 @@ async def test_login_sets_a_strict_httponly_cookie_and_forms_need_csrf(tmp_path:
             assert (after.status_code, after.headers["location"]) == (303, "/login")
 
 
+async def test_the_cookie_is_secure_behind_a_tls_proxy_on_this_machine(tmp_path: Path) -> None:
+    """X-Forwarded-Proto: https from a proxy on loopback marks the session cookie Secure; the
+    same header from a client beyond loopback does not."""
+    async with _backend(tmp_path) as backend:
+        ctx = ApiContext(health=_health, store=backend.store, tokens={"crm": TOKEN})
+        proxied = {"x-forwarded-proto": "https"}
+        for address, secure in (("127.0.0.1", True), ("192.0.2.9", False)):
+            async with _client(ctx, address) as client:
+                client.headers.update(proxied)
+                header = _set_cookie(await _login(client, TOKEN), "sipai_session")
+                attributes = {part.strip().lower() for part in header.split(";")[1:]}
+                assert ("secure" in attributes) is secure, (address, header)
+
+
 async def test_the_login_form_needs_its_own_csrf_token(tmp_path: Path) -> None:
     """POST /login without the login page's token (cookie and field alike) is refused with
     403 and opens no session, even with the right API token."""

@@ -66,6 +66,7 @@ UNPROTECTED_WARNING = (
 )
 LOOPBACK_ONLY = "the console answers only on this machine while api.token is not set"
 CONSOLE_OFF = "the console is off (api.console = false)"
+BROWSER_CALLS_OFF = "browser calls are off ([web] enabled = false or workers = 0)"
 MAX_LOGIN_BYTES = 4096
 MAX_OFFER_BYTES = 65536
 SSE_RETRY_MS = 2000
@@ -306,7 +307,7 @@ class ConsoleRoutes:
 
         ctx = self.ctx
         if ctx.web is None:
-            return _error(503, "browser calls are off ([web] enabled = false)")
+            return _error(503, BROWSER_CALLS_OFF)
         if ctx.draining():
             return _error(503, "the daemon is stopping and takes no new calls")
         kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
@@ -338,7 +339,7 @@ class ConsoleRoutes:
     async def web_hangup(self, request: Request) -> Response:
         """End a browser call (nothing if it has ended)."""
         if self.ctx.web is None:
-            return _error(503, "browser calls are off ([web] enabled = false)")
+            return _error(503, BROWSER_CALLS_OFF)
         call = str(request.path_params["call"])
         await self.ctx.web.hangup(call)
         return _json(200, {"call": call, "status": "ended"})

@@ -159,6 +159,52 @@ def test_second_signal_exits_at_once(notify: NotifySocket, daemon_env: dict[str,
         daemon.kill()
 
 
+def test_an_open_console_stream_ends_on_stop(
+    notify: NotifySocket, daemon_env: dict[str, str]
+) -> None:
+    """SIGTERM with a console event stream open: the daemon ends the stream itself (cleanly,
+    at the start of the drain, not cut off when the API server gives up on it) and exits 0
+    within its drain bound."""
+    drain_seconds = 2
+    env = daemon_env | {
+        "NOTIFY_SOCKET": notify.path,
+        "SIPAI_DAEMON__DRAIN_SECONDS": str(drain_seconds),
+    }
+    daemon = DaemonProcess(env, wait=None)
+    daemon.start_sync()
+    try:
+        notify.wait_for("READY=1", timeout=30)
+        with (
+            httpx.Client(base_url=daemon.base_url, timeout=10) as client,
+            client.stream("GET", "/console/events") as stream,
+        ):
+            assert stream.status_code == 200, stream.read()
+            lines = stream.iter_lines()
+            assert "event: snapshot" in list(_until_snapshot(lines))
+            signalled_at = time.monotonic()
+            daemon.send_signal(signal.SIGTERM)
+            rest = list(lines)  # httpx raises if the stream is cut off before its end
+            ended_s = time.monotonic() - signalled_at
+        assert daemon.wait_sync(timeout=drain_seconds + 3) == 0
+        exited_s = time.monotonic() - signalled_at
+    finally:
+        daemon.kill()
+    assert all(line == "" or line.startswith(":") for line in rest), rest
+    print(f"stream ended {ended_s:.2f} s after SIGTERM, exit after {exited_s:.2f} s")
+    assert ended_s < drain_seconds, f"the stream ended {ended_s:.2f} s after SIGTERM"
+    assert exited_s < drain_seconds + 3
+
+
+def _until_snapshot(lines: Iterator[str]) -> Iterator[str]:
+    """The stream's lines to the end of its first event, the snapshot (a few lines)."""
+    event = False
+    for _, line in zip(range(10), lines, strict=False):
+        yield line
+        event = event or line.startswith("event:")
+        if event and line == "":
+            return
+
+
 def _dashboard_metrics() -> set[str]:
     """The metric names in every ``expr`` of the Grafana dashboard (label matchers, ranges,
     strings and groupings taken out; functions and keywords are not names)."""

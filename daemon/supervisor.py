@@ -119,6 +119,7 @@ class Supervisor:
             max_queued=settings.calls.max_queued,
             observer=self._metrics,
         )
+        self.outbound.status_listeners.append(self._feed.outbound_status)
         self._retention = Retention(
             self.store,
             settings.storage.retention_days,
@@ -263,6 +264,8 @@ class Supervisor:
             web=self._web,
             feed=self._feed,
             keys=EphemeralKeys(),
+            console=api.console,
+            console_session_hours=api.console_session_hours,
         )
         limits = ConnectionLimits.of(api, self._settings.sip.workers)
         self._api = ApiServer(create_app(context), api.host, api.port, limits)

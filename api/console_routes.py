@@ -138,12 +138,14 @@ class ConsoleRoutes:
         return Response(body, media_type=_TYPES[kind], headers=headers)
 
     def _logged_in(self, request: Request) -> bool:
-        """A live session cookie, or a bearer token, or no token needed at all."""
+        """A live session cookie, or a bearer token, or no token needed at all (the access
+        log then names the token)."""
         if not self.tokens.required:
             return True
-        if self.sessions.get(request.cookies.get(SESSION_COOKIE)) is not None:
-            return True
-        return self.tokens.identify(offered_token(request.headers)) is not None
+        session = self.sessions.get(request.cookies.get(SESSION_COOKIE))
+        name = session.token_name if session is not None else None
+        request.state.token = name or self.tokens.identify(offered_token(request.headers))
+        return request.state.token is not None
 
     async def index(self, request: Request) -> Response:
         """The console; a browser not logged in is sent to the login page."""

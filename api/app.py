@@ -150,7 +150,6 @@ def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
 UNAUTHORISED = "missing or invalid bearer token"
 BAD_CSRF = "missing or invalid CSRF token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-EPHEMERAL_PREFIX = "ek_"  # the ephemeral keys of POST /v1/realtime/client_secrets
 
 
 class _BadParameter(Exception):
@@ -218,27 +217,21 @@ class _Routes:
         handler: Callable[[Request], Awaitable[Response]],
         *,
         local: bool = False,
-        ephemeral: bool = False,
     ) -> Callable[[Request], Awaitable[Response]]:
         """``handler`` behind the tokens: a bearer token, or a console session's cookie (plus
         its CSRF token on unsafe methods). ``local``: with no token set, clients on this
-        machine only. ``ephemeral``: a bearer ``ek_...`` key passes to the handler, which
-        redeems it. The handler finds ``request.state.token`` (the token's name),
-        ``.via`` (bearer | session | ephemeral | open) and ``.session``."""
+        machine only. The handler finds ``request.state.token`` (the token's name), ``.via``
+        (bearer | session | open) and ``.session``."""
 
         async def route(request: Request) -> Response:
             started = time.monotonic()
-            offered = offered_token(request.headers)
-            name = self.tokens.identify(offered)
+            name = self.tokens.identify(offered_token(request.headers))
             via = "bearer" if name is not None else None
             session: ConsoleSession | None = None
             if via is None:
                 session = self.sessions.get(request.cookies.get(SESSION_COOKIE))
                 if session is not None:
                     name, via = session.token_name, "session"
-            if via is None and ephemeral and offered.startswith(EPHEMERAL_PREFIX):
-                via = "ephemeral"
-                request.state.ephemeral = offered
             request.state.token, request.state.session = name, session
             request.state.via = via or "open"
             response: Response

@@ -197,8 +197,7 @@ def test_an_open_console_stream_ends_on_stop(
         exited_s = time.monotonic() - signalled_at
     finally:
         daemon.kill()
-    print(f"stream ended {ended_s:.2f} s after SIGTERM ({len(rest)} lines more), exit after")
-    print(f"{exited_s:.2f} s")
+    print(f"stream ended {ended_s:.2f} s after SIGTERM, exit {exited_s:.2f} s ({len(rest)} lines)")
     assert ended_s < drain_seconds, f"the stream ended {ended_s:.2f} s after SIGTERM"
     assert exited_s < drain_seconds + 3
 

@@ -6,6 +6,7 @@ sent through a proxy address where nothing listens, so generated requests reach 
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.e2e
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 MAX_EXAMPLES = 15  # per operation and phase: the whole test takes about 40 s here
 SEED = 1  # a fixed seed: the same requests on every run, a failure reproduces
+ROOT = Path(__file__).parents[2]
 CONFIG = Path(__file__).with_name("schemathesis.toml")  # per-operation exceptions, explained
 
 
@@ -60,6 +62,8 @@ def test_schemathesis_finds_no_failure(daemon_env: dict[str, str], tmp_path: Pat
             text=True,
             timeout=300,
             cwd=tmp_path,
+            env=os.environ
+            | {"SCHEMATHESIS_HOOKS": "tests.e2e.schemathesis_hooks", "PYTHONPATH": str(ROOT)},
             check=False,
         )
     finally:

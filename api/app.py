@@ -82,6 +82,7 @@ class HealthReport:
     queued_calls: int
     workers: list[dict[str, Any]]  # per SIP worker: up, registered, calls, restarts...
     registration_error: str | None = None  # why not registered, once an attempt failed
+    web: dict[str, Any] | None = None  # the browser calls' workers: up, calls, restarts; None: off
 
 
 class WebCallRefused(Exception):

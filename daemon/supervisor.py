@@ -160,6 +160,7 @@ class Supervisor:
             queued_calls=self.outbound.queued,
             workers=self._sip.summary(),
             registration_error=None if sip_registered else self._sip.registration_error,
+            web=self._web.health() if self._web is not None else None,
         )
 
     async def metrics(self) -> str:

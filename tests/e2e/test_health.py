@@ -30,7 +30,8 @@ def _worker_up(report: dict[str, Any]) -> bool:
 
 def test_health_is_unhealthy_while_the_worker_is_down(daemon_env: dict[str, str]) -> None:
     """Direct mode: unhealthy (strict 503) while starting and from a SIGKILL of the only
-    worker until its restart is up, healthy (strict 200) otherwise."""
+    worker until its restart is up, healthy (strict 200) otherwise; the report's ``web``
+    shows the web worker up with no call."""
     with DaemonProcess(daemon_env, timeout=30) as daemon:
         base = daemon.base_url
         starting = []  # (status, strict code) read before the worker was up
@@ -45,6 +46,12 @@ def test_health_is_unhealthy_while_the_worker_is_down(daemon_env: dict[str, str]
         assert all(r == ("unhealthy", 503) for r in starting), starting
         report, strict = _health(base)
         assert (report["status"], strict) == ("healthy", 200)
+        deadline = time.monotonic() + 30
+        while not report["web"]["up"]:  # the web worker starts beside the SIP one
+            assert time.monotonic() < deadline, f"the web worker did not come up: {report}"
+            time.sleep(0.05)
+            report, _ = _health(base)
+        assert report["web"] == {"up": True, "calls": 0, "restarts": 0}, report
 
         [worker] = report["workers"]
         os.kill(worker["pid"], signal.SIGKILL)

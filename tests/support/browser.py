@@ -42,6 +42,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 
 from media.resample import resample
 from media.wav import write_wav
+from tests.support.daemon import DaemonProcess
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -85,6 +86,23 @@ peers[peers.length - 1].getStats().then(
   (report) => { const all = []; report.forEach((s) => all.push(s)); done(JSON.stringify(all)); },
   (error) => done(JSON.stringify({error: String(error)})));
 """
+
+
+def web_worker_up(health: dict[str, Any]) -> bool:
+    """A ``DaemonProcess`` ``wait`` predicate: the web worker is up (browser calls answered)."""
+    return bool((health.get("web") or {}).get("up"))
+
+
+def browser_daemon(env: dict[str, str], token: str) -> DaemonProcess:
+    """The daemon of ``env`` (:func:`tests.support.daemon_env`) with ``token`` as its API
+    token, browser calls on, their ICE on 127.0.0.1 only, and the embedded engine (the
+    default agent) with no registrar: ready once the web worker is up."""
+    env = env | {
+        "SIPAI_API__TOKEN": token,
+        "SIPAI_WEB__ENABLED": "true",
+        "SIPAI_WEB__ICE_ADDRESSES": '["127.0.0.1"]',
+    }
+    return DaemonProcess(env, wait=web_worker_up, timeout=60)
 
 
 @contextlib.contextmanager
@@ -207,6 +225,15 @@ def wait_for(driver: WebDriver, script: str, timeout: float, poll: float = 0.1) 
         if time.monotonic() >= deadline:
             raise AssertionError(f"not within {timeout} s: {script} (last: {value!r})")
         time.sleep(poll)
+
+
+def log_in(driver: WebDriver, base_url: str, token: str) -> None:
+    """Open the console at ``base_url``, be sent to its login page, and log in with ``token``."""
+    driver.get(base_url + "/")
+    assert driver.current_url == base_url + "/login", driver.current_url
+    driver.find_element(By.ID, "login-token").send_keys(token)
+    driver.find_element(By.ID, "login-submit").click()
+    wait_for(driver, f"return location.href === {json.dumps(base_url + '/')}", 10)
 
 
 def row_pixels(driver: WebDriver, selector: str) -> NDArray[np.uint8]:

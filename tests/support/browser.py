@@ -42,7 +42,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 
 from media.resample import resample
 from media.wav import write_wav
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonExited, DaemonProcess
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -88,21 +88,28 @@ peers[peers.length - 1].getStats().then(
 """
 
 
-def web_worker_up(health: dict[str, Any]) -> bool:
-    """A ``DaemonProcess`` ``wait`` predicate: the web worker is up (browser calls answered)."""
-    return bool((health.get("web") or {}).get("up"))
+WEB_READY_SECONDS = 30.0
 
 
-def browser_daemon(env: dict[str, str], token: str) -> DaemonProcess:
+@contextlib.contextmanager
+def browser_daemon(env: dict[str, str], token: str) -> Iterator[DaemonProcess]:
     """The daemon of ``env`` (:func:`tests.support.daemon_env`) with ``token`` as its API
-    token, browser calls on, their ICE on 127.0.0.1 only, and the embedded engine (the
-    default agent) with no registrar: ready once the web worker is up."""
-    env = env | {
-        "SIPAI_API__TOKEN": token,
-        "SIPAI_WEB__ENABLED": "true",
-        "SIPAI_WEB__ICE_ADDRESSES": '["127.0.0.1"]',
+    token, browser calls on with their ICE on 127.0.0.1 only, and the embedded engine (the
+    default agent) with no registrar; yielded once its web worker is ready, stopped after."""
+    config = {
+        "api": {"token": token},
+        "web": {"enabled": True, "ice_addresses": ["127.0.0.1"]},  # lists: not from the env
     }
-    return DaemonProcess(env, wait=web_worker_up, timeout=60)
+    with DaemonProcess(env, config=config, wait="healthy", timeout=60) as daemon:
+        deadline = time.monotonic() + WEB_READY_SECONDS
+        while not any(e.get("event") == "web.ready" for e in daemon.log_events()):
+            if daemon.returncode is not None or time.monotonic() > deadline:
+                tail = "\n".join(daemon.log_lines()[-20:])
+                raise DaemonExited(
+                    f"no web.ready within {WEB_READY_SECONDS} s; last lines:\n{tail}"
+                )
+            time.sleep(0.1)
+        yield daemon
 
 
 @contextlib.contextmanager

@@ -98,7 +98,7 @@ def browser_daemon(env: dict[str, str], token: str) -> Iterator[DaemonProcess]:
     default agent) with no registrar; yielded once its web worker is ready, stopped after."""
     config = {
         "api": {"token": token},
-        "web": {"enabled": True, "ice_addresses": ["127.0.0.1"]},  # lists: not from the env
+        "web": {"enabled": True, "ice_addresses": ["127.0.0.1"]},
     }
     with DaemonProcess(env, config=config, wait="healthy", timeout=60) as daemon:
         deadline = time.monotonic() + WEB_READY_SECONDS

@@ -50,8 +50,8 @@ new MutationObserver(() => {{
 def test_talk_to_the_agent_from_the_console(daemon_env: dict[str, str], tmp_path: Path) -> None:
     """From the console's "Talk to the agent" a browser hears the greeting, leaves a message
     that the agent reads back and confirms, and the call ends by itself: its web record holds
-    the message, and the live table showed the call while it was on, with no reload. (About
-    35 s: the receptionist's whole conversation runs in real time.)"""
+    the message, and the live table showed the call while it was on, with no reload. (35-45 s:
+    the receptionist's whole conversation runs in real time.)"""
     greeting = speech_seconds(EngineSettings().greeting)
     read_back = speech_seconds(f"Thank you. I have noted: {MESSAGE} Is that right?")
     wav = tmp_path / "caller.wav"
@@ -79,7 +79,7 @@ def test_talk_to_the_agent_from_the_console(daemon_env: dict[str, str], tmp_path
             f"the greeting started {first_sound:.2f} s after Talk (> {LEAD_SECONDS} s): the "
             "caller's words would overlap it"
         )
-        print(f"greeting heard {first_sound:.2f} s after Talk")
+        print(f"greeting heard {first_sound:.2f} s after Talk; then {heard}")
         assert selected_pair(driver) == ("127.0.0.1", "127.0.0.1")
         state = wait_for(
             driver,
@@ -119,4 +119,5 @@ def test_talk_to_the_agent_from_the_console(daemon_env: dict[str, str], tmp_path
         for rgb in map(tuple, pixels.reshape(-1, 3).tolist())
         if rgb not in ROW_BACKGROUNDS and rgb != WEB_BADGE
     )
+    print(f"web row: {badge} pixels of the badge colour, {ink} of text; page: {shot}")
     assert ink >= 100, f"{ink} pixels of text in the row"

@@ -79,6 +79,7 @@ def test_a_page_talks_to_the_engine_with_an_ephemeral_key(
         while not (ended := [e for e in daemon.log_events() if e["event"] == "webrtc.ended"]):
             assert time.monotonic() < deadline, "the session did not end within 5 s of Hang up"
             time.sleep(0.1)
+    print(f"events on oai-events: {events}; audio: {heard}")
     assert "session.created" in events, events
     assert "error" not in events, events
     assert again["status"] == 401, again

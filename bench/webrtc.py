@@ -455,8 +455,15 @@ def _decision(sip_run: dict[str, Any]) -> dict[str, Any]:
         if before is not None and after is not None:
             rises[key] = round(after - before, 2)
     met = len(rises) == 3 and all(rise <= 1.0 for rise in rises.values())
-    # the other placement (the supervisor's process) is not measured here
-    return {"placement": "web_worker", "rule": RULE, "rises": rises, "met": met}
+    # the other placement (the supervisor's process) is not measured here: the placement is
+    # decided only when the rule holds
+    return {
+        "evaluated": "web_worker",
+        "placement": "web_worker" if met else "undecided",
+        "rule": RULE,
+        "rises": rises,
+        "met": met,
+    }
 
 
 async def measure(seconds: float, legs: list[int], sip: bool) -> dict[str, Any]:

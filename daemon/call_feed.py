@@ -119,9 +119,12 @@ class CallFeed:
 
     def stream(self) -> AsyncIterator[StreamItem]:
         """What a console stream sends: the snapshot, then each event, pings and resyncs,
-        until the feed is drained. FeedFull when ``max_subscribers`` are taken."""
-        subscriber = self._join()
-        return self._items(subscriber, self.snapshot())
+        until the feed is drained. FeedFull when ``max_subscribers`` are taken. The stream
+        takes its place when it starts (a stream never started, its client gone before the
+        body was read, holds none); one that finds every place taken by then ends at once."""
+        if not self._drained and len(self._subscribers) >= self.max_subscribers:
+            raise FeedFull(f"{self.max_subscribers} console streams are open already")
+        return self._items()
 
     def _join(self) -> _Subscriber:
         subscriber = _Subscriber()
@@ -140,11 +143,13 @@ class CallFeed:
         finally:
             self._subscribers.discard(subscriber)
 
-    async def _items(
-        self, subscriber: _Subscriber, snapshot: list[dict[str, Any]]
-    ) -> AsyncIterator[StreamItem]:
+    async def _items(self) -> AsyncIterator[StreamItem]:
         try:
-            yield "snapshot", {"calls": snapshot}
+            subscriber = self._join()
+        except FeedFull:
+            return
+        try:
+            yield "snapshot", {"calls": self.snapshot()}
             while True:
                 try:
                     async with asyncio.timeout(self.ping_seconds):

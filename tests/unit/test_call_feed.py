@@ -54,3 +54,25 @@ async def test_the_feed_completes_events_and_caps_its_streams() -> None:
     assert [item async for item in stream] == []
     late = feed.stream()
     assert [item async for item in late] == [("snapshot", {"calls": []})]
+
+
+async def test_a_stream_never_started_holds_no_place() -> None:
+    """A stream whose client left before its body was read (never iterated) takes none of
+    the ``max_subscribers`` places, so the feed keeps accepting streams; a started one holds
+    its place until it ends."""
+    feed = CallFeed(max_subscribers=2, ping_seconds=60)
+    for _ in range(3 * feed.max_subscribers):
+        feed.stream()  # created and dropped unread, as by a client gone before the body
+    assert feed.subscribers == 0, f"{feed.subscribers} places held by streams never started"
+    first, second, late = feed.stream(), feed.stream(), feed.stream()
+    assert (await anext(first))[0] == "snapshot"
+    assert (await anext(second))[0] == "snapshot"
+    assert feed.subscribers == 2
+    with pytest.raises(FeedFull):
+        feed.stream()
+    assert [item async for item in late] == [], "one started past the cap ends at once"
+    assert feed.subscribers == 2
+    await first.aclose()
+    assert feed.subscribers == 1, "a stream closed after it started gives its place back"
+    feed.drain()
+    assert [item async for item in second] == []

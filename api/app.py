@@ -47,7 +47,13 @@ from starlette.websockets import WebSocket
 
 from api.auth import ApiTokens, offered_token
 from api.console_auth import SESSION_COOKIE, ConsoleSession, ConsoleSessions
-from api.console_routes import LOOPBACK_ONLY, ConsoleRoutes, is_local
+from api.console_routes import (
+    FOREIGN_ORIGIN,
+    LOOPBACK_ONLY,
+    ConsoleRoutes,
+    foreign_origin,
+    is_local,
+)
 from api.models import describe, parse_request
 from api.realtime_calls import RealtimeCalls, RealtimeSocket, realtime_credential
 from daemon.call_feed import CallFeed
@@ -220,8 +226,9 @@ class _Routes:
         local: bool = False,
     ) -> Callable[[Request], Awaitable[Response]]:
         """``handler`` behind the tokens: a bearer token, or a console session's cookie (plus
-        its CSRF token on unsafe methods). ``local``: with no token set, clients on this
-        machine only. The handler finds ``request.state.token`` (the token's name), ``.via``
+        its CSRF token on unsafe methods); an unsafe request from another site's page (a
+        foreign Origin) is refused whatever it carries. ``local``: with no token set, clients
+        on this machine only. The handler finds ``request.state.token`` (the token's name), ``.via``
         (bearer | session | open) and ``.session``."""
 
         async def route(request: Request) -> Response:
@@ -236,7 +243,9 @@ class _Routes:
             request.state.token, request.state.session = name, session
             request.state.via = via or "open"
             response: Response
-            if self.tokens.required and via is None:
+            if foreign_origin(request):
+                response = _error(403, FOREIGN_ORIGIN)
+            elif self.tokens.required and via is None:
                 response = JSONResponse(
                     {"detail": UNAUTHORISED},
                     status_code=401,

@@ -29,6 +29,7 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -67,6 +68,10 @@ UNPROTECTED_WARNING = (
 LOOPBACK_ONLY = "the console answers only on this machine while api.token is not set"
 CONSOLE_OFF = "the console is off (api.console = false)"
 BROWSER_CALLS_OFF = "browser calls are off ([web] enabled = false or workers = 0)"
+FOREIGN_ORIGIN = "cross-site request refused: the Origin header is not this server's origin"
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_LOGIN_BYTES = 4096
 MAX_OFFER_BYTES = 65536
 SSE_RETRY_MS = 2000
@@ -75,17 +80,52 @@ _FILE_NAME = re.compile(r"[a-z0-9_-]{1,64}\.(css|js|html)")
 _TYPES = {"css": "text/css", "js": "text/javascript", "html": "text/html"}
 
 
+def _host_name(host: str) -> str:
+    """The name part of a Host header (``[::1]:8080`` -> ``[::1]``), lower case."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host.partition("]")[0] + "]"
+    return host.partition(":")[0]
+
+
 def is_local(request: Request) -> bool:
     """True for a client on this machine that did not come through a proxy (a proxy on
-    loopback would make every client look local)."""
+    loopback would make every client look local) and that asked for this machine by a
+    loopback name (a site whose name was rebound to 127.0.0.1 sends its own name)."""
     if request.client is None or "x-forwarded-for" in request.headers:
         return False
     if "forwarded" in request.headers:
+        return False
+    if _host_name(request.headers.get("host", "")) not in LOOPBACK_NAMES:
         return False
     try:
         return ipaddress.ip_address(request.client.host).is_loopback
     except ValueError:
         return False
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """``url``'s origin as (scheme, host, port), the default port filled in."""
+    try:
+        parts = urlsplit(url)
+        scheme, host, port = parts.scheme.lower(), parts.hostname, parts.port
+    except ValueError:
+        return None
+    if scheme not in DEFAULT_PORTS or not host:
+        return None
+    return scheme, host, port or DEFAULT_PORTS[scheme]
+
+
+def foreign_origin(request: Request) -> bool:
+    """An unsafe request sent by a page of another site: its Origin header is present and is
+    not this request's own origin (scheme, Host and port). Requests without Origin (curl,
+    backends) are not foreign."""
+    offered = request.headers.get("origin")
+    if request.method in SAFE_METHODS or offered is None:
+        return False
+    scheme = "https" if _over_https(request) else request.url.scheme
+    own = _origin(f"{scheme}://{request.headers.get('host', '')}")
+    return own is None or _origin(offered) != own
 
 
 def _over_https(request: Request) -> bool:
@@ -212,6 +252,8 @@ class ConsoleRoutes:
             return closed
         if not self.tokens.required:
             return RedirectResponse("/", status_code=303, headers=HTML_HEADERS)
+        if foreign_origin(request):
+            return _error(403, FOREIGN_ORIGIN)
         declared = request.headers.get("content-length", "")
         if not declared.isdigit() or int(declared) > MAX_LOGIN_BYTES:
             return self._login_form(400, "The login form is too large.")

@@ -53,9 +53,11 @@ async def _backend(tmp_path: Path) -> AsyncIterator[Backend]:
         await store.close()
 
 
-def _client(ctx: ApiContext, address: str = "127.0.0.1") -> httpx.AsyncClient:
+def _client(
+    ctx: ApiContext, address: str = "127.0.0.1", base_url: str = "http://127.0.0.1:8080"
+) -> httpx.AsyncClient:
     transport = httpx.ASGITransport(app=create_app(ctx), client=(address, 40000))
-    return httpx.AsyncClient(transport=transport, base_url="http://sipai")
+    return httpx.AsyncClient(transport=transport, base_url=base_url)
 
 
 def _set_cookie(response: httpx.Response, name: str) -> str:
@@ -239,6 +241,102 @@ async def test_without_a_token_the_console_answers_loopback_only_with_a_warning(
                 "/call", json=BASE, headers={**cookie, "x-csrf-token": body["csrf"]}
             )
             assert placed.status_code == 200
+
+
+async def test_without_a_token_a_rebound_name_gets_no_console_session(tmp_path: Path) -> None:
+    """With no api.token a loopback client that asks for another host name (a site whose name
+    was rebound to 127.0.0.1) gets 403 and no session from /console/session, while the
+    loopback names 127.0.0.1, localhost and [::1] on any port get one."""
+    async with _backend(tmp_path) as backend:
+        ctx = ApiContext(health=_health, store=backend.store, outbound=backend.service)
+        for base_url in ("http://attacker.example:8080", "http://sipai", "http://10.0.0.5"):
+            async with _client(ctx, base_url=base_url) as rebound:
+                session = await rebound.get("/console/session")
+                assert session.status_code == 403, (base_url, session.text)
+                assert "only on this machine" in session.json()["detail"], base_url
+                assert "csrf" not in session.json(), base_url
+                assert "set-cookie" not in session.headers, base_url
+                assert (await rebound.get("/")).status_code == 403, base_url
+                assert (await rebound.post("/web/calls")).status_code == 403, base_url
+        for base_url in ("http://127.0.0.1:9", "http://localhost:8080", "http://[::1]:8080"):
+            async with _client(ctx, base_url=base_url) as local:
+                session = await local.get("/console/session")
+                assert session.status_code == 200, (base_url, session.text)
+                assert session.json()["csrf"], base_url
+
+
+async def test_an_unsafe_request_from_another_origin_is_refused(tmp_path: Path) -> None:
+    """POST /call, /v1/realtime/calls, /web/calls and /login with an Origin that is not the
+    request's own (scheme, host and port) get 403 naming the cross-site refusal, with no
+    token, a bearer token or a console cookie alike, and nothing is placed; the same request
+    with its own Origin or with no Origin (curl, backends) works as before."""
+    foreign = (
+        "http://attacker.example",
+        "null",
+        "https://127.0.0.1:8080",
+        "http://127.0.0.1:8081",
+        "http://localhost:8080",
+    )
+    async with _backend(tmp_path) as backend:
+        open_ctx = ApiContext(health=_health, store=backend.store, outbound=backend.service)
+        async with _client(open_ctx) as client:
+            for origin in foreign:
+                headers = {"origin": origin, "content-type": "text/plain"}
+                for path, body in (
+                    ("/call", json.dumps(BASE)),
+                    ("/web/calls", OFFER),
+                ):
+                    refused = await client.post(path, content=body, headers=headers)
+                    assert refused.status_code == 403, (origin, path, refused.text)
+                    assert "cross-site" in refused.json()["detail"], (origin, path)
+                form = await client.post(
+                    "/v1/realtime/calls",
+                    files={"sdp": ("offer", OFFER)},
+                    headers={"origin": origin},
+                )
+                assert form.status_code == 403, (origin, form.text)
+                assert "cross-site" in form.json()["detail"], origin
+            assert await backend.store.list_calls(10) == [], "no call was placed"
+            placed = await client.post("/call", json=BASE)
+            assert placed.status_code == 200, "curl with no Origin works as before"
+            same = await client.post(
+                "/call", json=BASE, headers={"origin": "http://127.0.0.1:8080"}
+            )
+            assert same.status_code == 200, "the page's own origin is not foreign"
+
+        token_ctx = ApiContext(
+            health=_health,
+            store=backend.store,
+            outbound=backend.service,
+            tokens={"crm": TOKEN},
+        )
+        async with _client(token_ctx) as client:
+            bearer = {"authorization": f"Bearer {TOKEN}"}
+            refused = await client.post(
+                "/call", json=BASE, headers={**bearer, "origin": "http://attacker.example"}
+            )
+            assert refused.status_code == 403, refused.text
+            assert (await client.post("/call", json=BASE, headers=bearer)).status_code == 200
+            good = await _login(client, TOKEN)
+            cookie = {
+                "cookie": f"sipai_session={_cookie_value(_set_cookie(good, 'sipai_session'))}"
+            }
+            client.cookies.clear()
+            csrf = (await client.get("/console/session", headers=cookie)).json()["csrf"]
+            with_cookie = {**cookie, "x-csrf-token": csrf}
+            refused = await client.post(
+                "/call", json=BASE, headers={**with_cookie, "origin": "http://attacker.example"}
+            )
+            assert refused.status_code == 403, refused.text
+            assert "cross-site" in refused.json()["detail"]
+            login = await client.post(
+                "/login",
+                data={"csrf": "x", "token": TOKEN},
+                headers={"origin": "http://attacker.example"},
+            )
+            assert login.status_code == 403, login.text
+            assert "cross-site" in login.json()["detail"]
+            assert (await client.post("/call", json=BASE, headers=with_cookie)).status_code == 200
 
 
 class FakeWebCalls:

@@ -429,7 +429,9 @@ class _Routes:
     async def realtime(self, websocket: WebSocket) -> None:
         """The embedded engine, behind the same tokens as the other routes."""
         started = time.monotonic()
-        name, session, refused = realtime_credential(self.tokens, self.ctx, websocket.headers)
+        name, session, refused = realtime_credential(
+            self.tokens, self.ctx, websocket.headers, redeem=self.ctx.engine is not None
+        )
         path, client = websocket.url.path, websocket.client
         if refused is not None or (self.tokens.required and name is None):
             detail = refused.message if refused is not None else UNAUTHORISED

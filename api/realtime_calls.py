@@ -7,11 +7,13 @@ Routes (table in :func:`api.app.create_app`):
   ``ClientSecretCreateResponse`` (``value`` ``ek_...``, ``expires_at``, ``session``).
 - ``POST /v1/realtime/calls``: an SDP offer in, **201** with the SDP answer out
   (``Content-Type: application/sdp``, ``Location: /v1/realtime/calls/rtc_<hex>``). The body is
-  the raw offer (``application/sdp``; the session is then the ephemeral key's, else the
-  ``session`` query parameter's URL-encoded JSON, else the engine's defaults), or ``sdp`` and
-  ``session`` fields as ``multipart/form-data`` or ``application/json`` (OpenAI's Python SDK);
-  any other type is 415. Credentials: ``api.token``, a console session, or an ephemeral key
-  (``Authorization: Bearer ek_...``), which this offer uses up. The offer is checked
+  the raw offer (``application/sdp``; the session is then the ``session`` query parameter's
+  URL-encoded JSON, else the engine's defaults), or ``sdp`` and ``session`` fields as
+  ``multipart/form-data`` or ``application/json`` (OpenAI's Python SDK); any other type is
+  415. An ephemeral key opens the session it was minted with: an offer that brings its own
+  ``session`` with a key is refused (400 naming the field). Credentials: ``api.token``, a
+  console session, or an ephemeral key (``Authorization: Bearer ek_...``), which this offer
+  uses up (a refused one, 4xx or 503, leaves it unused). The offer is checked
   (:func:`api.sdp.check_offer`) before a web worker sees it: 400 naming the problem.
 - ``POST /v1/realtime/calls/{call_id}/hangup``: ends the session (200), 404 if unknown.
 
@@ -189,12 +191,18 @@ class RealtimeCalls:
         try:
             keys.check(key)
             sdp, session = await _offer(request)
+            if session is not None:  # the key opens the session it was minted with, only
+                detail = "session: an ephemeral key opens the session it was minted with"
+                raise _BadOffer(400, detail, "invalid_session")
+            unavailable = self._unavailable()
+            if unavailable is not None:  # the key stays unused
+                return unavailable
             minted = keys.redeem(key)  # used up by this offer
         except KeyRefused as exc:
             return refusal(401, exc.message, exc.code, {"www-authenticate": "Bearer"})
         except _BadOffer as exc:
             return refusal(exc.status, exc.detail, exc.code)
-        return await self._open(request, sdp, session or minted, EPHEMERAL)
+        return await self._open(request, sdp, minted, EPHEMERAL)
 
     # -- routes -------------------------------------------------------------------------
 
@@ -214,10 +222,10 @@ class RealtimeCalls:
         from api.app import WebCallRefused  # noqa: PLC0415 (app imports this module)
 
         web = self.ctx.web
-        if self.ctx.draining():
-            return refusal(503, "the daemon is stopping and takes no new calls", "unavailable")
-        if web is None:
-            return refusal(503, "browser calls are off ([web] enabled = false)", "unavailable")
+        unavailable = self._unavailable()
+        if unavailable is not None:
+            return unavailable
+        assert web is not None  # _unavailable refuses without one
         try:
             call, answer = await web.offer(
                 sdp, "engine", session, f"web:{who}", request.headers.get("user-agent", "")
@@ -235,6 +243,14 @@ class RealtimeCalls:
             media_type="application/sdp",
             headers={"location": f"/v1/realtime/calls/{rtc}"},
         )
+
+    def _unavailable(self) -> Response | None:
+        """The 503 for an offer no web worker may take now, else None."""
+        if self.ctx.draining():
+            return refusal(503, "the daemon is stopping and takes no new calls", "unavailable")
+        if self.ctx.web is None:
+            return refusal(503, "browser calls are off ([web] enabled = false)", "unavailable")
+        return None
 
     async def hangup(self, request: Request) -> Response:
         rtc = request.path_params["call_id"]
@@ -267,13 +283,17 @@ class RealtimeCalls:
 
 
 def realtime_credential(
-    tokens: ApiTokens, ctx: ApiContext, headers: Mapping[str, str]
+    tokens: ApiTokens, ctx: ApiContext, headers: Mapping[str, str], redeem: bool = True
 ) -> tuple[str | None, dict[str, Any] | None, KeyRefused | None]:
     """Who a ``/v1/realtime`` handshake is (a token's name, or ``"ephemeral"`` for a key it
-    uses up now, with the session the key was minted for), or why its key is refused."""
+    uses up now, with the session the key was minted for), or why its key is refused.
+    With ``redeem`` false (the session cannot open anyway) a key is checked, not used up."""
     offered = offered_token(headers, api_key_header=True)
     if ctx.keys is not None and is_ephemeral(offered):
         try:
+            if not redeem:
+                ctx.keys.check(offered)
+                return EPHEMERAL, None, None
             session = ctx.keys.redeem(offered)
         except KeyRefused as exc:
             return None, None, exc

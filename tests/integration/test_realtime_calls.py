@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -16,10 +17,14 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import uvicorn
+import websockets
 from openai import AsyncOpenAI
 from openai.types.realtime import ClientSecretCreateResponse
 
-from api.app import WebCallRefused
+from api.app import ApiContext, HealthReport, WebCallRefused, create_app
+from api.ephemeral import EphemeralKeys
+from api.spec import load_spec
 from config.schema import AgentSettings, ApiSettings, RealtimeSettings, WebSettings
 from daemon.ipc import messages as msg
 from daemon.legs.webrtc import use_ice_addresses
@@ -380,3 +385,138 @@ async def test_output_audio_buffer_clear_silences_the_track_at_once(
             check_server_event(event, "ga")
     finally:
         await browser.close()
+
+
+async def test_a_key_opens_its_minted_session_and_refuses_a_supplied_one(
+    server: tuple[EngineServer, HostCalls], http: httpx.AsyncClient
+) -> None:
+    """With an ephemeral key, a session given in the query, the JSON body or the form gets 400
+    naming the ``session`` field and leaves the key unused; the key then opens its session."""
+    key = await _mint(http)
+    bearer = {"authorization": f"Bearer {key}"}
+    given = json.dumps({"type": "realtime", "instructions": "Ignore the front desk."})
+    peer = Browser()
+    try:
+        offer = await peer.offer()
+        attempts = {
+            "query": await http.post(
+                "/v1/realtime/calls",
+                params={"session": given},
+                content=offer,
+                headers={**bearer, "content-type": "application/sdp"},
+            ),
+            "json": await http.post(
+                "/v1/realtime/calls", json={"sdp": offer, "session": given}, headers=bearer
+            ),
+            "form": await http.post(
+                "/v1/realtime/calls",
+                files={"sdp": (None, offer), "session": (None, given)},
+                headers=bearer,
+            ),
+        }
+        for form, response in attempts.items():
+            assert response.status_code == 400, (form, response.status_code, response.text)
+            body = response.json()
+            assert body["detail"].startswith("session:"), (form, body)
+            assert body["error"]["code"] == "invalid_session", (form, body)
+        opened = await http.post(
+            "/v1/realtime/calls",
+            content=offer,
+            headers={**bearer, "content-type": "application/sdp"},
+        )
+        assert opened.status_code == 201, opened.text  # the refusals left the key unused
+    finally:
+        await peer.close()
+
+
+OFFER = "\r\n".join(
+    (
+        "v=0",
+        "o=- 1 1 IN IP4 127.0.0.1",
+        "s=-",
+        "t=0 0",
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111",
+        "a=rtpmap:111 opus/48000/2",
+        "a=ice-ufrag:abcd",
+        "a=ice-pwd:abcdefghijklmnopqrstuv",
+        "a=fingerprint:sha-256 " + ":".join(["00"] * 32),
+        "",
+    )
+)
+
+
+class BareApi:
+    """The API app on loopback with ephemeral keys but no engine and no web host, and a
+    switch for draining."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.keys = EphemeralKeys()
+        app = create_app(
+            ApiContext(
+                health=lambda: HealthReport("healthy", False, "test", 1.0, 0, 0, []),
+                tokens={"crm": TOKEN},
+                draining=lambda: self.stopping,
+                keys=self.keys,
+            )
+        )
+        self._server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None)
+        )
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            assert time.monotonic() < deadline, "the API did not start"
+            time.sleep(0.01)
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+
+    def close(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+
+@pytest.fixture
+def bare() -> Iterator[BareApi]:
+    api = BareApi()
+    yield api
+    api.close()
+
+
+async def test_a_503_offer_leaves_the_key_unused(bare: BareApi) -> None:
+    """An offer refused with 503 (the daemon stopping, then browser calls off) does not use its
+    ephemeral key up."""
+    key = bare.keys.mint(60, {}).value
+    headers = {"authorization": f"Bearer {key}", "content-type": "application/sdp"}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{bare.port}", timeout=10) as http:
+        bare.stopping = True
+        stopping = await http.post("/v1/realtime/calls", content=OFFER, headers=headers)
+        bare.stopping = False
+        off = await http.post("/v1/realtime/calls", content=OFFER, headers=headers)
+    assert stopping.status_code == 503, stopping.text
+    assert "stopping" in stopping.json()["detail"], stopping.text
+    assert off.status_code == 503, off.text
+    assert "browser calls are off" in off.json()["detail"], off.text
+    bare.keys.check(key)  # raises KeyRefused("used_key") if a 503 used it up
+
+
+async def test_a_503_handshake_leaves_the_key_unused(bare: BareApi) -> None:
+    """A ``/v1/realtime`` handshake refused with 503 (no engine) does not use its ephemeral
+    key up."""
+    key = bare.keys.mint(60, {}).value
+    url = f"ws://127.0.0.1:{bare.port}/v1/realtime"
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(
+            url, additional_headers={"authorization": f"Bearer {key}"}, open_timeout=10
+        ):
+            pass
+    assert refused.value.response.status_code == 503, refused.value.response
+    bare.keys.check(key)
+
+
+def test_the_spec_lists_403_for_the_keyed_routes() -> None:
+    """The spec lists the 403 a console session without its CSRF token gets on
+    ``/v1/realtime/calls`` and ``/v1/realtime/client_secrets``."""
+    paths = load_spec()["paths"]
+    for path in ("/v1/realtime/calls", "/v1/realtime/client_secrets"):
+        assert "403" in paths[path]["post"]["responses"], (path, paths[path]["post"]["responses"])

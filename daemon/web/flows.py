@@ -23,7 +23,7 @@ from typing import Protocol
 from config.schema import AgentSettings, ApiSettings, Backend, RealtimeSettings, RecordingsSettings
 from daemon.blackbox import RecordingInfo
 from daemon.calls.inbound import AgentServices, InboundAgent
-from daemon.legs.leg import Answered, CallInfo, CallLeg, LegError, LegEvent
+from daemon.legs.leg import Answered, CallInfo, CallLeg, Ended, LegError, LegEvent
 from daemon.legs.media import LegMedia
 from daemon.logs import get_logger
 from daemon.realtime.backends import endpoint
@@ -116,30 +116,39 @@ async def web_agent(ctx: WebContext, leg: CallLeg, record_id: str) -> None:
         )
     agent_call = InboundAgent(ConnectedLeg(leg, services), settings, target, ctx.realtime, services)
     cause = ""
-    try:
-        await agent_call.run()
-        cause = agent_call.end_cause
-    except Exception as exc:
-        log.error("call.web_failed", call_id=info.key, error=repr(exc))
-        await services.report(
-            "agent_failed", {"call": info.key, "kind": "internal", "error": repr(exc)}
-        )
-        cause = "internal error"
-        await leg.hangup()
-    ended = await call_ended(leg)
+    ended: Ended | None = None
     written: RecordingInfo | None = None
-    if recording is not None:
-        written = await ctx.recorder.finish(recording)
-    await services.report(
-        "inbound_done",
-        {
-            "call": info.key,
-            "cause": cause or agent_call.end_cause or "ended",
-            "black_box": agent_call.black_box(),
-            "recording": dataclasses.asdict(written) if written is not None else None,
-            "connect_seconds": ended.connect_seconds if ended is not None else 0.0,
-        },
-    )
+    try:  # whatever fails below, the call's record is closed by inbound_done
+        try:
+            await agent_call.run()
+            cause = agent_call.end_cause
+        except Exception as exc:
+            log.error("call.web_failed", call_id=info.key, error=repr(exc))
+            cause = "internal error"
+            await services.report(
+                "agent_failed", {"call": info.key, "kind": "internal", "error": repr(exc)}
+            )
+            try:
+                await leg.hangup()
+            except Exception as failed:
+                log.warning("call.web_hangup_failed", call_id=info.key, error=repr(failed))
+        try:
+            ended = await call_ended(leg)
+        except Exception as failed:
+            log.warning("call.web_end_unknown", call_id=info.key, error=repr(failed))
+        if recording is not None:
+            written = await ctx.recorder.finish(recording)
+    finally:
+        await services.report(
+            "inbound_done",
+            {
+                "call": info.key,
+                "cause": cause or agent_call.end_cause or "ended",
+                "black_box": agent_call.black_box(),
+                "recording": dataclasses.asdict(written) if written is not None else None,
+                "connect_seconds": ended.connect_seconds if ended is not None else 0.0,
+            },
+        )
 
 
 async def _start_recording(ctx: WebContext, leg: CallLeg, record_id: str) -> Recording | None:

@@ -21,18 +21,22 @@ import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from structlog.testing import capture_logs
 
 from api.app import WebCallRefused
 from api.webhooks import Deliverer
 from config import Settings
-from config.schema import AgentSettings
+from config.schema import AgentSettings, ApiSettings, RealtimeSettings
 from daemon.call_feed import CallFeed
 from daemon.inbound_records import InboundRecords, inbound_view
+from daemon.legs.leg import CallLeg, LegError
+from daemon.legs.memory import MediaClock, MemoryNetwork
 from daemon.legs.webrtc import use_ice_addresses
 from daemon.store import Store
 from daemon.web import WEB_WORKER_BASE
+from daemon.web.flows import WebContext, web_agent
 from daemon.web.pool import WebPool
-from sip.events import CallAnswered
+from sip.events import CallAnswered, SipEvent
 from tests.peers.realtime_server import FakeRealtime, FakeSession
 
 RATE = 48000
@@ -336,3 +340,56 @@ def test_aiortc_loads_in_the_web_worker_only() -> None:
     ).stdout.splitlines()
     assert out[0] == "[]", f"the supervisor or a SIP worker loads {out[0]}"
     assert "'aiortc'" in out[1], out
+
+
+class FailingLeg:
+    """A browser call's leg whose answer fails unexpectedly and whose hang-up raises once it
+    has torn the call down (as a leg racing its own end may); the rest is the memory leg."""
+
+    def __init__(self, leg: CallLeg) -> None:
+        self._leg = leg
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._leg, name)
+
+    async def answer(self) -> None:
+        raise RuntimeError("boom")
+
+    async def hangup(self) -> None:
+        await self._leg.hangup()
+        raise LegError("call already gone")
+
+
+@dataclass
+class WebReports:
+    """The web worker's side of the supervisor: the reports and call events a flow sent."""
+
+    sent: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    async def report(self, kind: str, body: dict[str, Any]) -> None:
+        self.sent.append((kind, body))
+
+    async def sip_event(self, event: SipEvent) -> None:
+        self.sent.append(("sip_event", {"event": event}))
+
+
+async def test_a_failing_browser_call_whose_hangup_raises_still_ends_its_record() -> None:
+    """A browser call whose agent fails and whose hang-up then raises still sends
+    ``inbound_done`` (cause ``internal error``), so its record does not stay in progress."""
+    reports = WebReports()
+    async with FakeRealtime("ga") as fake, MediaClock(speed=1.0) as clock:
+        memory_leg, _phone = MemoryNetwork(clock, rate=8000).incoming("web")
+        ctx = WebContext(
+            index=0,
+            services=reports,
+            agent=AgentSettings(backend="url", url=fake.url, greeting=""),
+            api=ApiSettings(),
+            realtime=RealtimeSettings(),
+        )
+        with capture_logs() as logs:
+            async with asyncio.timeout(15):
+                await web_agent(ctx, FailingLeg(memory_leg), "web-fails")  # type: ignore[arg-type]
+    done = [body for kind, body in reports.sent if kind == "inbound_done"]
+    assert [body["cause"] for body in done] == ["internal error"], reports.sent
+    failed = [e["error"] for e in logs if e["event"] == "call.web_hangup_failed"]
+    assert failed == ["LegError('call already gone')"], failed

@@ -59,7 +59,9 @@ CSP = (
 SECURITY_HEADERS = {
     "content-security-policy": CSP,
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer a browser sends "Origin: null" on a form
+    # POST, which the cross-site check must refuse
+    "referrer-policy": "same-origin",
 }
 HTML_HEADERS = {**SECURITY_HEADERS, "cache-control": "no-store"}
 UNPROTECTED_WARNING = (

@@ -613,7 +613,7 @@ def test_console_files_reference_nothing_outside_the_daemon() -> None:
 
 
 async def test_console_pages_carry_the_security_headers(tmp_path: Path) -> None:
-    """Every console answer has the Content-Security-Policy, nosniff and no-referrer
+    """Every console answer has the Content-Security-Policy, nosniff and same-origin referrer
     headers; its HTML is never cached; its files are served by name only; api.console =
     false turns the pages off (404) and leaves the JSON API."""
     async with _backend(tmp_path) as backend:
@@ -630,7 +630,7 @@ async def test_console_pages_carry_the_security_headers(tmp_path: Path) -> None:
                 assert response.headers["content-type"].startswith(kind), path
                 assert response.headers["content-security-policy"] == CSP
                 assert response.headers["x-content-type-options"] == "nosniff"
-                assert response.headers["referrer-policy"] == "no-referrer"
+                assert response.headers["referrer-policy"] == "same-origin"
             login = await client.get("/login")
             assert login.headers["cache-control"] == "no-store"
             for path in (

@@ -205,18 +205,17 @@ def _choice_call(receiver: Receiver, extension: str, **choice: Any) -> dict[str,
 async def _answer_after_prompt(
     phone: TestPhone, call: int, answer: str, tmp_path: Path, hello_first: bool = False
 ) -> None:
-    """Play ``answer`` once the message and the prompt have been heard (called when media is
-    up; the time spent synthesising here counts, or a slow start would answer too late)."""
-    started = asyncio.get_running_loop().time()
+    """Play ``answer`` once the message and the prompt have been heard: the phone listens,
+    and answers when the daemon has talked for nearly their length and then paused (a busy
+    machine may start the message late, or leave longer gaps; a timer would answer early)."""
     _, message_s = _say(MESSAGE, tmp_path / "message.wav")
     _, prompt_s = _say(PROMPT, tmp_path / "prompt.wav")
     wav, _ = _say(answer, tmp_path / f"answer-{abs(hash(answer))}.wav")  # per phrase
     if hello_first:
         hello, _ = _say("Hello?", tmp_path / "hello.wav")
         await phone.command("play", call=call, wav=hello)
-    spent = asyncio.get_running_loop().time() - started
-    await asyncio.sleep(max(0.0, message_s + prompt_s + 0.8 - spent))
-    await phone.command("play", call=call, wav=wav)
+    after_s = 0.9 * (message_s + prompt_s)
+    await phone.command("reply", call=call, wav=wav, after_s=after_s, silence_ms=600)
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ from api.ephemeral import EphemeralKeys
 from api.spec import load_spec
 from config.schema import AgentSettings, ApiSettings, RealtimeSettings, WebSettings
 from daemon.ipc import messages as msg
-from daemon.legs.webrtc import use_ice_addresses
+from daemon.legs.webrtc import WebRtcLeg, use_ice_addresses
 from daemon.web.engine_relay import EVENTS_CHANNEL, EngineCalls, engine_endpoint
 from daemon.web.flows import WebContext
 from daemon.web.host import WebHost
@@ -155,7 +155,7 @@ async def test_the_openai_sdk_mints_a_key_and_gets_an_answer(
     """The SDK's client_secrets.create parses our answer as ClientSecretCreateResponse and its
     calls.create (JSON) gets an SDP answer; a raw application/sdp offer with the key, and a
     multipart sdp+session offer, get 201 with application/sdp and a Location to hang up."""
-    engine, _ = server
+    engine, calls = server
     peers = [Browser() for _ in range(3)]
     try:
         async with AsyncOpenAI(
@@ -193,9 +193,16 @@ async def test_the_openai_sdk_mints_a_key_and_gets_an_answer(
 
         for peer in peers[:2]:
             await asyncio.wait_for(peer.connected.wait(), 10)
+        assert calls.host is not None
+        legs = [leg for leg in calls.host._legs.values() if isinstance(leg, WebRtcLeg)]
+        assert len(legs) == 3, calls.host._legs
         hung = await http.post(f"{location}/hangup", headers={"authorization": f"Bearer {TOKEN}"})
         assert hung.status_code == 200, hung.text
-        await asyncio.wait_for(peers[1].closed.wait(), 10)
+        states = [leg.peer.connectionState for leg in legs]
+        assert states.count("closed") == 1, states  # the daemon closed its side before the 200
+        # The peer hears DTLS close_notify at once; if that one datagram is lost it still
+        # learns of the end when ICE consent expires (RFC 7675: 30 s without an answer).
+        await asyncio.wait_for(peers[1].closed.wait(), 40)
         again = await http.post(f"{location}/hangup", headers={"authorization": f"Bearer {TOKEN}"})
         assert again.status_code == 404, again.text
     finally:

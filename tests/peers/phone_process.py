@@ -12,6 +12,9 @@ Commands (one JSON object per line, each with "cmd" and an optional "seq" echoed
                                              received and sent so far)
   send_raw {call, packets: [hex]}            (datagrams sent from the call's RTP socket to
                                              the far end's RTP address, as a faulty peer)
+  reply {call, wav, after_s, silence_ms}     (play wav once the far end has talked for
+                                             after_s, counted from its first voiced frame,
+                                             then fallen silent for silence_ms: "replied")
 on_incoming: "answer" (after answer_after_ms), "busy" (486), "decline" (603), "ignore"
 (ring forever). Events go to stdout as JSON lines: "ok"/"error" replies, "reg", "incoming",
 "call" (state changes), "media", "dtmf", "played". pjsip's own output goes to stderr.
@@ -62,6 +65,7 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
         self.player: pj.AudioMediaPlayer | None = None
         self.recorder: pj.AudioMediaRecorder | None = None
         self.tap: Tap | None = None
+        self.listener: tuple[Listener, str] | None = None  # and the WAV it answers with
         self.connected = False
 
     def onCallState(self, prm: pj.OnCallStateParam) -> None:
@@ -116,6 +120,32 @@ class Tap(pj.AudioMediaPort):  # type: ignore[misc]
     def onFrameReceived(self, frame: Any) -> None:
         if frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO:
             self.frames.append((time.monotonic(), bytevector.read(frame.buf)))
+
+
+class Listener(pj.AudioMediaPort):  # type: ignore[misc]
+    """Follows when the far end talks (clock thread); :meth:`done` asks from the main thread."""
+
+    VOICED_RMS = 300.0  # about -40 dBFS: speech frames are far above, line noise below
+
+    def __init__(self, after_s: float, silence_ms: int) -> None:
+        super().__init__()
+        self.after_s, self.silence_s = after_s, silence_ms / 1000
+        self.first_voiced: float | None = None
+        self.last_voiced = 0.0
+
+    def onFrameReceived(self, frame: Any) -> None:
+        if frame.type != pj.PJMEDIA_FRAME_TYPE_AUDIO:
+            return
+        pcm = np.frombuffer(bytevector.read(frame.buf), dtype="<i2").astype(np.float64)
+        if pcm.size and float(np.sqrt(np.mean(pcm * pcm))) >= self.VOICED_RMS:
+            now = time.monotonic()
+            if self.first_voiced is None:
+                self.first_voiced = now
+            self.last_voiced = now
+
+    def done(self, now: float) -> bool:
+        first, last = self.first_voiced, self.last_voiced
+        return first is not None and last - first >= self.after_s and now - last >= self.silence_s
 
 
 class Player(pj.AudioMediaPlayer):  # type: ignore[misc]
@@ -184,6 +214,7 @@ class Phone:
         self.pending_answers: list[tuple[float, PhoneCall]] = []
         self.closing_recorders: list[tuple[float, int]] = []  # (due, call key)
         self.closing_taps: list[Tap] = []  # kept alive until the process ends
+        self.closing_listeners: list[Listener] = []  # likewise
         self._keys = 0
         self.running = True
 
@@ -226,6 +257,17 @@ class Phone:
         for call in due:
             if call.key in self.calls:
                 self._answer(call, 200)
+        for call in list(self.calls.values()):
+            if call.listener is None or not call.listener[0].done(now):
+                continue
+            listener, wav = call.listener
+            call.listener = None
+            if call.audio is not None:
+                with contextlib.suppress(pj.Error):
+                    call.audio.stopTransmit(listener)
+            self.closing_listeners.append(listener)
+            self.cmd_play(call.key, wav)
+            emit("replied", call=call.key)
 
     # -- commands -------------------------------------------------------------------------
 
@@ -282,15 +324,18 @@ class Phone:
         target = self.calls[call]
         assert target.audio is not None, "no active audio"
         tap = Tap()
-        fmt = pj.MediaFormatAudio()
-        fmt.type = pj.PJMEDIA_TYPE_AUDIO
-        fmt.clockRate = 8000
-        fmt.channelCount = 1
-        fmt.bitsPerSample = 16
-        fmt.frameTimeUsec = 20000
-        tap.createPort(f"tap{call}", fmt)
+        tap.createPort(f"tap{call}", _mono_8k())
         target.audio.startTransmit(tap)
         target.tap = tap
+        return {}
+
+    def cmd_reply(self, call: int, wav: str, after_s: float, silence_ms: int) -> dict[str, Any]:
+        target = self.calls[call]
+        assert target.audio is not None, "no active audio"
+        listener = Listener(after_s, silence_ms)
+        listener.createPort(f"listen{call}", _mono_8k())
+        target.audio.startTransmit(listener)
+        target.listener = (listener, wav)
         return {}
 
     def cmd_tap_stop(self, call: int, wav: str) -> dict[str, Any]:
@@ -376,6 +421,16 @@ class Phone:
             self.drop(call)
         self.account = None
         self.ep.libDestroy()
+
+
+def _mono_8k() -> pj.MediaFormatAudio:
+    fmt = pj.MediaFormatAudio()
+    fmt.type = pj.PJMEDIA_TYPE_AUDIO
+    fmt.clockRate = 8000
+    fmt.channelCount = 1
+    fmt.bitsPerSample = 16
+    fmt.frameTimeUsec = 20000
+    return fmt
 
 
 def main() -> int:

@@ -22,12 +22,24 @@ by the two processes) and the downlink (that arrival -> heard back); ``added_*_m
 (% of one core, steady state, with 1 and 4 calls at once), its RSS, and how late its event
 loop woke a 10 ms sleep (p99 and max over the run: aiortc holds the GIL for a frame and more).
 
-With ``--with-sip`` (needs sipp and kamailio): ``bench.bridge``'s 4 SIP calls with mu-law
-passthrough (its ``pcmu`` run), once alone and once with the largest ``--legs`` count of
-browser calls up in a process of their own, as a web worker holds them: the SIP calls' uplink
-and downlink p99 and CPU per call (``with_sip``: [alone, with browser calls]), and
-``decision``: the placement rule (:data:`RULE`, set before the first run) applied to them.
-Placing the browser calls in the supervisor's process instead is not measured.
+Where browser calls run is decided by two more sets of runs, each with the largest
+``--legs`` count of browser calls up, against the same without any browser call before and
+after (the spread of those two is the noise of the machine):
+
+- ``engine_path``: the embedded engine, the default backend of SIP calls, is served by the
+  supervisor's event loop. A stand-in for its socket (per 20 ms frame: parse an append,
+  answer a delta) is served in a process of its own; a probe process plays ``bench.bridge``'s
+  4 SIP calls' agents on it (a 20 ms mu-law append every 20 ms each) and times each answer.
+  Runs: ``alone``; ``web_worker`` (browser calls up in another process, as web workers hold
+  them: CPU contention only); ``supervisor`` (browser calls on the stand-in's own loop, as if
+  the supervisor held them); ``alone`` again.
+- ``with_sip`` (``--with-sip``, needs sipp and kamailio): ``bench.bridge``'s 4 SIP calls with
+  mu-law passthrough (its ``pcmu`` run) alone, with the browser calls up in a process of their
+  own, and alone again: the SIP calls' uplink and downlink p99 and CPU per call. SIP media
+  runs in SIP workers in either placement, so this bounds both.
+
+``decision`` applies :data:`RULE` (set before the runs) to them: ``placement`` is
+``web_worker``, ``supervisor`` or ``undecided``.
 
 Run: .venv/bin/python -m bench.webrtc [--seconds 10] [--legs 1 4] [--with-sip]. Prints one
 JSON object on stdout, logs on stderr.
@@ -37,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import fractions
 import json
@@ -49,6 +62,7 @@ from typing import Any
 import aiortc
 import av
 import numpy as np
+import websockets
 from aiortc import RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from numpy.typing import NDArray
@@ -59,16 +73,16 @@ from bench.report import emit
 from daemon.legs.leg import CallInfo
 from daemon.legs.webrtc import WebRtcLeg, peer_connection, use_ice_addresses
 from media import opus_frames
+from tests.peers.webrtc_client import FRAME, RATE, ToneTrack, WebRtcClient
 from tests.support import free_port
 
-RATE = 48000
-FRAME = 960
 CLICK_EVERY = 25  # frames: a click every 500 ms
 CLICK_AT = 240  # the click starts this many samples into its frame
 CLICK_SAMPLES = 240  # 5 ms
 THRESHOLD = 4000  # a sample above this is the click (Opus noise stays far below)
 LEG_RATE = 8000
 LAG_PERIOD = 0.01  # the far end's loop is watched with sleeps this long
+ENGINE_FRAME = 160  # bytes: 20 ms of 8 kHz mu-law, as a SIP call on PCMU sends it
 SETTLE_SECONDS = 2.0  # left out of the CPU figure: connection set-up and Opus start-up
 
 
@@ -77,83 +91,47 @@ def _first_loud(pcm: NDArray[np.int16]) -> int | None:
     return int(loud[0]) if len(loud) else None
 
 
-class ClickTrack(MediaStreamTrack):
+class ClickTrack(ToneTrack):
     """The browser's microphone: silence with a 5 ms 2 kHz click every 500 ms."""
 
-    kind = "audio"
-
     def __init__(self) -> None:
-        super().__init__()
-        self.sent = 0
-        self.clicks: list[float] = []  # when each click was handed to the encoder
-        self._start: float | None = None
+        super().__init__(0.0)
         t = np.arange(CLICK_SAMPLES) / RATE
         self._click = np.zeros(FRAME, dtype=np.int16)
         burst = 20000 * np.sin(2 * np.pi * 2000 * t) * np.hanning(CLICK_SAMPLES)
         self._click[CLICK_AT : CLICK_AT + CLICK_SAMPLES] = np.rint(burst).astype(np.int16)
         self._silence = np.zeros(FRAME, dtype=np.int16)
 
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        now = time.monotonic()
-        if self._start is None:
-            self._start = now
-        due = self._start + self.sent * 0.02
-        if due > now:
-            await asyncio.sleep(due - now)
-        click = self.sent % CLICK_EVERY == CLICK_EVERY - 1
-        pcm = self._click if click else self._silence
-        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = RATE
-        frame.pts = self.sent * FRAME
-        frame.time_base = fractions.Fraction(1, RATE)
-        if click:
-            self.clicks.append(time.monotonic() + CLICK_AT / RATE)
-        self.sent += 1
-        return frame
+    def samples(self, index: int) -> NDArray[np.int16]:
+        return self._click if index % CLICK_EVERY == CLICK_EVERY - 1 else self._silence
+
+    @property
+    def clicks(self) -> list[float]:
+        """When each click was handed to the encoder."""
+        return [
+            at + CLICK_AT / RATE
+            for index, at in enumerate(self.sent_at)
+            if index % CLICK_EVERY == CLICK_EVERY - 1
+        ]
 
 
-class Browser:
-    """One browser call: plays clicks, notes when each came back."""
+def _browser() -> tuple[WebRtcClient, ClickTrack]:
+    """One browser call playing clicks (no data channel)."""
+    track = ClickTrack()
+    return WebRtcClient(channel=False, track=track), track
 
-    def __init__(self) -> None:
-        self.pc = peer_connection()
-        self.track = ClickTrack()
-        self.pc.addTrack(self.track)
-        self.heard: list[float] = []
-        self._quiet_until = 0.0
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.pc.on("track", self._on_track)
 
-    def _on_track(self, track: MediaStreamTrack) -> None:
-        task = asyncio.ensure_future(self._listen(track))
-        self._tasks.add(task)
-
-    async def _listen(self, track: MediaStreamTrack) -> None:
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            now = time.monotonic()
-            assert isinstance(frame, av.AudioFrame)
-            pcm = np.asarray(frame.to_ndarray(), dtype=np.int16).reshape(-1)
-            if len(frame.layout.channels) == 2:
-                pcm = pcm[0::2]
-            at = _first_loud(pcm)
-            if at is not None and now >= self._quiet_until:
-                # this frame was handed over now: its sample ``at`` plays ``at`` later than
-                # its first would
-                self.heard.append(now + at / RATE)
-                self._quiet_until = now + 0.25
-
-    async def close(self) -> None:
-        self.track.stop()
-        await self.pc.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+def _heard_clicks(browser: WebRtcClient) -> list[float]:
+    """When each click came back: a frame's first loud sample, handed over with the frame
+    (its sample ``at`` plays ``at`` later than its first would), one per 250 ms at most."""
+    heard: list[float] = []
+    quiet_until = 0.0
+    for arrived, pcm in zip(browser.heard_at, browser.heard, strict=True):
+        at = _first_loud(pcm)
+        if at is not None and arrived >= quiet_until:
+            heard.append(arrived + at / RATE)
+            quiet_until = arrived + 0.25
+    return heard
 
 
 # -- the far end (subprocess) -----------------------------------------------------------------
@@ -245,9 +223,11 @@ async def _leg_call(offer: str, n: int, arrivals: Arrivals) -> tuple[WebRtcLeg, 
     return leg, asyncio.ensure_future(echo())
 
 
-async def serve(mode: str, port: int) -> None:
+async def serve(mode: str, port: int, engine_port: int = 0) -> None:
     """Answer offers on ``port`` (one JSON line each way per call); the connection's close
-    ends the call, after a last line with the click arrival times."""
+    ends the call, after a last line with the click arrival times. With ``engine_port``, the
+    engine's stand-in (:func:`_engine_echo`) is served on the same event loop; mode
+    ``engine`` serves only that."""
     use_ice_addresses(["127.0.0.1"])
     opus_frames.prepare()  # as a web worker does at start: no filter design on a call
     calls = iter(range(1, 10**6))
@@ -284,13 +264,133 @@ async def serve(mode: str, port: int) -> None:
 
     server = await asyncio.start_server(handle, "127.0.0.1", port)
     watcher = asyncio.ensure_future(watch_loop())
-    print("ready", flush=True)
-    os.dup2(2, 1)  # what the libraries print from here on goes to stderr
-    async with server:
+    async with contextlib.AsyncExitStack() as stack:
+        if engine_port:
+            await stack.enter_async_context(
+                websockets.serve(_engine_echo, "127.0.0.1", engine_port, compression=None)
+            )
+        print("ready", flush=True)
+        os.dup2(2, 1)  # what the libraries print from here on goes to stderr
+        async with server:
+            try:
+                await server.serve_forever()
+            finally:
+                watcher.cancel()
+
+
+# -- the engine's path: what each placement costs a SIP call --------------------------------
+
+
+async def _engine_echo(connection: Any) -> None:
+    """The embedded engine's socket as a SIP call's agent sees it, per 20 ms frame: parse the
+    ``input_audio_buffer.append``, answer one ``response.output_audio.delta`` (JSON and base64
+    both ways, as the engine does; no speech work, which runs in its executor anyway)."""
+    async for message in connection:
+        event = json.loads(message)
+        if event.get("type") == "input_audio_buffer.append":
+            audio = base64.b64decode(event["audio"])
+            delta = {"type": "response.output_audio.delta", "event_id": event["event_id"]}
+            await connection.send(json.dumps(delta | {"delta": base64.b64encode(audio).decode()}))
+
+
+async def probe(url: str, calls: int, seconds: float) -> dict[str, Any]:
+    """``calls`` SIP calls' agents on the engine at ``url``: each sends 20 ms of mu-law every
+    20 ms and times the answer to each frame (ms; the first second is left out)."""
+    frame = base64.b64encode(bytes(ENGINE_FRAME)).decode()
+    times: list[float] = []
+
+    async def one(call: int) -> None:
+        async with websockets.connect(url, compression=None, max_size=None) as ws:
+            sent: dict[str, float] = {}
+            start = time.monotonic()
+
+            async def receive() -> None:
+                async for message in ws:
+                    event = json.loads(message)
+                    at = sent.pop(event["event_id"], None)
+                    if at is not None and at - start >= 1.0:
+                        times.append((time.monotonic() - at) * 1000)
+
+            reader = asyncio.ensure_future(receive())
+            for n in range(int(seconds / 0.02)):
+                due = start + n * 0.02
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                sent[f"{call}-{n}"] = time.monotonic()
+                body = {"type": "input_audio_buffer.append", "event_id": f"{call}-{n}"}
+                await ws.send(json.dumps(body | {"audio": frame}))
+            await asyncio.sleep(0.5)  # the last answers
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+    await asyncio.gather(*(one(c) for c in range(calls)))
+    return {
+        "frames": len(times),
+        "p50": _p(times, 50),
+        "p99": _p(times, 99),
+        "max": round(max(times, default=0.0), 1),
+    }
+
+
+async def _probe(port: int, seconds: float) -> dict[str, Any]:
+    """:func:`probe` in a process of its own (a SIP worker's), its JSON line back."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.webrtc",
+        "probe",
+        "--port",
+        str(port),
+        "--seconds",
+        str(seconds),
+        stdout=asyncio.subprocess.PIPE,
+        env=os.environ,
+    )
+    out, _ = await proc.communicate()
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+async def _engine_run(placement: str, legs: int, seconds: float) -> dict[str, Any]:
+    """The engine's path with ``legs`` browser calls up: none (``alone``), in a process of
+    their own beside the engine's (``web_worker``) or on the engine's own loop
+    (``supervisor``)."""
+    engine_port = free_port()
+    async with contextlib.AsyncExitStack() as stack:
+        if placement == "supervisor":
+            port, _ = await stack.enter_async_context(_far_end("leg", engine_port))
+        else:
+            await stack.enter_async_context(_far_end("engine", engine_port))
+            port = 0
+            if placement == "web_worker":
+                port, _ = await stack.enter_async_context(_far_end("leg"))
+        until = asyncio.Event()
+        calls = [asyncio.ensure_future(_one_call(port, until)) for _ in range(legs if port else 0)]
+        await asyncio.sleep(SETTLE_SECONDS)
         try:
-            await server.serve_forever()
+            path = await _probe(engine_port, seconds)
         finally:
-            watcher.cancel()
+            until.set()
+            results = await asyncio.gather(*calls)
+    browsers: dict[str, Any] = {}
+    if results:  # the browser calls were up: their clicks went round
+        figures = _latencies(results)
+        browsers = {
+            "clicks": figures["clicks"],
+            "browser_loop_lag_ms": figures["far_end_loop_lag_ms"],
+        }
+    return {"placement": placement, "browser_legs": len(results), **path, **browsers}
+
+
+async def engine_path(legs: int, seconds: float) -> dict[str, Any]:
+    """Both placements against two runs with no browser call (before and after: their spread
+    is the noise of the machine)."""
+    runs = [
+        await _engine_run("alone", 0, seconds),
+        await _engine_run("web_worker", legs, seconds),
+        await _engine_run("supervisor", legs, seconds),
+        await _engine_run("alone", 0, seconds),
+    ]
+    return {"name": "engine_path", "sip_calls": bridge.CALLS, "runs": runs}
 
 
 # -- the runs ---------------------------------------------------------------------------------
@@ -315,13 +415,10 @@ def _p(values: list[float], q: float) -> float | None:
 async def _one_call(port: int, until: asyncio.Event) -> dict[str, list[float]]:
     use_ice_addresses(["127.0.0.1"])
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    browser = Browser()
-    await browser.pc.setLocalDescription(await browser.pc.createOffer())
-    assert browser.pc.localDescription is not None
-    writer.write(json.dumps({"sdp": browser.pc.localDescription.sdp}).encode() + b"\n")
+    browser, track = _browser()
+    writer.write(json.dumps({"sdp": await browser.offer()}).encode() + b"\n")
     await writer.drain()
-    answer = json.loads(await reader.readline())["sdp"]
-    await browser.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+    await browser.accept(json.loads(await reader.readline())["sdp"])
     await until.wait()
     writer.write(b"done\n")
     await writer.drain()
@@ -329,18 +426,18 @@ async def _one_call(port: int, until: asyncio.Event) -> dict[str, list[float]]:
     arrivals = last["arrivals"]
     writer.close()
     await browser.close()
-    sent = browser.track.clicks[2:]  # past Opus's start-up
+    sent, heard = track.clicks[2:], _heard_clicks(browser)  # past Opus's start-up
     return {
-        "round_trip": _pair(sent, browser.heard, 0.6),
+        "round_trip": _pair(sent, heard, 0.6),
         "uplink": _pair(sent, arrivals),
-        "downlink": _pair(arrivals, browser.heard),
+        "downlink": _pair(arrivals, heard),
         "loop_lag_max": [last["loop_lag_ms"]["max"]],
         "loop_lag_p99": [last["loop_lag_ms"]["p99"] or 0.0],
     }
 
 
 @contextlib.asynccontextmanager
-async def _far_end(mode: str) -> AsyncIterator[tuple[int, int]]:
+async def _far_end(mode: str, engine_port: int = 0) -> AsyncIterator[tuple[int, int]]:
     """The far end's subprocess: (its port, its pid)."""
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
@@ -352,6 +449,8 @@ async def _far_end(mode: str) -> AsyncIterator[tuple[int, int]]:
         mode,
         "--port",
         str(port),
+        "--engine-port",
+        str(engine_port),
         stdout=asyncio.subprocess.PIPE,
         env=os.environ,
     )
@@ -419,10 +518,12 @@ async def _sip_calls(legs: int) -> dict[str, Any]:
 
 
 async def with_sip(legs: int) -> dict[str, Any]:
-    runs = [await _sip_calls(0), await _sip_calls(legs)]
+    """The SIP calls alone, with ``legs`` browser calls up, and alone again (the spread of
+    the two alone runs is the noise of the machine)."""
+    runs = [await _sip_calls(0), await _sip_calls(legs), await _sip_calls(0)]
     return {
         "name": "with_sip",
-        "browser_legs": [0, legs],
+        "browser_legs": [0, legs, 0],
         "sip_calls": bridge.CALLS,
         "sip_uplink_ms_p99": [r.get("uplink_p99_ms") for r in runs],
         "sip_downlink_ms_p99": [r.get("downlink_p99_ms") for r in runs],
@@ -442,27 +543,48 @@ def _added(runs: list[dict[str, Any]], legs: int) -> None:
 
 
 RULE = (
-    "browser calls in a process of their own ship if, with them up, SIP calls' uplink and "
-    "downlink p99 rise by <= 1 ms and their CPU per call by <= 1 point"
+    "browser calls go where the embedded engine's answer to SIP calls' frames (engine_path "
+    "p99) rises least with them up, decided only if the two placements' rises differ by more "
+    "than the spread of the runs without browser calls; there, SIP calls' own uplink and "
+    "downlink p99 (with_sip) may rise by at most that run's spread + 1 ms, and their CPU per "
+    "call by at most 1 point"
 )
 
 
-def _decision(sip_run: dict[str, Any]) -> dict[str, Any]:
-    """The placement rule, written down before the runs, applied to ``with_sip``."""
-    rises: dict[str, float] = {}
-    for key in ("sip_uplink_ms_p99", "sip_downlink_ms_p99", "sip_cpu_percent_per_call"):
-        before, after = sip_run[key]
-        if before is not None and after is not None:
-            rises[key] = round(after - before, 2)
-    met = len(rises) == 3 and all(rise <= 1.0 for rise in rises.values())
-    # the other placement (the supervisor's process) is not measured here: the placement is
-    # decided only when the rule holds
+def _rise(values: list[float | None]) -> tuple[float, float] | None:
+    """(rise of the middle run over the mean of the first and last, their spread)."""
+    before, during, after = values
+    if before is None or during is None or after is None:
+        return None
+    return round(during - (before + after) / 2, 2), round(abs(after - before), 2)
+
+
+def _decision(engine: dict[str, Any], sip: dict[str, Any] | None) -> dict[str, Any]:
+    """:data:`RULE`, written down before the runs, applied to them."""
+    by = {r["placement"]: r for r in engine["runs"][1:3]}
+    alone = [engine["runs"][0]["p99"], engine["runs"][3]["p99"]]
+    path = {
+        name: _rise([alone[0], by[name]["p99"], alone[1]]) for name in ("web_worker", "supervisor")
+    }
+    rises = {name: r[0] for name, r in path.items() if r is not None}
+    noise = max((r[1] for r in path.values() if r is not None), default=0.0)
+    best = min(rises, key=lambda name: rises[name]) if len(rises) == 2 else None
+    decided = best is not None and max(rises.values()) - rises[best] > noise
+    media: dict[str, Any] | None = None
+    media_met = False
+    if sip is not None:
+        media = {}
+        for key in ("sip_uplink_ms_p99", "sip_downlink_ms_p99", "sip_cpu_percent_per_call"):
+            rise = _rise(sip[key])
+            bound = 1.0 if key == "sip_cpu_percent_per_call" or rise is None else rise[1] + 1.0
+            media[key] = {"rise": rise and rise[0], "spread": rise and rise[1], "bound": bound}
+        media_met = all(m["rise"] is not None and m["rise"] <= m["bound"] for m in media.values())
     return {
-        "evaluated": "web_worker",
-        "placement": "web_worker" if met else "undecided",
+        "placement": best if decided and media_met else "undecided",
         "rule": RULE,
-        "rises": rises,
-        "met": met,
+        "engine_path_p99_rise_ms": rises,
+        "engine_path_noise_ms": noise,
+        "sip_media": media,
     }
 
 
@@ -472,11 +594,13 @@ async def measure(seconds: float, legs: list[int], sip: bool) -> dict[str, Any]:
         for mode in ("reference", "leg"):
             runs.append(await _run(mode, count, seconds))
         _added(runs, count)
-    decision: dict[str, Any] | None = None
+    engine = await engine_path(max(legs), seconds)
+    runs.append(engine)
+    sip_run: dict[str, Any] | None = None
     if sip:
         sip_run = await with_sip(max(legs))
         runs.append(sip_run)
-        decision = _decision(sip_run)
+    decision = _decision(engine, sip_run)
     return {
         "runs": runs,
         "decision": decision,
@@ -489,15 +613,20 @@ async def measure(seconds: float, legs: list[int], sip: bool) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.webrtc")
-    parser.add_argument("what", nargs="?", default="measure", choices=("measure", "serve"))
+    parser.add_argument("what", nargs="?", default="measure", choices=("measure", "serve", "probe"))
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--legs", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--mode", choices=("reference", "leg"), default="leg")
+    parser.add_argument("--mode", choices=("reference", "leg", "engine"), default="leg")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--engine-port", type=int, default=0)
     parser.add_argument("--with-sip", action="store_true", help="also the SIP calls' run")
     args = parser.parse_args()
     if args.what == "serve":
-        asyncio.run(serve(args.mode, args.port))
+        asyncio.run(serve(args.mode, args.port, args.engine_port))
+        return 0
+    if args.what == "probe":
+        url = f"ws://127.0.0.1:{args.port}"
+        print(json.dumps(asyncio.run(probe(url, bridge.CALLS, args.seconds))))
         return 0
     return emit(lambda: asyncio.run(measure(args.seconds, args.legs, args.with_sip)))
 

@@ -65,9 +65,11 @@ class ToneTrack(MediaStreamTrack):
 class WebRtcClient:
     """One browser call: :meth:`offer`, hand the SDP to the daemon, :meth:`accept` its answer."""
 
-    def __init__(self, freq: float = 440.0, channel: bool = True) -> None:
+    def __init__(
+        self, freq: float = 440.0, channel: bool = True, track: ToneTrack | None = None
+    ) -> None:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.track = ToneTrack(freq)
+        self.track = track if track is not None else ToneTrack(freq)
         self.pc.addTrack(self.track)
         self.heard: list[NDArray[np.int16]] = []  # mono 48 kHz frames, as received
         self.heard_at: list[float] = []

@@ -108,6 +108,7 @@ class PingReply(Message):
     fds: int = 0
     outbound: dict[str, HeldCall] = Field(default_factory=dict)  # calls in progress
     bad_frames: int = 0  # IPC frames from the supervisor the worker could not read
+    web_calls: list[str] = Field(default_factory=list)  # a web worker: the keys of its calls
 
 
 class Ping(Request[PingReply]):
@@ -318,6 +319,13 @@ class InboundDone(Event):
     connect_seconds: float = 0.0
 
 
+class WebCallEnded(Event):
+    """A web worker no longer holds its call ``call`` (agent or engine, however it ended)."""
+
+    type = "web_call_ended"
+    call: str
+
+
 INBOUND_EVENTS: tuple[type[Event], ...] = (InboundStarted, TranscriptTurn, AgentFailed, InboundDone)
 
 REQUESTS: dict[str, type[Request[Any]]] = {
@@ -336,7 +344,13 @@ REQUESTS: dict[str, type[Request[Any]]] = {
         Transcribe,
     )
 }
-_EVENT_TYPES: tuple[type[Event], ...] = (Ready, SipEventMessage, OutboundStatus, *INBOUND_EVENTS)
+_EVENT_TYPES: tuple[type[Event], ...] = (
+    Ready,
+    SipEventMessage,
+    OutboundStatus,
+    WebCallEnded,
+    *INBOUND_EVENTS,
+)
 EVENTS: dict[str, type[Event]] = {cls.type: cls for cls in _EVENT_TYPES}
 
 

@@ -11,7 +11,9 @@ Signalling, mapped onto a SIP call's events so the inbound agent runs unchanged:
 - ``connectionState`` ``connected`` is the caller's ACK: ``Answered``. :meth:`answer` is a
   no-op (the offer was answered when the leg was made).
 - never connected within ``connect_timeout`` seconds: ``Ended(408, "browser never
-  connected")``; ``failed``: ``Ended(480, "ICE/DTLS failed")``.
+  connected")``; ``failed``: ``Ended(480, "ICE/DTLS failed")``, also when ICE consent
+  expires (:data:`CONSENT_FAILURES` checks a second unanswered: a browser that vanished
+  without a word, about 5 s after it went).
 - ``closed``, ``disconnected`` for :data:`DISCONNECTED_GRACE` seconds, or ``{"type":
   "hangup"}`` on the page's ``sipai`` data channel: the caller hung up, ``Ended(200)``.
 - :meth:`hangup` tells the page (``{"type": "hangup"}`` on that channel), closes the
@@ -129,6 +131,16 @@ def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
 
 
 aioice.ice.get_host_addresses = host_addresses
+
+# ICE consent (RFC 7675). aioice asks the peer for consent every 5 s and gives up after 6
+# unanswered checks, so a browser that vanished without a word (tab closed, network gone) held
+# its call, and an engine session behind it, for about 30 s. Asked every second, 5 unanswered
+# checks in a row (each waits 0.5 s for its answer) end the connection about 5 s after the
+# browser's last answer, as a browser's own "disconnected" state comes.
+CONSENT_INTERVAL = 1
+CONSENT_FAILURES = 5
+aioice.ice.CONSENT_INTERVAL = CONSENT_INTERVAL
+aioice.ice.CONSENT_FAILURES = CONSENT_FAILURES
 
 _aioice_request_received = aioice.ice.Connection.request_received
 

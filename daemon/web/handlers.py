@@ -48,6 +48,7 @@ class WebHandlers:
             tasks=len(asyncio.all_tasks()),  # for leak checks: no task outlives a call
             fds=len(os.listdir("/proc/self/fd")),
             bad_frames=process.services.conn.bad_frames if process.services else 0,
+            web_calls=process.host.keys,
         )
 
     async def shutdown(self, _: msg.Shutdown) -> msg.Done:

@@ -48,6 +48,7 @@ class WebHost:
         self._flows: set[asyncio.Task[None]] = set()
         self._opening = 0  # offers being answered: their slots are taken
         self._stopping = False
+        self.ended_listeners: list[Callable[[str], None]] = []  # told a held call's key at its end
 
     @property
     def calls(self) -> int:
@@ -62,12 +63,20 @@ class WebHost:
         """A new call's id in this process ("web-<n>")."""
         return f"web-{next(self._keys)}"
 
+    @property
+    def keys(self) -> list[str]:
+        """The keys of the calls held."""
+        return sorted(self._legs)
+
     def hold(self, key: str, leg: CallLeg) -> Callable[[], None]:
-        """Count ``leg`` as a call held until the returned function is called."""
+        """Count ``leg`` as a call held until the returned function is called (which tells
+        :attr:`ended_listeners`)."""
         self._legs[key] = leg
 
         def release() -> None:
-            self._legs.pop(key, None)
+            if self._legs.pop(key, None) is not None:
+                for listener in self.ended_listeners:
+                    listener(key)
 
         return release
 

@@ -55,6 +55,7 @@ from sip.events import CallAnswered, CallEnded, SipEvent
 log = get_logger(__name__)
 
 OFFER_SECONDS = 10.0  # a worker answers an offer once aiortc gathered its host candidates
+LATE_OFFER_SECONDS = 60.0  # how long a timed-out offer's answer is still awaited, to hang it up
 DRAIN_POLL_SECONDS = 0.1
 REFRESH_SECONDS = 1.0  # how often the calls each worker holds are asked for
 
@@ -86,8 +87,9 @@ class WebWorker:
 
 
 class WebPool:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, offer_seconds: float = OFFER_SECONDS) -> None:
         self.settings = settings
+        self.offer_seconds = offer_seconds  # for a worker's answer before the next is asked
         runtime = settings.daemon.runtime_dir or os.environ.get("RUNTIME_DIRECTORY", "")
         self._own_dir = not runtime
         self.runtime_dir = Path(runtime or tempfile.mkdtemp(prefix="sipai-web-"))
@@ -95,8 +97,12 @@ class WebPool:
             WebWorker(WEB_WORKER_BASE + i, self.runtime_dir / f"web-{i}.sock")
             for i in range(settings.web.workers)
         ]
-        # the calls up: pool-wide id -> (worker, the worker's key, when it was answered)
+        # the calls up: pool-wide id -> (worker, the worker's key, when it was answered); an
+        # entry goes when its worker reports the call's end (web_call_ended), dies, or no
+        # longer holds it when asked (REFRESH_SECONDS): the map never outgrows the calls held
+        # and those answered within one refresh
         self._calls: dict[str, tuple[WebWorker, str, float]] = {}
+        self._late: set[asyncio.Future[Any]] = set()  # offers given up on, their hang-ups
         self._servers: list[asyncio.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -281,6 +287,7 @@ class WebPool:
             {
                 msg.Ready: ready,
                 msg.SipEventMessage: lambda event: self._answered(worker, event.event),
+                msg.WebCallEnded: lambda event: self._ended(worker, event.call),
                 **dict.fromkeys(msg.INBOUND_EVENTS, inbound),
             },
         )
@@ -295,12 +302,16 @@ class WebPool:
         for listener in self.call_listeners:
             listener(worker.index, event)
 
+    def _ended(self, worker: WebWorker, call: str) -> None:
+        """The worker no longer holds its call ``call`` (either mode)."""
+        worker.calls = max(0, worker.calls - 1)
+        self._forget(worker, lambda key, since: key == call)
+
     def _inbound(self, worker: WebWorker, event: msg.Event) -> None:
         if isinstance(event, msg.InboundStarted):
             worker.started.add(event.call)
         elif isinstance(event, msg.InboundDone):
             worker.started.discard(event.call)
-            worker.calls = max(0, worker.calls - 1)
             self._forget(worker, lambda key, since: key == event.call)
         body = event.body()
         for listener in self.inbound_listeners:
@@ -332,8 +343,8 @@ class WebPool:
                 with contextlib.suppress(IpcError, TimeoutError):
                     reply = await worker.conn.request(msg.Ping(), within=2.0)
                     worker.calls = reply.calls
-                    if not reply.calls:  # calls answered before the question are over
-                        self._forget(worker, lambda key, since: since < asked)
+                    held = set(reply.web_calls)  # calls answered before the question and
+                    self._forget(worker, lambda key, since: since < asked and key not in held)
 
         await asyncio.gather(*(ask(w) for w in self.workers))
 
@@ -354,27 +365,44 @@ class WebPool:
     ) -> tuple[str, str]:
         """A browser's offer to the agent or the engine: (the call's id, the SDP answer).
         The id is the call's record (``in-<hex16>``) for the agent, ``rtc_<hex>`` for the
-        engine; :class:`WebCallRefused` with the HTTP status otherwise."""
+        engine; :class:`WebCallRefused` with the HTTP status otherwise.
+
+        A worker that has not answered within :attr:`offer_seconds` is passed over for the
+        next; each worker asked gets an id of its own, and an answer that comes after all is
+        hung up at once (:meth:`_drop_late`): a slow worker can never run a second call under
+        the id the browser was given, and the browser still gets its call from another."""
         if self._draining:
             raise WebCallRefused(503, "the daemon is shutting down")
         up = [w for w in self.workers if w.up]
         if not up:
             raise WebCallRefused(503, "no web worker is up")
-        call = f"in-{uuid.uuid4().hex[:16]}" if mode == "agent" else f"rtc_{uuid.uuid4().hex}"
-        request = msg.WebOffer(
-            sdp=sdp,
-            mode=mode,
-            session=session,
-            record_id=call if mode == "agent" else "",
-            caller=caller,
-            user_agent=user_agent,
-        )
         refusal: WebCallRefused | None = None
         for worker in sorted(up, key=lambda w: (w.calls, w.index)):
             assert worker.conn is not None
+            call = f"in-{uuid.uuid4().hex[:16]}" if mode == "agent" else f"rtc_{uuid.uuid4().hex}"
+            request = msg.WebOffer(
+                sdp=sdp,
+                mode=mode,
+                session=session,
+                record_id=call if mode == "agent" else "",
+                caller=caller,
+                user_agent=user_agent,
+            )
             started = time.monotonic()
+            attempt = asyncio.ensure_future(worker.conn.request(request, within=LATE_OFFER_SECONDS))
             try:
-                reply = await worker.conn.request(request, within=OFFER_SECONDS)
+                await asyncio.wait({attempt}, timeout=self.offer_seconds)
+            finally:
+                if not attempt.done():  # given up on (or the asker went away)
+                    self._drop_late(worker, call, attempt)
+            if not attempt.done():
+                log.warning("web.offer_timeout", worker=worker.index, call_id=call)
+                refusal = WebCallRefused(
+                    503, f"web worker {worker.index} did not answer within {self.offer_seconds} s"
+                )
+                continue
+            try:
+                reply = attempt.result()
             except (IpcError, TimeoutError) as exc:
                 log.warning("web.offer_failed", worker=worker.index, error=str(exc) or repr(exc))
                 refusal = WebCallRefused(503, f"web worker {worker.index} failed: {exc}")
@@ -398,6 +426,35 @@ class WebPool:
         assert refusal is not None
         raise refusal
 
+    def _drop_late(
+        self, worker: WebWorker, call: str, attempt: asyncio.Future[msg.WebOfferReply]
+    ) -> None:
+        """Hang up the call ``attempt`` answers, if it does: no browser has its answer."""
+        self._late.add(attempt)
+
+        def answered(done: asyncio.Future[msg.WebOfferReply]) -> None:
+            self._late.discard(done)
+            if done.cancelled() or done.exception() is not None:
+                return
+            reply = done.result()
+            conn = worker.conn
+            if reply.detail or not reply.call or conn is None:
+                return
+            worker.calls += 1  # until its end is reported
+            log.warning(
+                "web.late_answer_hung_up", worker=worker.index, call_id=call, key=reply.call
+            )
+            hangup = asyncio.ensure_future(conn.request(msg.WebHangup(call=reply.call), within=5.0))
+            self._late.add(hangup)
+            hangup.add_done_callback(self._hung_up)
+
+        attempt.add_done_callback(answered)
+
+    def _hung_up(self, done: asyncio.Future[Any]) -> None:
+        self._late.discard(done)
+        if not done.cancelled() and done.exception() is not None:
+            log.info("web.hangup_missed", error=repr(done.exception()))
+
     async def hangup(self, call: str) -> None:
         """Hang up the browser call ``call`` (an id :meth:`offer` gave); nothing if it has
         ended already or is unknown."""
@@ -411,6 +468,11 @@ class WebPool:
             log.info("web.hangup_missed", call_id=call, error=str(exc) or repr(exc))
 
     # -- health ----------------------------------------------------------------------------
+
+    @property
+    def known_calls(self) -> list[str]:
+        """The ids :meth:`offer` gave whose calls are up, as far as the pool knows."""
+        return sorted(self._calls)
 
     @property
     def active_calls(self) -> int:

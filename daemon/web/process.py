@@ -18,6 +18,7 @@ media clock or on the supervisor's loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import signal
 
@@ -30,7 +31,8 @@ from config.schema import (
     RecordingsSettings,
     WebSettings,
 )
-from daemon.ipc.connection import Connection
+from daemon.ipc import messages as msg
+from daemon.ipc.connection import Connection, IpcError
 from daemon.legs.webrtc import use_ice_addresses
 from daemon.logs import configure_logging, get_logger
 from daemon.web.engine_relay import EngineCalls, engine_endpoint
@@ -61,6 +63,18 @@ class WebWorkerProcess:
         self.host: WebHost | None = None  # once the settings are known
         self.services: WorkerServices | None = None
         self.stop = asyncio.Event()
+        self._telling: set[asyncio.Task[None]] = set()
+
+    def _tell_ended(self, conn: Connection, key: str) -> None:
+        """Tell the supervisor that the call ``key`` is over (its pool forgets it)."""
+
+        async def tell() -> None:
+            with contextlib.suppress(IpcError):  # the supervisor is gone: nobody to tell
+                await conn.event(msg.WebCallEnded(call=key))
+
+        task = asyncio.create_task(tell())
+        self._telling.add(task)
+        task.add_done_callback(self._telling.discard)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -85,6 +99,7 @@ class WebWorkerProcess:
         web = WebSettings.model_validate(hello["web"])
         use_ice_addresses(web.ice_addresses)
         host = self.host = WebHost(context, web)
+        host.ended_listeners.append(lambda key: self._tell_ended(conn, key))
         host.modes["engine"] = EngineCalls(
             host, engine_endpoint(context.api), web.connect_timeout_seconds
         ).offer

@@ -35,7 +35,7 @@ from daemon.legs.webrtc import use_ice_addresses
 from daemon.store import Store
 from daemon.web import WEB_WORKER_BASE
 from daemon.web.flows import WebContext, web_agent
-from daemon.web.pool import WebPool
+from daemon.web.pool import OFFER_SECONDS, WebPool
 from sip.events import CallAnswered, SipEvent
 from tests.peers.realtime_server import FakeRealtime, FakeSession
 
@@ -164,7 +164,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[MakeRig]:
     stack = contextlib.AsyncExitStack()
     made: list[Rig] = []
 
-    async def make(script: Script, **web: Any) -> Rig:
+    async def make(script: Script, offer_seconds: float = OFFER_SECONDS, **web: Any) -> Rig:
         fake = await stack.enter_async_context(FakeRealtime("ga", script))
         store = Store(tmp_path / "sipai.db")
         await store.open()
@@ -183,8 +183,10 @@ async def rig(tmp_path: Path) -> AsyncIterator[MakeRig]:
             agent=AgentSettings(backend="url", url=fake.url, greeting="hello"),
             web={"ice_addresses": ["127.0.0.1"], **web},
             daemon={"runtime_dir": str(tmp_path / "run")},
+            # the engine's /v1/realtime (engine calls) is the fake model too
+            api={"host": "127.0.0.1", "port": int(fake.url.split(":")[2].split("/")[0])},
         )
-        pool = WebPool(settings)
+        pool = WebPool(settings, offer_seconds=offer_seconds)
         pool.inbound_listeners.append(records.on_inbound)
         pool.call_listeners.append(records.on_sip_event)
         answers: list[tuple[int, Any]] = []
@@ -393,3 +395,136 @@ async def test_a_failing_browser_call_whose_hangup_raises_still_ends_its_record(
     assert [body["cause"] for body in done] == ["internal error"], reports.sent
     failed = [e["error"] for e in logs if e["event"] == "call.web_hangup_failed"]
     assert failed == ["LegError('call already gone')"], failed
+
+
+async def engine_closes(session: FakeSession) -> None:
+    """The engine's session ends itself at once (a closed WebSocket)."""
+    await session.ws.close()
+
+
+async def test_calls_that_end_by_themselves_leave_no_entry_in_the_pool(rig: MakeRig) -> None:
+    """Four engine calls that end by themselves (the engine closes their sessions) and an agent
+    call that ends with end_call, while another call keeps the worker busy, leave only that
+    call in the pool's map of calls, each gone within 5 s of its end."""
+
+    async def first_stays(session: FakeSession) -> None:
+        opened = session.server.sessions.index(session)  # in the order the calls came
+        if opened == 0:
+            await keep_talking(session)
+        elif opened <= 4:
+            await engine_closes(session)
+        else:
+            await greet_then_end(session)
+
+    made = await rig(first_stays)
+    keeper, sdp = await Browser.offer()
+    made.browsers.append(keeper)
+    kept, answer = await made.pool.offer(sdp, "engine", None, "web:default", "aiortc")
+    await keeper.answered(answer)
+    for _ in range(4):
+        browser, sdp = await Browser.offer()
+        made.browsers.append(browser)
+        _, answer = await made.pool.offer(sdp, "engine", None, "web:default", "aiortc")
+        await browser.answered(answer)
+    _, agent_call = await made.call()
+    await made.record(agent_call, lambda r: r["status"] != "in_progress", within=20)
+    deadline = time.monotonic() + 5
+    while made.pool.known_calls != [kept] and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    left = made.pool.known_calls
+    print(f"calls known to the pool once the others ended: {len(left)}")
+    assert left == [kept], left
+    assert made.pool.health()["calls"] == 1, made.pool.health()
+
+
+VANISHING_BROWSER = """
+import asyncio, json, sys
+from daemon.legs.webrtc import use_ice_addresses
+from tests.peers.webrtc_client import WebRtcClient
+
+async def main() -> None:
+    use_ice_addresses(["127.0.0.1"])
+    client = WebRtcClient()
+    print(json.dumps(await client.offer()), flush=True)
+    answer = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    await client.accept(json.loads(answer))
+    await client.connected.wait()
+    print("connected", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_vanished_browser_ends_its_engine_session_within_seconds(rig: MakeRig) -> None:
+    """A browser killed mid-call (no hang-up, no DTLS close: a closed tab or a lost network)
+    has its engine session's WebSocket closed within 10 s (ICE consent expiry); aioice's own
+    consent timing took about 30 s. Waits up to 45 s to report the time either way."""
+    made = await rig(keep_talking)
+    browser = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        VANISHING_BROWSER,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert browser.stdin is not None
+    assert browser.stdout is not None
+    try:
+        offer = json.loads(await asyncio.wait_for(browser.stdout.readline(), 30))
+        _, answer = await made.pool.offer(offer, "engine", None, "web:default", "aiortc")
+        browser.stdin.write(json.dumps(answer).encode() + b"\n")
+        await browser.stdin.drain()
+        assert await asyncio.wait_for(browser.stdout.readline(), 15) == b"connected\n"
+        session = await made.fake.session()
+        await session.wait_for_input(lambda pcm: len(pcm) >= 8000, 15)  # 1 s of the track
+        browser.kill()
+        await browser.wait()
+        gone = time.monotonic()
+        await asyncio.wait_for(session.ws.wait_closed(), 45)
+        elapsed = time.monotonic() - gone
+        print(f"engine session closed {elapsed:.1f} s after the browser vanished")
+        assert elapsed < 10.0, f"the engine session closed {elapsed:.1f} s after the browser went"
+    finally:
+        if browser.returncode is None:
+            browser.kill()
+            await browser.wait()
+
+
+async def test_an_offer_a_worker_answers_too_late_never_runs_a_second_call(rig: MakeRig) -> None:
+    """A web worker that answers an offer after the pool gave up on it (stopped for 2 s, the
+    offer bound here) does not run a call under the id of the call the next worker answered:
+    each attempt has its own record id, and the late call is hung up at once."""
+    started: list[tuple[int, str]] = []  # (worker, record id) of each inbound_call
+    done: list[int] = []
+
+    def heard(worker: int, kind: str, body: Any) -> None:
+        if kind == "inbound_call":
+            started.append((worker, body["record_id"]))
+        elif kind == "inbound_done":
+            done.append(worker)
+
+    made = await rig(keep_talking, offer_seconds=2.0, workers=2)
+    made.pool.inbound_listeners.append(heard)
+    slow = made.pool.workers[0]  # asked first: the fewest calls, the lowest index
+    assert slow.pid is not None
+    os.kill(slow.pid, signal.SIGSTOP)
+    try:
+        _, call = await made.call()
+    finally:
+        os.kill(slow.pid, signal.SIGCONT)
+    resumed = time.monotonic()
+    async with asyncio.timeout(15):
+        while len(started) < 2:
+            await asyncio.sleep(0.05)
+    ids = [record for _, record in started]
+    assert len(set(ids)) == len(ids), f"two calls under one record id: {started}"
+    assert (slow.index + 1, call) in started, started
+    async with asyncio.timeout(5):
+        while slow.index not in done:
+            await asyncio.sleep(0.05)
+    print(f"late call on worker {slow.index} over {time.monotonic() - resumed:.2f} s after it woke")
+    record = await made.store.get_inbound(call)
+    assert record is not None
+    assert record["status"] == "in_progress", record  # the browser's call goes on
+    assert record["worker"] == slow.index + 1, record

@@ -7,6 +7,7 @@ in memory for tests. Events come in the order the call produced them, ``Ended`` 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -101,6 +102,32 @@ LegEvent = Ringing | Answered | Dtmf | TransferProgress | Ended
 
 class LegError(Exception):
     """The call refused an operation (gone, unknown, no slot)."""
+
+
+class LegEvents:
+    """A leg's event queue, for legs that make their own events: :meth:`receive` gives them
+    in order and repeats the last ``Ended`` once nothing else is waiting; after
+    :meth:`release` (the flow is done) nothing more is queued. On the leg's event loop."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[LegEvent] = asyncio.Queue()
+        self._last: Ended | None = None
+        self._released = False
+
+    async def receive(self) -> LegEvent:
+        if self._last is not None and self._queue.empty():
+            return self._last
+        event = await self._queue.get()
+        if isinstance(event, Ended):
+            self._last = event
+        return event
+
+    def post(self, event: LegEvent) -> None:
+        if not self._released:
+            self._queue.put_nowait(event)
+
+    def release(self) -> None:
+        self._released = True
 
 
 class CallLeg(Protocol):

@@ -35,6 +35,7 @@ from daemon.legs.leg import (
     Ended,
     LegError,
     LegEvent,
+    LegEvents,
     Ringing,
     TransferProgress,
 )
@@ -186,9 +187,7 @@ class MemoryLeg:
         self._network = network
         self._info = info
         self.audio = call_media  # this end's media (the network connects it)
-        self._events: asyncio.Queue[LegEvent] = asyncio.Queue()
-        self._last: Ended | None = None
-        self._released = False
+        self._events = LegEvents()
         self.call: MemoryCall | None = None  # set by the network as soon as the call exists
 
     @property
@@ -196,16 +195,10 @@ class MemoryLeg:
         return self._info
 
     async def receive(self) -> LegEvent:
-        if self._last is not None and self._events.empty():
-            return self._last
-        event = await self._events.get()
-        if isinstance(event, Ended):
-            self._last = event
-        return event
+        return await self._events.receive()
 
     def post(self, event: LegEvent) -> None:
-        if not self._released:
-            self._events.put_nowait(event)
+        self._events.post(event)
 
     def _live(self) -> MemoryCall:
         call = self.call
@@ -254,7 +247,7 @@ class MemoryLeg:
         return self.audio
 
     def release(self) -> None:
-        self._released = True
+        self._events.release()
 
 
 class MemoryPhone:

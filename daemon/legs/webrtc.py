@@ -3,8 +3,9 @@
 The browser posts an SDP offer; :meth:`WebRtcLeg.accept` answers it at once (aiortc gathers
 its host candidates at ``setLocalDescription``: no trickle, and no STUN server ever, so an
 offline box does not stall) and the answer goes back in the HTTP reply. The leg is shaped
-like :class:`daemon.legs.memory.MemoryLeg`: its own event queue, the last ``Ended`` replayed,
-an idempotent :meth:`~WebRtcLeg.hangup`.
+like :class:`daemon.legs.memory.MemoryLeg`: its own event queue
+(:class:`~daemon.legs.leg.LegEvents`: the last ``Ended`` replayed), an idempotent
+:meth:`~WebRtcLeg.hangup`.
 
 Signalling, mapped onto a SIP call's events so the inbound agent runs unchanged:
 
@@ -72,7 +73,7 @@ from aiortc.stats import (
 )
 from numpy.typing import NDArray
 
-from daemon.legs.leg import Answered, CallInfo, Ended, LegError, LegEvent, MediaStats
+from daemon.legs.leg import Answered, CallInfo, Ended, LegError, LegEvent, LegEvents, MediaStats
 from daemon.legs.media import UPLINK_FRAMES, LegMedia
 from daemon.logs import get_logger
 from media.opus_frames import (
@@ -272,9 +273,7 @@ class WebRtcLeg:
         self._info = info
         self._media = media
         self._connect_timeout = connect_timeout
-        self._events: asyncio.Queue[LegEvent] = asyncio.Queue()
-        self._last: Ended | None = None
-        self._released = False
+        self._events = LegEvents()
         self._ending = False
         self._ended = asyncio.Event()
         self._connected_at: float | None = None
@@ -358,16 +357,10 @@ class WebRtcLeg:
     # -- events ---------------------------------------------------------------------------
 
     async def receive(self) -> LegEvent:
-        if self._last is not None and self._events.empty():
-            return self._last
-        event = await self._events.get()
-        if isinstance(event, Ended):
-            self._last = event
-        return event
+        return await self._events.receive()
 
     def post(self, event: LegEvent) -> None:
-        if not self._released:
-            self._events.put_nowait(event)
+        self._events.post(event)
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -467,7 +460,7 @@ class WebRtcLeg:
         return self._media
 
     def release(self) -> None:
-        self._released = True
+        self._events.release()
 
     async def wait_closed(self) -> None:
         """Until the leg has ended and its connection and tasks are gone."""

@@ -15,7 +15,8 @@ The pool:
 
 Both directions speak the typed messages of :mod:`daemon.ipc.messages`; the supervisor's end
 serves ``hello``, ``claim``, ``synthesize`` and ``transcribe`` and hears the worker's events
-through the tables of :meth:`WorkerPool._connected`.
+through the tables of :meth:`WorkerPool._requests` and :meth:`WorkerPool._events`. Spawning,
+restarts and stop are :class:`daemon.process_pool.ProcessPool`'s, shared with the web pool.
 
 Everything here runs on the supervisor's event loop.
 """
@@ -24,23 +25,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import random
-import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, TypeVar
-
-import numpy as np
-from numpy.typing import NDArray
 
 from config import Settings
 from daemon.ipc import messages as msg
-from daemon.ipc.connection import Body, Connection, IpcClosed, IpcError
+from daemon.ipc.connection import Body, EventHandlers, IpcClosed, IpcError, RequestHandlers
 from daemon.logs import get_logger
-from daemon.pool_state import PoolListeners, WorkerState, hello_reply
+from daemon.pool_state import PoolListeners, WorkerState
+from daemon.process_pool import (
+    READY_SECONDS,
+    RESTART_BACKOFF_CAP,
+    STOP_SECONDS,
+    ProcessPool,
+    worker_environment,
+)
 from sip.events import (
     CallAnswered,
     CallEnded,
@@ -52,63 +52,50 @@ from sip.events import (
 
 log = get_logger(__name__)
 
-READY_SECONDS = 30.0
 TEARDOWN_POLL_SECONDS = 0.2
-STOP_SECONDS = 10.0
 CLAIM_MEMORY_SECONDS = 300.0
-RESTART_BACKOFF_CAP = 30.0
 START_RETRY_SECONDS = 15.0
 
 ReplyT = TypeVar("ReplyT", bound=msg.Message)
 
-
-def worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment a SIP worker process starts with: the supervisor's, less systemd's
-    notify/watchdog/socket variables (they belong to the supervisor), with numpy's BLAS on one
-    thread unless the administrator set it. A worker has no large products for BLAS (the media
-    core's loops are compiled C); any small one would otherwise be split across cores, leaving
-    OpenBLAS's helper threads spinning between 20 ms frames at several times the work's own
-    CPU cost, as the media core's earlier numpy resampler did. The supervisor keeps the default:
-    Whisper's feature extraction there gains from the threads."""
-    env = {
-        k: v
-        for k, v in environ.items()
-        if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS")
-    }
-    env.setdefault("OPENBLAS_NUM_THREADS", "1")
-    return env
+__all__ = [
+    "CLAIM_MEMORY_SECONDS",
+    "READY_SECONDS",
+    "RESTART_BACKOFF_CAP",
+    "START_RETRY_SECONDS",
+    "STOP_SECONDS",
+    "TEARDOWN_POLL_SECONDS",
+    "ReplyT",
+    "WorkerPool",
+    "WorkerStartError",
+    "worker_environment",
+]
 
 
 class WorkerStartError(Exception):
     """A SIP worker could not be started."""
 
 
-class WorkerPool:
+class WorkerPool(ProcessPool[WorkerState]):
+    module = "daemon.worker"
+    kind = "worker"
+
     def __init__(
         self,
         settings: Settings,
         inbound_policy: str | None = None,
         on_event: Callable[[int, SipEvent], None] | None = None,
     ) -> None:
-        self.settings = settings
+        super().__init__(settings, "sipai-")
         self.inbound_policy = inbound_policy
         self._on_event = on_event
-        runtime = settings.daemon.runtime_dir or os.environ.get("RUNTIME_DIRECTORY", "")
-        self._own_dir = not runtime
-        self.runtime_dir = Path(runtime or tempfile.mkdtemp(prefix="sipai-"))
         self.workers = [
             WorkerState(i, self.runtime_dir / f"worker-{i}.sock")
             for i in range(settings.sip.workers)
         ]
-        self._servers: list[asyncio.Server] = []
-        self._supervise: list[asyncio.Task[None]] = []
         self._claims: dict[str, tuple[int, float]] = {}
-        self._stopping = False
         self._calls_changed = asyncio.Event()
         self.listeners = PoolListeners()
-        # Serves workers' "transcribe" requests (the supervisor's speech recognition).
-        self.transcriber: Callable[[NDArray[np.int16], int, str], Awaitable[str]] | None = None
-        self.synthesizer: Callable[[str, int], Awaitable[NDArray[np.int16]]] | None = None
         self._capacity = asyncio.Event()
 
     @property
@@ -131,36 +118,9 @@ class WorkerPool:
 
     async def start(self) -> None:
         """Start every worker and wait until each has its SIP endpoint up."""
-        self.runtime_dir.mkdir(parents=True, exist_ok=True)
-        for state in self.workers:
-            with contextlib.suppress(FileNotFoundError):
-                state.socket_path.unlink()
-            server = await asyncio.start_unix_server(
-                self._acceptor(state), path=str(state.socket_path)
-            )
-            state.socket_path.chmod(0o600)
-            self._servers.append(server)
-            await self._spawn(state)
+        await self._listen()
         await asyncio.gather(*(self._start_one(s) for s in self.workers))
-        for state in self.workers:
-            self._supervise.append(asyncio.create_task(self._watch(state)))
-
-    async def _spawn(self, state: WorkerState) -> None:
-        env = worker_environment(os.environ)
-        state.ready.clear()
-        state.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "daemon.worker",
-            "--socket",
-            str(state.socket_path),
-            "--index",
-            str(state.index),
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-        )
-        state.pid = state.process.pid
-        log.info("worker.spawned", worker=state.index, pid=state.pid)
+        self._supervise()
 
     async def _start_one(self, state: WorkerState) -> None:
         """Wait for the worker; retry one that exits early for a while (a previous instance
@@ -168,7 +128,7 @@ class WorkerPool:
         deadline = time.monotonic() + START_RETRY_SECONDS
         while True:
             try:
-                await self._wait_ready(state)
+                await self._wait_started(state)
                 return
             except WorkerStartError as exc:
                 if time.monotonic() >= deadline or state.process is None:
@@ -179,19 +139,10 @@ class WorkerPool:
                 await asyncio.sleep(1.0)
                 await self._spawn(state)
 
-    async def _wait_ready(self, state: WorkerState) -> None:
-        assert state.process is not None
-        ready = asyncio.ensure_future(state.ready.wait())
-        exited = asyncio.ensure_future(state.process.wait())
-        try:
-            await asyncio.wait(
-                {ready, exited}, timeout=READY_SECONDS, return_when="FIRST_COMPLETED"
-            )
-        finally:
-            ready.cancel()
-            exited.cancel()
-        if state.ready.is_set():
+    async def _wait_started(self, state: WorkerState) -> None:
+        if await self._until_ready(state):
             return
+        assert state.process is not None
         code = state.process.returncode
         if code is None:
             state.process.kill()
@@ -200,35 +151,6 @@ class WorkerPool:
             f"SIP worker {state.index} exited with code {code} during start-up "
             f"(SIP port {self.settings.sip.port + state.index}; see its log lines)"
         )
-
-    async def _watch(self, state: WorkerState) -> None:
-        """Restart the worker whenever it exits while the pool is running."""
-        failures = 0
-        while True:
-            assert state.process is not None
-            code = await state.process.wait()
-            if self.stopping():
-                return
-            self._worker_died(state, code)
-            failures += 1
-            jitter = random.uniform(0.8, 1.2)  # noqa: S311 - not cryptographic
-            delay = min(RESTART_BACKOFF_CAP, 0.5 * 2 ** (failures - 1)) * jitter
-            log.warning(
-                "worker.restarting", worker=state.index, exit_code=code, in_seconds=round(delay, 2)
-            )
-            await asyncio.sleep(delay)
-            if self.stopping():
-                return
-            state.restarts += 1
-            await self._spawn(state)
-            try:
-                async with asyncio.timeout(READY_SECONDS):
-                    await state.ready.wait()
-                failures = 0
-            except TimeoutError:
-                log.error("worker.not_ready", worker=state.index)
-                if state.process.returncode is None:
-                    state.process.kill()
 
     def _worker_died(self, state: WorkerState, code: int) -> None:
         log.error("worker.died", worker=state.index, exit_code=code, calls=len(state.calls))
@@ -251,98 +173,30 @@ class WorkerPool:
 
     async def stop(self) -> None:
         """Ask every worker to shut down (hang up, un-REGISTER), wait, kill stragglers."""
-        self._stopping = True
-        for task in self._supervise:
-            task.cancel()
         for state in self.workers:
             if state.teardown.poll is not None:
                 state.teardown.poll.cancel()
-
-        async def stop_one(state: WorkerState) -> None:
-            if state.conn is not None:
-                with contextlib.suppress(IpcError, TimeoutError):
-                    await state.conn.request(msg.Shutdown(), within=2.0)
-            if state.process is not None and state.process.returncode is None:
-                try:
-                    await asyncio.wait_for(state.process.wait(), STOP_SECONDS)
-                except TimeoutError:
-                    log.error("worker.kill", worker=state.index)
-                    state.process.kill()
-                    await state.process.wait()
-            if state.conn is not None:
-                await state.conn.aclose()
-
-        await asyncio.gather(*(stop_one(s) for s in self.workers))
-        for server in self._servers:
-            server.close()
-        for state in self.workers:
-            with contextlib.suppress(FileNotFoundError):
-                state.socket_path.unlink()
-        if self._own_dir:
-            with contextlib.suppress(OSError):
-                self.runtime_dir.rmdir()
-
-    def stopping(self) -> bool:
-        """True once stop() began (a method: the flag changes while _watch awaits)."""
-        return self._stopping
+        await super().stop()
 
     # -- IPC -------------------------------------------------------------------------------
 
-    def _acceptor(
-        self, state: WorkerState
-    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], None]:
-        def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            self._connected(state, reader, writer)
-
-        return accept
-
-    def _connected(
-        self, state: WorkerState, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        if state.conn is not None and not state.conn.closed.is_set():
-            writer.close()  # one connection per worker
-            return
-
-        async def hello(_: msg.Hello) -> msg.HelloReply:
-            return hello_reply(self.settings, self.inbound_policy)
-
+    def _requests(self, state: WorkerState) -> RequestHandlers:
         async def claim(request: msg.Claim) -> msg.ClaimReply:
             return msg.ClaimReply(granted=self.claim(state.index, request.sip_call_id))
 
+        return {msg.Claim: claim}
+
+    def _events(self, state: WorkerState) -> EventHandlers:
         def inbound(event: msg.Event) -> None:
             for listener in self.listeners.inbound:
                 listener(state.index, event.type, event.body())
 
-        conn = Connection(
-            reader,
-            writer,
-            f"worker-{state.index}",
-            {
-                msg.Hello: hello,
-                msg.Claim: claim,
-                msg.Synthesize: self._synthesize,
-                msg.Transcribe: self._transcribe,
-            },
-            {
-                msg.Ready: lambda event: self._ready(state, event),
-                msg.OutboundStatus: self._outbound_status,
-                msg.SipEventMessage: lambda event: self._deliver(state, event.event),
-                **dict.fromkeys(msg.INBOUND_EVENTS, inbound),
-            },
-        )
-        state.conn = conn
-        state.reader = asyncio.ensure_future(conn.run())
-
-    async def _synthesize(self, request: msg.Synthesize) -> msg.SynthesizeReply:
-        if self.synthesizer is None:
-            raise RuntimeError("no speech synthesis in this supervisor")
-        return msg.SynthesizeReply(pcm=await self.synthesizer(request.text, request.rate))
-
-    async def _transcribe(self, request: msg.Transcribe) -> msg.TranscribeReply:
-        if self.transcriber is None:
-            raise RuntimeError("no speech recognition in this supervisor")
-        text = await self.transcriber(request.pcm, request.rate, request.hint)
-        return msg.TranscribeReply(text=text)
+        return {
+            msg.Ready: lambda event: self._ready(state, event),
+            msg.OutboundStatus: self._outbound_status,
+            msg.SipEventMessage: lambda event: self._deliver(state, event.event),
+            **dict.fromkeys(msg.INBOUND_EVENTS, inbound),
+        }
 
     def claim(self, index: int, sip_call_id: str) -> bool:
         """First claim of a SIP Call-ID wins; later claims (forked copies) lose."""

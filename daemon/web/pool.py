@@ -19,7 +19,8 @@ settings a SIP worker gets (:func:`daemon.pool_state.hello_reply`). The pool:
 - drains: refuses new offers and waits for the calls to end; :meth:`stop` then has each worker
   hang up what is left and exit.
 
-A web worker that cannot start does not stop the daemon: SIP service does not depend on it;
+Spawning, hello, restarts and stop are :class:`daemon.process_pool.ProcessPool`'s, as for the
+SIP workers. A web worker that cannot start does not stop the daemon: SIP service does not depend on it;
 :meth:`WebPool.health` says so and the pool keeps restarting it. Everything here runs on the
 supervisor's event loop.
 """
@@ -28,28 +29,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import random
-import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-from numpy.typing import NDArray
-
 from api.app import WebCallRefused
 from config import Settings
 from daemon.ipc import messages as msg
-from daemon.ipc.connection import Body, Connection, IpcError
+from daemon.ipc.connection import Body, Connection, EventHandlers, IpcError, RequestHandlers
 from daemon.logs import get_logger
-from daemon.pool_state import hello_reply
+from daemon.process_pool import ProcessPool
 from daemon.web import WEB_WORKER_BASE
-from daemon.workers import READY_SECONDS, RESTART_BACKOFF_CAP, STOP_SECONDS, worker_environment
 from sip.events import CallAnswered, CallEnded, SipEvent
 
 log = get_logger(__name__)
@@ -86,13 +79,13 @@ class WebWorker:
         )
 
 
-class WebPool:
+class WebPool(ProcessPool[WebWorker]):
+    module = "daemon.web"
+    kind = "web"
+
     def __init__(self, settings: Settings, offer_seconds: float = OFFER_SECONDS) -> None:
-        self.settings = settings
+        super().__init__(settings, "sipai-web-")
         self.offer_seconds = offer_seconds  # for a worker's answer before the next is asked
-        runtime = settings.daemon.runtime_dir or os.environ.get("RUNTIME_DIRECTORY", "")
-        self._own_dir = not runtime
-        self.runtime_dir = Path(runtime or tempfile.mkdtemp(prefix="sipai-web-"))
         self.workers = [
             WebWorker(WEB_WORKER_BASE + i, self.runtime_dir / f"web-{i}.sock")
             for i in range(settings.web.workers)
@@ -103,94 +96,22 @@ class WebPool:
         # and those answered within one refresh
         self._calls: dict[str, tuple[WebWorker, str, float]] = {}
         self._late: set[asyncio.Future[Any]] = set()  # offers given up on, their hang-ups
-        self._servers: list[asyncio.Server] = []
-        self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = False
         self._draining = False
         # who hears the workers' inbound events: (worker index, kind, body as JSON data)
         self.inbound_listeners: list[Callable[[int, str, Body], None]] = []
         # who hears a browser call's connection and, when its worker dies, its end, as a SIP
         # call's events (CallAnswered, CallEnded): (worker index, event)
         self.call_listeners: list[Callable[[int, SipEvent], None]] = []
-        self.transcriber: Callable[[NDArray[np.int16], int, str], Awaitable[str]] | None = None
-        self.synthesizer: Callable[[str, int], Awaitable[NDArray[np.int16]]] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Start every web worker and wait (bounded) until each is ready; one that is not is
         logged and restarted in the background."""
-        self.runtime_dir.mkdir(parents=True, exist_ok=True)
-        for worker in self.workers:
-            with contextlib.suppress(FileNotFoundError):
-                worker.socket_path.unlink()
-            server = await asyncio.start_unix_server(
-                self._acceptor(worker), path=str(worker.socket_path)
-            )
-            worker.socket_path.chmod(0o600)
-            self._servers.append(server)
-            await self._spawn(worker)
+        await self._listen()
         await asyncio.gather(*(self._wait_ready(w) for w in self.workers))
-        for worker in self.workers:
-            self._tasks.append(asyncio.create_task(self._watch(worker)))
+        self._supervise()
         self._tasks.append(asyncio.create_task(self._refresh()))
-
-    async def _spawn(self, worker: WebWorker) -> None:
-        worker.ready.clear()
-        worker.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "daemon.web",
-            "--socket",
-            str(worker.socket_path),
-            "--index",
-            str(worker.index),
-            env=worker_environment(os.environ),
-            stdin=asyncio.subprocess.DEVNULL,
-        )
-        worker.pid = worker.process.pid
-        log.info("web.spawned", worker=worker.index, pid=worker.pid)
-
-    async def _wait_ready(self, worker: WebWorker) -> bool:
-        assert worker.process is not None
-        ready = asyncio.ensure_future(worker.ready.wait())
-        exited = asyncio.ensure_future(worker.process.wait())
-        try:
-            await asyncio.wait(
-                {ready, exited}, timeout=READY_SECONDS, return_when="FIRST_COMPLETED"
-            )
-        finally:
-            ready.cancel()
-            exited.cancel()
-        if worker.ready.is_set():
-            return True
-        log.error("web.not_ready", worker=worker.index, exit_code=worker.process.returncode)
-        if worker.process.returncode is None:
-            worker.process.kill()
-        return False
-
-    async def _watch(self, worker: WebWorker) -> None:
-        """Restart the worker whenever it exits while the pool is running."""
-        failures = 0
-        while True:
-            assert worker.process is not None
-            code = await worker.process.wait()
-            if self.stopping():
-                return
-            self._worker_died(worker, code)
-            failures += 1
-            jitter = random.uniform(0.8, 1.2)  # noqa: S311 - not cryptographic
-            delay = min(RESTART_BACKOFF_CAP, 0.5 * 2 ** (failures - 1)) * jitter
-            log.warning(
-                "web.restarting", worker=worker.index, exit_code=code, in_seconds=round(delay, 2)
-            )
-            await asyncio.sleep(delay)
-            if self.stopping():
-                return
-            worker.restarts += 1
-            await self._spawn(worker)
-            if await self._wait_ready(worker):
-                failures = 0
 
     def _worker_died(self, worker: WebWorker, code: int) -> None:
         """The worker's calls are gone with it: each call with a record ends failed."""
@@ -216,58 +137,15 @@ class WebPool:
 
     async def stop(self) -> None:
         """Ask every worker to hang up its calls and exit; wait, kill stragglers."""
-        self._stopping = self._draining = True
-        for task in self._tasks:
-            task.cancel()
-
-        async def stop_one(worker: WebWorker) -> None:
-            if worker.conn is not None:
-                with contextlib.suppress(IpcError, TimeoutError):
-                    await worker.conn.request(msg.Shutdown(), within=2.0)
-            if worker.process is not None and worker.process.returncode is None:
-                try:
-                    await asyncio.wait_for(worker.process.wait(), STOP_SECONDS)
-                except TimeoutError:
-                    log.error("web.kill", worker=worker.index)
-                    worker.process.kill()
-                    await worker.process.wait()
-            if worker.conn is not None:
-                await worker.conn.aclose()
-
-        await asyncio.gather(*(stop_one(w) for w in self.workers))
-        for server in self._servers:
-            server.close()
-        for worker in self.workers:
-            with contextlib.suppress(FileNotFoundError):
-                worker.socket_path.unlink()
-        if self._own_dir:
-            with contextlib.suppress(OSError):
-                self.runtime_dir.rmdir()
-
-    def stopping(self) -> bool:
-        """True once stop() began (a method: the flag changes while _watch awaits)."""
-        return self._stopping
+        self._draining = True
+        await super().stop()
 
     # -- IPC -------------------------------------------------------------------------------
 
-    def _acceptor(
-        self, worker: WebWorker
-    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], None]:
-        def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            self._connected(worker, reader, writer)
+    def _requests(self, worker: WebWorker) -> RequestHandlers:
+        return {}
 
-        return accept
-
-    def _connected(
-        self, worker: WebWorker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        if worker.conn is not None and not worker.conn.closed.is_set():
-            writer.close()  # one connection per worker
-            return
-
-        async def hello(_: msg.Hello) -> msg.HelloReply:
-            return hello_reply(self.settings, None)
-
+    def _events(self, worker: WebWorker) -> EventHandlers:
         def ready(_: msg.Ready) -> None:
             worker.ready.set()
             log.info("web.ready", worker=worker.index)
@@ -275,24 +153,12 @@ class WebPool:
         def inbound(event: msg.Event) -> None:
             self._inbound(worker, event)
 
-        conn = Connection(
-            reader,
-            writer,
-            f"web-{worker.index}",
-            {
-                msg.Hello: hello,
-                msg.Synthesize: self._synthesize,
-                msg.Transcribe: self._transcribe,
-            },
-            {
-                msg.Ready: ready,
-                msg.SipEventMessage: lambda event: self._answered(worker, event.event),
-                msg.WebCallEnded: lambda event: self._ended(worker, event.call),
-                **dict.fromkeys(msg.INBOUND_EVENTS, inbound),
-            },
-        )
-        worker.conn = conn
-        worker.reader = asyncio.ensure_future(conn.run())
+        return {
+            msg.Ready: ready,
+            msg.SipEventMessage: lambda event: self._answered(worker, event.event),
+            msg.WebCallEnded: lambda event: self._ended(worker, event.call),
+            **dict.fromkeys(msg.INBOUND_EVENTS, inbound),
+        }
 
     def _answered(self, worker: WebWorker, event: SipEvent) -> None:
         if isinstance(event, CallAnswered):  # the only call event a web worker sends
@@ -322,17 +188,6 @@ class WebPool:
         for call, (owner, key, since) in list(self._calls.items()):
             if owner is worker and which(key, since):
                 del self._calls[call]
-
-    async def _synthesize(self, request: msg.Synthesize) -> msg.SynthesizeReply:
-        if self.synthesizer is None:
-            raise RuntimeError("no speech synthesis in this supervisor")
-        return msg.SynthesizeReply(pcm=await self.synthesizer(request.text, request.rate))
-
-    async def _transcribe(self, request: msg.Transcribe) -> msg.TranscribeReply:
-        if self.transcriber is None:
-            raise RuntimeError("no speech recognition in this supervisor")
-        text = await self.transcriber(request.pcm, request.rate, request.hint)
-        return msg.TranscribeReply(text=text)
 
     async def _count_calls(self) -> None:
         """Ask every worker that is up how many calls it holds."""

@@ -124,10 +124,7 @@ async def _close(api: Api) -> None:
 async def api(tmp_path: Path) -> AsyncIterator[Api]:
     a = await _api(tmp_path)
     yield a
-    await a.client.aclose()
-    await a.service.stop()
-    await a.deliverer.stop()
-    await a.store.close()
+    await _close(a)
 
 
 def _schema(ref: str) -> dict[str, Any]:
@@ -414,12 +411,7 @@ async def test_max_concurrent_and_fifo(tmp_path: Path) -> None:
                 await asyncio.sleep(0.01)
         assert api.runner.started == ids[:3]
     finally:
-        for event in api.runner.release.values():
-            event.set()
-        await api.client.aclose()
-        await api.service.stop()
-        await api.deliverer.stop()
-        await api.store.close()
+        await _close(api)
 
 
 async def test_restart_mid_queue_loses_nothing_and_dials_nothing_twice(tmp_path: Path) -> None:

@@ -47,6 +47,7 @@ EXAMPLES: list[m.Message] = [
         fds=20,
         outbound={"c1": m.HeldCall(audio={"message": m.HeldAudio(samples=6, sha256="ab")})},
         bad_frames=1,
+        web_calls=["web-1"],
     ),
     m.Shutdown(),
     m.Done(),
@@ -84,6 +85,7 @@ EXAMPLES: list[m.Message] = [
     m.TranscriptTurn(call="w0-2", role="caller", text="Hi.", at=1.5),
     m.AgentFailed(call="w0-2", kind="rate_limit", error="slow down"),
     m.InboundDone(call="w0-2", cause="caller hung up"),
+    m.WebCallEnded(call="web-1"),
     *(
         m.SipEventMessage(event=event)
         for event in (

@@ -13,6 +13,8 @@ settings a SIP worker gets (:func:`daemon.pool_state.hello_reply`). The pool:
   :attr:`inbound_listeners` with the worker's index, as the SIP pool does, and a browser's
   connection (``CallAnswered``, the one SIP event a web worker sends) to
   :attr:`call_listeners`;
+- keeps the calls up by id for :meth:`WebPool.hangup`, each until its worker reports its end
+  (``web_call_ended``, whatever the mode), no longer holds it when asked, or dies;
 - restarts a worker that dies, with the SIP pool's capped backoff, and ends each browser call
   it held with a record as a dead SIP worker's calls end (``CallEnded`` with ``local_cause =
   "worker_died"`` to :attr:`call_listeners`: the record is finished failed);
@@ -20,9 +22,9 @@ settings a SIP worker gets (:func:`daemon.pool_state.hello_reply`). The pool:
   hang up what is left and exit.
 
 Spawning, hello, restarts and stop are :class:`daemon.process_pool.ProcessPool`'s, as for the
-SIP workers. A web worker that cannot start does not stop the daemon: SIP service does not depend on it;
-:meth:`WebPool.health` says so and the pool keeps restarting it. Everything here runs on the
-supervisor's event loop.
+SIP workers. A web worker that cannot start does not stop the daemon: SIP service does not
+depend on it; :meth:`WebPool.health` says so and the pool keeps restarting it. Everything here
+runs on the supervisor's event loop.
 """
 
 from __future__ import annotations

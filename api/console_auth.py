@@ -12,6 +12,12 @@ The login form has a CSRF token of its own: a random value set in a short-lived 
 repeated in the form (double submit), so that a page of another origin cannot log a browser
 in to a session of its choosing.
 
+At most :data:`MAX_SESSIONS` are open at once. Opening one past that drops the oldest session
+that was never presented since it was opened (a real login presents its cookie at once, on
+the redirect to the console); when every open session has been presented, none is dropped and
+the new one is refused (:class:`TooManySessions`) until one expires or logs out. So a flood of
+session openings, which needs no token when none is set, cannot log out a live session.
+
 The clock is given (seconds, monotonic or not): tests drive it explicitly.
 """
 
@@ -26,7 +32,7 @@ from dataclasses import dataclass
 SESSION_COOKIE = "sipai_session"
 LOGIN_COOKIE = "sipai_login"
 LOGIN_SECONDS = 600  # a login page's CSRF token is good for this long
-MAX_SESSIONS = 1024  # at most this many at once; the oldest goes first
+MAX_SESSIONS = 1024  # at most this many at once; see the module's docstring for who goes
 
 
 def _digest(value: str) -> bytes:
@@ -38,6 +44,10 @@ def same_token(offered: str | None, expected: str | None) -> bool:
     if not offered or not expected:
         return False
     return hmac.compare_digest(_digest(offered), _digest(expected))
+
+
+class TooManySessions(Exception):
+    """Every open session is in use: a new one is refused until one expires or logs out."""
 
 
 @dataclass(frozen=True)
@@ -63,20 +73,30 @@ class ConsoleSessions:
         self._clock = clock
         self._max = max_sessions
         self._sessions: dict[bytes, ConsoleSession] = {}  # insertion order: oldest first
+        self._unpresented: dict[bytes, None] = {}  # opened, cookie not seen since: oldest first
 
     def __len__(self) -> int:
         return len(self._sessions)
 
     def open(self, token_name: str) -> tuple[str, ConsoleSession]:
-        """A new session for ``token_name``: the cookie value to set, and the session."""
+        """A new session for ``token_name``: the cookie value to set, and the session.
+        Raises TooManySessions when the cap is reached and every session has been used."""
         self._prune()
         while len(self._sessions) >= self._max:
-            del self._sessions[next(iter(self._sessions))]
+            if not self._unpresented:
+                raise TooManySessions(
+                    f"{self._max} console sessions are open and in use: log out of one,"
+                    " or wait for one to expire"
+                )
+            oldest = next(iter(self._unpresented))
+            del self._unpresented[oldest]
+            del self._sessions[oldest]
         cookie = secrets.token_urlsafe(32)
         session = ConsoleSession(
             token_name, secrets.token_urlsafe(32), self._clock() + self.seconds
         )
         self._sessions[_digest(cookie)] = session
+        self._unpresented[_digest(cookie)] = None
         return cookie, session
 
     def get(self, cookie: str | None) -> ConsoleSession | None:
@@ -89,18 +109,22 @@ class ConsoleSessions:
             return None
         if self._clock() >= session.expires_at:
             del self._sessions[key]
+            self._unpresented.pop(key, None)
             return None
+        self._unpresented.pop(key, None)
         return session
 
     def close(self, cookie: str | None) -> None:
         """Log out: the session of this cookie value is gone (nothing if there is none)."""
         if cookie:
             self._sessions.pop(_digest(cookie), None)
+            self._unpresented.pop(_digest(cookie), None)
 
     def _prune(self) -> None:
         now = self._clock()
         for key in [k for k, s in self._sessions.items() if now >= s.expires_at]:
             del self._sessions[key]
+            self._unpresented.pop(key, None)
 
 
 def login_token() -> str:

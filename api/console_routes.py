@@ -41,6 +41,7 @@ from api.console_auth import (
     SESSION_COOKIE,
     ConsoleSession,
     ConsoleSessions,
+    TooManySessions,
     login_token,
     same_token,
 )
@@ -270,8 +271,12 @@ class ConsoleRoutes:
         if name is None:
             request.state.refused = True
             return self._login_form(401, "Wrong token.")
-        cookie, _ = self.sessions.open(name)
         request.state.token = name
+        try:
+            cookie, _ = self.sessions.open(name)
+        except TooManySessions as exc:
+            log.warning("console.sessions_full", token=name)
+            return self._login_form(503, str(exc))
         log.info("console.login", token=name)
         response = RedirectResponse("/", status_code=303, headers=HTML_HEADERS)
         self._set_session_cookie(response, cookie, request)
@@ -295,7 +300,10 @@ class ConsoleRoutes:
         session: ConsoleSession | None = getattr(request.state, "session", None)
         cookie = None
         if session is None and not self.tokens.required:
-            cookie, session = self.sessions.open("local")
+            try:
+                cookie, session = self.sessions.open("local")
+            except TooManySessions as exc:
+                return _error(503, str(exc))
         body = {
             "csrf": session.csrf if session is not None else None,
             "token_name": session.token_name if session is not None else request.state.token,

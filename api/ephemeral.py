@@ -8,13 +8,18 @@ of the API token, which it must never hold: to ``POST /v1/realtime/calls`` (WebR
 several sessions until it expires, ours open exactly one. A key opens nothing else.
 
 Pure (the clock is given): keys are kept in memory as SHA-256 digests, never as text, with
-their session and expiry; at most :data:`MAX_OUTSTANDING` at once, expired ones pruned on each
-mint. They die with the process.
+their session and expiry. A key is dropped from them as soon as it is used or found expired, so
+the cap :data:`MAX_OUTSTANDING` bounds the live unused keys only; past it, minting is refused
+until one is used or expires (:class:`TooManyKeys`, answered 503 with ``Retry-After``). The
+digests of used keys are remembered apart until they expire (at most :data:`MAX_REMEMBERED`,
+the oldest forgotten first), only so that a second use is told ``used_key``: a forgotten one
+is refused all the same, as unknown. They die with the process.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -25,7 +30,8 @@ PREFIX = "ek_"
 DEFAULT_SECONDS = 600
 MIN_SECONDS = 10
 MAX_SECONDS = 7200
-MAX_OUTSTANDING = 1024
+MAX_OUTSTANDING = 1024  # live unused keys
+MAX_REMEMBERED = 4096  # used keys remembered to say "already used" rather than "unknown"
 
 RefusalCode = Literal["expired_key", "used_key", "invalid_key"]
 
@@ -40,7 +46,12 @@ class KeyRefused(Exception):
 
 
 class TooManyKeys(Exception):
-    """:data:`MAX_OUTSTANDING` keys are outstanding: none is minted until some expire."""
+    """:data:`MAX_OUTSTANDING` live keys are unused: none is minted until one is used or
+    expires, which is ``retry_after`` seconds away at most."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 def is_ephemeral(token: str) -> bool:
@@ -67,7 +78,6 @@ class MintedKey:
 class _Outstanding:
     expires_at: float
     session: dict[str, Any]
-    used: bool = False
 
 
 def parse_mint(body: Any) -> tuple[int, dict[str, Any]]:
@@ -116,9 +126,12 @@ class EphemeralKeys:
 
     clock: Callable[[], float] = time.time
     limit: int = MAX_OUTSTANDING
-    _keys: dict[bytes, _Outstanding] = field(default_factory=dict)
+    remembered: int = MAX_REMEMBERED
+    _keys: dict[bytes, _Outstanding] = field(default_factory=dict)  # live and unused
+    _used: dict[bytes, float] = field(default_factory=dict)  # digest -> expiry, oldest first
 
     def __len__(self) -> int:
+        """How many keys are live and unused (what the cap bounds)."""
         return len(self._keys)
 
     def mint(self, seconds: int, session: dict[str, Any]) -> MintedKey:
@@ -128,7 +141,11 @@ class EphemeralKeys:
         now = self.clock()
         self._prune(now)
         if len(self._keys) >= self.limit:
-            raise TooManyKeys(f"{self.limit} ephemeral keys are outstanding")
+            soonest = min(k.expires_at for k in self._keys.values())
+            raise TooManyKeys(
+                f"{self.limit} ephemeral keys are unused and live",
+                max(1, math.ceil(soonest - now)),
+            )
         value = PREFIX + secrets.token_hex(16)
         expires_at = int(now) + seconds
         shown = {
@@ -147,22 +164,33 @@ class EphemeralKeys:
 
     def redeem(self, key: str) -> dict[str, Any]:
         """The session ``key`` was minted with; the key is used up. Raises KeyRefused."""
-        found = self._valid(key)
-        found.used = True
+        digest = _digest(key)
+        found = self._valid(digest)
+        del self._keys[digest]
+        self._used[digest] = found.expires_at
+        while len(self._used) > self.remembered:
+            del self._used[next(iter(self._used))]
         return found.session
 
-    def _valid(self, key: str) -> _Outstanding:
-        digest = _digest(key)
+    def _valid(self, key: str | bytes) -> _Outstanding:
+        digest = _digest(key) if isinstance(key, str) else key
+        now = self.clock()
         found = self._keys.get(digest)
         if found is None:
+            used_until = self._used.get(digest)
+            if used_until is not None and now < used_until:
+                raise KeyRefused("used_key", "ephemeral key already used")
+            if used_until is not None:
+                del self._used[digest]
+                raise KeyRefused("expired_key", "ephemeral key expired")
             raise KeyRefused("invalid_key", "unknown ephemeral key")
-        if self.clock() >= found.expires_at:
+        if now >= found.expires_at:
             del self._keys[digest]
             raise KeyRefused("expired_key", "ephemeral key expired")
-        if found.used:
-            raise KeyRefused("used_key", "ephemeral key already used")
         return found
 
     def _prune(self, now: float) -> None:
         for digest in [d for d, k in self._keys.items() if now >= k.expires_at]:
             del self._keys[digest]
+        for digest in [d for d, until in self._used.items() if now >= until]:
+            del self._used[digest]

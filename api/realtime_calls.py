@@ -277,7 +277,12 @@ class RealtimeCalls:
         try:
             minted = keys.mint(seconds, session)
         except TooManyKeys as exc:
-            return refusal(400, f"{exc}: let some expire first", "too_many_keys")
+            return refusal(
+                503,
+                f"{exc}: retry once one is used or expires",
+                "too_many_keys",
+                {"retry-after": str(exc.retry_after)},
+            )
         log.info("api.ephemeral_key_minted", token=request.state.token, seconds=seconds)
         return JSONResponse(minted.answer())
 

@@ -1,8 +1,8 @@
-"""Console sessions: expiry on an explicit clock, CSRF matching, logout."""
+"""Console sessions: expiry on an explicit clock, CSRF matching, logout, the cap."""
 
 from __future__ import annotations
 
-from api.console_auth import ConsoleSessions, same_token
+from api.console_auth import ConsoleSessions, TooManySessions, same_token
 
 
 class Clock:
@@ -46,15 +46,49 @@ def test_sessions_expire_and_csrf_must_match() -> None:
     assert len(sessions) == 0
 
 
-def test_the_oldest_session_goes_when_the_cap_is_reached() -> None:
-    """At most ``max_sessions`` are kept: opening one more drops the oldest."""
+def test_the_oldest_unused_session_goes_when_the_cap_is_reached() -> None:
+    """At most ``max_sessions`` are kept: opening one more drops the oldest session whose
+    cookie was never presented, not an older one in use."""
     sessions = ConsoleSessions(hours=1, clock=Clock(), max_sessions=2)
     first, _ = sessions.open("a")
+    assert sessions.get(first) is not None  # in use
     second, _ = sessions.open("b")
     third, _ = sessions.open("c")
-    assert sessions.get(first) is None
-    assert sessions.get(second) is not None
+    assert sessions.get(second) is None, "the unused one went"
+    assert sessions.get(first) is not None
     assert sessions.get(third) is not None
+
+
+def test_a_flood_of_sessions_cannot_log_out_a_live_one() -> None:
+    """3,000 sessions opened past the cap, presented or not, never drop the admin's session
+    in use: unused ones make room for each other, and once all are in use a new one is
+    refused with a detail until one expires or logs out."""
+    clock = Clock()
+    sessions = ConsoleSessions(hours=1, clock=clock, max_sessions=8)
+    admin, mine = sessions.open("default")
+    assert sessions.get(admin) == mine
+    for _ in range(1000):  # opened and dropped, never presented
+        sessions.open("local")
+    assert sessions.get(admin) == mine, "an unused flood logged the admin out"
+    refused = 0
+    for _ in range(2000):  # a flood that presents each cookie back
+        try:
+            cookie, _ = sessions.open("local")
+        except TooManySessions as exc:
+            refused += 1
+            assert "log out of one" in str(exc), exc
+            continue
+        assert sessions.get(cookie) is not None
+    assert refused == 2000 - 7, f"{refused} of 2000 refused"
+    assert sessions.get(admin) == mine, "a flood in use logged the admin out"
+    assert len(sessions) == 8
+    sessions.close(admin)
+    again, _ = sessions.open("default")  # a logout makes room
+    assert sessions.get(again) is not None
+    clock.now += 3600  # all expired: room for everyone
+    for _ in range(8):
+        sessions.open("local")
+    assert len(sessions) == 8
 
 
 def test_same_token_refuses_empty_values() -> None:

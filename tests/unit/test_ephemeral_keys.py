@@ -83,3 +83,31 @@ def test_mint_requests_name_the_wrong_field() -> None:
     clock.now += 10  # both expired: pruned on the next mint
     keys.mint(10, {})
     assert len(keys) == 1
+
+
+def test_used_and_expired_keys_never_count_against_the_cap() -> None:
+    """5,000 keys minted and used one after another, past a cap of 4, are all minted: a used
+    key leaves the store at once and an expired one on the next mint; only live unused keys
+    fill it, and a full store says how long until its soonest key expires."""
+    clock = Clock()
+    keys = EphemeralKeys(clock, limit=4)
+    minted = 0
+    for _ in range(5000):
+        key = keys.mint(600, {})
+        minted += 1
+        keys.redeem(key.value)
+    assert minted == 5000, f"{minted} of 5000 minted"
+    assert len(keys) == 0, f"{len(keys)} keys held after all were used"
+    with pytest.raises(KeyRefused, match="already used"):
+        keys.redeem(key.value)  # still told it is used, not unknown
+    for _ in range(3):
+        keys.mint(10, {})
+    clock.now += 5
+    keys.mint(60, {})
+    with pytest.raises(TooManyKeys) as full:
+        keys.mint(60, {})
+    assert full.value.retry_after == 5, full.value.retry_after  # the 10 s keys go first
+    clock.now += 5  # three expired: room again
+    for _ in range(3):
+        keys.mint(60, {})
+    assert len(keys) == 4

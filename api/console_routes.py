@@ -17,7 +17,11 @@ The page's DOM hooks, which the browser tests drive and the console keeps:
 ``#login-token`` (the token field) and ``#login-submit`` on the login page; on the console,
 ``#talk`` (the "Talk to the agent" button), ``#hangup``, ``#call-state`` (the browser call's
 state as text), one ``tr[data-call-id]`` row per call in the live and history tables
-(with ``data-direction``), and the ``.badge-web`` direction badge of a browser call's row.
+(with ``data-direction``), and the ``.badge-web`` direction badge of a browser call's row;
+in a call's detail (``#detail``), ``#detail-transcript`` (one ``li`` per turn),
+``#detail-black-box`` (one ``th``/``td`` row per figure), ``#detail-recording`` (the
+``<audio>`` player) and ``#detail-webhooks`` (one ``tr[data-webhook-kind]`` per webhook, with
+one ``ol.attempts li`` per attempt carrying ``data-status`` and ``data-ms``).
 """
 
 from __future__ import annotations

@@ -248,19 +248,33 @@
       }),
     );
     const hooks = $("detail-webhooks").tBodies[0];
-    hooks.replaceChildren(
-      ...(view.webhooks || []).map((hook) => {
-        const row = document.createElement("tr");
-        const last = hook.attempts.length ? hook.attempts[hook.attempts.length - 1] : null;
-        row.append(
-          text("td", hook.kind + " " + hook.url),
-          text("td", hook.state),
-          text("td", hook.attempts.length),
-          text("td", last ? last.error || last.status_code : ""),
-        );
-        return row;
-      }),
-    );
+    hooks.replaceChildren(...(view.webhooks || []).map(webhookRow));
+  }
+
+  // One webhook delivery: its kind and URL, its state, and every attempt made, oldest first,
+  // each with its time, its HTTP status or error, and how long it took.
+  function webhookRow(hook) {
+    const row = document.createElement("tr");
+    row.dataset.webhookKind = hook.kind;
+    const attempts = document.createElement("ol");
+    attempts.className = "attempts";
+    for (const attempt of hook.attempts) {
+      const outcome = attempt.error ? attempt.error : "HTTP " + attempt.status_code;
+      const item = text(
+        "li",
+        clock(attempt.at) + " · " + outcome + " · " + Math.round(attempt.duration_ms) + " ms",
+      );
+      item.dataset.status = attempt.status_code === null ? "" : String(attempt.status_code);
+      item.dataset.ms = String(attempt.duration_ms);
+      if (attempt.error) {
+        item.className = "error";
+      }
+      attempts.appendChild(item);
+    }
+    const cell = document.createElement("td");
+    cell.append(attempts);
+    row.append(text("td", hook.kind + " " + hook.url), text("td", hook.state), cell);
+    return row;
   }
 
   // -- placing a call --------------------------------------------------------------------

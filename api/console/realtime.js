@@ -7,14 +7,13 @@
 //   3. the engine's voice arrives as the remote audio track, the microphone goes out as the
 //      local one, and the realtime events (JSON, as on the /v1/realtime WebSocket, minus the
 //      audio deltas) travel on the "oai-events" data channel.
-// Differences from OpenAI's sample: the offer carries every ICE candidate (the daemon does
-// not trickle), so the page waits for gathering before posting it; and a key opens one
-// session only (a second offer with it gets 401).
+// The peer itself is rtc.js's. Differences from OpenAI's sample: the offer carries every ICE
+// candidate (the daemon does not trickle), so the page waits for gathering before posting
+// it; and a key opens one session only (a second offer with it gets 401).
 "use strict";
 
 (function () {
   const $ = (id) => document.getElementById(id);
-  const GATHER_SECONDS = 5; // the longest wait for ICE candidates before offering anyway
   const KEY_SECONDS = 600; // how long a minted key may wait for its call
   const SESSION = { type: "realtime" }; // the engine's defaults; instructions etc. go here
 
@@ -52,21 +51,6 @@
     $("events").appendChild(item);
   }
 
-  function gathered(connection) {
-    if (connection.iceGatheringState === "complete") {
-      return Promise.resolve();
-    }
-    return new Promise((resolve) => {
-      const timer = window.setTimeout(resolve, GATHER_SECONDS * 1000);
-      connection.addEventListener("icegatheringstatechange", () => {
-        if (connection.iceGatheringState === "complete") {
-          window.clearTimeout(timer);
-          resolve();
-        }
-      });
-    });
-  }
-
   // Step 1: a key for one session, minted by whoever may use the API (here: this console
   // session). A browser app without a console gets it from its own server instead.
   async function mintKey() {
@@ -102,7 +86,7 @@
     }
     connection.close();
     if (microphone !== null) {
-      microphone.getTracks().forEach((track) => track.stop());
+      window.sipaiRtc.release(microphone);
       microphone = null;
     }
     $("remote-audio").srcObject = null;
@@ -119,8 +103,10 @@
     try {
       const key = await mintKey();
       state("offering");
-      microphone = await navigator.mediaDevices.getUserMedia({ audio: true });
-      pc = new RTCPeerConnection({ iceServers: [] });
+      // Step 3's channel is made with the peer, before the offer, so the offer has its
+      // m=application.
+      const peer = await window.sipaiRtc.open("oai-events", $("remote-audio"));
+      ({ connection: pc, channel: channel, microphone: microphone } = peer);
       const connection = pc;
       connection.addEventListener("connectionstatechange", () => {
         if (connection !== pc) {
@@ -136,14 +122,6 @@
           finish("ended");
         }
       });
-      connection.addEventListener("track", (added) => {
-        $("remote-audio").srcObject = added.streams[0] || new MediaStream([added.track]);
-      });
-      for (const track of microphone.getAudioTracks()) {
-        connection.addTrack(track, microphone);
-      }
-      // Step 3's channel: created before the offer, so the offer has its m=application.
-      channel = connection.createDataChannel("oai-events");
       channel.addEventListener("open", () => {
         $("respond").disabled = false;
       });
@@ -159,13 +137,12 @@
           finish("ended");
         }
       });
-      await connection.setLocalDescription(await connection.createOffer());
-      await gathered(connection);
+      const sdp = await window.sipaiRtc.offer(connection);
       // Step 2: the offer, authorised by the key alone.
       const response = await fetch("/v1/realtime/calls", {
         method: "POST",
         headers: { Authorization: "Bearer " + key, "Content-Type": "application/sdp" },
-        body: connection.localDescription.sdp,
+        body: sdp,
         credentials: "omit",
       });
       if (connection !== pc) {
@@ -178,7 +155,7 @@
         return;
       }
       callUrl = response.headers.get("Location");
-      await connection.setRemoteDescription({ type: "answer", sdp: await response.text() });
+      await window.sipaiRtc.answer(connection, response);
       if (connection === pc) {
         state("connecting");
         $("hangup").disabled = false;

@@ -1,12 +1,11 @@
 // "Talk to the agent": a call from this browser to the daemon's inbound agent over WebRTC.
-// The page makes its offer with every ICE candidate in it (no trickle, no STUN server),
-// posts it to POST /web/calls and sets the answer it gets back. The "sipai" data channel
+// The peer is rtc.js's: the page posts its offer to POST /web/calls and sets the answer
+// it gets back. The "sipai" data channel
 // carries {"type": "hangup"} both ways; DELETE on the call's URL ends it too.
 "use strict";
 
 (function () {
   const $ = (id) => document.getElementById(id);
-  const GATHER_SECONDS = 5; // the longest wait for ICE candidates before offering anyway
   const DISCONNECTED_SECONDS = 5; // a call disconnected this long is over
   const consoleApi = window.sipaiConsole;
 
@@ -25,21 +24,6 @@
     $("talk-reason").hidden = !value;
   }
 
-  function gathered(connection) {
-    if (connection.iceGatheringState === "complete") {
-      return Promise.resolve();
-    }
-    return new Promise((resolve) => {
-      const timer = window.setTimeout(resolve, GATHER_SECONDS * 1000);
-      connection.addEventListener("icegatheringstatechange", () => {
-        if (connection.iceGatheringState === "complete") {
-          window.clearTimeout(timer);
-          resolve();
-        }
-      });
-    });
-  }
-
   // The call is over (`final` says how): release the microphone and the connection.
   function finish(final) {
     if (pc === null) {
@@ -54,7 +38,7 @@
     }
     connection.close();
     if (microphone !== null) {
-      microphone.getTracks().forEach((track) => track.stop());
+      window.sipaiRtc.release(microphone);
       microphone = null;
     }
     $("remote-audio").srcObject = null;
@@ -90,14 +74,10 @@
     reason("");
     state("starting");
     try {
-      microphone = await navigator.mediaDevices.getUserMedia({ audio: true });
-      pc = new RTCPeerConnection({ iceServers: [] });
+      const peer = await window.sipaiRtc.open("sipai", $("remote-audio"));
+      ({ connection: pc, channel: channel, microphone: microphone } = peer);
       const connection = pc;
       watch(connection);
-      for (const track of microphone.getAudioTracks()) {
-        connection.addTrack(track, microphone);
-      }
-      channel = connection.createDataChannel("sipai");
       channel.addEventListener("message", (message) => {
         let said = null;
         try {
@@ -114,15 +94,9 @@
           finish("ended");
         }
       });
-      connection.addEventListener("track", (added) => {
-        $("remote-audio").srcObject = added.streams[0] || new MediaStream([added.track]);
-      });
-      await connection.setLocalDescription(await connection.createOffer());
-      await gathered(connection);
+      const sdp = await window.sipaiRtc.offer(connection);
       state("calling");
-      const response = await consoleApi.request(
-        "POST", "/web/calls", connection.localDescription.sdp, "application/sdp",
-      );
+      const response = await consoleApi.request("POST", "/web/calls", sdp, "application/sdp");
       if (connection !== pc) {
         return; // hung up meanwhile
       }
@@ -133,7 +107,7 @@
         return;
       }
       callUrl = response.headers.get("Location");
-      await connection.setRemoteDescription({ type: "answer", sdp: await response.text() });
+      await window.sipaiRtc.answer(connection, response);
       if (connection === pc) {
         state("connecting");
         $("hangup").disabled = false;
@@ -142,10 +116,6 @@
       if (pc !== null) {
         finish("failed");
       } else {
-        if (microphone !== null) {
-          microphone.getTracks().forEach((track) => track.stop());
-          microphone = null;
-        }
         state("failed");
         $("talk").disabled = false;
       }

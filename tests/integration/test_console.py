@@ -599,7 +599,9 @@ def test_console_files_reference_nothing_outside_the_daemon() -> None:
         "console.css",
         "console.js",
         "talk.js",
+        "rtc.js",
     }
+    served = {p.name for p in files}
     for path in files:
         text = path.read_text()
         for pattern in ("http://", "https://", '"//', "'//", "url(//", "style="):
@@ -608,6 +610,8 @@ def test_console_files_reference_nothing_outside_the_daemon() -> None:
             for script in re.finditer(r"<script\b([^>]*)>(.*?)</script>", text, re.S):
                 assert "src=" in script.group(1), f"{path.name}: a script without src"
                 assert script.group(2).strip() == "", f"{path.name}: an inline script body"
+                src = re.search(r'src="/console/static/([^"]+)"', script.group(1))
+                assert src is not None and src.group(1) in served, f"{path.name}: {script[0]}"
             assert "<style" not in text, f"{path.name}: an inline style sheet"
             assert re.search(r"\son[a-z]+=", text) is None, f"{path.name}: an inline handler"
 
@@ -624,6 +628,7 @@ async def test_console_pages_carry_the_security_headers(tmp_path: Path) -> None:
                 ("/console/static/console.css", "text/css"),
                 ("/console/static/console.js", "text/javascript"),
                 ("/console/static/talk.js", "text/javascript"),
+                ("/console/static/rtc.js", "text/javascript"),
             ):
                 response = await client.get(path)
                 assert response.status_code == 200, path

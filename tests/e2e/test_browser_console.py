@@ -1,20 +1,28 @@
-"""A real browser on the web console: it logs in and talks to the agent over WebRTC."""
+"""A real browser on the web console: it logs in, talks to the agent over WebRTC, and reads
+the call's detail (transcript, black box, recording, webhook attempts)."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from selenium.webdriver.common.by import By
 
 from config.schema import EngineSettings
+from media.wav import read_wav_channels
+from tests.peers.receiver import Receiver
 from tests.support.browser import (
     browser_daemon,
     chrome,
+    fetched_by_page,
     inbound_audio,
     log_in,
+    pixels_in_page,
     pixels_of,
     row_pixels,
     save_screenshot,
@@ -47,63 +55,130 @@ new MutationObserver(() => {{
 """
 
 
+_DETAIL = """
+const all = (selector) => Array.from(document.querySelectorAll(selector));
+return {
+  id: document.getElementById("detail-id").textContent,
+  transcript: all("#detail-transcript li").map((li) => li.textContent),
+  box: all("#detail-black-box tr").map((row) => [row.cells[0].textContent,
+                                                 row.cells[1].textContent]),
+  recording: document.getElementById("detail-recording").hidden
+    ? null : document.getElementById("detail-recording").src,
+  webhooks: all("#detail-webhooks tbody tr").map((row) => ({
+    kind: row.dataset.webhookKind,
+    state: row.cells[1].textContent,
+    attempts: Array.from(row.querySelectorAll("ol.attempts li")).map((li) => (
+      {status: li.dataset.status, ms: li.dataset.ms, text: li.textContent})),
+  })),
+};
+"""
+_PLAYER_SECONDS = """
+const player = document.getElementById("detail-recording");
+return player.readyState >= 1 && Number.isFinite(player.duration) && player.duration;
+"""
+
+
+def _heard(samples: Any, rate: int) -> str:
+    """What Whisper hears in ``samples``, lower case."""
+    from daemon.speech import SpeechToText  # noqa: PLC0415 - heavy, loaded by this test only
+    from daemon.speech.local import WhisperTranscriber  # noqa: PLC0415
+
+    stt = SpeechToText(WhisperTranscriber())
+    text: str = asyncio.run(stt.transcribe(samples, rate))
+    return text.lower()
+
+
+def _record_settled(client: httpx.Client, api: str) -> dict[str, Any]:
+    """The browser call's record once it is finished and its inbound.ended webhook has been
+    delivered (within 10 s)."""
+    deadline = time.monotonic() + 10
+    while True:
+        calls = client.get(f"{api}/calls?direction=web").json()["calls"]
+        record: dict[str, Any] = {}
+        if len(calls) == 1:
+            record = client.get(f"{api}/call/{calls[0]['call_id']}").json()
+            ended = [h for h in record.get("webhooks", []) if h["kind"] == "inbound.ended"]
+            if record["call_status"] != "answered" and ended and ended[0]["state"] == "delivered":
+                return record
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no settled web record within 10 s: {calls} {record}")
+        time.sleep(0.1)
+
+
 def test_talk_to_the_agent_from_the_console(daemon_env: dict[str, str], tmp_path: Path) -> None:
     """From the console's "Talk to the agent" a browser hears the greeting, leaves a message
     that the agent reads back and confirms, and the call ends by itself: its web record holds
-    the message, and the live table showed the call while it was on, with no reload. (35-45 s:
-    the receptionist's whole conversation runs in real time.)"""
+    the message, the live table showed the call while it was on (no reload) and the full-page
+    screenshot shows its row; the call's detail pane then shows the transcript, the black box
+    (codec opus), a recording the page plays (2 channels, the record's length, the caller's
+    words on channel 1) and each webhook attempt. (40-55 s: the receptionist's whole
+    conversation runs in real time, and Whisper then listens to the recording.)"""
     greeting = speech_seconds(EngineSettings().greeting)
     read_back = speech_seconds(f"Thank you. I have noted: {MESSAGE} Is that right?")
     wav = tmp_path / "caller.wav"
     speech_wav(wav, [greeting + LEAD_SECONDS, MESSAGE, 3.0 + read_back, YES])
-    with browser_daemon(daemon_env, TOKEN) as daemon, chrome(wav) as driver:
-        api = daemon.base_url
-        log_in(driver, api, TOKEN)
-        wait_for(driver, "return !document.getElementById('talk').disabled", 10)
-        driver.execute_script(_WATCH_ROWS)
-        driver.find_element(By.ID, "talk").click()
-        pressed = time.monotonic()
-        first_sound: float | None = None
-        heard = inbound_audio(driver)
-        while time.monotonic() - pressed < HEARD_SECONDS:
+    receiver = Receiver()
+    env = daemon_env | {
+        "SIPAI_RECORDINGS__ENABLED": "true",
+        "SIPAI_RECORDINGS__DIRECTORY": str(tmp_path / "recordings"),
+        "SIPAI_WEBHOOKS__INBOUND_URL": receiver.url,
+    }
+    try:
+        with browser_daemon(env, TOKEN) as daemon, chrome(wav) as driver:
+            api = daemon.base_url
+            log_in(driver, api, TOKEN)
+            wait_for(driver, "return !document.getElementById('talk').disabled", 10)
+            driver.execute_script(_WATCH_ROWS)
+            driver.find_element(By.ID, "talk").click()
+            pressed = time.monotonic()
+            first_sound: float | None = None
             heard = inbound_audio(driver)
-            if first_sound is None and heard["totalAudioEnergy"] > 0.001:
-                first_sound = time.monotonic() - pressed
-            if heard["totalAudioEnergy"] > 0.01 and heard["bytesReceived"] > 20000:
-                break
-            time.sleep(0.1)
-        assert heard["totalAudioEnergy"] > 0.01, f"greeting not heard within 8 s: {heard}"
-        assert heard["bytesReceived"] > 20000, f"greeting not heard within 8 s: {heard}"
-        assert first_sound is not None, heard
-        assert first_sound <= LEAD_SECONDS, (
-            f"the greeting started {first_sound:.2f} s after Talk (> {LEAD_SECONDS} s): the "
-            "caller's words would overlap it"
-        )
-        print(f"greeting heard {first_sound:.2f} s after Talk; then {heard}")
-        assert selected_pair(driver) == ("127.0.0.1", "127.0.0.1")
-        state = wait_for(
-            driver,
-            "const s = document.getElementById('call-state').textContent;"
-            " return ['ended', 'failed', 'refused'].includes(s) && s;",
-            timeout=greeting + LEAD_SECONDS + 40.0,
-        )
-        assert state == "ended", state
-        watch = driver.execute_script("return window.sipaiTestWatch || null")
-        assert watch is not None, "the console page was reloaded during the call"
-        assert watch["rowState"] in ("calling", "connecting", "connected"), watch  # on the call
-        shot = save_screenshot(driver, tmp_path)
-        pixels = row_pixels(driver, WEB_ROW)
-        with httpx.Client(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5) as client:
-            deadline = time.monotonic() + 10
-            calls = client.get(f"{api}/calls?direction=web").json()["calls"]
-            while (not calls or calls[0]["call_status"] == "answered") and (
-                time.monotonic() < deadline
-            ):
+            while time.monotonic() - pressed < HEARD_SECONDS:
+                heard = inbound_audio(driver)
+                if first_sound is None and heard["totalAudioEnergy"] > 0.001:
+                    first_sound = time.monotonic() - pressed
+                if heard["totalAudioEnergy"] > 0.01 and heard["bytesReceived"] > 20000:
+                    break
                 time.sleep(0.1)
-                calls = client.get(f"{api}/calls?direction=web").json()["calls"]
+            assert heard["totalAudioEnergy"] > 0.01, f"greeting not heard within 8 s: {heard}"
+            assert heard["bytesReceived"] > 20000, f"greeting not heard within 8 s: {heard}"
+            assert first_sound is not None, heard
+            print(f"greeting heard {first_sound:.2f} s after Talk (bound {LEAD_SECONDS} s)")
+            assert first_sound <= LEAD_SECONDS, (
+                f"the greeting started {first_sound:.2f} s after Talk (> {LEAD_SECONDS} s): the "
+                "caller's words would overlap it"
+            )
+            assert selected_pair(driver) == ("127.0.0.1", "127.0.0.1")
+            state = wait_for(
+                driver,
+                "const s = document.getElementById('call-state').textContent;"
+                " return ['ended', 'failed', 'refused'].includes(s) && s;",
+                timeout=greeting + LEAD_SECONDS + 40.0,
+            )
+            assert state == "ended", state
+            watch = driver.execute_script("return window.sipaiTestWatch || null")
+            assert watch is not None, "the console page was reloaded during the call"
+            assert watch["rowState"] in ("calling", "connecting", "connected"), watch  # on the call
+            shot = save_screenshot(driver, tmp_path)
+            in_page = pixels_in_page(driver, shot, WEB_ROW)
+            pixels = row_pixels(driver, WEB_ROW)
+            with httpx.Client(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5) as client:
+                record = _record_settled(client, api)
+            driver.find_element(By.CSS_SELECTOR, WEB_ROW).click()
+            wait_for(
+                driver,
+                "return !document.getElementById('detail').hidden && document.querySelector("
+                "'#detail-webhooks ol.attempts li')",
+                10,
+            )
+            detail = driver.execute_script(_DETAIL)
+            save_screenshot(driver, tmp_path, "detail")
+            assert detail["recording"], f"no recording player in the detail: {detail}"
+            played = wait_for(driver, _PLAYER_SECONDS, 10)
+            status, kind, wav_bytes = fetched_by_page(driver, detail["recording"])
+    finally:
+        receiver.close()
     assert shot.stat().st_size > 0
-    assert len(calls) == 1, calls
-    record = calls[0]
     assert record["direction"] == "web"
     assert record["call_status"] == "completed", record
     assert record["end_cause"] == "end_call", record
@@ -112,6 +187,8 @@ def test_talk_to_the_agent_from_the_console(daemon_env: dict[str, str], tmp_path
     callers = [t["text"].lower() for t in record["transcript"] if t["role"] == "caller"]
     assert any("call me back" in text for text in callers), record["transcript"]
     assert "tomorrow" in (record["message"] or "").lower(), record
+
+    # the row, as the element's own screenshot and where it lies in the full page
     badge = pixels_of(pixels, WEB_BADGE)
     assert badge >= 50, f"{badge} pixels of the web badge colour in the row"
     ink = sum(
@@ -119,5 +196,53 @@ def test_talk_to_the_agent_from_the_console(daemon_env: dict[str, str], tmp_path
         for rgb in map(tuple, pixels.reshape(-1, 3).tolist())
         if rgb not in ROW_BACKGROUNDS and rgb != WEB_BADGE
     )
-    print(f"web row: {badge} pixels of the badge colour, {ink} of text; page: {shot}")
+    page_badge = pixels_of(in_page, WEB_BADGE)
+    print(
+        f"web row: {badge} pixels of the badge colour ({page_badge} where the row lies in the"
+        f" full page), {ink} of text; page: {shot}"
+    )
     assert ink >= 100, f"{ink} pixels of text in the row"
+    sizes = (in_page.shape[:2], pixels.shape[:2])
+    assert all(abs(a - b) <= 1 for a, b in zip(*sizes, strict=True)), sizes  # rounding only
+    assert abs(page_badge - badge) <= badge // 10, (
+        f"the full page shows {page_badge} badge pixels where the row lies, its own screenshot"
+        f" {badge}"
+    )
+
+    # the detail pane
+    assert detail["id"] == record["call_id"], detail
+    assert [line.lower() for line in detail["transcript"]] == [
+        f"{t['role']}{t['text']}".lower() for t in record["transcript"]
+    ], detail["transcript"]
+    box = dict(detail["box"])
+    assert box.get("codec") == "opus", box
+    figures = [k for k, v in box.items() if v.replace(".", "", 1).isdigit()]
+    assert len(figures) >= 5, f"only {figures} figures in the black box: {box}"
+    hooks = {hook["kind"]: hook for hook in detail["webhooks"]}
+    assert set(hooks) == {h["kind"] for h in record["webhooks"]}, (detail, record["webhooks"])
+    ended = hooks["inbound.ended"]
+    assert ended["state"] == "delivered", ended
+    stored = next(h for h in record["webhooks"] if h["kind"] == "inbound.ended")["attempts"]
+    assert len(ended["attempts"]) == len(stored) >= 1, (ended, stored)
+    for shown, attempt in zip(ended["attempts"], stored, strict=True):
+        assert shown["status"] == str(attempt["status_code"]) == "200", (shown, attempt)
+        assert float(shown["ms"]) == attempt["duration_ms"], (shown, attempt)
+        assert "HTTP 200" in shown["text"], shown
+        assert shown["text"].endswith(" ms"), shown
+    assert len(receiver.requests()) >= 1, "the receiver got no webhook"
+
+    # the recording, as the page plays it
+    assert (status, kind) == (200, "audio/wav"), (status, kind)
+    rate, frames = read_wav_channels(io.BytesIO(wav_bytes))
+    wav_seconds = len(frames) / rate
+    expected = record["recording"]["duration_seconds"]
+    print(
+        f"recording: {frames.shape[1]} channels, {wav_seconds:.2f} s (record {expected} s,"
+        f" connected {record['duration_seconds']} s), the player says {played:.2f} s"
+    )
+    assert frames.shape[1] == 2, frames.shape
+    assert abs(wav_seconds - expected) <= 0.3, f"{wav_seconds:.2f} s played vs {expected} s"
+    assert abs(played - wav_seconds) <= 0.3, f"the player says {played} s, the WAV {wav_seconds}"
+    caller_side = _heard(frames[:, 0].copy(), rate)
+    print(f"channel 1: {caller_side!r}")
+    assert "call me back" in caller_side, caller_side

@@ -265,3 +265,56 @@ def save_screenshot(driver: WebDriver, directory: Path, name: str = "page") -> P
     path = directory / f"{name}.png"
     path.write_bytes(base64.b64decode(shot["data"]))
     return path
+
+
+_RECT = """
+const found = document.querySelector(arguments[0]);
+if (!found) return null;
+const r = found.getBoundingClientRect();
+return {x: r.left + window.scrollX, y: r.top + window.scrollY, width: r.width,
+        height: r.height, scale: window.devicePixelRatio};
+"""
+
+
+def pixels_in_page(driver: WebDriver, page: Path, selector: str) -> NDArray[np.uint8]:
+    """The part of the full-page screenshot ``page`` (:func:`save_screenshot`, taken just
+    before) where the element matching ``selector`` lies, by its rectangle in the document
+    scaled by ``devicePixelRatio``: what the page shows there, so an element hidden, covered by
+    another or out of the page does not show. AssertionError when it has no area in the page."""
+    from PIL import Image  # noqa: PLC0415 - only the tests that look at pixels need it
+
+    rect = driver.execute_script(_RECT, selector)
+    assert rect is not None, f"no element {selector}"
+    scale = float(rect["scale"])
+    left, top = round(rect["x"] * scale), round(rect["y"] * scale)
+    right = round((rect["x"] + rect["width"]) * scale)
+    bottom = round((rect["y"] + rect["height"]) * scale)
+    with Image.open(page) as image:
+        full = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    height, width = full.shape[:2]
+    outside = f"{selector} at {rect} is not inside the {width}x{height} page screenshot"
+    assert 0 <= left < right <= width, outside
+    assert 0 <= top < bottom <= height, outside
+    return full[top:bottom, left:right].copy()
+
+
+_FETCH = """
+const done = arguments[arguments.length - 1];
+fetch(arguments[0], {credentials: "same-origin", cache: "no-store"}).then(async (response) => {
+  const reader = new FileReader();
+  reader.onload = () => done({status: response.status, type: response.headers.get("content-type"),
+                              body: String(reader.result).split(",")[1] || ""});
+  reader.onerror = () => done({error: String(reader.error)});
+  reader.readAsDataURL(await response.blob());
+}, (error) => done({error: String(error)}));
+"""
+
+
+def fetched_by_page(driver: WebDriver, url: str, timeout: float = 20.0) -> tuple[int, str, bytes]:
+    """GET ``url`` from the page, with its cookies, as the page would, past the browser's
+    cache (a player's range requests leave partial answers there): (status, content type,
+    body)."""
+    driver.set_script_timeout(timeout)
+    got = driver.execute_async_script(_FETCH, url)
+    assert "error" not in got, f"the page could not fetch {url}: {got['error']}"
+    return int(got["status"]), str(got["type"] or ""), base64.b64decode(got["body"])

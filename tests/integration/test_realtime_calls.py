@@ -527,3 +527,24 @@ def test_the_spec_lists_403_for_the_keyed_routes() -> None:
     paths = load_spec()["paths"]
     for path in ("/v1/realtime/calls", "/v1/realtime/client_secrets"):
         assert "403" in paths[path]["post"]["responses"], (path, paths[path]["post"]["responses"])
+
+
+async def test_a_full_key_store_answers_503_with_retry_after(bare: BareApi) -> None:
+    """With as many live unused keys as the store holds, a mint gets 503 with a detail and
+    ``Retry-After`` (the seconds until the soonest key expires), as the spec lists it, not a
+    400: the request is not wrong."""
+    bare.keys.limit = 2
+    headers = {"authorization": f"Bearer {TOKEN}"}
+    body = {"expires_after": {"anchor": "created_at", "seconds": 30}}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{bare.port}", timeout=10) as http:
+        minted = [
+            await http.post("/v1/realtime/client_secrets", json=body, headers=headers)
+            for _ in range(2)
+        ]
+        full = await http.post("/v1/realtime/client_secrets", json=body, headers=headers)
+    assert [r.status_code for r in minted] == [200, 200], [r.text for r in minted]
+    assert full.status_code == 503, full.text
+    assert "2 ephemeral keys are unused and live" in full.json()["detail"], full.text
+    assert full.json()["error"]["code"] == "too_many_keys", full.text
+    assert 1 <= int(full.headers["retry-after"]) <= 30, full.headers
+    assert "503" in load_spec()["paths"]["/v1/realtime/client_secrets"]["post"]["responses"]

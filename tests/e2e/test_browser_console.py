@@ -36,7 +36,11 @@ pytestmark = pytest.mark.e2e
 TOKEN = "console-test-token"
 MESSAGE = "Please call me back tomorrow morning."
 YES = "Yes, that is right."
-LEAD_SECONDS = 1.5  # the greeting must start this soon after "Talk": the WAV's words wait for it
+# The greeting must start this soon after "Talk": the WAV's words wait exactly this long after
+# the greeting's length, so a later greeting would overlap them. Measured on the 2-core test box
+# (Talk -> first sound): 0.70-1.15 s as the shared box was, 1.12-1.15 s with two
+# more busy loops, 1.90 s with four; 3.0 s holds under that and is still dead air a caller notices.
+LEAD_SECONDS = 3.0
 HEARD_SECONDS = 8.0
 WEB_BADGE = (15, 123, 79)  # .badge-web in api/console/console.css (#0f7b4f)
 ROW_BACKGROUNDS = {(255, 255, 255), (238, 242, 250)}  # the table, and a row under the pointer

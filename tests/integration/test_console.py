@@ -611,7 +611,8 @@ def test_console_files_reference_nothing_outside_the_daemon() -> None:
                 assert "src=" in script.group(1), f"{path.name}: a script without src"
                 assert script.group(2).strip() == "", f"{path.name}: an inline script body"
                 src = re.search(r'src="/console/static/([^"]+)"', script.group(1))
-                assert src is not None and src.group(1) in served, f"{path.name}: {script[0]}"
+                assert src is not None, f"{path.name}: {script[0]}"
+                assert src.group(1) in served, f"{path.name}: {script[0]}"
             assert "<style" not in text, f"{path.name}: an inline style sheet"
             assert re.search(r"\son[a-z]+=", text) is None, f"{path.name}: an inline handler"
 
@@ -654,3 +655,38 @@ async def test_console_pages_carry_the_security_headers(tmp_path: Path) -> None:
                 assert response.status_code == 404, path
                 assert response.json()["detail"] == "the console is off (api.console = false)"
             assert (await client.get("/calls")).status_code == 200
+
+
+async def test_a_flood_of_local_sessions_cannot_log_out_the_admin(tmp_path: Path) -> None:
+    """With no token, 1,100 cookieless ``GET /console/session`` (any local process may send
+    them) leave the admin's session in use alive; once the flood presents its cookies back
+    and fills every place, a new session gets 503 with a detail, and the admin's still works."""
+    async with _backend(tmp_path) as backend:
+        transport = httpx.ASGITransport(
+            app=create_app(ApiContext(health=_health, store=backend.store)),
+            client=("127.0.0.1", 40000),
+        )
+        admin = httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8080")
+        flood = httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8080")
+        async with admin, flood:  # two browsers of one app
+            mine = (await admin.get("/console/session")).json()["csrf"]
+            assert (await admin.get("/console/session")).json()["csrf"] == mine  # in use
+            for _ in range(1100):
+                flood.cookies.clear()
+                assert (await flood.get("/console/session")).status_code == 200
+            assert (await admin.get("/console/session")).json()["csrf"] == mine, "logged out"
+            refused: list[httpx.Response] = []
+            for _ in range(1100):
+                flood.cookies.clear()
+                opened = await flood.get("/console/session")
+                if opened.status_code != 200:
+                    refused.append(opened)
+                    continue
+                assert (await flood.get("/calls?limit=1")).status_code == 200  # presented
+            after = await admin.get("/console/session")
+    assert len(refused) == 1100 - 1023, f"{len(refused)} refused"  # the admin holds a place
+    assert {r.status_code for r in refused} == {503}, [r.text for r in refused[:3]]
+    assert "console sessions are open and in use" in refused[0].json()["detail"], refused[0].text
+    print(f"{len(refused)} of 1100 presented sessions refused once the 1024 places were in use")
+    assert after.status_code == 200, after.text
+    assert after.json()["csrf"] == mine, "the flood logged the admin out"

@@ -18,6 +18,7 @@ from structlog.testing import capture_logs
 from api.app import ApiContext, WebCallRefused, create_app
 from api.console_routes import CSP, FILES
 from api.server import ApiServer
+from api.spec import load_spec
 from daemon.call_feed import CallFeed
 from daemon.outbound import OutboundService
 from daemon.store import Store
@@ -690,3 +691,16 @@ async def test_a_flood_of_local_sessions_cannot_log_out_the_admin(tmp_path: Path
     print(f"{len(refused)} of 1100 presented sessions refused once the 1024 places were in use")
     assert after.status_code == 200, after.text
     assert after.json()["csrf"] == mine, "the flood logged the admin out"
+
+
+def test_the_readme_and_the_spec_name_the_routes_as_the_app_does() -> None:
+    """Every route README.md names with its method (`` `DELETE /web/calls/{call}` ``) and every
+    path of the served spec is a route of the app, spelt as the app spells its parameters."""
+    app = create_app(ApiContext(health=_health, store=None))
+    routes = {str(route.path) for route in app.routes if hasattr(route, "path")}
+    readme = (FILES.parent.parent / "README.md").read_text()
+    named = set(re.findall(r"`(?:GET|POST|PUT|PATCH|DELETE) (/[^`\s?]*)", readme))
+    assert "/web/calls/{call}" in named, sorted(named)
+    assert sorted(named - routes) == [], f"README names routes the app has not: {named - routes}"
+    spec = set(load_spec()["paths"])
+    assert sorted(spec - routes) == [], f"the spec has paths the app has not: {spec - routes}"

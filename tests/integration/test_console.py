@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
+import pytest
 from structlog.testing import capture_logs
 
 from api.app import ApiContext, WebCallRefused, create_app
@@ -704,3 +705,39 @@ def test_the_readme_and_the_spec_name_the_routes_as_the_app_does() -> None:
     assert sorted(named - routes) == [], f"README names routes the app has not: {named - routes}"
     spec = set(load_spec()["paths"])
     assert sorted(spec - routes) == [], f"the spec has paths the app has not: {spec - routes}"
+
+
+async def test_the_session_cookie_does_not_open_the_realtime_websocket(tmp_path: Path) -> None:
+    """A logged-in browser's cookie, which opens the HTTP routes, gets 401 at the
+    ``/v1/realtime`` WebSocket handshake (a key or a token opens it), as the README says."""
+    import websockets  # noqa: PLC0415 - only this test speaks WebSocket
+
+    async def engine(websocket: Any) -> None:
+        await websocket.accept()
+        await websocket.close()
+
+    async with _backend(tmp_path) as backend:
+        ctx = ApiContext(health=_health, store=backend.store, tokens={"crm": TOKEN}, engine=engine)
+        server = ApiServer(create_app(ctx), "127.0.0.1", 0)
+        await server.start()
+        base = f"127.0.0.1:{server.address[1]}"
+        try:
+            async with httpx.AsyncClient(base_url=f"http://{base}", timeout=5) as client:
+                login = await _login(client, TOKEN)
+                assert login.status_code == 303, login.text
+                cookie = {"cookie": f"sipai_session={client.cookies['sipai_session']}"}
+                assert (await client.get("/calls", headers=cookie)).status_code == 200
+            origin = {"origin": f"http://{base}"}
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                async with websockets.connect(
+                    f"ws://{base}/v1/realtime", additional_headers=cookie | origin, open_timeout=5
+                ):
+                    pass
+            bearer = {"authorization": f"Bearer {TOKEN}"}
+            async with websockets.connect(
+                f"ws://{base}/v1/realtime", additional_headers=bearer, open_timeout=5
+            ) as opened:
+                assert opened.response is not None
+        finally:
+            await server.stop(grace_seconds=1)
+    assert refused.value.response.status_code == 401, refused.value.response

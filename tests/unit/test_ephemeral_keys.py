@@ -111,3 +111,22 @@ def test_used_and_expired_keys_never_count_against_the_cap() -> None:
     for _ in range(3):
         keys.mint(60, {})
     assert len(keys) == 4
+
+
+def test_used_keys_are_remembered_within_a_bound_and_refused_after_it() -> None:
+    """At most ``remembered`` used keys are kept to answer 'already used'; an older one is
+    forgotten and refused all the same, as unknown, and none is kept past its expiry."""
+    clock = Clock()
+    keys = EphemeralKeys(clock, remembered=2)
+    values = [keys.mint(60, {}).value for _ in range(3)]
+    for value in values:
+        keys.redeem(value)
+    with pytest.raises(KeyRefused) as forgotten:
+        keys.redeem(values[0])
+    assert forgotten.value.code == "invalid_key"
+    for value in values[1:]:
+        with pytest.raises(KeyRefused, match="already used"):
+            keys.check(value)
+    clock.now += 60
+    keys.mint(10, {})  # prunes
+    assert vars(keys)["_used"] == {}, "used keys kept past their expiry"

@@ -137,25 +137,24 @@
           finish("ended");
         }
       });
-      const sdp = await window.sipaiRtc.offer(connection);
       // Step 2: the offer, authorised by the key alone.
-      const response = await fetch("/v1/realtime/calls", {
+      const post = (sdp) => fetch("/v1/realtime/calls", {
         method: "POST",
         headers: { Authorization: "Bearer " + key, "Content-Type": "application/sdp" },
         body: sdp,
         credentials: "omit",
       });
-      if (connection !== pc) {
+      const result = await window.sipaiRtc.call(connection, post, () => connection === pc);
+      if (result === null) {
         return; // hung up meanwhile
       }
-      if (response.status !== 201) {
-        const detail = await detailOf(response);
+      if (result.refused) {
+        const detail = await detailOf(result.refused);
         finish("refused");
         reason(detail);
         return;
       }
-      callUrl = response.headers.get("Location");
-      await window.sipaiRtc.answer(connection, response);
+      callUrl = result.location;
       if (connection === pc) {
         state("connecting");
         $("hangup").disabled = false;

@@ -1,8 +1,8 @@
 // The WebRTC peer both call pages build (talk.js: the agent; realtime.js: the engine): the
 // microphone as the outgoing track, one data channel made before the offer (so the offer has
 // its m=application), the remote track played by an <audio> element, and an offer carrying
-// every ICE candidate (the daemon does not trickle; no STUN server). Each page posts the
-// offer where it belongs and sets the answer with window.sipaiRtc.answer.
+// every ICE candidate (the daemon does not trickle; no STUN server), posted where the page
+// says, and the answer set.
 "use strict";
 
 (function () {
@@ -54,10 +54,20 @@
     return connection.localDescription.sdp;
   }
 
-  // Set the SDP answer a 201 response carries.
-  async function answer(connection, response) {
+  // Offer the connection through `post` (SDP text -> a fetch Response) and set the answer a
+  // 201 carries: {location} (the call's URL) once answered, {refused: response} for another
+  // status, or null when `live()` turned false meanwhile (the page hung up; nothing is set).
+  async function call(connection, post, live) {
+    const response = await post(await offer(connection));
+    if (!live()) {
+      return null;
+    }
+    if (response.status !== 201) {
+      return { refused: response };
+    }
     await connection.setRemoteDescription({ type: "answer", sdp: await response.text() });
+    return { location: response.headers.get("Location") };
   }
 
-  window.sipaiRtc = { open: open, offer: offer, answer: answer, release: release };
+  window.sipaiRtc = { open: open, call: call, release: release };
 })();

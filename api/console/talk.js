@@ -94,20 +94,21 @@
           finish("ended");
         }
       });
-      const sdp = await window.sipaiRtc.offer(connection);
-      state("calling");
-      const response = await consoleApi.request("POST", "/web/calls", sdp, "application/sdp");
-      if (connection !== pc) {
+      const post = (sdp) => {
+        state("calling");
+        return consoleApi.request("POST", "/web/calls", sdp, "application/sdp");
+      };
+      const result = await window.sipaiRtc.call(connection, post, () => connection === pc);
+      if (result === null) {
         return; // hung up meanwhile
       }
-      if (response.status !== 201) {
-        const detail = await consoleApi.detailOf(response);
+      if (result.refused) {
+        const detail = await consoleApi.detailOf(result.refused);
         finish("refused");
         reason(detail);
         return;
       }
-      callUrl = response.headers.get("Location");
-      await window.sipaiRtc.answer(connection, response);
+      callUrl = result.location;
       if (connection === pc) {
         state("connecting");
         $("hangup").disabled = false;

@@ -333,18 +333,7 @@ async def probe(url: str, calls: int, seconds: float) -> dict[str, Any]:
 
 async def _probe(port: int, seconds: float) -> dict[str, Any]:
     """:func:`probe` in a process of its own (a SIP worker's), its JSON line back."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.webrtc",
-        "probe",
-        "--port",
-        str(port),
-        "--seconds",
-        str(seconds),
-        stdout=asyncio.subprocess.PIPE,
-        env=os.environ,
-    )
+    proc = await _this_module("probe", "--port", str(port), "--seconds", str(seconds))
     out, _ = await proc.communicate()
     result: dict[str, Any] = json.loads(out)
     return result
@@ -438,23 +427,19 @@ async def _one_call(port: int, until: asyncio.Event) -> dict[str, list[float]]:
     }
 
 
+async def _this_module(*args: str) -> asyncio.subprocess.Process:
+    """``python -m bench.webrtc *args`` with its stdout piped to this process."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.webrtc", *args, stdout=asyncio.subprocess.PIPE, env=os.environ
+    )
+
+
 @contextlib.asynccontextmanager
 async def _far_end(mode: str, engine_port: int = 0) -> AsyncIterator[tuple[int, int]]:
     """The far end's subprocess: (its port, its pid)."""
     port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.webrtc",
-        "serve",
-        "--mode",
-        mode,
-        "--port",
-        str(port),
-        "--engine-port",
-        str(engine_port),
-        stdout=asyncio.subprocess.PIPE,
-        env=os.environ,
+    proc = await _this_module(
+        "serve", "--mode", mode, "--port", str(port), "--engine-port", str(engine_port)
     )
     try:
         assert proc.stdout is not None

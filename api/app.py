@@ -128,6 +128,8 @@ class EphemeralKeyStore(Protocol):
 
     def redeem(self, key: str) -> dict[str, Any]: ...
 
+    def restore(self, key: str, session: dict[str, Any]) -> None: ...
+
 
 @dataclass(frozen=True)
 class ApiContext:

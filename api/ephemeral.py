@@ -10,10 +10,12 @@ several sessions until it expires, ours open exactly one. A key opens nothing el
 Pure (the clock is given): keys are kept in memory as SHA-256 digests, never as text, with
 their session and expiry. A key is dropped from them as soon as it is used or found expired, so
 the cap :data:`MAX_OUTSTANDING` bounds the live unused keys only; past it, minting is refused
-until one is used or expires (:class:`TooManyKeys`, answered 503 with ``Retry-After``). The
-digests of used keys are remembered apart until they expire (at most :data:`MAX_REMEMBERED`,
-the oldest forgotten first), only so that a second use is told ``used_key``: a forgotten one
-is refused all the same, as unknown. They die with the process.
+until one is used or expires (:class:`TooManyKeys`, answered 503 with ``Retry-After``). A key
+redeemed by an offer refused before its call existed is given back
+(:meth:`EphemeralKeys.restore`). The digests of used keys are remembered apart until they
+expire (at most :data:`MAX_REMEMBERED`, the oldest forgotten first), only so that a second use
+is told ``used_key``: a forgotten one is refused all the same, as unknown. They die with the
+process.
 """
 
 from __future__ import annotations
@@ -171,6 +173,14 @@ class EphemeralKeys:
         while len(self._used) > self.remembered:
             del self._used[next(iter(self._used))]
         return found.session
+
+    def restore(self, key: str, session: dict[str, Any]) -> None:
+        """Give back ``key``, redeemed for ``session`` by an offer refused before any call
+        existed: it opens a session again until it expires (nothing if it is not used)."""
+        digest = _digest(key)
+        until = self._used.pop(digest, None)
+        if until is not None:
+            self._keys[digest] = _Outstanding(until, session)
 
     def _valid(self, key: str | bytes) -> _Outstanding:
         digest = _digest(key) if isinstance(key, str) else key

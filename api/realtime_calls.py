@@ -197,12 +197,19 @@ class RealtimeCalls:
             unavailable = self._unavailable()
             if unavailable is not None:  # the key stays unused
                 return unavailable
-            minted = keys.redeem(key)  # used up by this offer
+            minted = keys.redeem(key)  # used up by this offer (two at once cannot both pass)
         except KeyRefused as exc:
             return refusal(401, exc.message, exc.code, {"www-authenticate": "Bearer"})
         except _BadOffer as exc:
             return refusal(exc.status, exc.detail, exc.code)
-        return await self._open(request, sdp, minted, EPHEMERAL)
+        opened = False
+        try:
+            response = await self._open(request, sdp, minted, EPHEMERAL)
+            opened = response.status_code == 201
+        finally:
+            if not opened:  # refused (400, 503) or failed before a call existed
+                keys.restore(key, minted)
+        return response
 
     # -- routes -------------------------------------------------------------------------
 

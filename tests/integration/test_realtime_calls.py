@@ -12,6 +12,7 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,15 +23,23 @@ import websockets
 from openai import AsyncOpenAI
 from openai.types.realtime import ClientSecretCreateResponse
 
-from api.app import ApiContext, HealthReport, WebCallRefused, create_app
+from api.app import ApiContext, HealthReport, WebCallRefused, WebCalls, create_app
 from api.ephemeral import EphemeralKeys
 from api.spec import load_spec
-from config.schema import AgentSettings, ApiSettings, RealtimeSettings, WebSettings
+from config.schema import (
+    AgentSettings,
+    ApiSettings,
+    DaemonSettings,
+    RealtimeSettings,
+    Settings,
+    WebSettings,
+)
 from daemon.ipc import messages as msg
 from daemon.legs.webrtc import WebRtcLeg, use_ice_addresses
 from daemon.web.engine_relay import EVENTS_CHANNEL, EngineCalls, engine_endpoint
 from daemon.web.flows import WebContext
 from daemon.web.host import WebHost
+from daemon.web.pool import WebPool
 from tests.integration.test_engine import TOKEN, EngineServer
 from tests.peers.webrtc_client import WebRtcClient
 from tests.realtime_oracle import check_server_event
@@ -456,7 +465,7 @@ class BareApi:
     """The API app on loopback with ephemeral keys but no engine and no web host, and a
     switch for draining."""
 
-    def __init__(self) -> None:
+    def __init__(self, web: WebCalls | None = None) -> None:
         self.stopping = False
         self.keys = EphemeralKeys()
         app = create_app(
@@ -465,6 +474,7 @@ class BareApi:
                 tokens={"crm": TOKEN},
                 draining=lambda: self.stopping,
                 keys=self.keys,
+                web=web,
             )
         )
         self._server = uvicorn.Server(
@@ -505,6 +515,47 @@ async def test_a_503_offer_leaves_the_key_unused(bare: BareApi) -> None:
     assert off.status_code == 503, off.text
     assert "browser calls are off" in off.json()["detail"], off.text
     bare.keys.check(key)  # raises KeyRefused("used_key") if a 503 used it up
+
+
+async def test_a_503_from_the_web_pool_leaves_the_key_unused(tmp_path: Path) -> None:
+    """An offer with an ephemeral key that the web pool refuses with 503 (no web worker is
+    up) leaves the key unused."""
+    pool = WebPool(Settings(daemon=DaemonSettings(runtime_dir=str(tmp_path))))
+    api = BareApi(web=pool)
+    try:
+        key = api.keys.mint(60, {}).value
+        headers = {"authorization": f"Bearer {key}", "content-type": "application/sdp"}
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api.port}", timeout=10) as c:
+            refused = await c.post("/v1/realtime/calls", content=OFFER, headers=headers)
+            again = await c.post("/v1/realtime/calls", content=OFFER, headers=headers)
+    finally:
+        api.close()
+    for response in (refused, again):  # not 401 used_key the second time
+        assert response.status_code == 503, response.text
+        assert response.json()["detail"] == "no web worker is up", response.text
+    api.keys.check(key)  # raises KeyRefused("used_key") if a refusal used it up
+
+
+async def test_an_offer_the_web_worker_refuses_leaves_the_key_unused(
+    server: tuple[EngineServer, HostCalls], http: httpx.AsyncClient
+) -> None:
+    """An offer with an ephemeral key that passes the API's check but that the web worker's
+    aiortc refuses (400) leaves the key unused: the same key then opens its session."""
+    key = await _mint(http)
+    headers = {"authorization": f"Bearer {key}", "content-type": "application/sdp"}
+    refused = await http.post("/v1/realtime/calls", content=OFFER, headers=headers)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["detail"].startswith("the offer cannot be answered"), refused.text
+    peer = Browser()
+    try:
+        opened = await http.post("/v1/realtime/calls", content=await peer.offer(), headers=headers)
+        assert opened.status_code == 201, opened.text  # not 401 used_key
+        hung = await http.post(
+            f"{opened.headers['location']}/hangup", headers={"authorization": f"Bearer {TOKEN}"}
+        )
+        assert hung.status_code == 200, hung.text
+    finally:
+        await peer.close()
 
 
 async def test_a_503_handshake_leaves_the_key_unused(bare: BareApi) -> None:

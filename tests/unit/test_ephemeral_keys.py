@@ -130,3 +130,25 @@ def test_used_keys_are_remembered_within_a_bound_and_refused_after_it() -> None:
     clock.now += 60
     keys.mint(10, {})  # prunes
     assert vars(keys)["_used"] == {}, "used keys kept past their expiry"
+
+
+def test_a_restored_key_opens_its_session_again_until_it_expires() -> None:
+    """A redeemed key given back opens its session once more and is then used; a key given
+    back after its expiry is refused as expired and dropped."""
+    clock = Clock()
+    keys = EphemeralKeys(clock)
+    key = keys.mint(60, {"instructions": "Be brief."}).value
+    session = keys.redeem(key)
+    keys.restore(key, session)
+    assert len(keys) == 1
+    assert keys.redeem(key)["instructions"] == "Be brief."
+    with pytest.raises(KeyRefused, match="already used"):
+        keys.check(key)
+    late = keys.mint(10, {}).value
+    session = keys.redeem(late)
+    clock.now += 11
+    keys.restore(late, session)
+    with pytest.raises(KeyRefused) as expired:
+        keys.check(late)
+    assert expired.value.code == "expired_key", expired.value.code
+    assert len(keys) == 0

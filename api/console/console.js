@@ -14,7 +14,11 @@
       throw new Error("not logged in");
     }
     if (!r.ok) {
-      throw new Error("console session: HTTP " + r.status);
+      // No session (503 when every place is in use): the page says why, as the server does.
+      const why = "No console session: " + (await detailOf(r));
+      $("warning").textContent = why;
+      $("warning").hidden = false;
+      throw new Error(why);
     }
     return r.json();
   });
@@ -305,7 +309,12 @@
   }
 
   async function start() {
-    const session = await ready;
+    let session;
+    try {
+      session = await ready;
+    } catch (error) {
+      return; // the banner says why
+    }
     $("who").textContent = session.auth === "token" ? "token: " + session.token_name : "";
     $("logout").hidden = session.auth !== "token";
     if (session.warning) {

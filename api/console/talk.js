@@ -145,7 +145,11 @@
       );
       return;
     }
-    await consoleApi.ready;
+    try {
+      await consoleApi.ready;
+    } catch (error) {
+      return; // no session: console.js's banner says why
+    }
     $("talk").disabled = false;
   }
 

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from selenium.webdriver.common.by import By
 
+from api.app import ApiContext, HealthReport, create_app
+from api.console_auth import MAX_SESSIONS
 from config.schema import EngineSettings
 from media.wav import read_wav_channels
 from tests.peers.receiver import Receiver
@@ -253,3 +257,41 @@ def test_talk_to_the_agent_from_the_console(daemon_env: dict[str, str], tmp_path
     caller_side = _heard(frames[:, 0].copy(), rate)
     print(f"channel 1: {caller_side!r}")
     assert "call me back" in caller_side, caller_side
+
+
+def test_the_page_shows_why_it_has_no_session(tmp_path: Path) -> None:
+    """With no token and every console session place taken by sessions in use, the page
+    shows the 503's detail in its banner instead of failing silently."""
+    app = create_app(
+        ApiContext(health=lambda: HealthReport("healthy", False, "test", 1.0, 0, 0, []))
+    )
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wav = tmp_path / "silence.wav"
+    speech_wav(wav, [0.5])
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "the API did not start"
+            time.sleep(0.01)
+        base = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        with httpx.Client(base_url=base, timeout=10) as flood:
+            for _ in range(MAX_SESSIONS):  # each session opened, then presented: in use
+                flood.cookies.clear()
+                assert flood.get("/console/session").status_code == 200
+                assert flood.get("/calls?limit=1").status_code == 200
+            flood.cookies.clear()
+            full = flood.get("/console/session")
+        assert full.status_code == 503, full.text
+        with chrome(wav) as driver:
+            driver.get(base + "/")
+            shown = wait_for(
+                driver,
+                'const w = document.getElementById("warning"); return !w.hidden && w.textContent;',
+                10,
+            )
+        assert shown == "No console session: " + full.json()["detail"], shown
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -94,6 +94,39 @@ def test_a_flood_of_sessions_cannot_log_out_a_live_one() -> None:
     assert len(sessions) == 8
 
 
+def test_presented_sessions_idle_past_the_bound_make_room_and_recent_ones_are_kept() -> None:
+    """With every open session presented, a new one drops the least recently presented
+    session once it has been idle for more than 30 minutes (the default bound), keeps a session
+    used within that bound, and is refused only while all were used within it."""
+    clock = Clock()
+    sessions = ConsoleSessions(hours=12, clock=clock, max_sessions=4)  # idle: 30 min
+    admin, mine = sessions.open("default")
+    flood = [sessions.open("local")[0] for _ in range(3)]
+    for cookie in [admin, *flood]:
+        assert sessions.get(cookie) is not None
+    with pytest.raises(TooManySessions, match="idle for 30 minutes"):
+        sessions.open("local")
+    clock.now += 1000
+    assert sessions.get(admin) == mine  # the admin keeps using the console
+    clock.now += 801  # the flood idle for 1801 s, the admin for 801 s
+    fresh = []
+    for _ in range(3):
+        cookie, _ = sessions.open("local")
+        assert sessions.get(cookie) is not None
+        fresh.append(cookie)
+    assert [sessions.get(cookie) for cookie in flood] == [None] * 3, "the idle ones went"
+    assert sessions.get(admin) == mine, "the session in use was dropped"
+    assert len(sessions) == 4
+    with pytest.raises(TooManySessions):  # all four presented within the bound
+        sessions.open("local")
+    clock.now += 1801
+    for cookie in fresh:
+        assert sessions.get(cookie) is not None
+    late, _ = sessions.open("local")  # the admin, now idle for 1801 s, makes room
+    assert sessions.get(admin) is None
+    assert sessions.get(late) is not None
+
+
 def test_same_token_refuses_empty_values() -> None:
     """An empty offered or expected token never matches (a missing cookie and field alike)."""
     assert same_token("abc", "abc")

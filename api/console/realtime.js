@@ -144,7 +144,7 @@
         body: sdp,
         credentials: "omit",
       });
-      const result = await window.sipaiRtc.call(connection, post, () => connection === pc);
+      const result = await window.sipaiRtc.call(connection, post, () => connection === pc, end);
       if (result === null) {
         return; // hung up meanwhile
       }
@@ -176,16 +176,21 @@
     }
   }
 
+  // A session ends with a POST to its URL's /hangup.
+  function end(url) {
+    return fetch(url + "/hangup", {
+      method: "POST",
+      headers: { "X-CSRF-Token": csrf },
+      credentials: "same-origin",
+    });
+  }
+
   async function hangup() {
     const url = callUrl;
     callUrl = null;
     finish("ended");
     if (url) {
-      await fetch(url + "/hangup", {
-        method: "POST",
-        headers: { "X-CSRF-Token": csrf },
-        credentials: "same-origin",
-      });
+      await end(url);
     }
   }
 

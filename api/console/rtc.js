@@ -56,10 +56,20 @@
 
   // Offer the connection through `post` (SDP text -> a fetch Response) and set the answer a
   // 201 carries: {location} (the call's URL) once answered, {refused: response} for another
-  // status, or null when `live()` turned false meanwhile (the page hung up; nothing is set).
-  async function call(connection, post, live) {
+  // status, or null when `live()` turned false meanwhile (the page hung up; nothing is set,
+  // and a call a 201 made all the same is hung up at once with `drop(location)`, so that it
+  // does not wait for the daemon's connect timeout).
+  async function call(connection, post, live, drop) {
     const response = await post(await offer(connection));
     if (!live()) {
+      const location = response.status === 201 ? response.headers.get("Location") : null;
+      if (location) {
+        try {
+          await drop(location);
+        } catch (error) {
+          // unreachable daemon: the call ends by its connect timeout
+        }
+      }
       return null;
     }
     if (response.status !== 201) {

@@ -98,7 +98,8 @@
         state("calling");
         return consoleApi.request("POST", "/web/calls", sdp, "application/sdp");
       };
-      const result = await window.sipaiRtc.call(connection, post, () => connection === pc);
+      const drop = (url) => consoleApi.request("DELETE", url);
+      const result = await window.sipaiRtc.call(connection, post, () => connection === pc, drop);
       if (result === null) {
         return; // hung up meanwhile
       }

@@ -295,3 +295,61 @@ def test_the_page_shows_why_it_has_no_session(tmp_path: Path) -> None:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+class _SlowWebCalls:
+    """The web workers' side of ``POST /web/calls``, answering 201 only once released, and
+    recording the calls hung up."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.hung_up: list[str] = []
+
+    async def offer(
+        self, sdp: str, mode: Any, session: dict[str, Any] | None, caller: str, user_agent: str
+    ) -> tuple[str, str]:
+        for _ in range(400):  # 20 s at most
+            if self.release.is_set():
+                break
+            await asyncio.sleep(0.05)
+        return "web-7", "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\n"
+
+    async def hangup(self, call: str) -> None:
+        self.hung_up.append(call)
+
+
+def test_a_call_answered_after_the_page_hung_up_is_hung_up_at_once(tmp_path: Path) -> None:
+    """When the page's call ends while its offer is posted, the 201 that still comes is hung
+    up at once (DELETE on its URL), not left to the daemon's connect timeout."""
+    web = _SlowWebCalls()
+    app = create_app(
+        ApiContext(health=lambda: HealthReport("healthy", False, "test", 1.0, 0, 0, []), web=web)
+    )
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wav = tmp_path / "silence.wav"
+    speech_wav(wav, [0.5])
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "the API did not start"
+            time.sleep(0.01)
+        base = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        with chrome(wav) as driver:
+            driver.get(base + "/")
+            wait_for(driver, 'return !document.getElementById("talk").disabled', 10)
+            driver.find_element(By.ID, "talk").click()
+            state = 'return document.getElementById("call-state").textContent'
+            wait_for(driver, state + ' === "calling"', 10)
+            driver.execute_script("window.sipaiTestPeers.forEach((peer) => peer.close())")
+            wait_for(driver, state + ' === "ended"', 10)  # the page's call is over
+            web.release.set()
+            deadline = time.monotonic() + 5
+            while not web.hung_up and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert web.hung_up == ["web-7"], web.hung_up
+    finally:
+        web.release.set()
+        server.should_exit = True
+        thread.join(timeout=10)

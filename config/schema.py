@@ -358,6 +358,8 @@ class WebSettings(Section):
     workers: int = Field(default=1, ge=0, le=4)
     max_calls: int = Field(default=8, ge=1, le=32)  # browser calls one web worker holds
     connect_timeout_seconds: float = Field(default=15.0, gt=0, le=120)
+    # ICE consent: checks every consent_seconds / 5; 5 unanswered in a row end the call.
+    consent_seconds: float = Field(default=10.0, ge=1, le=60)
     # The addresses offered as ICE host candidates; empty: the host's addresses plus 127.0.0.1.
     ice_addresses: list[str] = Field(default_factory=list)
 

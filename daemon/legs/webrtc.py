@@ -13,8 +13,8 @@ Signalling, mapped onto a SIP call's events so the inbound agent runs unchanged:
   no-op (the offer was answered when the leg was made).
 - never connected within ``connect_timeout`` seconds: ``Ended(408, "browser never
   connected")``; ``failed``: ``Ended(480, "ICE/DTLS failed")``, also when ICE consent
-  expires (:data:`CONSENT_FAILURES` checks a second unanswered: a browser that vanished
-  without a word, about 5 s after it went).
+  expires (:func:`use_consent`, ``[web] consent_seconds``: a browser that vanished without a
+  word, or whose network is gone, ends 9-15 s after it went at the default of 10 s).
 - ``closed``, ``disconnected`` for :data:`DISCONNECTED_GRACE` seconds, or ``{"type":
   "hangup"}`` on the page's ``sipai`` data channel: the caller hung up, ``Ended(200)``.
 - :meth:`hangup` tells the page (``{"type": "hangup"}`` on that channel), closes the
@@ -135,13 +135,35 @@ aioice.ice.get_host_addresses = host_addresses
 
 # ICE consent (RFC 7675). aioice asks the peer for consent every 5 s and gives up after 6
 # unanswered checks, so a browser that vanished without a word (tab closed, network gone) held
-# its call, and an engine session behind it, for about 30 s. Asked every second, 5 unanswered
-# checks in a row (each waits 0.5 s for its answer) end the connection about 5 s after the
-# browser's last answer, as a browser's own "disconnected" state comes.
-CONSENT_INTERVAL = 1
-CONSENT_FAILURES = 5
-aioice.ice.CONSENT_INTERVAL = CONSENT_INTERVAL
-aioice.ice.CONSENT_FAILURES = CONSENT_FAILURES
+# its call, and an engine session behind it, for about 30 s. :func:`use_consent` ([web]
+# consent_seconds) sets how long instead; the module's default applies until it is called.
+CONSENT_FAILURES = 5  # unanswered checks in a row that end the connection
+CONSENT_SECONDS = 10.0  # [web] consent_seconds' default
+CONSENT_ANSWER_SECONDS = 0.5  # how long aioice waits for each check's answer (its STUN RTO)
+
+
+def use_consent(seconds: float) -> None:
+    """Check ICE consent every ``seconds / CONSENT_FAILURES`` (aioice randomises each wait
+    by 0.8-1.2) and end the connection after :data:`CONSENT_FAILURES` unanswered checks in a
+    row. Process-wide, like :func:`use_ice_addresses`. A peer that stops answering is dropped
+    between :func:`consent_bounds` seconds after it went; a shorter outage never drops it."""
+    if seconds <= 0:
+        raise ValueError(f"consent seconds must be positive, not {seconds}")
+    aioice.ice.CONSENT_INTERVAL = seconds / CONSENT_FAILURES
+    aioice.ice.CONSENT_FAILURES = CONSENT_FAILURES
+
+
+def consent_bounds(seconds: float) -> tuple[float, float]:
+    """The shortest and longest time from a peer's last answer to the connection's end, for
+    :func:`use_consent` ``(seconds)``: the failed checks' waits (0.8-1.2 x the interval) and
+    their answer windows; the shortest is also the longest outage a call always survives."""
+    interval = seconds / CONSENT_FAILURES
+    shortest = (CONSENT_FAILURES - 1) * (0.8 * interval + CONSENT_ANSWER_SECONDS)
+    longest = CONSENT_FAILURES * (1.2 * interval + CONSENT_ANSWER_SECONDS)
+    return shortest + CONSENT_ANSWER_SECONDS, longest
+
+
+use_consent(CONSENT_SECONDS)
 
 _aioice_request_received = aioice.ice.Connection.request_received
 

@@ -33,7 +33,7 @@ from config.schema import (
 )
 from daemon.ipc import messages as msg
 from daemon.ipc.connection import Connection, IpcError
-from daemon.legs.webrtc import use_ice_addresses
+from daemon.legs.webrtc import use_consent, use_ice_addresses
 from daemon.logs import configure_logging, get_logger
 from daemon.web.engine_relay import EngineCalls, engine_endpoint
 from daemon.web.flows import WebContext
@@ -98,6 +98,7 @@ class WebWorkerProcess:
         )
         web = WebSettings.model_validate(hello["web"])
         use_ice_addresses(web.ice_addresses)
+        use_consent(web.consent_seconds)
         host = self.host = WebHost(context, web)
         host.ended_listeners.append(lambda key: self._tell_ended(conn, key))
         host.modes["engine"] = EngineCalls(

@@ -487,7 +487,7 @@ async def test_a_vanished_browser_ends_its_engine_session_within_seconds(rig: Ma
         gone = time.monotonic()
         await asyncio.wait_for(session.ws.wait_closed(), 45)
         elapsed = time.monotonic() - gone
-        print(f"engine session closed {elapsed:.1f} s after the browser vanished (bound {bound:.1f} s)")
+        print(f"engine session closed {elapsed:.1f} s after the browser went (bound {bound:.1f} s)")
         assert elapsed < bound, f"the engine session closed {elapsed:.1f} s after the browser went"
     finally:
         if browser.returncode is None:

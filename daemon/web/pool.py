@@ -85,16 +85,22 @@ class WebPool(ProcessPool[WebWorker]):
     module = "daemon.web"
     kind = "web"
 
-    def __init__(self, settings: Settings, offer_seconds: float = OFFER_SECONDS) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        offer_seconds: float = OFFER_SECONDS,
+        refresh_seconds: float = REFRESH_SECONDS,
+    ) -> None:
         super().__init__(settings, "sipai-web-")
         self.offer_seconds = offer_seconds  # for a worker's answer before the next is asked
+        self.refresh_seconds = refresh_seconds  # between two questions of the calls held
         self.workers = [
             WebWorker(WEB_WORKER_BASE + i, self.runtime_dir / f"web-{i}.sock")
             for i in range(settings.web.workers)
         ]
         # the calls up: pool-wide id -> (worker, the worker's key, when it was answered); an
         # entry goes when its worker reports the call's end (web_call_ended), dies, or no
-        # longer holds it when asked (REFRESH_SECONDS): the map never outgrows the calls held
+        # longer holds it when asked (every refresh_seconds): the map never outgrows the calls held
         # and those answered within one refresh
         self._calls: dict[str, tuple[WebWorker, str, float]] = {}
         self._late: set[asyncio.Future[Any]] = set()  # offers given up on, their hang-ups
@@ -207,7 +213,7 @@ class WebPool(ProcessPool[WebWorker]):
 
     async def _refresh(self) -> None:
         while True:
-            await asyncio.sleep(REFRESH_SECONDS)
+            await asyncio.sleep(self.refresh_seconds)
             await self._count_calls()
 
     # -- what the API asks (the WebCalls of api.app) ---------------------------------------

@@ -35,7 +35,7 @@ from daemon.legs.webrtc import consent_bounds, use_ice_addresses
 from daemon.store import Store
 from daemon.web import WEB_WORKER_BASE
 from daemon.web.flows import WebContext, web_agent
-from daemon.web.pool import OFFER_SECONDS, WebPool
+from daemon.web.pool import OFFER_SECONDS, REFRESH_SECONDS, WebPool
 from sip.events import CallAnswered, SipEvent
 from tests.peers.realtime_server import FakeRealtime, FakeSession
 
@@ -164,7 +164,12 @@ async def rig(tmp_path: Path) -> AsyncIterator[MakeRig]:
     stack = contextlib.AsyncExitStack()
     made: list[Rig] = []
 
-    async def make(script: Script, offer_seconds: float = OFFER_SECONDS, **web: Any) -> Rig:
+    async def make(
+        script: Script,
+        offer_seconds: float = OFFER_SECONDS,
+        refresh_seconds: float = REFRESH_SECONDS,
+        **web: Any,
+    ) -> Rig:
         fake = await stack.enter_async_context(FakeRealtime("ga", script))
         store = Store(tmp_path / "sipai.db")
         await store.open()
@@ -186,7 +191,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[MakeRig]:
             # the engine's /v1/realtime (engine calls) is the fake model too
             api={"host": "127.0.0.1", "port": int(fake.url.split(":")[2].split("/")[0])},
         )
-        pool = WebPool(settings, offer_seconds=offer_seconds)
+        pool = WebPool(settings, offer_seconds=offer_seconds, refresh_seconds=refresh_seconds)
         pool.inbound_listeners.append(records.on_inbound)
         pool.call_listeners.append(records.on_sip_event)
         answers: list[tuple[int, Any]] = []
@@ -405,7 +410,9 @@ async def engine_closes(session: FakeSession) -> None:
 async def test_calls_that_end_by_themselves_leave_no_entry_in_the_pool(rig: MakeRig) -> None:
     """Four engine calls that end by themselves (the engine closes their sessions) and an agent
     call that ends with end_call, while another call keeps the worker busy, leave only that
-    call in the pool's map of calls, each gone within 5 s of its end."""
+    call in the pool's map of calls, each gone within 5 s of its end. The pool's refresh (which
+    would also find them gone) is set to 60 s, past the test's end: the worker's report of each
+    end (web_call_ended) is what clears them."""
 
     async def first_stays(session: FakeSession) -> None:
         opened = session.server.sessions.index(session)  # in the order the calls came
@@ -416,7 +423,7 @@ async def test_calls_that_end_by_themselves_leave_no_entry_in_the_pool(rig: Make
         else:
             await greet_then_end(session)
 
-    made = await rig(first_stays)
+    made = await rig(first_stays, refresh_seconds=60.0)
     keeper, sdp = await Browser.offer()
     made.browsers.append(keeper)
     kept, answer = await made.pool.offer(sdp, "engine", None, "web:default", "aiortc")

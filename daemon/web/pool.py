@@ -68,6 +68,10 @@ class WebWorker:
     restarts: int = 0
     calls: int = 0  # calls held, as last counted (offers answered since included)
     started: set[str] = field(default_factory=set)  # its calls with a record in progress
+    # offers given up on: their record ids, then (once answered late) the worker's keys of
+    # those calls, whose inbound events no listener hears: no browser ever had that call
+    abandoned_records: set[str] = field(default_factory=set)
+    abandoned: set[str] = field(default_factory=set)
     reader: asyncio.Future[None] | None = None
 
     @property
@@ -131,6 +135,8 @@ class WebPool(ProcessPool[WebWorker]):
         for key in sorted(worker.started):  # finished as a dead SIP worker's calls are
             self._tell(worker, CallEnded(call=key, code=0, reason=error, local_cause="worker_died"))
         worker.started.clear()
+        worker.abandoned_records.clear()
+        worker.abandoned.clear()
         self._forget(worker, lambda key, since: True)
 
     async def drain(self) -> None:
@@ -182,6 +188,15 @@ class WebPool(ProcessPool[WebWorker]):
         self._forget(worker, lambda key, since: key == call)
 
     def _inbound(self, worker: WebWorker, event: msg.Event) -> None:
+        call = str(getattr(event, "call", ""))
+        if isinstance(event, msg.InboundStarted) and event.record_id in worker.abandoned_records:
+            worker.abandoned_records.discard(event.record_id)
+            worker.abandoned.add(call)
+        if call in worker.abandoned:  # a late answer, hung up: no record, no webhook
+            if isinstance(event, msg.InboundDone):
+                worker.abandoned.discard(call)
+                log.info("web.late_call_done", worker=worker.index, key=call)
+            return
         if isinstance(event, msg.InboundStarted):
             worker.started.add(event.call)
         elif isinstance(event, msg.InboundDone):
@@ -292,16 +307,20 @@ class WebPool(ProcessPool[WebWorker]):
     def _drop_late(
         self, worker: WebWorker, call: str, attempt: asyncio.Future[msg.WebOfferReply]
     ) -> None:
-        """Hang up the call ``attempt`` answers, if it does: no browser has its answer."""
+        """Hang up the call ``attempt`` answers, if it does: no browser has its answer, so
+        its inbound events (record ``call``) are kept from the listeners (:meth:`_inbound`)."""
         self._late.add(attempt)
+        worker.abandoned_records.add(call)  # before any answer: the worker replies first
 
         def answered(done: asyncio.Future[msg.WebOfferReply]) -> None:
             self._late.discard(done)
             if done.cancelled() or done.exception() is not None:
+                worker.abandoned_records.discard(call)
                 return
             reply = done.result()
             conn = worker.conn
             if reply.detail or not reply.call or conn is None:
+                worker.abandoned_records.discard(call)
                 return
             worker.calls += 1  # until its end is reported
             log.warning(

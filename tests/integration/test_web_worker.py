@@ -168,6 +168,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[MakeRig]:
         script: Script,
         offer_seconds: float = OFFER_SECONDS,
         refresh_seconds: float = REFRESH_SECONDS,
+        inbound_url: str = "",
         **web: Any,
     ) -> Rig:
         fake = await stack.enter_async_context(FakeRealtime("ga", script))
@@ -175,7 +176,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[MakeRig]:
         await store.open()
         stack.push_async_callback(store.close)
         feed = CallFeed()
-        records = InboundRecords(store, Deliverer(store), "", feed=feed)
+        records = InboundRecords(store, Deliverer(store), inbound_url, feed=feed)
         fed: list[dict[str, Any]] = []
 
         async def follow() -> None:
@@ -505,7 +506,8 @@ async def test_a_vanished_browser_ends_its_engine_session_within_seconds(rig: Ma
 async def test_an_offer_a_worker_answers_too_late_never_runs_a_second_call(rig: MakeRig) -> None:
     """A web worker that answers an offer after the pool gave up on it (stopped for 2 s, the
     offer bound here) does not run a call under the id of the call the next worker answered:
-    each attempt has its own record id, and the late call is hung up at once."""
+    each attempt has its own record id, and the late call is hung up at once, leaving no
+    record and queuing no inbound.ended webhook (no browser ever had that call)."""
     started: list[tuple[int, str]] = []  # (worker, record id) of each inbound_call
     done: list[int] = []
 
@@ -515,26 +517,40 @@ async def test_an_offer_a_worker_answers_too_late_never_runs_a_second_call(rig: 
         elif kind == "inbound_done":
             done.append(worker)
 
-    made = await rig(keep_talking, offer_seconds=2.0, workers=2)
+    made = await rig(
+        keep_talking, offer_seconds=2.0, inbound_url="http://127.0.0.1:9/inbound", workers=2
+    )
     made.pool.inbound_listeners.append(heard)
     slow = made.pool.workers[0]  # asked first: the fewest calls, the lowest index
     assert slow.pid is not None
-    os.kill(slow.pid, signal.SIGSTOP)
-    try:
-        _, call = await made.call()
-    finally:
-        os.kill(slow.pid, signal.SIGCONT)
-    resumed = time.monotonic()
-    async with asyncio.timeout(15):
-        while len(started) < 2:
-            await asyncio.sleep(0.05)
-    ids = [record for _, record in started]
-    assert len(set(ids)) == len(ids), f"two calls under one record id: {started}"
-    assert (slow.index + 1, call) in started, started
-    async with asyncio.timeout(5):
-        while slow.index not in done:
-            await asyncio.sleep(0.05)
-    print(f"late call on worker {slow.index} over {time.monotonic() - resumed:.2f} s after it woke")
+    with capture_logs() as logs:
+        os.kill(slow.pid, signal.SIGSTOP)
+        try:
+            _, call = await made.call()
+        finally:
+            os.kill(slow.pid, signal.SIGCONT)
+        resumed = time.monotonic()
+
+        def seen(event: str) -> list[dict[str, Any]]:
+            return [e for e in logs if e["event"] == event and e.get("worker") == slow.index]
+
+        async with asyncio.timeout(15):  # the late call is answered, hung up and over
+            while not (seen("web.late_call_done") or slow.index in done):
+                await asyncio.sleep(0.05)
+        [hung_up] = seen("web.late_answer_hung_up")
+    late = hung_up["call_id"]
+    print(
+        f"late call {late} on worker {slow.index} over"
+        f" {time.monotonic() - resumed:.2f} s after it woke"
+    )
+    assert late != call
+    assert started == [(slow.index + 1, call)], f"the late call was reported: {started}"
+    assert done == [], done
+    assert await made.store.get_inbound(late) is None, "the late call left a record"
+    history = [r["call_id"] for r in await made.store.list_inbound(10, direction="web")]
+    assert history == [call], history
+    queued = [w.call_id for w in await made.store.due_webhooks(time.time() + 3600)]
+    assert queued == [], f"webhooks queued: {queued}"
     record = await made.store.get_inbound(call)
     assert record is not None
     assert record["status"] == "in_progress", record  # the browser's call goes on

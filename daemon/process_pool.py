@@ -9,8 +9,12 @@ in the runtime directory. It:
 - serves ``hello`` (:func:`daemon.pool_state.hello_reply`), ``synthesize`` and ``transcribe``
   on every connection, plus the requests and events of its kind
   (:meth:`~ProcessPool._requests`, :meth:`~ProcessPool._events`); one connection per process;
-- restarts a process that exits while the pool runs, with capped, jittered backoff, after
-  :meth:`~ProcessPool._worker_died` has ended what it held;
+- restarts a process that exits while the pool runs, with capped, jittered backoff (0.5, 1,
+  2 ... 30 s), after :meth:`~ProcessPool._worker_died` has ended what it held. The wait for
+  a restarted process's ``ready`` ends as soon as it exits: one that dies during start-up is
+  restarted after the next backoff step (both pools; the SIP pool before waited the whole 30
+  s ready bound each time). A spawn that fails (``EMFILE``, ``ENOMEM``...) is logged
+  (``worker.spawn_failed``) and tried again after the next backoff step;
 - stops: asks each process to shut down, waits, kills stragglers, removes its sockets.
 
 :mod:`daemon.workers` (SIP workers) and :mod:`daemon.web.pool` (web workers) are its two
@@ -181,20 +185,25 @@ class ProcessPool(abc.ABC, Generic[StateT]):
             if self.stopping():
                 return
             self._worker_died(state, code)
-            failures += 1
-            jitter = random.uniform(0.8, 1.2)  # noqa: S311 - not cryptographic
-            delay = min(RESTART_BACKOFF_CAP, 0.5 * 2 ** (failures - 1)) * jitter
-            log.warning(
-                f"{self.kind}.restarting",
-                worker=state.index,
-                exit_code=code,
-                in_seconds=round(delay, 2),
-            )
-            await asyncio.sleep(delay)
-            if self.stopping():
-                return
-            state.restarts += 1
-            await self._spawn(state)
+            while True:  # until a process is spawned
+                failures += 1
+                jitter = random.uniform(0.8, 1.2)  # noqa: S311 - not cryptographic
+                delay = min(RESTART_BACKOFF_CAP, 0.5 * 2 ** (failures - 1)) * jitter
+                log.warning(
+                    f"{self.kind}.restarting",
+                    worker=state.index,
+                    exit_code=code,
+                    in_seconds=round(delay, 2),
+                )
+                await asyncio.sleep(delay)
+                if self.stopping():
+                    return
+                state.restarts += 1
+                try:
+                    await self._spawn(state)
+                    break
+                except Exception as exc:  # out of descriptors or memory: may pass, try again
+                    log.error(f"{self.kind}.spawn_failed", worker=state.index, error=repr(exc))
             if await self._wait_ready(state):
                 failures = 0
 

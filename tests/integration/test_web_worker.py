@@ -7,6 +7,7 @@ import contextlib
 import fractions
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -555,3 +556,30 @@ async def test_an_offer_a_worker_answers_too_late_never_runs_a_second_call(rig: 
     assert record is not None
     assert record["status"] == "in_progress", record  # the browser's call goes on
     assert record["worker"] == slow.index + 1, record
+
+
+async def test_a_restart_that_cannot_spawn_is_tried_again(rig: MakeRig) -> None:
+    """A killed web worker whose restart fails to spawn (the supervisor out of file
+    descriptors: EMFILE) is logged as web.spawn_failed and restarted on a later backoff step
+    once descriptors are free again, instead of never again."""
+    made = await rig(keep_talking)
+    worker = made.pool.workers[0]
+    assert worker.pid is not None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with capture_logs() as logs:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (0, hard))  # no descriptor can open
+            os.kill(worker.pid, signal.SIGKILL)
+            async with asyncio.timeout(10):
+                while not any(e["event"] == "web.spawn_failed" for e in logs):
+                    await asyncio.sleep(0.05)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        freed = time.monotonic()
+        async with asyncio.timeout(20):
+            while not worker.up:
+                await asyncio.sleep(0.05)
+    [failed, *_] = [e for e in logs if e["event"] == "web.spawn_failed"]
+    print(f"spawn failed ({failed['error']}); up again {time.monotonic() - freed:.1f} s later")
+    assert "Too many open files" in failed["error"], failed
+    assert worker.restarts >= 2, worker.restarts

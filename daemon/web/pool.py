@@ -247,8 +247,9 @@ class WebPool(ProcessPool[WebWorker]):
 
         A worker that has not answered within :attr:`offer_seconds` is passed over for the
         next; each worker asked gets an id of its own, and an answer that comes after all is
-        hung up at once (:meth:`_drop_late`): a slow worker can never run a second call under
-        the id the browser was given, and the browser still gets its call from another."""
+        hung up at once and reported to no listener (:meth:`_drop_late`): a slow worker can
+        never run a second call under the id the browser was given, nor leave a record of a
+        call no browser had, and the browser still gets its call from another."""
         if self._draining:
             raise WebCallRefused(503, "the daemon is shutting down")
         up = [w for w in self.workers if w.up]

@@ -210,7 +210,8 @@ async def test_the_openai_sdk_mints_a_key_and_gets_an_answer(
         states = [leg.peer.connectionState for leg in legs]
         assert states.count("closed") == 1, states  # the daemon closed its side before the 200
         # The peer hears DTLS close_notify at once; if that one datagram is lost it still
-        # learns of the end when ICE consent expires (RFC 7675: 30 s without an answer).
+        # learns of the end when its ICE consent checks go unanswered (this process's peers
+        # use the web leg's default, [web] consent_seconds: about 15 s at the most).
         await asyncio.wait_for(peers[1].closed.wait(), 40)
         again = await http.post(f"{location}/hangup", headers={"authorization": f"Bearer {TOKEN}"})
         assert again.status_code == 404, again.text

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 
 import httpx
 
+from config.schema import DEFAULT_RETRY_SECONDS
 from daemon import __version__
 from daemon.logs import get_logger
 from daemon.observe import CallObserver, NullObserver
@@ -38,8 +39,9 @@ from daemon.store import Store, Webhook
 
 log = get_logger(__name__)
 
-# The first attempt is immediate; these are the waits after each failed one (8 attempts).
-RETRY_WAITS: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+# The first attempt is immediate; these are the waits after each failed one
+# ([webhooks] retry_seconds).
+RETRY_WAITS: tuple[float, ...] = DEFAULT_RETRY_SECONDS
 MAX_RETRY_AFTER = 86400.0
 CONCURRENT_DELIVERIES = 4
 # Retries of a progress event (ringing, answered): the first wait only.

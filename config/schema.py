@@ -326,11 +326,25 @@ class AgentSettings(Section):
         return self
 
 
+# The first attempt is immediate; these are the waits after each failed one (8 attempts).
+DEFAULT_RETRY_SECONDS = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+
+
 class WebhookSettings(Section):
     secret: SecretStr = SecretStr("")
     secret_file: str = ""
     timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    retry_seconds: list[float] = Field(
+        default_factory=lambda: list(DEFAULT_RETRY_SECONDS), min_length=1, max_length=20
+    )
     inbound_url: str = ""
+
+    @field_validator("retry_seconds")
+    @classmethod
+    def _waits(cls, value: list[float]) -> list[float]:
+        if any(not 0 < wait <= 86400 for wait in value):
+            raise ValueError("every wait must be more than 0 and at most 86400 seconds")
+        return value
 
     @field_validator("inbound_url")
     @classmethod

@@ -92,6 +92,7 @@ class Supervisor:
             self.store,
             settings.webhooks.secret.get_secret_value(),
             settings.webhooks.timeout_seconds,
+            settings.webhooks.retry_seconds,
             observer=self._metrics,
         )
         self._feed = CallFeed()

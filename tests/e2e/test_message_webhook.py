@@ -85,6 +85,9 @@ async def test_message_webhook_survives_a_down_receiver_and_sigkill(
             "SIPAI_SIP__PASSWORD": password("1000"),
             "SIPAI_WEBHOOKS__INBOUND_URL": f"http://127.0.0.1:{receiver_port}/hook",
             "SIPAI_WEBHOOKS__SECRET": secret,
+            # a retry every 5 s: on a slow machine the message may be refused twice before
+            # the call ends, and the default's second wait is 5 min
+            "SIPAI_WEBHOOKS__RETRY_SECONDS": json.dumps([5] * 20),
         }
         api = f"http://127.0.0.1:{env['SIPAI_API__PORT']}"
         first = DaemonProcess(env, wait=None)
@@ -115,7 +118,7 @@ async def test_message_webhook_survives_a_down_receiver_and_sigkill(
         second = DaemonProcess(env)
         try:
             await second.start()
-            async with asyncio.timeout(30):  # the retry is due 5 s after the refused attempt
+            async with asyncio.timeout(30):  # the retry is due 5 s after a refused attempt
                 while not receiver.requests():
                     await asyncio.sleep(0.1)
                 while True:

@@ -275,3 +275,16 @@ def test_rest_speech_needs_a_key(tmp_path: Path) -> None:
         f"{path}: speech: backend 'openai' needs api_key (or api_key_file, or the "
         "credential 'speech.api_key')"
     ]
+
+
+def test_webhook_retry_waits_are_set_and_checked(tmp_path: Path) -> None:
+    """[webhooks] retry_seconds: the documented schedule by default, a list from the file or
+    the environment, and a wait of 0 or over a day refused naming the key."""
+    assert Settings().webhooks.retry_seconds == [5, 300, 1800, 7200, 18000, 36000, 36000]
+    path = _write(tmp_path, "[webhooks]\nretry_seconds = [1, 2]\n")
+    assert load_settings(path, environ={}).settings.webhooks.retry_seconds == [1, 2]
+    env = {"SIPAI_WEBHOOKS__RETRY_SECONDS": "[5, 5, 5]"}
+    assert load_settings(None, environ=env).settings.webhooks.retry_seconds == [5, 5, 5]
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_write(tmp_path, "[webhooks]\nretry_seconds = [5, 0]\n"), environ={})
+    assert caught.value.problems[0].startswith(f"{path}: webhooks.retry_seconds: "), caught.value

@@ -101,14 +101,14 @@ def _closed_by_server(sock: socket.socket) -> bool:
         return False
 
 
-def _health_latency(port: int) -> float:
+def _health_latency(port: int, within: float = 1.0) -> float:
     """Seconds from connecting to the whole answer of GET /health on a new connection;
-    infinity when it fails, is not a 200, or takes over 1 s."""
+    infinity when it fails, is not a 200, or takes over ``within`` s."""
     started = time.monotonic()
     reply = b""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
-            sock.settimeout(max(0.001, 1.0 - (time.monotonic() - started)))
+        with socket.create_connection(("127.0.0.1", port), timeout=within) as sock:
+            sock.settimeout(max(0.001, within - (time.monotonic() - started)))
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: sipai\r\nConnection: close\r\n\r\n")
             while data := sock.recv(65536):
                 reply += data
@@ -117,6 +117,15 @@ def _health_latency(port: int) -> float:
     if not reply.startswith(b"HTTP/1.1 200 ") or not reply.endswith(b"}"):
         return float("inf")
     return time.monotonic() - started
+
+
+def _listen_drops() -> int:
+    """The kernel's count of connections dropped at a full listen queue (all sockets)."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in itertools.pairwise(lines):
+        if names.startswith("TcpExt:") and values.startswith("TcpExt:"):
+            return int(dict(zip(names.split(), values.split(), strict=True))["ListenDrops"])
+    raise AssertionError("no TcpExt line in /proc/net/netstat")
 
 
 @pytest.mark.realtime
@@ -148,9 +157,13 @@ def test_idle_flood_slow_body_and_slowloris_under_default_fd_limit(
             port, b"GET /health HTTP/1.1\r\nHost: sipai\r\n", b"X-Pad: 0\r\n", source="127.0.2.2"
         )
         drippers = [slow_body, slowloris]
+        drops = _listen_drops()
         idle = _open_idle(port, IDLE_CONNECTIONS, IDLE_SOURCES)
-        # Probed at once, /health waits behind the burst of connections being taken in.
-        during_burst = _health_latency(port)
+        # Probed at once, /health waits behind the burst of connections being taken in (a
+        # few hundred ms; longer on a busy machine): it must be answered, with no connection
+        # dropped at the listen queue (a dropped SYN is retried 1 s later).
+        during_burst = _health_latency(port, within=5.0)
+        dropped = _listen_drops() - drops
         latencies: list[float] = []
         fds: list[int] = []
         deadline = time.monotonic() + BODY_TIMEOUT + CUT_SLACK + 1
@@ -183,7 +196,8 @@ def test_idle_flood_slow_body_and_slowloris_under_default_fd_limit(
     figures = (
         f"/health worst {worst * 1000:.1f} ms, median {median * 1000:.1f} ms over "
         f"{len(latencies)} probes ({sum(lat == float('inf') for lat in latencies)} failed), "
-        f"{during_burst * 1000:.1f} ms during the burst; log {log_bytes} bytes; "
+        f"{during_burst * 1000:.1f} ms during the burst, {dropped} dropped at the listen "
+        f"queue; log {log_bytes} bytes; "
         f"slow body cut after {slow_body.cut_after} s (reply {slow_body.reply[:40]!r}); "
         f"slowloris cut after {slowloris.cut_after} s (reply {slowloris.reply[:40]!r}); "
         f"supervisor fds at most {max(fds)}; {closed_idle} idle connections closed by the daemon"
@@ -191,7 +205,8 @@ def test_idle_flood_slow_body_and_slowloris_under_default_fd_limit(
     print(figures)
     assert exit_code == 0, figures
     assert worst <= HEALTH_BUDGET, figures
-    assert during_burst < 1.0, figures  # answered: no connect dropped and retried after 1 s
+    assert during_burst < 5.0, figures  # answered
+    assert dropped == 0, figures
     assert max(fds) <= MAX_CONNECTIONS + 64, figures  # the cap, and the supervisor's own files
     assert log_bytes <= LOG_BOUND, figures
     assert slow_body.cut_after is not None, figures

@@ -114,6 +114,7 @@ class Deliverer:
         self._task: asyncio.Task[None] | None = None
         self._limit = asyncio.Semaphore(CONCURRENT_DELIVERIES)
         self._in_flight: set[str] = set()
+        self._deliveries: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="webhook-deliverer")
@@ -140,10 +141,13 @@ class Deliverer:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        # The attempts in flight end before their client closes: closing a pool with a
+        # request still connecting can wait for ever.
+        await asyncio.gather(*self._deliveries, return_exceptions=True)
         await self._client.aclose()
 
     async def _run(self) -> None:
-        tasks: set[asyncio.Task[None]] = set()
+        tasks = self._deliveries
         try:
             while True:
                 now = time.time()
@@ -157,8 +161,11 @@ class Deliverer:
                 next_due = await self._store.next_webhook_due()
                 wait = 60.0 if next_due is None else max(0.05, min(60.0, next_due - time.time()))
                 self._wake.clear()
+                # asyncio.timeout, not wait_for: on Python 3.11 a cancel that comes as the
+                # wake-up is set is lost inside wait_for, and stop() then waits for ever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
         finally:
             for task in tasks:
                 task.cancel()

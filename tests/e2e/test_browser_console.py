@@ -4,9 +4,11 @@ the call's detail (transcript, black box, recording, webhook attempts)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -259,23 +261,34 @@ def test_talk_to_the_agent_from_the_console(daemon_env: dict[str, str], tmp_path
     assert "call me back" in caller_side, caller_side
 
 
+def _healthy() -> HealthReport:
+    return HealthReport("healthy", False, "test", 1.0, 0, 0, [])
+
+
+@contextlib.contextmanager
+def _serving(ctx: ApiContext) -> Iterator[str]:
+    """The API of ``ctx`` served by uvicorn on a thread of its own; yields its base URL."""
+    config = uvicorn.Config(create_app(ctx), host="127.0.0.1", port=0, log_config=None)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:  # uvicorn offers a flag to poll, not an event
+            assert time.monotonic() < deadline, "the API did not start"
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 def test_the_page_shows_why_it_has_no_session(tmp_path: Path) -> None:
     """With no token and every console session place taken by sessions in use, the page
     shows the 503's detail in its banner instead of failing silently."""
-    app = create_app(
-        ApiContext(health=lambda: HealthReport("healthy", False, "test", 1.0, 0, 0, []))
-    )
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
     wav = tmp_path / "silence.wav"
     speech_wav(wav, [0.5])
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline, "the API did not start"
-            time.sleep(0.01)
-        base = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    with _serving(ApiContext(health=_healthy)) as base:
         with httpx.Client(base_url=base, timeout=10) as flood:
             for _ in range(MAX_SESSIONS):  # each session opened, then presented: in use
                 flood.cookies.clear()
@@ -292,9 +305,6 @@ def test_the_page_shows_why_it_has_no_session(tmp_path: Path) -> None:
                 10,
             )
         assert shown == "No console session: " + full.json()["detail"], shown
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 class _SlowWebCalls:
@@ -303,6 +313,7 @@ class _SlowWebCalls:
 
     def __init__(self) -> None:
         self.release = threading.Event()
+        self.hung = threading.Event()
         self.hung_up: list[str] = []
 
     async def offer(
@@ -316,27 +327,17 @@ class _SlowWebCalls:
 
     async def hangup(self, call: str) -> None:
         self.hung_up.append(call)
+        self.hung.set()
 
 
 def test_a_call_answered_after_the_page_hung_up_is_hung_up_at_once(tmp_path: Path) -> None:
     """When the page's call ends while its offer is posted, the 201 that still comes is hung
     up at once (DELETE on its URL), not left to the daemon's connect timeout."""
     web = _SlowWebCalls()
-    app = create_app(
-        ApiContext(health=lambda: HealthReport("healthy", False, "test", 1.0, 0, 0, []), web=web)
-    )
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
     wav = tmp_path / "silence.wav"
     speech_wav(wav, [0.5])
     try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline, "the API did not start"
-            time.sleep(0.01)
-        base = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-        with chrome(wav) as driver:
+        with _serving(ApiContext(health=_healthy, web=web)) as base, chrome(wav) as driver:
             driver.get(base + "/")
             wait_for(driver, 'return !document.getElementById("talk").disabled', 10)
             driver.find_element(By.ID, "talk").click()
@@ -345,11 +346,7 @@ def test_a_call_answered_after_the_page_hung_up_is_hung_up_at_once(tmp_path: Pat
             driver.execute_script("window.sipaiTestPeers.forEach((peer) => peer.close())")
             wait_for(driver, state + ' === "ended"', 10)  # the page's call is over
             web.release.set()
-            deadline = time.monotonic() + 5
-            while not web.hung_up and time.monotonic() < deadline:
-                time.sleep(0.05)
+            web.hung.wait(5)
         assert web.hung_up == ["web-7"], web.hung_up
     finally:
         web.release.set()
-        server.should_exit = True
-        thread.join(timeout=10)

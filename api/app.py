@@ -54,7 +54,7 @@ from api.console_routes import (
     foreign_origin,
     is_local,
 )
-from api.models import describe, parse_request
+from api.models import IDEMPOTENCY_HEADER, describe, idempotency_key, parse_request
 from api.realtime_calls import RealtimeCalls, RealtimeSocket, realtime_credential
 from daemon.call_feed import CallFeed
 from daemon.inbound_records import inbound_view, recording_view
@@ -76,6 +76,8 @@ RESULT_FIELDS = (
     "choice_raw_text",
     "error",
 )
+# beyond the contract: in the stored result only when the request had machine_detection
+DETECTION_FIELDS = ("answered_by", "machine_detection_ms")
 
 
 @dataclass(frozen=True)
@@ -341,6 +343,10 @@ class _Routes:
             if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
                 detail = f"body is not valid JSON: {exc}"
             return _error(400, detail)
+        try:
+            idempotency_key(request.headers.get(IDEMPOTENCY_HEADER))
+        except ValueError as exc:
+            return _error(400, str(exc))
         if ctx.outbound is None or not ctx.outbound.available:
             return _error(503, "outbound calls are not available: no call flow is configured")
         call_id = call.call_id or ctx.outbound.new_call_id()
@@ -539,6 +545,9 @@ def _call_view(record: dict[str, Any]) -> dict[str, Any]:
     if final and record["result"]:
         for name in RESULT_FIELDS:
             view[name] = record["result"].get(name)
+        for name in DETECTION_FIELDS:
+            if name in record["result"]:
+                view[name] = record["result"][name]
     if final:
         view["black_box"] = record["black_box"]
         if "recording" in record:

@@ -2,10 +2,12 @@
 
 Types are strict (``"30"`` is not an integer, ``30.0`` neither), unknown fields are errors,
 ranges are the contract's. Beyond the contract, a request may carry ``record`` (record this
-call or not; absent or null: ``[recordings] enabled`` decides) and ``progress_events`` (the
+call or not; absent or null: ``[recordings] enabled`` decides), ``progress_events`` (the
 statuses, ``ringing`` and ``answered``, POSTed to ``callback_url`` as they happen; they need
-``callback_url``, as ``choice`` does). :func:`describe` turns validation errors into one
-readable ``detail`` that names each field, for the 400 response.
+``callback_url``, as ``choice`` does) and ``machine_detection`` (``detect`` or ``voicemail``;
+absent: off), and a choice option may carry ``dtmf`` (the keypad key that picks it).
+:func:`describe` turns validation errors into one readable ``detail`` that names each field,
+for the 400 response.
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sip.target import request_uri
 
+# A character that is not blank: Python's whitespace (which takes in the separators \x1c-\x1f
+# and \x85) and ECMAScript's (which takes in \ufeff) both count as blank; the spec's pattern.
+_NOT_BLANK = re.compile(r"[^\s\x1c-\x1f\x85\ufeff]")
+_IDEMPOTENCY_KEY = re.compile(r"[!-~]{1,255}")
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 _CALL_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 INBOUND_ID_PREFIX = "in-"  # the ids the workers give inbound calls (one id space for both)
 # http(s)://[user@]host[:port][/path?query#fragment], no whitespace (the spec's pattern).
@@ -34,6 +41,7 @@ class Strict(BaseModel):
 class ChoiceOption(Strict):
     value: str = Field(min_length=1, max_length=200)
     synonyms: list[str] = Field(default_factory=list, max_length=50)
+    dtmf: str | None = Field(default=None, pattern=r"^[0-9*#]$")
 
     @field_validator("synonyms")
     @classmethod
@@ -49,6 +57,15 @@ class ChoicePrompt(Strict):
     timeout_seconds: int = Field(default=30, ge=5, le=60)
     repeat_count: int = Field(default=2, ge=1, le=5)
 
+    @field_validator("options")
+    @classmethod
+    def _keys_unique(cls, value: list[ChoiceOption]) -> list[ChoiceOption]:
+        keys = [o.dtmf for o in value if o.dtmf is not None]
+        for key in keys:
+            if keys.count(key) > 1:
+                raise ValueError(f"dtmf key {key!r} is given twice")
+        return value
+
 
 class OutboundCallRequest(Strict):
     message: str = Field(min_length=1, max_length=5000)
@@ -59,11 +76,12 @@ class OutboundCallRequest(Strict):
     call_id: str | None = None
     record: bool | None = None
     progress_events: list[Literal["ringing", "answered"]] | None = Field(default=None, max_length=2)
+    machine_detection: Literal["detect", "voicemail"] | None = None
 
     @field_validator("message")
     @classmethod
     def _message(cls, value: str) -> str:
-        if not value.strip():
+        if not _NOT_BLANK.search(value):
             raise ValueError("must not be blank")
         return value
 
@@ -126,3 +144,16 @@ def parse_request(data: Any) -> OutboundCallRequest:
     if not isinstance(data, dict):
         raise ValueError("the body must be a JSON object")
     return OutboundCallRequest.model_validate(data)
+
+
+def idempotency_key(value: str | None) -> str | None:
+    """The ``Idempotency-Key`` header's key (None when absent): 1-255 visible ASCII characters;
+    one pair of surrounding double quotes (the structured-field string form) is dropped.
+    ValueError with the detail for the 400 otherwise."""
+    if value is None:
+        return None
+    if not _IDEMPOTENCY_KEY.fullmatch(value):
+        raise ValueError(f"{IDEMPOTENCY_HEADER}: must be 1-255 visible ASCII characters")
+    if len(value) > 2 and value.startswith('"') and value.endswith('"'):
+        return value[1:-1]
+    return value

@@ -425,6 +425,36 @@ class SpeechSettings(Section):
         return self
 
 
+class AmdSettings(Section):
+    """Answering-machine detection of outbound calls (``machine_detection`` in POST /call).
+
+    Milliseconds unless said. The names follow Asterisk's ``AMD()`` parameters and the
+    defaults are its documented ones; ``beep_*``, ``greeting_end_silence_ms`` and
+    ``voicemail_wait_ms`` are sipai's own."""
+
+    initial_silence_ms: int = Field(default=2500, ge=100, le=10000)
+    greeting_ms: int = Field(default=1500, ge=100, le=10000)
+    after_greeting_silence_ms: int = Field(default=800, ge=100, le=5000)
+    total_analysis_ms: int = Field(default=5000, ge=1000, le=30000)
+    min_word_ms: int = Field(default=100, ge=20, le=1000)
+    between_words_silence_ms: int = Field(default=50, ge=20, le=1000)
+    max_words: int = Field(default=2, ge=1, le=20)
+    silence_threshold: int = Field(default=256, ge=1, le=32767)
+    max_word_ms: int = Field(default=5000, ge=100, le=30000)
+    beep_min_ms: int = Field(default=200, ge=40, le=2000)
+    beep_low_hz: int = Field(default=400, ge=100, le=3400)
+    beep_high_hz: int = Field(default=2000, ge=100, le=3400)
+    beep_purity: float = Field(default=0.8, gt=0, le=1)
+    greeting_end_silence_ms: int = Field(default=1200, ge=100, le=10000)
+    voicemail_wait_ms: int = Field(default=30000, ge=1000, le=120000)
+
+    @model_validator(mode="after")
+    def _band(self) -> Self:
+        if self.beep_low_hz >= self.beep_high_hz:
+            raise ValueError("beep_low_hz must be below beep_high_hz")
+        return self
+
+
 class CallsSettings(Section):
     # Outbound calls at once; 0 = every slot of every worker (sip.workers x sip.max_calls).
     max_concurrent: int = Field(default=0, ge=0, le=1000)
@@ -506,6 +536,7 @@ class Settings(Section):
     agent: AgentSettings = AgentSettings()
     webhooks: WebhookSettings = WebhookSettings()
     calls: CallsSettings = CallsSettings()
+    amd: AmdSettings = AmdSettings()
     speech: SpeechSettings = SpeechSettings()
     realtime: RealtimeSettings = RealtimeSettings()
     engine: EngineSettings = EngineSettings()

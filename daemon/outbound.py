@@ -46,6 +46,9 @@ class CallResult:
     choice_raw_text: str | None = None
     error: str | None = None
     sip_code: int | None = None
+    # beyond the contract, sent only when the request asked for machine detection
+    answered_by: str | None = None  # human | machine | unknown; None when never answered
+    machine_detection_ms: int | None = None  # callee audio from the answer to the decision
     # beyond the webhook: the call's black box, its recording, when the INVITE went out
     black_box: dict[str, Any] | None = None
     recording: dict[str, Any] | None = None  # daemon.blackbox.RecordingInfo as a dict
@@ -241,6 +244,9 @@ class OutboundService:
             "choice_raw_text": result.choice_raw_text,
             "error": result.error,
         }
+        if record["request"].get("machine_detection"):
+            payload["answered_by"] = result.answered_by
+            payload["machine_detection_ms"] = result.machine_detection_ms
         fields: dict[str, Any] = {"ended_at": time.time()}
         if result.sip_code is not None:
             fields["sip_code"] = result.sip_code

@@ -49,6 +49,7 @@ class PoolListeners:
 
     capacity: list[Callable[[], None]] = field(default_factory=list)
     status: list[Callable[[str, str], None]] = field(default_factory=list)
+    decided: list[Callable[[str, dict[str, Any]], None]] = field(default_factory=list)
     inbound: list[Callable[[int, str, Body], None]] = field(default_factory=list)
 
 

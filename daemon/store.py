@@ -138,8 +138,23 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE inbound_calls ADD COLUMN direction TEXT NOT NULL DEFAULT 'inbound';
     """,
+    # Idempotency-Key on POST /call: the first 200 response of each (caller, key), with the
+    # SHA-256 of the request body it answered.
+    """
+    CREATE TABLE idempotency_keys (
+        scope TEXT NOT NULL,
+        key TEXT NOT NULL,
+        body_sha256 TEXT NOT NULL,
+        call_id TEXT NOT NULL,
+        response TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (scope, key)
+    );
+    CREATE INDEX idempotency_by_age ON idempotency_keys(created_at);
+    """,
 )
 
+IDEMPOTENCY_SECONDS = 86400.0  # how long an Idempotency-Key is remembered
 FINAL_STATUSES = frozenset({"completed", "no_answer", "failed", "busy"})
 IN_FLIGHT_STATUSES = frozenset({"dialing", "ringing", "answered"})
 # The end cause of an inbound call a previous process left in progress.

@@ -109,6 +109,12 @@ class WorkerPool(ProcessPool[WorkerState]):
         return self.listeners.status
 
     @property
+    def decided_listeners(self) -> list[Callable[[str, dict[str, Any]], None]]:
+        """Called with (call_id, result) when a worker knows an outbound call's outcome before
+        the call ends (``result`` holds daemon.outbound.CallResult fields)."""
+        return self.listeners.decided
+
+    @property
     def inbound_listeners(self) -> list[Callable[[int, str, Body], None]]:
         """Called with (worker, kind, body) for the inbound agent's events (inbound_call,
         transcript, agent_failed, inbound_done), the body as JSON data."""
@@ -194,6 +200,7 @@ class WorkerPool(ProcessPool[WorkerState]):
         return {
             msg.Ready: lambda event: self._ready(state, event),
             msg.OutboundStatus: self._outbound_status,
+            msg.OutboundDecided: self._outbound_decided,
             msg.SipEventMessage: lambda event: self._deliver(state, event.event),
             **dict.fromkeys(msg.INBOUND_EVENTS, inbound),
         }
@@ -218,6 +225,10 @@ class WorkerPool(ProcessPool[WorkerState]):
     def _outbound_status(self, event: msg.OutboundStatus) -> None:
         for listener in self.listeners.status:
             listener(event.call_id, event.status)
+
+    def _outbound_decided(self, event: msg.OutboundDecided) -> None:
+        for listener in self.listeners.decided:
+            listener(event.call_id, event.result)
 
     def _deliver(self, state: WorkerState, event: SipEvent) -> None:
         if isinstance(event, RegistrationChanged):

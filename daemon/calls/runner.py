@@ -53,11 +53,14 @@ class PoolRunner:
         if choice:
             rounds = int(choice["repeat_count"])
             budget += rounds * (float(choice["timeout_seconds"]) + 25.0)
+        amd = self._pool.settings.amd
+        if request.get("machine_detection"):
+            budget += (amd.total_analysis_ms + amd.voicemail_wait_ms) / 1000
         self._reports[call_id] = report
         try:
             reply = await self._pool.request(
                 index,
-                Outbound(call_id=call_id, request=request, audio=sounds),
+                Outbound(call_id=call_id, request=request, audio=sounds, amd=amd.model_dump()),
                 within=budget + MARGIN_SECONDS,
             )
         except IpcClosed:

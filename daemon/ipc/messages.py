@@ -132,6 +132,7 @@ class Outbound(Request[OutboundReply]):
     call_id: str
     request: dict[str, Any]  # the POST /call body, as validated by the API
     audio: dict[str, Pcm16]  # message, prompt, closing at the SIP clock rate
+    amd: dict[str, Any] = Field(default_factory=dict)  # [amd] settings (AmdSettings fields)
 
 
 class MakeCallReply(Message):
@@ -284,6 +285,17 @@ class OutboundStatus(Event):
     status: str  # ringing | answered
 
 
+class OutboundDecided(Event):
+    """The outcome of an outbound call is known before it ends (the closing is still playing).
+
+    ``result`` holds daemon.outbound.CallResult fields; the final reply only adds what the call's
+    end brings (black box, recording)."""
+
+    type = "outbound_decided"
+    call_id: str
+    result: dict[str, Any]
+
+
 class InboundStarted(Event):
     type = "inbound_call"
     call: str
@@ -348,6 +360,7 @@ _EVENT_TYPES: tuple[type[Event], ...] = (
     Ready,
     SipEventMessage,
     OutboundStatus,
+    OutboundDecided,
     WebCallEnded,
     *INBOUND_EVENTS,
 )

@@ -172,6 +172,7 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     ({"extension": "1001"}, "message: field required"),
     ({"message": "hi"}, "extension: field required"),
     ({**BASE, "message": "   "}, "message: must not be blank"),
+    ({**BASE, "message": "\x1e\ufeff"}, "message: must not be blank"),
     ({**BASE, "extension": "10 01"}, "extension:"),
     ({**BASE, "ring_timeout": 4}, "ring_timeout:"),
     ({**BASE, "ring_timeout": 121}, "ring_timeout:"),
@@ -213,6 +214,34 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     ({**BASE, "call_id": "has spaces"}, "call_id:"),
     ({**BASE, "call_id": "in-0123456789abcdef"}, "call_id: must not begin with 'in-'"),
     ({**BASE, "message": 5}, "message:"),
+    ({**BASE, "machine_detection": "yes"}, "machine_detection:"),
+    (
+        {
+            **BASE,
+            "callback_url": "https://e.x/h",
+            "choice": {**CHOICE, "options": [{"value": "y", "dtmf": "12"}]},
+        },
+        "choice.options.0.dtmf:",
+    ),
+    (
+        {
+            **BASE,
+            "callback_url": "https://e.x/h",
+            "choice": {**CHOICE, "options": [{"value": "y", "dtmf": 1}]},
+        },
+        "choice.options.0.dtmf:",
+    ),
+    (
+        {
+            **BASE,
+            "callback_url": "https://e.x/h",
+            "choice": {
+                **CHOICE,
+                "options": [{"value": "y", "dtmf": "1"}, {"value": "n", "dtmf": "1"}],
+            },
+        },
+        "choice.options: dtmf key '1' is given twice",
+    ),
 ]
 
 
@@ -977,3 +1006,77 @@ async def test_record_and_progress_events_are_accepted_beyond_the_contract(api: 
         assert response.status_code == 400, body
         assert detail in response.json()["detail"], response.text
         assert not OAS30Validator(schema).is_valid(body), body
+
+
+async def test_machine_detection_and_keys_are_accepted_and_reported_beyond_the_contract(
+    api: Api,
+) -> None:
+    """POST /call takes machine_detection and a dtmf key per option (kept in the stored
+    request, valid under the served spec); the webhook and GET /call add answered_by and
+    machine_detection_ms only for a call that asked for detection."""
+    request = SPEC["components"]["schemas"]["OutboundCallRequest"]
+    schema = {**copy.deepcopy(request), "components": SPEC["components"]}
+    receiver = Receiver()
+    api.runner.result = CallResult(
+        "completed",
+        duration_seconds=2.5,
+        message_played=True,
+        answered_by="machine",
+        machine_detection_ms=1620,
+    )
+    try:
+        hook = {"callback_url": receiver.url}
+        keyed = {
+            **BASE,
+            **hook,
+            "choice": {
+                "prompt": "Press 1 or say yes.",
+                "options": [{"value": "yes", "dtmf": "1"}, {"value": "no", "dtmf": "#"}],
+            },
+        }
+        detected = {**BASE, **hook, "machine_detection": "voicemail"}
+        ids = []
+        for body in (keyed, detected):
+            OAS30Validator(schema).validate(body)
+            posted = await api.client.post("/call", json=body)
+            assert posted.status_code == 200, posted.text
+            ids.append(posted.json()["call_id"])
+        stored = await api.store.get_call(ids[1])
+        assert stored is not None
+        assert stored["request"]["machine_detection"] == "voicemail"
+        keys = await api.store.get_call(ids[0])
+        assert keys is not None
+        assert [o["dtmf"] for o in keys["request"]["choice"]["options"]] == ["1", "#"]
+        async with asyncio.timeout(10):
+            while len(receiver.requests()) < 2:
+                await asyncio.sleep(0.02)
+        payloads = {json.loads(r.body)["call_id"]: json.loads(r.body) for r in receiver.requests()}
+        for payload in payloads.values():
+            _conforms(payload, "WebhookPayload")
+        contract = set(SPEC["components"]["schemas"]["WebhookPayload"]["properties"])
+        detection = {"answered_by", "machine_detection_ms"}
+        assert set(payloads[ids[0]]) == contract - detection
+        assert set(payloads[ids[1]]) == contract
+        assert (payloads[ids[1]]["answered_by"], payloads[ids[1]]["machine_detection_ms"]) == (
+            "machine",
+            1620,
+        )
+        plain = (await api.client.get(f"/call/{ids[0]}")).json()
+        assert detection.isdisjoint(plain), plain
+        view = (await api.client.get(f"/call/{ids[1]}")).json()
+        _conforms(view, "CallStatusResponse")
+        assert (view["answered_by"], view["machine_detection_ms"]) == ("machine", 1620)
+    finally:
+        receiver.close()
+
+
+async def test_a_malformed_idempotency_key_is_refused_naming_the_header(api: Api) -> None:
+    """An Idempotency-Key that is empty, too long or holds a space or a non-ASCII character is
+    refused with 400 naming the header, and no call is stored; 255 visible characters pass."""
+    for value in (b"", b"a" * 256, b"two words", "caf\u00e9".encode()):
+        response = await api.client.post("/call", json=BASE, headers={b"Idempotency-Key": value})
+        assert response.status_code == 400, (value, response.text)
+        assert response.json()["detail"].startswith("Idempotency-Key: "), response.text
+    assert (await api.client.get("/calls")).json()["calls"] == []
+    ok = await api.client.post("/call", json=BASE, headers={"Idempotency-Key": "k" * 255})
+    assert ok.status_code == 200, ok.text

@@ -288,3 +288,31 @@ def test_webhook_retry_waits_are_set_and_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(_write(tmp_path, "[webhooks]\nretry_seconds = [5, 0]\n"), environ={})
     assert caught.value.problems[0].startswith(f"{path}: webhooks.retry_seconds: "), caught.value
+
+
+def test_amd_settings_default_to_asterisk_and_are_checked(tmp_path: Path) -> None:
+    """[amd] holds Asterisk AMD()'s documented defaults, takes the file and the environment,
+    and refuses an out-of-range value or an empty beep band naming the key and the file."""
+    amd = Settings().amd
+    assert (amd.initial_silence_ms, amd.greeting_ms, amd.after_greeting_silence_ms) == (
+        2500,
+        1500,
+        800,
+    )
+    assert (amd.total_analysis_ms, amd.min_word_ms, amd.between_words_silence_ms) == (
+        5000,
+        100,
+        50,
+    )
+    assert (amd.max_words, amd.silence_threshold, amd.max_word_ms) == (2, 256, 5000)
+    path = _write(tmp_path, "[amd]\nmax_words = 4\n")
+    assert load_settings(path, environ={}).settings.amd.max_words == 4
+    env = {"SIPAI_AMD__GREETING_MS": "2000"}
+    assert load_settings(None, environ=env).settings.amd.greeting_ms == 2000
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_write(tmp_path, "[amd]\nmax_words = 0\n"), environ={})
+    assert caught.value.problems[0].startswith(f"{path}: amd.max_words: "), caught.value
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_write(tmp_path, "[amd]\nbeep_low_hz = 2500\n"), environ={})
+    assert caught.value.problems[0].startswith(f"{path}: amd"), caught.value
+    assert "beep_low_hz must be below beep_high_hz" in caught.value.problems[0]

@@ -55,6 +55,7 @@ EXAMPLES: list[m.Message] = [
         call_id="c1",
         request={"message": "Hello.", "extension": "1001", "ring_timeout": 30},
         audio={"message": PCM, "prompt": PCM[:2]},
+        amd={"initial_silence_ms": 2500, "beep_purity": 0.8},
     ),
     m.OutboundReply(result={"status": "completed", "message_played": True}),
     m.MakeCall(target="1001", ring_timeout=10.5),
@@ -81,6 +82,10 @@ EXAMPLES: list[m.Message] = [
     m.TranscribeReply(text="yes"),
     m.Ready(contact="sip:1000@127.0.0.1:5062"),
     m.OutboundStatus(call_id="c1", status="ringing"),
+    m.OutboundDecided(
+        call_id="c1",
+        result={"status": "completed", "choice_response": "yes", "choice_raw_text": "dtmf:1"},
+    ),
     m.InboundStarted(call="w0-2", sip_call_id="abc@pbx", caller="1001"),
     m.TranscriptTurn(call="w0-2", role="caller", text="Hi.", at=1.5),
     m.AgentFailed(call="w0-2", kind="rate_limit", error="slow down"),

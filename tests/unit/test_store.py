@@ -286,7 +286,35 @@ async def test_version_5_database_gains_direction_keeping_rows(tmp_path: Path) -
     finally:
         await store.close()
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 6
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    db.close()
+
+
+async def test_version_6_database_gains_idempotency_keys(tmp_path: Path) -> None:
+    """A version 6 file opens at version 7 with an empty idempotency_keys table keyed by
+    (scope, key); calls are stored as before."""
+    path = tmp_path / "v6.db"
+    db = sqlite3.connect(path)
+    for script in MIGRATIONS[:6]:
+        db.executescript(script)
+    db.execute("PRAGMA user_version = 6")
+    db.commit()
+    db.close()
+    store = Store(path)
+    await store.open()
+    try:
+        await store.insert_call("c1", _request())
+        assert (await store.get_call("c1")) is not None
+    finally:
+        await store.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 7
+    assert db.execute("SELECT count(*) FROM idempotency_keys").fetchone()[0] == 0
+    columns = [row[1] for row in db.execute("PRAGMA table_info(idempotency_keys)")]
+    assert columns == ["scope", "key", "body_sha256", "call_id", "response", "created_at"]
+    db.execute("INSERT INTO idempotency_keys VALUES ('', 'k', 'h', 'c1', '{}', 1)")
+    with pytest.raises(sqlite3.IntegrityError):
+        db.execute("INSERT INTO idempotency_keys VALUES ('', 'k', 'h2', 'c2', '{}', 2)")
     db.close()
 
 

@@ -150,8 +150,11 @@ class SipWorker:
                 if waiting_since is None:
                     waiting_since = asyncio.get_running_loop().time()
                     log.info("sip.waiting_for_slot", worker=self.index, uri=uri, reason=str(exc))
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can lose a cancel
+                # that arrives as the event is set, and this loop would then go on dialling.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._call_ended.wait(), SLOT_POLL)
+                    async with asyncio.timeout(SLOT_POLL):
+                        await self._call_ended.wait()
                 continue
             if waiting_since is not None:
                 waited = asyncio.get_running_loop().time() - waiting_since

@@ -1,5 +1,9 @@
 """Kamailio as the test PBX: registrar + proxy with digest auth, on a free loopback port.
 
+It runs the config the README documents, ``config/pbx/kamailio/kamailio.cfg``, with ``-A``
+defines for the address, port, module path, db_text directory, control socket and
+``min_expires``; the db_text files are the shipped ones with this instance's users.
+
 Users live in a db_text directory written per instance: 1000 (the daemon) and 1001-1019
 (test phones), password ``pw<user>``, domain 127.0.0.1. Registrations are kept in memory, so
 a restart forgets them, as a PBX reboot would. INVITEs fork to every registered contact.
@@ -20,6 +24,8 @@ from pathlib import Path
 
 from tests.support.paths import free_port
 
+CONFIG = Path(__file__).resolve().parents[2] / "config" / "pbx" / "kamailio" / "kamailio.cfg"
+DBTEXT = CONFIG.parent / "dbtext"
 MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
 DOMAIN = "127.0.0.1"
 USERS = [str(n) for n in range(1000, 1020)]
@@ -29,117 +35,9 @@ def password(user: str) -> str:
     return f"pw{user}"
 
 
-_LOCATION_HEADER = (
-    "id(int,auto) ruid(string) username(string) domain(string,null) contact(string) "
-    "received(string,null) path(string,null) expires(int) q(double) callid(string) cseq(int) "
-    "last_modified(int) flags(int) cflags(int) user_agent(string) socket(string,null) "
-    "methods(int,null) instance(string,null) reg_id(int) server_id(int) connection_id(int) "
-    "keepalive(int) partition(int)"
-)
-
-_CONFIG = """#!KAMAILIO
-debug=1
-log_stderror=yes
-memdbg=5
-memlog=5
-children=2
-disable_tcp=yes
-auto_aliases=no
-listen=udp:127.0.0.1:{port}
-alias="127.0.0.1:{port}"
-mpath="{modules}"
-
-loadmodule "db_text.so"
-loadmodule "tm.so"
-loadmodule "sl.so"
-loadmodule "rr.so"
-loadmodule "pv.so"
-loadmodule "maxfwd.so"
-loadmodule "usrloc.so"
-loadmodule "registrar.so"
-loadmodule "textops.so"
-loadmodule "siputils.so"
-loadmodule "sanity.so"
-loadmodule "auth.so"
-loadmodule "auth_db.so"
-loadmodule "ctl.so"
-loadmodule "kex.so"
-loadmodule "xlog.so"
-
-modparam("ctl", "binrpc", "unix:{ctl}")
-modparam("usrloc", "db_mode", 0)
-modparam("registrar", "min_expires", {min_expires})
-modparam("registrar", "min_expires_mode", 1)
-modparam("registrar", "max_contacts", 10)
-modparam("auth_db", "db_url", "text://{db}")
-modparam("auth_db", "calculate_ha1", 1)
-modparam("auth_db", "password_column", "password")
-modparam("auth_db", "load_credentials", "")
-modparam("rr", "enable_full_lr", 1)
-modparam("tm", "fr_inv_timer", 120000)
-
-request_route {{
-    if (!mf_process_maxfwd_header("10")) {{
-        sl_send_reply("483", "Too Many Hops");
-        exit;
-    }}
-    if (!sanity_check("17895", "7")) {{
-        exit;
-    }}
-    if (is_method("CANCEL")) {{
-        if (t_check_trans()) {{
-            t_relay();
-        }}
-        exit;
-    }}
-    if (has_totag()) {{
-        if (loose_route()) {{
-            t_relay();
-            exit;
-        }}
-        if (is_method("ACK")) {{
-            if (t_check_trans()) {{
-                t_relay();
-            }}
-            exit;
-        }}
-        sl_send_reply("404", "Not here");
-        exit;
-    }}
-    t_check_trans();
-    if (is_method("ACK")) {{
-        exit;
-    }}
-    if (is_method("REGISTER")) {{
-        if (is_present_hf("Authorization")) {{
-            xlog("L_NOTICE", "register.received user=$fU digest=yes\n");
-        }} else {{
-            xlog("L_NOTICE", "register.received user=$fU digest=no\n");
-        }}
-    }}
-    if (!auth_check("$fd", "subscriber", "1")) {{
-        auth_challenge("$fd", "0");
-        exit;
-    }}
-    if (is_method("REGISTER")) {{
-        if (!save("location")) {{
-            sl_reply_error();
-        }}
-        exit;
-    }}
-    consume_credentials();
-    if (is_method("OPTIONS") && $rU == $null) {{
-        sl_send_reply("200", "OK");
-        exit;
-    }}
-    record_route();
-    if (!lookup("location")) {{
-        sl_send_reply("404", "Not Found");
-        exit;
-    }}
-    t_relay();
-}}
-"""
+def define(value: object) -> str:
+    """A string for a ``-A NAME=VALUE`` define: quoted, as the config's string settings need."""
+    return '"' + str(value) + '"'
 
 
 class Kamailio:
@@ -160,34 +58,38 @@ class Kamailio:
     def _write_files(self) -> None:
         db = self.directory / "db"
         db.mkdir(parents=True, exist_ok=True)
-        (db / "version").write_text(
-            "table_name(str) table_version(int)\nsubscriber:7\nlocation:9\n"
-        )
+        shutil.copyfile(DBTEXT / "version", db / "version")
+        shutil.copyfile(DBTEXT / "location", db / "location")
+        header = (DBTEXT / "subscriber").read_text().splitlines()[0]
         rows = [
             f"{i}:{user}:{DOMAIN}:{self._passwords[user]}::"
             for i, user in enumerate(USERS, start=1)
         ]
-        (db / "subscriber").write_text(
-            "id(int,auto) username(str) domain(str) password(str) ha1(str,null) "
-            "ha1b(str,null)\n" + "\n".join(rows) + "\n"
-        )
-        (db / "location").write_text(_LOCATION_HEADER + "\n")
-        self.config = self.directory / "kamailio.cfg"
-        self.config.write_text(
-            _CONFIG.format(
-                port=self.port,
-                modules=MODULES,
-                db=db,
-                ctl=self.directory / "ctl.sock",
-                min_expires=self.min_expires,
-            )
-        )
-        subprocess.run([self.binary, "-c", "-f", str(self.config)], check=True, capture_output=True)
+        (db / "subscriber").write_text(header + "\n" + "\n".join(rows) + "\n")
+        ctl = self.directory / "ctl.sock"
+        self.command = [
+            self.binary,
+            "-f",
+            str(CONFIG),
+            "-A",
+            f"SIPAI_ADDR={DOMAIN}",
+            "-A",
+            f"SIPAI_PORT={self.port}",
+            "-A",
+            f"SIPAI_MODULES={define(MODULES)}",
+            "-A",
+            f"SIPAI_DB={define(f'text://{db}')}",
+            "-A",
+            f"SIPAI_CTL={define(f'unix:{ctl}')}",
+            "-A",
+            f"SIPAI_MIN_EXPIRES={self.min_expires}",
+        ]
+        subprocess.run([*self.command, "-c"], check=True, capture_output=True)
 
     def start(self, timeout: float = 15.0) -> None:
         with (self.directory / "kamailio.log").open("ab") as log:
             self._process = subprocess.Popen(
-                [self.binary, "-f", str(self.config), "-DD", "-E", "-n", "1"],
+                [*self.command, "-DD", "-E", "-n", "1"],
                 stdout=subprocess.DEVNULL,
                 stderr=log,
             )

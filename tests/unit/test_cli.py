@@ -1,0 +1,136 @@
+"""The client side of ``sipai call`` / ``sipai calls``: the --option grammar, the base URL and
+token taken from the config, and the usage errors that exit 2 before anything is sent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from config import load_settings
+from daemon import client
+from daemon.cli import main
+
+
+def test_option_spec_gives_value_key_and_synonyms() -> None:
+    """VALUE[:KEY][=SYNONYM,...] maps to the option's value, dtmf key and synonyms."""
+    assert client.parse_option("confirmed:1=yes, yeah") == {
+        "value": "confirmed",
+        "dtmf": "1",
+        "synonyms": ["yes", "yeah"],
+    }
+    assert client.parse_option("cancelled=no") == {"value": "cancelled", "synonyms": ["no"]}
+    assert client.parse_option("later:#") == {"value": "later", "dtmf": "#"}
+    assert client.parse_option("maybe") == {"value": "maybe"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (":1=yes", "the value before ':' or '=' is empty"),
+        ("confirmed:12", "the key after ':' must be one of 0-9, * or # (got '12')"),
+        ("confirmed:=yes", "the key after ':' must be one of 0-9, * or # (got '')"),
+        ("confirmed=yes,,yeah", "an empty synonym after '='"),
+    ],
+)
+def test_bad_option_specs_are_refused_naming_the_spec(spec: str, message: str) -> None:
+    """A malformed --option is a usage error quoting the spec and saying what is wrong."""
+    with pytest.raises(client.UsageError) as caught:
+        client.parse_option(spec)
+    assert str(caught.value) == f"--option {spec!r}: {message}"
+
+
+def test_a_key_given_to_two_options_is_refused() -> None:
+    """Two options with the same key are refused before the daemon is asked."""
+    with pytest.raises(client.UsageError, match="key '1' is given to two options"):
+        client.parse_options(["yes:1", "no:1"])
+
+
+def test_base_url_and_token_come_from_the_config_and_the_environment(tmp_path: Path) -> None:
+    """[api] host/port/token of the file, overridden by SIPAI_API__*, give the URL and token;
+    a wildcard bind is reached on loopback."""
+    config = tmp_path / "sipai.toml"
+    config.write_text('[api]\nhost = "0.0.0.0"\nport = 9191\ntoken = "from-file"\n')
+    api = load_settings(config, environ={}).settings.api
+    assert (client.base_url(api), client.default_token(api)) == (
+        "http://127.0.0.1:9191",
+        "from-file",
+    )
+    env = {"SIPAI_API__HOST": "::", "SIPAI_API__PORT": "9292", "SIPAI_API__TOKEN": "from-env"}
+    api = load_settings(config, environ=env).settings.api
+    assert (client.base_url(api), client.default_token(api)) == ("http://[::1]:9292", "from-env")
+    config.write_text('[api]\ntokens = { zeta = "z-token", crm = "c-token" }\n')
+    api = load_settings(config, environ={}).settings.api
+    assert client.default_token(api) == "c-token"  # no api.token: the first named, by name
+
+
+def test_loopback_urls() -> None:
+    """Only a loopback daemon can reach the CLI's own result receiver on 127.0.0.1."""
+    assert client.is_loopback("http://127.0.0.1:8080")
+    assert client.is_loopback("http://[::1]:8080")
+    assert client.is_loopback("http://localhost:8080")
+    assert not client.is_loopback("http://192.0.2.10:8080")
+    assert not client.is_loopback("http://sipai.example:8080")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--option", "yes"], "--option needs --choice PROMPT"),
+        (["--choice", "Confirm?"], "--choice needs at least one --option SPEC"),
+        (["--timeout-seconds", "10"], "--timeout-seconds and --repeat need --choice PROMPT"),
+        (
+            ["--choice", "Confirm?", "--option", "yes"],
+            "--choice needs --callback-url URL (or --wait, which receives the result)",
+        ),
+        (
+            ["--choice", "Confirm?", "--option", "yes", "--wait", "--url", "http://192.0.2.1:1"],
+            "--choice with --wait receives the result on 127.0.0.1, which http://192.0.2.1:1 "
+            "cannot reach: give --callback-url URL",
+        ),
+        (["--choice", "Confirm?", "--option", "yes:x"], "--option 'yes:x': the key after ':'"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An incomplete or contradictory `sipai call` exits 2 with one line naming the option,
+    without contacting the daemon."""
+    config = tmp_path / "sipai.toml"
+    config.write_text("[api]\nport = 1\n")  # nothing listens there: nothing may be sent
+    code = main(["call", "1001", "Hello.", *args, "--config", str(config)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith(f"sipai call: {message}"), err
+    assert err.count("\n") == 1, err
+
+
+def test_a_broken_config_exits_2_as_check_config_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`sipai calls` with a misspelt key reports it like check-config and exits 2."""
+    config = tmp_path / "sipai.toml"
+    config.write_text("[api]\nprot = 8080\n")
+    assert main(["calls", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "api.prot: unknown key (did you mean 'port'?)" in err, err
+
+
+def test_progress_line_of_a_final_call_sums_up_the_result() -> None:
+    """The final line names the status and the result fields the call had."""
+    view = {
+        "call_id": "out-1-3",
+        "call_status": "completed",
+        "message_played": True,
+        "choice_response": None,
+        "choice_raw_text": "hmm",
+        "answered_by": "human",
+        "duration_seconds": 8.66,
+    }
+    line = client.progress_line(view, 12.04)
+    assert line.startswith("out-1-3  completed  "), line
+    assert line.endswith(
+        '  +12.0s  message_played=yes choice=- heard="hmm" answered_by=human duration=8.7s'
+    ), line
+    busy = client.progress_line({"call_id": "x", "call_status": "busy", "sip_code": 486}, 1.0)
+    assert busy.endswith("+1.0s  sip=486"), busy

@@ -64,6 +64,20 @@ def test_base_url_and_token_come_from_the_config_and_the_environment(tmp_path: P
     assert client.default_token(api) == "c-token"  # no api.token: the first named, by name
 
 
+def test_a_service_box_token_file_from_the_environment(tmp_path: Path) -> None:
+    """On a service box the admin points SIPAI_API__TOKEN_FILE at the root-only credential
+    (systemd/README.md): the example config then yields that token."""
+    token = tmp_path / "api.token"
+    token.write_text("service-token\n")
+    example = Path(__file__).resolve().parents[2] / "config" / "sipai.example.toml"
+    env = {"SIPAI_API__TOKEN_FILE": str(token)}
+    api = load_settings(example, environ=env).settings.api
+    assert (client.base_url(api), client.default_token(api)) == (
+        "http://127.0.0.1:8080",
+        "service-token",
+    )
+
+
 def test_loopback_urls() -> None:
     """Only a loopback daemon can reach the CLI's own result receiver on 127.0.0.1."""
     assert client.is_loopback("http://127.0.0.1:8080")

@@ -275,3 +275,18 @@ def test_kamailio_config_passes_its_check_with_and_without_defines(tmp_path: Pat
     )
     assert defined.returncode == 0, defined.stderr[-2000:]
     assert "127.0.0.1 [127.0.0.1]:5777" in defined.stdout + defined.stderr
+
+
+def test_the_suites_pbx_runs_the_shipped_kamailio_config(tmp_path: Path) -> None:
+    """Every SIP test's Kamailio runs config/pbx/kamailio/kamailio.cfg itself (defines only),
+    with the shipped db_text headers."""
+    from tests.peers.kamailio import Kamailio  # noqa: PLC0415 - the peer, not the code tested
+
+    kamailio = Kamailio(tmp_path)
+    assert kamailio.command[1:3] == ["-f", str(PBX / "kamailio" / "kamailio.cfg")]
+    assert all(arg.startswith("SIPAI_") for arg in kamailio.command[4::2]), kamailio.command
+    for name in ("version", "location"):
+        shipped = (PBX / "kamailio" / "dbtext" / name).read_text()
+        assert (tmp_path / "db" / name).read_text() == shipped
+    header = (PBX / "kamailio" / "dbtext" / "subscriber").read_text().splitlines()[0]
+    assert (tmp_path / "db" / "subscriber").read_text().splitlines()[0] == header

@@ -11,14 +11,18 @@ import shlex
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import pytest
-
 from api.models import parse_request
 from api.spec import load_spec
 from config import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
+SNIPPETS = [
+    "config/pbx/kamailio/kamailio.cfg",
+    "config/pbx/asterisk/pjsip.conf",
+    "config/pbx/asterisk/extensions.conf",
+    "config/pbx/freeswitch/1000.xml",
+]
 CONSOLE_ROUTES = {"/web/calls", "/web/calls/{call}"}  # the console page's own, not for curl
 
 
@@ -35,6 +39,7 @@ def test_readme_pbx_blocks_are_the_shipped_files() -> None:
     )
     embedded = _embedded()
     assert sorted(embedded) == files
+    assert set(SNIPPETS) <= set(files), files
     for name, block in embedded.items():
         assert block == (REPO / name).read_text(), f"README's {name} differs from the file"
 
@@ -121,14 +126,15 @@ def test_readme_call_bodies_are_valid_requests() -> None:
     assert any(h.startswith("Idempotency-Key: ") for h in headers)
 
 
-@pytest.mark.parametrize(
-    "block", re.findall(r"^```toml\n(.*?)^```$", README, re.M | re.S), ids=lambda b: b[:20]
-)
-def test_readme_toml_snippets_load(block: str, tmp_path: Path) -> None:
-    """A TOML snippet of the README is a valid sipai.toml for the daemon's loader."""
-    config = tmp_path / "sipai.toml"
-    config.write_text(block)
-    load_settings(config, environ={})
+def test_readme_toml_snippets_load(tmp_path: Path) -> None:
+    """Each TOML snippet of the README (the softphone's and the PBX example's) is a valid
+    sipai.toml for the daemon's loader."""
+    blocks = re.findall(r"^```toml\n(.*?)^```$", README, re.M | re.S)
+    assert len(blocks) >= 2, blocks
+    for block in blocks:
+        config = tmp_path / "sipai.toml"
+        config.write_text(block)
+        load_settings(config, environ={})
 
 
 def test_readme_sipai_commands_parse() -> None:

@@ -160,6 +160,8 @@ def _call_body(args: argparse.Namespace) -> dict[str, object]:
         body["choice"] = choice
     elif args.timeout_seconds is not None or args.repeat is not None:
         raise client.UsageError("--timeout-seconds and --repeat need --choice PROMPT")
+    if args.idempotency_key is not None:
+        client.check_idempotency_key(args.idempotency_key)
     for name, value in (
         ("ring_timeout", args.ring_timeout),
         ("machine_detection", args.machine_detection),

@@ -27,6 +27,7 @@ from config.schema import ApiSettings
 
 FINAL_STATUSES = frozenset({"completed", "busy", "no_answer", "failed"})
 _KEY = re.compile(r"[0-9*#]")
+_IDEMPOTENCY_KEY = re.compile(r"[!-~]{1,255}")  # the spec's pattern for the header
 
 
 class UsageError(ValueError):
@@ -76,6 +77,13 @@ def parse_options(specs: list[str]) -> list[dict[str, Any]]:
         if keys.count(key) > 1:
             raise UsageError(f"--option: key {key!r} is given to two options")
     return options
+
+
+def check_idempotency_key(key: str) -> str:
+    """The ``--idempotency-key`` as the API takes it: 1-255 visible ASCII characters."""
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise UsageError("--idempotency-key: must be 1-255 visible ASCII characters")
+    return key
 
 
 def base_url(api: ApiSettings) -> str:

@@ -174,9 +174,23 @@ async def test_call_wait_json_prints_one_view_per_change_and_exits_3_on_busy(
     served: Served,
 ) -> None:
     """With --json each change is one JSON object (the POST's answer first, then the views of
-    GET /call/{id}); a busy callee exits 3."""
+    GET /call/{id}); a busy callee exits 3; the request's other flags reach the call."""
     served.runner.result = CallResult("busy", sip_code=486)
-    process = await served.cli("call", "1002", "Hello.", "--wait", "--json")
+    process = await served.cli(
+        "call",
+        "1002",
+        "Hello.",
+        "--wait",
+        "--json",
+        "--machine-detection",
+        "detect",
+        "--ring-timeout",
+        "20",
+        "--call-id",
+        "cli-busy",
+        "--idempotency-key",
+        '"order-4711"',
+    )
     lines = await _follow(served, process)
     code, stderr = await _finish(process)
     views = [json.loads(line) for line in lines]
@@ -184,6 +198,9 @@ async def test_call_wait_json_prints_one_view_per_change_and_exits_3_on_busy(
     assert [v["call_status"] for v in views[1:]] == ["ringing", "answered", "busy"], views
     assert views[3]["sip_code"] == 486, views
     assert (code, stderr) == (3, ""), (code, stderr)
+    request = served.runner.requests[0]
+    assert (request["machine_detection"], request["ring_timeout"]) == ("detect", 20), request
+    assert views[0]["call_id"] == "cli-busy", views
 
 
 async def test_call_without_wait_prints_the_answer_and_calls_lists_it(served: Served) -> None:

@@ -103,6 +103,9 @@ def test_loopback_urls() -> None:
             "cannot reach: give --callback-url URL",
         ),
         (["--choice", "Confirm?", "--option", "yes:x"], "--option 'yes:x': the key after ':'"),
+        (["--idempotency-key", "two words"], "--idempotency-key: must be 1-255 visible ASCII"),
+        (["--idempotency-key", "clé"], "--idempotency-key: must be 1-255 visible ASCII"),
+        (["--idempotency-key", "k" * 256], "--idempotency-key: must be 1-255 visible ASCII"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(

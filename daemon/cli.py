@@ -5,7 +5,8 @@ recent calls).
 Exit status: 0 success, 1 a runtime failure (logged; for ``call``/``calls``: the daemon
 unreachable or refusing, its ``detail`` on stderr), 2 a usage or configuration error (one line
 per problem on stderr, no traceback), 3 ``call --wait`` ended with another final status than
-``completed`` (busy, no_answer, failed). The client commands import no daemon machinery
+``completed`` (busy, no_answer, failed), 130 Ctrl-C (``call --wait`` stops following; the
+call goes on in the daemon). The client commands import no daemon machinery
 (speech, SIP, store): the supervisor is loaded by ``run`` only.
 """
 
@@ -22,13 +23,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from config import CONFIG_ENV, ConfigError, LoadedSettings, load_settings
+from config.schema import ApiSettings
 from daemon import __version__, client
 from daemon.logs import configure_logging, get_logger
 
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
 EXIT_NOT_COMPLETED = 3
-RECEIVER_WAIT_SECONDS = 5.0  # after the final status, for the result webhook to arrive
+RECEIVER_WAIT_SECONDS = 30.0  # after the final status, for the result webhook to arrive
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "check-config" and path is None:
         parser.error(f"check-config needs --config PATH (or ${CONFIG_ENV})")
     try:
+        if command in ("call", "calls"):
+            return _client_command(args, client.load_api_settings(path))
         loaded = load_settings(path)
     except ConfigError as exc:
         print(f"sipai: configuration error ({len(exc.problems)}):", file=sys.stderr)
@@ -51,8 +55,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "check-config":
         print(f"{path}: OK")
         return 0
-    if command in ("call", "calls"):
-        return _client_command(args, loaded)
     return _run(loaded)
 
 
@@ -89,6 +91,13 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("--call-id", metavar="ID")
     call.add_argument("--idempotency-key", metavar="KEY")
     call.add_argument("--wait", action="store_true", help="follow the call to its result")
+    call.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=900.0,
+        metavar="N",
+        help="with --wait: give up (exit 1) when the call is not final after N s (900)",
+    )
     calls = commands.add_parser("calls", help="list recent calls, newest first")
     calls.add_argument("--limit", type=int, default=20, metavar="N")
     calls.add_argument("--direction", choices=("outbound", "inbound", "web"), default="outbound")
@@ -101,7 +110,11 @@ def _parser() -> argparse.ArgumentParser:
     for sub in (call, calls):
         sub.add_argument("--json", action="store_true", help="one JSON object per line")
         sub.add_argument("--url", help="the API's base URL (default: from [api] host and port)")
-        sub.add_argument("--token", help="bearer token (default: api.token, else the first named)")
+        sub.add_argument(
+            "--token",
+            help="bearer token (default: api.token, else the first named); a token here "
+            "shows in ps and the shell history: prefer SIPAI_API__TOKEN_FILE",
+        )
     commands.add_parser("version", help="print the version")
     return parser
 
@@ -111,11 +124,12 @@ def _config_path(arg: str | None) -> Path | None:
     return Path(value) if value else None
 
 
-def _client_command(args: argparse.Namespace, loaded: LoadedSettings) -> int:
-    api = loaded.settings.api
+def _client_command(args: argparse.Namespace, api: ApiSettings) -> int:
     url = args.url or client.base_url(api)
     token = args.token if args.token is not None else client.default_token(api)
     try:
+        client.check_url(url)
+        client.check_token(token)
         body = _call_body(args) if args.command == "call" else {}
         if args.command == "call" and body.get("choice") and not args.callback_url:
             if not args.wait:
@@ -189,15 +203,20 @@ def _call(api: client.Client, args: argparse.Namespace, body: dict[str, object])
         if not args.wait:
             return 0
         final: dict[str, object] = {}
-        for elapsed, view in client.follow(api, call_id):
+        for elapsed, view in client.follow(api, call_id, limit_seconds=args.wait_timeout):
             if view.get("call_status") == "queued" and not final:
                 final = view
                 continue  # already printed from the POST's answer
             final = view
             line = json.dumps(view) if args.json else client.progress_line(view, elapsed)
             print(line, flush=True)
-        if "callback_url" in body and body["callback_url"] != args.callback_url:
-            receiver.received.wait(RECEIVER_WAIT_SECONDS)
+        own_receiver = "callback_url" in body and body["callback_url"] != args.callback_url
+        if own_receiver and not receiver.received.wait(RECEIVER_WAIT_SECONDS):
+            print(
+                f"sipai call: the result webhook did not arrive within {RECEIVER_WAIT_SECONDS:g}"
+                " s; the daemon will retry it to a closed port (--callback-url avoids this)",
+                file=sys.stderr,
+            )
     return 0 if final.get("call_status") == "completed" else EXIT_NOT_COMPLETED
 
 
@@ -210,7 +229,7 @@ def _calls(api: client.Client, args: argparse.Namespace) -> int:
         for call in calls:
             print(json.dumps(call))
     else:
-        print(client.calls_table(calls))
+        print(client.calls_table(calls, args.direction))
     return 0
 
 

@@ -12,22 +12,28 @@ import contextlib
 import http.server
 import ipaddress
 import json
+import os
 import re
+import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from pydantic import ValidationError
 
-from config.schema import ApiSettings
+from config import loader
+from config.schema import SECRET_KEYS, ApiSettings, Settings
 
 FINAL_STATUSES = frozenset({"completed", "busy", "no_answer", "failed"})
 _KEY = re.compile(r"[0-9*#]")
 _IDEMPOTENCY_KEY = re.compile(r"[!-~]{1,255}")  # the spec's pattern for the header
+_TOKEN = re.compile(r"[!-~]*")  # what an HTTP header carries as is
 
 
 class UsageError(ValueError):
@@ -86,6 +92,65 @@ def check_idempotency_key(key: str) -> str:
     return key
 
 
+def check_token(token: str) -> str:
+    """The bearer token as a header can carry it: visible ASCII characters (or none)."""
+    if not _TOKEN.fullmatch(token):
+        raise UsageError("--token/api.token: must be visible ASCII characters")
+    return token
+
+
+def check_url(url: str) -> str:
+    """``--url`` as the client can use it: ``http(s)://HOST[:PORT]``."""
+    try:
+        parts = urlsplit(url)
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+        _ = parts.port  # a port that is no number raises
+    except ValueError:
+        usable = False
+    if not usable:
+        raise UsageError("--url: must be http(s)://HOST[:PORT]")
+    return url
+
+
+def load_api_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> ApiSettings:
+    """The ``[api]`` settings alone, read by the daemon's own loader: the file's ``[api]``
+    table, the ``SIPAI_API__*`` overrides, ``api.token_file``/``token_files`` and the
+    ``api.token``/``api.tokens.*`` credentials. The other sections are neither read nor
+    validated: on a service box their secrets are the service's credentials, which an
+    admin's shell does not see. Raises :class:`config.ConfigError` naming key and source."""
+    env = os.environ if environ is None else environ
+    prefix = loader.ENV_PREFIX
+    env = {
+        name: value
+        for name, value in env.items()
+        if not name.startswith(prefix) or name[len(prefix) :].lower().startswith("api__")
+    }
+    raw: dict[str, Any] = {}
+    sources: dict[loader.Key, str] = {}
+    if path is not None:
+        table = loader._read_toml(path).get("api")
+        if table is not None:
+            raw["api"] = table
+            keys = [("api", key) for key in table] if isinstance(table, dict) else [("api",)]
+            sources |= dict.fromkeys(keys, str(path))
+    problems: list[str] = []
+    loader._apply_env(raw, sources, env, problems)
+    # The secrets pass skips a section that is no table: only [api]'s secrets are resolved.
+    skipped = {section: () for section, _ in SECRET_KEYS if section != "api"}
+    raw |= skipped
+    loader._resolve_secrets(raw, sources, path, env, problems)
+    raw = {key: value for key, value in raw.items() if key not in skipped}
+    loader._resolve_named_tokens(raw, sources, path, env, problems)
+    api: ApiSettings | None = None
+    try:
+        api = Settings.model_validate(raw).api
+    except ValidationError as exc:
+        problems.extend(loader._describe(exc, sources, path))
+    if problems or api is None:
+        raise loader.ConfigError(problems)
+    return api
+
+
 def base_url(api: ApiSettings) -> str:
     """The URL a client on this machine reaches ``[api]`` at: a wildcard bind is loopback."""
     host = api.host.strip()
@@ -104,10 +169,10 @@ def default_token(api: ApiSettings) -> str:
 
 
 def is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
     try:
+        host = urlsplit(url).hostname or ""
+        if host == "localhost":
+            return True
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
@@ -161,11 +226,12 @@ class Client:
 
 
 def follow(
-    client: Client, call_id: str, poll_seconds: float = 0.5
+    client: Client, call_id: str, poll_seconds: float = 0.5, limit_seconds: float = 900.0
 ) -> Iterator[tuple[float, dict[str, Any]]]:
     """Each change of the call's ``call_status`` as (seconds since start, its view), polling
     ``GET /call/{id}``; ends with the final view. Stops with the call (the daemon bounds every
-    call: ring timeout, message, rounds), or on Ctrl-C."""
+    call: ring timeout, message, rounds), on Ctrl-C, or with :class:`ApiError` when the call
+    is still not final after ``limit_seconds`` (a wrong ``--url``, a call the daemon lost)."""
     start = time.monotonic()
     last = ""
     while True:
@@ -177,6 +243,8 @@ def follow(
             yield time.monotonic() - start, view
         if final:
             return
+        if time.monotonic() - start >= limit_seconds:
+            raise ApiError(None, f"still {status or 'not final'} after {limit_seconds:g} s")
         time.sleep(poll_seconds)
 
 
@@ -192,7 +260,8 @@ def progress_line(view: dict[str, Any], elapsed: float) -> str:
         parts.append(f"message_played={'yes' if view.get('message_played') else 'no'}")
     if view.get("choice_response") is not None or view.get("choice_raw_text") is not None:
         parts.append(f"choice={view.get('choice_response') or '-'}")
-        parts.append(f"heard={json.dumps(view.get('choice_raw_text') or '')}")
+        raw_text = view.get("choice_raw_text") or ""
+        parts.append(f"heard={json.dumps(raw_text, ensure_ascii=False)}")
     if "answered_by" in view:
         parts.append(f"answered_by={view['answered_by'] or '-'}")
     if view.get("duration_seconds") is not None:
@@ -200,16 +269,18 @@ def progress_line(view: dict[str, Any], elapsed: float) -> str:
     if status != "completed" and view.get("sip_code") is not None:
         parts.append(f"sip={view['sip_code']}")
     if view.get("error"):
-        parts.append(f"error={json.dumps(view['error'])}")
+        parts.append(f"error={json.dumps(view['error'], ensure_ascii=False)}")
     return "  ".join([line, " ".join(parts)]) if parts else line
 
 
 TABLE_COLUMNS = ("CREATED", "CALL_ID", "DIR", "EXTENSION", "STATUS", "SIP", "DURATION", "CHOICE")
 
 
-def calls_table(calls: list[dict[str, Any]]) -> str:
-    """``sipai calls``: one row per call, newest first (the API's order), columns aligned."""
-    rows = [TABLE_COLUMNS]
+def calls_table(calls: list[dict[str, Any]], direction: str = "outbound") -> str:
+    """``sipai calls``: one row per call, newest first (the API's order), columns aligned.
+    Inbound and web calls all reach the same extension: their rows show the CALLER."""
+    party = "extension" if direction == "outbound" else "caller"
+    rows = [tuple(party.upper() if c == "EXTENSION" else c for c in TABLE_COLUMNS)]
     for call in calls:
         created = call.get("created_at")
         when = (
@@ -223,7 +294,7 @@ def calls_table(calls: list[dict[str, Any]]) -> str:
                 when,
                 str(call.get("call_id", "")),
                 str(call.get("direction", "")),
-                str(call.get("extension") or "-"),
+                str(call.get(party) or "-"),
                 str(call.get("call_status") or call.get("status") or "-"),
                 str(call.get("sip_code") or "-"),
                 f"{float(duration):.1f}s" if isinstance(duration, int | float) else "-",
@@ -240,8 +311,9 @@ def calls_table(calls: list[dict[str, Any]]) -> str:
 @dataclass
 class ResultReceiver:
     """A one-shot webhook receiver on 127.0.0.1 for a ``--wait`` call with a choice and no
-    ``--callback-url`` (the contract needs a URL): it answers 200 to every POST and keeps
-    the bodies; the CLI reads the result from ``GET /call/{id}`` anyway."""
+    ``--callback-url`` (the contract needs a URL): it answers 200 to a POST on its own
+    unguessable path (404 elsewhere, 400 without a usable Content-Length) and keeps the
+    bodies; the CLI reads the result from ``GET /call/{id}`` anyway."""
 
     bodies: list[bytes] = field(default_factory=list)
     received: threading.Event = field(default_factory=threading.Event)
@@ -249,15 +321,21 @@ class ResultReceiver:
     @contextlib.contextmanager
     def serving(self) -> Iterator[str]:
         receiver = self
+        path = f"/sipai-result/{secrets.token_urlsafe(16)}"
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                receiver.bodies.append(self.rfile.read(length))
-                self.send_response(200)
+                length = self.headers.get("Content-Length") or "0"
+                code = 200 if length.isdigit() else 400
+                if self.path != path:
+                    code = 404
+                if code == 200:
+                    receiver.bodies.append(self.rfile.read(int(length)))
+                self.send_response(code)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
-                receiver.received.set()
+                if code == 200:
+                    receiver.received.set()
 
             def log_message(self, format: str, *args: Any) -> None:
                 return
@@ -266,7 +344,7 @@ class ResultReceiver:
         thread = threading.Thread(target=server.serve_forever, name="sipai-cli-receiver")
         thread.start()
         try:
-            yield f"http://127.0.0.1:{server.server_address[1]}/sipai-result"
+            yield f"http://127.0.0.1:{server.server_address[1]}{path}"
         finally:
             server.shutdown()
             server.server_close()

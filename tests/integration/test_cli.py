@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
+import http.server
 import json
 import os
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,8 @@ import uvicorn
 from api.app import ApiContext, HealthReport, create_app
 from api.spec import load_spec
 from api.webhooks import Deliverer
+from daemon import client
+from daemon.cli import main
 from daemon.outbound import CallResult, OutboundService, Report
 from daemon.store import Store
 
@@ -268,3 +273,78 @@ def test_the_client_commands_load_no_daemon_machinery() -> None:
         timeout=60,
     ).stdout
     assert out.strip() == "[]", out
+
+
+@contextlib.contextmanager
+def _stuck_daemon() -> Iterator[tuple[str, list[dict[str, str]]]]:
+    """A loopback HTTP server that queues every POST /call and reports it ringing forever,
+    recording each request's headers."""
+    seen: list[dict[str, str]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self, body: dict[str, str]) -> None:
+            seen.append(dict(self.headers))
+            data = json.dumps(body).encode()
+            self.send_response(202 if self.command == "POST" else 200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self._answer({"call_id": "c1", "status": "queued"})
+
+        def do_GET(self) -> None:
+            self._answer({"call_id": "c1", "status": "ok", "call_status": "ringing"})
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_the_idempotency_key_header_and_the_wait_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--idempotency-key is sent as the Idempotency-Key header, as given; --wait on a call
+    that never ends gives up after --wait-timeout with exit 1 and the last status."""
+    config = tmp_path / "sipai.toml"
+    config.write_text("[api]\n")
+    with _stuck_daemon() as (url, seen):
+        args = ["call", "1001", "Hi.", "--url", url, "--config", str(config)]
+        assert main([*args, "--idempotency-key", '"order-4711"']) == 0
+        assert seen[0].get("Idempotency-Key") == '"order-4711"', seen
+        assert main([*args, "--wait", "--wait-timeout", "0.3"]) == 1
+    err = capsys.readouterr().err
+    assert err == "sipai call: still ringing after 0.3 s\n", err
+
+
+def test_the_result_receiver_takes_only_its_own_path() -> None:
+    """The CLI's webhook receiver answers 200 on its unguessable path only: 404 on the bare
+    /sipai-result, 400 on a Content-Length that is no number."""
+    receiver = client.ResultReceiver()
+    with receiver.serving() as url:
+        other = client.ResultReceiver()
+        with other.serving() as other_url:
+            assert url.split("/")[-1] != other_url.split("/")[-1]
+        host, port = url.split("/")[2].split(":")
+        path = "/" + url.split("/", 3)[3]
+        answers = []
+        for target, length in (("/sipai-result", "2"), (path, "abc"), (path, "2")):
+            connection = http.client.HTTPConnection(host, int(port), timeout=5)
+            connection.putrequest("POST", target)
+            connection.putheader("Content-Length", length)
+            connection.endheaders(b"{}")
+            answers.append(connection.getresponse().status)
+            connection.close()
+    assert answers == [404, 400, 200], answers
+    assert receiver.bodies == [b"{}"], receiver.bodies

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from config import load_settings
+from config import ConfigError, load_settings
 from daemon import client
 from daemon.cli import main
 
@@ -106,6 +106,15 @@ def test_loopback_urls() -> None:
         (["--idempotency-key", "two words"], "--idempotency-key: must be 1-255 visible ASCII"),
         (["--idempotency-key", "clé"], "--idempotency-key: must be 1-255 visible ASCII"),
         (["--idempotency-key", "k" * 256], "--idempotency-key: must be 1-255 visible ASCII"),
+        (["--token", "clé"], "--token/api.token: must be visible ASCII characters"),
+        (["--url", "http://[bad"], "--url: must be http(s)://HOST[:PORT]"),
+        (["--url", "localhost:8080"], "--url: must be http(s)://HOST[:PORT]"),
+        (["--url", "ftp://x"], "--url: must be http(s)://HOST[:PORT]"),
+        (["--url", "http://127.0.0.1:port"], "--url: must be http(s)://HOST[:PORT]"),
+        (
+            ["--choice", "Q?", "--option", "a", "--wait", "--url", "http://[bad"],
+            "--url: must be http(s)://HOST[:PORT]",
+        ),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(
@@ -133,6 +142,48 @@ def test_a_broken_config_exits_2_as_check_config_does(
     assert "api.prot: unknown key (did you mean 'port'?)" in err, err
 
 
+def test_a_non_ascii_token_in_the_config_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An api.token the loader accepts but no header can carry is a usage error, not a
+    traceback."""
+    config = tmp_path / "sipai.toml"
+    config.write_text('[api]\nport = 1\ntoken = "clé-token-000000000000"\n')
+    assert main(["calls", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err == "sipai calls: --token/api.token: must be visible ASCII characters\n", err
+
+
+def test_client_commands_read_only_the_api_section(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a service box the other sections' secrets are the service's credentials: `calls`
+    with an agent backend lacking its key and a sip.password_file it cannot read still
+    reaches for the daemon (exit 1 on port 1), with the token from SIPAI_API__TOKEN_FILE."""
+    token = tmp_path / "api.token"
+    token.write_text("service-token\n")
+    config = tmp_path / "sipai.toml"
+    config.write_text(
+        '[api]\nport = 1\n[agent]\nbackend = "openai"\n'
+        '[sip]\npassword_file = "/nonexistent/sip.password"\n'
+    )
+    monkeypatch.setenv("SIPAI_API__TOKEN_FILE", str(token))
+    monkeypatch.setenv("SIPAI_SIP__PORT", "not-a-port")
+    assert main(["calls", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("sipai calls: cannot reach the daemon at http://127.0.0.1:1"), err
+    api = client.load_api_settings(config, environ={"SIPAI_API__TOKEN_FILE": str(token)})
+    assert client.default_token(api) == "service-token"
+    config.write_text('[api]\nport = 0\n[agent]\nbackend = "openai"\n')
+    with pytest.raises(ConfigError) as caught:
+        client.load_api_settings(config, environ={"SIPAI_API__TOKEN_FILE": "/nonexistent"})
+    assert caught.value.problems == [
+        "environment SIPAI_API__TOKEN_FILE: api.token_file: cannot read '/nonexistent': "
+        "No such file or directory",
+        f"{config}: api.port: Input should be greater than or equal to 1 (got 0)",
+    ]
+
+
 def test_progress_line_of_a_final_call_sums_up_the_result() -> None:
     """The final line names the status and the result fields the call had."""
     view = {
@@ -151,3 +202,19 @@ def test_progress_line_of_a_final_call_sums_up_the_result() -> None:
     ), line
     busy = client.progress_line({"call_id": "x", "call_status": "busy", "sip_code": 486}, 1.0)
     assert busy.endswith("+1.0s  sip=486"), busy
+
+
+def test_progress_line_keeps_non_ascii_readable() -> None:
+    """A transcript in Spanish prints as heard="sí", not as a JSON escape."""
+    view = {"call_id": "x", "call_status": "completed", "choice_raw_text": "sí"}
+    assert client.progress_line(view, 1.0).endswith('choice=- heard="sí"')
+
+
+def test_calls_table_of_inbound_calls_shows_the_caller() -> None:
+    """Inbound rows all reach the same extension: the table shows who called instead."""
+    call = {"call_id": "in-1", "direction": "inbound", "extension": "1000", "caller": "1001"}
+    header, row = client.calls_table([call], "inbound").splitlines()
+    assert header.split()[3] == "CALLER", header
+    assert row.split()[3] == "1001", row
+    header, row = client.calls_table([call]).splitlines()
+    assert (header.split()[3], row.split()[3]) == ("EXTENSION", "1000"), (header, row)

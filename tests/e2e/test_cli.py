@@ -47,7 +47,7 @@ async def test_sipai_call_wait_follows_a_real_call_and_calls_lists_it(
         }
         async with (
             DaemonProcess(env, wait=registered),
-            callee(pbx, "1001", answer_after_ms=1500) as phone,  # rings over 2 polls
+            callee(pbx, "1001", answer_after_ms=3000) as phone,  # rings over ~6 polls
         ):
             cli_env = os.environ | env | {"PYTHONPATH": str(REPO)}
             code, lines, err = await _cli(cli_env, "call", "1001", MESSAGE, "--wait")

@@ -8,7 +8,8 @@ Users live in a db_text directory written per instance: 1000 (the daemon) and 10
 (test phones), password ``pw<user>``, domain 127.0.0.1. Registrations are kept in memory, so
 a restart forgets them, as a PBX reboot would. INVITEs fork to every registered contact.
 Every REGISTER received is logged (``register.received``, with or without credentials), so
-tests can count what a PBX with fail2ban would see.
+tests can count what a PBX with fail2ban would see; credentials that fail are logged with the
+source address (``auth.failed``), the line fail2ban matches.
 """
 
 from __future__ import annotations
@@ -150,6 +151,13 @@ class Kamailio:
         log = (self.directory / "kamailio.log").read_text(errors="replace")
         lines = [line for line in log.splitlines() if f"register.received user={user} " in line]
         return len(lines), sum(1 for line in lines if line.endswith("digest=yes"))
+
+    def auth_failures(self) -> list[str]:
+        """The ``auth.failed user=... src=...`` lines logged so far, across restarts."""
+        log = (self.directory / "kamailio.log").read_text(errors="replace")
+        return [
+            line[line.index("auth.failed") :] for line in log.splitlines() if "auth.failed" in line
+        ]
 
     def contacts(self, user: str) -> list[str]:
         """Contacts registered for ``user`` now (via kamcmd over the ctl socket)."""

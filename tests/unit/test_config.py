@@ -291,22 +291,23 @@ def test_webhook_retry_waits_are_set_and_checked(tmp_path: Path) -> None:
 
 
 def test_amd_settings_default_to_asterisk_and_are_checked(tmp_path: Path) -> None:
-    """[amd] holds Asterisk AMD()'s documented defaults, takes the file and the environment,
-    and refuses an out-of-range value or an empty beep band naming the key and the file."""
+    """[amd] holds Asterisk AMD()'s documented defaults (but 4 words, 700 ms after a greeting),
+    takes the file and the environment, and refuses an out-of-range value or an empty beep
+    band naming the key and the file."""
     amd = Settings().amd
     assert (amd.initial_silence_ms, amd.greeting_ms, amd.after_greeting_silence_ms) == (
         2500,
         1500,
-        800,
+        700,
     )
     assert (amd.total_analysis_ms, amd.min_word_ms, amd.between_words_silence_ms) == (
         5000,
         100,
         50,
     )
-    assert (amd.max_words, amd.silence_threshold, amd.max_word_ms) == (2, 256, 5000)
-    path = _write(tmp_path, "[amd]\nmax_words = 4\n")
-    assert load_settings(path, environ={}).settings.amd.max_words == 4
+    assert (amd.max_words, amd.silence_threshold, amd.max_word_ms) == (4, 256, 5000)
+    path = _write(tmp_path, "[amd]\nmax_words = 2\n")
+    assert load_settings(path, environ={}).settings.amd.max_words == 2
     env = {"SIPAI_AMD__GREETING_MS": "2000"}
     assert load_settings(None, environ=env).settings.amd.greeting_ms == 2000
     with pytest.raises(ConfigError) as caught:

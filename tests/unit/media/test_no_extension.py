@@ -10,7 +10,7 @@ import media
 
 def test_media_imports_without_a_compiled_extension() -> None:
     """Every media module imports, and the package holds no compiled kernel or its source."""
-    for name in ("codec", "framing", "g711", "playout", "resample", "vad", "wav"):
+    for name in ("amd", "codec", "framing", "g711", "playout", "resample", "vad", "wav"):
         importlib.import_module(f"media.{name}")
     package = Path(media.__file__).parent
     leftovers = sorted(p.name for p in package.glob("_kernels*"))

@@ -85,6 +85,11 @@ class VoiceActivityDetector:
     def position_ms(self) -> int:
         return self._position_ms
 
+    @property
+    def silence_ms(self) -> int:
+        """Continuous non-speech up to the last frame processed (0 right after a voiced one)."""
+        return self._silence_ms
+
     def process(self, pcm: NDArray[np.int16] | bytes) -> list[SpeechEvent]:
         """Feed audio of any length; return the events it completes, in order."""
         data = pcm if isinstance(pcm, bytes) else pcm.astype("<i2").tobytes()

@@ -65,6 +65,7 @@ _FUZZY_MIN_LENGTH = 4
 class Option:
     value: str
     synonyms: tuple[str, ...] = ()
+    dtmf: str | None = None  # a key that answers with this option ("1", "*", "#")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,13 @@ listens with VAD (dropping what was heard before), hands the utterance to ``tran
 (speech is served by the supervisor in a SIP worker), hangs up. All on one event loop, timed
 by the leg's media clock; each action that takes time runs as a task that posts its outcome
 as an event. The leg delivers this call's events only (in a SIP worker: :mod:`sip.leg`).
+
+Keys pressed on the leg reach the flow as :class:`~daemon.calls.flow.Digit`. While the callee
+speaks, a pause of ``SPECULATE_SILENCE_MS`` starts a transcription of the speech so far (one
+at a time, two per utterance, none for long ones): if no voice came since, the flow gets it
+as a :class:`~daemon.calls.flow.PartialTranscript`, and at the end of the utterance it stands
+for the whole one instead of a second transcription. The flow's early outcome
+(:class:`~daemon.calls.flow.Decide`) goes to ``decide`` before the closing plays.
 """
 
 from __future__ import annotations
@@ -29,7 +36,9 @@ from daemon.calls.choice import Option
 from daemon.calls.flow import (
     Action,
     Answered,
+    Decide,
     Dial,
+    Digit,
     Ended,
     Event,
     Finish,
@@ -37,11 +46,14 @@ from daemon.calls.flow import (
     Listen,
     ListenTimeout,
     OutboundFlow,
+    PartialTranscript,
     Play,
     PlayDone,
     Report,
     Ringing,
     SpeechEnded,
+    StopListening,
+    StopPlayback,
     Transcribe,
     Transcript,
 )
@@ -56,9 +68,22 @@ log = get_logger(__name__)
 PREROLL_FRAMES = 15  # 300 ms kept from before the detected start of speech
 MAX_UTTERANCE_SECONDS = 20.0
 PLAY_SLACK_SECONDS = 5.0  # a sound is given up on this long after it should have played out
+SPECULATE_SILENCE_MS = 240  # a pause this long while speaking: transcribe what was said so far
+SPECULATIONS_PER_UTTERANCE = 2
+SPECULATE_MAX_SECONDS = 6.0  # longer speech is transcribed once, at its end
 
 Transcriber = Callable[[NDArray[np.int16], int, str], Awaitable[str]]
 Reporter = Callable[[str], Awaitable[None]]
+Decider = Callable[[dict[str, Any]], Awaitable[None]]  # the result, before the closing plays
+
+
+class _Speculation:
+    """A transcription of the first ``frames`` captured frames of an utterance, in flight or
+    done (``task`` gives the text, or None if recognition failed)."""
+
+    def __init__(self, frames: int, task: asyncio.Task[str | None]) -> None:
+        self.frames = frames
+        self.task = task
 
 
 class OutboundCall:
@@ -69,13 +94,16 @@ class OutboundCall:
         audio: dict[str, NDArray[np.int16]],
         transcribe: Transcriber,
         report: Reporter,
+        *,
+        decide: Decider | None = None,
     ) -> None:
         choice = request.get("choice") or {}
         self.flow = OutboundFlow(
             target=request["extension"],
             ring_timeout=float(request["ring_timeout"]),
             options=[
-                Option(o["value"], tuple(o.get("synonyms", ()))) for o in choice.get("options", ())
+                Option(o["value"], tuple(o.get("synonyms", ())), o.get("dtmf"))
+                for o in choice.get("options", ())
             ],
             timeout_seconds=float(choice.get("timeout_seconds", 30)),
             repeat_count=int(choice.get("repeat_count", 2)),
@@ -88,12 +116,23 @@ class OutboundCall:
         )
         self._transcribe = transcribe
         self._report = report
+        self._decide = decide
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._leg: CallLeg | None = None
         self._media: LegMedia | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._utterance: NDArray[np.int16] = np.zeros(0, dtype=np.int16)
         self._plays = itertools.count(1)
+        # The play in progress (task, item id) and the PlayDone events of stopped plays.
+        self._playing: tuple[asyncio.Task[Any], str] | None = None
+        self._play_done: dict[str, PlayDone] = {}  # item id -> the PlayDone it posted
+        self._stale: list[Event] = []
+        self._listening: set[asyncio.Task[Any]] = set()  # listen, transcribe, speculations
+        # This utterance: captured frames up to the last voiced one, its speculations, and
+        # the one that covers it whole once it ended.
+        self._voiced_frames = 0
+        self._speculations: list[_Speculation] = []
+        self._covering: _Speculation | None = None
         # For the black box: wall time the INVITE went out, the answer and the first frame
         # of audio out on the leg's clock, and the leg's Ended (its stream statistics).
         self._invite_at: float | None = None
@@ -114,7 +153,11 @@ class OutboundCall:
                     result = await self._do(action)
                     if result is not None:
                         return result
-                actions = self.flow.handle(await self._events.get())
+                event = await self._events.get()
+                if any(event is stale for stale in self._stale):
+                    self._stale = [e for e in self._stale if e is not event]
+                    continue
+                actions = self.flow.handle(event)
         finally:
             for task in self._tasks:
                 task.cancel()
@@ -136,11 +179,20 @@ class OutboundCall:
         elif isinstance(action, Report):
             await self._report(action.status)
         elif isinstance(action, Play):
-            self._spawn(self._play(action.item))
+            item_id = f"{action.item}-{next(self._plays)}"
+            self._playing = (self._spawn(self._play(action.item, item_id)), item_id)
+        elif isinstance(action, StopPlayback):
+            self._stop_playback()
         elif isinstance(action, Listen):
-            self._spawn(self._listen(action.timeout))
+            self._listening.add(self._spawn(self._listen(action.timeout)))
         elif isinstance(action, Transcribe):
-            self._spawn(self._transcribe_utterance())
+            self._listening.add(self._spawn(self._transcribe_utterance()))
+        elif isinstance(action, StopListening):
+            for task in self._listening:
+                task.cancel()
+            self._listening.clear()
+        elif isinstance(action, Decide):
+            await self._decided(action)
         elif isinstance(action, HangUp):
             assert self._leg is not None
             await self._leg.hangup()
@@ -198,10 +250,43 @@ class OutboundCall:
     def _post(self, event: Event) -> None:
         self._events.put_nowait(event)
 
-    def _spawn(self, coroutine: Awaitable[None]) -> None:
+    def _spawn(self, coroutine: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._listening.discard)
+        return task
+
+    def _stop_playback(self) -> None:
+        """Cut the sound playing: flushed within a frame, and its PlayDone (even one already
+        posted) never reaches the flow."""
+        playing, self._playing = self._playing, None
+        if playing is None:
+            return
+        task, item_id = playing
+        task.cancel()
+        if self._media is not None:
+            self._media.playout.flush()
+            self._media.playout.forget(item_id)
+        done = self._play_done.pop(item_id, None)
+        if done is not None:  # posted, not handled yet: it is stale
+            self._stale.append(done)
+
+    async def _decided(self, action: Decide) -> None:
+        """The outcome before the closing: the planned duration ends with the closing."""
+        media = self._media
+        rate = media.rate if media is not None else 8000
+        answered = self.flow.answered_at
+        talked = time.time() - answered if answered is not None else 0.0
+        result = action.planned(talked, len(self.sounds["closing"]) / rate)
+        log.info(
+            "outbound.decided",
+            call_id=self.call,
+            choice=result.choice_response,
+            raw_text=result.choice_raw_text,
+        )
+        if self._decide is not None:
+            await self._decide({**asdict(result), "invite_at": self._invite_at})
 
     async def _follow(self, call: CallLeg) -> None:
         while True:
@@ -215,17 +300,19 @@ class OutboundCall:
                     self._media.playout.clock = self._media.clock.now  # first frames out
                     self._answered_clock = self._media.clock.now()
                 self._post(Answered(time.time()))
+            elif isinstance(event, leg.Dtmf):
+                log.info("outbound.dtmf", call_id=self.call, digit=event.digit, method=event.method)
+                self._post(Digit(event.digit))
             elif isinstance(event, leg.Ended):
                 self._ended = event
                 self._post(Ended(event.code, time.time(), event.local_cause, event.reason))
                 return
 
-    async def _play(self, item: str) -> None:
+    async def _play(self, item: str, item_id: str) -> None:
         media = self._media
         if media is None:  # the callee hung up as they answered: the call's Ended follows
             return
         samples = self.sounds[item]
-        item_id = f"{item}-{next(self._plays)}"
         media.playout.push(item_id, samples)
         media.playout.end_item(item_id)
         within = len(samples) / media.rate + PLAY_SLACK_SECONDS
@@ -234,7 +321,8 @@ class OutboundCall:
             self._first_audio = media.playout.first_out(item_id)
         media.playout.forget(item_id)
         if played or not media.closed:  # cut off by the call's end: Ended follows, not PlayDone
-            self._post(PlayDone(item))
+            done = self._play_done[item_id] = PlayDone(item)
+            self._post(done)
 
     async def _listen(self, seconds: float) -> None:
         media = self._media
@@ -249,6 +337,8 @@ class OutboundCall:
         speaking = False
         clock = media.clock
         deadline = clock.now() + seconds
+        frame_seconds = media.frame_bytes / 2 / media.rate
+        self._voiced_frames, self._speculations, self._covering = 0, [], None
         async for frame in media.frames():
             if speaking:
                 captured.append(frame)
@@ -260,21 +350,65 @@ class OutboundCall:
                     captured = list(preroll)
                     deadline = clock.now() + MAX_UTTERANCE_SECONDS
                 elif isinstance(event, SpeechStopped) and speaking:
-                    self._utterance = np.frombuffer(b"".join(captured), dtype="<i2").copy()
-                    self._post(SpeechEnded())
+                    self._end_utterance(captured)
                     return
+            if speaking and vad.silence_ms == 0:
+                self._voiced_frames = len(captured)
+            if (
+                speaking
+                and vad.silence_ms >= SPECULATE_SILENCE_MS
+                and len(captured) * frame_seconds <= SPECULATE_MAX_SECONDS
+            ):
+                self._speculate(captured)
             if clock.now() > deadline:
                 if speaking:  # talking for too long: take what we have
-                    self._utterance = np.frombuffer(b"".join(captured), dtype="<i2").copy()
-                    self._post(SpeechEnded())
+                    self._end_utterance(captured)
                 else:
                     self._post(ListenTimeout())
                 return
+
+    def _speculate(self, captured: list[bytes]) -> None:
+        """At a pause: transcribe the speech so far, unless a speculation is in flight, this
+        pause has one, or the utterance had its share."""
+        specs = self._speculations
+        if len(specs) >= SPECULATIONS_PER_UTTERANCE:
+            return
+        if specs and (not specs[-1].task.done() or specs[-1].frames >= self._voiced_frames):
+            return
+        frames = len(captured)
+        pcm = np.frombuffer(b"".join(captured), dtype="<i2").copy()
+        task = self._spawn(self._speculation(pcm, frames))
+        self._listening.add(task)
+        specs.append(_Speculation(frames, task))
+
+    async def _speculation(self, pcm: NDArray[np.int16], frames: int) -> str | None:
+        media = self._media
+        assert media is not None
+        try:
+            text = await self._transcribe(pcm, media.rate, self._hint)
+        except Exception as exc:  # the transcription at the end of the utterance will tell
+            log.warning("outbound.speculation_failed", call_id=self.call, error=str(exc))
+            return None
+        if self._voiced_frames <= frames and self._covering is None:
+            self._post(PartialTranscript(text))  # nothing was said since: that is the answer
+        return text
+
+    def _end_utterance(self, captured: list[bytes]) -> None:
+        self._utterance = np.frombuffer(b"".join(captured), dtype="<i2").copy()
+        covering = [s for s in self._speculations if s.frames >= self._voiced_frames]
+        self._covering = covering[-1] if covering else None
+        self._post(SpeechEnded())
 
     async def _transcribe_utterance(self) -> None:
         media = self._media
         assert media is not None
         error = ""
+        covering = self._covering
+        text = await covering.task if covering is not None else None
+        if text is not None:
+            log.info("outbound.speculation_used", call_id=self.call)
+            self._post(Transcript(text))
+            return
         try:
             text = await self._transcribe(self._utterance, media.rate, self._hint)
         except Exception as exc:  # heard nothing, not a crash; the result says why

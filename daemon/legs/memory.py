@@ -288,11 +288,13 @@ class MemoryPhone:
             return np.zeros(0, dtype=np.int16)
         return np.frombuffer(b"".join(pair.heard_b), dtype="<i2").astype(np.int16)
 
-    def press(self, digits: str) -> None:
+    def press(self, digits: str, method: str = "rfc4733") -> None:
+        """Press keys: the daemon's leg gets one Dtmf per digit, sent as ``method``
+        ("rfc4733" or "info")."""
         call = self.call
         if call is not None and not call.ended:
             for digit in digits:
-                call.leg.post(Dtmf(digit, "rfc4733"))
+                call.leg.post(Dtmf(digit, method))
 
     def hang_up(self) -> None:
         call = self.call

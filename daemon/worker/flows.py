@@ -189,6 +189,10 @@ async def run_outbound(ctx: FlowContext, request: Outbound) -> Body:
     async def report(status: str) -> None:
         await ctx.services.report("outbound_status", {"call_id": call_id, "status": status})
 
+    async def decide(result: Body) -> None:
+        """The outcome before the closing plays: the supervisor may finish the call now."""
+        await ctx.services.report("outbound_decided", {"call_id": call_id, "result": result})
+
     ctx.outbound[call_id] = {"audio": await asyncio.to_thread(summary, audio)}
     dialer: Dialer = SipDialer(ctx.worker, ctx.calls)
     record = request.request.get("record")  # None: as [recordings] says
@@ -200,7 +204,9 @@ async def run_outbound(ctx: FlowContext, request: Outbound) -> Body:
             log.warning("recording.not_started", call_id=call_id, error=str(exc))
         else:
             dialer = recorder = RecordingDialer(dialer, ctx.recorder, call_id, path)
-    outbound = OutboundCall(dialer, request.request, audio, ctx.services.transcribe, report)
+    outbound = OutboundCall(
+        dialer, request.request, audio, ctx.services.transcribe, report, decide=decide
+    )
     try:
         result = await outbound.run()  # once the call has ended
     finally:

@@ -49,13 +49,19 @@ CHOICE = {
 class Transcriber:
     """The speech service's part: says which of the phone's sentences an utterance holds."""
 
-    def __init__(self, sentences: dict[str, NDArray[np.int16]]) -> None:
+    def __init__(
+        self, sentences: dict[str, NDArray[np.int16]], clock: MediaClock | None = None
+    ) -> None:
         self.sentences = sentences
+        self.clock = clock
         self.heard: list[NDArray[np.int16]] = []
+        self.at: list[float] = []  # when each request came, on the clock
 
     async def __call__(self, pcm: NDArray[np.int16], rate: int, hint: str) -> str:
         assert rate == RATE
         self.heard.append(pcm)
+        if self.clock is not None:
+            self.at.append(self.clock.now())
         return " ".join(t for t, s in self.sentences.items() if occurrences(pcm, s, 0.8, 4))
 
 
@@ -71,17 +77,26 @@ async def _call(
     choice: dict[str, Any] | None = None,
     transcriber: Transcriber | None = None,
     sounds: dict[str, NDArray[np.int16]] = SOUNDS,
+    *,
+    decided: list[float] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
-    """Run one call to ``extension``; its result and the statuses it reported."""
+    """Run one call to ``extension``; its result and the statuses it reported (``decided``
+    gets the clock time of the early result)."""
     reports: list[str] = []
 
     async def report(status: str) -> None:
         reports.append(status)
 
+    async def decide(result: dict[str, Any]) -> None:
+        if decided is not None:
+            decided.append(network.clock.now())
+
     request: dict[str, Any] = {"extension": extension, "ring_timeout": 5}
     if choice is not None:
         request["choice"] = choice
-    call = OutboundCall(network, request, sounds, transcriber or Transcriber({}), report)
+    call = OutboundCall(
+        network, request, sounds, transcriber or Transcriber({}), report, decide=decide
+    )
     began = time.monotonic()
     async with asyncio.timeout(10):
         result = await call.run()
@@ -201,3 +216,48 @@ async def test_the_result_carries_the_invite_time_and_the_black_box(
     busy, _ = await _call(network, "2011")
     assert busy["black_box"]["media"] is None, busy
     assert busy["black_box"]["outbound"]["answer_to_first_audio_ms"] is None, busy
+
+
+async def _answer_after_the_prompt(
+    network: MemoryNetwork, words: NDArray[np.int16], transcriber: Transcriber
+) -> tuple[dict[str, Any], float, list[float]]:
+    """The callee says ``words`` once the prompt has played: the result, the clock time the
+    voice ended, and when the result was decided."""
+    phone = network.phone("2020")
+    decided: list[float] = []
+    running = asyncio.create_task(_call(network, "2020", CHOICE, transcriber, decided=decided))
+    async with asyncio.timeout(5):
+        await phone.connected.wait()
+    spoken = len(SOUNDS["message"]) + len(SOUNDS["prompt"])
+    await network.clock.sleep(spoken / RATE + 0.1)
+    voice_end = network.clock.now() + np.flatnonzero(np.abs(words) > 300)[-1] / RATE
+    phone.play(words, "answer")
+    result, _ = await running
+    return result, voice_end, decided
+
+
+async def test_an_exact_answer_is_decided_at_the_first_pause(network: MemoryNetwork) -> None:
+    """A "yes" is transcribed at the first 240 ms pause and, matching exactly, ends the
+    listening there: decided well before the 700 ms end-of-speech silence, one transcription."""
+    yes = _words("Yes.")
+    transcriber = Transcriber({"yes": yes}, network.clock)
+    result, voice_end, decided = await _answer_after_the_prompt(network, yes, transcriber)
+    assert result["choice_response"] == "confirmed", result
+    [at] = decided
+    print(f"decided {1000 * (at - voice_end):.0f} ms after the voice ended")
+    assert at - voice_end < 0.6, f"decided {1000 * (at - voice_end):.0f} ms after the voice"
+    assert len(transcriber.heard) == 1, f"{len(transcriber.heard)} transcriptions"
+
+
+async def test_an_unmatched_answer_reuses_the_early_transcription(
+    network: MemoryNetwork,
+) -> None:
+    """An answer naming no option is transcribed once, at its first pause, and that
+    transcript stands for the whole utterance when the speech ends (no second run)."""
+    maybe = _words("Maybe.")
+    transcriber = Transcriber({"maybe": maybe}, network.clock)
+    result, voice_end, _ = await _answer_after_the_prompt(network, maybe, transcriber)
+    assert (result["choice_response"], result["choice_raw_text"]) == (None, "maybe"), result
+    [at] = transcriber.at
+    print(f"transcribed {1000 * (at - voice_end):.0f} ms after the voice ended")
+    assert at - voice_end < 0.6, f"transcribed {1000 * (at - voice_end):.0f} ms after"

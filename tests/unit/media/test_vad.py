@@ -98,3 +98,23 @@ def test_bad_settings() -> None:
         VoiceActivityDetector(22050)
     with pytest.raises(ValueError, match="aggressiveness"):
         VoiceActivityDetector(8000, aggressiveness=4)
+
+
+def test_silence_ms_counts_the_pause_since_the_last_voiced_frame() -> None:
+    """silence_ms is 0 right after a voiced frame and grows by one frame per silent frame."""
+    source_rate, words = speech("Yes.")
+    signal = resample(words, source_rate, 8000)
+    vad = VoiceActivityDetector(8000, min_speech_ms=100, hangover_ms=700)
+    assert vad.silence_ms == 0
+    vad.process(np.zeros(160 * 3, dtype=np.int16))
+    assert vad.silence_ms == 60
+    voiced = False
+    for i in range(0, len(signal) - len(signal) % 160, 160):
+        vad.process(signal[i : i + 160])
+        voiced = voiced or vad.silence_ms == 0
+    assert voiced
+    assert vad.speaking
+    after = vad.silence_ms
+    for n in range(1, 6):
+        vad.process(np.zeros(160, dtype=np.int16))
+        assert vad.silence_ms == after + 20 * n

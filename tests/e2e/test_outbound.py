@@ -253,6 +253,58 @@ async def test_hello_at_pick_up_is_not_the_answer(
         assert "hello" not in payload["choice_raw_text"].lower()
 
 
+KEYED_OPTIONS = [{**OPTIONS[0], "dtmf": "1"}, {**OPTIONS[1], "dtmf": "2"}]
+
+
+async def _press_when(
+    phone: TestPhone, call: int, tmp_path: Path, digit: str, method: str, **trigger: Any
+) -> None:
+    """Press ``digit`` once the daemon has talked ``after_s`` and then paused ``silence_ms``
+    (the phone's ``reply`` with a 20 ms silent WAV: talk time, not a timer)."""
+    from media.wav import write_wav  # noqa: PLC0415
+
+    silent = tmp_path / "silent.wav"
+    write_wav(silent, 8000, np.zeros(160, dtype=np.int16))
+    await phone.command("reply", call=call, wav=str(silent), **trigger)
+    await phone.expect("replied", call=call, timeout=30)
+    await phone.command("dtmf", call=call, digits=digit, method=method)
+
+
+async def test_a_key_during_the_prompt_answers(
+    pbx: Kamailio, daemon: Daemon, tmp_path: Path
+) -> None:
+    """Key 2 sent as RFC 4733 while the prompt plays answers at once: cancelled, "dtmf:2"."""
+    _, message_s = _say(MESSAGE, tmp_path / "message.wav")
+    async with _receiving() as receiver, callee(pbx, "1013") as phone:
+        body = _choice_call(receiver, "1013", options=KEYED_OPTIONS)
+        await daemon.post(body)
+        incoming = await phone.expect("incoming", timeout=20)
+        await phone.expect("media", call=incoming["call"], status="active")
+        # past the message's voice (and its trailing silence), at the prompt's first pause
+        trigger = {"after_s": message_s + 0.4, "silence_ms": 100}
+        await _press_when(phone, incoming["call"], tmp_path, "2", "rfc4733", **trigger)
+        payload = await _webhook(receiver)
+        assert payload["status"] == "completed", payload
+        assert (payload["choice_response"], payload["choice_raw_text"]) == ("cancelled", "dtmf:2")
+
+
+async def test_a_key_sent_as_info_while_listening_answers(
+    pbx: Kamailio, daemon: Daemon, tmp_path: Path
+) -> None:
+    """Key 1 sent as SIP INFO once the prompt has played answers: confirmed, "dtmf:1"."""
+    _, message_s = _say(MESSAGE, tmp_path / "message.wav")
+    _, prompt_s = _say(PROMPT, tmp_path / "prompt.wav")
+    async with _receiving() as receiver, callee(pbx, "1014") as phone:
+        await daemon.post(_choice_call(receiver, "1014", options=KEYED_OPTIONS))
+        incoming = await phone.expect("incoming", timeout=20)
+        await phone.expect("media", call=incoming["call"], status="active")
+        trigger = {"after_s": 0.9 * (message_s + prompt_s), "silence_ms": 600}
+        await _press_when(phone, incoming["call"], tmp_path, "1", "info", **trigger)
+        payload = await _webhook(receiver)
+        assert payload["status"] == "completed", payload
+        assert (payload["choice_response"], payload["choice_raw_text"]) == ("confirmed", "dtmf:1")
+
+
 async def _prompts_heard(phone: TestPhone, call: int, wav: Path) -> int:
     """How many times the phone heard the prompt (once the call is over and recorded).
 

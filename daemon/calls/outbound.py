@@ -130,6 +130,8 @@ class OutboundCall:
         self._listening: set[asyncio.Task[Any]] = set()  # listen, transcribe, speculations
         # This utterance: captured frames up to the last voiced one, its speculations, and
         # the one that covers it whole once it ended.
+        self._utterances = itertools.count(1)
+        self._utterance_no = 0
         self._voiced_frames = 0
         self._speculations: list[_Speculation] = []
         self._covering: _Speculation | None = None
@@ -338,6 +340,7 @@ class OutboundCall:
         clock = media.clock
         deadline = clock.now() + seconds
         frame_seconds = media.frame_bytes / 2 / media.rate
+        self._utterance_no = next(self._utterances)
         self._voiced_frames, self._speculations, self._covering = 0, [], None
         async for frame in media.frames():
             if speaking:
@@ -377,11 +380,11 @@ class OutboundCall:
             return
         frames = len(captured)
         pcm = np.frombuffer(b"".join(captured), dtype="<i2").copy()
-        task = self._spawn(self._speculation(pcm, frames))
+        task = self._spawn(self._speculation(pcm, frames, self._utterance_no))
         self._listening.add(task)
         specs.append(_Speculation(frames, task))
 
-    async def _speculation(self, pcm: NDArray[np.int16], frames: int) -> str | None:
+    async def _speculation(self, pcm: NDArray[np.int16], frames: int, utterance: int) -> str | None:
         media = self._media
         assert media is not None
         try:
@@ -389,7 +392,9 @@ class OutboundCall:
         except Exception as exc:  # the transcription at the end of the utterance will tell
             log.warning("outbound.speculation_failed", call_id=self.call, error=str(exc))
             return None
-        if self._voiced_frames <= frames and self._covering is None:
+        if utterance != self._utterance_no or self._covering is not None:
+            return text  # the utterance is over: at most it stands for the whole
+        if self._voiced_frames <= frames:
             self._post(PartialTranscript(text))  # nothing was said since: that is the answer
         return text
 
@@ -397,6 +402,9 @@ class OutboundCall:
         self._utterance = np.frombuffer(b"".join(captured), dtype="<i2").copy()
         covering = [s for s in self._speculations if s.frames >= self._voiced_frames]
         self._covering = covering[-1] if covering else None
+        for speculation in self._speculations:
+            if speculation is not self._covering:
+                speculation.task.cancel()  # voice came after it: of no use any more
         self._post(SpeechEnded())
 
     async def _transcribe_utterance(self) -> None:

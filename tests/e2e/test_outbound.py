@@ -428,7 +428,8 @@ async def test_two_calls_at_once_get_their_own_answers(
 async def test_choice_with_the_rest_speech_backend(
     pbx: Kamailio, daemon_env: dict[str, str], tmp_path: Path
 ) -> None:
-    """speech.backend = "openai": the daemon speaks and hears through the REST endpoints."""
+    """speech.backend = "openai": the daemon speaks and hears through the REST endpoints, every
+    transcription biased towards the options' words."""
     from daemon.speech.local import PiperSynthesizer  # noqa: PLC0415
 
     piper = PiperSynthesizer()
@@ -449,8 +450,10 @@ async def test_choice_with_the_rest_speech_backend(
         assert payload["choice_response"] == "confirmed", payload
         spoken = [s.fields["input"] for s in server.requests("/v1/audio/speech")]
         assert spoken == [MESSAGE, PROMPT, "Thank you. Goodbye."]
-        (heard,) = server.requests("/v1/audio/transcriptions")
-        assert heard.fields["prompt"].startswith("confirmed, yes, yeah")
+        # the answer up to a pause may be transcribed early, twice at most, then the whole
+        heard = server.requests("/v1/audio/transcriptions")
+        assert 1 <= len(heard) <= 3, [h.fields for h in heard]
+        assert all(h.fields["prompt"].startswith("confirmed, yes, yeah") for h in heard)
     finally:
         receiver.close()
         server.close()

@@ -14,6 +14,11 @@ at a time, two per utterance, none for long ones): if no voice came since, the f
 as a :class:`~daemon.calls.flow.PartialTranscript`, and at the end of the utterance it stands
 for the whole one instead of a second transcription. The flow's early outcome
 (:class:`~daemon.calls.flow.Decide`) goes to ``decide`` before the closing plays.
+
+With ``machine_detection`` the callee's audio from the answer on feeds
+:class:`media.amd.AnsweringMachineDetector` (``amd``: its :class:`~media.amd.AmdParameters`)
+on the loop, frame by frame as it arrives; its decision, and for a machine the end of its
+greeting, are in stream time (frames since the answer), whatever the load.
 """
 
 from __future__ import annotations
@@ -36,12 +41,16 @@ from daemon.calls.choice import Option
 from daemon.calls.flow import (
     Action,
     Answered,
+    AwaitGreetingEnd,
     Decide,
+    Detect,
+    Detected,
     Dial,
     Digit,
     Ended,
     Event,
     Finish,
+    GreetingEnded,
     HangUp,
     Listen,
     ListenTimeout,
@@ -61,6 +70,7 @@ from daemon.legs import leg
 from daemon.legs.leg import CallLeg, Dialer, LegError
 from daemon.legs.media import LegMedia
 from daemon.logs import get_logger
+from media.amd import AmdParameters, AnsweringMachineDetector
 from media.vad import SpeechStarted, SpeechStopped, VoiceActivityDetector
 
 log = get_logger(__name__)
@@ -96,6 +106,7 @@ class OutboundCall:
         report: Reporter,
         *,
         decide: Decider | None = None,
+        amd: dict[str, Any] | None = None,
     ) -> None:
         choice = request.get("choice") or {}
         self.flow = OutboundFlow(
@@ -107,7 +118,10 @@ class OutboundCall:
             ],
             timeout_seconds=float(choice.get("timeout_seconds", 30)),
             repeat_count=int(choice.get("repeat_count", 2)),
+            machine_detection=request.get("machine_detection"),
         )
+        self._amd = AmdParameters(**(amd or {}))
+        self._detector: AnsweringMachineDetector | None = None
         self.dialer = dialer
         self.sounds = audio
         # The options' words bias recognition towards the answers we expect.
@@ -185,10 +199,8 @@ class OutboundCall:
             self._playing = (self._spawn(self._play(action.item, item_id)), item_id)
         elif isinstance(action, StopPlayback):
             self._stop_playback()
-        elif isinstance(action, Listen):
-            self._listening.add(self._spawn(self._listen(action.timeout)))
-        elif isinstance(action, Transcribe):
-            self._listening.add(self._spawn(self._transcribe_utterance()))
+        elif isinstance(action, Listen | Transcribe | Detect | AwaitGreetingEnd):
+            self._start(action)
         elif isinstance(action, StopListening):
             for task in self._listening:
                 task.cancel()
@@ -203,6 +215,17 @@ class OutboundCall:
             result.update(invite_at=self._invite_at, black_box=self.black_box())
             return result
         return None
+
+    def _start(self, action: Listen | Transcribe | Detect | AwaitGreetingEnd) -> None:
+        """Start the task that carries out ``action`` and posts its outcome."""
+        if isinstance(action, Listen):
+            self._listening.add(self._spawn(self._listen(action.timeout)))
+        elif isinstance(action, Transcribe):
+            self._listening.add(self._spawn(self._transcribe_utterance()))
+        elif isinstance(action, Detect):
+            self._spawn(self._detect())
+        else:
+            self._spawn(self._greeting_end())
 
     def black_box(self) -> dict[str, Any] | None:
         """The call's black box (:class:`daemon.blackbox.BlackBox`) once it ended; None if
@@ -325,6 +348,44 @@ class OutboundCall:
         if played or not media.closed:  # cut off by the call's end: Ended follows, not PlayDone
             done = self._play_done[item_id] = PlayDone(item)
             self._post(done)
+
+    async def _detect(self) -> None:
+        """Feed the callee's audio from the answer on to the detector until it decides (stream
+        time: what it says does not depend on how busy the machine is)."""
+        media = self._media
+        if media is None:  # gone as it answered: the call's Ended follows
+            return
+        detector = self._detector = AnsweringMachineDetector(media.rate, self._amd)
+        async for frame in media.frames():
+            decision = detector.process(frame)
+            if decision is not None:
+                log.info(
+                    "outbound.detected",
+                    call_id=self.call,
+                    answered_by=str(decision.answered_by),
+                    cause=decision.cause,
+                    at_ms=decision.at_ms,
+                )
+                self._post(Detected(str(decision.answered_by), decision.cause, decision.at_ms))
+                return
+
+    async def _greeting_end(self) -> None:
+        """A machine: follow the same stream until its greeting (or beep) is over."""
+        media, detector = self._media, self._detector
+        if media is None or detector is None:
+            return
+        async for frame in media.frames():
+            end = detector.greeting_end(frame)
+            if end is not None:
+                log.info(
+                    "outbound.greeting_ended",
+                    call_id=self.call,
+                    beep=end.beep,
+                    at_ms=end.at_ms,
+                    timed_out=end.timed_out,
+                )
+                self._post(GreetingEnded(end.beep, end.at_ms, end.timed_out))
+                return
 
     async def _listen(self, seconds: float) -> None:
         media = self._media

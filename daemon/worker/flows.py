@@ -205,7 +205,13 @@ async def run_outbound(ctx: FlowContext, request: Outbound) -> Body:
         else:
             dialer = recorder = RecordingDialer(dialer, ctx.recorder, call_id, path)
     outbound = OutboundCall(
-        dialer, request.request, audio, ctx.services.transcribe, report, decide=decide
+        dialer,
+        request.request,
+        audio,
+        ctx.services.transcribe,
+        report,
+        decide=decide,
+        amd=request.amd,
     )
     try:
         result = await outbound.run()  # once the call has ended

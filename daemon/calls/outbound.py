@@ -120,7 +120,7 @@ class OutboundCall:
             repeat_count=int(choice.get("repeat_count", 2)),
             machine_detection=request.get("machine_detection"),
         )
-        self._amd = AmdParameters(**(amd or {}))
+        self._amd = AmdParameters(**(amd or {})) if self.flow.machine_detection else None
         self._detector: AnsweringMachineDetector | None = None
         self.dialer = dialer
         self.sounds = audio
@@ -355,6 +355,7 @@ class OutboundCall:
         media = self._media
         if media is None:  # gone as it answered: the call's Ended follows
             return
+        assert self._amd is not None  # the flow detects only with machine_detection set
         detector = self._detector = AnsweringMachineDetector(media.rate, self._amd)
         async for frame in media.frames():
             decision = detector.process(frame)

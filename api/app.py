@@ -20,6 +20,7 @@ stored for them.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -54,14 +55,27 @@ from api.console_routes import (
     foreign_origin,
     is_local,
 )
-from api.models import IDEMPOTENCY_HEADER, describe, idempotency_key, parse_request
+from api.models import (
+    IDEMPOTENCY_HEADER,
+    OutboundCallRequest,
+    describe,
+    idempotency_key,
+    parse_request,
+)
 from api.realtime_calls import RealtimeCalls, RealtimeSocket, realtime_credential
 from daemon.call_feed import CallFeed
 from daemon.inbound_records import inbound_view, recording_view
 from daemon.logs import get_logger
 from daemon.outbound import OutboundService, OutboundUnavailable, QueueFull
 from daemon.ratelimit import RateLimiter
-from daemon.store import FINAL_STATUSES, DuplicateCallId, Store
+from daemon.store import (
+    FINAL_STATUSES,
+    DuplicateCallId,
+    IdempotencyClaim,
+    IdempotencyRecord,
+    IdempotentReplay,
+    Store,
+)
 
 log = get_logger(__name__)
 
@@ -156,6 +170,29 @@ class ApiContext:
 
 def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"detail": detail, **extra}, status_code=status)
+
+
+# Idempotency-Key on POST /call (api.models.idempotency_key): remembered per caller (token name)
+# for IDEMPOTENCY_SECONDS with the SHA-256 of the validated body and the response it got.
+
+
+def body_sha256(body: dict[str, Any]) -> str:
+    """The fingerprint of a validated request: key order, whitespace and defaults given
+    explicitly do not change it, any value does."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _replay(record: IdempotencyRecord, fingerprint: str) -> JSONResponse:
+    """The first response again for the same body; 422 naming the call for another body."""
+    if record.body_sha256 != fingerprint:
+        return _error(
+            422,
+            f"Idempotency-Key {record.key!r} was used with a different request body (call "
+            f"{record.call_id}); use a new key for a new call",
+            call_id=record.call_id,
+        )
+    return JSONResponse(record.response, headers={"idempotent-replayed": "true"})
 
 
 UNAUTHORISED = "missing or invalid bearer token"
@@ -344,16 +381,34 @@ class _Routes:
                 detail = f"body is not valid JSON: {exc}"
             return _error(400, detail)
         try:
-            idempotency_key(request.headers.get(IDEMPOTENCY_HEADER))
+            key = idempotency_key(request.headers.get(IDEMPOTENCY_HEADER))
         except ValueError as exc:
             return _error(400, str(exc))
+        return await self._place(call, request.state.token or "", key)
+
+    async def _place(self, call: OutboundCallRequest, scope: str, key: str | None) -> Response:
+        """Store and queue a valid request. With an Idempotency-Key ``key`` (of the caller's
+        ``scope``), a key seen before replays its first response for the same body (nothing
+        queued) and is refused with 422 for another; a new one is stored with the call."""
+        ctx = self.ctx
+        fingerprint = body_sha256(call.model_dump(mode="json"))
+        if key is not None and ctx.store is not None:
+            found = await ctx.store.find_idempotency(scope, key)
+            if found is not None:
+                return _replay(found, fingerprint)
         if ctx.outbound is None or not ctx.outbound.available:
             return _error(503, "outbound calls are not available: no call flow is configured")
         call_id = call.call_id or ctx.outbound.new_call_id()
         stored = call.model_dump(mode="json")
         stored["call_id"] = call_id
+        response = {"call_id": call_id, "status": "queued", "message": "Call initiated"}
+        claim = None
+        if key is not None:
+            claim = IdempotencyClaim(scope, key, fingerprint, response)
         try:
-            await ctx.outbound.submit(call_id, stored)
+            await ctx.outbound.submit(call_id, stored, idempotency=claim)
+        except IdempotentReplay as exc:  # a request with this key came first
+            return _replay(exc.record, fingerprint)
         except DuplicateCallId:
             return _error(409, f"call_id {call_id!r} is already in use", call_id=call_id)
         except OutboundUnavailable as exc:
@@ -362,7 +417,7 @@ class _Routes:
             return JSONResponse(
                 {"detail": str(exc)}, status_code=503, headers={"retry-after": str(exc.retry_after)}
             )
-        return JSONResponse({"call_id": call_id, "status": "queued", "message": "Call initiated"})
+        return JSONResponse(response)
 
     async def get_call(self, request: Request) -> Response:
         call_id = request.path_params["call_id"]

@@ -27,11 +27,17 @@ from typing import Any, Protocol
 from daemon.blackbox import RecordingInfo
 from daemon.logs import get_logger
 from daemon.observe import CallObserver, FinishedCall, NullObserver
-from daemon.store import IN_FLIGHT_STATUSES, Store
+from daemon.store import FINAL_STATUSES, IN_FLIGHT_STATUSES, IdempotencyClaim, Store
 
 log = get_logger(__name__)
 
-Report = Callable[..., Awaitable[None]]  # report(status, **columns)
+# report(status, **columns): a status the call reached, with columns to store. The pseudo-status
+# DECIDED (``report("decided", result={...CallResult fields})``) is never stored as a status:
+# the result is known before the call ends (the closing words still play), so the call is
+# finished at once (final status, result and webhook); what the call leaves when it ends (end
+# time, black box, recording) is attached when its runner returns, without a second webhook.
+Report = Callable[..., Awaitable[None]]
+DECIDED = "decided"
 BULKY = frozenset({"black_box", "recording"})  # CallResult fields the log line leaves out
 
 
@@ -102,7 +108,7 @@ class OutboundService:
         self._admitting = 0  # submissions past the bound check, still being stored
         self._on_final = on_final
         self._numbers = itertools.count(1)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()  # running calls and their early finishes
         self._loop_task: asyncio.Task[None] | None = None
         self.active = 0
         self._idle = asyncio.Event()  # set whenever a running call finishes
@@ -137,9 +143,12 @@ class OutboundService:
         """Start placing queued calls (once the SIP side is up)."""
         self._loop_task = asyncio.create_task(self._run(), name="outbound")
 
-    async def submit(self, call_id: str, request: dict[str, Any]) -> None:
+    async def submit(
+        self, call_id: str, request: dict[str, Any], idempotency: IdempotencyClaim | None = None
+    ) -> None:
         """Store and queue a validated request (DuplicateCallId if the id is taken, QueueFull
-        when ``max_queued`` calls wait already; then nothing is stored)."""
+        when ``max_queued`` calls wait already, IdempotentReplay when ``idempotency``'s key was
+        claimed first; then nothing is stored)."""
         if self.runner is None:
             raise OutboundUnavailable(
                 "outbound calls are not available: no call flow is configured in this build"
@@ -148,7 +157,7 @@ class OutboundService:
             raise QueueFull(self.max_queued)
         self._admitting += 1
         try:
-            await self._store.insert_call(call_id, request)
+            await self._store.insert_call(call_id, request, idempotency=idempotency)
         finally:
             self._admitting -= 1
         self._queue.put_nowait(call_id)
@@ -188,7 +197,20 @@ class OutboundService:
             await self._store.update_call(call_id, status="dialing", dialed_at=time.time())
             self._status(call_id, "dialing", record)
 
+            decided: list[asyncio.Task[CallResult | None]] = []  # the early finish, once reported
+
             async def report(status: str, **columns: Any) -> None:
+                if status == DECIDED:
+                    if not decided:
+                        early = asyncio.create_task(
+                            self._decide(call_id, record, columns.get("result")),
+                            name=f"decided-{call_id}",
+                        )
+                        self._tasks.add(early)
+                        early.add_done_callback(self._tasks.discard)
+                        decided.append(early)
+                    await asyncio.shield(decided[0])
+                    return
                 if await self._store.update_call(call_id, status=status, **columns):
                     self._status(call_id, status, record)
                     await self.progress(call_id, record, status)  # not once the call is final
@@ -201,7 +223,11 @@ class OutboundService:
             except Exception as exc:
                 log.error("call.runner_failed", call_id=call_id, error=repr(exc))
                 result = CallResult("failed", error=f"internal error: {exc}")
-            await self._finish(call_id, record, result)
+            early_result = await decided[0] if decided else None
+            if early_result is not None:
+                await self._attach(call_id, record, early_result, result)
+            else:
+                await self._finish(call_id, record, result)
         finally:
             self.active -= 1
             self._slots.release()
@@ -233,7 +259,58 @@ class OutboundService:
         )
         self._on_final()
 
-    async def _finish(self, call_id: str, record: dict[str, Any], result: CallResult) -> None:
+    async def _decide(self, call_id: str, record: dict[str, Any], data: Any) -> CallResult | None:
+        """Finish the call with the result its runner decided before the call ended; None
+        (logged, and the call finishes when it ends, as without) if that result is
+        malformed."""
+        try:
+            result = CallResult(**data)
+            if result.status not in FINAL_STATUSES:
+                raise ValueError(f"{result.status!r} is not a final status")
+        except (TypeError, ValueError) as exc:
+            log.error("call.decided_invalid", call_id=call_id, error=str(exc))
+            return None
+        await self._finish(call_id, record, result, early=True)
+        return result
+
+    async def _attach(
+        self, call_id: str, record: dict[str, Any], decided: CallResult, result: CallResult
+    ) -> None:
+        """The call ended after its ``decided`` result went out: store its end time, black
+        box and recording (the result and its webhook stay, whatever the end ``result``
+        says), then tell the observer."""
+        recording = _recording(call_id, result.recording)
+        await self._store.attach_outcome(
+            call_id, ended_at=time.time(), black_box=result.black_box, recording=recording
+        )
+        status = decided.status
+        log.info(
+            "call.ended",
+            call_id=call_id,
+            status=status,
+            ended_as=result.status,
+            error=result.error,
+            recording=recording.path if recording is not None else None,
+        )
+        self._observer.call_finished(
+            FinishedCall(
+                call_id=call_id,
+                direction="outbound",
+                status=status,
+                end_cause=decided.error or "",
+                black_box=result.black_box,
+                recording=recording,
+                created_at=record["created_at"],
+                invite_at=result.invite_at,
+            )
+        )
+
+    async def _finish(
+        self, call_id: str, record: dict[str, Any], result: CallResult, *, early: bool = False
+    ) -> None:
+        """Store the final result with its webhook (once: nothing if the call is final
+        already). ``early``: the call has not ended yet, so no end time, black box or
+        recording, and the observer hears of it once they are attached."""
         payload = {
             "call_id": call_id,
             "status": result.status,
@@ -247,7 +324,7 @@ class OutboundService:
         if record["request"].get("machine_detection"):
             payload["answered_by"] = result.answered_by
             payload["machine_detection_ms"] = result.machine_detection_ms
-        fields: dict[str, Any] = {"ended_at": time.time()}
+        fields: dict[str, Any] = {} if early else {"ended_at": time.time()}
         if result.sip_code is not None:
             fields["sip_code"] = result.sip_code
         recording = _recording(call_id, result.recording)
@@ -264,10 +341,13 @@ class OutboundService:
             call_id=call_id,
             **{k: v for k, v in asdict(result).items() if v is not None and k not in BULKY},
             recording=recording.path if recording is not None else None,
+            early=early,
         )
         if webhook is not None:
             self._on_final()
         self._status(call_id, result.status, record)
+        if early:
+            return
         self._observer.call_finished(
             FinishedCall(
                 call_id=call_id,

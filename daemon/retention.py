@@ -7,9 +7,10 @@ call in progress. ``[recordings] retention_days`` (0 keeps them) removes recordi
 keeping the calls. The same pass sweeps the recordings directory's day folders
 (``{YYYY-MM-DD}``) wholly older than the shorter of the two ages: a ``.wav`` file there that no
 recording row and no call in progress owns (a worker killed mid-call leaves one) and that has
-not been written to since the cutoff goes, and a day folder left empty goes too. A pass runs
-when the supervisor starts, then every hour: the SQL on the store's thread, the file work
-through ``asyncio.to_thread``. A file already gone is fine; a failure is logged
+not been written to since the cutoff goes, and a day folder left empty goes too. Every pass
+also deletes the ``Idempotency-Key`` records older than their 24 h, whatever the ages say. A
+pass runs when the supervisor starts, then every hour: the SQL on the store's thread, the file
+work through ``asyncio.to_thread``. A file already gone is fine; a failure is logged
 (``retention.failed``) and the next pass tries again.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import calendar
 import contextlib
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ class Pruned:
     files_removed: int
     files_missing: int
     files_failed: int
+    idempotency_keys: int = 0  # expired keys deleted
 
 
 def cutoff(now: float, days: float) -> float | None:
@@ -119,10 +122,14 @@ class Retention:
 
     @property
     def enabled(self) -> bool:
+        """Calls or recordings go by age (expired idempotency keys go either way)."""
         return self._days > 0 or self._recording_days > 0
 
     async def prune(self, now: float | None = None) -> Pruned:
         now = time.time() if now is None else now
+        keys = await self._store.prune_idempotency(now)
+        if keys:
+            log.info("retention.idempotency_pruned", keys=keys)
         paths = await self._store.prune(cutoff(now, self._days), cutoff(now, self._recording_days))
         pruned = await asyncio.to_thread(remove_files, paths)
         if paths:
@@ -142,7 +149,7 @@ class Retention:
                 pruned.files_missing + stray.files_missing,
                 pruned.files_failed + stray.files_failed,
             )
-        return pruned
+        return dataclasses.replace(pruned, idempotency_keys=keys)
 
     async def _sweep(self, directory: Path, before: float) -> Pruned:
         """Delete the files no record owns in the day folders older than ``before``, then the
@@ -162,10 +169,9 @@ class Retention:
         return stray
 
     def start(self) -> None:
-        """Prune now, then every ``interval`` seconds, until stopped (nothing to do if both
-        ages are 0)."""
-        if self.enabled:
-            self._task = asyncio.create_task(self._run(), name="retention")
+        """Prune now, then every ``interval`` seconds, until stopped (with both ages 0, only
+        the expired idempotency keys go)."""
+        self._task = asyncio.create_task(self._run(), name="retention")
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -172,6 +172,38 @@ class DuplicateCallId(Exception):
 
 
 @dataclass(frozen=True)
+class IdempotencyClaim:
+    """An ``Idempotency-Key`` to remember with a new call: the caller's scope (its token's
+    name, ``""`` without tokens), the key, the SHA-256 of the validated body and the
+    response the first request got (the one a replay returns)."""
+
+    scope: str
+    key: str
+    body_sha256: str
+    response: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    """A remembered key: the call it placed and the response to replay."""
+
+    scope: str
+    key: str
+    body_sha256: str
+    call_id: str
+    response: dict[str, Any]
+    created_at: float
+
+
+class IdempotentReplay(Exception):
+    """The key was claimed already (by a request that came first): nothing was stored."""
+
+    def __init__(self, record: IdempotencyRecord) -> None:
+        super().__init__(f"Idempotency-Key {record.key!r} belongs to call {record.call_id}")
+        self.record = record
+
+
+@dataclass(frozen=True)
 class Webhook:
     webhook_id: str
     call_id: str | None  # an outbound or inbound call; None: an engine session of no call
@@ -250,13 +282,28 @@ class Store:
 
     # -- calls -----------------------------------------------------------------------------
 
-    async def insert_call(self, call_id: str, request: dict[str, Any]) -> None:
+    async def insert_call(
+        self,
+        call_id: str,
+        request: dict[str, Any],
+        *,
+        idempotency: IdempotencyClaim | None = None,
+        now: float | None = None,
+    ) -> None:
         """Store a new queued call; DuplicateCallId if the id is taken, by an outbound or an
-        inbound call (one id space: ``GET /call/{id}`` answers for both)."""
-        now = time.time()
+        inbound call (one id space: ``GET /call/{id}`` answers for both).
+
+        With ``idempotency``, the key is claimed in the same transaction: if a live record of
+        it exists already (a request with that key came first), IdempotentReplay carries it
+        and nothing is stored; an expired one is replaced."""
+        now = time.time() if now is None else now
 
         def insert(db: sqlite3.Connection) -> None:
             with _transaction(db):
+                if idempotency is not None:
+                    found = _live_key(db, idempotency.scope, idempotency.key, now)
+                    if found is not None:
+                        raise IdempotentReplay(found)
                 if db.execute(
                     "SELECT 1 FROM inbound_calls WHERE call_id = ?", (call_id,)
                 ).fetchone():
@@ -276,9 +323,30 @@ class Store:
                     )
                 except sqlite3.IntegrityError:
                     raise DuplicateCallId(call_id) from None
+                if idempotency is not None:
+                    db.execute(
+                        "INSERT OR REPLACE INTO idempotency_keys (scope, key, body_sha256,"
+                        " call_id, response, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                        (
+                            idempotency.scope,
+                            idempotency.key,
+                            idempotency.body_sha256,
+                            call_id,
+                            json.dumps(idempotency.response, separators=(",", ":")),
+                            now,
+                        ),
+                    )
             self._status_counts = _moved(self._status_counts, None, "queued")
 
         await self._run(insert)
+
+    async def find_idempotency(
+        self, scope: str, key: str, now: float | None = None
+    ) -> IdempotencyRecord | None:
+        """The live record of ``key`` in ``scope`` (younger than IDEMPOTENCY_SECONDS), or
+        None."""
+        now = time.time() if now is None else now
+        return await self._run(lambda db: _live_key(db, scope, key, now))
 
     async def update_call(self, call_id: str, **fields: Any) -> bool:
         """Set columns of a call that is not final (status transitions, SIP codes, times); a
@@ -345,6 +413,37 @@ class Store:
             return webhook
 
         return await self._run(finish)
+
+    async def attach_outcome(
+        self,
+        call_id: str,
+        *,
+        ended_at: float,
+        black_box: dict[str, Any] | None = None,
+        recording: RecordingInfo | None = None,
+    ) -> bool:
+        """Add what a call leaves once it has ended (its end time, black box and recording) to
+        a call already final (its result decided before it hung up); the result and its
+        webhook stay as they are. False if the call is not final (or unknown)."""
+        now = time.time()
+        fields: dict[str, Any] = {"ended_at": ended_at}
+        if black_box is not None:
+            fields["black_box"] = json.dumps(black_box, separators=(",", ":"))
+        finals = ",".join("?" * len(FINAL_STATUSES))
+
+        def attach(db: sqlite3.Connection) -> bool:
+            with _transaction(db):
+                assignments = "".join(f", {name} = ?" for name in fields)
+                changed = db.execute(
+                    f"UPDATE calls SET updated_at = ?{assignments}"  # noqa: S608 - our names
+                    f" WHERE call_id = ? AND status IN ({finals})",
+                    (now, *fields.values(), call_id, *FINAL_STATUSES),
+                ).rowcount
+                if changed and recording is not None:
+                    _insert_recording(db, call_id, "outbound", recording, now)
+            return bool(changed)
+
+        return await self._run(attach)
 
     async def queue_progress(self, call_id: str, url: str, payload: dict[str, Any]) -> Webhook:
         """An outbound call's ``call.progress`` webhook (a status the request asked for)."""
@@ -666,6 +765,19 @@ class Store:
 
     # -- retention -------------------------------------------------------------------------
 
+    async def prune_idempotency(self, now: float | None = None) -> int:
+        """Delete the idempotency keys older than IDEMPOTENCY_SECONDS; how many went."""
+        now = time.time() if now is None else now
+
+        def prune(db: sqlite3.Connection) -> int:
+            with _transaction(db):
+                return db.execute(
+                    "DELETE FROM idempotency_keys WHERE created_at <= ?",
+                    (now - IDEMPOTENCY_SECONDS,),
+                ).rowcount
+
+        return await self._run(prune)
+
     async def unowned(self, call_ids: list[str]) -> list[str]:
         """Those of ``call_ids`` (the names of recording files) that have no recording row and
         no call in progress: their files belong to nothing."""
@@ -912,6 +1024,24 @@ def _webhooks_of(db: sqlite3.Connection, call_id: str) -> list[dict[str, Any]]:
             }
         )
     return webhooks
+
+
+def _live_key(db: sqlite3.Connection, scope: str, key: str, now: float) -> IdempotencyRecord | None:
+    """The record of ``key`` in ``scope`` unless it is IDEMPOTENCY_SECONDS old."""
+    row = db.execute(
+        "SELECT * FROM idempotency_keys WHERE scope = ? AND key = ? AND created_at > ?",
+        (scope, key, now - IDEMPOTENCY_SECONDS),
+    ).fetchone()
+    if row is None:
+        return None
+    return IdempotencyRecord(
+        row["scope"],
+        row["key"],
+        row["body_sha256"],
+        row["call_id"],
+        json.loads(row["response"]),
+        row["created_at"],
+    )
 
 
 def _webhook(row: sqlite3.Row) -> Webhook:

@@ -132,7 +132,8 @@ async def test_old_calls_and_recordings_go_pending_webhooks_stay(
 
 async def test_the_task_prunes_when_started_and_stops(store: Store) -> None:
     """start() runs a pass at once (a call ended 8 days ago goes with 7 days kept), stop()
-    ends the task; with both ages 0 nothing starts."""
+    ends the task; with both ages 0 retention is not enabled (its pass still runs, for the
+    expired idempotency keys)."""
     await store.insert_call("old", {"extension": "1001", "message": "m"})
     await store.finish_call("old", "completed", {"status": "completed"})
     _age(store, "calls", "old", 8 + (NOW - time.time()) / DAY_SECONDS)  # 8 days before now

@@ -1,0 +1,270 @@
+"""A result decided before the call ends: its webhook goes out at once, and the call's end
+(black box, recording, end time) is attached later without a second webhook. Through the
+real API app, SQLite store, webhook deliverer and a loopback receiver, with a scripted runner
+standing in for the worker; and the closing line's trimmed tail."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from structlog.testing import capture_logs
+
+from api.app import ApiContext, HealthReport, create_app
+from api.webhooks import Deliverer
+from daemon.calls.runner import CLOSING, TAIL_KEEP_SECONDS, TAIL_LEVEL, trim_tail
+from daemon.observe import FinishedCall
+from daemon.outbound import CallResult, OutboundService, Report
+from daemon.speech import TextToSpeech
+from daemon.speech.local import PiperSynthesizer
+from daemon.store import Store
+from tests.audio import tone
+from tests.peers.receiver import Receiver
+
+DECIDED = {
+    "status": "completed",
+    "duration_seconds": 6.5,  # the planned end: answer to the closing's last sample
+    "message_played": True,
+    "choice_response": "confirmed",
+    "choice_raw_text": "yes I confirm",
+    "sip_code": 200,
+}
+BLACK_BOX = {"outbound": {"answer_to_first_audio_ms": 40.0}}
+
+
+@dataclass
+class DecidingRunner:
+    """Reports ``decided`` as a worker does once the answer matched, then waits (the closing
+    words playing) until released, and returns the call's end, or fails if told to."""
+
+    decided: dict[str, Any] = field(default_factory=lambda: dict(DECIDED))
+    fail: bool = False
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    recording: dict[str, Any] | None = None
+
+    async def run(self, call_id: str, request: dict[str, Any], report: Report) -> CallResult:
+        await report("ringing")
+        await report("answered", answered_at=time.time())
+        await report("decided", result=self.decided)
+        await self.release.wait()
+        if self.fail:
+            raise RuntimeError("the worker went away during the closing")
+        return CallResult(
+            **{**DECIDED, "duration_seconds": 6.9},
+            black_box=BLACK_BOX,
+            recording=self.recording,
+        )
+
+
+@dataclass
+class Watcher:
+    """The observer's side: the finished calls it was told of."""
+
+    finished: list[FinishedCall] = field(default_factory=list)
+
+    def call_finished(self, call: FinishedCall) -> None:
+        self.finished.append(call)
+
+    def webhook_attempted(self, kind: str, state: str, queued_at: float, now: float) -> None:
+        return
+
+
+@dataclass
+class Rig:
+    client: httpx.AsyncClient
+    runner: DecidingRunner
+    watcher: Watcher
+    receiver: Receiver
+    service: OutboundService
+    deliverer: Deliverer
+    store: Store
+
+    async def post(self) -> str:
+        body = {
+            "extension": "1001",
+            "message": "Your parcel arrives tomorrow.",
+            "callback_url": self.receiver.url,
+            "choice": {"prompt": "Say yes to confirm.", "options": [{"value": "confirmed"}]},
+        }
+        answer = await self.client.post("/call", json=body)
+        assert answer.status_code == 200, answer.text
+        return str(answer.json()["call_id"])
+
+    async def view(self, call_id: str) -> dict[str, Any]:
+        return dict((await self.client.get(f"/call/{call_id}")).json())
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    store = Store(tmp_path / "sipai.db")
+    await store.open()
+    runner, watcher, receiver = DecidingRunner(), Watcher(), Receiver()
+    deliverer = Deliverer(store, "secret", waits=(0.2,) * 7)
+    service = OutboundService(
+        store, runner, 1, on_final=deliverer.wake, max_queued=10, observer=watcher
+    )
+    service.start()
+    deliverer.start()
+    ctx = ApiContext(
+        health=lambda: HealthReport("healthy", False, "test", 1.0, 0, 0, []),
+        store=store,
+        outbound=service,
+    )
+    transport = httpx.ASGITransport(app=create_app(ctx), client=("127.0.0.1", 40000))
+    client = httpx.AsyncClient(transport=transport, base_url="http://sipai")
+    yield Rig(client, runner, watcher, receiver, service, deliverer, store)
+    runner.release.set()
+    await client.aclose()
+    await service.stop()
+    await deliverer.stop()
+    await store.close()
+    receiver.close()
+
+
+async def _webhooks(rig: Rig, count: int) -> list[dict[str, Any]]:
+    async with asyncio.timeout(10):
+        while len(rig.receiver.requests()) < count:
+            await asyncio.sleep(0.01)
+    return [json.loads(r.body) for r in rig.receiver.requests()]
+
+
+async def _ended(rig: Rig, call_id: str) -> dict[str, Any]:
+    async with asyncio.timeout(10):
+        while (view := await rig.view(call_id))["ended_at"] is None:
+            await asyncio.sleep(0.01)
+    return view
+
+
+async def test_the_webhook_goes_before_the_call_ends_and_the_end_is_attached(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """The receiver gets the decided result while the runner still waits on the closing; GET
+    /call is final at once; once the call ends its black box, recording and end time are
+    attached, the observer hears of it, and no second webhook is sent."""
+    rig.runner.recording = {
+        "path": str(tmp_path / "rec.wav"),
+        "duration_seconds": 7.0,
+        "bytes": 112044,
+        "sha256": "00" * 32,
+        "complete": True,
+        "dropped_frames": 0,
+        "rate": 8000,
+    }
+    call_id = await rig.post()
+    [payload] = await _webhooks(rig, 1)
+    assert not rig.runner.release.is_set(), "the webhook came only once the call ended"
+    assert payload == {
+        "call_id": call_id,
+        "status": "completed",
+        "extension": "1001",
+        "duration_seconds": 6.5,
+        "message_played": True,
+        "choice_response": "confirmed",
+        "choice_raw_text": "yes I confirm",
+        "error": None,
+    }
+    early = await rig.view(call_id)
+    assert (early["status"], early["call_status"], early["ended_at"]) == (
+        "not_found",
+        "completed",
+        None,
+    )
+    assert (early["choice_response"], early["black_box"], early["sip_code"]) == (
+        "confirmed",
+        None,
+        200,
+    )
+    assert rig.watcher.finished == [], "the observer waits for the call's end"
+
+    rig.runner.release.set()
+    view = await _ended(rig, call_id)
+    assert view["black_box"] == BLACK_BOX
+    assert view["recording"] is not None
+    assert view["duration_seconds"] == 6.5, "the result stays the one the webhook carried"
+    [finished] = rig.watcher.finished
+    assert (finished.call_id, finished.status, finished.black_box) == (
+        call_id,
+        "completed",
+        BLACK_BOX,
+    )
+    assert finished.recording is not None
+    await asyncio.sleep(0.3)  # a second webhook would be on its way by now
+    assert len(rig.receiver.requests()) == 1
+    assert [h["kind"] for h in view["webhooks"]] == ["result"]
+
+
+async def test_a_runner_failing_after_the_decision_leaves_the_result(rig: Rig) -> None:
+    """The worker lost during the closing: the call stays completed with the decided result
+    (no failure, no second webhook), and its end time is still recorded."""
+    rig.runner.fail = True
+    call_id = await rig.post()
+    await _webhooks(rig, 1)
+    rig.runner.release.set()
+    view = await _ended(rig, call_id)
+    assert (view["call_status"], view["error"], view["choice_response"]) == (
+        "completed",
+        None,
+        "confirmed",
+    )
+    [finished] = rig.watcher.finished
+    assert finished.status == "completed"
+    await asyncio.sleep(0.3)
+    assert len(rig.receiver.requests()) == 1
+
+
+async def test_a_malformed_decision_is_ignored_and_the_call_ends_as_before(rig: Rig) -> None:
+    """A decided result that is not a final status is logged and dropped: the result and its
+    webhook come when the call ends, with the call's end."""
+    rig.runner.decided = {**DECIDED, "status": "answered"}
+    with capture_logs() as logs:
+        call_id = await rig.post()
+        async with asyncio.timeout(5):
+            while not any(e["event"] == "call.decided_invalid" for e in logs):
+                await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
+    assert rig.receiver.requests() == [], "no webhook before the call ended"
+    assert (await rig.view(call_id))["call_status"] == "answered"
+    rig.runner.release.set()
+    [payload] = await _webhooks(rig, 1)
+    assert payload["duration_seconds"] == 6.9, "the end's result, as without a decision"
+    view = await _ended(rig, call_id)
+    assert view["black_box"] == BLACK_BOX
+
+
+def test_the_closing_loses_its_trailing_silence_but_its_last_sound() -> None:
+    """trim_tail cuts what follows the last sample above -50 dBFS, keeping 60 ms for the
+    decay; audio that is all silence is kept whole."""
+    rate = 8000
+    voice = tone(440, rate, 0.5)
+    quiet = np.full(rate // 4, 50, dtype=np.int16)  # 0.25 s at -56 dBFS
+    trimmed = trim_tail(np.concatenate((voice, quiet)), rate)
+    loud_end = int(np.flatnonzero(np.abs(voice.astype(np.int32)) > 103)[-1]) + 1
+    assert len(trimmed) == loud_end + round(TAIL_KEEP_SECONDS * rate)
+    print(f"trailing silence trimmed: {(len(voice) + len(quiet) - len(trimmed)) / rate:.3f} s")
+    silent = np.zeros(800, dtype=np.int16)
+    assert trim_tail(silent, rate) is silent
+    assert len(trim_tail(voice, rate)) == len(voice)
+
+
+async def test_the_spoken_closing_ends_with_its_last_word() -> None:
+    """Piper's "Thank you. Goodbye." at 8 kHz loses its trailing silence but 60 ms (about
+    0.1 s of call time: its last 0.17 s are under -50 dBFS) and nothing above -50 dBFS."""
+    model = PiperSynthesizer()
+    audio = await TextToSpeech(model, model.name).synthesize(CLOSING, 8000)
+    trimmed = trim_tail(audio, 8000)
+    cut = audio[len(trimmed) :]
+    saved = len(cut) / 8000
+    print(f"closing {len(audio) / 8000:.3f} s -> {len(trimmed) / 8000:.3f} s (-{saved:.3f} s)")
+    assert np.array_equal(trimmed, audio[: len(trimmed)])
+    assert saved >= 0.05, f"only {saved:.3f} s of trailing silence trimmed"
+    last_loud = int(np.flatnonzero(np.abs(trimmed.astype(np.int32)) > TAIL_LEVEL)[-1])
+    assert len(trimmed) - last_loud - 1 == round(TAIL_KEEP_SECONDS * 8000)
+    assert int(np.abs(cut.astype(np.int32)).max()) <= TAIL_LEVEL, "a sound was cut"

@@ -14,7 +14,9 @@ opened with), never the token. With no token set, the JSON API is open as before
 console's routes and ``/web/calls`` answer clients on this machine only. Every rejected
 request gets a JSON body with ``detail``, a refused WebSocket handshake too (an HTTP
 response, not a close); invalid bodies get 400 naming the field, never 422, and nothing is
-stored for them.
+stored for them. ``POST /call`` takes an ``Idempotency-Key`` header: a key already used by
+the same caller within 24 h replays the first response (``Idempotent-Replayed: true``, no
+second call) for the same body, and gets 422 for another.
 """
 
 from __future__ import annotations

@@ -9,9 +9,13 @@ twice), and ``queued`` ones are resumed in order.
 
 The work of one call (dial, speak, listen, match) is a :class:`CallRunner`; the service
 records the statuses it reports and writes the final result together with its webhook, the
-call's black box and its recording. A request's ``progress_events`` (``ringing``,
-``answered``, beyond the contract) each queue a ``call.progress`` webhook to its
-``callback_url`` when the call reaches that status; the result webhook stays the contract's.
+call's black box and its recording; a result known before the call ends (``report("decided",
+result=...)``: the closing words still playing) is written with its webhook at once, and the
+call's end (end time, black box, recording) is attached when the runner returns. A request
+with an ``Idempotency-Key`` claims it in the transaction that stores the call. A request's
+``progress_events`` (``ringing``, ``answered``, beyond the contract) each queue a
+``call.progress`` webhook to its ``callback_url`` when the call reaches that status; the result
+webhook stays the contract's.
 """
 
 from __future__ import annotations

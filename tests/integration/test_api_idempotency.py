@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from openapi_schema_validator import OAS30Validator
 
 from api.app import ApiContext, HealthReport, create_app
 from api.spec import load_spec
@@ -21,6 +22,8 @@ from daemon.store import Store
 
 BODY = {"message": "Your package has arrived.", "extension": "1001"}
 KEY = {"idempotency-key": "order-4711"}
+SPEC = load_spec()
+POST_CALL = SPEC["paths"]["/call"]["post"]
 
 
 @dataclass
@@ -74,7 +77,7 @@ async def _api(
         store=store,
         outbound=service,
         tokens=tokens or {},
-        spec=load_spec(),
+        spec=SPEC,
     )
     transport = httpx.ASGITransport(app=create_app(ctx), client=("127.0.0.1", 40000))
     client = httpx.AsyncClient(transport=transport, base_url="http://sipai")
@@ -111,6 +114,7 @@ async def test_a_repeated_request_places_one_call_and_replays_the_response(api: 
     assert (first.status_code, second.status_code) == (200, 200)
     assert "idempotent-replayed" not in first.headers
     assert second.headers["idempotent-replayed"] == "true"
+    assert "Idempotent-Replayed" in POST_CALL["responses"]["200"]["headers"]
     assert second.json() == first.json()
     assert first.json()["status"] == "queued"
     await _ran(api, 1)
@@ -146,6 +150,8 @@ async def test_the_key_with_another_body_gets_422_naming_the_first_call(api: Api
         f" {call_id}); use a new key for a new call",
         "call_id": call_id,
     }
+    OAS30Validator(SPEC["components"]["schemas"]["IdempotencyConflict"]).validate(other.json())
+    assert "422" in POST_CALL["responses"]
     await _ran(api, 1)
     assert api.calls() == [call_id]
     assert api.runner.started == [call_id]

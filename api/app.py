@@ -174,10 +174,8 @@ def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"detail": detail, **extra}, status_code=status)
 
 
-# Idempotency-Key on POST /call (api.models.idempotency_key): remembered per caller (token name)
-# for IDEMPOTENCY_SECONDS with the SHA-256 of the validated body and the response it got.
-
-
+# An Idempotency-Key of POST /call (api.models.idempotency_key) is remembered per caller (token
+# name) for IDEMPOTENCY_SECONDS with the SHA-256 of the validated body and the response it got.
 def body_sha256(body: dict[str, Any]) -> str:
     """The fingerprint of a validated request: key order, whitespace and defaults given
     explicitly do not change it, any value does."""

@@ -1,14 +1,14 @@
 """A result decided before the call ends: its webhook goes out at once, and the call's end
 (black box, recording, end time) is attached later without a second webhook. Through the
 real API app, SQLite store, webhook deliverer and a loopback receiver, with a scripted runner
-standing in for the worker; and the closing line's trimmed tail."""
+standing in for the worker, then with a real SIP worker; and the closing line's trimmed tail."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,14 +20,24 @@ from structlog.testing import capture_logs
 
 from api.app import ApiContext, HealthReport, create_app
 from api.webhooks import Deliverer
-from daemon.calls.runner import CLOSING, TAIL_KEEP_SECONDS, TAIL_LEVEL, trim_tail
+from daemon.calls.runner import (
+    CLOSING,
+    TAIL_KEEP_SECONDS,
+    TAIL_LEVEL,
+    PoolRunner,
+    trim_tail,
+)
 from daemon.observe import FinishedCall
 from daemon.outbound import CallResult, OutboundService, Report
 from daemon.speech import TextToSpeech
 from daemon.speech.local import PiperSynthesizer
 from daemon.store import Store
+from media.wav import write_wav
 from tests.audio import tone
+from tests.integration.conftest import Pool
+from tests.peers.kamailio import Kamailio
 from tests.peers.receiver import Receiver
+from tests.support import callee
 
 DECIDED = {
     "status": "completed",
@@ -268,3 +278,79 @@ async def test_the_spoken_closing_ends_with_its_last_word() -> None:
     last_loud = int(np.flatnonzero(np.abs(trimmed.astype(np.int32)) > TAIL_LEVEL)[-1])
     assert len(trimmed) - last_loud - 1 == round(TAIL_KEEP_SECONDS * 8000)
     assert int(np.abs(cut.astype(np.int32)).max()) <= TAIL_LEVEL, "a sound was cut"
+
+
+async def test_a_key_decides_the_call_and_its_webhook_goes_before_the_hang_up(
+    kamailio: Kamailio, make_pool: Callable[..., Awaitable[Pool]], tmp_path: Path
+) -> None:
+    """Through a real SIP worker: the callee presses 1 while the daemon listens; the worker's
+    outbound_decided reaches the service through PoolRunner, the webhook is attempted before
+    the call has ended (by about the closing's length), and the end is attached after."""
+    pool = await make_pool(kamailio, 1)
+    piper = await asyncio.to_thread(PiperSynthesizer)
+    tts = TextToSpeech(piper, piper.name)
+    store = Store(tmp_path / "sipai.db")
+    await store.open()
+    receiver = Receiver()
+    deliverer = Deliverer(store, "secret", waits=(0.2,) * 7)
+    service = OutboundService(
+        store, PoolRunner(pool.pool, tts), 1, on_final=deliverer.wake, max_queued=10
+    )
+    service.start()
+    deliverer.start()
+    message, prompt = "Your parcel arrives tomorrow.", "Press 1 to confirm."
+    talk = 0.0  # seconds of the message and the prompt (cached: the very audio sent)
+    for text in (message, prompt):
+        talk += len(await tts.synthesize(text, 8000)) / 8000
+    silent = tmp_path / "silent.wav"
+    write_wav(silent, 8000, np.zeros(160, dtype=np.int16))
+    try:
+        async with callee(kamailio, "1012") as phone:
+            await service.submit(
+                "early-1",
+                {
+                    "extension": "1012",
+                    "message": message,
+                    "callback_url": receiver.url,
+                    "ring_timeout": 10,
+                    "choice": {
+                        "prompt": prompt,
+                        "options": [{"value": "confirmed", "synonyms": [], "dtmf": "1"}],
+                        "timeout_seconds": 8,
+                        "repeat_count": 1,
+                    },
+                },
+            )
+            incoming = await phone.expect("incoming", timeout=20)
+            call = incoming["call"]
+            await phone.expect("media", call=call, status="active")
+            # the prompt heard (talk time, not a timer), then a 600 ms pause: listening
+            await phone.command(
+                "reply", call=call, wav=str(silent), after_s=0.9 * talk, silence_ms=600
+            )
+            await phone.expect("replied", call=call, timeout=30)
+            await phone.command("dtmf", call=call, digits="1", method="rfc4733")
+            async with asyncio.timeout(30):
+                while not receiver.requests():
+                    await asyncio.sleep(0.01)
+            payload = json.loads(receiver.requests()[0].body)
+            assert (payload["choice_response"], payload["choice_raw_text"]) == (
+                "confirmed",
+                "dtmf:1",
+            )
+            await phone.expect("call", call=call, state="DISCONNECTED", timeout=20)
+            async with asyncio.timeout(10):
+                while (record := await store.get_call("early-1"))["ended_at"] is None:
+                    await asyncio.sleep(0.02)
+        [hook] = record["webhooks"]
+        sent = hook["attempts"][0]["at"]
+        ahead = record["ended_at"] - sent
+        print(f"webhook attempted {ahead:.3f} s before the call ended")
+        assert ahead > 0, f"the webhook went {-ahead:.3f} s after the call ended"
+        assert record["black_box"] is not None
+        assert len(receiver.requests()) == 1
+    finally:
+        await service.stop()
+        await deliverer.stop()
+        await store.close()
+        receiver.close()

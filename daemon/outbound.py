@@ -213,7 +213,8 @@ class OutboundService:
                         self._tasks.add(early)
                         early.add_done_callback(self._tasks.discard)
                         decided.append(early)
-                    await asyncio.shield(decided[0])
+                    with contextlib.suppress(Exception):  # logged by _call; it finishes the call
+                        await asyncio.shield(decided[0])
                     return
                 if await self._store.update_call(call_id, status=status, **columns):
                     self._status(call_id, status, record)
@@ -227,7 +228,12 @@ class OutboundService:
             except Exception as exc:
                 log.error("call.runner_failed", call_id=call_id, error=repr(exc))
                 result = CallResult("failed", error=f"internal error: {exc}")
-            early_result = await decided[0] if decided else None
+            early_result = None
+            if decided:
+                try:
+                    early_result = await decided[0]
+                except Exception as exc:  # the early finish failed: the end result finishes it
+                    log.error("call.decided_failed", call_id=call_id, error=repr(exc))
             if early_result is not None:
                 await self._attach(call_id, record, early_result, result)
             else:
@@ -271,6 +277,7 @@ class OutboundService:
             result = CallResult(**data)
             if result.status not in FINAL_STATUSES:
                 raise ValueError(f"{result.status!r} is not a final status")
+            _payload(call_id, record, result)  # every field the webhook needs, of its type
         except (TypeError, ValueError) as exc:
             log.error("call.decided_invalid", call_id=call_id, error=str(exc))
             return None
@@ -315,19 +322,7 @@ class OutboundService:
         """Store the final result with its webhook (once: nothing if the call is final
         already). ``early``: the call has not ended yet, so no end time, black box or
         recording, and the observer hears of it once they are attached."""
-        payload = {
-            "call_id": call_id,
-            "status": result.status,
-            "extension": record["extension"],
-            "duration_seconds": round(result.duration_seconds, 3),
-            "message_played": result.message_played,
-            "choice_response": result.choice_response,
-            "choice_raw_text": result.choice_raw_text,
-            "error": result.error,
-        }
-        if record["request"].get("machine_detection"):
-            payload["answered_by"] = result.answered_by
-            payload["machine_detection_ms"] = result.machine_detection_ms
+        payload = _payload(call_id, record, result)
         fields: dict[str, Any] = {} if early else {"ended_at": time.time()}
         if result.sip_code is not None:
             fields["sip_code"] = result.sip_code
@@ -364,6 +359,39 @@ class OutboundService:
                 invite_at=result.invite_at,
             )
         )
+
+
+def _payload(call_id: str, record: dict[str, Any], result: CallResult) -> dict[str, Any]:
+    """The result webhook's body (TypeError or ValueError if a field is not of its type)."""
+    payload = {
+        "call_id": call_id,
+        "status": result.status,
+        "extension": record["extension"],
+        "duration_seconds": round(result.duration_seconds, 3),
+        "message_played": result.message_played,
+        "choice_response": result.choice_response,
+        "choice_raw_text": result.choice_raw_text,
+        "error": result.error,
+    }
+    if record["request"].get("machine_detection"):
+        payload["answered_by"] = result.answered_by
+        payload["machine_detection_ms"] = result.machine_detection_ms
+    for name, kind in _PAYLOAD_TYPES.items():
+        value = payload.get(name)
+        if (value is not None or name == "message_played") and not isinstance(value, kind):
+            raise TypeError(f"{name} is {type(value).__name__}, not {kind}")
+    return payload
+
+
+# The types of the webhook's fields besides the status (None is allowed but for the bool).
+_PAYLOAD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "message_played": bool,
+    "choice_response": str,
+    "choice_raw_text": str,
+    "error": str,
+    "answered_by": str,
+    "machine_detection_ms": int,
+}
 
 
 def _recording(call_id: str, data: dict[str, Any] | None) -> RecordingInfo | None:

@@ -249,6 +249,27 @@ async def test_a_malformed_decision_is_ignored_and_the_call_ends_as_before(rig: 
     assert view["black_box"] == BLACK_BOX
 
 
+async def test_a_decision_that_cannot_be_stored_leaves_the_end_result(rig: Rig) -> None:
+    """A decided result whose webhook cannot be built (a duration given as text) is logged,
+    and the call finishes with the end result when it ends: one webhook, never unfinished."""
+    rig.runner.decided = {**DECIDED, "duration_seconds": "6.5"}
+    with capture_logs() as logs:
+        call_id = await rig.post()
+        async with asyncio.timeout(5):
+            while (await rig.view(call_id))["call_status"] != "answered":
+                await asyncio.sleep(0.01)
+        rig.runner.release.set()
+        [payload] = await _webhooks(rig, 1)
+        view = await _ended(rig, call_id)
+    assert payload["duration_seconds"] == 6.9, "the end's result"
+    assert (view["call_status"], view["black_box"]) == ("completed", BLACK_BOX)
+    events = [e["event"] for e in logs]
+    assert {"call.decided_invalid", "call.decided_failed"} & set(events), events
+    assert "call.runner_failed" not in events, events
+    await asyncio.sleep(0.3)
+    assert len(rig.receiver.requests()) == 1
+
+
 def test_the_closing_loses_its_trailing_silence_but_its_last_sound() -> None:
     """trim_tail cuts what follows the last sample above -50 dBFS, keeping 60 ms for the
     decay; audio that is all silence is kept whole."""

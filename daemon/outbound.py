@@ -138,6 +138,22 @@ class OutboundService:
             error = f"the daemon stopped while the call was {record['status']}"
             await self._finish(record["call_id"], record, CallResult("failed", error=error))
             log.warning("call.abandoned", call_id=record["call_id"], status=record["status"])
+        for record in await self._store.calls_without_end():  # stopped during the closing
+            call_id = record["call_id"]
+            await self._store.attach_outcome(call_id, ended_at=record["updated_at"])
+            log.warning("call.end_recovered", call_id=call_id, status=record["status"])
+            self._observer.call_finished(
+                FinishedCall(
+                    call_id=call_id,
+                    direction="outbound",
+                    status=record["status"],
+                    end_cause=(record["result"] or {}).get("error") or "",
+                    black_box=None,
+                    recording=None,
+                    created_at=record["created_at"],
+                    invite_at=None,
+                )
+            )
         for record in await self._store.calls_with_status(frozenset({"queued"})):
             self._queue.put_nowait(record["call_id"])
         if self._queue.qsize():
@@ -224,6 +240,12 @@ class OutboundService:
             try:
                 result = await self.runner.run(call_id, record["request"], report)
             except asyncio.CancelledError:
+                early = decided[0] if decided and decided[0].done() else None
+                if early is not None and not early.cancelled() and early.exception() is None:
+                    decision = early.result()
+                    if decision is not None:  # final already: it still gets its end
+                        stopped = CallResult("failed", error="the daemon stopped during the call")
+                        await asyncio.shield(self._attach(call_id, record, decision, stopped))
                 raise
             except Exception as exc:
                 log.error("call.runner_failed", call_id=call_id, error=repr(exc))

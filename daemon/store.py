@@ -483,6 +483,21 @@ class Store:
 
         return await self._run(page)
 
+    async def calls_without_end(self) -> list[dict[str, Any]]:
+        """Final calls that were answered but have no end time (their result decided before
+        they ended, then the daemon stopped), oldest first."""
+        finals = ",".join("?" * len(FINAL_STATUSES))
+
+        def select(db: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = db.execute(
+                f"SELECT * FROM calls WHERE status IN ({finals})"  # noqa: S608 - our names
+                " AND answered_at IS NOT NULL AND ended_at IS NULL ORDER BY seq",
+                tuple(FINAL_STATUSES),
+            )
+            return [_call_record(row) for row in rows]
+
+        return await self._run(select)
+
     async def calls_with_status(self, statuses: frozenset[str]) -> list[dict[str, Any]]:
         """Calls in the given statuses, oldest first (FIFO)."""
         marks = ",".join("?" * len(statuses))

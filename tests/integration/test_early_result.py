@@ -270,6 +270,39 @@ async def test_a_decision_that_cannot_be_stored_leaves_the_end_result(rig: Rig) 
     assert len(rig.receiver.requests()) == 1
 
 
+async def test_a_stop_during_the_closing_still_records_an_end(rig: Rig) -> None:
+    """The service stopped while the closing plays (the runner never returns): the call stays
+    completed and has an end time, and the observer heard of it."""
+    call_id = await rig.post()
+    await _webhooks(rig, 1)
+    await rig.service.stop()
+    record = await rig.store.get_call(call_id)
+    assert record is not None
+    assert (record["status"], record["ended_at"] is not None) == ("completed", True), record
+    assert [f.status for f in rig.watcher.finished] == ["completed"]
+
+
+async def test_recover_gives_an_end_to_a_decided_call_left_without_one(tmp_path: Path) -> None:
+    """At start-up a call that is final and answered but has no end time (the process died
+    during the closing) gets its last update as its end, and keeps its status."""
+    store = Store(tmp_path / "sipai.db")
+    await store.open()
+    try:
+        await store.insert_call("c1", {"extension": "1001", "message": "Hi."})
+        await store.update_call("c1", status="answered", answered_at=time.time())
+        await store.finish_call("c1", "completed", {"call_id": "c1", "status": "completed"})
+        left = await store.get_call("c1")
+        assert left is not None
+        watcher = Watcher()
+        await OutboundService(store, None, 1, max_queued=10, observer=watcher).recover()
+        record = await store.get_call("c1")
+        assert record is not None
+        assert (record["status"], record["ended_at"]) == ("completed", left["updated_at"])
+        assert [f.status for f in watcher.finished] == ["completed"]
+    finally:
+        await store.close()
+
+
 def test_the_closing_loses_its_trailing_silence_but_its_last_sound() -> None:
     """trim_tail cuts what follows the last sample above -50 dBFS, keeping 60 ms for the
     decay; audio that is all silence is kept whole."""

@@ -37,7 +37,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from api.app import HealthReport
 from daemon.observe import FinishedCall
-from daemon.outbound import CallResult, CallRunner, Report
+from daemon.outbound import DECIDED, CallResult, CallRunner, Report
 from sip.events import RegistrationChanged
 
 INBOUND_END_CAUSES = (
@@ -475,6 +475,14 @@ class ObservedRunner:
         self._metrics = metrics
 
     async def run(self, call_id: str, request: dict[str, Any], report: Report) -> CallResult:
-        result = await self.runner.run(call_id, request, report)
-        self._metrics.outbound_result(call_id, result.message_played)
+        played: list[bool] = []  # as a decided result said (it stays the call's result)
+
+        async def observed(status: str, **columns: Any) -> None:
+            decided = columns.get("result")
+            if status == DECIDED and not played and isinstance(decided, dict):
+                played.append(decided.get("message_played") is True)
+            await report(status, **columns)
+
+        result = await self.runner.run(call_id, request, observed)
+        self._metrics.outbound_result(call_id, played[0] if played else result.message_played)
         return result

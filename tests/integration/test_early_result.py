@@ -27,6 +27,7 @@ from daemon.calls.runner import (
     PoolRunner,
     trim_tail,
 )
+from daemon.metrics import Metrics, ObservedRunner
 from daemon.observe import FinishedCall
 from daemon.outbound import CallResult, OutboundService, Report
 from daemon.speech import TextToSpeech
@@ -300,6 +301,43 @@ async def test_recover_gives_an_end_to_a_decided_call_left_without_one(tmp_path:
         assert (record["status"], record["ended_at"]) == ("completed", left["updated_at"])
         assert [f.status for f in watcher.finished] == ["completed"]
     finally:
+        await store.close()
+
+
+@dataclass
+class DyingRunner(DecidingRunner):
+    """Decides the call, then loses its worker during the closing (as PoolRunner reports)."""
+
+    async def run(self, call_id: str, request: dict[str, Any], report: Report) -> CallResult:
+        await report("answered", answered_at=time.time())
+        await report("decided", result=self.decided)
+        return CallResult("failed", error="SIP worker 0 died during the call")
+
+
+async def test_the_metrics_count_a_decided_call_by_its_decision(tmp_path: Path) -> None:
+    """A call decided (message played, completed) whose worker dies during the closing is
+    counted completed/completed in sipai_calls_total, as it is stored, not callee_hangup."""
+    store = Store(tmp_path / "sipai.db")
+    await store.open()
+    metrics = Metrics(lambda: HealthReport("healthy", False, "test", 1.0, 0, 0, []), dict, dict)
+    runner = ObservedRunner(DyingRunner(), metrics)
+    service = OutboundService(store, runner, 1, max_queued=10, observer=metrics)
+    service.start()
+    try:
+        await service.submit("c1", {"extension": "1001", "message": "Hi."})
+        async with asyncio.timeout(10):
+            while (record := await store.get_call("c1"))["ended_at"] is None:
+                await asyncio.sleep(0.01)
+        assert record["status"] == "completed"
+        exposition = metrics.exposition({}).decode()
+        counted = [
+            line for line in exposition.splitlines() if line.startswith("sipai_calls_total{")
+        ]
+        assert counted == [
+            'sipai_calls_total{direction="outbound",end_cause="completed",status="completed"} 1.0'
+        ], counted
+    finally:
+        await service.stop()
         await store.close()
 
 

@@ -411,9 +411,13 @@ class _Routes:
             return _replay(exc.record, fingerprint)
         except DuplicateCallId:
             return _error(409, f"call_id {call_id!r} is already in use", call_id=call_id)
-        except OutboundUnavailable as exc:
-            return _error(503, str(exc))
-        except QueueFull as exc:
+        except (OutboundUnavailable, QueueFull) as exc:
+            if key is not None and ctx.store is not None:  # a same-key request came first
+                found = await ctx.store.find_idempotency(scope, key)
+                if found is not None:
+                    return _replay(found, fingerprint)
+            if isinstance(exc, OutboundUnavailable):
+                return _error(503, str(exc))
             return JSONResponse(
                 {"detail": str(exc)}, status_code=503, headers={"retry-after": str(exc.retry_after)}
             )

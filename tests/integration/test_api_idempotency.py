@@ -243,3 +243,20 @@ async def test_a_key_of_255_characters_is_accepted(api: Api) -> None:
     assert (first.status_code, second.status_code) == (200, 200)
     assert second.headers["idempotent-replayed"] == "true"
     assert api.claims() == [("", "~" * 255, first.json()["call_id"])]
+
+
+async def test_a_racing_retry_at_the_queue_bound_replays(tmp_path: Path) -> None:
+    """Two same-key requests at once with room for one more call: the one that lost the bound
+    check replays the first one's response (no 503), and one call is stored."""
+    api = await _api(tmp_path, max_queued=1)
+    api.runner.hold = True
+    try:
+        answers = await asyncio.gather(
+            *(api.client.post("/call", json=BODY, headers=KEY) for _ in range(2))
+        )
+        seen = [(a.status_code, a.headers.get("idempotent-replayed")) for a in answers]
+        assert set(seen) == {(200, None), (200, "true")}, [a.text for a in answers]
+        assert len({a.json()["call_id"] for a in answers}) == 1
+        assert len(api.calls()) == 1
+    finally:
+        await _close(api)

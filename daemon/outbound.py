@@ -303,8 +303,7 @@ class OutboundService:
         except (TypeError, ValueError) as exc:
             log.error("call.decided_invalid", call_id=call_id, error=str(exc))
             return None
-        await self._finish(call_id, record, result, early=True)
-        return result
+        return result if await self._finish(call_id, record, result, early=True) else None
 
     async def _attach(
         self, call_id: str, record: dict[str, Any], decided: CallResult, result: CallResult
@@ -340,16 +339,16 @@ class OutboundService:
 
     async def _finish(
         self, call_id: str, record: dict[str, Any], result: CallResult, *, early: bool = False
-    ) -> None:
-        """Store the final result with its webhook (once: nothing if the call is final
-        already). ``early``: the call has not ended yet, so no end time, black box or
+    ) -> bool:
+        """Store the final result with its webhook (once: nothing, and False, if the call is
+        final already). ``early``: the call has not ended yet, so no end time, black box or
         recording, and the observer hears of it once they are attached."""
         payload = _payload(call_id, record, result)
         fields: dict[str, Any] = {} if early else {"ended_at": time.time()}
         if result.sip_code is not None:
             fields["sip_code"] = result.sip_code
         recording = _recording(call_id, result.recording)
-        webhook = await self._store.finish_call(
+        stored, webhook = await self._store.finish_call_once(
             call_id,
             result.status,
             payload,
@@ -357,6 +356,8 @@ class OutboundService:
             recording=recording,
             **fields,
         )
+        if not stored:
+            return False
         log.info(
             "call.finished",
             call_id=call_id,
@@ -368,7 +369,7 @@ class OutboundService:
             self._on_final()
         self._status(call_id, result.status, record)
         if early:
-            return
+            return True
         self._observer.call_finished(
             FinishedCall(
                 call_id=call_id,
@@ -381,6 +382,7 @@ class OutboundService:
                 invite_at=result.invite_at,
             )
         )
+        return True
 
 
 def _payload(call_id: str, record: dict[str, Any], result: CallResult) -> dict[str, Any]:

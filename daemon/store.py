@@ -382,6 +382,23 @@ class Store:
     ) -> Webhook | None:
         """Mark the call final and queue its webhook in one transaction (once only), with the
         call's black box and its recording's row."""
+        finished = await self.finish_call_once(
+            call_id, status, result, black_box=black_box, recording=recording, **fields
+        )
+        return finished[1]
+
+    async def finish_call_once(
+        self,
+        call_id: str,
+        status: str,
+        result: dict[str, Any],
+        *,
+        black_box: dict[str, Any] | None = None,
+        recording: RecordingInfo | None = None,
+        **fields: Any,
+    ) -> tuple[bool, Webhook | None]:
+        """:meth:`finish_call`, telling too whether the call was finished now (False: it was
+        final already, or unknown)."""
         if status not in FINAL_STATUSES:
             raise ValueError(f"{status!r} is not a final status")
         now = time.time()
@@ -389,13 +406,13 @@ class Store:
         if black_box is not None:
             fields["black_box"] = json.dumps(black_box, separators=(",", ":"))
 
-        def finish(db: sqlite3.Connection) -> Webhook | None:
+        def finish(db: sqlite3.Connection) -> tuple[bool, Webhook | None]:
             with _transaction(db):
                 row = db.execute(
                     "SELECT status, callback_url FROM calls WHERE call_id = ?", (call_id,)
                 ).fetchone()
                 if row is None or row["status"] in FINAL_STATUSES:
-                    return None
+                    return False, None
                 assignments = "".join(f", {name} = ?" for name in fields)
                 db.execute(
                     f"UPDATE calls SET status = ?, result = ?, updated_at = ?{assignments}"  # noqa: S608
@@ -410,7 +427,7 @@ class Store:
             self._status_counts = _moved(self._status_counts, row["status"], status)
             if webhook is not None:
                 self._webhook_counts = _moved(self._webhook_counts, None, "pending")
-            return webhook
+            return True, webhook
 
         return await self._run(finish)
 

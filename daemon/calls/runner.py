@@ -98,6 +98,9 @@ class PoolRunner:
             result = CallResult("failed", error=f"SIP worker {index} died during the call")
         except (IpcError, TimeoutError) as exc:
             result = CallResult("failed", error=f"SIP worker {index}: {exc}")
+        except Exception as exc:  # a malformed reply: failed, after the call's last reports
+            log.error("call.reply_invalid", call_id=call_id, error=repr(exc))
+            result = CallResult("failed", error=f"SIP worker {index}: invalid result: {exc}")
         finally:
             self._reports.pop(call_id, None)
             self._pool.release_slot(index)

@@ -341,6 +341,28 @@ async def test_the_metrics_count_a_decided_call_by_its_decision(tmp_path: Path) 
         await store.close()
 
 
+async def test_a_decision_after_the_finish_changes_nothing(tmp_path: Path) -> None:
+    """A decided result stored after the call was finished (failed) is not published: one
+    final status for the console, one call.finished, and the call stays failed."""
+    store = Store(tmp_path / "sipai.db")
+    await store.open()
+    try:
+        service = OutboundService(store, None, 1, max_queued=10)
+        statuses: list[str] = []
+        service.status_listeners.append(lambda call_id, status, record: statuses.append(status))
+        await store.insert_call("c1", {"extension": "1001", "message": "Hi."})
+        record = await store.get_call("c1")
+        assert record is not None
+        with capture_logs() as logs:
+            await service._finish("c1", record, CallResult("failed", error="internal error"))
+            await service._finish("c1", record, CallResult(**DECIDED), early=True)
+        assert statuses == ["failed"]
+        assert [e["event"] for e in logs].count("call.finished") == 1, logs
+        assert (await store.get_call("c1") or {})["status"] == "failed"
+    finally:
+        await store.close()
+
+
 def test_the_closing_loses_its_trailing_silence_but_its_last_sound() -> None:
     """trim_tail cuts what follows the last sample above -50 dBFS, keeping 60 ms for the
     decay; audio that is all silence is kept whole."""

@@ -130,7 +130,9 @@ class Retention:
         keys = await self._store.prune_idempotency(now)
         if keys:
             log.info("retention.idempotency_pruned", keys=keys)
-        paths = await self._store.prune(cutoff(now, self._days), cutoff(now, self._recording_days))
+        paths = await self._store.prune(
+            cutoff(now, self._days), cutoff(now, self._recording_days), now=now
+        )
         pruned = await asyncio.to_thread(remove_files, paths)
         if paths:
             log.info(

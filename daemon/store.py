@@ -832,14 +832,19 @@ class Store:
 
         return await self._run(unowned)
 
-    async def prune(self, cutoff: float | None, recording_cutoff: float | None) -> list[str]:
+    async def prune(
+        self, cutoff: float | None, recording_cutoff: float | None, *, now: float | None = None
+    ) -> list[str]:
         """Delete what ended before the cutoffs (None: keep) and return the recording paths
         whose rows went, for the caller to delete the files.
 
         ``cutoff``: finished calls of both directions, their webhooks in a final state, their
         attempts and recordings; a call with a webhook still pending stays whole, and so does
         a call in progress. Webhooks of no call (an engine session's message) go by their own
-        age. ``recording_cutoff``: recordings made before it (the calls stay)."""
+        age. An outbound call whose Idempotency-Key is still live (at ``now``) stays, so a
+        retry never replays a call that is gone. ``recording_cutoff``: recordings made before
+        it (the calls stay)."""
+        keys_after = (time.time() if now is None else now) - IDEMPOTENCY_SECONDS
 
         finals = ",".join("?" * len(FINAL_STATUSES))
         unsent = (
@@ -856,8 +861,9 @@ class Store:
                     db.execute(
                         "INSERT INTO doomed SELECT call_id FROM calls c"  # noqa: S608
                         f" WHERE status IN ({finals}) AND COALESCE(ended_at, updated_at) < ?"
-                        f" AND {unsent}",
-                        (*FINAL_STATUSES, cutoff),
+                        f" AND {unsent} AND NOT EXISTS (SELECT 1 FROM idempotency_keys k"
+                        " WHERE k.call_id = c.call_id AND k.created_at > ?)",
+                        (*FINAL_STATUSES, cutoff, keys_after),
                     )
                     db.execute(
                         "INSERT OR IGNORE INTO doomed SELECT call_id FROM inbound_calls c"  # noqa: S608

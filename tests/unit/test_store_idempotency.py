@@ -182,3 +182,16 @@ async def test_attach_outcome_adds_the_end_to_a_final_call_only(store: Store) ->
     assert up is not None
     assert (up["ended_at"], up["black_box"]) == (None, None)
     assert json.loads(_rows(store, "SELECT body FROM outbox")[0][0]) == {"status": "completed"}
+
+
+async def test_a_call_whose_key_is_live_outlasts_a_short_retention(store: Store) -> None:
+    """With retention_days 0.5 a finished call 13 h old stays while its key (24 h) can still
+    replay it, and goes with the first pass after the key expired."""
+    claimed = NOW - 13 * 3600
+    request = {"extension": "1001", "message": "hi"}  # no webhook to wait for
+    await store.insert_call("out-1", request, idempotency=_claim(), now=claimed)
+    await store.finish_call("out-1", "completed", {"status": "completed"}, ended_at=claimed)
+    await Retention(store, 0.5, 0).prune(NOW)
+    assert _rows(store, "SELECT call_id FROM calls") == [("out-1",)]
+    await Retention(store, 0.5, 0).prune(claimed + IDEMPOTENCY_SECONDS + 1)
+    assert _rows(store, "SELECT call_id FROM calls") == []

@@ -310,12 +310,14 @@ class OutboundService:
     ) -> None:
         """The call ended after its ``decided`` result went out: store its end time, black
         box and recording (the result and its webhook stay, whatever the end ``result``
-        says), then tell the observer."""
+        says), then tell the status listeners and the observer."""
         recording = _recording(call_id, result.recording)
-        await self._store.attach_outcome(
+        attached = await self._store.attach_outcome(
             call_id, ended_at=time.time(), black_box=result.black_box, recording=recording
         )
         status = decided.status
+        if attached:  # the console's detail gets the end, the black box and the recording
+            self._status(call_id, status, record)
         log.info(
             "call.ended",
             call_id=call_id,

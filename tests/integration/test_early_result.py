@@ -363,6 +363,31 @@ async def test_a_decision_after_the_finish_changes_nothing(tmp_path: Path) -> No
         await store.close()
 
 
+async def test_the_console_is_told_when_the_end_is_attached(rig: Rig) -> None:
+    """The status listeners hear of the call again once its end is attached: by then GET
+    /call shows its end time and black box."""
+    seen: list[tuple[str, Any]] = []
+
+    def listener(call_id: str, status: str, record: dict[str, Any]) -> None:
+        seen.append((status, asyncio.ensure_future(rig.store.get_call(call_id))))
+
+    rig.service.status_listeners.append(listener)
+    call_id = await rig.post()
+    await _webhooks(rig, 1)
+    rig.runner.release.set()
+    await _ended(rig, call_id)
+    async with asyncio.timeout(5):
+        while len([s for s, _ in seen if s == "completed"]) < 2:
+            await asyncio.sleep(0.01)
+    last_status, last_view = seen[-1]
+    last = await last_view
+    assert (last_status, last["ended_at"] is not None, last["black_box"]) == (
+        "completed",
+        True,
+        BLACK_BOX,
+    )
+
+
 def test_the_closing_loses_its_trailing_silence_but_its_last_sound() -> None:
     """trim_tail cuts what follows the last sample above -50 dBFS, keeping 60 ms for the
     decay; audio that is all silence is kept whole."""

@@ -27,6 +27,7 @@ from daemon.calls.runner import (
     PoolRunner,
     trim_tail,
 )
+from daemon.ipc.messages import Ping
 from daemon.metrics import Metrics, ObservedRunner
 from daemon.observe import FinishedCall
 from daemon.outbound import CallResult, OutboundService, Report
@@ -424,7 +425,8 @@ async def test_a_key_decides_the_call_and_its_webhook_goes_before_the_hang_up(
 ) -> None:
     """Through a real SIP worker: the callee presses 1 while the daemon listens; the worker's
     outbound_decided reaches the service through PoolRunner, the webhook is attempted before
-    the call has ended (by about the closing's length), and the end is attached after."""
+    the call has ended (by about the closing's length), and the end is attached after; the
+    worker got the closing without its trailing silence."""
     pool = await make_pool(kamailio, 1)
     piper = await asyncio.to_thread(PiperSynthesizer)
     tts = TextToSpeech(piper, piper.name)
@@ -463,6 +465,11 @@ async def test_a_key_decides_the_call_and_its_webhook_goes_before_the_hang_up(
             incoming = await phone.expect("incoming", timeout=20)
             call = incoming["call"]
             await phone.expect("media", call=call, status="active")
+            held = (await pool.pool.request(0, Ping())).outbound["early-1"].audio["closing"]
+            closing = await tts.synthesize(CLOSING, 8000)
+            assert held.samples == len(trim_tail(closing, 8000)) < len(closing), (
+                f"the worker holds a closing of {held.samples} samples, {len(closing)} untrimmed"
+            )
             # the prompt heard (talk time, not a timer), then a 600 ms pause: listening
             await phone.command(
                 "reply", call=call, wav=str(silent), after_s=0.9 * talk, silence_ms=600

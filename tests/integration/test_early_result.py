@@ -272,6 +272,25 @@ async def test_a_decision_that_cannot_be_stored_leaves_the_end_result(rig: Rig) 
     assert len(rig.receiver.requests()) == 1
 
 
+async def test_a_decision_the_store_refuses_leaves_the_end_result(rig: Rig) -> None:
+    """The store fails while finishing the call early (a black box it cannot encode): that
+    is logged (call.decided_failed) and the end result finishes the call, with one webhook."""
+    rig.runner.decided = {**DECIDED, "black_box": {"unencodable": {1, 2}}}
+    with capture_logs() as logs:
+        call_id = await rig.post()
+        async with asyncio.timeout(5):
+            while (await rig.view(call_id))["call_status"] != "answered":
+                await asyncio.sleep(0.01)
+        rig.runner.release.set()
+        [payload] = await _webhooks(rig, 1)
+        view = await _ended(rig, call_id)
+    assert payload["duration_seconds"] == 6.9, "the end's result"
+    assert (view["call_status"], view["black_box"]) == ("completed", BLACK_BOX)
+    events = [e["event"] for e in logs]
+    assert "call.decided_failed" in events, events
+    assert "call.runner_failed" not in events, events
+
+
 async def test_a_stop_during_the_closing_still_records_an_end(rig: Rig) -> None:
     """The service stopped while the closing plays (the runner never returns): the call stays
     completed and has an end time, and the observer heard of it."""

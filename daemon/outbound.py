@@ -300,6 +300,10 @@ class OutboundService:
             if result.status not in FINAL_STATUSES:
                 raise ValueError(f"{result.status!r} is not a final status")
             _payload(call_id, record, result)  # every field the webhook needs, of its type
+            for name, kind in _DECIDED_TYPES.items():
+                value = getattr(result, name)
+                if (value is not None or name == "message_played") and not isinstance(value, kind):
+                    raise TypeError(f"{name} is {type(value).__name__}, not {kind}")
         except (TypeError, ValueError) as exc:
             log.error("call.decided_invalid", call_id=call_id, error=str(exc))
             return None
@@ -388,7 +392,7 @@ class OutboundService:
 
 
 def _payload(call_id: str, record: dict[str, Any], result: CallResult) -> dict[str, Any]:
-    """The result webhook's body (TypeError or ValueError if a field is not of its type)."""
+    """The result webhook's body (TypeError if the duration is not a number)."""
     payload = {
         "call_id": call_id,
         "status": result.status,
@@ -402,21 +406,17 @@ def _payload(call_id: str, record: dict[str, Any], result: CallResult) -> dict[s
     if record["request"].get("machine_detection"):
         payload["answered_by"] = result.answered_by
         payload["machine_detection_ms"] = result.machine_detection_ms
-    for name, kind in _PAYLOAD_TYPES.items():
-        value = payload.get(name)
-        if (value is not None or name == "message_played") and not isinstance(value, kind):
-            raise TypeError(f"{name} is {type(value).__name__}, not {kind}")
     return payload
 
 
-# The types of the webhook's fields besides the status (None is allowed but for the bool).
-_PAYLOAD_TYPES: dict[str, type | tuple[type, ...]] = {
+# The types of a decided result's webhook fields (None is allowed but for the bool).
+_DECIDED_TYPES: dict[str, type | tuple[type, ...]] = {
     "message_played": bool,
     "choice_response": str,
     "choice_raw_text": str,
     "error": str,
     "answered_by": str,
-    "machine_detection_ms": int,
+    "machine_detection_ms": (int, float),
 }
 
 

@@ -16,8 +16,9 @@ choice calls:
 
 plus Piper's and Whisper's real-time factors and the choice accuracy over the test
 utterances, synthesised with Piper, passed through G.711 mu-law at 8 kHz and transcribed the
-way a call does: the speech up to its first pause of 240 ms first, kept if it matches one
-option exactly, else the whole utterance.
+way a call does: the speech up to a pause of 240 ms first, kept if the pause lasts 560 ms
+and it matches one option exactly, else the whole utterance. Answers led by a filler ("Uh...
+no") are said as two sentences 0.4 s apart.
 
 Run: .venv/bin/python -m bench.outbound [--calls 3]   (needs kamailio and the speech models).
 Prints one JSON object on stdout, logs on stderr.
@@ -44,7 +45,7 @@ from numpy.typing import NDArray
 from bench.amd import figures as amd_figures
 from bench.report import emit
 from daemon.calls.choice import ChoiceMatcher, Option
-from daemon.calls.outbound import PREROLL_FRAMES, SPECULATE_SILENCE_MS
+from daemon.calls.outbound import DECIDE_SILENCE_MS, PREROLL_FRAMES, SPECULATE_SILENCE_MS
 from daemon.speech import SpeechToText
 from daemon.speech.local import PiperSynthesizer, WhisperTranscriber
 from media import g711
@@ -73,24 +74,45 @@ UTTERANCES = [
     ("No, I can't make it.", "cancelled"),
     ("Sure thing.", "confirmed"),
     ("Never mind, cancel.", "cancelled"),
+    ("Uh... no.", "cancelled"),
+    ("Um... yes.", "confirmed"),
+    ("Uh... cancel it.", "cancelled"),
 ]
+BREATH_SECONDS = 0.4  # the silence for "..." in an utterance
+
+
+def say(voice: PiperSynthesizer, text: str) -> NDArray[np.int16]:
+    """``text`` in Piper's voice at 8 kHz; each "..." a pause of BREATH_SECONDS."""
+    gap = np.zeros(round(BREATH_SECONDS * voice.rate), dtype=np.int16)
+    pieces: list[NDArray[np.int16]] = []
+    for n, part in enumerate(text.split("... ")):
+        pieces += [gap, voice.synthesize(part)] if n else [voice.synthesize(part)]
+    return resample(np.concatenate(pieces), voice.rate, 8000)
 
 
 def first_pause(phone: NDArray[np.int16], rate: int = 8000) -> NDArray[np.int16] | None:
-    """The speech up to its first pause of SPECULATE_SILENCE_MS (pre-roll included), as a
-    call's listening takes it; None when the utterance has no such pause before it ends."""
+    """The speech up to its first pause of SPECULATE_SILENCE_MS (pre-roll included) that then
+    lasts DECIDE_SILENCE_MS, as a call's listening offers it; None when the utterance has no
+    such pause before it ends."""
     vad = VoiceActivityDetector(rate, aggressiveness=2, min_speech_ms=200, hangover_ms=700)
     frame = rate // 50
     padded = np.concatenate((phone, np.zeros(rate, dtype=np.int16)))
     start: int | None = None
+    part: NDArray[np.int16] | None = None
     for offset in range(0, len(padded) - frame + 1, frame):
         for event in vad.process(padded[offset : offset + frame]):
             if isinstance(event, SpeechStarted):
                 start = max(0, event.at_ms * rate // 1000 - PREROLL_FRAMES * frame)
             elif isinstance(event, SpeechStopped):
                 return None
-        if start is not None and vad.silence_ms >= SPECULATE_SILENCE_MS:
-            return padded[start : offset + frame]
+        if start is None:
+            continue
+        if vad.silence_ms == 0:
+            part = None  # voice again: what was taken at the pause is not the answer
+        elif vad.silence_ms >= DECIDE_SILENCE_MS and part is not None:
+            return part
+        elif vad.silence_ms >= SPECULATE_SILENCE_MS and part is None:
+            part = padded[start : offset + frame]
     return None
 
 
@@ -104,10 +126,10 @@ async def speech_figures(repeats: int) -> dict[str, Any]:
     for _ in range(repeats):
         for text, expected in UTTERANCES:
             started = time.perf_counter()
-            audio = voice.synthesize(text)
+            audio = say(voice, text)
             synth_time += time.perf_counter() - started
-            audio_time += len(audio) / voice.rate
-            phone = g711.ulaw_decode(g711.ulaw_encode(resample(audio, voice.rate, 8000)))
+            audio_time += len(audio) / 8000
+            phone = g711.ulaw_decode(g711.ulaw_encode(audio))
             started = time.perf_counter()
             part = first_pause(phone)
             match = None
@@ -136,7 +158,7 @@ async def call_figures(calls: int, directory: Path) -> dict[str, Any]:
     durations, voice_ends = {}, {}
     answers = [(f"answer-{i}", text) for i, (text, _) in enumerate(UTTERANCES)]
     for name, text in (("message", MESSAGE), ("prompt", PROMPT), *answers):
-        audio = resample(voice.synthesize(text), voice.rate, 8000)
+        audio = say(voice, text)
         durations[name] = len(audio) / 8000
         voice_ends[name] = (int(np.flatnonzero(np.abs(audio) > 300)[-1]) + 1) / 8000
         write_wav(directory / f"{name}.wav", 8000, audio)
@@ -189,7 +211,8 @@ async def call_figures(calls: int, directory: Path) -> dict[str, Any]:
                     await phone.command("record", call=incoming["call"], wav=str(wav))
                     recording_from = time.monotonic()
                     await asyncio.sleep(durations["message"] + durations["prompt"] + 0.8)
-                    answer, expected = f"answer-{n % len(UTTERANCES)}", UTTERANCES[n % 10][1]
+                    turn = n % len(UTTERANCES)
+                    answer, expected = f"answer-{turn}", UTTERANCES[turn][1]
                     await phone.command(
                         "play", call=incoming["call"], wav=str(directory / f"{answer}.wav")
                     )

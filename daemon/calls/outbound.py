@@ -10,9 +10,11 @@ as an event. The leg delivers this call's events only (in a SIP worker: :mod:`si
 
 Keys pressed on the leg reach the flow as :class:`~daemon.calls.flow.Digit`. While the callee
 speaks, a pause of ``SPECULATE_SILENCE_MS`` starts a transcription of the speech so far (one
-at a time, two per utterance, none for long ones): if no voice came since, the flow gets it
-as a :class:`~daemon.calls.flow.PartialTranscript`, and at the end of the utterance it stands
-for the whole one instead of a second transcription. The flow's early outcome
+at a time, two per utterance, none for long ones): once the pause has lasted
+``DECIDE_SILENCE_MS`` with no voice since, the flow gets it as a
+:class:`~daemon.calls.flow.PartialTranscript` (a filler and a short breath, "Uh... no", must
+not decide on the filler), and at the end of the utterance it stands for the whole one
+instead of a second transcription. The flow's early outcome
 (:class:`~daemon.calls.flow.Decide`) goes to ``decide`` before the closing plays.
 
 With ``machine_detection`` the callee's audio from the answer on feeds
@@ -79,6 +81,9 @@ PREROLL_FRAMES = 15  # 300 ms kept from before the detected start of speech
 MAX_UTTERANCE_SECONDS = 20.0
 PLAY_SLACK_SECONDS = 5.0  # a sound is given up on this long after it should have played out
 SPECULATE_SILENCE_MS = 240  # a pause this long while speaking: transcribe what was said so far
+# The speech so far is the answer only once its pause lasts this long: Piper's "Uh." or "Um."
+# then 0.4 s then "No." pauses 520-540 ms on the VAD, and Whisper hears the lone "Uh" as "yeah".
+DECIDE_SILENCE_MS = 560
 SPECULATIONS_PER_UTTERANCE = 2
 SPECULATE_MAX_SECONDS = 6.0  # longer speech is transcribed once, at its end
 
@@ -94,6 +99,7 @@ class _Speculation:
     def __init__(self, frames: int, task: asyncio.Task[str | None]) -> None:
         self.frames = frames
         self.task = task
+        self.offered = False  # posted to the flow as a PartialTranscript
 
 
 class OutboundCall:
@@ -144,8 +150,6 @@ class OutboundCall:
         self._listening: set[asyncio.Task[Any]] = set()  # listen, transcribe, speculations
         # This utterance: captured frames up to the last voiced one, its speculations, and
         # the one that covers it whole once it ended.
-        self._utterances = itertools.count(1)
-        self._utterance_no = 0
         self._voiced_frames = 0
         self._speculations: list[_Speculation] = []
         self._covering: _Speculation | None = None
@@ -402,7 +406,6 @@ class OutboundCall:
         clock = media.clock
         deadline = clock.now() + seconds
         frame_seconds = media.frame_bytes / 2 / media.rate
-        self._utterance_no = next(self._utterances)
         self._voiced_frames, self._speculations, self._covering = 0, [], None
         async for frame in media.frames():
             if speaking:
@@ -417,20 +420,24 @@ class OutboundCall:
                 elif isinstance(event, SpeechStopped) and speaking:
                     self._end_utterance(captured)
                     return
-            if speaking and vad.silence_ms == 0:
-                self._voiced_frames = len(captured)
-            if (
-                speaking
-                and vad.silence_ms >= SPECULATE_SILENCE_MS
-                and len(captured) * frame_seconds <= SPECULATE_MAX_SECONDS
-            ):
-                self._speculate(captured)
+            if speaking:
+                self._paused(captured, vad.silence_ms, len(captured) * frame_seconds)
             if clock.now() > deadline:
                 if speaking:  # talking for too long: take what we have
                     self._end_utterance(captured)
                 else:
                     self._post(ListenTimeout())
                 return
+
+    def _paused(self, captured: list[bytes], silence_ms: int, seconds: float) -> None:
+        """After each frame of an utterance: note the last voiced one; at a pause, speculate,
+        and once it is long enough, offer what the speculation heard."""
+        if silence_ms == 0:
+            self._voiced_frames = len(captured)
+        elif silence_ms >= SPECULATE_SILENCE_MS and seconds <= SPECULATE_MAX_SECONDS:
+            self._speculate(captured)
+        if silence_ms >= DECIDE_SILENCE_MS:
+            self._offer_partial()
 
     def _speculate(self, captured: list[bytes]) -> None:
         """At a pause: transcribe the speech so far, unless a speculation is in flight, this
@@ -442,23 +449,31 @@ class OutboundCall:
             return
         frames = len(captured)
         pcm = np.frombuffer(b"".join(captured), dtype="<i2").copy()
-        task = self._spawn(self._speculation(pcm, frames, self._utterance_no))
+        task = self._spawn(self._speculation(pcm))
         self._listening.add(task)
         specs.append(_Speculation(frames, task))
 
-    async def _speculation(self, pcm: NDArray[np.int16], frames: int, utterance: int) -> str | None:
+    def _offer_partial(self) -> None:
+        """The pause is long enough to be the answer's end: the flow gets the last
+        speculation's text if it is in and no voice came after the speech it holds."""
+        if not self._speculations:
+            return
+        last = self._speculations[-1]
+        if last.offered or not last.task.done() or last.task.cancelled():
+            return
+        text = last.task.result()
+        if text is not None and last.frames >= self._voiced_frames:
+            last.offered = True
+            self._post(PartialTranscript(text))
+
+    async def _speculation(self, pcm: NDArray[np.int16]) -> str | None:
         media = self._media
         assert media is not None
         try:
-            text = await self._transcribe(pcm, media.rate, self._hint)
+            return await self._transcribe(pcm, media.rate, self._hint)
         except Exception as exc:  # the transcription at the end of the utterance will tell
             log.warning("outbound.speculation_failed", call_id=self.call, error=str(exc))
             return None
-        if utterance != self._utterance_no or self._covering is not None:
-            return text  # the utterance is over: at most it stands for the whole
-        if self._voiced_frames <= frames:
-            self._post(PartialTranscript(text))  # nothing was said since: that is the answer
-        return text
 
     def _end_utterance(self, captured: list[bytes]) -> None:
         self._utterance = np.frombuffer(b"".join(captured), dtype="<i2").copy()

@@ -219,13 +219,16 @@ async def test_the_result_carries_the_invite_time_and_the_black_box(
 
 
 async def _answer_after_the_prompt(
-    network: MemoryNetwork, words: NDArray[np.int16], transcriber: Transcriber
+    network: MemoryNetwork,
+    words: NDArray[np.int16],
+    transcriber: Transcriber,
+    choice: dict[str, Any] = CHOICE,
 ) -> tuple[dict[str, Any], float, list[float]]:
     """The callee says ``words`` once the prompt has played: the result, the clock time the
     voice ended, and when the result was decided."""
     phone = network.phone("2020")
     decided: list[float] = []
-    running = asyncio.create_task(_call(network, "2020", CHOICE, transcriber, decided=decided))
+    running = asyncio.create_task(_call(network, "2020", choice, transcriber, decided=decided))
     async with asyncio.timeout(5):
         await phone.connected.wait()
     spoken = len(SOUNDS["message"]) + len(SOUNDS["prompt"])
@@ -238,7 +241,8 @@ async def _answer_after_the_prompt(
 
 async def test_an_exact_answer_is_decided_at_the_first_pause(network: MemoryNetwork) -> None:
     """A "yes" is transcribed at the first 240 ms pause and, matching exactly, ends the
-    listening there: decided well before the 700 ms end-of-speech silence, one transcription."""
+    listening once the pause lasts 560 ms: decided before the 700 ms end-of-speech silence,
+    one transcription."""
     yes = _words("Yes.")
     transcriber = Transcriber({"yes": yes}, network.clock)
     result, voice_end, decided = await _answer_after_the_prompt(network, yes, transcriber)
@@ -261,3 +265,39 @@ async def test_an_unmatched_answer_reuses_the_early_transcription(
     [at] = transcriber.at
     print(f"transcribed {1000 * (at - voice_end):.0f} ms after the voice ended")
     assert at - voice_end < 0.6, f"transcribed {1000 * (at - voice_end):.0f} ms after"
+
+
+class FillerTranscriber(Transcriber):
+    """Whisper's part for a filler-led answer: the filler alone is heard as "yeah", the filler
+    with the answer after it as "uh no"."""
+
+    def __init__(self, answer: NDArray[np.int16], clock: MediaClock) -> None:
+        super().__init__({}, clock)
+        self.answer = answer
+
+    async def __call__(self, pcm: NDArray[np.int16], rate: int, hint: str) -> str:
+        await super().__call__(pcm, rate, hint)
+        return "uh no" if occurrences(pcm, self.answer, 0.8, 4) else "yeah"
+
+
+def _voiced(pcm: NDArray[np.int16]) -> NDArray[np.int16]:
+    """``pcm`` without its leading and trailing silence."""
+    loud = np.flatnonzero(np.abs(pcm) > 300)
+    return pcm[loud[0] : loud[-1] + 1]
+
+
+async def test_a_filler_and_a_breath_do_not_decide(network: MemoryNetwork) -> None:
+    """ "Um" + 0.45 s + "No" (a pause of about 0.5 s on the VAD) is decided on the whole
+    answer, cancelled, not on the filler heard alone as "yeah" at the pause."""
+    uh, no = _voiced(_words("Um.")), _voiced(_words("No."))
+    words = np.concatenate((uh, np.zeros(round(0.45 * RATE), np.int16), no))
+    transcriber = FillerTranscriber(no, network.clock)
+    choice = {
+        **CHOICE,
+        "options": [
+            {"value": "confirmed", "synonyms": ["yes", "yeah"]},
+            {"value": "cancelled", "synonyms": ["no"]},
+        ],
+    }
+    result, _, _ = await _answer_after_the_prompt(network, words, transcriber, choice)
+    assert result["choice_response"] == "cancelled", (result, len(transcriber.heard))

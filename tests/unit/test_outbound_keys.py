@@ -139,3 +139,38 @@ async def test_an_unknown_key_asks_again(network: MemoryNetwork) -> None:
     assert [n < len(SOUNDS["prompt"]) for _, n in prompts] == [True, False], prompts
     [(decided, _)] = decisions.seen
     assert decided["choice_response"] is None
+
+
+async def test_a_key_as_the_prompt_ends_lets_the_next_prompt_play_before_listening(
+    network: MemoryNetwork,
+) -> None:
+    """An unknown key pressed in the tick the prompt's last frame goes out (its PlayDone
+    already posted) asks again, and listening starts only once the re-asked prompt has
+    played: the closing comes a whole listening timeout after the second prompt's end."""
+    timeout = CHOICE["timeout_seconds"]
+    gaps = []
+    for n, tick in enumerate(range(72, 82)):  # 1.44-1.62 s: around the first prompt's end
+        phone = network.phone(f"31{n:02d}")
+
+        async def report(status: str) -> None:
+            pass
+
+        request = {"extension": phone.ext, "ring_timeout": 5, "choice": CHOICE}
+        call = OutboundCall(network, request, SOUNDS, _no_speech, report)
+        async with asyncio.timeout(10):
+            running = asyncio.create_task(call.run())
+            await phone.connected.wait()
+            network.clock.later(tick * FRAME / RATE, lambda phone=phone: phone.press("9"))
+            result = await running
+        assert result["choice_raw_text"] == "dtmf:9", result
+        heard = phone.heard()
+        prompts = _played(heard, SOUNDS["prompt"])
+        if len(prompts) != 2:
+            continue  # pressed after the listening began: no second prompt in this round
+        start, intact = prompts[-1]
+        assert intact == len(SOUNDS["prompt"]), prompts
+        [(closing, _)] = _played(heard, SOUNDS["closing"])
+        gaps.append((closing - start - intact) / RATE)
+    print(f"second prompt's end -> closing: {gaps} s")
+    assert gaps, "no key landed before the listening"
+    assert min(gaps) >= timeout - 0.05, f"listening began before the prompt ended: {gaps}"

@@ -267,6 +267,15 @@ async def test_an_unmatched_answer_reuses_the_early_transcription(
     assert at - voice_end < 0.6, f"transcribed {1000 * (at - voice_end):.0f} ms after"
 
 
+YES_NO = {
+    **CHOICE,
+    "options": [
+        {"value": "confirmed", "synonyms": ["yes", "yeah"]},
+        {"value": "cancelled", "synonyms": ["no"]},
+    ],
+}
+
+
 class FillerTranscriber(Transcriber):
     """Whisper's part for a filler-led answer: the filler alone is heard as "yeah", the filler
     with the answer after it as "uh no"."""
@@ -292,12 +301,34 @@ async def test_a_filler_and_a_breath_do_not_decide(network: MemoryNetwork) -> No
     uh, no = _voiced(_words("Um.")), _voiced(_words("No."))
     words = np.concatenate((uh, np.zeros(round(0.45 * RATE), np.int16), no))
     transcriber = FillerTranscriber(no, network.clock)
-    choice = {
-        **CHOICE,
-        "options": [
-            {"value": "confirmed", "synonyms": ["yes", "yeah"]},
-            {"value": "cancelled", "synonyms": ["no"]},
-        ],
-    }
-    result, _, _ = await _answer_after_the_prompt(network, words, transcriber, choice)
+    result, _, _ = await _answer_after_the_prompt(network, words, transcriber, YES_NO)
     assert result["choice_response"] == "cancelled", (result, len(transcriber.heard))
+
+
+class KeyedTranscriber(Transcriber):
+    """Hears "no" in audio that holds ``last``, "yes" in any other."""
+
+    def __init__(self, last: NDArray[np.int16], clock: MediaClock) -> None:
+        super().__init__({}, clock)
+        self.last = last
+
+    async def __call__(self, pcm: NDArray[np.int16], rate: int, hint: str) -> str:
+        await super().__call__(pcm, rate, hint)
+        return "no" if occurrences(pcm, self.last, 0.8, 4) else "yes"
+
+
+async def test_an_early_transcription_taken_before_more_speech_does_not_decide(
+    network: MemoryNetwork,
+) -> None:
+    """ "Yes" + 0.3 s + "Well" + 0.3 s + "No, cancel it": both early transcriptions (at the
+    two pauses) hear "yes", the third part comes after them, so neither decides nor stands for
+    the whole; the whole is transcribed and gives cancelled."""
+    parts = [_voiced(_words(t)) for t in ("Yes.", "Well.", "No, cancel it.")]
+    breath = np.zeros(round(0.3 * RATE), np.int16)
+    words = np.concatenate((parts[0], breath, parts[1], breath, parts[2]))
+    transcriber = KeyedTranscriber(parts[2], network.clock)
+    result, _, _ = await _answer_after_the_prompt(network, words, transcriber, YES_NO)
+    heard = [len(pcm) / RATE for pcm in transcriber.heard]
+    assert result["choice_response"] == "cancelled", (result, heard)
+    assert len(heard) == 3, f"transcribed {heard} s"
+    assert occurrences(transcriber.heard[-1], parts[0], 0.8, 4) == 1, "last one not the whole"

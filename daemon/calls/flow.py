@@ -214,6 +214,15 @@ class PartialTranscript:
     text: str
 
 
+@dataclass(frozen=True)
+class Failed:
+    """Something the adapter does for the call broke (``error`` says what) at wall time
+    ``at``: the call ends."""
+
+    error: str
+    at: float
+
+
 Event = (
     Ringing
     | Answered
@@ -226,6 +235,7 @@ Event = (
     | GreetingEnded
     | Digit
     | PartialTranscript
+    | Failed
 )
 KEYED_STATES = frozenset({State.PROMPT, State.LISTENING, State.TRANSCRIBING})  # a key answers
 
@@ -261,6 +271,7 @@ class OutboundFlow:
     recognition_error: str | None = None  # the last failed transcription, for the result
     answered_by: str | None = None  # the detector's decision (with machine_detection only)
     machine_detection_ms: int | None = None
+    failure: str | None = None  # what broke, when the call ended on a Failed
 
     def __post_init__(self) -> None:
         self._matcher = ChoiceMatcher(self.options) if self.options else None
@@ -275,6 +286,8 @@ class OutboundFlow:
             return []
         if isinstance(event, Ended):
             return self._ended(event)
+        if isinstance(event, Failed):
+            return self._failed(event)
         if isinstance(event, Ringing) and self.state is State.DIALING:
             self.state = State.RINGING
             return [Report("ringing")]
@@ -387,15 +400,22 @@ class OutboundFlow:
         self.raw_text, self.choice = text.strip(), match.value
         return [StopListening(), *self._close()]
 
+    def _failed(self, event: Failed) -> list[Action]:
+        """The call cannot go on: hang up what was dialled and finish as failed."""
+        self.state, self.failure = State.DONE, event.error
+        if self.answered_at is None:
+            return [HangUp(), Finish(CallResult("failed", error=event.error))]
+        return [HangUp(), Finish(self._result(max(0.0, event.at - self.answered_at)))]
+
     def _result(self, duration: float) -> CallResult:
         detected = self.machine_detection is not None
         return CallResult(
-            "completed",
+            "failed" if self.failure is not None else "completed",
             duration_seconds=duration,
             message_played=self.message_played,
             choice_response=self.choice,
             choice_raw_text=self.raw_text,
-            error=self.recognition_error if self.choice is None else None,
+            error=self.failure or (self.recognition_error if self.choice is None else None),
             sip_code=200,
             answered_by=(self.answered_by or "unknown") if detected else None,
             machine_detection_ms=self.machine_detection_ms,

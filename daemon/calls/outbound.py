@@ -32,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -51,6 +51,7 @@ from daemon.calls.flow import (
     Digit,
     Ended,
     Event,
+    Failed,
     Finish,
     GreetingEnded,
     HangUp,
@@ -76,6 +77,7 @@ from media.amd import AmdParameters, AnsweringMachineDetector
 from media.vad import SpeechStarted, SpeechStopped, VoiceActivityDetector
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 PREROLL_FRAMES = 15  # 300 ms kept from before the detected start of speech
 MAX_UTTERANCE_SECONDS = 20.0
@@ -86,6 +88,10 @@ SPECULATE_SILENCE_MS = 240  # a pause this long while speaking: transcribe what 
 DECIDE_SILENCE_MS = 560
 SPECULATIONS_PER_UTTERANCE = 2
 SPECULATE_MAX_SECONDS = 6.0  # longer speech is transcribed once, at its end
+# Detection decides "unknown" this long past its total_analysis_ms (and a machine's greeting
+# is over this long past voicemail_wait_ms) on the leg's clock even when no frame comes
+# (no RTP from the callee: one-way audio, silence suppression).
+STREAM_SLACK_SECONDS = 1.0
 
 Transcriber = Callable[[NDArray[np.int16], int, str], Awaitable[str]]
 Reporter = Callable[[str], Awaitable[None]]
@@ -212,8 +218,9 @@ class OutboundCall:
         elif isinstance(action, Decide):
             await self._decided(action)
         elif isinstance(action, HangUp):
-            assert self._leg is not None
-            await self._leg.hangup()
+            if self._leg is not None:
+                with contextlib.suppress(LegError):  # already gone: its Ended is moot now
+                    await self._leg.hangup()
         elif isinstance(action, Finish):
             result = asdict(action.result)
             result.update(invite_at=self._invite_at, black_box=self.black_box())
@@ -284,7 +291,17 @@ class OutboundCall:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(self._listening.discard)
+        task.add_done_callback(self._task_done)
         return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        """A task that broke would leave the flow waiting for an event it never posts: the
+        call fails with its error."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        log.error("outbound.task_failed", call_id=self.call, error=repr(exc), exc_info=exc)
+        self._post(Failed(f"internal error: {exc!r}", time.time()))
 
     def _stop_playback(self) -> None:
         """Cut the sound playing: flushed within a frame, and its PlayDone (even one already
@@ -361,36 +378,47 @@ class OutboundCall:
             return
         assert self._amd is not None  # the flow detects only with machine_detection set
         detector = self._detector = AnsweringMachineDetector(media.rate, self._amd)
-        async for frame in media.frames():
-            decision = detector.process(frame)
-            if decision is not None:
-                log.info(
-                    "outbound.detected",
-                    call_id=self.call,
-                    answered_by=str(decision.answered_by),
-                    cause=decision.cause,
-                    at_ms=decision.at_ms,
-                )
-                self._post(Detected(str(decision.answered_by), decision.cause, decision.at_ms))
-                return
+        bound = self._amd.total_analysis_ms / 1000 + STREAM_SLACK_SECONDS
+        decision = await _first(media, detector.process, bound)
+        if decision is None and media.closed:
+            return  # the call's Ended follows
+        detected = (
+            Detected(str(decision.answered_by), decision.cause, decision.at_ms)
+            if decision is not None
+            else Detected("unknown", "no_audio", detector.elapsed_ms)
+        )
+        log.info(
+            "outbound.detected",
+            call_id=self.call,
+            answered_by=detected.answered_by,
+            cause=detected.cause,
+            at_ms=detected.at_ms,
+        )
+        self._post(detected)
 
     async def _greeting_end(self) -> None:
         """A machine: follow the same stream until its greeting (or beep) is over."""
         media, detector = self._media, self._detector
         if media is None or detector is None:
             return
-        async for frame in media.frames():
-            end = detector.greeting_end(frame)
-            if end is not None:
-                log.info(
-                    "outbound.greeting_ended",
-                    call_id=self.call,
-                    beep=end.beep,
-                    at_ms=end.at_ms,
-                    timed_out=end.timed_out,
-                )
-                self._post(GreetingEnded(end.beep, end.at_ms, end.timed_out))
-                return
+        assert self._amd is not None
+        bound = self._amd.voicemail_wait_ms / 1000 + STREAM_SLACK_SECONDS
+        end = await _first(media, detector.greeting_end, bound)
+        if end is None and media.closed:
+            return
+        ended = (
+            GreetingEnded(end.beep, end.at_ms, end.timed_out)
+            if end is not None
+            else GreetingEnded(False, detector.elapsed_ms, timed_out=True)
+        )
+        log.info(
+            "outbound.greeting_ended",
+            call_id=self.call,
+            beep=ended.beep,
+            at_ms=ended.at_ms,
+            timed_out=ended.timed_out,
+        )
+        self._post(ended)
 
     async def _listen(self, seconds: float) -> None:
         media = self._media
@@ -500,3 +528,24 @@ class OutboundCall:
             log.error("outbound.transcription_failed", call_id=self.call, error=str(exc))
             text, error = "", str(exc) or repr(exc)
         self._post(Transcript(text, error))
+
+
+async def _first(media: LegMedia, step: Callable[[bytes], T | None], seconds: float) -> T | None:
+    """The first non-None ``step(frame)`` over the callee's frames; None when the stream
+    ended or ``seconds`` passed on the leg's clock before (no audio came)."""
+
+    async def feed() -> T | None:
+        async for frame in media.frames():
+            out = step(frame)
+            if out is not None:
+                return out
+        return None
+
+    feeding = asyncio.ensure_future(feed())
+    bound = asyncio.ensure_future(media.clock.sleep(seconds))
+    try:
+        await asyncio.wait((feeding, bound), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        feeding.cancel()
+        bound.cancel()
+    return feeding.result() if feeding.done() and not feeding.cancelled() else None

@@ -140,6 +140,7 @@ class _Pair:
         self.b = b
         self.heard_a: list[bytes] = []
         self.heard_b: list[bytes] = []
+        self.b_sends = True  # False: nothing of b's reaches a (no RTP)
 
     def move(self, now: float) -> None:
         to_b = self.a.playout.pull()
@@ -148,8 +149,9 @@ class _Pair:
         self.b.tap_played(to_a)
         _receive(self.b, now, to_b)
         self.heard_b.append(to_b)
-        _receive(self.a, now, to_a)
-        self.heard_a.append(to_a)
+        if self.b_sends:
+            _receive(self.a, now, to_a)
+            self.heard_a.append(to_a)
 
 
 def _receive(media: LegMedia, now: float, frame: bytes) -> None:
@@ -272,6 +274,14 @@ class MemoryPhone:
         self.connected = asyncio.Event()  # media flows both ways
         self.done = asyncio.Event()  # the call is over
         self.call: MemoryCall | None = None
+        self.sends_audio = True
+
+    def mute(self) -> None:
+        """From now on none of this phone's audio reaches the daemon (no RTP at all, as
+        with one-way audio through a NAT)."""
+        self.sends_audio = False
+        if self.call is not None and self.call.pair is not None:
+            self.call.pair.b_sends = False
 
     def record(self, event: PhoneEvent) -> None:
         self.events.append(event)
@@ -397,6 +407,7 @@ class MemoryNetwork:
             return
         call.answered = True
         call.pair = self.clock.connect(call.leg.audio, call.phone.media)
+        call.pair.b_sends = call.phone.sends_audio
         call.phone.connected.set()
         call.leg.post(Answered())
 

@@ -15,6 +15,7 @@ from daemon.calls.flow import (
     Dial,
     Digit,
     Ended,
+    Failed,
     Finish,
     GreetingEnded,
     HangUp,
@@ -365,3 +366,17 @@ def test_hang_up_while_detecting() -> None:
     busy = OutboundFlow("1001", 30, machine_detection="detect")
     busy.start()
     assert _result(busy.handle(Ended(486, at=3.0))).answered_by is None
+
+
+def test_a_failure_hangs_up_and_finishes_failed() -> None:
+    """A Failed while listening hangs up and finishes at once as failed with its error and
+    the talk time, and nothing after it counts."""
+    flow = _choice_flow()
+    flow.handle(PlayDone("message"))
+    flow.handle(PlayDone("prompt"))
+    actions = flow.handle(Failed("internal error: KeyError('x')", at=103.0))
+    assert actions[0] == HangUp(), actions
+    result = _result(actions)
+    assert (result.status, result.error) == ("failed", "internal error: KeyError('x')")
+    assert result.duration_seconds == pytest.approx(3.0)
+    assert flow.handle(Ended(200, at=104.0, local_cause="hangup")) == []

@@ -126,3 +126,22 @@ async def test_voicemail_gets_the_message_once_after_the_beep(network: MemoryNet
     rest = heard.copy()
     rest[message_at : message_at + len(SOUNDS["message"])] = 0
     assert not np.any(rest), "something besides the message was heard"
+
+
+async def test_no_audio_from_the_callee_still_gets_the_message(network: MemoryNetwork) -> None:
+    """A callee whose audio never arrives (no RTP) is decided unknown once total_analysis_ms
+    plus a second have passed on the leg's clock, and the message then plays whole."""
+    phone = network.phone("4010")
+    phone.mute()
+
+    async def report(status: str) -> None:
+        pass
+
+    request = {"extension": phone.ext, "ring_timeout": 5, "machine_detection": "detect"}
+    call = OutboundCall(network, request, SOUNDS, _silent, report, amd={"total_analysis_ms": 3000})
+    async with asyncio.timeout(10):
+        result = await call.run()
+    assert (result["answered_by"], result["message_played"]) == ("unknown", True), result
+    [message_at] = _starts(phone.heard(), SOUNDS["message"])
+    print(f"message started {message_at / RATE:.2f} s after the answer with no audio in")
+    assert 3.0 <= message_at / RATE <= 4.1, message_at / RATE

@@ -332,3 +332,14 @@ async def test_an_early_transcription_taken_before_more_speech_does_not_decide(
     assert result["choice_response"] == "cancelled", (result, heard)
     assert len(heard) == 3, f"transcribed {heard} s"
     assert occurrences(transcriber.heard[-1], parts[0], 0.8, 4) == 1, "last one not the whole"
+
+
+async def test_a_broken_task_ends_the_call_as_failed(network: MemoryNetwork) -> None:
+    """A sound that cannot be played (no prompt audio: the play task raises) ends the call
+    at once as failed with the error, hung up by us, instead of leaving it silent."""
+    phone = network.phone("2030")
+    no_prompt = {k: v for k, v in SOUNDS.items() if k != "prompt"}
+    result, _ = await _call(network, "2030", CHOICE, sounds=no_prompt)
+    assert (result["status"], result["message_played"]) == ("failed", True), result
+    assert "prompt" in result["error"], result
+    assert phone.events == [PhoneEvent("hung_up")]

@@ -319,8 +319,12 @@ class OutboundCall:
             self._stale.append(done)
 
     async def _decided(self, action: Decide) -> None:
-        """The outcome before the closing: the planned duration ends with the closing."""
+        """The outcome before the closing: the planned duration ends with the closing. Not
+        when the callee already hung up: the closing will not play, and the result that
+        follows has the true duration."""
         media = self._media
+        if self._ended is not None or media is None or media.closed:
+            return
         rate = media.rate if media is not None else 8000
         answered = self.flow.answered_at
         talked = time.time() - answered if answered is not None else 0.0

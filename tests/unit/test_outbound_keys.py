@@ -174,3 +174,27 @@ async def test_a_key_as_the_prompt_ends_lets_the_next_prompt_play_before_listeni
     print(f"second prompt's end -> closing: {gaps} s")
     assert gaps, "no key landed before the listening"
     assert min(gaps) >= timeout - 0.05, f"listening began before the prompt ended: {gaps}"
+
+
+async def test_a_key_then_a_hang_up_sends_no_early_result(network: MemoryNetwork) -> None:
+    """Key 1 and the hang-up in the same instant: no early result (its duration would count
+    a closing that never plays); the final one has the choice and the true duration."""
+    phone = network.phone("3020")
+
+    async def report(status: str) -> None:
+        pass
+
+    decisions = Decisions(phone)
+    request = {"extension": phone.ext, "ring_timeout": 5, "choice": CHOICE}
+    call = OutboundCall(network, request, SOUNDS, _no_speech, report, decide=decisions)
+    async with asyncio.timeout(10):
+        running = asyncio.create_task(call.run())
+        await phone.connected.wait()
+        answered = time.time()
+        await network.clock.sleep(1.0)
+        phone.press("1")
+        phone.hang_up()
+        result = await running
+    assert decisions.seen == [], decisions.seen
+    assert result["choice_response"] == "confirmed", result
+    assert result["duration_seconds"] <= time.time() - answered, result

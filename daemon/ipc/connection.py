@@ -193,6 +193,15 @@ class Connection:
         if len(frames) == 1:
             await self._write(frames[0])
             return
+        # Once begun, a message is sent whole even if its sender is cancelled: cut between
+        # its pieces, the peer would glue the next long message onto it.
+        task = asyncio.ensure_future(self._write_pieces(frames))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        await asyncio.shield(task)
+
+    async def _write_pieces(self, frames: list[bytes]) -> None:
         async with self._pieces_lock:
             for frame in frames:  # other messages' whole frames may go between these
                 await self._write(frame)

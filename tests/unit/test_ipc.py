@@ -251,6 +251,20 @@ async def test_messages_beyond_one_frame_cross_intact_both_ways(pair: Pair) -> N
     assert base64.b64decode(big.data) == bytes(range(256)) * 4000 * 4
 
 
+async def test_a_long_request_cancelled_mid_send_leaves_the_stream_whole(pair: Pair) -> None:
+    """A 6 MB request cancelled while its pieces are being written is still sent whole, so
+    the next long request reaches the peer intact and is answered."""
+    data = os.urandom(6_000_000)
+    first = asyncio.ensure_future(pair.client.request(Digest(data=base64.b64encode(data).decode())))
+    await asyncio.sleep(0)  # the first pieces are out, the socket's buffer is full
+    first.cancel()
+    second = os.urandom(1_000_000)
+    body = Digest(data=base64.b64encode(second).decode())
+    reply = await pair.client.request(body, within=5)
+    assert reply == Digested(bytes=len(second), sha256=hashlib.sha256(second).hexdigest())
+    assert first.cancelled()
+
+
 def test_a_long_message_is_cut_into_bounded_pieces() -> None:
     """Every frame of a long message stays within PIECE_BYTES; the pieces rejoin to the JSON."""
     envelope = Envelope(v=1, kind="event", type="audio", body={"pcm": "A" * 6_000_000})

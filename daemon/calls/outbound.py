@@ -163,6 +163,7 @@ class OutboundCall:
         # of audio out on the leg's clock, and the leg's Ended (its stream statistics).
         self._invite_at: float | None = None
         self._answered_clock: float | None = None
+        self._decided_clock: float | None = None  # with detection: the message waits for it
         self._first_audio: float | None = None
         self._ended: leg.Ended | None = None
 
@@ -244,7 +245,10 @@ class OutboundCall:
         if self._leg is None:
             return None
         media, ended = self._media, self._ended
-        first, answered = self._first_audio, self._answered_clock
+        # With detection the message waits for the decision (or a machine's greeting): its
+        # first audio is timed from there, not from the answer.
+        first = self._first_audio
+        answered = self._decided_clock if self._decided_clock is not None else self._answered_clock
         outbound = {
             "invite_at": self._invite_at,
             "answer_to_first_audio_ms": (
@@ -398,6 +402,7 @@ class OutboundCall:
             cause=detected.cause,
             at_ms=detected.at_ms,
         )
+        self._decided_clock = media.clock.now()
         self._post(detected)
 
     async def _greeting_end(self) -> None:
@@ -422,6 +427,7 @@ class OutboundCall:
             at_ms=ended.at_ms,
             timed_out=ended.timed_out,
         )
+        self._decided_clock = media.clock.now()
         self._post(ended)
 
     async def _listen(self, seconds: float) -> None:

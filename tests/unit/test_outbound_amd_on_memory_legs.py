@@ -90,7 +90,8 @@ async def test_a_human_hello_gets_the_message_after_the_decision(
     network: MemoryNetwork,
 ) -> None:
     """A "Hello?" then silence is a human, decided within 2.5 s of stream time; the message
-    starts only then, and the choice is asked as without detection."""
+    starts only then (its first audio timed from the decision, under 200 ms), and the choice
+    is asked as without detection."""
     phone = network.phone("4001")
     hello = np.concatenate((np.zeros(RATE // 5, np.int16), _words("Hello?")))
     result = await _call(network, phone, "detect", hello)
@@ -103,6 +104,10 @@ async def test_a_human_hello_gets_the_message_after_the_decision(
     assert message_at * 1000 / RATE >= decided_ms, (message_at, decided_ms)
     assert len(_starts(heard, SOUNDS["prompt"])) == 1
     assert result["message_played"] is True
+    first_audio_ms = result["black_box"]["outbound"]["answer_to_first_audio_ms"]
+    print(f"decision to the message's first audio {first_audio_ms} ms")
+    assert first_audio_ms is not None, result["black_box"]
+    assert first_audio_ms < 200, f"{first_audio_ms} ms"
 
 
 async def test_voicemail_gets_the_message_once_after_the_beep(network: MemoryNetwork) -> None:

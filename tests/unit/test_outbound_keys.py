@@ -54,13 +54,20 @@ class Decisions:
     def __init__(self, phone: MemoryPhone) -> None:
         self.phone = phone
         self.seen: list[tuple[dict[str, Any], NDArray[np.int16]]] = []
+        self.at: list[float] = []  # wall time of each
+        self.answered = 0.0  # wall time the phone answered
 
     async def __call__(self, result: dict[str, Any]) -> None:
         self.seen.append((result, self.phone.heard().copy()))
+        self.at.append(time.time())
+
+
+TRANSCRIBED: list[int] = []  # the length of each utterance sent for transcription
 
 
 async def _no_speech(pcm: NDArray[np.int16], rate: int, hint: str) -> str:
-    raise AssertionError("nothing was said: nothing to transcribe")
+    TRANSCRIBED.append(len(pcm))
+    return ""
 
 
 @pytest.fixture
@@ -81,14 +88,17 @@ async def _call(
     request = {"extension": phone.ext, "ring_timeout": 5, "choice": CHOICE}
     call = OutboundCall(network, request, SOUNDS, _no_speech, report, decide=decisions)
     began = time.monotonic()
+    TRANSCRIBED.clear()
     async with asyncio.timeout(10):
         running = asyncio.create_task(call.run())
         await phone.connected.wait()
+        decisions.answered = time.time()
         await network.clock.sleep(press_at)
         phone.press(digits, method)
         result = await running
     wall = time.monotonic() - began
     assert wall < WALL_LIMIT, f"{wall:.2f} s wall for one call on the virtual clock"
+    assert TRANSCRIBED == [], f"transcribed {TRANSCRIBED} samples with nothing said"
     return result, decisions
 
 
@@ -113,7 +123,9 @@ async def test_a_key_during_the_prompt_cuts_it_and_answers(network: MemoryNetwor
     [(decided, heard_then)] = decisions.seen
     assert (decided["choice_response"], decided["choice_raw_text"]) == ("cancelled", "dtmf:2")
     assert decided["status"] == "completed"
-    assert decided["duration_seconds"] >= len(SOUNDS["closing"]) / RATE
+    talked = decisions.at[0] - decisions.answered  # within the wall time of the call
+    closing = len(SOUNDS["closing"]) / RATE
+    assert closing <= decided["duration_seconds"] <= talked + closing + 0.01, (decided, talked)
     assert all(n < len(SOUNDS["closing"]) for _, n in _played(heard_then, SOUNDS["closing"]))
 
 

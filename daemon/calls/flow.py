@@ -384,11 +384,11 @@ class OutboundFlow:
             return []  # no question asked: a key means nothing
         stop: list[Action] = [StopPlayback()] if self.state is State.PROMPT else [StopListening()]
         self.raw_text = f"dtmf:{digit}"
+        self.recognition_error = None  # the answer is this key, not an earlier round's speech
         value = self._keys.get(digit)
         if value is None:
             return stop + self._next_round()
         self.choice = value
-        self.recognition_error = None
         return stop + self._close()
 
     def _partial(self, text: str) -> list[Action]:

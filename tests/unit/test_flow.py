@@ -380,3 +380,17 @@ def test_a_failure_hangs_up_and_finishes_failed() -> None:
     assert (result.status, result.error) == ("failed", "internal error: KeyError('x')")
     assert result.duration_seconds == pytest.approx(3.0)
     assert flow.handle(Ended(200, at=104.0, local_cause="hangup")) == []
+
+
+def test_an_unknown_key_on_the_last_round_clears_an_earlier_recognition_error() -> None:
+    """A failed transcription in round 1, then an unknown key in the last round: unmatched
+    with raw text dtmf:9 and no error (the error was not the last answer's)."""
+    flow = _choice_flow(repeat_count=2)
+    flow.handle(PlayDone("message"))
+    flow.handle(PlayDone("prompt"))
+    flow.handle(SpeechEnded())
+    assert flow.handle(Transcript("", "speech recognition failed")) == [Play("prompt")]
+    flow.handle(PlayDone("prompt"))
+    flow.handle(Digit("9"))
+    result = _result(flow.handle(Ended(200, at=130.0)))
+    assert (result.choice_raw_text, result.error) == ("dtmf:9", None), result

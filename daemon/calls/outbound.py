@@ -30,7 +30,7 @@ import contextlib
 import itertools
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
 from typing import Any, TypeVar
 
@@ -71,7 +71,7 @@ from daemon.calls.flow import (
 )
 from daemon.legs import leg
 from daemon.legs.leg import CallLeg, Dialer, LegError
-from daemon.legs.media import LegMedia
+from daemon.legs.media import POLL_SECONDS, LegMedia
 from daemon.logs import get_logger
 from media.amd import AmdParameters, AnsweringMachineDetector
 from media.vad import SpeechStarted, SpeechStopped, VoiceActivityDetector
@@ -442,10 +442,10 @@ class OutboundCall:
         captured: list[bytes] = []
         speaking = False
         clock = media.clock
-        deadline = clock.now() + seconds
+        deadline = [clock.now() + seconds]  # the iterator below looks at it too
         frame_seconds = media.frame_bytes / 2 / media.rate
         self._voiced_frames, self._speculations, self._covering = 0, [], None
-        async for frame in media.frames():
+        async for frame in _frames_until(media, deadline):
             if speaking:
                 captured.append(frame)
             else:
@@ -454,18 +454,24 @@ class OutboundCall:
                 if isinstance(event, SpeechStarted) and not speaking:
                     speaking = True
                     captured = list(preroll)
-                    deadline = clock.now() + MAX_UTTERANCE_SECONDS
+                    deadline[0] = clock.now() + MAX_UTTERANCE_SECONDS
                 elif isinstance(event, SpeechStopped) and speaking:
                     self._end_utterance(captured)
                     return
             if speaking:
                 self._paused(captured, vad.silence_ms, len(captured) * frame_seconds)
-            if clock.now() > deadline:
-                if speaking:  # talking for too long: take what we have
-                    self._end_utterance(captured)
-                else:
-                    self._post(ListenTimeout())
-                return
+            if clock.now() > deadline[0]:
+                break
+        if not media.closed:  # the deadline passed, with or without frames coming in
+            self._listen_over(captured if speaking else None)
+
+    def _listen_over(self, captured: list[bytes] | None) -> None:
+        """Listening ran out of time: talking for too long (take what was ``captured``), or
+        no speech at all."""
+        if captured is not None:
+            self._end_utterance(captured)
+        else:
+            self._post(ListenTimeout())
 
     def _paused(self, captured: list[bytes], silence_ms: int, seconds: float) -> None:
         """After each frame of an utterance: note the last voiced one; at a pause, speculate,
@@ -559,3 +565,15 @@ async def _first(media: LegMedia, step: Callable[[bytes], T | None], seconds: fl
         feeding.cancel()
         bound.cancel()
     return feeding.result() if feeding.done() and not feeding.cancelled() else None
+
+
+async def _frames_until(media: LegMedia, deadline: list[float]) -> AsyncIterator[bytes]:
+    """The callee's frames, ending when the call does or when none is waiting past
+    ``deadline[0]`` on the leg's clock (no RTP must not keep a listener forever)."""
+    while True:
+        if media.uplink:
+            yield media.uplink.popleft()[1]
+        elif media.closed or media.clock.now() > deadline[0]:
+            return
+        else:
+            await media.clock.sleep(POLL_SECONDS)

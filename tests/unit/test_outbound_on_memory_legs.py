@@ -343,3 +343,15 @@ async def test_a_broken_task_ends_the_call_as_failed(network: MemoryNetwork) -> 
     assert (result["status"], result["message_played"]) == ("failed", True), result
     assert "prompt" in result["error"], result
     assert phone.events == [PhoneEvent("hung_up")]
+
+
+async def test_listening_times_out_with_no_audio_from_the_callee(network: MemoryNetwork) -> None:
+    """A callee whose audio never arrives (no RTP): each listening still ends after its
+    timeout on the leg's clock, so the prompt repeats and the call completes unmatched."""
+    phone = network.phone("2040")
+    phone.mute()
+    result, _ = await _call(network, "2040", CHOICE)
+    assert (result["status"], result["choice_response"]) == ("completed", None), result
+    prompts = _copies(phone.heard(), SOUNDS["prompt"])
+    assert prompts == CHOICE["repeat_count"], f"prompt heard {prompts} times"
+    assert _copies(phone.heard(), SOUNDS["closing"]) == 1

@@ -20,7 +20,9 @@ instead of a second transcription. The flow's early outcome
 With ``machine_detection`` the callee's audio from the answer on feeds
 :class:`media.amd.AnsweringMachineDetector` (``amd``: its :class:`~media.amd.AmdParameters`)
 on the loop, frame by frame as it arrives; its decision, and for a machine the end of its
-greeting, are in stream time (frames since the answer), whatever the load.
+greeting, are in stream time (frames since the answer), whatever the load. With no frames
+at all (no RTP), detection, the greeting wait and the listening still end on the leg's
+clock. A task that raises ends the call as failed (:class:`~daemon.calls.flow.Failed`).
 """
 
 from __future__ import annotations

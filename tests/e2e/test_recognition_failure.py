@@ -127,8 +127,9 @@ async def test_engine_caller_hears_an_apology_when_recognition_fails(
 async def test_outbound_choice_records_the_recognition_failure(
     daemon_env: dict[str, str], tmp_path: Path
 ) -> None:
-    """An outbound choice whose answer cannot be transcribed completes unmatched, and the
-    webhook and the record carry the recognition error."""
+    """An outbound choice whose answer cannot be transcribed completes unmatched, the webhook
+    and the record carry the recognition error, and each failed request is logged as an error
+    (the final one, and the early one at the answer's pause when it was taken)."""
     receiver = Receiver()
     prompt = "Would you like to confirm? Say yes or no."
     message = "Hello, this is a reminder about your appointment."
@@ -177,6 +178,7 @@ async def test_outbound_choice_records_the_recognition_failure(
     assert FAILURE in (payload["error"] or ""), payload
     assert view["error"] == payload["error"], view
     events = _events(log)
-    assert [e.get("level") for e in events if e.get("event") == "speech.transcription_failed"] == [
-        "error"
-    ]
+    # The answer's final transcription fails, and so may the early one taken at its first
+    # pause (at most one per pause the answer has): each failed request is an error line.
+    levels = [e.get("level") for e in events if e.get("event") == "speech.transcription_failed"]
+    assert levels in (["error"], ["error", "error"]), levels

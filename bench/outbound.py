@@ -123,6 +123,9 @@ async def speech_figures(repeats: int) -> dict[str, Any]:
     hint = ", ".join(p for o in OPTIONS for p in (o.value, *o.synonyms))
     synth_time = audio_time = stt_time = 0.0
     correct = total = early = 0
+    wrong: list[str] = []
+    plain = sum(1 for text, _ in UTTERANCES if "..." not in text)
+    plain_correct = 0
     for _ in range(repeats):
         for text, expected in UTTERANCES:
             started = time.perf_counter()
@@ -142,13 +145,20 @@ async def speech_figures(repeats: int) -> dict[str, Any]:
             else:
                 early += 1
             stt_time += time.perf_counter() - started
-            correct += int(match is not None and match.value == expected)
+            right = match is not None and match.value == expected
+            correct += int(right)
+            plain_correct += int(right and "..." not in text)
+            if not right:
+                wrong.append(f"{text} -> {match.value if match is not None else None}")
             total += 1
     return {
         "piper_real_time_factor": round(synth_time / audio_time, 3),
         "whisper_real_time_factor": round(stt_time / audio_time, 3),
         "choice_accuracy": round(correct / total, 3),
         "choice_utterances": total,
+        # the answers without a filler ("Uh... no." has one): each said once per repeat
+        "choice_plain_correct": f"{plain_correct}/{plain * repeats}",
+        "choice_wrong": wrong,
         "choice_decided_at_first_pause": early,
     }
 

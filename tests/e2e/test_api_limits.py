@@ -40,9 +40,16 @@ def _daemon(env: dict[str, str], started: Path) -> DaemonProcess:
 
 
 async def _flood(base: str) -> list[httpx.Response]:
+    """Every post's answer. Each waits up to 30 s for the daemon once sent, but as long as it
+    takes for one of the client's 32 connections: the last posts queue behind the whole flood
+    (about 24 s on an idle machine), which the 120 s bound on the flood covers."""
     headers = {"authorization": f"Bearer {TOKEN}"}
     limits = httpx.Limits(max_connections=32)
-    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=30) as c:
+    timeout = httpx.Timeout(30, pool=None)
+    async with (
+        httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=timeout) as c,
+        asyncio.timeout(120),
+    ):
         return list(
             await asyncio.gather(
                 *(

@@ -248,9 +248,15 @@ async def test_torture_and_mutated_datagrams_leave_the_worker_whole(
     Content-Length disagrees with the body get 400 and none becomes a call; RSS and fds
     return to their baseline. About 30 s (the call in progress spans the whole battery)."""
     port = int(daemon_env["SIPAI_SIP__PORT"])
-    async with _daemon(daemon_env, tmp_path / "daemon.log") as worker:
+    log = tmp_path / "daemon.log"
+    async with _daemon(daemon_env, log) as worker:
         pid = worker["pid"]
         call = asyncio.create_task(_sipp(port, tmp_path, "-sn", "uac", "-m", "1", "-d", "25000"))
+        # The call must be up before the blast: sent alongside it, sipp's INVITE from
+        # 127.0.0.1 could find that source's INVITE budget spent by the mutated ones.
+        async with asyncio.timeout(20):
+            while '"test.answered"' not in log.read_text(errors="replace"):
+                await asyncio.sleep(0.05)
         torture = _torture(port, phone_rtp_base())
         seeds = [torture["escaped_uri"], torture["line_folding"], torture["multiple_bodies"]]
         rng = random.Random(4475)

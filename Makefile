@@ -74,12 +74,19 @@ $(BIN)/python: | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# The pipecat-ai wheel carries the Smart Turn end-of-turn model (BSD-2): only that ONNX file is
+# used (run with onnxruntime, which faster-whisper brings), so the wheel goes in without the
+# framework's own dependencies.
+MODEL_WHEELS := 'pipecat-ai==1.14.0'
+
 $(STAMP_RUN): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet --no-deps $(MODEL_WHEELS)
 	touch $@
 
 $(STAMP_TEST): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps $(MODEL_WHEELS)
 	touch $@ $(STAMP_RUN)
 
 ## run: the daemon in the foreground (Ctrl-C stops it). CONFIG=path/to/sipai.toml to use a file.

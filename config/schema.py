@@ -214,6 +214,20 @@ class ConnectFailure(StrEnum):
     REJECT = "reject"
 
 
+class Fallback(StrEnum):
+    """Where a call goes when its cloud model is lost: nowhere, or the embedded engine."""
+
+    NONE = "none"
+    LOCAL = "local"
+
+
+class EndOfTurn(StrEnum):
+    """How the embedded engine decides that the caller has finished speaking."""
+
+    SMART_TURN = "smart_turn"  # the Smart Turn model after a short pause, else the silence
+    SILENCE = "silence"  # the configured silence only
+
+
 DEFAULT_INSTRUCTIONS = (
     "You are a friendly, concise telephone assistant. Speak in short sentences. When the "
     "caller is done, say goodbye and call the end_call tool."
@@ -289,6 +303,10 @@ class AgentSettings(Section):
     apology: str = "Sorry, the assistant is not available right now. Please call again later."
     barge_in_min_ms: int = Field(default=200, ge=0, le=2000)
     greeting_guard_ms: int = Field(default=800, ge=0, le=10000)
+    # Caller speech that is only the agent's own voice coming back (echo) never barges in.
+    echo_guard: bool = True
+    fallback: Fallback = Fallback.NONE
+    bridge_phrase: str = Field(default="One moment, please.", min_length=1)
     transfer_target: str = ""
     transfer_extensions: list[str] = Field(default_factory=list)
     tools: list[HttpTool] = Field(default_factory=list)
@@ -479,6 +497,9 @@ class EngineSettings(Section):
     chat_api_key: SecretStr = SecretStr("")
     chat_api_key_file: str = ""
     chat_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
+    end_of_turn: EndOfTurn = EndOfTurn.SMART_TURN
+    turn_pause_ms: int = Field(default=200, ge=60, le=2000)
+    turn_threshold: float = Field(default=0.5, gt=0, lt=1)
 
     greeting: str = Field(
         default=(

@@ -13,6 +13,12 @@ Threads: one producer (the call's asyncio task) calls :meth:`push`, :meth:`end_i
 ``onFrameRequested``) calls :meth:`pull`. They share only ``collections.deque`` objects
 (``append``/``popleft`` are atomic) and state each written by one side only (``_Producer``,
 ``_Consumer`` and the per-item counts), so :meth:`pull` never takes a lock nor blocks.
+
+For the echo guard (:mod:`media.echo`) :meth:`pull` also keeps what it handed out, silence
+and fades included, in a preallocated ring of ``reference_seconds``, each frame stamped on
+:attr:`clock`; :meth:`reference` reads it from the loop. The consumer writes a frame's row and
+stamp first and only then counts it, and a reader copies only counted frames older than the
+one being written, so neither waits for the other.
 """
 
 from __future__ import annotations
@@ -77,6 +83,8 @@ class PlayoutBuffer:
         capacity_seconds: float = 60.0,
         fade_ms: float = 8.0,
         clock: Callable[[], float] = monotonic,
+        *,
+        reference_seconds: float = 4.0,
     ) -> None:
         if not 5.0 <= fade_ms <= frame_ms:
             raise ValueError(f"fade_ms must be between 5 and {frame_ms}, got {fade_ms}")
@@ -100,6 +108,11 @@ class PlayoutBuffer:
         # audio flows; read by the consumer.
         self.clock = clock
         self._first_out: dict[str, float] = {}  # item -> clock() at its first frame out
+        # What was handed out, frame by frame, and when (the consumer writes, readers copy).
+        slots = max(8, round(reference_seconds * 1000 / frame_ms))
+        self._ref = np.zeros((slots, self.frame_samples), dtype=np.int16)
+        self._ref_at = np.full(slots, -np.inf)
+        self._ref_frames = 0  # frames written so far (consumer writes, after the row)
 
     # -- producer side ---------------------------------------------------------------------
 
@@ -176,6 +189,14 @@ class PlayoutBuffer:
 
     def pull(self) -> bytes:
         """Exactly one frame: queued audio, the fade-out of a flush, or silence."""
+        data = self._next_frame()
+        slot = self._ref_frames % len(self._ref_at)
+        self._ref[slot] = np.frombuffer(data, dtype="<i2")
+        self._ref_at[slot] = self.clock()
+        self._ref_frames += 1
+        return data
+
+    def _next_frame(self) -> bytes:
         self._out.frames_out += 1
         forgotten = self._forgotten
         while forgotten:
@@ -216,6 +237,24 @@ class PlayoutBuffer:
         return np.rint(samples).astype("<i2").tobytes()
 
     # -- either side (reads only) ----------------------------------------------------------
+
+    def reference(self, until: float, samples: int) -> NDArray[np.int16]:
+        """The last ``samples`` handed out up to the frame pulled at or before ``until`` (on
+        :attr:`clock`), oldest first; zeros where nothing was (yet) handed out."""
+        frames = self._ref_frames  # read first: rows below it are complete
+        slots = len(self._ref_at)
+        wanted = -(-samples // self.frame_samples)
+        usable = min(frames, slots - 2)  # the row being written next is left alone
+        newest = frames - 1 - np.arange(usable)
+        late = self._ref_at[newest % slots] > until + 1e-6
+        skip = int(np.argmin(late)) if usable and not late.all() else usable
+        last = frames - 1 - skip  # the last frame pulled at or before ``until``
+        first = max(last - wanted + 1, frames - usable)
+        out = np.zeros(wanted * self.frame_samples, dtype=np.int16)
+        if last >= first:
+            rows = self._ref[np.arange(first, last + 1) % slots]
+            out[len(out) - rows.size :] = rows.reshape(-1)
+        return out[len(out) - samples :] if samples else out[:0]
 
     def played_samples(self, item_id: str) -> int:
         """Samples of ``item_id`` handed out so far, fade-out included, padding excluded."""

@@ -14,10 +14,18 @@ Two explicit states. ``Floor``, who holds the caller's ear::
     FLUSHING --flushed: truncate at what was played--> SILENT (AGENT if a late delta came)
     any --session replaced--> SILENT
 
+With ``echo_guard`` the speech past the guard is judged first (:class:`JudgeEcho`, answered
+at once by :class:`EchoJudged`): the caller's voice flushes as above; the agent's own voice
+coming back moves to ``ECHO`` (logged once per speech_started), where each uplink batch is
+judged again until the speech stops (back to ``AGENT``) or the caller's voice shows up over
+the echo (``FLUSHING``; its stop_ms then counts from that batch).
+
 ``AGENT`` means the last item pushed can still be cut; whether anything is being said is read
 from the view (queued audio) and the active response. The guard is ``greeting_guard_ms`` over
 the greeting (the first response after ``Started(greeting=True)``), else ``barge_in_min_ms``,
-counted in the caller audio the model has received (``UplinkSent``).
+counted in the caller audio the model has received (``UplinkSent``). A judgement covers the
+speech heard so far (at most 1 s), a re-judgement in ``ECHO`` the last guard's worth (at
+least ``ECHO_RECHECK_MS``).
 
 ``Stage``, what the call is doing::
 
@@ -38,18 +46,21 @@ from config.schema import AgentSettings, RealtimeSettings
 from daemon.calls import agent_config as tools
 from daemon.calls import conversation_events as ce
 from daemon.realtime import events as ev
+from media.echo import EchoVerdict
 
 DTMF_GAP_SECONDS = 1.5  # digits typed closer than this go to the model together
 END_CALL_MAX_WAIT = 30.0  # longest goodbye (or announcement) played out before going on
 TRANSFER_SECONDS = 30.0  # longest wait for the transfer target to answer
 REPLAY_TURNS = 30  # transcript turns replayed into a new session
 RECONNECT_PAUSE = 0.5  # between two failed attempts to open a new session
+ECHO_RECHECK_MS = 200  # the shortest caller audio judged again while it is echo
 
 
 class Floor(StrEnum):
     SILENT = "silent"
     AGENT = "agent"
     GUARDING = "guarding"
+    ECHO = "echo"  # the caller's speech is the agent's own voice coming back
     FLUSHING = "flushing"
 
 
@@ -64,8 +75,9 @@ class Stage(StrEnum):
 F, S = Floor, Stage
 FLOOR_MOVES: dict[Floor, frozenset[Floor]] = {
     F.SILENT: frozenset({F.AGENT}),
-    F.AGENT: frozenset({F.GUARDING, F.FLUSHING, F.SILENT}),
-    F.GUARDING: frozenset({F.AGENT, F.FLUSHING, F.SILENT}),
+    F.AGENT: frozenset({F.GUARDING, F.ECHO, F.FLUSHING, F.SILENT}),
+    F.GUARDING: frozenset({F.AGENT, F.ECHO, F.FLUSHING, F.SILENT}),
+    F.ECHO: frozenset({F.AGENT, F.FLUSHING, F.SILENT}),
     F.FLUSHING: frozenset({F.SILENT, F.AGENT}),
 }
 STAGE_MOVES: dict[Stage, frozenset[Stage]] = {
@@ -96,6 +108,7 @@ class _Caller:
     speech_start: int | None = None  # audio_start_ms of the caller's current speech
     speech_at: float = 0.0  # when its speech_started arrived
     barge_at: float | None = None  # the guard's end, if not passed yet
+    echo_logged: bool = False  # agent.echo_ignored was logged for the current speech
     digits: str = ""
     digits_at: float | None = None
 
@@ -145,9 +158,8 @@ class Conversation:
             return []  # tool results, late events: the call is over
         if isinstance(event, ce.Model):
             return self._model(event.event, now, playout)
-        if isinstance(event, ce.UplinkSent):
-            self._caller.sent_ms += event.ms
-            return []
+        if isinstance(event, ce.UplinkSent | ce.EchoJudged):
+            return self._uplink(event, now, playout)
         if isinstance(event, ce.Timer):
             return self._timer(now, playout)
         if isinstance(event, ce.Flushed):
@@ -193,10 +205,13 @@ class Conversation:
         caller = self._caller
         if isinstance(event, ev.SpeechStarted):
             caller.speech_start, caller.speech_at = event.audio_start_ms, now
+            caller.echo_logged = False
+            if self.floor is Floor.ECHO:
+                self._floor_to(Floor.AGENT)
             return self._consider_barge_in(now, playout)
         if isinstance(event, ev.SpeechStopped):
             caller.speech_start = caller.barge_at = None
-            if self.floor is Floor.GUARDING:
+            if self.floor in (Floor.GUARDING, Floor.ECHO):
                 self._floor_to(Floor.AGENT)
             return []
         if isinstance(event, ev.AgentTranscript | ev.CallerTranscript):
@@ -265,18 +280,52 @@ class Conversation:
         greeting = talk.item_response.get(talk.playing) == talk.greeting
         guard = self.agent.greeting_guard_ms if greeting else self.agent.barge_in_min_ms
         heard = caller.sent_ms - start
+        if heard >= guard and self.agent.echo_guard:
+            again = self.floor is Floor.ECHO
+            return [ce.JudgeEcho(max(guard, ECHO_RECHECK_MS) if again else heard)]
         if heard >= guard:
-            item, talk.playing = talk.playing, None
-            response, talk.response = talk.response, None
-            caller.speech_start = caller.barge_at = None
-            talk.flushing = (item, response is not None)
-            talk.cut.update(x for x in (item, response) if x is not None)
-            self._floor_to(Floor.FLUSHING)
-            return [ce.Flush(), ce.Cancel()] if response is not None else [ce.Flush()]
+            return self._barge_in()
         if caller.barge_at is None:
             caller.barge_at = now + (guard - heard) / 1000
             self._floor_to(Floor.GUARDING)
         return []
+
+    def _uplink(
+        self, event: ce.UplinkSent | ce.EchoJudged, now: float, playout: ce.PlayoutView
+    ) -> list[ce.Action]:
+        """Caller audio the model received (judged again while it is echo), or a verdict."""
+        if isinstance(event, ce.EchoJudged):
+            return self._echo_judged(event.verdict, now)
+        self._caller.sent_ms += event.ms
+        return self._consider_barge_in(now, playout) if self.floor is Floor.ECHO else []
+
+    def _barge_in(self) -> list[ce.Action]:
+        talk, caller = self._talk, self._caller
+        item, talk.playing = talk.playing, None
+        assert item is not None
+        response, talk.response = talk.response, None
+        caller.speech_start = caller.barge_at = None
+        talk.flushing = (item, response is not None)
+        talk.cut.update(x for x in (item, response) if x is not None)
+        self._floor_to(Floor.FLUSHING)
+        return [ce.Flush(), ce.Cancel()] if response is not None else [ce.Flush()]
+
+    def _echo_judged(self, verdict: EchoVerdict, now: float) -> list[ce.Action]:
+        """The caller's voice barges in; the agent's own coming back is watched."""
+        caller = self._caller
+        if caller.speech_start is None or self._talk.playing is None:
+            return []  # acted on, or over, meanwhile
+        if self.floor is Floor.FLUSHING:
+            return []
+        if not verdict.echo:
+            if self.floor is Floor.ECHO:
+                caller.speech_at = now  # the first batch that showed the caller's voice
+            return self._barge_in()
+        self._floor_to(Floor.ECHO)
+        if caller.echo_logged:
+            return []
+        caller.echo_logged = True
+        return [ce.Log("agent.echo_ignored", verdict.fields())]
 
     def _flushed(self, now: float, playout: ce.PlayoutView) -> list[ce.Action]:
         if self.floor is not Floor.FLUSHING or self._talk.flushing is None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from config.schema import HttpTool
 from daemon.realtime import events as ev
 from media.codec import AudioFormat
+from media.echo import EchoVerdict
 
 if TYPE_CHECKING:  # a StrEnum of the client; the machine only names it
     from daemon.realtime.client import FailureKind
@@ -51,6 +52,13 @@ class Model:
 @dataclass(frozen=True)
 class UplinkSent:
     ms: int  # caller audio the session's input buffer has received
+
+
+@dataclass(frozen=True)
+class EchoJudged:
+    """What :class:`JudgeEcho` found: is the caller's audio only the agent's own voice?"""
+
+    verdict: EchoVerdict
 
 
 @dataclass(frozen=True)
@@ -114,6 +122,7 @@ Event = (
     Started
     | Model
     | UplinkSent
+    | EchoJudged
     | Timer
     | Flushed
     | Drained
@@ -143,6 +152,14 @@ class EndItem:
 @dataclass(frozen=True)
 class Flush:
     """Flush the playout, then report :class:`Flushed` (after any Cancel that follows)."""
+
+
+@dataclass(frozen=True)
+class JudgeEcho:
+    """Judge the caller's last ``ms`` of audio against what was played to them; report
+    :class:`EchoJudged` at once (before anything else is fed)."""
+
+    ms: int
 
 
 @dataclass(frozen=True)
@@ -274,6 +291,7 @@ Action = (
     Play
     | EndItem
     | Flush
+    | JudgeEcho
     | Cancel
     | Truncate
     | SendText

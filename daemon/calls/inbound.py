@@ -10,7 +10,9 @@ be reached, say the apology in the local voice, or (``on_connect_failure = "reje
 connecting before answering) refuse the call with 503. Uplink: the caller's 20 ms frames,
 encoded to the session's input format (mu-law passthrough, or PCM at 24 kHz), go out in
 batches of ``uplink_batch_ms``. Downlink: audio deltas are decoded into the playout buffer,
-in whatever format the session reports.
+in whatever format the session reports. With ``echo_guard`` the caller's frames also feed an
+:class:`~media.echo.EchoDetector`, which judges them against what the playout handed out
+when the conversation asks (:class:`~daemon.calls.conversation_events.JudgeEcho`).
 
 A caller hang-up closes the model session at once; nothing outlives the call.
 """
@@ -40,6 +42,7 @@ from daemon.logs import get_logger
 from daemon.realtime import events as ev
 from daemon.realtime.client import Endpoint, RealtimeError
 from media.codec import Decoder, Encoder
+from media.echo import EchoDetector
 from media.vad import VAD_RATES
 
 log = get_logger(__name__)
@@ -87,6 +90,7 @@ class InboundAgent:
         self._http = HttpTools(self.key)
         self.meter = BlackBoxMeter()  # the call's black box, fed on the loop
         self._ended_event: Ended | None = None  # the leg's Ended, with the stream statistics
+        self._echo: EchoDetector | None = None  # the caller's frames, for the echo guard
 
     # -- the call, start to end -----------------------------------------------------------
 
@@ -269,6 +273,8 @@ class InboundAgent:
             self.meter.item_started(action.item, media.clock.now())
         elif isinstance(action, ce.EndItem):
             media.playout.end_item(action.item)
+        elif isinstance(action, ce.JudgeEcho):
+            return ce.EchoJudged(self._echo_detector(media).judge(media.playout, action.ms))
         elif isinstance(action, ce.Flush):
             media.playout.flush()
             return self._after(media, lambda: media.until_flushed(FLUSH_WAIT), ce.Flushed())
@@ -350,8 +356,14 @@ class InboundAgent:
         body = {"call": self.key, "kind": kind, "error": error, "phase": phase}
         await self.services.report("agent_failed", body)
 
+    def _echo_detector(self, media: LegMedia) -> EchoDetector:
+        if self._echo is None:
+            self._echo = EchoDetector(media.rate)
+        return self._echo
+
     async def _uplink(self, media: LegMedia, encoder: Encoder) -> None:
         batch_ms = self.agent.uplink_batch_ms
+        echo = self._echo_detector(media) if self.agent.echo_guard else None
         batch: list[NDArray[np.int16]] = []
         stamps: list[float] = []
         voice = None
@@ -360,6 +372,8 @@ class InboundAgent:
         async for stamp, frame in media.stamped_frames():
             if voice is not None:
                 voice.feed(stamp, frame)
+            if echo is not None:
+                echo.heard(stamp, frame)
             batch.append(np.frombuffer(frame, dtype="<i2"))
             stamps.append(stamp)
             if len(batch) < batch_ms // 20:

@@ -31,6 +31,7 @@ class Call:
 
     def __init__(self, limits: RealtimeSettings | None = None, **agent: Any) -> None:
         agent.setdefault("greeting", "")
+        agent.setdefault("echo_guard", False)  # judged in test_conversation_echo
         self.conv = cv.Conversation(AgentSettings(**agent), limits or RealtimeSettings())
         self.view = View()
         self.now = 0.0

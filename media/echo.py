@@ -1,0 +1,227 @@
+"""Is the caller's audio only the agent's own voice coming back? The barge-in echo guard.
+
+A line that echoes (a speakerphone, some trunks) returns what the caller was sent after a
+bulk delay of tens to a few hundred milliseconds, 6-30 dB weaker and through G.711 twice, and
+the model's VAD takes it for the caller speaking. :class:`EchoDetector` keeps the caller's
+recent frames with their clock stamps (:meth:`EchoDetector.heard`) and, when asked about the
+last milliseconds of them (:meth:`EchoDetector.judge`), compares them with what the playout
+handed out around then (:meth:`media.playout.PlayoutBuffer.reference`, on the same clock):
+
+1. The bulk delay: normalised cross-correlation of the uplink window against the played
+   reference, over every lag of 0 to ``max_delay_ms`` (one FFT). The best lag is kept and
+   reported (refreshed each time the correlation is strong).
+2. The echo path as one gain: ``residual = uplink - g * reference(t - delay)`` with the
+   least-squares ``g``. ERLE, the uplink energy over the residual's, is high for echo alone;
+   caller speech over the echo is not explained by the reference and leaves a residual near
+   the uplink level. The window is judged in 80 ms blocks as well, so speech that starts at
+   its end counts.
+
+Echo when the correlation is at least ``min_correlation`` and the ERLE at least
+``min_erle_db`` over the window and ``min_block_erle_db`` in every block that carries sound;
+or when the uplink is ``quiet_db`` or more below what was played and still correlates with
+it (echo under line noise). Nothing played over the window (the aligned reference quieter
+than ``reference_floor_dbfs``) is never echo, nor is an uplink that does not correlate.
+
+Pure numpy, called on the event loop; no state shared with the media threads beyond the
+playout's reference ring. Rates that are multiples of 8 kHz are judged at 8 kHz (block
+means): the speech band is what matters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+JUDGE_RATE = 8000
+BLOCK_MS = 80
+UNCORRELATED = 0.3  # below this the uplink has nothing to do with what was played
+CONFIDENT = 0.7  # a correlation this strong refreshes the bulk delay kept
+_FULL_SCALE = 32768.0
+
+
+class PlayedAudio(Protocol):
+    """What the detector reads of the playout (:class:`media.playout.PlayoutBuffer`)."""
+
+    def reference(self, until: float, samples: int) -> NDArray[np.int16]: ...
+
+
+@dataclass(frozen=True)
+class EchoVerdict:
+    echo: bool
+    reason: str  # echo | quiet_echo | speech | no_reference | uncorrelated
+    delay_ms: float | None  # the bulk delay found (None: nothing to correlate)
+    correlation: float  # normalised, at that delay (absolute value)
+    erle_db: float  # uplink over residual, whole window
+    block_erle_db: float  # the lowest over the blocks that carry sound
+    uplink_dbfs: float
+    played_dbfs: float  # the reference, aligned at the delay
+    window_ms: int
+
+    def fields(self) -> dict[str, Any]:
+        """The figures, rounded, for a log line."""
+        return {
+            "echo": self.echo,
+            "reason": self.reason,
+            "delay_ms": None if self.delay_ms is None else round(self.delay_ms, 1),
+            "correlation": round(self.correlation, 3),
+            "erle_db": round(self.erle_db, 1),
+            "block_erle_db": round(self.block_erle_db, 1),
+            "uplink_dbfs": round(self.uplink_dbfs, 1),
+            "played_dbfs": round(self.played_dbfs, 1),
+            "window_ms": self.window_ms,
+        }
+
+
+@dataclass(frozen=True)
+class EchoParameters:
+    max_delay_ms: int = 500
+    max_window_ms: int = 1000
+    min_correlation: float = 0.5
+    min_erle_db: float = 6.0
+    min_block_erle_db: float = 3.0
+    quiet_db: float = 24.0  # uplink this far under the played level, correlated: echo
+    reference_floor_dbfs: float = -50.0  # quieter than this over the window: nothing played
+    sound_floor_dbfs: float = -55.0  # blocks quieter than this are not judged on their own
+
+
+def _dbfs(energy: float, samples: int) -> float:
+    if samples <= 0 or energy <= 0.0:
+        return -120.0
+    return 10 * float(np.log10(energy / samples)) - 20 * float(np.log10(_FULL_SCALE))
+
+
+class EchoDetector:
+    """The caller's recent frames (``heard``) and the verdict on a window of them."""
+
+    def __init__(
+        self, rate: int, frame_ms: int = 20, parameters: EchoParameters | None = None
+    ) -> None:
+        self.rate = rate
+        self.parameters = p = parameters or EchoParameters()
+        self._step = rate // JUDGE_RATE if rate % JUDGE_RATE == 0 else 1
+        self._judge_rate = rate // self._step
+        self._frame_samples = rate * frame_ms // 1000
+        # The caller's last max_window_ms (and a frame), written on the loop by ``heard``.
+        size = rate * (p.max_window_ms + 2 * frame_ms) // 1000
+        self._uplink = np.zeros(size, dtype=np.float64)
+        self._written = 0  # samples heard so far
+        self._last_stamp: float | None = None  # clock stamp of the last frame heard
+        self.delay_ms: float | None = None  # the last bulk delay found with confidence
+        self.judged = 0
+
+    def heard(self, stamp: float, frame: bytes | NDArray[np.int16]) -> None:
+        """A caller frame (PCM16 at ``rate``) and when it arrived, on the playout's clock."""
+        pcm = np.frombuffer(frame, dtype="<i2") if isinstance(frame, bytes) else frame
+        size = len(self._uplink)
+        start = self._written % size
+        end = start + len(pcm)
+        if end <= size:
+            self._uplink[start:end] = pcm
+        else:
+            split = size - start
+            self._uplink[start:] = pcm[:split]
+            self._uplink[: end - size] = pcm[split:]
+        self._written += len(pcm)
+        self._last_stamp = stamp
+
+    def _recent(self, samples: int) -> NDArray[np.float64]:
+        size = len(self._uplink)
+        samples = min(samples, self._written, size)
+        end = self._written % size
+        index = np.arange(end - samples, end) % size
+        recent: NDArray[np.float64] = self._uplink[index]
+        return recent
+
+    def _decimate(self, pcm: NDArray[Any]) -> NDArray[np.float64]:
+        x = np.asarray(pcm, dtype=np.float64)
+        step = self._step
+        if step == 1:
+            return x
+        usable = len(x) - len(x) % step
+        means: NDArray[np.float64] = x[len(x) - usable :].reshape(-1, step).mean(axis=1)
+        return means
+
+    def judge(self, played: PlayedAudio, window_ms: int) -> EchoVerdict:
+        """Is the caller's last ``window_ms`` (at most ``max_window_ms``) only echo?"""
+        p = self.parameters
+        self.judged += 1
+        window_ms = max(BLOCK_MS, min(window_ms, p.max_window_ms))
+        rate = self._judge_rate
+        window = window_ms * self.rate // 1000
+        max_delay = p.max_delay_ms * self.rate // 1000
+        uplink = self._decimate(self._recent(window))
+        w = len(uplink)
+        if self._last_stamp is None or w < BLOCK_MS * rate // 1000:
+            return EchoVerdict(False, "no_reference", None, 0.0, 0.0, 0.0, -120.0, -120.0, 0)
+        reference = self._decimate(played.reference(self._last_stamp, window + max_delay))
+        lags = len(reference) - w + 1  # lag k: uplink[n] ~ reference[n + k]
+        energy_u = float(uplink @ uplink)
+        uplink_dbfs = _dbfs(energy_u, w)
+        squares = np.concatenate(([0.0], np.cumsum(reference * reference)))
+        energy_r = squares[w : w + lags] - squares[:lags]  # reference energy at each lag
+        loudest = float(energy_r.max(initial=0.0))
+        if _dbfs(loudest, w) < p.reference_floor_dbfs or energy_u <= 0.0:
+            played_dbfs = _dbfs(loudest, w)
+            figures = (0.0, 0.0, 0.0, uplink_dbfs, played_dbfs, window_ms)
+            return EchoVerdict(False, "no_reference", None, *figures)
+        size = 1 << int(np.ceil(np.log2(len(reference) + w)))
+        spectrum = np.fft.rfft(reference, size) * np.conj(np.fft.rfft(uplink, size))
+        cross = np.fft.irfft(spectrum, size)[:lags]
+        floor = loudest * 1e-4  # lags where the reference is all but silent do not count
+        rho = np.where(energy_r > floor, cross / np.sqrt(energy_u * np.maximum(energy_r, floor)), 0)
+        k = int(np.argmax(np.abs(rho)))
+        correlation = float(abs(rho[k]))
+        delay_ms = (lags - 1 - k) * 1000 / rate
+        aligned = reference[k : k + w]
+        played_dbfs = _dbfs(float(energy_r[k]), w)
+        gain = float(cross[k]) / float(energy_r[k]) if energy_r[k] > 0 else 0.0
+        residual = uplink - gain * aligned
+        erle_db = _ratio_db(energy_u, float(residual @ residual))
+        block_erle_db = self._block_erle(uplink, residual, erle_db)
+        if correlation >= CONFIDENT:
+            self.delay_ms = delay_ms  # the bulk delay, refreshed while it is clear
+        if correlation < min(p.min_correlation, UNCORRELATED):
+            reason = "uncorrelated"
+        elif (
+            correlation >= p.min_correlation
+            and erle_db >= p.min_erle_db
+            and block_erle_db >= p.min_block_erle_db
+        ):
+            reason = "echo"
+        elif uplink_dbfs <= played_dbfs - p.quiet_db:
+            reason = "quiet_echo"
+        else:
+            reason = "speech"
+        echo = reason in ("echo", "quiet_echo")
+        figures = (correlation, erle_db, block_erle_db, uplink_dbfs, played_dbfs, window_ms)
+        return EchoVerdict(echo, reason, delay_ms, *figures)
+
+    def _block_erle(
+        self, uplink: NDArray[np.float64], residual: NDArray[np.float64], whole_db: float
+    ) -> float:
+        """The lowest ERLE over the window's blocks that carry sound (their own level above
+        ``sound_floor_dbfs`` and within 20 dB of the loudest block); ``whole_db`` if none."""
+        block = BLOCK_MS * self._judge_rate // 1000
+        blocks = len(uplink) // block
+        if blocks == 0:
+            return whole_db
+        tail = blocks * block
+        u = uplink[len(uplink) - tail :].reshape(blocks, block)
+        e = residual[len(residual) - tail :].reshape(blocks, block)
+        energy_u = np.einsum("ij,ij->i", u, u)
+        energy_e = np.einsum("ij,ij->i", e, e)
+        floor = block * (_FULL_SCALE * 10 ** (self.parameters.sound_floor_dbfs / 20)) ** 2
+        loud = (energy_u > floor) & (energy_u > energy_u.max() / 100)
+        if not loud.any():
+            return whole_db
+        ratios = energy_u[loud] / np.maximum(energy_e[loud], 1e-9)
+        return 10 * float(np.log10(ratios.min()))
+
+
+def _ratio_db(signal: float, residual: float) -> float:
+    if signal <= 0.0:
+        return 0.0
+    return 10 * float(np.log10(signal / max(residual, signal * 1e-9)))

@@ -1,0 +1,58 @@
+"""A line that echoes: Piper speech, and what a phone line sends back of it.
+
+:func:`sentence` is Piper's voice at 8 kHz (the voice loaded once per process); :func:`echo`
+is what the caller's end sends back of played audio on an echoing line (it went through
+mu-law on the way out, then is delayed and attenuated); :func:`through_line` is the way back
+through mu-law of whatever the caller's end sends (echo, its own voice, or both).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+from numpy.typing import NDArray
+
+from media.g711 import ulaw_decode, ulaw_encode
+from tests.support.amd_cases import _piper, _trim
+
+RATE = 8000
+AGENT_LINES = (
+    "Thank you for calling. Your appointment is confirmed for Tuesday at three in the "
+    "afternoon, and a reminder will be sent the day before.",
+    "I can help you with that. Could you tell me the name on the booking and the date you "
+    "would prefer instead?",
+    "Our office is open from eight in the morning until six in the evening, Monday to Friday.",
+)
+CALLER_LINES = (
+    "No, wait, I need to move it to Thursday morning please.",
+    "Sorry, can I speak to someone at the front desk instead?",
+)
+
+
+@cache
+def _sentence(text: str) -> bytes:
+    return _trim(_piper(text, 1.0, 0.667)).tobytes()
+
+
+def sentence(text: str) -> NDArray[np.int16]:
+    """``text`` in Piper's voice at 8 kHz, its own leading and trailing silence cut."""
+    return np.frombuffer(_sentence(text), dtype=np.int16).copy()
+
+
+def _mulaw(pcm: NDArray[np.float64] | NDArray[np.int16]) -> NDArray[np.int16]:
+    clipped = np.clip(np.rint(np.asarray(pcm, dtype=np.float64)), -32768, 32767)
+    return ulaw_decode(ulaw_encode(clipped.astype(np.int16)))
+
+
+def echo(played: NDArray[np.int16], delay_ms: float, gain_db: float) -> NDArray[np.float64]:
+    """What the caller's end sends back of ``played`` (same length): mu-law out, then
+    ``delay_ms`` later at ``gain_db``."""
+    out = _mulaw(played).astype(np.float64) * 10 ** (gain_db / 20)
+    delay = round(delay_ms * RATE / 1000)
+    return np.concatenate((np.zeros(delay), out))[: len(played)]
+
+
+def through_line(uplink: NDArray[np.float64] | NDArray[np.int16]) -> NDArray[np.int16]:
+    """The way back to the daemon: mu-law once."""
+    return _mulaw(uplink)

@@ -20,7 +20,8 @@ Echo when the correlation is at least ``min_correlation`` and the ERLE at least
 ``min_erle_db`` over the window and ``min_block_erle_db`` in every block that carries sound;
 or when the uplink is ``quiet_db`` or more below what was played and still correlates with
 it (echo under line noise). Nothing played over the window (the aligned reference quieter
-than ``reference_floor_dbfs``) is never echo, nor is an uplink that does not correlate.
+than ``reference_floor_dbfs``) is never echo, nor is an uplink that does not correlate, nor
+one quieter than ``sound_floor_dbfs`` (``silent``: there is nothing to judge).
 
 Pure numpy, called on the event loop; no state shared with the media threads beyond the
 playout's reference ring. Rates that are multiples of 8 kHz are judged at 8 kHz (block
@@ -51,7 +52,7 @@ class PlayedAudio(Protocol):
 @dataclass(frozen=True)
 class EchoVerdict:
     echo: bool
-    reason: str  # echo | quiet_echo | speech | no_reference | uncorrelated
+    reason: str  # echo | quiet_echo | speech | uncorrelated | no_reference | silent
     delay_ms: float | None  # the bulk delay found (None: nothing to correlate)
     correlation: float  # normalised, at that delay (absolute value)
     erle_db: float  # uplink over residual, whole window
@@ -84,7 +85,7 @@ class EchoParameters:
     min_block_erle_db: float = 3.0
     quiet_db: float = 24.0  # uplink this far under the played level, correlated: echo
     reference_floor_dbfs: float = -50.0  # quieter than this over the window: nothing played
-    sound_floor_dbfs: float = -55.0  # blocks quieter than this are not judged on their own
+    sound_floor_dbfs: float = -65.0  # quieter than this: silent (a block: not judged alone)
 
 
 def _dbfs(energy: float, samples: int) -> float:
@@ -163,7 +164,10 @@ class EchoDetector:
         squares = np.concatenate(([0.0], np.cumsum(reference * reference)))
         energy_r = squares[w : w + lags] - squares[:lags]  # reference energy at each lag
         loudest = float(energy_r.max(initial=0.0))
-        if _dbfs(loudest, w) < p.reference_floor_dbfs or energy_u <= 0.0:
+        if uplink_dbfs < p.sound_floor_dbfs:
+            figures = (0.0, 0.0, 0.0, uplink_dbfs, _dbfs(loudest, w), window_ms)
+            return EchoVerdict(False, "silent", None, *figures)
+        if _dbfs(loudest, w) < p.reference_floor_dbfs:
             played_dbfs = _dbfs(loudest, w)
             figures = (0.0, 0.0, 0.0, uplink_dbfs, played_dbfs, window_ms)
             return EchoVerdict(False, "no_reference", None, *figures)

@@ -18,7 +18,9 @@ With ``echo_guard`` the speech past the guard is judged first (:class:`JudgeEcho
 at once by :class:`EchoJudged`): the caller's voice flushes as above; the agent's own voice
 coming back moves to ``ECHO`` (logged once per speech_started), where each uplink batch is
 judged again until the speech stops (back to ``AGENT``) or the caller's voice shows up over
-the echo (``FLUSHING``; its stop_ms then counts from that batch).
+the echo (``FLUSHING``; its stop_ms then counts from that batch). A silent batch there (a
+pause in the agent's speech) is nothing new; at the first judgement everything but echo
+barges in, as without the guard.
 
 ``AGENT`` means the last item pushed can still be cut; whether anything is being said is read
 from the view (queued audio) and the active response. The guard is ``greeting_guard_ms`` over
@@ -109,6 +111,7 @@ class _Caller:
     speech_at: float = 0.0  # when its speech_started arrived
     barge_at: float | None = None  # the guard's end, if not passed yet
     echo_logged: bool = False  # agent.echo_ignored was logged for the current speech
+    judged: str | None = None  # the echo verdict's reason that let the barge-in through
     digits: str = ""
     digits_at: float | None = None
 
@@ -317,9 +320,12 @@ class Conversation:
             return []  # acted on, or over, meanwhile
         if self.floor is Floor.FLUSHING:
             return []
+        if not verdict.echo and self.floor is Floor.ECHO:
+            if verdict.reason == "silent":
+                return []  # a pause in the echo: nothing new from the caller
+            caller.speech_at = now  # the first batch that showed the caller's voice
         if not verdict.echo:
-            if self.floor is Floor.ECHO:
-                caller.speech_at = now  # the first batch that showed the caller's voice
+            caller.judged = verdict.reason
             return self._barge_in()
         self._floor_to(Floor.ECHO)
         if caller.echo_logged:
@@ -335,6 +341,9 @@ class Conversation:
         played_ms = playout.played_ms(item)
         stop_ms = round((now - self._caller.speech_at) * 1000, 1)
         fields = {"item": item, "played_ms": played_ms, "cancelled": cancelled, "stop_ms": stop_ms}
+        if self._caller.judged is not None:  # what the echo guard found instead
+            fields["echo_verdict"] = self._caller.judged
+            self._caller.judged = None
         return [
             ce.Truncate(item, played_ms),
             ce.Log("agent.barge_in", fields),

@@ -4,15 +4,18 @@
 is what the caller's end sends back of played audio on an echoing line (it went through
 mu-law on the way out, then is delayed and attenuated); :func:`through_line` is the way back
 through mu-law of whatever the caller's end sends (echo, its own voice, or both).
+:class:`EchoingPhone` makes a memory phone such a line.
 """
 
 from __future__ import annotations
 
+import asyncio
 from functools import cache
 
 import numpy as np
 from numpy.typing import NDArray
 
+from daemon.legs.memory import MemoryPhone
 from media.g711 import ulaw_decode, ulaw_encode
 from tests.support.amd_cases import _piper, _trim
 
@@ -56,3 +59,52 @@ def echo(played: NDArray[np.int16], delay_ms: float, gain_db: float) -> NDArray[
 def through_line(uplink: NDArray[np.float64] | NDArray[np.int16]) -> NDArray[np.int16]:
     """The way back to the daemon: mu-law once."""
     return _mulaw(uplink)
+
+
+class EchoingPhone:
+    """A memory phone whose line sends back what it hears, ``delay_ms`` later at ``gain_db``
+    through mu-law both ways, with whatever the caller says (:meth:`say`) on top.
+
+    A task on the phone's media takes each frame the daemon sent it and queues, for the
+    daemon to hear, that frame's echo plus the next frame of the caller's voice; the queue
+    starts with ``delay_ms`` of silence: the daemon's clock stamps see the echo of a frame
+    handed out at one tick come back that much later (the task reads the frame in the tick
+    it was sent, and the phone hands its echo out from the next).
+    """
+
+    def __init__(self, phone: MemoryPhone, delay_ms: int = 100, gain_db: float = -10.0) -> None:
+        self.phone = phone
+        self.gain = 10 ** (gain_db / 20)
+        self.delay_ms = delay_ms
+        self._voice: NDArray[np.int16] = np.zeros(0, dtype=np.int16)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        media = self.phone.media
+        frame = media.frame_bytes // 2
+        lead = self.delay_ms * media.rate // 1000
+        media.playout.push("line", np.zeros(lead - lead % frame, dtype=np.int16))
+        self._task = asyncio.create_task(self._run())
+
+    def say(self, pcm: NDArray[np.int16]) -> None:
+        """The caller speaks ``pcm`` over whatever the line echoes, from the next frame."""
+        self._voice = np.concatenate((self._voice, pcm))
+
+    @property
+    def saying(self) -> bool:
+        return len(self._voice) > 0
+
+    async def _run(self) -> None:
+        media = self.phone.media
+        async for _, data in media.stamped_frames():
+            heard = np.frombuffer(data, dtype="<i2")
+            out = _mulaw(heard).astype(np.float64) * self.gain
+            voice, self._voice = self._voice[: len(out)], self._voice[len(out) :]
+            out[: len(voice)] += voice
+            media.playout.push("line", _mulaw(out))
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

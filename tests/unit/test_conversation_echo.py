@@ -12,8 +12,8 @@ from media.echo import EchoVerdict
 from tests.unit.test_conversation import Call
 
 
-def _verdict(echo: bool) -> ce.EchoJudged:
-    reason = "echo" if echo else "speech"
+def _verdict(echo: bool, reason: str = "") -> ce.EchoJudged:
+    reason = reason or ("echo" if echo else "speech")
     erle = 30.0 if echo else 1.0
     return ce.EchoJudged(EchoVerdict(echo, reason, 100.0, 0.99, erle, erle, -34.0, -24.0, 300))
 
@@ -120,3 +120,19 @@ def test_a_replaced_session_leaves_the_echo_watch() -> None:
     call.feed(ce.SessionReplaced(None))
     assert call.floor() is cv.Floor.SILENT
     assert call.feed(ce.UplinkSent(40)) == []
+
+
+def test_a_pause_in_the_echo_is_nothing_new_but_silence_first_barges_in() -> None:
+    """While echo is watched a silent batch (the agent paused) cuts nothing; at the first
+    judgement a silent window barges in as it would without the guard."""
+    call = Call(echo_guard=True)
+    call.speak()
+    call.sent(1000)
+    call.speech(700, at=10.0)
+    call.feed(_verdict(True))
+    call.feed(ce.UplinkSent(40))
+    assert call.feed(_verdict(False, "silent")) == []
+    assert call.floor() is cv.Floor.ECHO
+    call.model(ev.SpeechStopped(1040, "u1"))
+    assert call.speech(740, at=11.0) == [ce.JudgeEcho(300)]
+    assert call.feed(_verdict(False, "silent")) == [ce.Flush(), ce.Cancel()]

@@ -89,7 +89,7 @@ def test_echo_alone_is_echo_wherever_the_agent_speaks(delay_ms: int, gain_db: in
     sounding = [
         v
         for v, rms in zip(verdicts, _rms_along(back, len(verdicts)), strict=True)
-        if rms > 300 * level  # the agent's speech (not its tail) is in this window's echo
+        if rms > max(300 * level, 20)  # the agent's speech (not its tail) is in the echo
     ]
     assert len(sounding) >= 0.7 * len(verdicts), [v.fields() for v in verdicts]
     missed = [v.fields() for v in sounding if not v.echo]
@@ -125,7 +125,9 @@ def test_a_voice_with_nothing_played_is_never_echo() -> None:
     voice = through_line(_caller_voice(200 * FRAME))
     verdicts = Line(None).judge_along(voice)
     assert all(not v.echo for v in verdicts)
-    assert {v.reason for v in verdicts} == {"no_reference"}
+    reasons = [v.reason for v in verdicts]
+    assert set(reasons) <= {"no_reference", "silent"}, reasons  # silent: a pause in the voice
+    assert reasons.count("no_reference") >= 0.8 * len(reasons), reasons
 
 
 def test_a_voice_on_a_line_without_echo_is_not_echo() -> None:
@@ -138,14 +140,14 @@ def test_a_voice_on_a_line_without_echo_is_not_echo() -> None:
 
 
 def test_silence_back_is_not_echo() -> None:
-    """A silent uplink while the agent speaks (speech_started on nothing) is not echo: the
-    guard never holds a barge-in back on what it cannot match."""
+    """A silent uplink while the agent speaks (speech_started on nothing) is not echo but
+    silent: there is nothing to match."""
     line = Line(_agent())
     for _ in range(150):
         line.tick(np.zeros(FRAME, dtype=np.int16))
     verdict = line.detector.judge(line.playout, WINDOW_MS)
     assert not verdict.echo
-    assert verdict.reason == "no_reference"
+    assert verdict.reason == "silent"
 
 
 def test_the_delay_found_is_kept_and_the_window_is_bounded() -> None:

@@ -13,8 +13,11 @@ handed out around then (:meth:`media.playout.PlayoutBuffer.reference`, on the sa
 2. The echo path as one gain: ``residual = uplink - g * reference(t - delay)`` with the
    least-squares ``g``. ERLE, the uplink energy over the residual's, is high for echo alone;
    caller speech over the echo is not explained by the reference and leaves a residual near
-   the uplink level. The window is judged in 80 ms blocks as well, so speech that starts at
-   its end counts.
+   the uplink level. The residual is taken in 80 ms blocks, each matched on its own within
+   ``SLIP_MS`` of the bulk delay (a receiving jitter buffer that drops or repeats a frame
+   moves the echo by a frame mid-window) and with its own gain; the lowest ERLE of the
+   blocks louder than the predicted echo is judged too, so speech that starts at the
+   window's end counts, and a concealed frame (as loud as echo, unlike it) does not.
 
 Echo when the correlation is at least ``min_correlation`` and the ERLE at least
 ``min_erle_db`` over the window and ``min_block_erle_db`` in every block that carries sound;
@@ -38,6 +41,8 @@ from numpy.typing import NDArray
 
 JUDGE_RATE = 8000
 BLOCK_MS = 80
+SLIP_MS = 60  # how far a block's echo may sit from the window's bulk delay
+EXCESS_DB = 2.0  # a block this much louder than the echo predicted carries another sound
 UNCORRELATED = 0.3  # below this the uplink has nothing to do with what was played
 CONFIDENT = 0.7  # a correlation this strong refreshes the bulk delay kept
 _FULL_SCALE = 32768.0
@@ -179,12 +184,9 @@ class EchoDetector:
         k = int(np.argmax(np.abs(rho)))
         correlation = float(abs(rho[k]))
         delay_ms = (lags - 1 - k) * 1000 / rate
-        aligned = reference[k : k + w]
         played_dbfs = _dbfs(float(energy_r[k]), w)
-        gain = float(cross[k]) / float(energy_r[k]) if energy_r[k] > 0 else 0.0
-        residual = uplink - gain * aligned
-        erle_db = _ratio_db(energy_u, float(residual @ residual))
-        block_erle_db = self._block_erle(uplink, residual, erle_db)
+        gain = float(cross[k]) / max(float(energy_r[k]), 1e-9)
+        erle_db, block_erle_db = self._blocks(uplink, reference, k, gain)
         if correlation >= CONFIDENT:
             self.delay_ms = delay_ms  # the bulk delay, refreshed while it is clear
         if correlation < min(p.min_correlation, UNCORRELATED):
@@ -203,26 +205,47 @@ class EchoDetector:
         figures = (correlation, erle_db, block_erle_db, uplink_dbfs, played_dbfs, window_ms)
         return EchoVerdict(echo, reason, delay_ms, *figures)
 
-    def _block_erle(
-        self, uplink: NDArray[np.float64], residual: NDArray[np.float64], whole_db: float
-    ) -> float:
-        """The lowest ERLE over the window's blocks that carry sound (their own level above
-        ``sound_floor_dbfs`` and within 20 dB of the loudest block); ``whole_db`` if none."""
-        block = BLOCK_MS * self._judge_rate // 1000
-        blocks = len(uplink) // block
-        if blocks == 0:
-            return whole_db
-        tail = blocks * block
-        u = uplink[len(uplink) - tail :].reshape(blocks, block)
-        e = residual[len(residual) - tail :].reshape(blocks, block)
-        energy_u = np.einsum("ij,ij->i", u, u)
-        energy_e = np.einsum("ij,ij->i", e, e)
-        floor = block * (_FULL_SCALE * 10 ** (self.parameters.sound_floor_dbfs / 20)) ** 2
-        loud = (energy_u > floor) & (energy_u > energy_u.max() / 100)
+    def _blocks(
+        self, uplink: NDArray[np.float64], reference: NDArray[np.float64], lag: int, gain: float
+    ) -> tuple[float, float]:
+        """(ERLE over the window, lowest ERLE over its blocks that carry more sound than
+        echo) with each block (about BLOCK_MS, the window cut evenly) matched on its own: lag
+        within ``SLIP_MS`` of ``lag``, least-squares gain. A jitter buffer that drops or
+        repeats a frame mid-window moves the echo by 20 ms from there on; each block still
+        finds it. A block counts for the lowest only if it is louder than the echo the
+        window's ``gain`` predicts by ``EXCESS_DB``: a voice adds to the echo, while a frame
+        the line concealed or stretched (not in the reference, no louder) takes its place."""
+        slip = SLIP_MS * self._judge_rate // 1000
+        count = max(1, round(len(uplink) / (BLOCK_MS * self._judge_rate / 1000)))
+        edges = np.linspace(0, len(uplink), count + 1).astype(int)
+        energy_u = np.zeros(count)
+        residual = np.zeros(count)
+        predicted = np.zeros(count)
+        for index in range(count):
+            start, end = int(edges[index]), int(edges[index + 1])
+            u = uplink[start:end]
+            energy_u[index] = residual[index] = float(u @ u)
+            aligned = reference[lag + start : lag + end]
+            predicted[index] = gain * gain * float(aligned @ aligned)
+            low = max(0, lag + start - slip)
+            segment = reference[low : min(len(reference), lag + end + slip)]
+            if energy_u[index] <= 0.0 or len(segment) < len(u):
+                continue
+            cross = np.correlate(segment, u, "valid")
+            squares = np.concatenate(([0.0], np.cumsum(segment * segment)))
+            energy_r = squares[len(u) :] - squares[: len(squares) - len(u)]
+            explained = float((cross * cross / np.maximum(energy_r, 1e-9)).max())
+            residual[index] = max(energy_u[index] - explained, 0.0)
+        whole = _ratio_db(float(energy_u.sum()), float(residual.sum()))
+        sizes = np.diff(edges)
+        floor = sizes * (_FULL_SCALE * 10 ** (self.parameters.sound_floor_dbfs / 20)) ** 2
+        power = energy_u / sizes
+        loud = (energy_u > floor) & (power > power.max() / 100)
+        loud &= energy_u >= predicted * 10 ** (EXCESS_DB / 10)
         if not loud.any():
-            return whole_db
-        ratios = energy_u[loud] / np.maximum(energy_e[loud], 1e-9)
-        return 10 * float(np.log10(ratios.min()))
+            return whole, whole
+        pairs = zip(energy_u[loud], residual[loud], strict=True)
+        return whole, min(_ratio_db(float(e), float(r)) for e, r in pairs)
 
 
 def _ratio_db(signal: float, residual: float) -> float:

@@ -111,7 +111,7 @@ class _Caller:
     speech_at: float = 0.0  # when its speech_started arrived
     barge_at: float | None = None  # the guard's end, if not passed yet
     echo_logged: bool = False  # agent.echo_ignored was logged for the current speech
-    judged: str | None = None  # the echo verdict's reason that let the barge-in through
+    judged: EchoVerdict | None = None  # the echo verdict that let the barge-in through
     digits: str = ""
     digits_at: float | None = None
 
@@ -325,7 +325,7 @@ class Conversation:
                 return []  # a pause in the echo: nothing new from the caller
             caller.speech_at = now  # the first batch that showed the caller's voice
         if not verdict.echo:
-            caller.judged = verdict.reason
+            caller.judged = verdict
             return self._barge_in()
         self._floor_to(Floor.ECHO)
         if caller.echo_logged:
@@ -341,9 +341,12 @@ class Conversation:
         played_ms = playout.played_ms(item)
         stop_ms = round((now - self._caller.speech_at) * 1000, 1)
         fields = {"item": item, "played_ms": played_ms, "cancelled": cancelled, "stop_ms": stop_ms}
-        if self._caller.judged is not None:  # what the echo guard found instead
-            fields["echo_verdict"] = self._caller.judged
-            self._caller.judged = None
+        judged, self._caller.judged = self._caller.judged, None
+        if judged is not None:  # what the echo guard found instead of echo
+            figures = judged.fields()
+            fields |= {"echo_verdict": judged.reason} | {
+                f"echo_{key}": figures[key] for key in ("correlation", "erle_db", "block_erle_db")
+            }
         return [
             ce.Truncate(item, played_ms),
             ce.Log("agent.barge_in", fields),

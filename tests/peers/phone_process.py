@@ -15,6 +15,9 @@ Commands (one JSON object per line, each with "cmd" and an optional "seq" echoed
   reply {call, wav, after_s, silence_ms}     (play wav once the far end has talked for
                                              after_s, counted from its first voiced frame,
                                              then fallen silent for silence_ms: "replied")
+  echo {call, gain_db, delay_ms}             (a line that echoes: send back what the phone
+                                             hears, delay_ms later at gain_db, mixed with
+                                             whatever it plays) / echo_stop {call}
 on_incoming: "answer" (after answer_after_ms), "busy" (486), "decline" (603), "ignore"
 (ring forever). Events go to stdout as JSON lines: "ok"/"error" replies, "reg", "incoming",
 "call" (state changes), "media", "dtmf", "played". pjsip's own output goes to stderr.
@@ -31,6 +34,7 @@ import re
 import selectors
 import sys
 import time
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -66,6 +70,7 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
         self.recorder: pj.AudioMediaRecorder | None = None
         self.tap: Tap | None = None
         self.listener: tuple[Listener, str] | None = None  # and the WAV it answers with
+        self.echo: Echo | None = None
         self.connected = False
 
     def onCallState(self, prm: pj.OnCallStateParam) -> None:
@@ -148,6 +153,30 @@ class Listener(pj.AudioMediaPort):  # type: ignore[misc]
         return first is not None and last - first >= self.after_s and now - last >= self.silence_s
 
 
+class Echo(pj.AudioMediaPort):  # type: ignore[misc]
+    """Sends back what the phone hears, ``delay_ms`` later at ``gain_db`` (clock thread:
+    a frame in, a frame out per tick, through a queue that starts with the delay's silence)."""
+
+    def __init__(self, gain_db: float, delay_ms: int) -> None:
+        super().__init__()
+        self.gain = 10 ** (gain_db / 20)
+        self.silence = bytes(320)
+        self.frames: deque[bytes] = deque([self.silence] * (delay_ms // 20), maxlen=50)
+
+    def onFrameReceived(self, frame: Any) -> None:
+        if frame.type != pj.PJMEDIA_FRAME_TYPE_AUDIO:
+            self.frames.append(self.silence)
+            return
+        pcm = np.frombuffer(bytevector.read(frame.buf), dtype="<i2") * self.gain
+        self.frames.append(np.rint(pcm).astype("<i2").tobytes())
+
+    def onFrameRequested(self, frame: Any) -> None:
+        data = self.frames.popleft() if self.frames else self.silence
+        frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
+        if not bytevector.write(frame.buf, data):
+            frame.buf = pj.ByteVector(data)
+
+
 class Player(pj.AudioMediaPlayer):  # type: ignore[misc]
     def __init__(self, key: int) -> None:
         super().__init__()
@@ -215,6 +244,7 @@ class Phone:
         self.closing_recorders: list[tuple[float, int]] = []  # (due, call key)
         self.closing_taps: list[Tap] = []  # kept alive until the process ends
         self.closing_listeners: list[Listener] = []  # likewise
+        self.closing_echoes: list[Echo] = []  # likewise
         self._keys = 0
         self.running = True
 
@@ -224,6 +254,9 @@ class Phone:
 
     def drop(self, call: PhoneCall) -> None:
         call.player = None
+        if call.echo is not None:
+            self.closing_echoes.append(call.echo)  # removed from the bridge on a later tick
+            call.echo = None
         if call.recorder is not None:
             # The clock thread removes the recorder's port on its next tick; only then is
             # the WAV complete: announce it a little later (from tick()).
@@ -336,6 +369,26 @@ class Phone:
         listener.createPort(f"listen{call}", _mono_8k())
         target.audio.startTransmit(listener)
         target.listener = (listener, wav)
+        return {}
+
+    def cmd_echo(self, call: int, gain_db: float = -10.0, delay_ms: int = 100) -> dict[str, Any]:
+        target = self.calls[call]
+        assert target.audio is not None, "no active audio"
+        echo = Echo(gain_db, delay_ms)
+        echo.createPort(f"echo{call}", _mono_8k())
+        target.audio.startTransmit(echo)
+        echo.startTransmit(target.audio)
+        target.echo = echo
+        return {}
+
+    def cmd_echo_stop(self, call: int) -> dict[str, Any]:
+        target = self.calls[call]
+        echo, target.echo = target.echo, None
+        if echo is not None and target.audio is not None:
+            with contextlib.suppress(pj.Error):
+                target.audio.stopTransmit(echo)
+                echo.stopTransmit(target.audio)
+            self.closing_echoes.append(echo)
         return {}
 
     def cmd_tap_stop(self, call: int, wav: str) -> dict[str, Any]:

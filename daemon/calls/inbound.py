@@ -433,6 +433,7 @@ class InboundAgent:
         """The bridge phrase in the local voice, queued after what is playing."""
         if media.closed:
             return
+        started = time.monotonic()
         try:
             speech = await self.services.synthesize(self.agent.bridge_phrase, media.rate)
         except Exception as exc:
@@ -440,6 +441,8 @@ class InboundAgent:
             return
         media.playout.push("bridge", speech)
         media.playout.end_item("bridge")
+        synthesis_ms = round((time.monotonic() - started) * 1000, 1)
+        log.info("agent.bridge_queued", call_id=self.key, synthesis_ms=synthesis_ms)
 
     async def _bridged(self) -> None:
         """Wait until the bridge phrase under way (if any) is queued."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,18 @@ async def _record(api: str) -> dict[str, Any]:
             await asyncio.sleep(0.1)
 
 
+def _after_failover_ms(events: list[dict[str, Any]], event: str, **fields: Any) -> float:
+    """How long after the log's ``agent.failover`` the first ``event`` (with ``fields``) came."""
+
+    def at(name: str, **match: Any) -> datetime:
+        found = next(
+            e for e in events if e["event"] == name and all(e.get(k) == v for k, v in match.items())
+        )
+        return datetime.fromisoformat(found["timestamp"])
+
+    return round((at(event, **fields) - at("agent.failover")).total_seconds() * 1000, 1)
+
+
 def _in_order(text: str, *phrases: str) -> bool:
     at = [text.find(p) for p in phrases]
     return all(a >= 0 for a in at) and at == sorted(at)
@@ -133,6 +146,9 @@ async def test_a_refused_model_fails_over_to_the_engine_at_connect(
     assert opened["call"].startswith("0:"), opened
     [failover] = [e for e in events if e["event"] == "agent.failover"]
     assert (failover["phase"], failover["kind"], failover["to"]) == ("connect", "connect", "local")
+    bridge_ms = _after_failover_ms(events, "agent.bridge_queued")
+    ready_ms = _after_failover_ms(events, "agent.session_ready", failed_over=True)
+    print(f"after the failover: bridge phrase queued {bridge_ms} ms, engine session {ready_ms} ms")
     assert record["status"] == "completed", record
     assert record["end_cause"] == "caller hung up"
     [entry] = record["black_box"]["model"]["failovers"]
@@ -178,8 +194,12 @@ async def test_a_model_dropped_mid_call_fails_over_with_the_conversation(
                 record = await _record(daemon.base_url)
             finally:
                 await phone.close()
+            events = daemon.log_events()
     finally:
         chat.close()
+    bridge_ms = _after_failover_ms(events, "agent.bridge_queued")
+    replaced_ms = _after_failover_ms(events, "agent.session_replaced", reason="failover")
+    print(f"after the loss: bridge phrase queued {bridge_ms} ms, engine session {replaced_ms} ms")
     assert len(fake.sessions) == 1  # no reconnect to the cloud: straight to the engine
     assert fake.violations == []
     [asked] = chat.requests

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from config.schema import AgentSettings, ConnectFailure, RealtimeSettings
+from config.schema import AgentSettings, ConnectFailure, Fallback, RealtimeSettings
 from daemon.calls import conversation_events as ce
 from daemon.calls.agent_config import for_call
 from daemon.calls.blackbox_meter import BlackBoxMeter, VoiceMeter
@@ -54,7 +54,6 @@ MEDIA_END_GRACE = 2.0  # the media ends with the call: its Ended (the cause) fol
 ACK_WAIT_SECONDS = 40.0
 FLUSH_WAIT = 0.1  # the media clock carries a flush out within a frame
 LAST_FRAMES = 0.2  # after the playout drained, the last frames leave the media stack
-BRIDGE_MAX_SECONDS = 5.0  # longest wait for the bridge phrase to be heard before the apology
 Later = Coroutine[Any, Any, None]  # waits, then feeds what it saw
 Result = ce.Event | Later | None  # of an action: an event to feed now, or a wait
 
@@ -82,6 +81,8 @@ class InboundAgent:
         self.key = leg.info.key
         self.services = services
         self.agent, route = for_call(agent, leg.info)
+        if fallback is None:  # nowhere to fail over to, whatever [agent] says
+            self.agent = self.agent.model_copy(update={"fallback": Fallback.NONE})
         self.conversation = Conversation(self.agent, limits)
         self.session = CallSession(
             endpoint, self.agent, self.key, route, leg.info.kind, fallback=fallback
@@ -98,6 +99,7 @@ class InboundAgent:
         self._ended_event: Ended | None = None  # the leg's Ended, with the stream statistics
         self._failover: str | None = None  # why the call failed over ("kind: error"), if it did
         self._bridging: asyncio.Task[None] | None = None  # the bridge phrase being queued
+        self._bridge_samples = 0  # of the bridge phrase queued, if it was
 
     # -- the call, start to end -----------------------------------------------------------
 
@@ -182,6 +184,7 @@ class InboundAgent:
             except LegError as gone:
                 log.info("agent.caller_gone", call_id=self.key, error=str(gone))
                 return None
+            media.playout.clock = media.clock.now
             self.meter.answered(media.clock.now())
             self._bridging = self._spawn(self._bridge(media))
         await self._report_failover(exc.kind, str(exc), "connect")
@@ -189,8 +192,6 @@ class InboundAgent:
             formats = await self.session.fail_over()
         except RealtimeError as local:
             await self._bridged()
-            if self.media is not None:  # the bridge phrase is heard out before the apology
-                await self.media.until_drained(BRIDGE_MAX_SECONDS)
             await self._cannot_connect(local)
             return None
         await self._bridged()
@@ -441,6 +442,7 @@ class InboundAgent:
             return
         media.playout.push("bridge", speech)
         media.playout.end_item("bridge")
+        self._bridge_samples = len(speech)
         synthesis_ms = round((time.monotonic() - started) * 1000, 1)
         log.info("agent.bridge_queued", call_id=self.key, synthesis_ms=synthesis_ms)
 
@@ -494,6 +496,9 @@ class InboundAgent:
         except Exception as exc:
             log.warning("agent.apology_failed", call_id=self.key, error=repr(exc))
             return
+        if self._bridge_samples:  # a failover that failed: the bridge phrase is heard out
+            within = self._bridge_samples / media.rate + 1.0
+            await media.until_played("bridge", self._bridge_samples, within)
         media.playout.flush()
         media.playout.push("apology", speech)
         media.playout.end_item("apology")

@@ -209,3 +209,34 @@ async def test_when_the_engine_fails_too_the_apology_follows_the_bridge() -> Non
     assert failed["phase"] == "connect"
     assert engine.url in failed["error"], failed
     assert f"after connect: {cloud.url}: HTTP 503" in failed["error"], failed
+
+
+async def test_when_the_engine_cannot_take_over_mid_call_the_apology_follows_the_bridge() -> None:
+    """The cloud drops mid-call and the engine refuses: the bridge phrase is heard out, then
+    the apology, and the call ends with a failure naming both the engine's and the cloud's."""
+
+    async def cloud_script(session: FakeSession) -> None:
+        await session.wait_for("input_audio_buffer.append")
+        await asyncio.sleep(0.5)
+        session.drop()
+
+    async with (
+        FakeRealtime("ga", cloud_script) as cloud,
+        FakeRealtime("ga") as engine,
+        _network() as network,
+    ):
+        engine.refuse = 503
+        call = _call(network, cloud, engine, greeting="")
+        cause = await call.ended()
+    assert cause.startswith("model connect: "), cause
+    assert engine.refused == 1
+    assert _tones(call.phone.heard()) == [LOCAL_VOICE_HZ[BRIDGE], LOCAL_VOICE_HZ[APOLOGY]]
+    heard = call.phone.heard()
+    bridge = np.flatnonzero(np.abs(heard.astype(np.int32)) > 2000)
+    assert (bridge[-1] - bridge[0]) / RATE >= 1.1  # both phrases whole: 0.6 s each
+    [failover] = call.services.of("agent_failover")
+    assert failover["phase"] == "session"
+    [failed] = call.services.of("agent_failed")
+    assert failed["phase"] == "session"
+    assert engine.url in failed["error"], failed
+    assert "after closed: the realtime socket closed: 1006" in failed["error"], failed

@@ -240,3 +240,27 @@ async def test_when_the_engine_cannot_take_over_mid_call_the_apology_follows_the
     assert failed["phase"] == "session"
     assert engine.url in failed["error"], failed
     assert "after closed: the realtime socket closed: 1006" in failed["error"], failed
+
+
+async def test_with_reject_the_engine_is_tried_before_the_answer() -> None:
+    """on_connect_failure = "reject": the engine's session is opened before the call is
+    answered, so the caller is answered and greeted by it (no bridge: nothing was heard)."""
+
+    async def greet(session: FakeSession) -> None:
+        await session.wait_for("response.create")
+        await session.respond(tone(ENGINE_HZ, session.output_rate, 1.0, amplitude=8000))
+
+    async with (
+        FakeRealtime("ga") as cloud,
+        FakeRealtime("ga", greet) as engine,
+        _network() as network,
+    ):
+        cloud.refuse = 503
+        call = _call(network, cloud, engine, on_connect_failure="reject")
+        await _heard(call, [ENGINE_HZ])
+        call.phone.hang_up()
+        assert await call.ended() == "caller hung up"
+        box = call.agent.black_box()
+    assert _tones(call.phone.heard()) == [ENGINE_HZ]
+    assert box is not None
+    assert [(e["phase"], e["at_s"]) for e in box["model"]["failovers"]] == [("connect", 0.0)]

@@ -17,7 +17,8 @@ from numpy.typing import NDArray
 
 from daemon.legs.memory import MemoryPhone
 from media.g711 import ulaw_decode, ulaw_encode
-from tests.support.amd_cases import _piper, _trim
+from media.resample import resample
+from tests.support.amd_cases import _piper_voice, _trim
 
 RATE = 8000
 AGENT_LINES = (
@@ -35,11 +36,18 @@ CALLER_LINES = (
 
 @cache
 def _sentence(text: str) -> bytes:
-    return _trim(_piper(text, 1.0, 0.667)).tobytes()
+    from piper import SynthesisConfig  # noqa: PLC0415 - heavy import, only when needed
+
+    voice = _piper_voice()
+    config = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)  # the same audio every run
+    chunks = [c.audio_int16_array for c in voice.synthesize(text, syn_config=config)]
+    pcm = resample(np.concatenate(chunks).astype(np.int16), int(voice.config.sample_rate), RATE)
+    return _trim(pcm).tobytes()
 
 
 def sentence(text: str) -> NDArray[np.int16]:
-    """``text`` in Piper's voice at 8 kHz, its own leading and trailing silence cut."""
+    """``text`` in Piper's voice at 8 kHz (without its random variation: the same samples
+    every run), its own leading and trailing silence cut."""
     return np.frombuffer(_sentence(text), dtype=np.int16).copy()
 
 

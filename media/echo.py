@@ -13,10 +13,10 @@ handed out around then (:meth:`media.playout.PlayoutBuffer.reference`, on the sa
 2. The echo path as one gain: ``residual = uplink - g * reference(t - delay)`` with the
    least-squares ``g``. ERLE, the uplink energy over the residual's, is high for echo alone;
    caller speech over the echo is not explained by the reference and leaves a residual near
-   the uplink level. The residual is taken in 80 ms blocks, each matched on its own within
-   ``SLIP_MS`` of the bulk delay (a receiving jitter buffer that drops or repeats a frame
-   moves the echo by a frame mid-window) and with its own gain; the lowest ERLE of the
-   blocks louder than the predicted echo is judged too, so speech that starts at the
+   the uplink level. The residual is taken in 80 ms blocks, each matched on its own over
+   the whole delay range and with its own gain (a receiving jitter buffer re-syncs at each
+   talk spurt, or drops or repeats a frame, and moves the echo mid-window); the lowest ERLE
+   of the blocks louder than the predicted echo is judged too, so speech that starts at the
    window's end counts, and a concealed frame (as loud as echo, unlike it) does not.
 
 Echo when the correlation is at least ``min_correlation`` and the ERLE at least
@@ -41,7 +41,6 @@ from numpy.typing import NDArray
 
 JUDGE_RATE = 8000
 BLOCK_MS = 80
-SLIP_MS = 60  # how far a block's echo may sit from the window's bulk delay
 EXCESS_DB = 2.0  # a block this much louder than the echo predicted carries another sound
 UNCORRELATED = 0.3  # below this the uplink has nothing to do with what was played
 CONFIDENT = 0.7  # a correlation this strong refreshes the bulk delay kept
@@ -109,7 +108,6 @@ class EchoDetector:
         self.parameters = p = parameters or EchoParameters()
         self._step = rate // JUDGE_RATE if rate % JUDGE_RATE == 0 else 1
         self._judge_rate = rate // self._step
-        self._frame_samples = rate * frame_ms // 1000
         # The caller's last max_window_ms (and a frame), written on the loop by ``heard``.
         size = rate * (p.max_window_ms + 2 * frame_ms) // 1000
         self._uplink = np.zeros(size, dtype=np.float64)
@@ -186,7 +184,7 @@ class EchoDetector:
         delay_ms = (lags - 1 - k) * 1000 / rate
         played_dbfs = _dbfs(float(energy_r[k]), w)
         gain = float(cross[k]) / max(float(energy_r[k]), 1e-9)
-        erle_db, block_erle_db = self._blocks(uplink, reference, k, gain)
+        erle_db, block_erle_db = self._blocks(uplink, reference, gain)
         if correlation >= CONFIDENT:
             self.delay_ms = delay_ms  # the bulk delay, refreshed while it is clear
         if correlation < min(p.min_correlation, UNCORRELATED):
@@ -206,36 +204,39 @@ class EchoDetector:
         return EchoVerdict(echo, reason, delay_ms, *figures)
 
     def _blocks(
-        self, uplink: NDArray[np.float64], reference: NDArray[np.float64], lag: int, gain: float
+        self, uplink: NDArray[np.float64], reference: NDArray[np.float64], gain: float
     ) -> tuple[float, float]:
         """(ERLE over the window, lowest ERLE over its blocks that carry more sound than
-        echo) with each block (about BLOCK_MS, the window cut evenly) matched on its own: lag
-        within ``SLIP_MS`` of ``lag``, least-squares gain. A jitter buffer that drops or
-        repeats a frame mid-window moves the echo by 20 ms from there on; each block still
-        finds it. A block counts for the lowest only if it is louder than the echo the
-        window's ``gain`` predicts by ``EXCESS_DB``: a voice adds to the echo, while a frame
-        the line concealed or stretched (not in the reference, no louder) takes its place."""
-        slip = SLIP_MS * self._judge_rate // 1000
+        echo) with each block (about BLOCK_MS, the window cut evenly) matched on its own over
+        the whole delay range, with its own least-squares gain: a jitter buffer that re-syncs
+        at a talk spurt, or drops or repeats a frame, moves the echo mid-window; each block
+        still finds it. A block counts for the lowest only if it is louder by ``EXCESS_DB``
+        than the echo the window's ``gain`` predicts at that block's delay: a voice adds to
+        the echo, while a frame the line concealed (not in the reference, no louder) takes
+        its place."""
         count = max(1, round(len(uplink) / (BLOCK_MS * self._judge_rate / 1000)))
         edges = np.linspace(0, len(uplink), count + 1).astype(int)
+        lags = len(reference) - len(uplink) + 1
         energy_u = np.zeros(count)
         residual = np.zeros(count)
         predicted = np.zeros(count)
+        squares = np.concatenate(([0.0], np.cumsum(reference * reference)))
         for index in range(count):
             start, end = int(edges[index]), int(edges[index + 1])
             u = uplink[start:end]
+            size = end - start
             energy_u[index] = residual[index] = float(u @ u)
-            aligned = reference[lag + start : lag + end]
-            predicted[index] = gain * gain * float(aligned @ aligned)
-            low = max(0, lag + start - slip)
-            segment = reference[low : min(len(reference), lag + end + slip)]
-            if energy_u[index] <= 0.0 or len(segment) < len(u):
+            if energy_u[index] <= 0.0:
                 continue
-            cross = np.correlate(segment, u, "valid")
-            squares = np.concatenate(([0.0], np.cumsum(segment * segment)))
-            energy_r = squares[len(u) :] - squares[: len(squares) - len(u)]
-            explained = float((cross * cross / np.maximum(energy_r, 1e-9)).max())
-            residual[index] = max(energy_u[index] - explained, 0.0)
+            segment = reference[start : end + lags - 1]  # lag k: u[n] ~ segment[n + k]
+            fft = 1 << int(np.ceil(np.log2(len(segment) + size)))
+            spectrum = np.fft.rfft(segment, fft) * np.conj(np.fft.rfft(u, fft))
+            cross = np.fft.irfft(spectrum, fft)[:lags]
+            energy_r = squares[start + size : start + size + lags] - squares[start : start + lags]
+            explained = cross * cross / np.maximum(energy_r, 1e-9)
+            best = int(np.argmax(explained))
+            residual[index] = max(energy_u[index] - float(explained[best]), 0.0)
+            predicted[index] = gain * gain * float(energy_r[best])
         whole = _ratio_db(float(energy_u.sum()), float(residual.sum()))
         sizes = np.diff(edges)
         floor = sizes * (_FULL_SCALE * 10 ** (self.parameters.sound_floor_dbfs / 20)) ** 2

@@ -27,9 +27,14 @@ class TestPhone:
 
     @classmethod
     async def start(
-        cls, name: str = "phone", short_jitter_buffer: bool = False, sdp_port_offset: int = 0
+        cls,
+        name: str = "phone",
+        short_jitter_buffer: bool = False,
+        sdp_port_offset: int = 0,
+        vad: bool = True,
     ) -> TestPhone:
-        """``sdp_port_offset``: offer an RTP port that much above the one it sends from."""
+        """``sdp_port_offset``: offer an RTP port that much above the one it sends from;
+        ``vad=False``: send every frame, silence included (no silence suppression)."""
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -38,6 +43,7 @@ class TestPhone:
             str(phone_rtp_base()),
             *(["--short-jitter-buffer"] if short_jitter_buffer else []),
             *(["--sdp-port-offset", str(sdp_port_offset)] if sdp_port_offset else []),
+            *([] if vad else ["--no-vad"]),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,

@@ -210,6 +210,7 @@ class Phone:
         rtp_port: int,
         short_jitter_buffer: bool = False,
         sdp_port_offset: int = 0,
+        vad: bool = True,
     ) -> None:
         self.ep = pj.Endpoint()
         self.ep.libCreate()
@@ -220,6 +221,7 @@ class Phone:
         config.medConfig.clockRate = 8000
         config.medConfig.sndClockRate = 8000
         config.medConfig.jbMax = 200
+        config.medConfig.noVad = not vad  # VAD on: silence is suppressed (no RTP sent)
         if short_jitter_buffer:
             # For tests that time what the phone hears against events elsewhere.
             config.medConfig.jbInit = 20
@@ -492,8 +494,15 @@ def main() -> int:
     parser.add_argument("--rtp-port", type=int, required=True)
     parser.add_argument("--short-jitter-buffer", action="store_true")
     parser.add_argument("--sdp-port-offset", type=int, default=0)
+    parser.add_argument("--no-vad", action="store_true")
     args = parser.parse_args()
-    phone = Phone(args.sip_port, args.rtp_port, args.short_jitter_buffer, args.sdp_port_offset)
+    phone = Phone(
+        args.sip_port,
+        args.rtp_port,
+        args.short_jitter_buffer,
+        args.sdp_port_offset,
+        vad=not args.no_vad,
+    )
     selector = selectors.DefaultSelector()
     selector.register(sys.stdin, selectors.EVENT_READ)
     emit("ready")

@@ -107,11 +107,11 @@ async def _run_call(
 async def _speak_into_the_echo(session: FakeSession, pcm: NDArray[np.int16], start: int) -> None:
     """One agent turn: ``pcm`` said; once its echo comes in, speech_started ``start`` ms
     before the input's end (past the 200 ms guard at 300, under it at 50), speech_stopped
-    400 ms later; the turn ends when the echo of its end has come back."""
+    700 ms later; the turn ends when the echo of its end has come back."""
     speaking = asyncio.create_task(session.respond(_at_rate(pcm, session.output_rate), pace=0.5))
     await session.wait_for_input(_echo_coming(), 10)
     await session.speech_started(max(0, session.input_ms - start))
-    await asyncio.sleep(0.4)
+    await asyncio.sleep(0.7)  # the guard counts the uplink as sent, which may lag what arrived
     await session.send(
         {
             "type": "input_audio_buffer.speech_stopped",

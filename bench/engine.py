@@ -139,6 +139,7 @@ async def _main(turns: int, pauses: int) -> dict[str, Any]:
         "ended_by_smart_turn": round(
             sum(t["smart_turn_end"] for t in inside) / max(1, len(inside)), 2
         ),
+        "stt_reused": round(sum(t["stt_reused"] for t in inside) / max(1, len(inside)), 2),
         "stt_final_pass_ms_p50": _percentile(stt, 50),
         "stt_final_pass_ms_p95": _percentile(stt, 95),
         "smart_turn_ms_p50": _percentile([t["smart_turn_ms"] for t in inside], 50),

@@ -34,7 +34,14 @@ from numpy.typing import NDArray
 from daemon.engine import speech_out
 from daemon.engine.brains import Brain, BrainCall, Turn
 from daemon.engine.speech_out import new_id
-from daemon.engine.turns import ONSET_MS, Recognition, TurnPolicy, unfinished
+from daemon.engine.turns import (
+    ONSET_MS,
+    QUIET_ONSET_MS,
+    Loudness,
+    Recognition,
+    TurnPolicy,
+    unfinished,
+)
 from daemon.logs import get_logger
 from daemon.realtime.dialect import DIALECTS, Dialect, SessionSettings
 from daemon.speech import SpeechToText, TextToSpeech
@@ -165,6 +172,7 @@ class EngineSession:
         self._turns = CallerTurns()
         self.policy = turns or TurnPolicy()
         self._recognition = Recognition(stt)
+        self._loudness = Loudness()  # of the utterance in progress (smart_turn mode)
         self.on_turn: Callable[[dict[str, float]], None] | None = None
         self.on_error: Callable[[str], None] | None = None  # a failure for the call's record
 
@@ -242,7 +250,7 @@ class EngineSession:
                 elif isinstance(change, SpeechStopped):
                     await self._speech_stopped(change.at_ms)
             if self.policy.model is not None:
-                self._pause_check()
+                self._pause_check(frame)
 
     def _current_pause(self) -> Pause | None:
         """The silence the caller is in after speech, if any (none while speaking)."""
@@ -252,16 +260,28 @@ class EngineSession:
             return None
         return Pause(item, vad.position_ms - vad.silence_ms, self._input.epoch)
 
-    def _pause_check(self) -> None:
+    def _speech_end(self, vad_end_ms: int) -> int:
+        """Where the utterance's speech ends: the VAD's end, or the end of its loud part if
+        earlier (webrtcvad hears voice some 100 ms past the sound)."""
+        return min(vad_end_ms, self._loudness.loud_end_ms)
+
+    def _pause_check(self, frame: bytes) -> None:
         """Per VAD frame (smart_turn mode): transcribe at a pause, judge a longer one."""
-        pause = self._current_pause()
-        if pause is None:
+        vad, item = self._input.vad, self._input.speech_item
+        if not vad.speaking or item is None:
             return
-        silence = self._input.vad.silence_ms
+        self._loudness.frame(frame, vad.position_ms)
         recognition = self._recognition
-        if silence >= ONSET_MS and recognition.covering(pause.utterance, pause.end_ms) is None:
-            recognition.start(pause.utterance, pause.end_ms, self._input.snapshot())
-        if silence >= self.policy.pause_ms and self._turns.judged != pause:
+        quiet = vad.silence_ms >= ONSET_MS or self._loudness.quiet_ms >= QUIET_ONSET_MS
+        speech_end = self._speech_end(vad.position_ms - vad.silence_ms)
+        if quiet and recognition.covering(item, speech_end) is None:
+            recognition.start(item, vad.position_ms, self._input.snapshot())
+        pause = self._current_pause()
+        if (
+            pause is not None
+            and vad.silence_ms >= self.policy.pause_ms
+            and self._turns.judged != pause
+        ):
             self._turns.judged = pause
             task = asyncio.create_task(self._judge(pause, self._input.snapshot()))
             self._tasks.add(task)
@@ -284,7 +304,8 @@ class EngineSession:
             log.debug("engine.turn_continues", session=self.id, probability=probability)
             return
         try:
-            text = await self._recognition.text(pause.utterance, pause.end_ms, audio)
+            speech_end = self._speech_end(pause.end_ms)
+            text = await self._recognition.text(pause.utterance, speech_end, audio)
         except Exception:  # the turn's own transcription reports it
             text = "-"
         if self._current_pause() != pause:
@@ -307,6 +328,7 @@ class EngineSession:
         padding = int(detection.get("prefix_padding_ms") or 300)
         # Keep only what the turn needs: the padding before the start of speech.
         self._input.trim(max(0, at_ms - padding))
+        self._loudness.reset(self._input.vad.position_ms)
         await self.send(
             {
                 "type": "input_audio_buffer.speech_started",
@@ -392,6 +414,8 @@ class EngineSession:
         there), else now."""
         started = time.monotonic() if decided is None else decided
         smart_turn = self.policy.model is not None
+        end_ms = self._speech_end(end_ms)
+        reused = smart_turn and self._recognition.covering(turn.item_id, end_ms) is not None
         try:
             if end_ms >= 0 and smart_turn:
                 text = await self._recognition.text(turn.item_id, end_ms, audio)
@@ -407,6 +431,7 @@ class EngineSession:
             "stt_ms": (time.monotonic() - started) * 1000,
             "smart_turn_ms": self._turns.smart_turn_ms if smart_turn else 0.0,
             "smart_turn_end": float(decided is not None),
+            "stt_reused": float(reused),  # the pass started at the pause gave the transcript
         }
         turn.text = text
         await self.send(
@@ -573,6 +598,7 @@ class EngineSession:
             "stt_ms": round(timing["stt_ms"], 1),
             "smart_turn_ms": round(timing["smart_turn_ms"], 1),
             "smart_turn_end": timing["smart_turn_end"],
+            "stt_reused": timing["stt_reused"],
             "tts_first_sentence_ms": round((now - tts_started) * 1000, 1),
         }
         log.info("engine.turn", session=self.id, **turn)

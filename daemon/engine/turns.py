@@ -33,7 +33,9 @@ from daemon.speech import SpeechToText
 from daemon.speech.turn import SmartTurn
 
 RATE = 16000
-ONSET_MS = 60  # VAD silence that starts a transcription of the utterance so far
+ONSET_MS = 20  # VAD silence (one unvoiced frame) that starts a transcription of the utterance
+QUIET_ONSET_MS = 40  # or this long quieter than QUIET_BELOW_PEAK_DB under the utterance's peak
+QUIET_BELOW_PEAK_DB = 30.0
 # Words an English turn does not end on: a transcript ending so is a pause, whatever the
 # intonation (Smart Turn hears "I think the" as finished now and then).
 UNFINISHED_ENDINGS = frozenset(
@@ -106,9 +108,37 @@ class TurnPolicy:
     threshold: float = 0.5
 
 
+class Loudness:
+    """Frame energies of the utterance in progress: where its loud part ends.
+
+    webrtcvad goes on flagging frames as voiced some 100 ms after a sound stops; a frame
+    :data:`QUIET_BELOW_PEAK_DB` under the loudest of the utterance is silence already. On a
+    line whose noise is that loud, no frame is quiet and the VAD alone decides."""
+
+    def __init__(self) -> None:
+        self._ratio = 10 ** (-QUIET_BELOW_PEAK_DB / 10)
+        self.reset(0)
+
+    def reset(self, at_ms: int) -> None:
+        """A new utterance, started at ``at_ms`` (VAD clock)."""
+        self._peak = 0.0
+        self.loud_end_ms = at_ms  # the end of its latest loud frame
+        self.quiet_ms = 0  # quiet frames in a row up to now
+
+    def frame(self, frame: bytes, end_ms: int) -> None:
+        """One 20 ms frame of 16-bit audio, ending at ``end_ms``."""
+        samples = np.frombuffer(frame, dtype="<i2").astype(np.float64)
+        energy = float(np.dot(samples, samples))
+        self._peak = max(self._peak, energy)
+        if energy > 0 and energy >= self._peak * self._ratio:
+            self.loud_end_ms, self.quiet_ms = end_ms, 0
+        else:
+            self.quiet_ms += len(samples) * 1000 // RATE
+
+
 @dataclass
 class Transcription:
-    """One pass of Whisper over an utterance's first ``end_ms`` (the VAD's clock)."""
+    """One pass of Whisper over an utterance up to ``end_ms`` (the VAD's clock)."""
 
     utterance: str
     end_ms: int

@@ -344,13 +344,14 @@ class EngineSession:
         verdict given at ``verdict_at`` (monotonic)."""
         item = self._input.speech_item or new_id("item")
         self._input.speech_item = None
+        speech_end = self._speech_end(at_ms) if self.policy.model is not None else at_ms
         await self.send(
             {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": at_ms, "item_id": item}
         )
         await self._commit(
             item,
             respond=bool((self.settings.turn_detection or {}).get("create_response", True)),
-            end_ms=at_ms,
+            end_ms=speech_end,
             verdict_at=verdict_at,
         )
 
@@ -367,8 +368,8 @@ class EngineSession:
     async def _commit(
         self, item_id: str, respond: bool, end_ms: int = -1, verdict_at: float | None = None
     ) -> None:
-        """Commit the buffer as ``item_id``; ``end_ms``: its speech's end, when the VAD found
-        it (a transcription already running up to there is then taken)."""
+        """Commit the buffer as ``item_id``; ``end_ms``: where its speech ends, when the VAD
+        found it (a transcription already running from there on is then taken)."""
         audio = self._input.commit()
         previous = self.conversation[-1].item_id if self.conversation else None
         await self.send(
@@ -414,7 +415,6 @@ class EngineSession:
         there), else now."""
         started = time.monotonic() if decided is None else decided
         smart_turn = self.policy.model is not None
-        end_ms = self._speech_end(end_ms)
         reused = smart_turn and self._recognition.covering(turn.item_id, end_ms) is not None
         try:
             if end_ms >= 0 and smart_turn:

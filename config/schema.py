@@ -330,8 +330,16 @@ class AgentSettings(Section):
             raise ValueError("must be a ws://, wss://, http:// or https:// URL")
         return value
 
+    @field_validator("bridge_phrase")
+    @classmethod
+    def _words(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must say something (the caller hears it while the call fails over)")
+        return value.strip()
+
     @model_validator(mode="after")
     def _backend_needs(self) -> Self:
+        # fallback = "local" with backend = "local": nothing to fail over from, a no-op.
         if self.backend in (Backend.OPENAI, Backend.AZURE) and not self.api_key.get_secret_value():
             raise ValueError(
                 f"backend {self.backend.value!r} needs api_key (or api_key_file, or the "

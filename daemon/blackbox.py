@@ -100,7 +100,7 @@ class BargeIn(TypedDict):
 
 class Replacement(TypedDict):
     at_s: float
-    reason: str  # reconnect | rotation
+    reason: str  # reconnect | rotation | failover
 
 
 class ModelFailure(TypedDict):
@@ -108,11 +108,22 @@ class ModelFailure(TypedDict):
     phase: str  # connect | session
 
 
+class Failover(TypedDict):
+    """The model was lost for good and the call went on on the embedded engine."""
+
+    at_s: float  # 0 at connect time
+    phase: str  # connect | session
+    kind: str  # a daemon.realtime.client.FailureKind value: why
+    error: str
+    to: str  # "local": the embedded engine
+
+
 class Model(TypedDict):
     connect_ms: float | None
     reconnects: int
     replacements: list[Replacement]
     failures: list[ModelFailure]
+    failovers: list[Failover]
 
 
 class Outbound(TypedDict):

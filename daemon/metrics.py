@@ -71,7 +71,8 @@ CALL_STATUSES = ("completed", "no_answer", "failed", "busy")
 REGISTRATION_CODES = ("401", "403", "404", "408", "480", "500", "503")
 WEBHOOK_KINDS = ("result", "inbound.message", "inbound.ended", "call.progress")
 FAILURE_KINDS = ("auth", "rate_limit", "connect", "timeout", "closed", "protocol", "mismatch")
-REPLACEMENT_REASONS = ("reconnect", "rotation")
+REPLACEMENT_REASONS = ("reconnect", "rotation", "failover")
+FAILOVER_PHASES = ("connect", "session")
 
 TURN_LATENCY_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 8)
 POST_TO_INVITE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120)
@@ -314,6 +315,12 @@ class Metrics:
             "drop) or rotation (before the provider's session cap).",
             ["reason"],
         )
+        self.model_failovers = counter(
+            "sipai_model_failovers",
+            "Inbound calls that went on on the embedded engine after their realtime model was "
+            "lost, by phase: connect (never reached) or session (lost mid-call).",
+            ["phase"],
+        )
         self.barge_ins = counter("sipai_barge_ins", "Times a caller interrupted the agent.")
         self.recordings = counter(
             "sipai_recordings",
@@ -447,8 +454,11 @@ class Metrics:
             self.registration_failures.labels(_closed(str(event.code), REGISTRATION_CODES)).inc()
 
     def on_inbound(self, worker: int, kind: str, body: Mapping[str, Any]) -> None:
-        """An inbound agent's event: a model failure counts, by kind, at connect or later."""
-        if kind != "agent_failed":
+        """An inbound agent's event: a model failure counts, by kind, at connect or later;
+        a failover to the embedded engine is such a failure too, and counts by phase."""
+        if kind == "agent_failover":
+            self.model_failovers.labels(_closed(body.get("phase"), FAILOVER_PHASES)).inc()
+        elif kind != "agent_failed":
             return
         failure = _closed(body.get("kind"), FAILURE_KINDS)
         if body.get("phase") == "connect":

@@ -32,7 +32,7 @@ from api.server import ApiServer, ApiStartError
 from api.spec import load_spec
 from api.webhooks import Deliverer
 from config import LoadedSettings
-from config.schema import BrainKind
+from config.schema import Backend, BrainKind, Fallback, SpeechBackend
 from daemon import __version__
 from daemon.call_feed import CallFeed
 from daemon.calls.runner import PoolRunner
@@ -346,6 +346,15 @@ class Supervisor:
             voice=tts.voice,
             load_ms=round((time.monotonic() - started) * 1000),
         )
+        agent = self._settings.agent
+        failover = agent.fallback is Fallback.LOCAL and agent.backend is not Backend.LOCAL
+        if failover and speech.backend is not SpeechBackend.LOCAL:  # the engine's ears and voice
+            log.warning(
+                "agent.fallback_speech_remote",
+                speech_backend=speech.backend.value,
+                hint="calls fail over to an engine that hears and speaks through [speech]; "
+                'backend = "local" there needs no network',
+            )
 
     async def _drain_feed(self) -> None:
         """End the console's event streams, so none holds the API server open on stop."""

@@ -3,7 +3,7 @@
 :func:`line` turns the SIP stack's stream statistics at the end of the media
 (:class:`~daemon.legs.leg.MediaStats`) into the black box's ``codec``, ``rtp``, ``mos`` and
 ``media`` sections; :class:`BlackBoxMeter` collects what a flow sees while the call lasts
-(turns, barge-ins, model sessions) and assembles the whole box at the end.
+(turns, barge-ins, model sessions, failovers) and assembles the whole box at the end.
 
 A turn is the model's report that the caller stopped speaking (``at``). Its caller end is the
 arrival time of the last caller frame the daemon's own VAD (:class:`VoiceMeter`) found voiced
@@ -156,6 +156,7 @@ class BlackBoxMeter:
         self._barge_ins: list[bb.BargeIn] = []
         self._replacements: list[bb.Replacement] = []
         self._failures: list[bb.ModelFailure] = []
+        self._failovers: list[bb.Failover] = []
         self.connect_ms: float | None = None
 
     # -- fed by the flow (times on the call's media clock) ---------------------------------
@@ -196,6 +197,15 @@ class BlackBoxMeter:
 
     def failed(self, kind: str, phase: str) -> None:
         self._failures.append({"kind": kind, "phase": phase})
+
+    def failed_over(self, kind: str, error: str, phase: str, at: float | None) -> float:
+        """The call went on on the embedded engine at ``at`` (None: before the answer); when,
+        in seconds since the answer."""
+        at_s = max(0.0, self._since(at)) if at is not None else 0.0
+        self._failovers.append(
+            {"at_s": at_s, "phase": phase, "kind": str(kind), "error": error, "to": "local"}
+        )
+        return at_s
 
     # -- the box --------------------------------------------------------------------------
 
@@ -249,6 +259,7 @@ class BlackBoxMeter:
                     "reconnects": reconnects,
                     "replacements": list(self._replacements),
                     "failures": list(self._failures),
+                    "failovers": list(self._failovers),
                 },
                 "connect_seconds": round(connect_seconds, 3),
             }

@@ -26,6 +26,12 @@ counted in the caller audio the model has received (``UplinkSent``).
                                   '--failure, no answer in 30 s--> ACTIVE (error to the model)
     ACTIVE | CLOSING | TRANSFERRING --lost (retryable) / rotation--> REPLACING --> back
     any --call ended, unrecoverable loss--> DONE
+
+With ``[agent] fallback = "local"`` and a cloud backend, the loss that would end the call
+(not retryable, or ``max_reconnects`` used up) fails over instead, once: the bridge phrase,
+then a new session on the embedded engine with the transcript replayed, which is asked to
+speak once it is up. Losses after that (or after a failover at connect time, ``Started``)
+follow the rules above.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import json
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from config.schema import AgentSettings, RealtimeSettings
+from config.schema import AgentSettings, Backend, Fallback, RealtimeSettings
 from daemon.calls import agent_config as tools
 from daemon.calls import conversation_events as ce
 from daemon.realtime import events as ev
@@ -116,6 +122,8 @@ class _Session:
     reconnects: int = 0
     reason: str = ""  # of the replacement under way
     resume: Stage = Stage.ACTIVE  # the stage to go back to once replaced
+    failed_over: bool = False  # on the embedded engine now (or on the way): never again
+    speak: bool = False  # ask the new session for a response once it is up (a failover)
 
 
 class Conversation:
@@ -165,6 +173,7 @@ class Conversation:
         if isinstance(event, ce.CallEnded):
             return self._to_done([ce.End(event.cause)])
         self.answered_at = self._session.started = now
+        self._session.failed_over = event.failed_over
         if not (event.greeting and self.agent.greeting):
             return []
         self._talk.greeting_asked = True
@@ -430,6 +439,8 @@ class Conversation:
                 ce.Log("agent.reconnecting", fields, "warning"),
                 *self._replace("reconnect", after),
             ]
+        if self._may_fail_over():
+            return self._fail_over(event)
         fields = {"kind": event.kind, "error": event.error}
         return self._to_done(
             [
@@ -439,6 +450,22 @@ class Conversation:
                 ce.End(f"model {event.kind}: {event.error}"),
             ]
         )
+
+    def _may_fail_over(self) -> bool:
+        agent = self.agent
+        local = agent.fallback is Fallback.LOCAL and agent.backend is not Backend.LOCAL
+        return local and not self._session.failed_over
+
+    def _fail_over(self, event: ce.SessionLost | ce.ReplaceFailed) -> list[ce.Action]:
+        """The cloud model is lost for good: the embedded engine takes the call over."""
+        self._session.failed_over = self._session.speak = True
+        fields = {"kind": event.kind, "error": event.error, "phase": "session", "to": "local"}
+        return [
+            ce.Log("agent.failover", fields, "warning"),
+            ce.ReportFailover(event.kind, event.error),
+            ce.Bridge(),
+            *self._replace("failover"),
+        ]
 
     def _replaced(self, event: ce.SessionReplaced, now: float) -> list[ce.Action]:
         if self.stage is not Stage.REPLACING:
@@ -455,4 +482,8 @@ class Conversation:
         fmt = event.output_format
         actions: list[ce.Action] = [ce.SetOutputFormat(fmt)] if fmt is not None else []
         note = ce.SessionNote("replaced", session.reason)
-        return [*actions, ce.Log("agent.session_replaced", fields), note, *self._said_if_done(now)]
+        actions += [ce.Log("agent.session_replaced", fields), note, *self._said_if_done(now)]
+        speak, session.speak = session.speak, False
+        if speak and session.resume is Stage.ACTIVE:
+            actions.append(ce.CreateResponse())  # after the bridge phrase, the engine speaks
+        return actions

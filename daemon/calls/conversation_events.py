@@ -38,9 +38,11 @@ class Turn:
 
 @dataclass(frozen=True)
 class Started:
-    """The call is confirmed and the session is up; ask for the greeting if ``greeting``."""
+    """The call is confirmed and the session is up; ask for the greeting if ``greeting``.
+    ``failed_over``: the session is already the embedded engine's (the first one failed)."""
 
     greeting: bool
+    failed_over: bool = False
 
 
 @dataclass(frozen=True)
@@ -212,9 +214,10 @@ class HangUp:
 @dataclass(frozen=True)
 class ReplaceSession:
     """Open a new session after ``after`` s, replay ``replay`` as text, swap; report
-    :class:`SessionReplaced` or :class:`ReplaceFailed`."""
+    :class:`SessionReplaced` or :class:`ReplaceFailed`. ``reason`` failover: the new session
+    is the embedded engine's, and so is every one after it."""
 
-    reason: str  # reconnect | rotation
+    reason: str  # reconnect | rotation | failover
     replay: tuple[Turn, ...]
     after: float = 0.0
 
@@ -233,6 +236,20 @@ class RecordTurn:
 class ReportFailure:
     kind: FailureKind
     error: str
+
+
+@dataclass(frozen=True)
+class ReportFailover:
+    """The model was lost for good: the call goes on on the embedded engine (for the record)."""
+
+    kind: FailureKind
+    error: str
+
+
+@dataclass(frozen=True)
+class Bridge:
+    """Say the bridge phrase in the local voice, after what is playing, while the embedded
+    engine's session opens (the phrase is queued before that session speaks)."""
 
 
 @dataclass(frozen=True)
@@ -260,7 +277,7 @@ class SessionNote:
     """A change of model session (for the call's black box)."""
 
     kind: str  # replaced
-    reason: str  # reconnect | rotation
+    reason: str  # reconnect | rotation | failover
 
 
 @dataclass(frozen=True)
@@ -288,6 +305,8 @@ Action = (
     | SetOutputFormat
     | RecordTurn
     | ReportFailure
+    | ReportFailover
+    | Bridge
     | Apologise
     | End
     | BargedIn

@@ -7,10 +7,14 @@ carries out its actions, and keeps one timer on its deadline (on the media clock
 Answer; once the caller's ACK confirms the call, connect the model session (bounded by
 ``connect_timeout_seconds``): a caller that never ACKs costs no session. If the model cannot
 be reached, say the apology in the local voice, or (``on_connect_failure = "reject"``,
-connecting before answering) refuse the call with 503. Uplink: the caller's 20 ms frames,
-encoded to the session's input format (mu-law passthrough, or PCM at 24 kHz), go out in
-batches of ``uplink_batch_ms``. Downlink: audio deltas are decoded into the playout buffer,
-in whatever format the session reports.
+connecting before answering) refuse the call with 503. With a ``fallback`` endpoint (the
+embedded engine, ``[agent] fallback = "local"``) the call fails over instead: the caller
+hears the bridge phrase in the local voice while the engine's session opens (before the
+answer, with ``reject``: nothing to hear), and the engine greets; the apology (or 503) only if
+that fails too. Mid-call failovers are the conversation's (:class:`ce.Bridge`). Uplink: the
+caller's 20 ms frames, encoded to the session's input format (mu-law passthrough, or PCM at
+24 kHz), go out in batches of ``uplink_batch_ms``. Downlink: audio deltas are decoded into the
+playout buffer, in whatever format the session reports.
 
 A caller hang-up closes the model session at once; nothing outlives the call.
 """
@@ -27,7 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from config.schema import AgentSettings, ConnectFailure, RealtimeSettings
+from config.schema import AgentSettings, ConnectFailure, Fallback, RealtimeSettings
 from daemon.calls import conversation_events as ce
 from daemon.calls.agent_config import for_call
 from daemon.calls.blackbox_meter import BlackBoxMeter, VoiceMeter
@@ -39,7 +43,7 @@ from daemon.legs.media import LegMedia
 from daemon.logs import get_logger
 from daemon.realtime import events as ev
 from daemon.realtime.client import Endpoint, RealtimeError
-from media.codec import Decoder, Encoder
+from media.codec import AudioFormat, Decoder, Encoder
 from media.vad import VAD_RATES
 
 log = get_logger(__name__)
@@ -70,13 +74,19 @@ class InboundAgent:
         endpoint: Endpoint,
         limits: RealtimeSettings,
         services: AgentServices,
+        *,
+        fallback: Endpoint | None = None,
     ) -> None:
         self.leg = leg
         self.key = leg.info.key
         self.services = services
         self.agent, route = for_call(agent, leg.info)
+        if fallback is None:  # nowhere to fail over to, whatever [agent] says
+            self.agent = self.agent.model_copy(update={"fallback": Fallback.NONE})
         self.conversation = Conversation(self.agent, limits)
-        self.session = CallSession(endpoint, self.agent, self.key, route, leg.info.kind)
+        self.session = CallSession(
+            endpoint, self.agent, self.key, route, leg.info.kind, fallback=fallback
+        )
         self.media: LegMedia | None = None
         self.ended = asyncio.Event()
         self.end_cause = ""
@@ -87,6 +97,9 @@ class InboundAgent:
         self._http = HttpTools(self.key)
         self.meter = BlackBoxMeter()  # the call's black box, fed on the loop
         self._ended_event: Ended | None = None  # the leg's Ended, with the stream statistics
+        self._failover: str | None = None  # why the call failed over ("kind: error"), if it did
+        self._bridging: asyncio.Task[None] | None = None  # the bridge phrase being queued
+        self._bridge_samples = 0  # of the bridge phrase queued, if it was
 
     # -- the call, start to end -----------------------------------------------------------
 
@@ -97,24 +110,28 @@ class InboundAgent:
         try:
             input_format, output_format = await self.session.open()
         except RealtimeError as exc:
-            await self._cannot_connect(exc)
-            return
+            formats = await self._connect_fallback(exc, answered=not before_answer)
+            if formats is None:
+                return
+            input_format, output_format = formats
         if self.session.connect_ms is not None:
             self.meter.connected(self.session.connect_ms)
         if before_answer and not await self._answer_and_confirm():
             await self.session.close()
             return
         try:
-            media = self.media = await self.leg.media()
+            media = self.media = self.media if self.media is not None else await self.leg.media()
         except LegError as exc:  # the caller hung up while the model was connecting
             log.info("agent.caller_gone", call_id=self.key, error=str(exc))
             await self.session.close()
             return
         media.playout.clock = media.clock.now  # first frames out, on the clock of the turns
-        self.meter.answered(media.clock.now())
+        if self.meter.answered_at is None:
+            self.meter.answered(media.clock.now())
         self._decoder = Decoder(output_format, media.rate)
         try:
-            await self._feed(ce.Started(greeting=bool(self.agent.greeting)))
+            started = ce.Started(bool(self.agent.greeting), failed_over=self._failover is not None)
+            await self._feed(started)
             self._spawn(self._uplink(media, Encoder(media.rate, input_format)))
             self._spawn(self._downlink())
             self._spawn(self._watch_call())
@@ -144,15 +161,52 @@ class InboundAgent:
             log.info("agent.not_confirmed", call_id=self.key, cause=self.end_cause)
         return isinstance(event, Answered)
 
+    async def _connect_fallback(
+        self, exc: RealtimeError, answered: bool
+    ) -> tuple[AudioFormat, AudioFormat] | None:
+        """The first session could not be opened: open it on the fallback (the bridge phrase
+        said meanwhile if the call is answered); its formats, or None once the call was
+        refused or apologised to (no fallback, or it failed too)."""
+        if not self.session.can_fail_over:
+            await self._cannot_connect(exc)
+            return None
+        log.warning(
+            "agent.failover",
+            call_id=self.key,
+            kind=exc.kind,
+            error=str(exc),
+            phase="connect",
+            to="local",
+        )
+        if answered:
+            try:
+                media = self.media = await self.leg.media()
+            except LegError as gone:
+                log.info("agent.caller_gone", call_id=self.key, error=str(gone))
+                return None
+            media.playout.clock = media.clock.now
+            self.meter.answered(media.clock.now())
+            self._bridging = self._spawn(self._bridge(media))
+        await self._report_failover(exc.kind, str(exc), "connect")
+        try:
+            formats = await self.session.fail_over()
+        except RealtimeError as local:
+            await self._bridged()
+            await self._cannot_connect(local)
+            return None
+        await self._bridged()
+        return formats
+
     async def _cannot_connect(self, exc: RealtimeError) -> None:
         """Refuse the call (503, not answered yet), or say the apology and hang up."""
         await self._report_failure(exc.kind, str(exc), "connect")
         try:
-            if self.agent.on_connect_failure is ConnectFailure.REJECT:
+            if self.agent.on_connect_failure is ConnectFailure.REJECT and self.media is None:
                 await self.leg.reject(503)
                 return
-            self.media = await self.leg.media()
-            self.meter.answered(self.media.clock.now())
+            if self.media is None:
+                self.media = await self.leg.media()
+                self.meter.answered(self.media.clock.now())
             await self._apologise(self.media)
             await self.leg.hangup()
             await self._until_ended()
@@ -299,10 +353,8 @@ class InboundAgent:
             with contextlib.suppress(LegError):
                 await self.leg.hangup()
             self._end(action.cause)
-        elif isinstance(action, ce.ReplaceSession):
-            if action.after:
-                await media.clock.sleep(action.after)
-            return await self.session.replace(action.replay)
+        elif isinstance(action, ce.ReplaceSession | ce.Bridge | ce.ReportFailover):
+            return await self._do_session(action, media)
         elif isinstance(action, ce.RecordTurn):  # role, text, at
             await self.services.report("transcript", {"call": self.key, **asdict(action.turn)})
         elif isinstance(action, ce.ReportFailure):
@@ -315,6 +367,22 @@ class InboundAgent:
             self.meter.note(action, media.clock.now())
         elif isinstance(action, ce.Log):
             getattr(log, action.level)(action.event, call_id=self.key, **action.fields)
+        return None
+
+    async def _do_session(
+        self, action: ce.ReplaceSession | ce.Bridge | ce.ReportFailover, media: LegMedia
+    ) -> Result:
+        """A new model session, and a failover's bridge phrase and report."""
+        if isinstance(action, ce.Bridge):
+            self._bridging = self._spawn(self._bridge(media))
+        elif isinstance(action, ce.ReportFailover):
+            await self._report_failover(action.kind, action.error, "session")
+        else:
+            if action.after:
+                await media.clock.sleep(action.after)
+            replaced = await self.session.replace(action.replay, action.reason == "failover")
+            await self._bridged()  # queued before the new session can speak
+            return replaced
         return None
 
     async def _after(
@@ -345,10 +413,44 @@ class InboundAgent:
         return {"ok": True, "sent": digits}
 
     async def _report_failure(self, kind: str, error: str, phase: str) -> None:
-        """``phase``: connect (the first session could not be opened) or session."""
+        """``phase``: connect (the first session could not be opened) or session. After a
+        failover the error names the model's failure before it too."""
         self.meter.failed(kind, phase)
+        if self._failover is not None:
+            error = f"{error} (on the embedded engine, after {self._failover})"
         body = {"call": self.key, "kind": kind, "error": error, "phase": phase}
         await self.services.report("agent_failed", body)
+
+    async def _report_failover(self, kind: str, error: str, phase: str) -> None:
+        """The model was lost (``phase`` connect or session): the call goes on on the
+        embedded engine. For the black box and the record."""
+        self._failover = f"{kind}: {error}"
+        now = self.media.clock.now() if self.media is not None else None
+        at = self.meter.failed_over(kind, error, phase, now)
+        body = {"call": self.key, "kind": kind, "error": error, "phase": phase, "at": at}
+        await self.services.report("agent_failover", body | {"to": "local"})
+
+    async def _bridge(self, media: LegMedia) -> None:
+        """The bridge phrase in the local voice, queued after what is playing."""
+        if media.closed:
+            return
+        started = time.monotonic()
+        try:
+            speech = await self.services.synthesize(self.agent.bridge_phrase, media.rate)
+        except Exception as exc:
+            log.warning("agent.bridge_failed", call_id=self.key, error=repr(exc))
+            return
+        media.playout.push("bridge", speech)
+        media.playout.end_item("bridge")
+        self._bridge_samples = len(speech)
+        synthesis_ms = round((time.monotonic() - started) * 1000, 1)
+        log.info("agent.bridge_queued", call_id=self.key, synthesis_ms=synthesis_ms)
+
+    async def _bridged(self) -> None:
+        """Wait until the bridge phrase under way (if any) is queued."""
+        bridging, self._bridging = self._bridging, None
+        if bridging is not None:
+            await bridging  # bounded by the synthesis request; it raises nothing
 
     async def _uplink(self, media: LegMedia, encoder: Encoder) -> None:
         batch_ms = self.agent.uplink_batch_ms
@@ -394,6 +496,9 @@ class InboundAgent:
         except Exception as exc:
             log.warning("agent.apology_failed", call_id=self.key, error=repr(exc))
             return
+        if self._bridge_samples:  # a failover that failed: the bridge phrase is heard out
+            within = self._bridge_samples / media.rate + 1.0
+            await media.until_played("bridge", self._bridge_samples, within)
         media.playout.flush()
         media.playout.push("apology", speech)
         media.playout.end_item("apology")

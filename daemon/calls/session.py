@@ -3,6 +3,11 @@
 Sends never raise: a session that is lost or being replaced drops what is sent to it (the
 receiving side learns of the loss and reports it). Server errors that end a session (a
 ``server_error``, a rate limit) are raised by :meth:`CallSession.receive` like a dropped socket.
+
+With a ``fallback`` endpoint (the embedded engine, ``[agent] fallback = "local"``) the call can
+fail over: :meth:`CallSession.fail_over` opens the first session there instead, and
+:meth:`CallSession.replace` with ``failover`` moves the call there mid-call. From then on every
+new session (a reconnect, a rotation) opens on the engine.
 """
 
 from __future__ import annotations
@@ -37,8 +42,11 @@ class CallSession:
         call_key: str,
         route: int | None,
         kind: str = "sip",
+        *,
+        fallback: Endpoint | None = None,
     ) -> None:
-        self.endpoint = endpoint
+        self.endpoint = endpoint  # where new sessions open: the fallback's once failed over
+        self.fallback = fallback
         self.agent = agent
         self.call_key = call_key
         self.route = route  # the [[agent.routes]] entry applied, for the log
@@ -55,14 +63,15 @@ class CallSession:
             reported = await self.current.open(self.agent.connect_timeout_seconds)
         except RealtimeError as exc:
             fallback = self.agent.on_connect_failure
+            failing_over = self.can_fail_over
             log.error(
                 "agent.connect_failed",
                 call_id=self.call_key,
                 url=self.endpoint.safe_url,
                 kind=exc.kind,
                 error=str(exc),
-                fallback=fallback.value,
-                sip_code=503 if fallback is ConnectFailure.REJECT else None,
+                fallback="local" if failing_over else fallback.value,
+                sip_code=503 if fallback is ConnectFailure.REJECT and not failing_over else None,
             )
             raise
         self.connect_ms = round((time.monotonic() - started) * 1000, 1)
@@ -75,10 +84,25 @@ class CallSession:
             output_format=str(reported.output_format),
             connect_ms=round(self.connect_ms),
             route=self.route,
+            failed_over=self.endpoint is self.fallback,
         )
         assert reported.input_format is not None  # checked by the session
         assert reported.output_format is not None
         return reported.input_format, reported.output_format
+
+    @property
+    def can_fail_over(self) -> bool:
+        """A fallback is configured and the call is not on it yet."""
+        return self.fallback is not None and self.endpoint is not self.fallback
+
+    async def fail_over(self) -> tuple[AudioFormat, AudioFormat]:
+        """The first session could not be opened: open it on the fallback instead, with the
+        same session settings (as :meth:`open`)."""
+        assert self.fallback is not None
+        await self.current.close()
+        self.endpoint = self.fallback
+        self.current = RealtimeSession(self.endpoint, session_config(self.agent, self.kind))
+        return await self.open()
 
     async def close(self) -> None:
         await self.current.close()
@@ -101,7 +125,7 @@ class CallSession:
     async def append(self, data: bytes, arrived: Iterable[float], clock: Clock) -> bool:
         """Caller audio in the session's input format, from frames that arrived at
         ``arrived`` (``clock`` times); False if the session is gone."""
-        if not await self.send(self.endpoint.dialect.append(base64.b64encode(data).decode())):
+        if not await self.send(self.current.dialect.append(base64.b64encode(data).decode())):
             return False
         sent = clock.now()
         self.uplink_latency.extend(sent - t for t in arrived)
@@ -122,7 +146,7 @@ class CallSession:
 
     def message(self, action: ce.Action) -> Json | None:
         """The client event an action of the conversation sends, if it is one."""
-        dialect = self.endpoint.dialect
+        dialect = self.current.dialect
         if isinstance(action, ce.Cancel):
             return dialect.cancel()
         if isinstance(action, ce.Truncate):
@@ -135,10 +159,13 @@ class CallSession:
             return dialect.function_output(action.call_id, json.dumps(action.output))
         return None
 
-    async def replace(self, replay: tuple[ce.Turn, ...]) -> ce.Event:
-        """A new session with the conversation so far replayed as text; then swap."""
+    async def replace(self, replay: tuple[ce.Turn, ...], failover: bool = False) -> ce.Event:
+        """A new session with the conversation so far replayed as text; then swap.
+        ``failover``: on the fallback, from now on."""
+        if failover and self.fallback is not None:
+            self.endpoint = self.fallback
         new = RealtimeSession(self.endpoint, session_config(self.agent, self.kind))
-        dialect = self.endpoint.dialect
+        dialect = new.dialect
         try:
             reported = await new.open(self.agent.connect_timeout_seconds)
             for turn in replay:

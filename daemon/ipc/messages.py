@@ -10,7 +10,7 @@ To a worker: :class:`Ping`, :class:`Shutdown`, :class:`Outbound`, :class:`MakeCa
 supervisor: :class:`Hello`, :class:`Claim`, :class:`Synthesize`, :class:`Transcribe`, and
 the events :class:`Ready`, :class:`SipEventMessage`, :class:`OutboundStatus` and the inbound
 agent's :class:`InboundStarted`, :class:`TranscriptTurn`, :class:`AgentFailed`,
-:class:`InboundDone`.
+:class:`AgentFailover`, :class:`InboundDone`.
 :data:`REQUESTS` and :data:`EVENTS` map each ``type`` to its class.
 
 :data:`Pcm16` is the one field type for audio: int16 samples, carried as base64 of
@@ -322,6 +322,18 @@ class AgentFailed(Event):
     phase: Literal["connect", "session"] = "session"
 
 
+class AgentFailover(Event):
+    """The model was lost for good and the call went on on the embedded engine."""
+
+    type = "agent_failover"
+    call: str
+    kind: str  # a daemon.realtime.client.FailureKind value
+    error: str
+    phase: Literal["connect", "session"]
+    at: float = 0.0  # seconds since the call was answered
+    to: Literal["local"] = "local"
+
+
 class InboundDone(Event):
     type = "inbound_done"
     call: str
@@ -338,7 +350,13 @@ class WebCallEnded(Event):
     call: str
 
 
-INBOUND_EVENTS: tuple[type[Event], ...] = (InboundStarted, TranscriptTurn, AgentFailed, InboundDone)
+INBOUND_EVENTS: tuple[type[Event], ...] = (
+    InboundStarted,
+    TranscriptTurn,
+    AgentFailed,
+    AgentFailover,
+    InboundDone,
+)
 
 REQUESTS: dict[str, type[Request[Any]]] = {
     cls.type: cls

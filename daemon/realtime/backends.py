@@ -7,13 +7,17 @@
   with an ``api-key`` header.
 - ``url``: the URL as given (``?model=`` added when a model is set), Bearer when a key is set.
 - ``local``: the embedded engine at ``/v1/realtime`` on the daemon's own API port.
+
+:func:`fallback_endpoint` is that engine as the failover of a cloud backend
+(``fallback = "local"``); it speaks the GA protocol whatever ``dialect`` the cloud has.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from config.schema import AgentSettings, ApiSettings, Backend
+from config.schema import AgentSettings, ApiSettings, Backend, Fallback
 from config.schema import Dialect as DialectName
 from daemon.realtime.client import Endpoint
 from daemon.realtime.dialect import DIALECTS
@@ -62,6 +66,31 @@ def endpoint(agent: AgentSettings, api: ApiSettings) -> Endpoint:
         if token:
             headers["Authorization"] = f"Bearer {token}"
     return Endpoint(url, headers, dialect)
+
+
+def fallback_endpoint(agent: AgentSettings, api: ApiSettings) -> Endpoint | None:
+    """The embedded engine a call fails over to, or None (no fallback, or the backend is
+    the engine already)."""
+    if agent.fallback is not Fallback.LOCAL or agent.backend is Backend.LOCAL:
+        return None
+    local = agent.model_copy(update={"backend": Backend.LOCAL, "dialect": DialectName.GA})
+    return endpoint(local, api)
+
+
+def call_endpoints(
+    agent: AgentSettings, api: ApiSettings, call: str
+) -> tuple[Endpoint, Endpoint | None]:
+    """A call's endpoint and its fallback; one on the embedded engine names the call
+    (``call``, "worker:call", in ``X-Sipai-Call``) so the engine files its message under it."""
+
+    def named(target: Endpoint) -> Endpoint:
+        return dataclasses.replace(target, headers={**target.headers, "X-Sipai-Call": call})
+
+    target = endpoint(agent, api)
+    if agent.backend is Backend.LOCAL:
+        target = named(target)
+    fallback = fallback_endpoint(agent, api)
+    return target, named(fallback) if fallback is not None else None
 
 
 def _ws(url: str) -> str:

@@ -20,13 +20,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from config.schema import AgentSettings, ApiSettings, Backend, RealtimeSettings, RecordingsSettings
+from config.schema import AgentSettings, ApiSettings, RealtimeSettings, RecordingsSettings
 from daemon.blackbox import RecordingInfo
 from daemon.calls.inbound import AgentServices, InboundAgent
 from daemon.legs.leg import Answered, CallInfo, CallLeg, Ended, LegError, LegEvent
 from daemon.legs.media import LegMedia
 from daemon.logs import get_logger
-from daemon.realtime.backends import endpoint
+from daemon.realtime.backends import call_endpoints
 from daemon.recording.dialer import call_ended
 from daemon.recording.writer import Recording, RecordingWriter, recording_path
 from sip.events import CallAnswered, SipEvent
@@ -109,12 +109,10 @@ async def web_agent(ctx: WebContext, leg: CallLeg, record_id: str) -> None:
         },
     )
     recording = await _start_recording(ctx, leg, record_id) if ctx.recordings.enabled else None
-    target = endpoint(settings, ctx.api)
-    if settings.backend is Backend.LOCAL:  # the engine files the message under this call
-        target = dataclasses.replace(
-            target, headers={**target.headers, "X-Sipai-Call": f"{ctx.index}:{info.key}"}
-        )
-    agent_call = InboundAgent(ConnectedLeg(leg, services), settings, target, ctx.realtime, services)
+    target, fallback = call_endpoints(settings, ctx.api, f"{ctx.index}:{info.key}")
+    agent_call = InboundAgent(
+        ConnectedLeg(leg, services), settings, target, ctx.realtime, services, fallback=fallback
+    )
     cause = ""
     ended: Ended | None = None
     written: RecordingInfo | None = None

@@ -27,7 +27,7 @@ from typing import TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from config.schema import AgentSettings, ApiSettings, Backend, RealtimeSettings, RecordingsSettings
+from config.schema import AgentSettings, ApiSettings, RealtimeSettings, RecordingsSettings
 from daemon.blackbox import RecordingInfo
 from daemon.calls.inbound import InboundAgent
 from daemon.calls.outbound import OutboundCall
@@ -35,7 +35,7 @@ from daemon.ipc.connection import Body
 from daemon.ipc.messages import Outbound
 from daemon.legs.leg import CallLeg, Dialer, LegError
 from daemon.logs import get_logger
-from daemon.realtime.backends import endpoint
+from daemon.realtime.backends import call_endpoints
 from daemon.recording.dialer import RecordingDialer, call_ended
 from daemon.recording.writer import Recording, RecordingWriter, recording_path
 from daemon.worker.services import WorkerServices
@@ -116,12 +116,8 @@ async def agent(
             "extension": user_of(info.headers.get("to", "")),
         },
     )
-    target = endpoint(settings, ctx.api)
-    if settings.backend is Backend.LOCAL:  # the engine files the message under this call
-        target = dataclasses.replace(
-            target, headers={**target.headers, "X-Sipai-Call": f"{ctx.index}:{info.key}"}
-        )
-    agent_call = InboundAgent(leg, settings, target, ctx.realtime, services)
+    target, fallback = call_endpoints(settings, ctx.api, f"{ctx.index}:{info.key}")
+    agent_call = InboundAgent(leg, settings, target, ctx.realtime, services, fallback=fallback)
     failure: Exception | None = None
     try:
         await agent_call.run()

@@ -6,7 +6,8 @@ the same way before it goes out. Per connection it answers ``session.update`` wi
 ``session.updated`` (the session as asked, or with ``session_override`` applied), records the
 caller audio it receives (decoded to 8 kHz PCM, with the input-buffer timeline), answers
 ``conversation.item.truncate``, and then runs the test's ``script`` coroutine, which speaks,
-calls tools, sends speech events or drops the socket.
+calls tools, sends speech events or drops the socket. With ``refuse`` set it answers every
+handshake with that HTTP status instead (a model that cannot be reached), counting them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 import websockets
 from numpy.typing import NDArray
 from websockets.asyncio.server import ServerConnection
+from websockets.http11 import Request, Response
 
 from media import g711
 from media.resample import Resampler
@@ -314,11 +316,15 @@ class FakeRealtime:
         self.sessions: list[FakeSession] = []
         self.violations: list[str] = []
         self.errors: list[str] = []
+        self.refuse: int | None = None  # an HTTP status for every handshake, instead of a session
+        self.refused = 0
         self._server: Any = None
         self.url = ""
 
     async def __aenter__(self) -> FakeRealtime:
-        self._server = await websockets.serve(self._handle, "127.0.0.1", 0)
+        self._server = await websockets.serve(
+            self._handle, "127.0.0.1", 0, process_request=self._process_request
+        )
         port = self._server.sockets[0].getsockname()[1]
         self.url = f"ws://127.0.0.1:{port}/v1/realtime"
         return self
@@ -332,6 +338,12 @@ class FakeRealtime:
             while len(self.sessions) <= index:
                 await asyncio.sleep(0.02)
         return self.sessions[index]
+
+    def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        if self.refuse is None:
+            return None
+        self.refused += 1
+        return ws.respond(self.refuse, "refused by the test\n")
 
     async def _handle(self, ws: ServerConnection) -> None:
         request = ws.request

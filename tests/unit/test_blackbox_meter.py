@@ -66,11 +66,38 @@ def test_turns_barge_ins_and_session_changes() -> None:
             {"at_s": 20.0, "reason": "rotation"},
         ],
         "failures": [],
+        "failovers": [],
     }
     assert box["rtp"] is None
     assert box["mos"] is None
     assert box["connect_seconds"] == 25.5
     assert box["version"] == 1
+
+
+def test_a_failover_is_kept_with_when_and_why() -> None:
+    """A failover at connect is at 0 s (before the answer, too); one mid-call at its time
+    since the answer; each names its phase, kind, error and the engine it went to."""
+    meter = BlackBoxMeter()
+    assert meter.failed_over("connect", "HTTP 503 on connect", "connect", None) == 0.0
+    meter.answered(10.0)
+    assert meter.failed_over("closed", "1006 no close frame", "session", 14.25) == 4.25
+    box = meter.black_box(None, 8000, 20.0, lambda item: None)
+    assert box["model"]["failovers"] == [
+        {
+            "at_s": 0.0,
+            "phase": "connect",
+            "kind": "connect",
+            "error": "HTTP 503 on connect",
+            "to": "local",
+        },
+        {
+            "at_s": 4.25,
+            "phase": "session",
+            "kind": "closed",
+            "error": "1006 no close frame",
+            "to": "local",
+        },
+    ]
 
 
 def test_the_line_section_rates_what_each_side_heard() -> None:

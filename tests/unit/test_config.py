@@ -317,3 +317,21 @@ def test_amd_settings_default_to_asterisk_and_are_checked(tmp_path: Path) -> Non
         load_settings(_write(tmp_path, "[amd]\nbeep_low_hz = 2500\n"), environ={})
     assert caught.value.problems[0].startswith(f"{path}: amd"), caught.value
     assert "beep_low_hz must be below beep_high_hz" in caught.value.problems[0]
+
+
+def test_fallback_and_bridge_phrase(tmp_path: Path) -> None:
+    """fallback = "local" loads with any backend (with "local" it changes nothing); a blank
+    bridge_phrase is an error that names the key."""
+    path = _write(tmp_path, '[agent]\nfallback = "local"\nbridge_phrase = " Hold on. "\n')
+    agent = load_settings(path, environ={}).settings.agent
+    assert (agent.backend, agent.fallback.value, agent.bridge_phrase) == (
+        Backend.LOCAL,
+        "local",
+        "Hold on.",
+    )
+    path = _write(tmp_path, '[agent]\nfallback = "cloud"\nbridge_phrase = "  "\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    text = str(caught.value)
+    assert f"{path}: agent.fallback:" in text, text
+    assert f"{path}: agent.bridge_phrase: must say something" in text, text

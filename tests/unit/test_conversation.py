@@ -458,3 +458,117 @@ def test_a_replacement_reports_its_reason() -> None:
     assert ce.SessionNote("replaced", "reconnect") in actions, actions
     ending = call.feed(ce.SessionLost(FailureKind.RATE_LIMIT, False, "slow down"), at=5.0)
     assert not [a for a in ending if isinstance(a, ce.SessionNote)], ending
+
+
+CLOUD = {"backend": "url", "url": "ws://127.0.0.1:9/v1/realtime"}
+
+
+def test_a_loss_beyond_max_reconnects_fails_over_to_the_engine_with_the_transcript() -> None:
+    """With fallback local, the loss that would end the call says the bridge phrase and
+    replaces the session onto the embedded engine with the transcript replayed (no apology,
+    no end); once replaced the engine is asked to speak, and the call goes on."""
+    call = Call(RealtimeSettings(max_reconnects=1), fallback="local", **CLOUD)
+    call.model(ev.AgentTranscript("t1", "Hello, how can I help?"), at=1.0)
+    call.model(ev.CallerTranscript("t2", "Move my appointment."), at=3.0)
+    [_, reconnect] = call.feed(ce.SessionLost(FailureKind.CLOSED, True, "1006"), at=4.0)
+    assert reconnect == ce.ReplaceSession("reconnect", tuple(call.conv.transcript))
+    actions = call.feed(ce.ReplaceFailed(FailureKind.CONNECT, True, "refused"), at=4.5)
+    assert actions == [
+        ce.Log(
+            "agent.failover",
+            {"kind": "connect", "error": "refused", "phase": "session", "to": "local"},
+            "warning",
+        ),
+        ce.ReportFailover(FailureKind.CONNECT, "refused"),
+        ce.Bridge(),
+        ce.ReplaceSession("failover", tuple(call.conv.transcript)),
+    ]
+    assert [t.text for t in actions[-1].replay] == [  # type: ignore[union-attr]
+        "Hello, how can I help?",
+        "Move my appointment.",
+    ]
+    assert call.stage() is cv.Stage.REPLACING
+    replaced = call.feed(ce.SessionReplaced(None), at=5.0)
+    assert replaced == [
+        ce.Log("agent.session_replaced", {"reason": "failover", "replayed": 2}),
+        ce.SessionNote("replaced", "failover"),
+        ce.CreateResponse(),
+    ]
+    assert call.stage() is cv.Stage.ACTIVE
+    call.speak("r5", "i5")  # the engine speaks and can be interrupted as any session
+    call.sent(1000)
+    assert call.speech(700, at=6.0) == [ce.Flush(), ce.Cancel()]
+
+
+def test_a_loss_that_cannot_be_retried_fails_over_at_once() -> None:
+    """A rate limit (not retryable) with fallback local fails over without a reconnect."""
+    call = Call(fallback="local", **CLOUD)
+    actions = call.feed(ce.SessionLost(FailureKind.RATE_LIMIT, False, "slow down"))
+    assert actions[1:] == [
+        ce.ReportFailover(FailureKind.RATE_LIMIT, "slow down"),
+        ce.Bridge(),
+        ce.ReplaceSession("failover", ()),
+    ]
+
+
+def test_losses_on_the_engine_follow_the_normal_rules_with_no_second_failover() -> None:
+    """Once failed over (mid-call, or at connect: ``Started(failed_over=True)``), a loss that
+    cannot be recovered apologises and ends the call as without a fallback."""
+    ending = [
+        ce.Log("agent.session_lost", {"kind": "closed", "error": "1000"}, "error"),
+        ce.ReportFailure(FailureKind.CLOSED, "1000"),
+        ce.Apologise(),
+        ce.End("model closed: 1000"),
+    ]
+    call = Call(RealtimeSettings(max_reconnects=0), fallback="local", **CLOUD)
+    call.feed(ce.SessionLost(FailureKind.CLOSED, True, "1006"))
+    call.feed(ce.SessionReplaced(None))
+    assert call.feed(ce.SessionLost(FailureKind.CLOSED, False, "1000")) == ending
+    assert call.stage() is cv.Stage.DONE
+
+    conv = cv.Conversation(
+        AgentSettings(greeting="", fallback="local", **CLOUD), RealtimeSettings(max_reconnects=0)
+    )
+    conv.handle(ce.Started(greeting=False, failed_over=True), 0.0, View())
+    assert conv.handle(ce.SessionLost(FailureKind.CLOSED, False, "1000"), 1.0, View()) == ending
+
+
+def test_a_failed_failover_apologises_and_ends() -> None:
+    """The engine's session cannot be opened either (reconnects used up): the apology path."""
+    call = Call(RealtimeSettings(max_reconnects=0), fallback="local", **CLOUD)
+    call.feed(ce.SessionLost(FailureKind.CLOSED, True, "1006"))
+    actions = call.feed(ce.ReplaceFailed(FailureKind.CONNECT, True, "engine refused"))
+    assert actions[1:] == [
+        ce.ReportFailure(FailureKind.CONNECT, "engine refused"),
+        ce.Apologise(),
+        ce.End("model connect: engine refused"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "agent", [{"fallback": "none", **CLOUD}, {"fallback": "local", "backend": "local"}]
+)
+def test_without_a_cloud_to_fail_over_from_a_loss_still_apologises(agent: dict[str, Any]) -> None:
+    """fallback none, or a backend that is the engine already: the apology and the end."""
+    call = Call(RealtimeSettings(max_reconnects=0), **agent)
+    actions = call.feed(ce.SessionLost(FailureKind.CLOSED, True, "1006"))
+    assert [type(a) for a in actions] == [ce.Log, ce.ReportFailure, ce.Apologise, ce.End]
+
+
+def test_a_response_cut_by_the_loss_does_not_hold_the_floor() -> None:
+    """The model is lost while its response streams: after the failover the floor is silent,
+    no response is pending, and an end_call in progress still waits for its playout."""
+    call = Call(RealtimeSettings(max_reconnects=0), fallback="local", **CLOUD)
+    call.speak()
+    assert call.floor() is cv.Floor.AGENT
+    call.feed(ce.SessionLost(FailureKind.CLOSED, True, "1006"))
+    call.feed(ce.SessionReplaced(None))
+    assert call.floor() is cv.Floor.SILENT
+    assert call.speech(100) == []  # nothing of the lost session's to cut
+    closing = Call(RealtimeSettings(max_reconnects=0), fallback="local", **CLOUD)
+    closing.speak()
+    closing.tool("end_call")
+    closing.feed(ce.SessionLost(FailureKind.CLOSED, True, "1006"), at=2.0)
+    actions = closing.feed(ce.SessionReplaced(None), at=3.0)
+    assert actions[-1] == ce.AwaitPlayout(27.0)  # no response asked: the goodbye ends it
+    assert closing.feed(ce.Drained()) == [ce.HangUp("end_call")]

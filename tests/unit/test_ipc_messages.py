@@ -89,6 +89,7 @@ EXAMPLES: list[m.Message] = [
     m.InboundStarted(call="w0-2", sip_call_id="abc@pbx", caller="1001"),
     m.TranscriptTurn(call="w0-2", role="caller", text="Hi.", at=1.5),
     m.AgentFailed(call="w0-2", kind="rate_limit", error="slow down"),
+    m.AgentFailover(call="w0-2", kind="closed", error="1006", phase="session", at=12.5),
     m.InboundDone(call="w0-2", cause="caller hung up"),
     m.WebCallEnded(call="web-1"),
     *(

@@ -300,3 +300,22 @@ async def test_the_scrape_answers_from_memory_with_the_store_closed(tmp_path: Pa
     assert calls == {"completed": 1, "busy": 1, "queued": 1}, calls
     webhooks = {s.labels["state"]: s.value for s in _samples(f, "sipai_webhooks")}
     assert webhooks == {"pending": 1}, webhooks
+
+
+def test_failovers_count_by_phase_and_as_model_failures() -> None:
+    """A failover to the embedded engine counts by phase, and as the model failure it is (at
+    connect or in the session, by kind); a failover replacement counts by its reason."""
+    metrics = _metrics()
+    connect = {"call": "c1", "kind": "connect", "error": "503", "phase": "connect"}
+    metrics.on_inbound(0, "agent_failover", connect)
+    session = {"call": "c2", "kind": "closed", "error": "1006", "phase": "session"}
+    metrics.on_inbound(0, "agent_failover", session)
+    box = {"model": {"reconnects": 0, "replacements": [{"at_s": 3.0, "reason": "failover"}]}}
+    metrics.call_finished(FinishedCall("in-2", "inbound", "completed", "caller hung up", box))
+    f = _scrape(metrics)
+    assert _value(f, "sipai_model_failovers_total", phase="connect") == 1
+    assert _value(f, "sipai_model_failovers_total", phase="session") == 1
+    assert _value(f, "sipai_model_connect_failures_total", kind="connect") == 1
+    assert _value(f, "sipai_model_session_failures_total", kind="closed") == 1
+    replaced = "sipai_model_session_replacements_total"
+    assert _value(f, replaced, reason="failover") == 1

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from config.schema import AgentSettings, ApiSettings
-from daemon.realtime.backends import endpoint
+from daemon.realtime.backends import call_endpoints, endpoint, fallback_endpoint
 
 
 def _agent(**values: Any) -> AgentSettings:
@@ -90,3 +90,21 @@ def test_local_without_api_token_uses_a_named_token() -> None:
     """With only named tokens, the workers reach the engine with the first one by name."""
     api = ApiSettings.model_validate({"tokens": {"ops": "t-ops", "crm": "t-crm"}})
     assert endpoint(_agent(), api).headers == {"Authorization": "Bearer t-crm"}
+
+
+def test_the_fallback_is_the_engine_in_ga_naming_the_call() -> None:
+    """fallback = "local" on a cloud backend: the engine on the API port with the API token,
+    in the GA protocol whatever the cloud's dialect; both endpoints of a call on the engine
+    name the call; no fallback without the setting, or when the backend is the engine."""
+    api = ApiSettings.model_validate({"port": 9000, "token": "t"})
+    cloud = _agent(backend="openai", api_key="sk-1", dialect="beta", fallback="local")
+    target, fallback = call_endpoints(cloud, api, "0:c1")
+    assert target == endpoint(cloud, api)
+    assert fallback is not None
+    assert (fallback.url, fallback.dialect.name) == ("ws://127.0.0.1:9000/v1/realtime", "ga")
+    assert fallback.headers == {"Authorization": "Bearer t", "X-Sipai-Call": "0:c1"}
+    assert fallback_endpoint(_agent(backend="openai", api_key="sk-1"), api) is None
+    local = _agent(fallback="local")
+    assert fallback_endpoint(local, api) is None
+    target, fallback = call_endpoints(local, api, "1:c2")
+    assert (target.headers["X-Sipai-Call"], fallback) == ("1:c2", None)

@@ -133,7 +133,9 @@ async def converse(
     url = f"ws://127.0.0.1:{server.port}/v1/realtime"
     headers = {"Authorization": f"Bearer {TOKEN}"}
     exchange = Exchange()
-    async with websockets.connect(url, additional_headers=headers, max_size=None) as ws:
+    # the reply is left unread: the close need not wait for its frames
+    connect = websockets.connect(url, additional_headers=headers, max_size=None, close_timeout=1)
+    async with connect as ws:
 
         async def until(kind: str) -> dict[str, Any]:
             while True:

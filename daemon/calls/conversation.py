@@ -18,7 +18,9 @@ With ``echo_guard`` the speech past the guard is judged first (:class:`JudgeEcho
 at once by :class:`EchoJudged`): the caller's voice flushes as above; the agent's own voice
 coming back moves to ``ECHO`` (logged once per speech_started), where each uplink batch is
 judged again until the speech stops (back to ``AGENT``) or the caller's voice shows up over
-the echo (``FLUSHING``; its stop_ms then counts from that batch). A silent batch there (a
+the echo in ``ECHO_CONFIRM`` batches in a row (``FLUSHING``; its stop_ms then counts from the
+first of them: a single batch may be a glitch of the line, such as a jitter buffer's
+concealment). A silent batch there (a
 pause in the agent's speech) is nothing new; at the first judgement everything but echo
 barges in, as without the guard.
 
@@ -62,6 +64,7 @@ TRANSFER_SECONDS = 30.0  # longest wait for the transfer target to answer
 REPLAY_TURNS = 30  # transcript turns replayed into a new session
 RECONNECT_PAUSE = 0.5  # between two failed attempts to open a new session
 ECHO_RECHECK_MS = 200  # the shortest caller audio judged again while it is echo
+ECHO_CONFIRM = 2  # batches in a row judged the caller that end the echo watch
 
 
 class Floor(StrEnum):
@@ -117,6 +120,7 @@ class _Caller:
     speech_at: float = 0.0  # when its speech_started arrived
     barge_at: float | None = None  # the guard's end, if not passed yet
     echo_logged: bool = False  # agent.echo_ignored was logged for the current speech
+    voiced: int = 0  # batches in a row judged the caller while echo is watched
     judged: EchoVerdict | None = None  # the echo verdict that let the barge-in through
     digits: str = ""
     digits_at: float | None = None
@@ -217,7 +221,7 @@ class Conversation:
         caller = self._caller
         if isinstance(event, ev.SpeechStarted):
             caller.speech_start, caller.speech_at = event.audio_start_ms, now
-            caller.echo_logged = False
+            caller.echo_logged, caller.voiced = False, 0
             if self.floor is Floor.ECHO:
                 self._floor_to(Floor.AGENT)
             return self._consider_barge_in(now, playout)
@@ -332,10 +336,15 @@ class Conversation:
         if not verdict.echo and self.floor is Floor.ECHO:
             if verdict.reason == "silent":
                 return []  # a pause in the echo: nothing new from the caller
-            caller.speech_at = now  # the first batch that showed the caller's voice
+            caller.voiced += 1
+            if caller.voiced == 1:
+                caller.speech_at = now  # the first batch that showed the caller's voice
+            if caller.voiced < ECHO_CONFIRM:
+                return []  # one batch may be a line's glitch: the next one confirms
         if not verdict.echo:
             caller.judged = verdict
             return self._barge_in()
+        caller.voiced = 0
         self._floor_to(Floor.ECHO)
         if caller.echo_logged:
             return []

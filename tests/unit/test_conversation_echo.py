@@ -61,20 +61,27 @@ def test_echo_is_ignored_logged_once_and_judged_again_on_each_batch() -> None:
     ]
 
 
-def test_the_caller_speaking_over_the_echo_barges_in_from_that_batch() -> None:
-    """Once ignored as echo, a later batch judged to be the caller's voice flushes and
-    cancels; stop_ms counts from that batch, not from the speech_started."""
+def test_the_caller_speaking_over_the_echo_barges_in_on_the_second_batch() -> None:
+    """Once ignored as echo, two batches in a row judged to be the caller's voice flush and
+    cancel; stop_ms counts from the first of them, not from the speech_started. A single
+    such batch between echo ones (a glitch of the line) cuts nothing."""
     call = Call(echo_guard=True)
     call.speak()
     call.sent(1000)
     call.speech(700, at=10.0)
     call.feed(_verdict(True))
+    assert call.feed(ce.UplinkSent(40), at=10.4) == [ce.JudgeEcho(200)]
+    assert call.feed(_verdict(False), at=10.4) == []  # one batch: not yet
+    call.feed(ce.UplinkSent(40), at=10.44)
+    assert call.feed(_verdict(True), at=10.44) == []  # echo again: the count starts over
     assert call.feed(ce.UplinkSent(40), at=10.5) == [ce.JudgeEcho(200)]
-    assert call.feed(_verdict(False), at=10.5) == [ce.Flush(), ce.Cancel()]
+    assert call.feed(_verdict(False), at=10.5) == []
+    assert call.feed(ce.UplinkSent(40), at=10.54) == [ce.JudgeEcho(200)]
+    assert call.feed(_verdict(False), at=10.54) == [ce.Flush(), ce.Cancel()]
     call.view.played["i1"] = 900
-    actions = call.feed(ce.Flushed(), at=10.52)
+    actions = call.feed(ce.Flushed(), at=10.56)
     [barged] = [a for a in actions if isinstance(a, ce.BargedIn)]
-    assert barged.stop_ms == pytest.approx(20.0)
+    assert barged.stop_ms == pytest.approx(60.0)
     assert call.floor() is cv.Floor.SILENT
 
 

@@ -481,10 +481,12 @@ class InboundAgent:
         await self.services.report("agent_failed", body)
 
     async def _report_failover(self, kind: str, error: str, phase: str) -> None:
-        """The model was lost (``phase`` connect or session): the call goes on on the
-        embedded engine. For the black box and the record."""
+        """The model was lost (``phase`` connect or session) and the call went on on the
+        embedded engine (reported once its session is up). For the black box and the record;
+        at connect time it counts as at the answer (0 s)."""
         self._failover = f"{kind}: {error}"
-        now = self.media.clock.now() if self.media is not None else None
+        media = self.media
+        now = media.clock.now() if media is not None and phase == "session" else None
         at = self.meter.failed_over(kind, error, phase, now)
         body = {"call": self.key, "kind": kind, "error": error, "phase": phase, "at": at}
         await self.services.report("agent_failover", body | {"to": "local"})

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from websockets.protocol import State
 
 from config.schema import AgentSettings, ApiSettings, RealtimeSettings
 from daemon.calls.conversation import Stage
@@ -369,3 +370,23 @@ async def test_when_the_engine_cannot_take_over_a_cut_reply_and_the_bridge_are_h
         > tone_level_db(heard[start : start + block], LOCAL_VOICE_HZ[APOLOGY], RATE)
     ]
     assert len(bridge_blocks) >= 5, bridge_blocks  # 0.6 s: whole, give or take a block edge
+
+
+async def test_a_hang_up_during_the_failover_leaves_no_engine_session_open() -> None:
+    """The caller hangs up while the engine's session is open and the bridge phrase is still
+    being synthesised (before the swap): that session is closed with the call."""
+    services = Services(synthesis_seconds=3.0)
+    async with (
+        FakeRealtime("ga", _drop_after_first_audio(reply_seconds=0.4)) as cloud,
+        FakeRealtime("ga") as engine,
+        _network() as network,
+    ):
+        call = _call(network, cloud, engine, services, greeting="")
+        local = await engine.session(timeout=10.0)
+        await local.wait_for("conversation.item.create", timeout=5.0)  # replayed: not swapped
+        assert services.synthesized == [BRIDGE]
+        call.phone.hang_up()
+        assert await call.ended() == "caller hung up"
+        async with asyncio.timeout(5.0):
+            while local.ws.state is not State.CLOSED:
+                await asyncio.sleep(0.05)

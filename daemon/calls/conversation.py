@@ -30,8 +30,10 @@ counted in the caller audio the model has received (``UplinkSent``).
 With ``[agent] fallback = "local"`` and a cloud backend, the loss that would end the call
 (not retryable, or ``max_reconnects`` used up) fails over instead, once: the bridge phrase,
 then a new session on the embedded engine with the transcript replayed, which is asked to
-speak once it is up. Losses after that (or after a failover at connect time, ``Started``)
-follow the rules above.
+speak once it is up (and reported then: :class:`ce.ReportFailover`). While an end_call or a
+transfer is finishing the call, no bridge phrase and no failover report: the failure only.
+The engine's session gets ``max_reconnects`` of its own; losses after that (or after a
+failover at connect time, ``Started``) follow the rules above.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from daemon.call_feed import CallFeed
 from daemon.calls.runner import PoolRunner
 from daemon.engine.brains import Brain, ChatBrain, Receptionist
 from daemon.engine.server import Engine
+from daemon.engine.turns import TurnPolicy
 from daemon.inbound_records import InboundRecords
 from daemon.logs import get_logger
 from daemon.metrics import Metrics, ObservedRunner
@@ -45,7 +46,7 @@ from daemon.outbound import CallRunner, OutboundService
 from daemon.retention import Retention
 from daemon.sdnotify import Notifier, Watchdog, watchdog_interval
 from daemon.speech import SpeechError
-from daemon.speech.backends import load_speech
+from daemon.speech.backends import load_speech, load_turn_model
 from daemon.speech.engine import EXECUTOR as SPEECH_EXECUTOR
 from daemon.store import Store
 from daemon.web.pool import WebPool
@@ -320,6 +321,10 @@ class Supervisor:
             tts, stt = await asyncio.get_running_loop().run_in_executor(
                 SPEECH_EXECUTOR, load_speech, speech
             )
+            engine = self._settings.engine
+            turn_model = await asyncio.get_running_loop().run_in_executor(
+                SPEECH_EXECUTOR, load_turn_model, engine
+            )
         except SpeechError as exc:
             raise ApiStartError(str(exc)) from None
         self._sip.transcriber = stt.transcribe
@@ -328,7 +333,13 @@ class Supervisor:
             self._web.transcriber = stt.transcribe
             self._web.synthesizer = tts.synthesize
         self.outbound.runner = ObservedRunner(PoolRunner(self._sip, tts), self._metrics)
-        self._engine = Engine(tts, stt, self._brain, on_error=self._records.engine_error)
+        self._engine = Engine(
+            tts,
+            stt,
+            self._brain,
+            on_error=self._records.engine_error,
+            turn_policy=TurnPolicy(turn_model, engine.turn_pause_ms, engine.turn_threshold),
+        )
         log.info(
             "speech.loaded",
             backend=speech.backend.value,

@@ -19,6 +19,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from daemon.engine.brains import Brain
 from daemon.engine.session import EngineSession
+from daemon.engine.turns import TurnPolicy
 from daemon.logs import get_logger
 from daemon.realtime.dialect import DIALECTS
 from daemon.speech import SpeechToText, TextToSpeech
@@ -38,6 +39,8 @@ class Engine:
     turns: deque[dict[str, float]] = field(default_factory=lambda: deque(maxlen=1000))
     # A session's failure for the call's record: (who asked: X-Sipai-Call, the error).
     on_error: Callable[[str, str], None] | None = None
+    # How a caller's turn ends (``[engine] end_of_turn``): the silence window by default.
+    turn_policy: TurnPolicy = field(default_factory=TurnPolicy)
 
     async def serve(self, websocket: WebSocket) -> None:
         beta = "realtime=v1" in websocket.headers.get("openai-beta", "")
@@ -60,7 +63,9 @@ class Engine:
             # response streams on into the dead socket and asyncio warns of every write.
             await asyncio.sleep(0)
 
-        session = EngineSession(send, self.tts, self.stt, self.brain(caller), dialect)
+        session = EngineSession(
+            send, self.tts, self.stt, self.brain(caller), dialect, turns=self.turn_policy
+        )
         session.on_turn = self.turns.append
         on_error = self.on_error
         if on_error is not None:

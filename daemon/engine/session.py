@@ -34,11 +34,20 @@ from numpy.typing import NDArray
 from daemon.engine import speech_out
 from daemon.engine.brains import Brain, BrainCall, Turn
 from daemon.engine.speech_out import new_id
+from daemon.engine.turns import (
+    ONSET_MS,
+    QUIET_ONSET_MS,
+    Loudness,
+    Recognition,
+    TurnPolicy,
+    unfinished,
+)
 from daemon.logs import get_logger
 from daemon.realtime.dialect import DIALECTS, Dialect, SessionSettings
 from daemon.speech import SpeechToText, TextToSpeech
 from media import g711
 from media.codec import PCMU, AudioFormat
+from media.framing import FrameSplitter
 from media.resample import Resampler
 from media.vad import SpeechStarted, SpeechStopped, VoiceActivityDetector
 
@@ -47,6 +56,7 @@ log = get_logger(__name__)
 Json = dict[str, Any]
 Send = Callable[[Json], Awaitable[None]]
 VAD_RATE = 16000
+VAD_FRAME_BYTES = 2 * VAD_RATE * 20 // 1000  # the VAD's 20 ms frames
 MAX_STT_FAILURES = 2  # caller turns in a row that could not be transcribed: then end the call
 APOLOGY = "Sorry, I could not hear that. Please say it again."
 GOODBYE = (
@@ -64,21 +74,33 @@ class InputAudio:
         self.format = PCMU
         self.vad = _new_vad(None)
         self.resampler = Resampler(PCMU.rate, VAD_RATE)
+        # The VAD is fed whole frames only, so that resetting it loses no audio from its clock.
+        self.frames = FrameSplitter(VAD_FRAME_BYTES)
+        self.epoch = 0  # counts commits and new VADs: a judgement of older audio is void
 
     def configure(self, fmt: AudioFormat, detection: Json | None) -> None:
         """A new session format or turn detection: a fresh VAD and resampler."""
         self.format = fmt
         self.vad = _new_vad(detection)
         self.resampler = Resampler(fmt.rate, VAD_RATE)
+        self.frames.clear()
+        self.epoch += 1
 
-    def append(self, data: bytes) -> NDArray[np.int16]:
-        """Decode and buffer ``data`` (the session's input format); the audio at 16 kHz."""
+    def append(self, data: bytes) -> list[bytes]:
+        """Decode and buffer ``data`` (the session's input format); the whole VAD frames
+        (16 kHz) it completes."""
         if self.format == PCMU:
             pcm = g711.ulaw_decode(data)
         else:
             pcm = np.frombuffer(data[: len(data) & ~1], dtype="<i2").astype(np.int16)
         audio = self.resampler.process(pcm)
         self.chunks.append(audio)
+        return self.frames.feed(audio.astype("<i2").tobytes())
+
+    def snapshot(self) -> NDArray[np.int16]:
+        """The buffer so far, kept."""
+        audio = self.take_all()
+        self.chunks = [audio]
         return audio
 
     @property
@@ -101,7 +123,17 @@ class InputAudio:
         """The whole buffer, which starts over at the VAD's position."""
         audio = self.take_all()
         self.start_ms = self.vad.position_ms
+        self.epoch += 1
         return audio
+
+
+@dataclass(frozen=True)
+class Pause:
+    """A silence after the caller's speech, as the VAD saw it."""
+
+    utterance: str  # the speech item
+    end_ms: int  # the end of the last voiced frame (VAD clock)
+    epoch: int  # the input buffer's epoch
 
 
 @dataclass
@@ -110,6 +142,8 @@ class CallerTurns:
 
     answering: dict[str, float] | None = None  # the turn being answered: its end, Whisper ms
     failures: int = 0  # turns in a row whose transcription failed
+    judged: Pause | None = None  # the latest pause given to Smart Turn
+    smart_turn_ms: float = 0.0  # its latest inference
 
 
 class EngineSession:
@@ -120,6 +154,8 @@ class EngineSession:
         stt: SpeechToText,
         brain: Brain,
         dialect: Dialect = DIALECTS["ga"],
+        *,
+        turns: TurnPolicy | None = None,
     ) -> None:
         self._send_raw = send
         self.tts = tts
@@ -134,6 +170,9 @@ class EngineSession:
         self._tasks: set[asyncio.Task[None]] = set()
         self.closed = False
         self._turns = CallerTurns()
+        self.policy = turns or TurnPolicy()
+        self._recognition = Recognition(stt)
+        self._loudness = Loudness()  # of the utterance in progress (smart_turn mode)
         self.on_turn: Callable[[dict[str, float]], None] | None = None
         self.on_error: Callable[[str], None] | None = None  # a failure for the call's record
 
@@ -166,6 +205,7 @@ class EngineSession:
     async def close(self) -> None:
         """The client is gone: stop everything this session runs, sending nothing more."""
         self.closed = True
+        self._recognition.close()
         tasks = [*self._tasks, *((self._response,) if self._response else ())]
         for task in tasks:
             task.cancel()
@@ -200,14 +240,87 @@ class EngineSession:
     # -- input audio ----------------------------------------------------------------------
 
     async def _append(self, event: Json) -> None:
-        audio = self._input.append(base64.b64decode(event["audio"], validate=True))
+        frames = self._input.append(base64.b64decode(event["audio"], validate=True))
         if self.settings.turn_detection is None:
             return
-        for change in self._input.vad.process(audio):
-            if isinstance(change, SpeechStarted):
-                await self._speech_started(change.at_ms)
-            elif isinstance(change, SpeechStopped):
-                await self._speech_stopped(change.at_ms)
+        for frame in frames:
+            for change in self._input.vad.process(frame):
+                if isinstance(change, SpeechStarted):
+                    await self._speech_started(change.at_ms)
+                elif isinstance(change, SpeechStopped):
+                    await self._speech_stopped(change.at_ms)
+            if self.policy.model is not None:
+                self._pause_check(frame)
+
+    def _current_pause(self) -> Pause | None:
+        """The silence the caller is in after speech, if any (none while speaking)."""
+        vad = self._input.vad
+        item = self._input.speech_item
+        if not vad.speaking or item is None or vad.silence_ms == 0:
+            return None
+        return Pause(item, vad.position_ms - vad.silence_ms, self._input.epoch)
+
+    def _speech_end(self, vad_end_ms: int) -> int:
+        """Where the utterance's speech ends: the VAD's end, or the end of its loud part if
+        earlier (webrtcvad hears voice some 100 ms past the sound)."""
+        return min(vad_end_ms, self._loudness.loud_end_ms)
+
+    def _pause_check(self, frame: bytes) -> None:
+        """Per VAD frame (smart_turn mode): transcribe at a pause, judge a longer one."""
+        vad, item = self._input.vad, self._input.speech_item
+        if not vad.speaking or item is None:
+            return
+        self._loudness.frame(frame, vad.position_ms)
+        recognition = self._recognition
+        quiet = vad.silence_ms >= ONSET_MS or self._loudness.quiet_ms >= QUIET_ONSET_MS
+        speech_end = self._speech_end(vad.position_ms - vad.silence_ms)
+        if quiet and recognition.covering(item, speech_end) is None:
+            recognition.start(item, vad.position_ms, self._input.snapshot())
+        pause = self._current_pause()
+        if (
+            pause is not None
+            and vad.silence_ms >= self.policy.pause_ms
+            and self._turns.judged != pause
+        ):
+            self._turns.judged = pause
+            task = asyncio.create_task(self._judge(pause, self._input.snapshot()))
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+
+    async def _judge(self, pause: Pause, audio: NDArray[np.int16]) -> None:
+        """Smart Turn on a pause: a complete turn (and a transcript that does not stop on
+        an unfinished word) ends here; else the silence window will."""
+        model = self.policy.model
+        assert model is not None
+        started = time.monotonic()
+        try:
+            probability = await model.judge(audio)
+        except Exception as exc:  # the silence window still ends the turn
+            log.error("engine.smart_turn_failed", session=self.id, error=repr(exc))
+            return
+        verdict_at = time.monotonic()
+        self._turns.smart_turn_ms = (verdict_at - started) * 1000
+        if self._current_pause() != pause or probability < self.policy.threshold:
+            log.debug("engine.turn_continues", session=self.id, probability=probability)
+            return
+        try:
+            speech_end = self._speech_end(pause.end_ms)
+            text = await self._recognition.text(pause.utterance, speech_end, audio)
+        except Exception:  # the turn's own transcription reports it
+            text = "-"
+        if self._current_pause() != pause:
+            return  # the caller spoke again meanwhile
+        if unfinished(text):
+            log.debug("engine.turn_continues", session=self.id, unfinished=text)
+            return
+        log.info(
+            "engine.smart_turn_end",
+            session=self.id,
+            probability=round(probability, 3),
+            silence_ms=self._input.vad.silence_ms,
+        )
+        self._input.vad.reset()  # the turn is over: new speech is a new turn
+        await self._speech_stopped(pause.end_ms, verdict_at)
 
     async def _speech_started(self, at_ms: int) -> None:
         self._input.speech_item = new_id("item")
@@ -215,6 +328,7 @@ class EngineSession:
         padding = int(detection.get("prefix_padding_ms") or 300)
         # Keep only what the turn needs: the padding before the start of speech.
         self._input.trim(max(0, at_ms - padding))
+        self._loudness.reset(self._input.vad.position_ms)
         await self.send(
             {
                 "type": "input_audio_buffer.speech_started",
@@ -225,14 +339,20 @@ class EngineSession:
         if detection.get("interrupt_response", True) and self._response is not None:
             await self._cancel_response()
 
-    async def _speech_stopped(self, at_ms: int) -> None:
+    async def _speech_stopped(self, at_ms: int, verdict_at: float | None = None) -> None:
+        """The caller's turn ended at ``at_ms``: by the silence window, or by Smart Turn's
+        verdict given at ``verdict_at`` (monotonic)."""
         item = self._input.speech_item or new_id("item")
         self._input.speech_item = None
+        speech_end = self._speech_end(at_ms) if self.policy.model is not None else at_ms
         await self.send(
             {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": at_ms, "item_id": item}
         )
         await self._commit(
-            item, respond=bool((self.settings.turn_detection or {}).get("create_response", True))
+            item,
+            respond=bool((self.settings.turn_detection or {}).get("create_response", True)),
+            end_ms=speech_end,
+            verdict_at=verdict_at,
         )
 
     async def _commit_event(self, event: Json) -> None:
@@ -245,7 +365,11 @@ class EngineSession:
             return
         await self._commit(new_id("item"), respond=False)
 
-    async def _commit(self, item_id: str, respond: bool) -> None:
+    async def _commit(
+        self, item_id: str, respond: bool, end_ms: int = -1, verdict_at: float | None = None
+    ) -> None:
+        """Commit the buffer as ``item_id``; ``end_ms``: where its speech ends, when the VAD
+        found it (a transcription already running from there on is then taken)."""
         audio = self._input.commit()
         previous = self.conversation[-1].item_id if self.conversation else None
         await self.send(
@@ -271,7 +395,7 @@ class EngineSession:
                 },
             }
         )
-        task = asyncio.create_task(self._transcribe(turn, audio, respond))
+        task = asyncio.create_task(self._transcribe(turn, audio, respond, end_ms, verdict_at))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -279,15 +403,36 @@ class EngineSession:
         self._tasks.discard(task)
         _retrieve(task)
 
-    async def _transcribe(self, turn: Turn, audio: NDArray[np.int16], respond: bool) -> None:
-        started = time.monotonic()
+    async def _transcribe(
+        self,
+        turn: Turn,
+        audio: NDArray[np.int16],
+        respond: bool,
+        end_ms: int = -1,
+        decided: float | None = None,
+    ) -> None:
+        """``decided``: when Smart Turn found the turn over (its reply is measured from
+        there), else now."""
+        started = time.monotonic() if decided is None else decided
+        smart_turn = self.policy.model is not None
+        reused = smart_turn and self._recognition.covering(turn.item_id, end_ms) is not None
         try:
-            text = (await self.stt.transcribe(audio, VAD_RATE)).strip()
+            if end_ms >= 0 and smart_turn:
+                text = await self._recognition.text(turn.item_id, end_ms, audio)
+            else:
+                text = await self.stt.transcribe(audio, VAD_RATE)
+            text = text.strip()
         except Exception as exc:  # the caller hears an apology, the client an event
             await self._transcription_failed(turn, exc, respond)
             return
         self._turns.failures = 0
-        self._turns.answering = {"turn_end": started, "stt_ms": (time.monotonic() - started) * 1000}
+        self._turns.answering = {
+            "turn_end": started,
+            "stt_ms": (time.monotonic() - started) * 1000,
+            "smart_turn_ms": self._turns.smart_turn_ms if smart_turn else 0.0,
+            "smart_turn_end": float(decided is not None),
+            "stt_reused": float(reused),  # the pass started at the pause gave the transcript
+        }
         turn.text = text
         await self.send(
             {
@@ -451,6 +596,9 @@ class EngineSession:
         turn = {
             "turn_end_to_audio_ms": round((now - timing["turn_end"]) * 1000, 1),
             "stt_ms": round(timing["stt_ms"], 1),
+            "smart_turn_ms": round(timing["smart_turn_ms"], 1),
+            "smart_turn_end": timing["smart_turn_end"],
+            "stt_reused": timing["stt_reused"],
             "tts_first_sentence_ms": round((now - tts_started) * 1000, 1),
         }
         log.info("engine.turn", session=self.id, **turn)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from config.schema import SpeechBackend, SpeechSettings
+import numpy as np
+
+from config.schema import EndOfTurn, EngineSettings, SpeechBackend, SpeechSettings
 from daemon.logs import get_logger
 from daemon.speech.engine import SpeechError, SpeechToText, TextToSpeech
 from daemon.speech.local import PiperSynthesizer, WhisperTranscriber
 from daemon.speech.remote import RestAudio, RestSynthesizer, RestTranscriber
+from daemon.speech.turn import SmartTurn
 
 log = get_logger(__name__)
 
@@ -31,3 +35,18 @@ def load_speech(settings: SpeechSettings) -> tuple[TextToSpeech, SpeechToText]:
         Path(settings.whisper_model) if settings.whisper_model else None, settings.threads
     )
     return TextToSpeech(piper, piper.name), SpeechToText(whisper)
+
+
+def load_turn_model(settings: EngineSettings) -> SmartTurn | None:
+    """The Smart Turn model when ``engine.end_of_turn`` wants it; a SpeechError if absent."""
+    if settings.end_of_turn is not EndOfTurn.SMART_TURN:
+        return None
+    model = SmartTurn()
+    started = time.monotonic()
+    model.probability(np.zeros(16000, dtype=np.int16))  # the first run is several times slower
+    log.info(
+        "speech.smart_turn",
+        model=str(model.path),
+        warm_up_ms=round((time.monotonic() - started) * 1000),
+    )
+    return model

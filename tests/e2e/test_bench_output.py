@@ -29,12 +29,15 @@ def _bench(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_engine_bench_prints_only_json() -> None:
-    """bench.engine (one turn) prints its report alone on stdout, the engine's logs on stderr."""
-    result = _bench("bench.engine", "--turns", "1")
+    """bench.engine (one turn, one paused utterance) prints its report alone on stdout, the
+    engine's logs on stderr."""
+    result = _bench("bench.engine", "--turns", "1", "--pauses", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)  # all of stdout, so any log line there fails this
     assert report["benchmark"] == "engine_reply_latency"
     assert report["turns"] == 1
+    assert report["mid_sentence_pauses"]["utterances"] == 1
+    assert set(report["mid_sentence_pauses"]) >= {"smart_turn", "silence"}
     assert "engine.turn" in result.stderr
 
 

@@ -1,0 +1,277 @@
+"""The embedded engine's end of turn over its real WebSocket: Smart Turn, and the silence.
+
+Real Piper speech through the telephone band (8 kHz mu-law) is sent at real time in 20 ms
+chunks, as a call's uplink, to the engine behind the API app; Whisper, the VAD and the Smart
+Turn model are the daemon's own. Times are measured from the last voiced sample of the
+caller's audio (by its energy), not from the end of Piper's buffer (which ends in silence).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+import websockets
+from numpy.typing import NDArray
+
+from config.schema import EngineSettings
+from daemon.engine.turns import TurnPolicy
+from daemon.speech.backends import load_turn_model
+from daemon.speech.local import PiperSynthesizer
+from daemon.speech.turn import SmartTurn
+from media import g711
+from media.resample import resample
+from tests.integration.test_engine import TOKEN, EngineServer
+
+CHUNK = 160  # 20 ms at 8 kHz
+WINDOW_MS = 2000  # the sessions' silence window: what Smart Turn must beat
+EARLY_MS = 1200  # a reply this soon after the last voiced sample came before the window
+VOICED_DBFS = -45.0  # a 10 ms block louder than this is voice
+GAP_DBFS = -40.0  # quieter than this inside an utterance: a gap between words
+
+# Sentences with hesitations where no sentence ends, and the pauses spliced into each
+# synthesis at its longest gaps (the commas around the filler): 300-800 ms of silence each.
+PAUSE_SET: list[tuple[str, tuple[int, ...]]] = [
+    ("I would like to, um, move my appointment to Friday.", (400, 700)),
+    ("My name is, uh, John Smith and I need a plumber.", (600,)),
+    ("We need, um, two more chairs in the conference room.", (300, 800)),
+    ("I think the, er, printer on the second floor is broken.", (500, 500)),
+    ("Can you tell, um, the manager that I called?", (700,)),
+    ("The problem is, uh, the heating in room twelve.", (800, 400)),
+    ("I am calling because, um, my order has not arrived.", (350, 650)),
+    ("Could somebody, uh, check the lights in the garage?", (450,)),
+    ("I wanted to ask, um, whether the office is open on Sunday.", (750, 300)),
+    ("Please send the, uh, invoice to my new address.", (550, 600)),
+    ("So I was wondering if, um, you could call me back.", (650,)),
+    ("The meeting with, er, Peter has moved to Thursday.", (300, 500)),
+]
+
+
+def telephone(piper: PiperSynthesizer, text: str) -> NDArray[np.int16]:
+    """Piper's ``text`` at 8 kHz, as a phone line carries it."""
+    return resample(piper.synthesize(text), piper.rate, 8000)
+
+
+def _block_dbfs(pcm: NDArray[np.int16], block: int = 80) -> NDArray[np.float64]:
+    """The level of each 10 ms block of 8 kHz audio."""
+    n = len(pcm) // block
+    blocks = pcm[: n * block].astype(np.float64).reshape(n, block)
+    rms = np.sqrt(np.mean(blocks**2, axis=1))
+    return np.asarray(20 * np.log10(np.maximum(rms, 1.0) / 32768), dtype=np.float64)
+
+
+def last_voiced_sample(pcm: NDArray[np.int16]) -> int:
+    """The end of the last voiced 10 ms block of 8 kHz audio (its sample index)."""
+    voiced = np.flatnonzero(_block_dbfs(pcm) > VOICED_DBFS)
+    return int(voiced[-1] + 1) * 80 if len(voiced) else 0
+
+
+def with_pauses(pcm: NDArray[np.int16], pauses_ms: tuple[int, ...]) -> NDArray[np.int16]:
+    """``pcm`` with its ``len(pauses_ms)`` longest gaps between words stretched to those
+    lengths of silence, in order."""
+    level = _block_dbfs(pcm)
+    voiced = np.flatnonzero(level > VOICED_DBFS)
+    gaps: list[tuple[int, int]] = []  # (first block, blocks) of the quiet runs inside
+    start = None
+    for i in range(int(voiced[0]), int(voiced[-1]) + 1):
+        if level[i] < GAP_DBFS:
+            start = i if start is None else start
+        elif start is not None:
+            gaps.append((start, i - start))
+            start = None
+    chosen = sorted(sorted(gaps, key=lambda g: -g[1])[: len(pauses_ms)])
+    assert len(chosen) == len(pauses_ms), "not enough gaps between words"
+    parts, done = [], 0
+    for (first, blocks), pause_ms in zip(chosen, pauses_ms, strict=True):
+        middle = (first + blocks // 2) * 80
+        parts += [pcm[done:middle], np.zeros(max(0, pause_ms - blocks * 10) * 8, np.int16)]
+        done = middle
+    return np.concatenate([*parts, pcm[done:]])
+
+
+@dataclass
+class Exchange:
+    """One caller utterance and the engine's answer, on the client's monotonic clock."""
+
+    voiced_end: float = 0.0  # the chunk holding the last voiced sample was sent
+    buffer_end: float = 0.0  # the last chunk of the synthesis was sent (ends in silence)
+    first_audio: float | None = None  # the first reply's first audio delta arrived
+    premature: bool = False  # it arrived before the caller's last word was sent
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def reply_ms(self) -> float:
+        assert self.first_audio is not None, "no reply"
+        return (self.first_audio - self.voiced_end) * 1000
+
+    @property
+    def buffer_reply_ms(self) -> float:
+        assert self.first_audio is not None, "no reply"
+        return (self.first_audio - self.buffer_end) * 1000
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == kind]
+
+
+async def converse(
+    server: EngineServer,
+    pcm8k: NDArray[np.int16],
+    silence_ms: int,
+    *,
+    greet: bool = True,
+    after_s: float = 3.0,
+    whole: bool = False,
+) -> Exchange:
+    """A session: a greeting (if ``greet``), then ``pcm8k`` and ``after_s`` of silence at
+    real time with turn detection ``silence_duration_ms``; until the first reply's first
+    audio delta, or (``whole``, or no reply) the end of the silence."""
+    url = f"ws://127.0.0.1:{server.port}/v1/realtime"
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    exchange = Exchange()
+    # the reply is left unread: the close need not wait for its frames
+    connect = websockets.connect(url, additional_headers=headers, max_size=None, close_timeout=1)
+    async with connect as ws:
+
+        async def until(kind: str) -> dict[str, Any]:
+            while True:
+                event: dict[str, Any] = json.loads(await ws.recv())
+                if event["type"] == kind:
+                    return event
+
+        await until("session.created")
+        detection = {"type": "server_vad", "silence_duration_ms": silence_ms}
+        session = {"type": "realtime", "audio": {"input": {"turn_detection": detection}}}
+        await ws.send(json.dumps({"type": "session.update", "session": session}))
+        await until("session.updated")
+        if greet:
+            await ws.send(json.dumps({"type": "response.create"}))
+            await until("response.done")
+        voiced_chunk = (last_voiced_sample(pcm8k) - 1) // CHUNK
+        audio = g711.ulaw_encode(
+            np.concatenate((pcm8k, np.zeros(int(8000 * after_s), np.int16)))
+        ).tobytes()
+        chunks = [audio[i : i + CHUNK] for i in range(0, len(audio), CHUNK)]
+        last_speech_chunk = (len(pcm8k) - 1) // CHUNK
+        started = time.monotonic()
+
+        async def sender() -> None:
+            for n, chunk in enumerate(chunks):
+                await asyncio.sleep(max(0.0, started + n * 0.02 - time.monotonic()))
+                payload = base64.b64encode(chunk).decode()
+                await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": payload}))
+                if n == voiced_chunk:
+                    exchange.voiced_end = time.monotonic()
+                if n == last_speech_chunk:
+                    exchange.buffer_end = time.monotonic()
+
+        sending = asyncio.create_task(sender())
+        deadline = started + len(chunks) * 0.02 + 0.5
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    event = json.loads(await asyncio.wait_for(ws.recv(), timeout=left))
+                except TimeoutError:
+                    break
+                exchange.events.append(event)
+                if event["type"] == "response.output_audio.delta" and not exchange.first_audio:
+                    exchange.first_audio = time.monotonic()
+                    exchange.premature = not exchange.voiced_end
+                    if not whole:
+                        break
+        finally:
+            sending.cancel()
+            await asyncio.gather(sending, return_exceptions=True)
+    return exchange
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[EngineServer]:
+    server = EngineServer()
+    # the models' first runs are slow: not what a test should time
+    asyncio.run(server.engine.stt.transcribe(telephone(server.piper, "Hello."), 8000))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def smart_turn() -> SmartTurn:
+    model = load_turn_model(EngineSettings())  # the default end_of_turn: smart_turn
+    assert model is not None
+    return model
+
+
+async def test_a_complete_sentence_is_answered_before_the_silence_window(
+    engine: EngineServer, smart_turn: SmartTurn
+) -> None:
+    """With a 2000 ms silence window, Smart Turn ends a complete sentence: the reply's first
+    audio comes less than 1200 ms after the caller's last voiced sample."""
+    engine.engine.turn_policy = TurnPolicy(smart_turn)
+    pcm = telephone(engine.piper, "I would like to move my appointment to Friday.")
+    exchange = await converse(engine, pcm, silence_ms=WINDOW_MS, greet=False)
+    assert not exchange.premature
+    assert exchange.reply_ms < EARLY_MS, exchange.reply_ms
+    (stopped,) = exchange.of_type("input_audio_buffer.speech_stopped")
+    (started,) = exchange.of_type("input_audio_buffer.speech_started")
+    # the real end of the speech, not the end of a silence window
+    spoken_ms = last_voiced_sample(pcm) / 8
+    assert abs(stopped["audio_end_ms"] - spoken_ms) < 250, (stopped, spoken_ms)
+    assert stopped["audio_end_ms"] > started["audio_start_ms"]
+    (done,) = exchange.of_type("conversation.item.input_audio_transcription.completed")
+    assert "friday" in done["transcript"].lower()
+    assert len(exchange.of_type("input_audio_buffer.committed")) == 1
+
+
+async def test_a_pause_inside_a_sentence_is_not_answered(
+    engine: EngineServer, smart_turn: SmartTurn
+) -> None:
+    """Pauses of 400 and 700 ms around "um" get no reply: one turn, answered after the last
+    word, transcribed whole."""
+    engine.engine.turn_policy = TurnPolicy(smart_turn)
+    text, pauses = PAUSE_SET[0]
+    pcm = with_pauses(telephone(engine.piper, text), pauses)
+    exchange = await converse(engine, pcm, silence_ms=WINDOW_MS, greet=False)
+    assert exchange.first_audio is not None
+    assert not exchange.premature, exchange.reply_ms
+    assert len(exchange.of_type("input_audio_buffer.committed")) == 1
+    (done,) = exchange.of_type("conversation.item.input_audio_transcription.completed")
+    assert "friday" in done["transcript"].lower()
+    assert exchange.reply_ms < EARLY_MS, exchange.reply_ms  # and the end is still found early
+
+
+async def test_the_silence_mode_waits_for_the_silence_window(engine: EngineServer) -> None:
+    """``end_of_turn = "silence"``: the same complete sentence is answered only after the
+    2000 ms silence window."""
+    engine.engine.turn_policy = TurnPolicy()
+    pcm = telephone(engine.piper, "I would like to move my appointment to Friday.")
+    exchange = await converse(engine, pcm, silence_ms=WINDOW_MS, greet=False)
+    assert exchange.reply_ms > WINDOW_MS - 100, exchange.reply_ms
+    assert len(exchange.of_type("input_audio_buffer.committed")) == 1
+
+
+async def test_speech_after_an_early_end_is_a_new_turn(
+    engine: EngineServer, smart_turn: SmartTurn
+) -> None:
+    """A caller who goes on after Smart Turn ended the turn starts a new turn (speech_started,
+    the reply interrupted), and that turn is committed and transcribed too."""
+    engine.engine.turn_policy = TurnPolicy(smart_turn)
+    first = telephone(engine.piper, "Tell Peter the meeting is at three.")
+    second = telephone(engine.piper, "And bring the report.")
+    pcm = np.concatenate((first, np.zeros(8000 * 12 // 10, np.int16), second))  # < the window
+    exchange = await converse(
+        engine, pcm, silence_ms=WINDOW_MS, greet=False, whole=True, after_s=4.0
+    )
+    assert len(exchange.of_type("input_audio_buffer.speech_started")) == 2
+    assert len(exchange.of_type("input_audio_buffer.committed")) == 2
+    texts = [
+        e["transcript"].lower()
+        for e in exchange.of_type("conversation.item.input_audio_transcription.completed")
+    ]
+    assert "three" in texts[0], texts
+    assert "report" in texts[1], texts

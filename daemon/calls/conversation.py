@@ -42,8 +42,10 @@ least ``ECHO_RECHECK_MS``).
 With ``[agent] fallback = "local"`` and a cloud backend, the loss that would end the call
 (not retryable, or ``max_reconnects`` used up) fails over instead, once: the bridge phrase,
 then a new session on the embedded engine with the transcript replayed, which is asked to
-speak once it is up. Losses after that (or after a failover at connect time, ``Started``)
-follow the rules above.
+speak once it is up (and reported then: :class:`ce.ReportFailover`). While an end_call or a
+transfer is finishing the call, no bridge phrase and no failover report: the failure only.
+The engine's session gets ``max_reconnects`` of its own; losses after that (or after a
+failover at connect time, ``Started``) follow the rules above.
 """
 
 from __future__ import annotations
@@ -51,12 +53,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from config.schema import AgentSettings, Backend, Fallback, RealtimeSettings
 from daemon.calls import agent_config as tools
 from daemon.calls import conversation_events as ce
 from daemon.realtime import events as ev
 from media.echo import EchoVerdict
+
+if TYPE_CHECKING:
+    from daemon.realtime.client import FailureKind
 
 DTMF_GAP_SECONDS = 1.5  # digits typed closer than this go to the model together
 END_CALL_MAX_WAIT = 30.0  # longest goodbye (or announcement) played out before going on
@@ -144,6 +150,7 @@ class _Session:
     resume: Stage = Stage.ACTIVE  # the stage to go back to once replaced
     failed_over: bool = False  # on the embedded engine now (or on the way): never again
     speak: bool = False  # ask the new session for a response once it is up (a failover)
+    lost: tuple[FailureKind, str] | None = None  # the model's loss a failover under way is for
 
 
 class Conversation:
@@ -512,10 +519,15 @@ class Conversation:
         if self._may_fail_over():
             return self._fail_over(event)
         fields = {"kind": event.kind, "error": event.error}
+        error = event.error
+        if session.lost is not None:  # the failover failed: the one failure names both
+            kind, cloud = session.lost
+            session.lost = None
+            error = f"{error} (on the embedded engine, after {kind}: {cloud})"
         return self._to_done(
             [
                 ce.Log("agent.session_lost", fields, "error"),
-                ce.ReportFailure(event.kind, event.error),
+                ce.ReportFailure(event.kind, error),
                 ce.Apologise(),
                 ce.End(f"model {event.kind}: {event.error}"),
             ]
@@ -527,15 +539,33 @@ class Conversation:
         return local and not self._session.failed_over
 
     def _fail_over(self, event: ce.SessionLost | ce.ReplaceFailed) -> list[ce.Action]:
-        """The cloud model is lost for good: the embedded engine takes the call over."""
-        self._session.failed_over = self._session.speak = True
-        fields = {"kind": event.kind, "error": event.error, "phase": "session", "to": "local"}
-        return [
-            ce.Log("agent.failover", fields, "warning"),
-            ce.ReportFailover(event.kind, event.error),
-            ce.Bridge(),
-            *self._replace("failover"),
-        ]
+        """The cloud model is lost for good: the embedded engine takes the call over, with
+        reconnects of its own (bounded: never a second failover). It is reported once the
+        engine's session is up. While an end_call or transfer is finishing (its goodbye
+        playing, the REFER sent) there is nothing more to say: no bridge phrase and no
+        failover on the record, the model's failure only; the engine's session is there for
+        the call to finish (or to go on if the REFER is refused)."""
+        session = self._session
+        session.failed_over = True
+        session.reconnects = 0
+        fields: dict[str, object] = {"kind": event.kind, "error": event.error}
+        fields |= {"phase": "session", "to": "local"}
+        if self._finishing():
+            fields["finishing"] = True
+            return [
+                ce.Log("agent.failover", fields, "warning"),
+                ce.ReportFailure(event.kind, event.error),
+                *self._replace("failover"),
+            ]
+        session.speak = True
+        session.lost = (event.kind, event.error)
+        log = ce.Log("agent.failover", fields, "warning")
+        return [log, ce.Bridge(), *self._replace("failover")]
+
+    def _finishing(self) -> bool:
+        """An end_call or transfer is finishing the call (or will once replaced)."""
+        stage = self._session.resume if self.stage is Stage.REPLACING else self.stage
+        return stage in (Stage.CLOSING, Stage.TRANSFERRING)
 
     def _replaced(self, event: ce.SessionReplaced, now: float) -> list[ce.Action]:
         if self.stage is not Stage.REPLACING:
@@ -552,7 +582,11 @@ class Conversation:
         fmt = event.output_format
         actions: list[ce.Action] = [ce.SetOutputFormat(fmt)] if fmt is not None else []
         note = ce.SessionNote("replaced", session.reason)
-        actions += [ce.Log("agent.session_replaced", fields), note, *self._said_if_done(now)]
+        actions.append(ce.Log("agent.session_replaced", fields))
+        if session.lost is not None:  # a failover, done: for the record
+            actions.append(ce.ReportFailover(*session.lost))
+            session.lost = None
+        actions += [note, *self._said_if_done(now)]
         speak, session.speak = session.speak, False
         if speak and session.resume is Stage.ACTIVE:
             actions.append(ce.CreateResponse())  # after the bridge phrase, the engine speaks

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict
 from typing import Any, Protocol
@@ -50,6 +51,48 @@ from media.echo import EchoDetector
 from media.vad import VAD_RATES
 
 log = get_logger(__name__)
+
+
+class PhraseCache:
+    """Fixed phrases in the local voice (the bridge phrase), synthesised once per text and
+    rate in this process: when a cloud model fails, every call fails over at once, and the
+    supervisor's one speech executor also makes the engine's replies. Calls asking while
+    the first synthesis is under way share it; a failed one is not kept."""
+
+    def __init__(self, size: int = 8) -> None:
+        self._size = size
+        self._done: OrderedDict[tuple[str, int], NDArray[np.int16]] = OrderedDict()
+        self._pending: dict[tuple[str, int], asyncio.Future[NDArray[np.int16]]] = {}
+
+    async def get(
+        self,
+        text: str,
+        rate: int,
+        synthesize: Callable[[str, int], Awaitable[NDArray[np.int16]]],
+    ) -> NDArray[np.int16]:
+        key = (text, rate)
+        done = self._done.get(key)
+        if done is not None:
+            self._done.move_to_end(key)
+            return done
+        pending = self._pending.get(key)
+        if pending is None or pending.get_loop() is not asyncio.get_running_loop():
+            pending = asyncio.ensure_future(synthesize(text, rate))
+            self._pending[key] = pending
+            pending.add_done_callback(lambda future: self._settled(key, future))
+        return await asyncio.shield(pending)  # a call that ends leaves it to the others
+
+    def _settled(self, key: tuple[str, int], future: asyncio.Future[NDArray[np.int16]]) -> None:
+        if self._pending.get(key) is future:
+            del self._pending[key]
+        if future.cancelled() or future.exception() is not None:
+            return
+        self._done[key] = future.result()
+        while len(self._done) > self._size:
+            self._done.popitem(last=False)
+
+
+PHRASES = PhraseCache()  # the worker's
 
 MEDIA_END_GRACE = 2.0  # the media ends with the call: its Ended (the cause) follows at once
 # Longest wait for the ACK after our 200 OK: pjsip ends the call after 64 x T1 = 32 s of
@@ -79,6 +122,7 @@ class InboundAgent:
         services: AgentServices,
         *,
         fallback: Endpoint | None = None,
+        phrases: PhraseCache | None = None,
     ) -> None:
         self.leg = leg
         self.key = leg.info.key
@@ -102,7 +146,9 @@ class InboundAgent:
         self._ended_event: Ended | None = None  # the leg's Ended, with the stream statistics
         self._failover: str | None = None  # why the call failed over ("kind: error"), if it did
         self._bridging: asyncio.Task[None] | None = None  # the bridge phrase being queued
-        self._bridge_samples = 0  # of the bridge phrase queued, if it was
+        # The bridge phrase queued and not flushed: (samples queued ahead of it, its samples).
+        self._bridge_queued: tuple[int, int] | None = None
+        self._phrases = phrases if phrases is not None else PHRASES
         self._echo: EchoDetector | None = None  # the caller's frames, for the echo guard
 
     # -- the call, start to end -----------------------------------------------------------
@@ -191,19 +237,25 @@ class InboundAgent:
             media.playout.clock = media.clock.now
             self.meter.answered(media.clock.now())
             self._bridging = self._spawn(self._bridge(media))
-        await self._report_failover(exc.kind, str(exc), "connect")
         try:
             formats = await self.session.fail_over()
         except RealtimeError as local:
             await self._bridged()
-            await self._cannot_connect(local)
+            await self._cannot_connect(local, after=exc)
             return None
         await self._bridged()
+        await self._report_failover(exc.kind, str(exc), "connect")  # once it worked
         return formats
 
-    async def _cannot_connect(self, exc: RealtimeError) -> None:
-        """Refuse the call (503, not answered yet), or say the apology and hang up."""
-        await self._report_failure(exc.kind, str(exc), "connect")
+    async def _cannot_connect(self, exc: RealtimeError, after: RealtimeError | None = None) -> None:
+        """Refuse the call (503, not answered yet), or say the apology and hang up. ``after``:
+        the model's failure that the embedded engine's (``exc``) followed, a failover that
+        failed: both are kept in the black box, and the one failure reported names both."""
+        error = str(exc)
+        if after is not None:
+            self.meter.failed(after.kind, "connect")
+            error = f"{error} (on the embedded engine, after {after.kind}: {after})"
+        await self._report_failure(exc.kind, error, "connect")
         try:
             if self.agent.on_connect_failure is ConnectFailure.REJECT and self.media is None:
                 await self.leg.reject(503)
@@ -331,6 +383,7 @@ class InboundAgent:
             return ce.EchoJudged(self._echo_detector(media).judge(media.playout, action.ms))
         elif isinstance(action, ce.Flush):
             media.playout.flush()
+            self._bridge_queued = None  # flushed with the rest, if it was queued
             return self._after(media, lambda: media.until_flushed(FLUSH_WAIT), ce.Flushed())
         elif isinstance(action, ce.AwaitPlayout):
             timeout = action.timeout
@@ -386,9 +439,15 @@ class InboundAgent:
         else:
             if action.after:
                 await media.clock.sleep(action.after)
-            replaced = await self.session.replace(action.replay, action.reason == "failover")
-            await self._bridged()  # queued before the new session can speak
-            return replaced
+            prepared = await self.session.prepare(action.replay, action.reason == "failover")
+            if isinstance(prepared, ce.ReplaceFailed):
+                return prepared
+            try:  # the bridge phrase is queued before the new session can hear or speak
+                await self._bridged()
+            except BaseException:
+                await prepared.session.close()
+                raise
+            return await self.session.swap(prepared)
         return None
 
     async def _after(
@@ -428,10 +487,12 @@ class InboundAgent:
         await self.services.report("agent_failed", body)
 
     async def _report_failover(self, kind: str, error: str, phase: str) -> None:
-        """The model was lost (``phase`` connect or session): the call goes on on the
-        embedded engine. For the black box and the record."""
+        """The model was lost (``phase`` connect or session) and the call went on on the
+        embedded engine (reported once its session is up). For the black box and the record;
+        at connect time it counts as at the answer (0 s)."""
         self._failover = f"{kind}: {error}"
-        now = self.media.clock.now() if self.media is not None else None
+        media = self.media
+        now = media.clock.now() if media is not None and phase == "session" else None
         at = self.meter.failed_over(kind, error, phase, now)
         body = {"call": self.key, "kind": kind, "error": error, "phase": phase, "at": at}
         await self.services.report("agent_failover", body | {"to": "local"})
@@ -442,13 +503,16 @@ class InboundAgent:
             return
         started = time.monotonic()
         try:
-            speech = await self.services.synthesize(self.agent.bridge_phrase, media.rate)
+            speech = await self._phrases.get(
+                self.agent.bridge_phrase, media.rate, self.services.synthesize
+            )
         except Exception as exc:
             log.warning("agent.bridge_failed", call_id=self.key, error=repr(exc))
             return
+        ahead = media.playout.depth_samples  # what is playing goes first (a cut response)
         media.playout.push("bridge", speech)
         media.playout.end_item("bridge")
-        self._bridge_samples = len(speech)
+        self._bridge_queued = (ahead, len(speech))
         synthesis_ms = round((time.monotonic() - started) * 1000, 1)
         log.info("agent.bridge_queued", call_id=self.key, synthesis_ms=synthesis_ms)
 
@@ -510,9 +574,11 @@ class InboundAgent:
         except Exception as exc:
             log.warning("agent.apology_failed", call_id=self.key, error=repr(exc))
             return
-        if self._bridge_samples:  # a failover that failed: the bridge phrase is heard out
-            within = self._bridge_samples / media.rate + 1.0
-            await media.until_played("bridge", self._bridge_samples, within)
+        queued, self._bridge_queued = self._bridge_queued, None
+        if queued is not None:  # a failover that failed: the bridge phrase is heard out
+            ahead, samples = queued
+            within = (ahead + samples) / media.rate + 1.0
+            await media.until_played("bridge", samples, within)
         media.playout.flush()
         media.playout.push("apology", speech)
         media.playout.end_item("apology")

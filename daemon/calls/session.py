@@ -17,6 +17,7 @@ import json
 import time
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -162,6 +163,18 @@ class CallSession:
     async def replace(self, replay: tuple[ce.Turn, ...], failover: bool = False) -> ce.Event:
         """A new session with the conversation so far replayed as text; then swap.
         ``failover``: on the fallback, from now on."""
+        prepared = await self.prepare(replay, failover)
+        if isinstance(prepared, ce.ReplaceFailed):
+            return prepared
+        return await self.swap(prepared)
+
+    async def prepare(
+        self, replay: tuple[ce.Turn, ...], failover: bool = False
+    ) -> Prepared | ce.ReplaceFailed:
+        """Open a new session and replay the conversation so far into it as text, without
+        swapping: the current one still gets what is sent (so caller audio sent meanwhile is
+        not counted in the new session's input). ``failover``: on the fallback, from now on.
+        The new session is closed if this fails or is cancelled."""
         if failover and self.fallback is not None:
             self.endpoint = self.fallback
         new = RealtimeSession(self.endpoint, session_config(self.agent, self.kind))
@@ -174,9 +187,24 @@ class CallSession:
         except RealtimeError as exc:
             await new.close()
             return ce.ReplaceFailed(exc.kind, exc.retryable, str(exc))
-        old, self.current = self.current, new
+        except BaseException:  # the call ended meanwhile: nothing outlives it
+            await new.close()
+            raise
+        return Prepared(new, reported.output_format)
+
+    async def swap(self, prepared: Prepared) -> ce.SessionReplaced:
+        """Make a prepared session the current one; the old one is closed."""
+        old, self.current = self.current, prepared.session
         await old.close()
-        return ce.SessionReplaced(reported.output_format)
+        return ce.SessionReplaced(prepared.output_format)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A new session opened and replayed into, not current yet (:meth:`CallSession.swap`)."""
+
+    session: RealtimeSession
+    output_format: AudioFormat | None
 
 
 def _percentile_ms(seconds: Iterable[float], q: float) -> float | None:

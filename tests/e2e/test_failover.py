@@ -34,6 +34,7 @@ pytestmark = pytest.mark.e2e
 GREETING = "Hello, how can I help?"
 QUESTION = "What are your opening hours?"
 ANSWER = "We are open from nine to five on weekdays."
+PLAYOUT_MARGIN = 1.5  # s, after a phrase's own length, for its last frames to reach the phone
 _models: dict[str, Any] = {}
 
 
@@ -96,13 +97,33 @@ async def _record(api: str) -> dict[str, Any]:
             await asyncio.sleep(0.1)
 
 
+async def _said(api: str, text: str, within: float = 30.0) -> None:
+    """Wait until the newest inbound call's transcript has the agent's turn ``text`` (recorded
+    once its response is done), then for that phrase to be played out to the phone: its
+    length in the local voice, and a margin."""
+    async with httpx.AsyncClient() as client, asyncio.timeout(within):
+        while True:
+            calls = (await client.get(f"{api}/calls?direction=inbound")).json()["calls"]
+            turns = calls[0]["transcript"] if calls else []
+            if any(t["role"] == "agent" and t["text"] == text for t in turns):
+                break
+            await asyncio.sleep(0.1)
+    await asyncio.sleep(len(_piper(text, 8000)) / 8000 + PLAYOUT_MARGIN)
+
+
 def _after_failover_ms(events: list[dict[str, Any]], event: str, **fields: Any) -> float:
     """How long after the log's ``agent.failover`` the first ``event`` (with ``fields``) came."""
 
     def at(name: str, **match: Any) -> datetime:
         found = next(
-            e for e in events if e["event"] == name and all(e.get(k) == v for k, v in match.items())
+            (
+                e
+                for e in events
+                if e["event"] == name and all(e.get(k) == v for k, v in match.items())
+            ),
+            None,
         )
+        assert found is not None, f"no {name} {match} in the log"
         return datetime.fromisoformat(found["timestamp"])
 
     return round((at(event, **fields) - at("agent.failover")).total_seconds() * 1000, 1)
@@ -119,14 +140,15 @@ async def test_a_refused_model_fails_over_to_the_engine_at_connect(
     """The cloud answers the handshake with HTTP 503: the caller hears the bridge phrase, then
     the engine's greeting (its own session, named after the call), never the apology; the
     record shows the failover with phase connect, and the call completed."""
-    chat = ChatServer("Good morning, this is the front desk.")
+    greeting = "Good morning, this is the front desk."
+    chat = ChatServer(greeting)
     try:
         async with FakeRealtime("ga") as fake, _daemon(tmp_path, daemon_env, fake, chat) as up:
             fake.refuse = 503
             pbx, daemon = up
             phone, call = await _call(pbx, tmp_path)
             try:
-                await asyncio.sleep(6.0)
+                await _said(daemon.base_url, greeting)  # after the bridge phrase
                 await phone.command("hangup", call=call)
                 await phone.expect("recorded", call=call)
                 record = await _record(daemon.base_url)
@@ -160,7 +182,7 @@ async def test_a_refused_model_fails_over_to_the_engine_at_connect(
     )
     assert "HTTP 503" in entry["error"], entry
     assert [t["text"] for t in record["transcript"] if t["role"] == "agent"] == [
-        "Good morning, this is the front desk."
+        greeting
     ]  # the bridge phrase, said in the local voice, is no turn of the conversation
 
 
@@ -185,10 +207,7 @@ async def test_a_model_dropped_mid_call_fails_over_with_the_conversation(
             pbx, daemon = up
             phone, call = await _call(pbx, tmp_path)
             try:
-                async with asyncio.timeout(20):
-                    while not chat.requests:
-                        await asyncio.sleep(0.1)
-                await asyncio.sleep(5.0)  # the bridge phrase and the answer
+                await _said(daemon.base_url, ANSWER)  # the greeting, the bridge, the answer
                 await phone.command("hangup", call=call)
                 await phone.expect("recorded", call=call)
                 record = await _record(daemon.base_url)

@@ -16,9 +16,11 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from websockets.protocol import State
 
 from config.schema import AgentSettings, ApiSettings, RealtimeSettings
-from daemon.calls.inbound import InboundAgent
+from daemon.calls.conversation import Stage
+from daemon.calls.inbound import InboundAgent, PhraseCache
 from daemon.legs.memory import MediaClock, MemoryNetwork, MemoryPhone
 from daemon.realtime.backends import endpoint
 from daemon.realtime.client import Endpoint
@@ -39,8 +41,12 @@ class Services:
     """The supervisor's side: each local phrase as its own 0.6 s tone; the reports."""
 
     reports: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    synthesis_seconds: float = 0.0  # how long each synthesis takes
+    synthesized: list[str] = field(default_factory=list)
 
     async def synthesize(self, text: str, rate: int) -> NDArray[np.int16]:
+        self.synthesized.append(text)
+        await asyncio.sleep(self.synthesis_seconds)
         return tone(LOCAL_VOICE_HZ[text], rate, 0.6, amplitude=8000)
 
     async def report(self, kind: str, body: dict[str, Any]) -> None:
@@ -69,11 +75,18 @@ async def _network() -> AsyncIterator[MemoryNetwork]:
         yield MemoryNetwork(clock, rate=RATE)
 
 
-def _call(network: MemoryNetwork, cloud: FakeRealtime, engine: FakeRealtime, **agent: Any) -> Call:
+def _call(
+    network: MemoryNetwork,
+    cloud: FakeRealtime,
+    engine: FakeRealtime,
+    services: Services | None = None,
+    phrases: PhraseCache | None = None,
+    **agent: Any,
+) -> Call:
     values = {"greeting": "Greet.", "bridge_phrase": BRIDGE, "apology": APOLOGY} | agent
     settings = AgentSettings(backend="url", url=cloud.url, fallback="local", **values)
     leg, phone = network.incoming("1001")
-    services = Services()
+    services = services if services is not None else Services()
     fallback = Endpoint(engine.url, {}, DIALECTS["ga"])
     inbound = InboundAgent(
         leg,
@@ -82,6 +95,7 @@ def _call(network: MemoryNetwork, cloud: FakeRealtime, engine: FakeRealtime, **a
         RealtimeSettings(max_reconnects=0),
         services,
         fallback=fallback,
+        phrases=phrases if phrases is not None else PhraseCache(),
     )
     return Call(inbound, phone, services, asyncio.create_task(inbound.run()))
 
@@ -209,6 +223,14 @@ async def test_when_the_engine_fails_too_the_apology_follows_the_bridge() -> Non
     assert failed["phase"] == "connect"
     assert engine.url in failed["error"], failed
     assert f"after connect: {cloud.url}: HTTP 503" in failed["error"], failed
+    assert call.services.of("agent_failover") == []  # attempted, not done
+    box = call.agent.black_box()
+    assert box is not None
+    assert box["model"]["failovers"] == []
+    assert box["model"]["failures"] == [  # the cloud's, then the engine's
+        {"kind": "connect", "phase": "connect"},
+        {"kind": "connect", "phase": "connect"},
+    ]
 
 
 async def test_when_the_engine_cannot_take_over_mid_call_the_apology_follows_the_bridge() -> None:
@@ -234,8 +256,7 @@ async def test_when_the_engine_cannot_take_over_mid_call_the_apology_follows_the
     heard = call.phone.heard()
     bridge = np.flatnonzero(np.abs(heard.astype(np.int32)) > 2000)
     assert (bridge[-1] - bridge[0]) / RATE >= 1.1  # both phrases whole: 0.6 s each
-    [failover] = call.services.of("agent_failover")
-    assert failover["phase"] == "session"
+    assert call.services.of("agent_failover") == []  # attempted, not done
     [failed] = call.services.of("agent_failed")
     assert failed["phase"] == "session"
     assert engine.url in failed["error"], failed
@@ -264,3 +285,108 @@ async def test_with_reject_the_engine_is_tried_before_the_answer() -> None:
     assert _tones(call.phone.heard()) == [ENGINE_HZ]
     assert box is not None
     assert [(e["phase"], e["at_s"]) for e in box["model"]["failovers"]] == [("connect", 0.0)]
+
+
+def _drop_after_first_audio(reply_seconds: float = 0.0) -> Any:
+    """A cloud model that (optionally sends a reply all at once, then) drops the socket."""
+
+    async def script(session: FakeSession) -> None:
+        await session.wait_for("input_audio_buffer.append")
+        if reply_seconds:
+            reply = tone(CLOUD_HZ, session.output_rate, reply_seconds, amplitude=8000)
+            await session.respond(reply, "Let me explain at length.")
+        await asyncio.sleep(0.3)
+        session.drop()
+
+    return script
+
+
+async def test_caller_audio_during_the_bridge_synthesis_is_not_counted_for_the_engine() -> None:
+    """The bridge phrase takes 0.8 s to synthesise: the engine's session is swapped in only
+    after it is queued, so the caller audio the conversation counts as sent to the engine
+    (its timeline for barge-in) is the audio the engine received, not 0.8 s less."""
+    services = Services(synthesis_seconds=0.8)
+    async with (
+        FakeRealtime("ga", _drop_after_first_audio()) as cloud,
+        FakeRealtime("ga") as engine,
+        _network() as network,
+    ):
+        call = _call(network, cloud, engine, services, greeting="")
+        local = await engine.session(timeout=10.0)
+        async with asyncio.timeout(10.0):  # replaced, and a second of audio on the engine
+            while call.agent.conversation.stage is not Stage.ACTIVE or local.input_ms < 1000:
+                await asyncio.sleep(0.05)
+        sent_ms = call.agent.conversation._caller.sent_ms
+        received_ms = local.input_ms
+        call.phone.hang_up()
+        assert await call.ended() == "caller hung up"
+    assert services.synthesized == [BRIDGE]
+    batch_ms = call.agent.agent.uplink_batch_ms
+    assert abs(received_ms - sent_ms) <= 2 * batch_ms, (received_ms, sent_ms)
+
+
+async def test_the_bridge_phrase_is_synthesised_once_for_all_calls() -> None:
+    """Two calls failing over at once with one phrase cache: one synthesis of the bridge
+    phrase, and both callers hear it."""
+    services, phrases = Services(synthesis_seconds=0.3), PhraseCache()
+    async with (
+        FakeRealtime("ga") as cloud,
+        FakeRealtime("ga") as engine,
+        _network() as network,
+    ):
+        cloud.refuse = 503
+        calls = [_call(network, cloud, engine, services, phrases) for _ in range(2)]
+        for call in calls:
+            await _heard(call, [LOCAL_VOICE_HZ[BRIDGE]])
+            call.phone.hang_up()
+            assert await call.ended() == "caller hung up"
+    assert services.synthesized == [BRIDGE]
+    assert len(services.of("agent_failover")) == 2
+
+
+async def test_when_the_engine_cannot_take_over_a_cut_reply_and_the_bridge_are_heard_out() -> None:
+    """The cloud sends 2.5 s of reply at once and drops; the engine refuses: what was queued
+    of the reply plays, then the whole bridge phrase, then the apology (the apology waits for
+    the audio queued ahead of the bridge, not only for the bridge's own length)."""
+    async with (
+        FakeRealtime("ga", _drop_after_first_audio(reply_seconds=2.5)) as cloud,
+        FakeRealtime("ga") as engine,
+        _network() as network,
+    ):
+        engine.refuse = 503
+        call = _call(network, cloud, engine, greeting="")
+        cause = await call.ended()
+    assert cause.startswith("model connect: "), cause
+    heard = call.phone.heard()
+    assert _tones(heard) == [CLOUD_HZ, LOCAL_VOICE_HZ[BRIDGE], LOCAL_VOICE_HZ[APOLOGY]]
+    block = RATE // 10
+    bridge_blocks = [
+        start
+        for start in range(0, len(heard) - block + 1, block)
+        if np.abs(heard[start : start + block]).max(initial=0) >= 2000
+        and tone_level_db(heard[start : start + block], LOCAL_VOICE_HZ[BRIDGE], RATE)
+        > tone_level_db(heard[start : start + block], CLOUD_HZ, RATE)
+        and tone_level_db(heard[start : start + block], LOCAL_VOICE_HZ[BRIDGE], RATE)
+        > tone_level_db(heard[start : start + block], LOCAL_VOICE_HZ[APOLOGY], RATE)
+    ]
+    assert len(bridge_blocks) >= 5, bridge_blocks  # 0.6 s: whole, give or take a block edge
+
+
+async def test_a_hang_up_during_the_failover_leaves_no_engine_session_open() -> None:
+    """The caller hangs up while the engine's session is open and the bridge phrase is still
+    being synthesised (before the swap): that session is closed with the call."""
+    services = Services(synthesis_seconds=3.0)
+    async with (
+        FakeRealtime("ga", _drop_after_first_audio(reply_seconds=0.4)) as cloud,
+        FakeRealtime("ga") as engine,
+        _network() as network,
+    ):
+        call = _call(network, cloud, engine, services, greeting="")
+        local = await engine.session(timeout=10.0)
+        await local.wait_for("conversation.item.create", timeout=5.0)  # replayed: not swapped
+        assert services.synthesized == [BRIDGE]
+        call.phone.hang_up()
+        assert await call.ended() == "caller hung up"
+        async with asyncio.timeout(5.0):
+            while local.ws.state is not State.CLOSED:
+                await asyncio.sleep(0.05)

@@ -752,7 +752,21 @@ BLACK_BOX: BlackBox = {
     ],
     "turn_latency_ms": {"p50": 400.0, "p95": 400.0, "max": 400.0, "count": 1, "unanswered": 0},
     "barge_ins": [{"at_s": 3.0, "stop_ms": 18.0, "truncated_at_ms": 900.0, "cancelled": True}],
-    "model": {"connect_ms": 35.0, "reconnects": 0, "replacements": [], "failures": []},
+    "model": {
+        "connect_ms": 35.0,
+        "reconnects": 0,
+        "replacements": [{"at_s": 5.5, "reason": "failover"}],
+        "failures": [],
+        "failovers": [
+            {
+                "at_s": 5.5,
+                "phase": "session",
+                "kind": "closed",
+                "error": "the realtime socket closed: 1006",
+                "to": "local",
+            }
+        ],
+    },
     "connect_seconds": 4.25,
 }
 

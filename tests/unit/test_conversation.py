@@ -230,8 +230,8 @@ def test_end_call_whose_response_never_finishes_goes_on_after_30_s() -> None:
     assert call.feed(ce.Drained()) == [ce.HangUp("end_call")]
 
 
-def _transferring() -> Call:
-    call = Call(transfer_target="2000", transfer_extensions=["2001"])
+def _transferring(**agent: Any) -> Call:
+    call = Call(transfer_target="2000", transfer_extensions=["2001"], **agent)
     arguments = '{"extension": "2001"}'
     assert call.tool("transfer_call", arguments) == [
         _tool_log("transfer_call", arguments),
@@ -467,7 +467,8 @@ CLOUD = {"backend": "url", "url": "ws://127.0.0.1:9/v1/realtime"}
 def test_a_loss_beyond_max_reconnects_fails_over_to_the_engine_with_the_transcript() -> None:
     """With fallback local, the loss that would end the call says the bridge phrase and
     replaces the session onto the embedded engine with the transcript replayed (no apology,
-    no end); once replaced the engine is asked to speak, and the call goes on."""
+    no end); once replaced the failover is reported, the engine is asked to speak, and the
+    call goes on."""
     call = Call(RealtimeSettings(max_reconnects=1), fallback="local", **CLOUD)
     call.model(ev.AgentTranscript("t1", "Hello, how can I help?"), at=1.0)
     call.model(ev.CallerTranscript("t2", "Move my appointment."), at=3.0)
@@ -480,7 +481,6 @@ def test_a_loss_beyond_max_reconnects_fails_over_to_the_engine_with_the_transcri
             {"kind": "connect", "error": "refused", "phase": "session", "to": "local"},
             "warning",
         ),
-        ce.ReportFailover(FailureKind.CONNECT, "refused"),
         ce.Bridge(),
         ce.ReplaceSession("failover", tuple(call.conv.transcript)),
     ]
@@ -492,6 +492,7 @@ def test_a_loss_beyond_max_reconnects_fails_over_to_the_engine_with_the_transcri
     replaced = call.feed(ce.SessionReplaced(None), at=5.0)
     assert replaced == [
         ce.Log("agent.session_replaced", {"reason": "failover", "replayed": 2}),
+        ce.ReportFailover(FailureKind.CONNECT, "refused"),
         ce.SessionNote("replaced", "failover"),
         ce.CreateResponse(),
     ]
@@ -505,11 +506,7 @@ def test_a_loss_that_cannot_be_retried_fails_over_at_once() -> None:
     """A rate limit (not retryable) with fallback local fails over without a reconnect."""
     call = Call(fallback="local", **CLOUD)
     actions = call.feed(ce.SessionLost(FailureKind.RATE_LIMIT, False, "slow down"))
-    assert actions[1:] == [
-        ce.ReportFailover(FailureKind.RATE_LIMIT, "slow down"),
-        ce.Bridge(),
-        ce.ReplaceSession("failover", ()),
-    ]
+    assert actions[1:] == [ce.Bridge(), ce.ReplaceSession("failover", ())]
 
 
 def test_losses_on_the_engine_follow_the_normal_rules_with_no_second_failover() -> None:
@@ -535,15 +532,76 @@ def test_losses_on_the_engine_follow_the_normal_rules_with_no_second_failover() 
 
 
 def test_a_failed_failover_apologises_and_ends() -> None:
-    """The engine's session cannot be opened either (reconnects used up): the apology path."""
+    """The engine's session cannot be opened either (reconnects used up): the apology path,
+    with no failover reported, and the one failure reported naming both."""
     call = Call(RealtimeSettings(max_reconnects=0), fallback="local", **CLOUD)
-    call.feed(ce.SessionLost(FailureKind.CLOSED, True, "1006"))
+    failing_over = call.feed(ce.SessionLost(FailureKind.CLOSED, True, "1006"))
     actions = call.feed(ce.ReplaceFailed(FailureKind.CONNECT, True, "engine refused"))
     assert actions[1:] == [
-        ce.ReportFailure(FailureKind.CONNECT, "engine refused"),
+        ce.ReportFailure(
+            FailureKind.CONNECT, "engine refused (on the embedded engine, after closed: 1006)"
+        ),
         ce.Apologise(),
         ce.End("model connect: engine refused"),
     ]
+    assert not [a for a in failing_over + actions if isinstance(a, ce.ReportFailover)]
+
+
+def test_after_a_mid_call_failover_the_engine_gets_reconnects_of_its_own() -> None:
+    """The failover is reached with the reconnects used up; the engine's session starts with
+    its own (max_reconnects again): a retryable drop of it reconnects, to the engine, and the
+    one after that apologises (no second failover)."""
+    call = Call(RealtimeSettings(max_reconnects=1), fallback="local", **CLOUD)
+    call.feed(ce.SessionLost(FailureKind.CLOSED, True, "1006"))
+    call.feed(ce.SessionReplaced(None))
+    failover = call.feed(ce.SessionLost(FailureKind.CLOSED, True, "1006"))
+    assert failover[-1] == ce.ReplaceSession("failover", ())
+    call.feed(ce.SessionReplaced(None))
+    actions = call.feed(ce.SessionLost(FailureKind.CLOSED, True, "1006 again"))
+    assert actions == [
+        ce.Log("agent.reconnecting", {"error": "1006 again", "attempt": 1}, "warning"),
+        ce.ReplaceSession("reconnect", ()),
+    ]
+    call.feed(ce.SessionReplaced(None))
+    ending = call.feed(ce.SessionLost(FailureKind.CLOSED, True, "1006 once more"))
+    assert [type(a) for a in ending] == [ce.Log, ce.ReportFailure, ce.Apologise, ce.End]
+
+
+def test_a_failover_whose_first_open_is_retried_is_reported_once_up() -> None:
+    """The engine's first open fails (retryable): it is reconnected to, and the failover is
+    reported once that session is up, with the model's loss it was for."""
+    call = Call(RealtimeSettings(max_reconnects=1), fallback="local", **CLOUD)
+    call.feed(ce.SessionLost(FailureKind.RATE_LIMIT, False, "slow down"))
+    retry = call.feed(ce.ReplaceFailed(FailureKind.CONNECT, True, "engine busy"))
+    assert retry[-1] == ce.ReplaceSession("reconnect", (), cv.RECONNECT_PAUSE)
+    replaced = call.feed(ce.SessionReplaced(None))
+    assert ce.ReportFailover(FailureKind.RATE_LIMIT, "slow down") in replaced, replaced
+    assert replaced[-1] == ce.CreateResponse()
+
+
+def test_a_loss_while_the_call_is_finishing_fails_over_without_the_bridge() -> None:
+    """The model is lost while an end_call's goodbye plays, or once a transfer's REFER is
+    sent: no bridge phrase and no failover on the record (the failure only), and no response
+    asked; the call finishes as it would have (hung up once drained, or the REFER's 2xx)."""
+    closing = Call(RealtimeSettings(max_reconnects=0), fallback="local", **CLOUD)
+    closing.speak()
+    closing.tool("end_call")
+    closing.model(ev.ResponseDone("r1", "completed"))
+    lost = closing.feed(ce.SessionLost(FailureKind.CLOSED, True, "1006"), at=2.0)
+    assert lost[1:] == [
+        ce.ReportFailure(FailureKind.CLOSED, "1006"),
+        ce.ReplaceSession("failover", ()),
+    ]
+    replaced = closing.feed(ce.SessionReplaced(None), at=3.0)
+    assert not [a for a in replaced if isinstance(a, ce.ReportFailover | ce.CreateResponse)]
+    assert closing.feed(ce.Drained()) == [ce.HangUp("end_call")]
+
+    transferring = _transferring(fallback="local", **CLOUD)
+    lost = transferring.feed(ce.SessionLost(FailureKind.CLOSED, False, "1000"))
+    assert not [a for a in lost if isinstance(a, ce.Bridge | ce.Apologise)], lost
+    replaced = transferring.feed(ce.SessionReplaced(None))
+    assert not [a for a in replaced if isinstance(a, ce.ReportFailover | ce.CreateResponse)]
+    assert transferring.feed(ce.TransferResult(200, "OK"))[-1] == ce.HangUp("transferred")
 
 
 @pytest.mark.parametrize(

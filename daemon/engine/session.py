@@ -143,7 +143,10 @@ class CallerTurns:
     answering: dict[str, float] | None = None  # the turn being answered: its end, Whisper ms
     failures: int = 0  # turns in a row whose transcription failed
     judged: Pause | None = None  # the latest pause given to Smart Turn
-    smart_turn_ms: float = 0.0  # its latest inference
+    smart_turn_ms: float = 0.0  # its latest inference in the turn in progress
+    model_vetoes: int = 0  # pauses of the turn in progress the model found unfinished
+    word_vetoes: int = 0  # pauses it found finished whose transcript ended unfinished
+    first_word_veto_ms: int = -1  # the first of those (its speech end, VAD clock)
 
 
 class EngineSession:
@@ -261,9 +264,9 @@ class EngineSession:
         return Pause(item, vad.position_ms - vad.silence_ms, self._input.epoch)
 
     def _speech_end(self, vad_end_ms: int) -> int:
-        """Where the utterance's speech ends: the VAD's end, or the end of its loud part if
-        earlier (webrtcvad hears voice some 100 ms past the sound)."""
-        return min(vad_end_ms, self._loudness.loud_end_ms)
+        """Where the utterance's speech ends: the VAD's end, or the end of its loud part just
+        before (webrtcvad hears voice some 100 ms past the sound)."""
+        return self._loudness.speech_end(vad_end_ms)
 
     def _pause_check(self, frame: bytes) -> None:
         """Per VAD frame (smart_turn mode): transcribe at a pause, judge a longer one."""
@@ -271,11 +274,12 @@ class EngineSession:
         if not vad.speaking or item is None:
             return
         self._loudness.frame(frame, vad.position_ms)
-        recognition = self._recognition
+        recognition, epoch = self._recognition, self._input.epoch
         quiet = vad.silence_ms >= ONSET_MS or self._loudness.quiet_ms >= QUIET_ONSET_MS
-        speech_end = self._speech_end(vad.position_ms - vad.silence_ms)
-        if quiet and recognition.covering(item, speech_end) is None:
-            recognition.start(item, vad.position_ms, self._input.snapshot())
+        if quiet and self._response is None and recognition.can_start():
+            speech_end = self._speech_end(vad.position_ms - vad.silence_ms)
+            if recognition.covering(item, epoch, speech_end) is None:
+                recognition.start(item, epoch, vad.position_ms, self._input.snapshot())
         pause = self._current_pause()
         if (
             pause is not None
@@ -299,18 +303,24 @@ class EngineSession:
             log.error("engine.smart_turn_failed", session=self.id, error=repr(exc))
             return
         verdict_at = time.monotonic()
+        if self._current_pause() != pause:
+            return
         self._turns.smart_turn_ms = (verdict_at - started) * 1000
-        if self._current_pause() != pause or probability < self.policy.threshold:
+        if probability < self.policy.threshold:
+            self._turns.model_vetoes += 1
             log.debug("engine.turn_continues", session=self.id, probability=probability)
             return
         try:
             speech_end = self._speech_end(pause.end_ms)
-            text = await self._recognition.text(pause.utterance, speech_end, audio)
+            text, _ = await self._recognition.text(pause.utterance, pause.epoch, speech_end, audio)
         except Exception:  # the turn's own transcription reports it
             text = "-"
         if self._current_pause() != pause:
             return  # the caller spoke again meanwhile
-        if unfinished(text):
+        if self.policy.word_check and unfinished(text, probability):
+            self._turns.word_vetoes += 1
+            if self._turns.first_word_veto_ms < 0:
+                self._turns.first_word_veto_ms = pause.end_ms
             log.debug("engine.turn_continues", session=self.id, unfinished=text)
             return
         log.info(
@@ -329,6 +339,9 @@ class EngineSession:
         # Keep only what the turn needs: the padding before the start of speech.
         self._input.trim(max(0, at_ms - padding))
         self._loudness.reset(self._input.vad.position_ms)
+        turns = self._turns
+        turns.smart_turn_ms, turns.model_vetoes, turns.word_vetoes = 0.0, 0, 0
+        turns.first_word_veto_ms = -1
         await self.send(
             {
                 "type": "input_audio_buffer.speech_started",
@@ -345,12 +358,17 @@ class EngineSession:
         item = self._input.speech_item or new_id("item")
         self._input.speech_item = None
         speech_end = self._speech_end(at_ms) if self.policy.model is not None else at_ms
+        # The buffer is taken before any await: an event handled meanwhile (a clear, new
+        # speech) belongs to the next item.
+        epoch = self._input.epoch
+        audio = self._input.commit()
         await self.send(
             {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": at_ms, "item_id": item}
         )
         await self._commit(
             item,
             respond=bool((self.settings.turn_detection or {}).get("create_response", True)),
+            taken=(audio, epoch),
             end_ms=speech_end,
             verdict_at=verdict_at,
         )
@@ -366,11 +384,19 @@ class EngineSession:
         await self._commit(new_id("item"), respond=False)
 
     async def _commit(
-        self, item_id: str, respond: bool, end_ms: int = -1, verdict_at: float | None = None
+        self,
+        item_id: str,
+        respond: bool,
+        taken: tuple[NDArray[np.int16], int] | None = None,
+        end_ms: int = -1,
+        verdict_at: float | None = None,
     ) -> None:
-        """Commit the buffer as ``item_id``; ``end_ms``: where its speech ends, when the VAD
-        found it (a transcription already running from there on is then taken)."""
-        audio = self._input.commit()
+        """Commit the buffer as ``item_id`` (``taken``: the buffer already taken, and its
+        epoch); ``end_ms``: where its speech ends, when the VAD found it (a transcription of
+        the same buffer already running from there on is then taken)."""
+        if taken is None:
+            taken = (self._input.commit(), -1)
+        audio, epoch = taken
         previous = self.conversation[-1].item_id if self.conversation else None
         await self.send(
             {
@@ -395,7 +421,9 @@ class EngineSession:
                 },
             }
         )
-        task = asyncio.create_task(self._transcribe(turn, audio, respond, end_ms, verdict_at))
+        task = asyncio.create_task(
+            self._transcribe(turn, audio, respond, (epoch, end_ms), verdict_at)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -408,30 +436,42 @@ class EngineSession:
         turn: Turn,
         audio: NDArray[np.int16],
         respond: bool,
-        end_ms: int = -1,
+        speech: tuple[int, int] = (-1, -1),
         decided: float | None = None,
     ) -> None:
-        """``decided``: when Smart Turn found the turn over (its reply is measured from
-        there), else now."""
+        """``speech``: the buffer's epoch and where its speech ends, when the VAD found it;
+        ``decided``: when Smart Turn found the turn over (its reply is measured from there),
+        else now."""
         started = time.monotonic() if decided is None else decided
         smart_turn = self.policy.model is not None
-        reused = smart_turn and self._recognition.covering(turn.item_id, end_ms) is not None
+        epoch, end_ms = speech
+        from_pause, lead_ms = False, 0.0
         try:
             if end_ms >= 0 and smart_turn:
-                text = await self._recognition.text(turn.item_id, end_ms, audio)
+                text, job = await self._recognition.text(turn.item_id, epoch, end_ms, audio)
+                from_pause = job.at_pause
+                lead_ms = (started - job.started) * 1000
             else:
                 text = await self.stt.transcribe(audio, VAD_RATE)
             text = text.strip()
         except Exception as exc:  # the caller hears an apology, the client an event
             await self._transcription_failed(turn, exc, respond)
             return
-        self._turns.failures = 0
-        self._turns.answering = {
+        turns = self._turns
+        turns.failures = 0
+        turns.answering = {
             "turn_end": started,
             "stt_ms": (time.monotonic() - started) * 1000,
-            "smart_turn_ms": self._turns.smart_turn_ms if smart_turn else 0.0,
+            "smart_turn_ms": turns.smart_turn_ms if smart_turn else 0.0,
             "smart_turn_end": float(decided is not None),
-            "stt_reused": float(reused),  # the pass started at the pause gave the transcript
+            # the transcript came from a pass started at a pause (not for the ended turn),
+            # which started stt_pass_lead_ms before the end of turn (negative: after it)
+            "stt_from_pause_pass": float(from_pause),
+            "stt_pass_lead_ms": lead_ms,
+            "stt_passes": float(self._recognition.passes.pop(turn.item_id, 0)),
+            "model_vetoes": float(turns.model_vetoes),
+            "word_vetoes": float(turns.word_vetoes),
+            "first_word_veto_ms": float(turns.first_word_veto_ms),
         }
         turn.text = text
         await self.send(
@@ -598,7 +638,12 @@ class EngineSession:
             "stt_ms": round(timing["stt_ms"], 1),
             "smart_turn_ms": round(timing["smart_turn_ms"], 1),
             "smart_turn_end": timing["smart_turn_end"],
-            "stt_reused": timing["stt_reused"],
+            "stt_from_pause_pass": timing["stt_from_pause_pass"],
+            "stt_pass_lead_ms": round(timing["stt_pass_lead_ms"], 1),
+            "stt_passes": timing["stt_passes"],
+            "model_vetoes": timing["model_vetoes"],
+            "word_vetoes": timing["word_vetoes"],
+            "first_word_veto_ms": timing["first_word_veto_ms"],
             "tts_first_sentence_ms": round((now - tts_started) * 1000, 1),
         }
         log.info("engine.turn", session=self.id, **turn)

@@ -24,6 +24,11 @@ EXECUTOR = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sipai-speech")
 PAD_SAMPLES_16K = 4000  # 250 ms of silence around an utterance
 
 
+def waiting() -> int:
+    """Speech jobs queued on :data:`EXECUTOR` that no worker has taken yet."""
+    return EXECUTOR._work_queue.qsize()
+
+
 class SpeechError(Exception):
     """A speech backend cannot be used (missing model, bad configuration...)."""
 

@@ -50,8 +50,11 @@ class SmartTurn:
 
     def __init__(self, path: Path | None = None) -> None:
         path = path or model_path()
-        import onnxruntime as ort  # noqa: PLC0415 - heavy import, only when used
-        from faster_whisper.feature_extractor import FeatureExtractor  # noqa: PLC0415
+        try:
+            import onnxruntime as ort  # noqa: PLC0415 - heavy import, only when used
+            from faster_whisper.feature_extractor import FeatureExtractor  # noqa: PLC0415
+        except ImportError as exc:
+            raise SpeechError(_MISSING.format(package=exc.name or exc, detail=exc)) from exc
 
         options = ort.SessionOptions()
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -7,6 +7,7 @@ that of a speaker who goes on (a phrase synthesised alone ends falling, as if fi
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -130,8 +131,39 @@ def test_the_model_loads_only_for_smart_turn() -> None:
         ("I would like to move my appointment to Friday.", False),
         ("Yes.", False),
         ("Tell Peter the meeting is at three.", False),
+        # Whisper's own writing: numbers as digits
+        ("Tell Peter the meeting is at 3.", False),
+        ("My room number is 12.", False),
+        ("I was born in 1990.", False),
+        ("Is it room 12?", False),
+        # complete turns that end on a preposition, a verb or a pronoun
+        ("Who is it for?", False),
+        ("Where are you from?", False),
+        ("Yes, it is.", False),
+        ("I think so.", False),
+        ("Come in.", False),
+        ("Is that his?", False),
+        ("And the", True),
+        ("So I was wondering if", True),
+        ("I need a plumber and", True),
     ],
 )
 def test_an_unfinished_transcript(text: str, expected: bool) -> None:
-    """A transcript stopping on an article, preposition, conjunction or filler is a pause."""
+    """A transcript stopping on an article, a conjunction or a filler is a pause; a number
+    or a content word ends it."""
     assert unfinished(text) is expected
+
+
+def test_a_weak_ending_vetoes_only_an_unsure_verdict() -> None:
+    """ "Who did you speak to?" ends a turn; "I would like to" mostly does not."""
+    assert unfinished("Who did you speak to?", 0.95) is False
+    assert unfinished("I would like to", 0.7) is True
+
+
+def test_a_missing_inference_library_is_a_speech_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without onnxruntime the load fails as a SpeechError naming it (the daemon reports it
+    at start), not as a crash."""
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(SpeechError, match="onnxruntime") as raised:
+        SmartTurn()
+    assert "end_of_turn" in str(raised.value)

@@ -347,3 +347,4 @@ async def test_a_clear_at_the_pause_voids_the_pass_of_the_cleared_audio(
         for e in exchange.of_type("conversation.item.input_audio_transcription.completed")
     ]
     assert not any("friday" in t or "appointment" in t for t in texts), texts
+    assert not exchange.of_type("conversation.item.input_audio_transcription.failed")

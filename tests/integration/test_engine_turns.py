@@ -23,6 +23,8 @@ import websockets
 from numpy.typing import NDArray
 
 from config.schema import EngineSettings
+from daemon.engine.brains import Receptionist
+from daemon.engine.session import EngineSession
 from daemon.engine.turns import TurnPolicy
 from daemon.speech import SpeechToText
 from daemon.speech.backends import load_turn_model
@@ -348,3 +350,35 @@ async def test_a_clear_at_the_pause_voids_the_pass_of_the_cleared_audio(
     ]
     assert not any("friday" in t or "appointment" in t for t in texts), texts
     assert not exchange.of_type("conversation.item.input_audio_transcription.failed")
+
+
+async def test_a_clear_sent_as_the_turn_ends_does_not_empty_the_ended_turn(
+    engine: EngineServer,
+) -> None:
+    """The turn's audio is taken as it ends: a clear the client sends while the engine is
+    still announcing ``speech_stopped`` empties the next item's buffer, not the ended one."""
+    events: list[dict[str, Any]] = []
+
+    async def send(event: dict[str, Any]) -> None:
+        events.append(event)
+        if event["type"] == "input_audio_buffer.speech_stopped":
+            await session.handle(json.dumps({"type": "input_audio_buffer.clear"}))
+
+    session = EngineSession(send, engine.engine.tts, engine.engine.stt, Receptionist())
+    detection = {"type": "server_vad", "silence_duration_ms": 500, "create_response": False}
+    update = {"type": "realtime", "audio": {"input": {"turn_detection": detection}}}
+    await session.handle(json.dumps({"type": "session.update", "session": update}))
+    pcm = telephone(engine.piper, "Please call me back tomorrow morning.")
+    audio = g711.ulaw_encode(np.concatenate((pcm, np.zeros(8000, np.int16)))).tobytes()
+    for i in range(0, len(audio), CHUNK):
+        chunk = base64.b64encode(audio[i : i + CHUNK]).decode()
+        await session.handle(json.dumps({"type": "input_audio_buffer.append", "audio": chunk}))
+    deadline = time.monotonic() + 30
+    kind = "conversation.item.input_audio_transcription.completed"
+    while not any(e["type"] == kind for e in events):
+        assert time.monotonic() < deadline, [e["type"] for e in events]
+        await asyncio.sleep(0.05)
+    await session.close()
+    (done,) = [e for e in events if e["type"] == kind]
+    assert "tomorrow" in done["transcript"].lower(), done
+    assert done["usage"]["seconds"] > 1.5, done

@@ -42,7 +42,8 @@ VOICED_DBFS = -45.0  # a 10 ms block louder than this is voice
 GAP_DBFS = -40.0  # quieter than this inside an utterance: a gap between words
 
 # Sentences with hesitations where no sentence ends, and the pauses spliced into each
-# synthesis at its longest gaps (the commas around the filler): 300-800 ms of silence each.
+# synthesis at its longest gaps (the commas): 300-800 ms of silence each. The first ones
+# pause around a filler or after a word no turn ends on; the last ones after content words.
 PAUSE_SET: list[tuple[str, tuple[int, ...]]] = [
     ("I would like to, um, move my appointment to Friday.", (400, 700)),
     ("My name is, uh, John Smith and I need a plumber.", (600,)),
@@ -56,6 +57,17 @@ PAUSE_SET: list[tuple[str, tuple[int, ...]]] = [
     ("Please send the, uh, invoice to my new address.", (550, 600)),
     ("So I was wondering if, um, you could call me back.", (650,)),
     ("The meeting with, er, Peter has moved to Thursday.", (300, 500)),
+    # pauses after content words, where no word list can tell: the model's own judgement
+    ("I would like to book a table, for four people, on Saturday.", (500, 400)),
+    ("We need two more chairs, in the conference room.", (600,)),
+    ("My name is John Smith, and my number has changed.", (600,)),
+    ("The printer, on the second floor, is broken again.", (400, 500)),
+    ("Please call my wife, at home, after six.", (450, 350)),
+    ("I booked a room, for three nights, in March.", (500, 600)),
+    ("The parcel arrived, but the box was damaged.", (700,)),
+    ("Could you check the invoice, from last month, for me?", (400, 500)),
+    ("My flight lands, at ten, on Monday morning.", (300, 600)),
+    ("I need the report, with the figures, by Friday.", (500, 400)),
 ]
 
 

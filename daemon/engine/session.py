@@ -328,6 +328,7 @@ class EngineSession:
             session=self.id,
             probability=round(probability, 3),
             silence_ms=self._input.vad.silence_ms,
+            heard=text,
         )
         self._input.vad.reset()  # the turn is over: new speech is a new turn
         await self._speech_stopped(pause.end_ms, verdict_at)

@@ -46,9 +46,13 @@ SURE = 0.9  # a verdict this sure overrides the weaker word endings
 UNFINISHED_ENDINGS = frozenset(
     ("a", "an", "the", "and", "or", "but", "because", "if", "than")  # articles, conjunctions
 ).union(("um", "uh", "er", "erm", "hmm", "mm", "ah", "eh"))  # fillers
-# Endings that are usually a pause but end some turns ("Who did you speak to?"): they veto
-# only a verdict under SURE.
-WEAK_ENDINGS = frozenset(("to", "of", "with", "my", "your", "our", "their"))
+# Endings that are usually a pause ("My name is", "I would like to") but end some turns
+# ("Who is it for?", "Yes, it is."): they veto only a verdict under SURE, which complete
+# turns mostly reach.
+WEAK_ENDINGS = frozenset(
+    ("to", "of", "with", "in", "on", "at", "by", "for", "from", "about", "into", "as")
+).union(("is", "are", "was", "were", "am", "be", "been", "so", "that", "like"))
+WEAK_ENDINGS |= {"my", "your", "his", "her", "its", "our", "their", "this", "these", "those"}
 
 
 def unfinished(text: str, probability: float = 0.0) -> bool:

@@ -146,7 +146,7 @@ class Recognition:
     def __init__(self, stt: SpeechToText) -> None:
         self._stt = stt
         self._latest: Transcription | None = None
-        self._jobs: set[asyncio.Task[str]] = set()
+        self._jobs: dict[asyncio.Task[str], bool] = {}  # the passes in flight: at a pause?
         self.passes: dict[str, int] = {}  # passes started per utterance (the latest few)
 
     @property
@@ -181,7 +181,7 @@ class Recognition:
         if at_pause:
             Speculation.in_flight += 1
         task = asyncio.create_task(self._stt.transcribe(pcm16k, RATE))
-        self._jobs.add(task)
+        self._jobs[task] = at_pause
         task.add_done_callback(lambda t: self._finished(t, at_pause))
         if utterance not in self.passes and len(self.passes) >= 8:
             self.passes.clear()
@@ -190,7 +190,7 @@ class Recognition:
         return self._latest
 
     def _finished(self, task: asyncio.Task[str], at_pause: bool) -> None:
-        self._jobs.discard(task)
+        self._jobs.pop(task, None)
         if at_pause:
             Speculation.in_flight -= 1
         _retrieve(task)
@@ -208,8 +208,11 @@ class Recognition:
         return await asyncio.shield(job.task), job
 
     def close(self) -> None:
-        for task in list(self._jobs):
-            task.cancel()
+        """Cancel the final passes; a pass at a pause runs out (its worker thread cannot be
+        stopped, and the process's budget counts it until it has)."""
+        for task, at_pause in list(self._jobs.items()):
+            if not at_pause:
+                task.cancel()
 
 
 def _retrieve(task: asyncio.Task[str]) -> None:

@@ -141,3 +141,16 @@ async def test_no_pass_at_a_pause_while_a_speech_job_waits(seconds: float) -> No
     assert recognition.start("A", 0, 100, _pcm(10)) is not None
     recognition.close()
     await asyncio.sleep(seconds)
+
+
+async def test_a_closed_session_s_pass_at_a_pause_counts_until_it_has_run() -> None:
+    """Closing cannot stop a worker thread: the pass stays in the process's budget until it
+    is done, so no second one runs beside it."""
+    recognition = Recognition(SpeechToText(SlowLength(0.2)))
+    assert recognition.start("A", 0, 100, _pcm(10)) is not None
+    recognition.close()
+    await asyncio.sleep(0.05)
+    assert Speculation.in_flight == 1
+    assert not Recognition(SpeechToText(SlowLength(0.2))).can_start()
+    await asyncio.sleep(0.3)
+    assert Speculation.in_flight == 0

@@ -29,7 +29,10 @@ correlate, nor one quieter than ``sound_floor_dbfs`` (``silent``: there is nothi
 The line's own noise (a speakerphone's room, a trunk's hiss) is in the uplink too and no
 reference explains it: it caps the ERLE at the echo-to-noise ratio. ``heard`` keeps the level
 of each 20 ms frame over the last ``noise_seconds`` and the noise floor is a low percentile
-of them. What is left once the echo is taken out counts as sound only ``noise_margin_db``
+of them, once a second of the line is heard (the digital silence before its first sound left
+out: no line yet), at most
+``noise_ceiling_dbfs`` (on a line without noise and without pauses that percentile is the
+echo's quiet frames, not a noise). What is left once the echo is taken out counts as sound only ``noise_margin_db``
 above that floor: an uplink no louder than that is ``silent`` (a pause: only the line's
 noise), a residual no louder than that is echo over noise (``echo``, if it correlates at
 least ``UNCORRELATED``), and a block whose residual is no louder does not count for the
@@ -53,6 +56,7 @@ BLOCK_MS = 80
 EXCESS_DB = 2.0  # a block this much louder than the echo predicted carries another sound
 UNCORRELATED = 0.3  # below this the uplink has nothing to do with what was played
 CONFIDENT = 0.7  # a correlation this strong refreshes the bulk delay kept
+NOISE_FRAMES = 50  # the line's frames (a second) heard before a noise floor is taken
 _FULL_SCALE = 32768.0
 
 
@@ -104,6 +108,7 @@ class EchoParameters:
     noise_seconds: float = 5.0  # the frame levels the noise floor is taken from
     noise_percentile: float = 10.0
     noise_margin_db: float = 9.0  # a residual this close to the noise floor is no sound
+    noise_ceiling_dbfs: float = -50.0  # the floor never higher (no line is that noisy)
 
 
 def _dbfs(energy: float, samples: int) -> float:
@@ -129,6 +134,7 @@ class EchoDetector:
         self._last_stamp: float | None = None  # clock stamp of the last frame heard
         self.delay_ms: float | None = None  # the last bulk delay found with confidence
         self.judged = 0
+        self._last: tuple[int, int, EchoVerdict] | None = None  # (heard, window, verdict)
         # The energy per sample of each frame heard over the last noise_seconds.
         self._levels = np.zeros(max(1, round(p.noise_seconds * 1000 / frame_ms)))
         self._frames = 0
@@ -137,10 +143,11 @@ class EchoDetector:
     def noise_dbfs(self) -> float:
         """The line's noise floor: a low percentile of the recent frame levels."""
         count = min(self._frames, len(self._levels))
-        if count == 0:
-            return -120.0
-        level = float(np.percentile(self._levels[:count], self.parameters.noise_percentile))
-        return _dbfs(level, 1)
+        if count < NOISE_FRAMES:
+            return -120.0  # too little of the line heard to tell its noise
+        p = self.parameters
+        level = float(np.percentile(self._levels[:count], p.noise_percentile))
+        return min(_dbfs(level, 1), p.noise_ceiling_dbfs)
 
     def heard(self, stamp: float, frame: bytes | NDArray[np.int16]) -> None:
         """A caller frame (PCM16 at ``rate``) and when it arrived, on the playout's clock."""
@@ -156,9 +163,10 @@ class EchoDetector:
             self._uplink[: end - size] = pcm[split:]
         self._written += len(pcm)
         self._last_stamp = stamp
-        if len(pcm):
-            x = pcm.astype(np.float64)
-            self._levels[self._frames % len(self._levels)] = float(x @ x) / len(x)
+        x = pcm.astype(np.float64)
+        energy = float(x @ x)
+        if energy > 0.0 or self._frames:  # digital silence first: no line yet, not its noise
+            self._levels[self._frames % len(self._levels)] = energy / len(x)
             self._frames += 1
 
     def _recent(self, samples: int) -> NDArray[np.float64]:
@@ -179,7 +187,16 @@ class EchoDetector:
         return means
 
     def judge(self, played: PlayedAudio, window_ms: int) -> EchoVerdict:
-        """Is the caller's last ``window_ms`` (at most ``max_window_ms``) only echo?"""
+        """Is the caller's last ``window_ms`` (at most ``max_window_ms``) only echo? Asked
+        again with nothing heard since, the same verdict (judged once)."""
+        last = self._last
+        if last is not None and last[:2] == (self._written, window_ms):
+            return last[2]
+        verdict = self._judge(played, window_ms)
+        self._last = (self._written, window_ms, verdict)
+        return verdict
+
+    def _judge(self, played: PlayedAudio, window_ms: int) -> EchoVerdict:
         p = self.parameters
         self.judged += 1
         window_ms = max(BLOCK_MS, min(window_ms, p.max_window_ms))
@@ -234,8 +251,18 @@ class EchoDetector:
         else:
             reason = "speech"
         echo = reason in ("echo", "quiet_echo")
-        figures = (correlation, erle_db, block_erle_db, uplink_dbfs, played_dbfs, window_ms)
-        return EchoVerdict(echo, reason, delay_ms, *figures, noise_dbfs)
+        return EchoVerdict(
+            echo,
+            reason,
+            delay_ms,
+            correlation,
+            erle_db,
+            block_erle_db,
+            uplink_dbfs,
+            played_dbfs,
+            window_ms,
+            noise_dbfs,
+        )
 
     def _blocks(
         self,
@@ -245,14 +272,14 @@ class EchoDetector:
         sound_dbfs: float,
     ) -> tuple[float, float, bool]:
         """(ERLE over the window, lowest ERLE over its blocks that carry more sound than
-        echo, whether any does) with each block (about BLOCK_MS, the window cut evenly) matched on its own over
-        the whole delay range, with its own least-squares gain: a jitter buffer that re-syncs
-        at a talk spurt, or drops or repeats a frame, moves the echo mid-window; each block
-        still finds it. A block counts for the lowest only if it is louder by ``EXCESS_DB``
-        than the echo the window's ``gain`` predicts at that block's delay: a voice adds to
-        the echo, while a frame the line concealed (not in the reference, no louder) takes
-        its place. Nor does a block whose residual is below ``sound_dbfs`` (the line's
-        noise: nothing there but echo)."""
+        echo, whether any does) with each block (about BLOCK_MS, the window cut evenly)
+        matched on its own over the whole delay range, with its own least-squares gain: a
+        jitter buffer that re-syncs at a talk spurt, or drops or repeats a frame, moves the
+        echo mid-window; each block still finds it. A block counts for the lowest only if it
+        is louder by ``EXCESS_DB`` than the echo the window's ``gain`` predicts at that
+        block's delay: a voice adds to the echo, while a frame the line concealed (not in the
+        reference, no louder) takes its place. Nor does a block whose residual is below
+        ``sound_dbfs`` (the line's noise: nothing there but echo)."""
         count = max(1, round(len(uplink) / (BLOCK_MS * self._judge_rate / 1000)))
         edges = np.linspace(0, len(uplink), count + 1).astype(int)
         lags = len(reference) - len(uplink) + 1

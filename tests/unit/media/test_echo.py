@@ -207,7 +207,7 @@ def test_echo_under_line_noise_is_never_the_caller(noise_dbfs: int) -> None:
     caller = [v.fields() for v in verdicts if not v.echo and v.reason != "silent"]
     assert caller == [], caller
     assert sum(v.reason == "silent" for v in verdicts) >= 3  # the pauses
-    assert verdicts[-1].noise_dbfs == pytest.approx(noise_dbfs, abs=3)
+    assert verdicts[-1].noise_dbfs == pytest.approx(noise_dbfs, abs=3)  # at most -50
 
 
 @pytest.mark.parametrize("noise_dbfs", [-60, -50])

@@ -29,14 +29,13 @@ correlate, nor one quieter than ``sound_floor_dbfs`` (``silent``: there is nothi
 The line's own noise (a speakerphone's room, a trunk's hiss) is in the uplink too and no
 reference explains it: it caps the ERLE at the echo-to-noise ratio. ``heard`` keeps the level
 of each 20 ms frame over the last ``noise_seconds`` and the noise floor is a low percentile
-of them, once a second of the line is heard (the digital silence before its first sound left
-out: no line yet), at most
-``noise_ceiling_dbfs`` (on a line without noise and without pauses that percentile is the
-echo's quiet frames, not a noise). What is left once the echo is taken out counts as sound only ``noise_margin_db``
-above that floor: an uplink no louder than that is ``silent`` (a pause: only the line's
-noise), a residual no louder than that is echo over noise (``echo``, if it correlates at
-least ``UNCORRELATED``), and a block whose residual is no louder does not count for the
-lowest block ERLE.
+of them, once 200 ms of the line is heard (the digital silence before its first sound left
+out: no line yet), at most ``noise_ceiling_dbfs`` (on a line without noise and without pauses
+that percentile is the echo's quiet frames, not a noise). What is left once the echo is taken
+out counts as sound only ``noise_margin_db`` above that floor: an uplink no louder than that
+is ``silent`` (a pause: only the line's noise), a residual no louder than that is echo over
+noise (``echo``, if it correlates at least ``UNCORRELATED``), and a block whose residual is no
+louder does not count for the lowest block ERLE.
 
 Pure numpy, called on the event loop; no state shared with the media threads beyond the
 playout's reference ring. Rates that are multiples of 8 kHz are judged at 8 kHz (block
@@ -56,7 +55,7 @@ BLOCK_MS = 80
 EXCESS_DB = 2.0  # a block this much louder than the echo predicted carries another sound
 UNCORRELATED = 0.3  # below this the uplink has nothing to do with what was played
 CONFIDENT = 0.7  # a correlation this strong refreshes the bulk delay kept
-NOISE_FRAMES = 50  # the line's frames (a second) heard before a noise floor is taken
+NOISE_FRAMES = 10  # the line's frames (200 ms) heard before a noise floor is taken
 _FULL_SCALE = 32768.0
 
 

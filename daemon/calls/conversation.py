@@ -25,7 +25,8 @@ onset as seen). An echo or a silent batch (a pause: only the line's noise) start
 over. At least ``ECHO_RECHECK_MS`` and a batch are needed whatever the guard: a glitch of the
 line (a jitter buffer's concealment) stays in the re-judged window for at most
 ``ECHO_RECHECK_MS``, so it cannot confirm itself. At the first judgement everything but echo
-barges in, as without the guard.
+and silence (nothing above the line's noise while the agent plays: watched as echo) barges
+in, as without the guard.
 
 ``AGENT`` means the last item pushed can still be cut; whether anything is being said is read
 from the view (queued audio) and the active response. The guard is ``greeting_guard_ms`` over
@@ -355,10 +356,10 @@ class Conversation:
             if caller.voice_ms < self._voice_needed(caller.batch_ms):
                 return []  # not yet the guard's worth: it may be a cough or a line's glitch
             caller.speech_at = caller.voice_at
-        if not verdict.echo:
+        if not verdict.echo and verdict.reason != "silent":
             caller.judged = verdict
             return self._barge_in()
-        caller.voice_ms, caller.voice_at = 0, None
+        caller.voice_ms, caller.voice_at = 0, None  # echo, or nothing above the line's noise
         self._floor_to(Floor.ECHO)
         if caller.echo_logged:
             return []

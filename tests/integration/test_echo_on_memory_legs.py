@@ -144,7 +144,8 @@ async def test_an_echoing_line_never_barges_in_over_20_agent_turns(noise_dbfs: i
     """20 agent turns on a line that echoes them back at -10 dB after 100 ms, with the
     line's noise (-60 or -50 dBFS, a speakerphone's room) on top, each with a speech_started
     on the echo (past the guard, or under it then past) that lasts over the agent's pauses:
-    no flush, no cancel, no truncate; each is logged once as echo, with the line's delay."""
+    no flush, no cancel, no truncate; each is logged once as echo, with the line's delay
+    (or, the window then in a pause of the echo, as nothing above the line's noise)."""
 
     async def script(session: FakeSession, line: EchoingPhone) -> None:
         await session.wait_for("input_audio_buffer.append")
@@ -154,15 +155,16 @@ async def test_an_echoing_line_never_barges_in_over_20_agent_turns(noise_dbfs: i
     logs, fake = await _run_call(script, TURNS * (TURN_SECONDS + 2.0), noise_dbfs)
     [session] = fake.sessions
     ignored = _events(logs, "agent.echo_ignored")
-    delays = [e["delay_ms"] for e in ignored]
+    delays = [e["delay_ms"] for e in ignored if e["reason"] != "silent"]
     print(f"\n{len(ignored)} echoes ignored; delays {sorted(delays)}")
-    print("lowest ERLE", min(e["erle_db"] for e in ignored), "dB")
+    print("lowest ERLE", min(e["erle_db"] for e in ignored if e["reason"] != "silent"), "dB")
     print("barge-ins", _events(logs, "agent.barge_in"))
     assert _events(logs, "agent.barge_in") == [], _events(logs, "agent.barge_in")
     assert session.of("conversation.item.truncate") == []
     assert session.cancels == 0
     assert len(ignored) == TURNS, (len(ignored), [e["window_ms"] for e in ignored])
     assert all(80 <= d <= 140 for d in delays), delays
+    assert len(delays) >= TURNS - 4, ignored  # the rest: only noise in the window, watched
     # The echo (about -27 dBFS) went to the model as silence, the line's noise as it came.
     loud = _loud_ms(session.input_pcm, noise_dbfs + 12)
     [muted] = _events(logs, "agent.echo_muted")

@@ -163,9 +163,10 @@ def test_a_replaced_session_leaves_the_echo_watch() -> None:
     assert call.feed(ce.UplinkSent(40)) == []
 
 
-def test_a_pause_in_the_echo_is_nothing_new_but_silence_first_barges_in() -> None:
+def test_a_pause_in_the_echo_is_nothing_new_nor_is_silence_first() -> None:
     """While echo is watched a silent batch (the agent paused) cuts nothing; at the first
-    judgement a silent window barges in as it would without the guard."""
+    judgement a silent window (nothing above the line's noise while the agent plays) is
+    watched as echo, and the caller's voice after it still barges in."""
     call = Call(echo_guard=True)
     call.speak()
     call.sent(1000)
@@ -176,4 +177,12 @@ def test_a_pause_in_the_echo_is_nothing_new_but_silence_first_barges_in() -> Non
     assert call.floor() is cv.Floor.ECHO
     call.model(ev.SpeechStopped(1040, "u1"))
     assert call.speech(740, at=11.0) == [ce.JudgeEcho(300)]
-    assert call.feed(_verdict(False, "silent")) == [ce.Flush(), ce.Cancel()]
+    assert [a.event for a in call.feed(_verdict(False, "silent")) if isinstance(a, ce.Log)] == [
+        "agent.echo_ignored"
+    ]
+    assert call.floor() is cv.Floor.ECHO
+    for _ in range(4):
+        call.feed(ce.UplinkSent(40))
+        assert call.feed(_verdict(False)) == []
+    call.feed(ce.UplinkSent(40))
+    assert call.feed(_verdict(False)) == [ce.Flush(), ce.Cancel()]

@@ -22,9 +22,20 @@ handed out around then (:meth:`media.playout.PlayoutBuffer.reference`, on the sa
 Echo when the correlation is at least ``min_correlation`` and the ERLE at least
 ``min_erle_db`` over the window and ``min_block_erle_db`` in every block that carries sound;
 or when the uplink is ``quiet_db`` or more below what was played and still correlates with
-it (echo under line noise). Nothing played over the window (the aligned reference quieter
-than ``reference_floor_dbfs``) is never echo, nor is an uplink that does not correlate, nor
-one quieter than ``sound_floor_dbfs`` (``silent``: there is nothing to judge).
+it, with the ERLE at least ``min_block_erle_db``. Nothing played over the window (the aligned
+reference quieter than ``reference_floor_dbfs``) is never echo, nor is an uplink that does not
+correlate, nor one quieter than ``sound_floor_dbfs`` (``silent``: there is nothing to judge).
+
+The line's own noise (a speakerphone's room, a trunk's hiss) is in the uplink too and no
+reference explains it: it caps the ERLE at the echo-to-noise ratio. ``heard`` keeps the level
+of each 20 ms frame over the last ``noise_seconds`` and the noise floor is a low percentile
+of them, once 200 ms of the line is heard (the digital silence before its first sound left
+out: no line yet), at most ``noise_ceiling_dbfs`` (on a line without noise and without pauses
+that percentile is the echo's quiet frames, not a noise). What is left once the echo is taken
+out counts as sound only ``noise_margin_db`` above that floor: an uplink no louder than that
+is ``silent`` (a pause: only the line's noise), a residual no louder than that is echo over
+noise (``echo``, if it correlates at least ``UNCORRELATED``), and a block whose residual is no
+louder does not count for the lowest block ERLE.
 
 Pure numpy, called on the event loop; no state shared with the media threads beyond the
 playout's reference ring. Rates that are multiples of 8 kHz are judged at 8 kHz (block
@@ -44,6 +55,7 @@ BLOCK_MS = 80
 EXCESS_DB = 2.0  # a block this much louder than the echo predicted carries another sound
 UNCORRELATED = 0.3  # below this the uplink has nothing to do with what was played
 CONFIDENT = 0.7  # a correlation this strong refreshes the bulk delay kept
+NOISE_FRAMES = 10  # the line's frames (200 ms) heard before a noise floor is taken
 _FULL_SCALE = 32768.0
 
 
@@ -64,6 +76,7 @@ class EchoVerdict:
     uplink_dbfs: float
     played_dbfs: float  # the reference, aligned at the delay
     window_ms: int
+    noise_dbfs: float = -120.0  # the line's noise floor when judged
 
     def fields(self) -> dict[str, Any]:
         """The figures, rounded, for a log line."""
@@ -77,6 +90,7 @@ class EchoVerdict:
             "uplink_dbfs": round(self.uplink_dbfs, 1),
             "played_dbfs": round(self.played_dbfs, 1),
             "window_ms": self.window_ms,
+            "noise_dbfs": round(self.noise_dbfs, 1),
         }
 
 
@@ -90,6 +104,10 @@ class EchoParameters:
     quiet_db: float = 24.0  # uplink this far under the played level, correlated: echo
     reference_floor_dbfs: float = -50.0  # quieter than this over the window: nothing played
     sound_floor_dbfs: float = -65.0  # quieter than this: silent (a block: not judged alone)
+    noise_seconds: float = 5.0  # the frame levels the noise floor is taken from
+    noise_percentile: float = 10.0
+    noise_margin_db: float = 9.0  # a residual this close to the noise floor is no sound
+    noise_ceiling_dbfs: float = -50.0  # the floor never higher (no line is that noisy)
 
 
 def _dbfs(energy: float, samples: int) -> float:
@@ -115,6 +133,20 @@ class EchoDetector:
         self._last_stamp: float | None = None  # clock stamp of the last frame heard
         self.delay_ms: float | None = None  # the last bulk delay found with confidence
         self.judged = 0
+        self._last: tuple[int, int, EchoVerdict] | None = None  # (heard, window, verdict)
+        # The energy per sample of each frame heard over the last noise_seconds.
+        self._levels = np.zeros(max(1, round(p.noise_seconds * 1000 / frame_ms)))
+        self._frames = 0
+
+    @property
+    def noise_dbfs(self) -> float:
+        """The line's noise floor: a low percentile of the recent frame levels."""
+        count = min(self._frames, len(self._levels))
+        if count < NOISE_FRAMES:
+            return -120.0  # too little of the line heard to tell its noise
+        p = self.parameters
+        level = float(np.percentile(self._levels[:count], p.noise_percentile))
+        return min(_dbfs(level, 1), p.noise_ceiling_dbfs)
 
     def heard(self, stamp: float, frame: bytes | NDArray[np.int16]) -> None:
         """A caller frame (PCM16 at ``rate``) and when it arrived, on the playout's clock."""
@@ -130,6 +162,11 @@ class EchoDetector:
             self._uplink[: end - size] = pcm[split:]
         self._written += len(pcm)
         self._last_stamp = stamp
+        x = pcm.astype(np.float64)
+        energy = float(x @ x)
+        if energy > 0.0 or self._frames:  # digital silence first: no line yet, not its noise
+            self._levels[self._frames % len(self._levels)] = energy / len(x)
+            self._frames += 1
 
     def _recent(self, samples: int) -> NDArray[np.float64]:
         size = len(self._uplink)
@@ -149,7 +186,16 @@ class EchoDetector:
         return means
 
     def judge(self, played: PlayedAudio, window_ms: int) -> EchoVerdict:
-        """Is the caller's last ``window_ms`` (at most ``max_window_ms``) only echo?"""
+        """Is the caller's last ``window_ms`` (at most ``max_window_ms``) only echo? Asked
+        again with nothing heard since, the same verdict (judged once)."""
+        last = self._last
+        if last is not None and last[:2] == (self._written, window_ms):
+            return last[2]
+        verdict = self._judge(played, window_ms)
+        self._last = (self._written, window_ms, verdict)
+        return verdict
+
+    def _judge(self, played: PlayedAudio, window_ms: int) -> EchoVerdict:
         p = self.parameters
         self.judged += 1
         window_ms = max(BLOCK_MS, min(window_ms, p.max_window_ms))
@@ -167,12 +213,14 @@ class EchoDetector:
         squares = np.concatenate(([0.0], np.cumsum(reference * reference)))
         energy_r = squares[w : w + lags] - squares[:lags]  # reference energy at each lag
         loudest = float(energy_r.max(initial=0.0))
-        if uplink_dbfs < p.sound_floor_dbfs:
-            figures = (0.0, 0.0, 0.0, uplink_dbfs, _dbfs(loudest, w), window_ms)
+        noise_dbfs = self.noise_dbfs
+        sound_dbfs = max(p.sound_floor_dbfs, noise_dbfs + p.noise_margin_db)
+        if uplink_dbfs < sound_dbfs:
+            figures = (0.0, 0.0, 0.0, uplink_dbfs, _dbfs(loudest, w), window_ms, noise_dbfs)
             return EchoVerdict(False, "silent", None, *figures)
         if _dbfs(loudest, w) < p.reference_floor_dbfs:
             played_dbfs = _dbfs(loudest, w)
-            figures = (0.0, 0.0, 0.0, uplink_dbfs, played_dbfs, window_ms)
+            figures = (0.0, 0.0, 0.0, uplink_dbfs, played_dbfs, window_ms, noise_dbfs)
             return EchoVerdict(False, "no_reference", None, *figures)
         size = 1 << int(np.ceil(np.log2(len(reference) + w)))
         spectrum = np.fft.rfft(reference, size) * np.conj(np.fft.rfft(uplink, size))
@@ -184,36 +232,53 @@ class EchoDetector:
         delay_ms = (lags - 1 - k) * 1000 / rate
         played_dbfs = _dbfs(float(energy_r[k]), w)
         gain = float(cross[k]) / max(float(energy_r[k]), 1e-9)
-        erle_db, block_erle_db = self._blocks(uplink, reference, gain)
+        erle_db, block_erle_db, voiced = self._blocks(uplink, reference, gain, sound_dbfs)
         if correlation >= CONFIDENT:
             self.delay_ms = delay_ms  # the bulk delay, refreshed while it is clear
+        # The unexplained rest no louder than the line's noise: echo over that noise.
+        over_noise = uplink_dbfs - erle_db < sound_dbfs and not voiced
         if correlation < min(p.min_correlation, UNCORRELATED):
             reason = "uncorrelated"
         elif (
             correlation >= p.min_correlation
             and erle_db >= p.min_erle_db
             and block_erle_db >= p.min_block_erle_db
-        ):
+        ) or over_noise:
             reason = "echo"
-        elif uplink_dbfs <= played_dbfs - p.quiet_db:
+        elif uplink_dbfs <= played_dbfs - p.quiet_db and erle_db >= p.min_block_erle_db:
             reason = "quiet_echo"
         else:
             reason = "speech"
         echo = reason in ("echo", "quiet_echo")
-        figures = (correlation, erle_db, block_erle_db, uplink_dbfs, played_dbfs, window_ms)
-        return EchoVerdict(echo, reason, delay_ms, *figures)
+        return EchoVerdict(
+            echo,
+            reason,
+            delay_ms,
+            correlation,
+            erle_db,
+            block_erle_db,
+            uplink_dbfs,
+            played_dbfs,
+            window_ms,
+            noise_dbfs,
+        )
 
     def _blocks(
-        self, uplink: NDArray[np.float64], reference: NDArray[np.float64], gain: float
-    ) -> tuple[float, float]:
+        self,
+        uplink: NDArray[np.float64],
+        reference: NDArray[np.float64],
+        gain: float,
+        sound_dbfs: float,
+    ) -> tuple[float, float, bool]:
         """(ERLE over the window, lowest ERLE over its blocks that carry more sound than
-        echo) with each block (about BLOCK_MS, the window cut evenly) matched on its own over
-        the whole delay range, with its own least-squares gain: a jitter buffer that re-syncs
-        at a talk spurt, or drops or repeats a frame, moves the echo mid-window; each block
-        still finds it. A block counts for the lowest only if it is louder by ``EXCESS_DB``
-        than the echo the window's ``gain`` predicts at that block's delay: a voice adds to
-        the echo, while a frame the line concealed (not in the reference, no louder) takes
-        its place."""
+        echo, whether any does) with each block (about BLOCK_MS, the window cut evenly)
+        matched on its own over the whole delay range, with its own least-squares gain: a
+        jitter buffer that re-syncs at a talk spurt, or drops or repeats a frame, moves the
+        echo mid-window; each block still finds it. A block counts for the lowest only if it
+        is louder by ``EXCESS_DB`` than the echo the window's ``gain`` predicts at that
+        block's delay: a voice adds to the echo, while a frame the line concealed (not in the
+        reference, no louder) takes its place. Nor does a block whose residual is below
+        ``sound_dbfs`` (the line's noise: nothing there but echo)."""
         count = max(1, round(len(uplink) / (BLOCK_MS * self._judge_rate / 1000)))
         edges = np.linspace(0, len(uplink), count + 1).astype(int)
         lags = len(reference) - len(uplink) + 1
@@ -243,10 +308,11 @@ class EchoDetector:
         power = energy_u / sizes
         loud = (energy_u > floor) & (power > power.max() / 100)
         loud &= energy_u >= predicted * 10 ** (EXCESS_DB / 10)
+        loud &= residual > sizes * (_FULL_SCALE * 10 ** (sound_dbfs / 20)) ** 2
         if not loud.any():
-            return whole, whole
+            return whole, whole, False
         pairs = zip(energy_u[loud], residual[loud], strict=True)
-        return whole, min(_ratio_db(float(e), float(r)) for e, r in pairs)
+        return whole, min(_ratio_db(float(e), float(r)) for e, r in pairs), True
 
 
 def _ratio_db(signal: float, residual: float) -> float:

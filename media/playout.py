@@ -113,6 +113,7 @@ class PlayoutBuffer:
         self._ref = np.zeros((slots, self.frame_samples), dtype=np.int16)
         self._ref_at = np.full(slots, -np.inf)
         self._ref_frames = 0  # frames written so far (consumer writes, after the row)
+        self.sound_at = -np.inf  # clock() when the last frame that was not silence went out
 
     # -- producer side ---------------------------------------------------------------------
 
@@ -192,8 +193,10 @@ class PlayoutBuffer:
         data = self._next_frame()
         slot = self._ref_frames % len(self._ref_at)
         self._ref[slot] = np.frombuffer(data, dtype="<i2")
-        self._ref_at[slot] = self.clock()
+        self._ref_at[slot] = at = self.clock()
         self._ref_frames += 1
+        if data is not self._silence:
+            self.sound_at = at
         return data
 
     def _next_frame(self) -> bytes:

@@ -18,18 +18,22 @@ With ``echo_guard`` the speech past the guard is judged first (:class:`JudgeEcho
 at once by :class:`EchoJudged`): the caller's voice flushes as above; the agent's own voice
 coming back moves to ``ECHO`` (logged once per speech_started), where each uplink batch is
 judged again until the speech stops (back to ``AGENT``) or the caller's voice shows up over
-the echo in ``ECHO_CONFIRM`` batches in a row (``FLUSHING``; its stop_ms then counts from the
-first of them: a single batch may be a glitch of the line, such as a jitter buffer's
-concealment). A silent batch there (a
-pause in the agent's speech) is nothing new; at the first judgement everything but echo
-barges in, as without the guard.
+the echo for the guard's worth of audio (``barge_in_min_ms``, ``greeting_guard_ms`` over the
+greeting), counted from the first batch judged the caller, in batches judged the caller one
+after the other (``FLUSHING``; its stop_ms then counts from that first batch, the voice's
+onset as seen). An echo or a silent batch (a pause: only the line's noise) starts the count
+over. At least ``ECHO_RECHECK_MS`` and a batch are needed whatever the guard: a glitch of the
+line (a jitter buffer's concealment) stays in the re-judged window for at most
+``ECHO_RECHECK_MS``, so it cannot confirm itself. At the first judgement everything but echo
+and silence (nothing above the line's noise while the agent plays: watched as echo) barges
+in, as without the guard.
 
 ``AGENT`` means the last item pushed can still be cut; whether anything is being said is read
 from the view (queued audio) and the active response. The guard is ``greeting_guard_ms`` over
 the greeting (the first response after ``Started(greeting=True)``), else ``barge_in_min_ms``,
 counted in the caller audio the model has received (``UplinkSent``). A judgement covers the
-speech heard so far (at most 1 s), a re-judgement in ``ECHO`` the last guard's worth (at
-least ``ECHO_RECHECK_MS``).
+speech heard so far (at most 1 s), a re-judgement in ``ECHO`` the last ``ECHO_RECHECK_MS``
+(the newest audio is where a voice shows; a longer window only costs more).
 
 ``Stage``, what the call is doing::
 
@@ -69,8 +73,7 @@ END_CALL_MAX_WAIT = 30.0  # longest goodbye (or announcement) played out before 
 TRANSFER_SECONDS = 30.0  # longest wait for the transfer target to answer
 REPLAY_TURNS = 30  # transcript turns replayed into a new session
 RECONNECT_PAUSE = 0.5  # between two failed attempts to open a new session
-ECHO_RECHECK_MS = 200  # the shortest caller audio judged again while it is echo
-ECHO_CONFIRM = 2  # batches in a row judged the caller that end the echo watch
+ECHO_RECHECK_MS = 160  # the caller audio judged again on each batch while it is echo
 
 
 class Floor(StrEnum):
@@ -126,7 +129,9 @@ class _Caller:
     speech_at: float = 0.0  # when its speech_started arrived
     barge_at: float | None = None  # the guard's end, if not passed yet
     echo_logged: bool = False  # agent.echo_ignored was logged for the current speech
-    voiced: int = 0  # batches in a row judged the caller while echo is watched
+    voice_ms: int = 0  # audio judged the caller, batch after batch, while echo is watched
+    voice_at: float | None = None  # when the first of those batches was judged
+    batch_ms: int = 0  # the last uplink batch sent
     judged: EchoVerdict | None = None  # the echo verdict that let the barge-in through
     digits: str = ""
     digits_at: float | None = None
@@ -228,7 +233,7 @@ class Conversation:
         caller = self._caller
         if isinstance(event, ev.SpeechStarted):
             caller.speech_start, caller.speech_at = event.audio_start_ms, now
-            caller.echo_logged, caller.voiced = False, 0
+            caller.echo_logged, caller.voice_ms, caller.voice_at = False, 0, None
             if self.floor is Floor.ECHO:
                 self._floor_to(Floor.AGENT)
             return self._consider_barge_in(now, playout)
@@ -305,7 +310,7 @@ class Conversation:
         heard = caller.sent_ms - start
         if heard >= guard and self.agent.echo_guard:
             again = self.floor is Floor.ECHO
-            return [ce.JudgeEcho(max(guard, ECHO_RECHECK_MS) if again else heard)]
+            return [ce.JudgeEcho(ECHO_RECHECK_MS if again else heard)]
         if heard >= guard:
             return self._barge_in()
         if caller.barge_at is None:
@@ -320,6 +325,7 @@ class Conversation:
         if isinstance(event, ce.EchoJudged):
             return self._echo_judged(event.verdict, now)
         self._caller.sent_ms += event.ms
+        self._caller.batch_ms = event.ms
         return self._consider_barge_in(now, playout) if self.floor is Floor.ECHO else []
 
     def _barge_in(self) -> list[ce.Action]:
@@ -342,21 +348,32 @@ class Conversation:
             return []
         if not verdict.echo and self.floor is Floor.ECHO:
             if verdict.reason == "silent":
+                caller.voice_ms, caller.voice_at = 0, None
                 return []  # a pause in the echo: nothing new from the caller
-            caller.voiced += 1
-            if caller.voiced == 1:
-                caller.speech_at = now  # the first batch that showed the caller's voice
-            if caller.voiced < ECHO_CONFIRM:
-                return []  # one batch may be a line's glitch: the next one confirms
-        if not verdict.echo:
+            if caller.voice_at is None:
+                caller.voice_at = now  # the first batch that showed the caller's voice
+            caller.voice_ms += caller.batch_ms
+            if caller.voice_ms < self._voice_needed(caller.batch_ms):
+                return []  # not yet the guard's worth: it may be a cough or a line's glitch
+            caller.speech_at = caller.voice_at
+        if not verdict.echo and verdict.reason != "silent":
             caller.judged = verdict
             return self._barge_in()
-        caller.voiced = 0
+        caller.voice_ms, caller.voice_at = 0, None  # echo, or nothing above the line's noise
         self._floor_to(Floor.ECHO)
         if caller.echo_logged:
             return []
         caller.echo_logged = True
         return [ce.Log("agent.echo_ignored", verdict.fields())]
+
+    def _voice_needed(self, batch_ms: int) -> int:
+        """The caller audio judged the caller over watched echo that barges in: the guard,
+        and more than a glitch can fill (it stays ECHO_RECHECK_MS in the window judged)."""
+        talk = self._talk
+        playing = talk.playing
+        greeting = playing is not None and talk.item_response.get(playing) == talk.greeting
+        guard = self.agent.greeting_guard_ms if greeting else self.agent.barge_in_min_ms
+        return max(guard, ECHO_RECHECK_MS + batch_ms)
 
     def _flushed(self, now: float, playout: ce.PlayoutView) -> list[ce.Action]:
         if self.floor is not Floor.FLUSHING or self._talk.flushing is None:
@@ -372,6 +389,8 @@ class Conversation:
             fields |= {"echo_verdict": judged.reason} | {
                 f"echo_{key}": figures[key] for key in ("correlation", "erle_db", "block_erle_db")
             }
+            if self._caller.voice_at is not None:  # over watched echo: the voice judged
+                fields["echo_voice_ms"] = self._caller.voice_ms
         return [
             ce.Truncate(item, played_ms),
             ce.Log("agent.barge_in", fields),

@@ -16,7 +16,11 @@ caller's 20 ms frames, encoded to the session's input format (mu-law passthrough
 24 kHz), go out in batches of ``uplink_batch_ms``. Downlink: audio deltas are decoded into the
 playout buffer, in whatever format the session reports. With ``echo_guard`` the caller's
 frames also feed an :class:`~media.echo.EchoDetector`, which judges them against what the
-playout handed out when the conversation asks (:class:`ce.JudgeEcho`).
+playout handed out when the conversation asks (:class:`ce.JudgeEcho`). While something was
+played within the echo's delay range, each batch is judged too (its last
+:data:`~daemon.calls.conversation.ECHO_RECHECK_MS`): one the detector finds echo only goes
+to the model as silence, so that neither its VAD nor its transcription takes the agent's own
+voice for the caller's; anything else goes as it came (``agent.echo_muted`` counts them).
 
 A caller hang-up closes the model session at once; nothing outlives the call.
 """
@@ -38,7 +42,7 @@ from config.schema import AgentSettings, ConnectFailure, Fallback, RealtimeSetti
 from daemon.calls import conversation_events as ce
 from daemon.calls.agent_config import for_call
 from daemon.calls.blackbox_meter import BlackBoxMeter, VoiceMeter
-from daemon.calls.conversation import Conversation, Stage
+from daemon.calls.conversation import ECHO_RECHECK_MS, Conversation, Stage
 from daemon.calls.session import CallSession
 from daemon.calls.tools import HttpTools, outcome
 from daemon.legs.leg import Answered, CallLeg, Dtmf, Ended, LegError, TransferProgress
@@ -527,28 +531,46 @@ class InboundAgent:
             self._echo = EchoDetector(media.rate)
         return self._echo
 
+    @staticmethod
+    def _only_echo(echo: EchoDetector, media: LegMedia, stamp: float) -> bool:
+        """Is the batch that ends at ``stamp`` only the agent's voice coming back? Judged
+        only while something was played within the echo's delay range."""
+        reach = (echo.parameters.max_delay_ms + ECHO_RECHECK_MS) / 1000
+        if media.playout.sound_at < stamp - reach:
+            return False
+        return echo.judge(media.playout, ECHO_RECHECK_MS).echo
+
     async def _uplink(self, media: LegMedia, encoder: Encoder) -> None:
         batch_ms = self.agent.uplink_batch_ms
         echo = self._echo_detector(media) if self.agent.echo_guard else None
         batch: list[NDArray[np.int16]] = []
         stamps: list[float] = []
+        muted = 0  # batches sent as silence: only the agent's echo
         voice = None
         if media.rate in VAD_RATES:  # the caller's ends of speech, for the turn latencies
             voice = VoiceMeter(media.rate, self.meter.caller_stopped)
-        async for stamp, frame in media.stamped_frames():
-            if voice is not None:
-                voice.feed(stamp, frame)
+        try:
+            async for stamp, frame in media.stamped_frames():
+                if voice is not None:
+                    voice.feed(stamp, frame)
+                if echo is not None:
+                    echo.heard(stamp, frame)
+                batch.append(np.frombuffer(frame, dtype="<i2"))
+                stamps.append(stamp)
+                if len(batch) < batch_ms // 20:
+                    continue
+                pcm = np.concatenate(batch)
+                if echo is not None and self._only_echo(echo, media, stamp):
+                    pcm[:] = 0  # the session's silence once encoded
+                    muted += 1
+                data = encoder.encode(pcm)
+                batch.clear()
+                if await self.session.append(data, stamps, media.clock):  # else being replaced
+                    await self._feed(ce.UplinkSent(batch_ms))
+                stamps.clear()
+        finally:  # the call's end may cancel it
             if echo is not None:
-                echo.heard(stamp, frame)
-            batch.append(np.frombuffer(frame, dtype="<i2"))
-            stamps.append(stamp)
-            if len(batch) < batch_ms // 20:
-                continue
-            data = encoder.encode(np.concatenate(batch))
-            batch.clear()
-            if await self.session.append(data, stamps, media.clock):  # else being replaced
-                await self._feed(ce.UplinkSent(batch_ms))
-            stamps.clear()
+                log.info("agent.echo_muted", call_id=self.key, batches=muted, judged=echo.judged)
         # The leg's Ended that closed the media says how the call ended: give it the word.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.ended.wait(), MEDIA_END_GRACE)

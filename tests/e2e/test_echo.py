@@ -26,14 +26,11 @@ TURNS = 8
 TURN_SECONDS = 1.5
 
 
-def _loud_for(ms: int) -> Any:
-    """The model's input has carried sound over its last ``ms`` (echo is coming in)."""
-
-    def check(pcm: NDArray[np.int16]) -> bool:
-        tail = pcm[-ms * 8 :].astype(np.float64)
-        return len(tail) == ms * 8 and float(np.sqrt(np.mean(tail * tail))) > 200
-
-    return check
+def _went_on_for(session: FakeSession, ms: int) -> Any:
+    """The model's input has gone on for ``ms`` from now (the agent's echo has come in by
+    then: the daemon sends echo alone as silence, so the input's sound cannot tell)."""
+    start = session.input_ms
+    return lambda pcm: len(pcm) // 8 >= start + ms
 
 
 def _at_rate(pcm: NDArray[np.int16], rate: int) -> NDArray[np.int16]:
@@ -58,8 +55,9 @@ async def test_an_echoing_phone_never_barges_in_but_its_caller_does(
         for number in range(TURNS):
             pcm = speech[number * piece : (number + 1) * piece]
             reply = _at_rate(pcm, session.output_rate)
+            coming = _went_on_for(session, 500)
             speaking = asyncio.create_task(session.respond(reply, pace=0.5))
-            await session.wait_for_input(_loud_for(200), 10)
+            await session.wait_for_input(coming, 10)
             await session.speech_started(max(0, session.input_ms - 300))
             await asyncio.sleep(0.4)
             await session.send(
@@ -72,9 +70,11 @@ async def test_an_echoing_phone_never_barges_in_but_its_caller_does(
             await speaking
             await asyncio.sleep(TURN_SECONDS / 2 + 0.4)  # the rest plays, its echo comes back
         state["echo_turns_done"] = len(session.of("conversation.item.truncate"))
+        state["echo_input"] = session.input_pcm
         long_reply = tone(600, session.output_rate, 10.0, amplitude=8000)
+        coming = _went_on_for(session, 500)
         speaking = asyncio.create_task(session.respond(long_reply, pace=0.5))
-        await session.wait_for_input(_loud_for(200), 10)
+        await session.wait_for_input(coming, 10)
         state["talk"] = True
         speaking_now.set()
         await asyncio.sleep(0.8)  # the caller's voice has reached the model
@@ -116,6 +116,10 @@ async def test_an_echoing_phone_never_barges_in_but_its_caller_does(
     print(f"\nechoes ignored: {[(e['delay_ms'], e['erle_db']) for e in ignored]}")
     print(f"barge-ins: {barge_ins}")
     assert state["echo_turns_done"] == 0, "an echo turn was cut"
+    frames = state["echo_input"][: len(state["echo_input"]) // 160 * 160].reshape(-1, 160)
+    loud_ms = 20 * int(np.count_nonzero(np.abs(frames.astype(np.int32)).max(axis=1) > 300))
+    print(f"model input over the echo turns with sound: {loud_ms} ms of {len(frames) * 20}")
+    assert loud_ms <= 2000, loud_ms  # the echo (about -27 dBFS) went as silence
     assert len(ignored) == TURNS, ignored
     assert len(barge_ins) == 1, barge_ins
     assert state["spoken"][2] is True  # the long reply was cancelled

@@ -71,19 +71,30 @@ def through_line(uplink: NDArray[np.float64] | NDArray[np.int16]) -> NDArray[np.
 
 class EchoingPhone:
     """A memory phone whose line sends back what it hears, ``delay_ms`` later at ``gain_db``
-    through mu-law both ways, with whatever the caller says (:meth:`say`) on top.
+    through mu-law both ways, with whatever the caller says (:meth:`say`) and the line's own
+    noise (white, at ``noise_dbfs``) on top.
 
     A task on the phone's media takes each frame the daemon sent it and queues, for the
     daemon to hear, that frame's echo plus the next frame of the caller's voice; the queue
     starts with ``delay_ms`` of silence: the daemon's clock stamps see the echo of a frame
     handed out at one tick come back that much later (the task reads the frame in the tick
-    it was sent, and the phone hands its echo out from the next).
+    it was sent, and the phone hands its echo out from the next). A frame that would queue
+    more than that delay (the task fell behind) is dropped: the delay stays the line's.
     """
 
-    def __init__(self, phone: MemoryPhone, delay_ms: int = 100, gain_db: float = -10.0) -> None:
+    def __init__(
+        self,
+        phone: MemoryPhone,
+        delay_ms: int = 100,
+        gain_db: float = -10.0,
+        noise_dbfs: float | None = None,
+    ) -> None:
         self.phone = phone
         self.gain = 10 ** (gain_db / 20)
         self.delay_ms = delay_ms
+        self.noise = 0.0 if noise_dbfs is None else 32768 * 10 ** (noise_dbfs / 20)
+        self._random = np.random.default_rng(7)
+        self._lead = 0
         self._voice: NDArray[np.int16] = np.zeros(0, dtype=np.int16)
         self._task: asyncio.Task[None] | None = None
 
@@ -91,7 +102,8 @@ class EchoingPhone:
         media = self.phone.media
         frame = media.frame_bytes // 2
         lead = self.delay_ms * media.rate // 1000
-        media.playout.push("line", np.zeros(lead - lead % frame, dtype=np.int16))
+        self._lead = lead - lead % frame
+        media.playout.push("line", np.zeros(self._lead, dtype=np.int16))
         self._task = asyncio.create_task(self._run())
 
     def say(self, pcm: NDArray[np.int16]) -> None:
@@ -109,6 +121,10 @@ class EchoingPhone:
             out = _mulaw(heard).astype(np.float64) * self.gain
             voice, self._voice = self._voice[: len(out)], self._voice[len(out) :]
             out[: len(voice)] += voice
+            if self.noise:
+                out += self._random.standard_normal(len(out)) * self.noise
+            if media.playout.depth_samples >= self._lead + len(out):
+                continue  # the task stalled and the frames piled up: keep the line's delay
             media.playout.push("line", _mulaw(out))
 
     async def stop(self) -> None:

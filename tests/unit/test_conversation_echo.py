@@ -50,7 +50,7 @@ def test_echo_is_ignored_logged_once_and_judged_again_on_each_batch() -> None:
     assert call.floor() is cv.Floor.ECHO
     assert call.conv.deadline is None
     for _ in range(3):
-        assert call.feed(ce.UplinkSent(40)) == [ce.JudgeEcho(200)]
+        assert call.feed(ce.UplinkSent(40)) == [ce.JudgeEcho(160)]
         assert call.feed(_verdict(True)) == []  # logged once per speech_started
     assert call.model(ev.SpeechStopped(1400, "u1")) == []
     assert call.floor() is cv.Floor.AGENT
@@ -61,33 +61,67 @@ def test_echo_is_ignored_logged_once_and_judged_again_on_each_batch() -> None:
     ]
 
 
-def test_the_caller_speaking_over_the_echo_barges_in_on_the_second_batch() -> None:
-    """Once ignored as echo, two batches in a row judged to be the caller's voice flush and
-    cancel; stop_ms counts from the first of them, not from the speech_started. A single
-    such batch between echo ones (a glitch of the line) cuts nothing."""
+def test_the_caller_speaking_over_the_echo_barges_in_after_the_guard() -> None:
+    """Once ignored as echo, the caller's voice judged over the guard's worth of audio
+    (barge_in_min_ms, 200 ms: five 40 ms batches one after the other) flushes and cancels;
+    stop_ms counts from the first of them. Four such batches, the most a glitch of the line
+    can fill while it stays in the re-judged window, then echo again cut nothing and start the
+    count over; so does a silent batch."""
     call = Call(echo_guard=True)
     call.speak()
     call.sent(1000)
     call.speech(700, at=10.0)
     call.feed(_verdict(True))
-    assert call.feed(ce.UplinkSent(40), at=10.4) == [ce.JudgeEcho(200)]
-    assert call.feed(_verdict(False), at=10.4) == []  # one batch: not yet
-    call.feed(ce.UplinkSent(40), at=10.44)
-    assert call.feed(_verdict(True), at=10.44) == []  # echo again: the count starts over
-    assert call.feed(ce.UplinkSent(40), at=10.5) == [ce.JudgeEcho(200)]
-    assert call.feed(_verdict(False), at=10.5) == []
-    assert call.feed(ce.UplinkSent(40), at=10.54) == [ce.JudgeEcho(200)]
-    assert call.feed(_verdict(False), at=10.54) == [ce.Flush(), ce.Cancel()]
+    at = 10.4
+    for _ in range(4):  # a glitch: in the window for ECHO_RECHECK_MS
+        assert call.feed(ce.UplinkSent(40), at=at) == [ce.JudgeEcho(160)]
+        assert call.feed(_verdict(False), at=at) == []
+        at += 0.04
+    call.feed(ce.UplinkSent(40), at=at)
+    assert call.feed(_verdict(True), at=at) == []  # echo again: the count starts over
+    for _ in range(3):
+        call.feed(ce.UplinkSent(40), at=at)
+        assert call.feed(_verdict(False), at=at) == []
+        at += 0.04
+    call.feed(ce.UplinkSent(40), at=at)
+    assert call.feed(_verdict(False, "silent"), at=at) == []  # a pause: over again
+    at += 0.04
+    start = at
+    for _ in range(4):
+        call.feed(ce.UplinkSent(40), at=at)
+        assert call.feed(_verdict(False), at=at) == []
+        at += 0.04
+    assert call.feed(ce.UplinkSent(40), at=at) == [ce.JudgeEcho(160)]
+    assert call.feed(_verdict(False), at=at) == [ce.Flush(), ce.Cancel()]
     call.view.played["i1"] = 900
-    actions = call.feed(ce.Flushed(), at=10.56)
+    actions = call.feed(ce.Flushed(), at=at + 0.02)
     [barged] = [a for a in actions if isinstance(a, ce.BargedIn)]
-    assert barged.stop_ms == pytest.approx(60.0)
+    assert barged.stop_ms == pytest.approx((at + 0.02 - start) * 1000)
+    [log] = [a for a in actions if isinstance(a, ce.Log) and a.event == "agent.barge_in"]
+    assert log.fields["echo_voice_ms"] == 200
     assert call.floor() is cv.Floor.SILENT
 
 
+def test_over_the_greeting_echo_the_voice_must_last_the_greeting_guard() -> None:
+    """Over the greeting's echo the caller's voice must be judged for greeting_guard_ms
+    (800 ms, twenty batches) before it cuts."""
+    call = Call(echo_guard=True, greeting="Hello.")
+    call.speak("greet", "i1")
+    call.sent(1000)
+    call.speech(1000, at=1.0)
+    call.feed(ce.UplinkSent(800))
+    call.feed(ce.Timer(), at=1.8)
+    call.feed(_verdict(True))
+    for _ in range(19):
+        call.feed(ce.UplinkSent(40))
+        assert call.feed(_verdict(False)) == []
+    call.feed(ce.UplinkSent(40))
+    assert call.feed(_verdict(False)) == [ce.Flush(), ce.Cancel()]
+
+
 def test_the_greeting_echo_is_judged_over_its_guard() -> None:
-    """Over the greeting the judgement waits for greeting_guard_ms and re-judges the last
-    800 ms while it is echo."""
+    """Over the greeting the judgement waits for greeting_guard_ms; while it is echo each
+    batch re-judges the last 160 ms only (the cost does not grow with the guard)."""
     call = Call(echo_guard=True, greeting="Hello.")
     call.speak("greet", "i1")
     call.sent(1000)
@@ -95,7 +129,7 @@ def test_the_greeting_echo_is_judged_over_its_guard() -> None:
     call.feed(ce.UplinkSent(800))
     assert call.feed(ce.Timer(), at=1.8) == [ce.JudgeEcho(800)]
     call.feed(_verdict(True))
-    assert call.feed(ce.UplinkSent(40)) == [ce.JudgeEcho(800)]
+    assert call.feed(ce.UplinkSent(40)) == [ce.JudgeEcho(160)]
 
 
 def test_a_verdict_after_the_speech_stopped_or_a_flush_does_nothing() -> None:
@@ -129,9 +163,10 @@ def test_a_replaced_session_leaves_the_echo_watch() -> None:
     assert call.feed(ce.UplinkSent(40)) == []
 
 
-def test_a_pause_in_the_echo_is_nothing_new_but_silence_first_barges_in() -> None:
+def test_a_pause_in_the_echo_is_nothing_new_nor_is_silence_first() -> None:
     """While echo is watched a silent batch (the agent paused) cuts nothing; at the first
-    judgement a silent window barges in as it would without the guard."""
+    judgement a silent window (nothing above the line's noise while the agent plays) is
+    watched as echo, and the caller's voice after it still barges in."""
     call = Call(echo_guard=True)
     call.speak()
     call.sent(1000)
@@ -142,4 +177,12 @@ def test_a_pause_in_the_echo_is_nothing_new_but_silence_first_barges_in() -> Non
     assert call.floor() is cv.Floor.ECHO
     call.model(ev.SpeechStopped(1040, "u1"))
     assert call.speech(740, at=11.0) == [ce.JudgeEcho(300)]
-    assert call.feed(_verdict(False, "silent")) == [ce.Flush(), ce.Cancel()]
+    assert [a.event for a in call.feed(_verdict(False, "silent")) if isinstance(a, ce.Log)] == [
+        "agent.echo_ignored"
+    ]
+    assert call.floor() is cv.Floor.ECHO
+    for _ in range(4):
+        call.feed(ce.UplinkSent(40))
+        assert call.feed(_verdict(False)) == []
+    call.feed(ce.UplinkSent(40))
+    assert call.feed(_verdict(False)) == [ce.Flush(), ce.Cancel()]

@@ -188,3 +188,57 @@ def test_the_playout_reference_is_what_was_handed_out_on_its_clock() -> None:
         playout.pull()
     assert len(playout.reference(now[0], 2 * RATE)) == 2 * RATE
     assert not playout.reference(now[0], 2 * RATE)[: RATE // 2].any()
+
+
+def _noise(length: int, dbfs: float) -> NDArray[np.float64]:
+    """The line's own noise (a room, a trunk's hiss): white, at ``dbfs``."""
+    noise: NDArray[np.float64] = np.random.default_rng(1).standard_normal(length)
+    return noise * 32768 * 10 ** (dbfs / 20)
+
+
+@pytest.mark.parametrize("noise_dbfs", [-60, -50])
+def test_echo_under_line_noise_is_never_the_caller(noise_dbfs: int) -> None:
+    """Echo at -10 dB after 100 ms with the line's noise on top: in the agent's pauses and in
+    its soft passages what is left once the echo is taken out is only that noise, so every
+    window is echo or silent (the noise floor is found and reported)."""
+    played = _played(_agent(), len(_agent()) // FRAME + 25)
+    back = echo(played, 100, -10) + _noise(len(played), noise_dbfs)
+    verdicts = Line(_agent()).judge_along(through_line(back), step_ms=40)
+    caller = [v.fields() for v in verdicts if not v.echo and v.reason != "silent"]
+    assert caller == [], caller
+    assert sum(v.reason == "silent" for v in verdicts) >= 3  # the pauses
+    assert verdicts[-1].noise_dbfs == pytest.approx(noise_dbfs, abs=3)  # at most -50
+
+
+@pytest.mark.parametrize("noise_dbfs", [-60, -50])
+def test_a_voice_over_echo_and_noise_is_not_echo(noise_dbfs: int) -> None:
+    """The line's noise does not hide a voice: another sentence over the echo and the noise
+    is the caller wherever it is at least as loud as the echo."""
+    played = _played(_agent(), len(_agent()) // FRAME + 25)
+    back = echo(played, 100, -10)
+    voice = _caller_voice(len(played), RATE // 2)
+    uplink = through_line(back + voice + _noise(len(played), noise_dbfs))
+    verdicts = Line(_agent()).judge_along(uplink)
+    count = len(verdicts)
+    speaking = [
+        v
+        for v, rms, echo_rms in zip(
+            verdicts, _rms_along(voice, count), _rms_along(back, count), strict=True
+        )
+        if rms > 600 and rms >= echo_rms
+    ]
+    assert len(speaking) >= 15, len(speaking)
+    taken = [v.fields() for v in speaking if v.echo]
+    assert taken == [], taken
+
+
+def test_a_quiet_voice_over_a_weak_echo_is_not_quiet_echo() -> None:
+    """A soft talker (-45 dBFS) on a line with a -30 dB echo is far under the played level
+    and still correlates a little with it: without a residual test it would pass for
+    echo under noise. Most of its windows are the caller."""
+    played = _played(_agent(), len(_agent()) // FRAME + 25)
+    back = echo(played, 100, -30)
+    voice = _caller_voice(len(played), RATE // 2)
+    voice *= 32768 * 10 ** (-45 / 20) / np.sqrt(np.mean(voice[RATE // 2 :] ** 2))
+    verdicts = Line(_agent()).judge_along(through_line(back + voice), step_ms=40)
+    assert sum(v.reason == "quiet_echo" for v in verdicts) <= 10, [v.reason for v in verdicts]

@@ -68,7 +68,7 @@ class PlayedAudio(Protocol):
 @dataclass(frozen=True)
 class EchoVerdict:
     echo: bool
-    reason: str  # echo | quiet_echo | speech | uncorrelated | no_reference | silent
+    reason: str  # echo | quiet_echo | speech | uncorrelated | no_reference | silent | no_line
     delay_ms: float | None  # the bulk delay found (None: nothing to correlate)
     correlation: float  # normalised, at that delay (absolute value)
     erle_db: float  # uplink over residual, whole window
@@ -217,7 +217,10 @@ class EchoDetector:
         sound_dbfs = max(p.sound_floor_dbfs, noise_dbfs + p.noise_margin_db)
         if uplink_dbfs < sound_dbfs:
             figures = (0.0, 0.0, 0.0, uplink_dbfs, _dbfs(loudest, w), window_ms, noise_dbfs)
-            return EchoVerdict(False, "silent", None, *figures)
+            # Digital silence over the window (nothing came back: no echo, no line noise)
+            # tells nothing of the caller: the model's VAD is left to decide.
+            reason = "silent" if energy_u > 0.0 else "no_line"
+            return EchoVerdict(False, reason, None, *figures)
         if _dbfs(loudest, w) < p.reference_floor_dbfs:
             played_dbfs = _dbfs(loudest, w)
             figures = (0.0, 0.0, 0.0, uplink_dbfs, played_dbfs, window_ms, noise_dbfs)

@@ -26,7 +26,7 @@ over. At least ``ECHO_RECHECK_MS`` and a batch are needed whatever the guard: a 
 line (a jitter buffer's concealment) stays in the re-judged window for at most
 ``ECHO_RECHECK_MS``, so it cannot confirm itself. At the first judgement everything but echo
 and silence (nothing above the line's noise while the agent plays: watched as echo) barges
-in, as without the guard.
+in, as without the guard; digital silence back (``no_line``: nothing at all) barges in too.
 
 ``AGENT`` means the last item pushed can still be cut; whether anything is being said is read
 from the view (queued audio) and the active response. The guard is ``greeting_guard_ms`` over

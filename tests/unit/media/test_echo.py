@@ -126,7 +126,8 @@ def test_a_voice_with_nothing_played_is_never_echo() -> None:
     verdicts = Line(None).judge_along(voice)
     assert all(not v.echo for v in verdicts)
     reasons = [v.reason for v in verdicts]
-    assert set(reasons) <= {"no_reference", "silent"}, reasons  # silent: a pause in the voice
+    # silent or no_line: a pause in the voice (noise, or digital silence)
+    assert set(reasons) <= {"no_reference", "silent", "no_line"}, reasons
     assert reasons.count("no_reference") >= 0.8 * len(reasons), reasons
 
 
@@ -140,12 +141,20 @@ def test_a_voice_on_a_line_without_echo_is_not_echo() -> None:
 
 
 def test_silence_back_is_not_echo() -> None:
-    """A silent uplink while the agent speaks (speech_started on nothing) is not echo but
-    silent: there is nothing to match."""
+    """While the agent speaks, digital silence back (speech_started on nothing) is no_line:
+    nothing came back to match, so the model's VAD decides; only the line's noise back is
+    silent (a pause), which the conversation watches as echo."""
     line = Line(_agent())
     for _ in range(150):
         line.tick(np.zeros(FRAME, dtype=np.int16))
     verdict = line.detector.judge(line.playout, WINDOW_MS)
+    assert not verdict.echo
+    assert verdict.reason == "no_line"
+    noisy = Line(_agent())
+    rng = np.random.default_rng(7)
+    for _ in range(150):
+        noisy.tick((rng.standard_normal(FRAME) * 3).astype(np.int16))  # about -80 dBFS
+    verdict = noisy.detector.judge(noisy.playout, WINDOW_MS)
     assert not verdict.echo
     assert verdict.reason == "silent"
 

@@ -217,9 +217,15 @@ class EchoDetector:
         sound_dbfs = max(p.sound_floor_dbfs, noise_dbfs + p.noise_margin_db)
         if uplink_dbfs < sound_dbfs:
             figures = (0.0, 0.0, 0.0, uplink_dbfs, _dbfs(loudest, w), window_ms, noise_dbfs)
-            # Digital silence over the window (nothing came back: no echo, no line noise)
-            # tells nothing of the caller: the model's VAD is left to decide.
-            reason = "silent" if energy_u > 0.0 else "no_line"
+            # Digital silence over the window although the agent sounded at every delay
+            # from 60 ms to max_delay_ms before it: the line echoes nothing and carries no
+            # noise, so it tells nothing of the caller (no_line: the model's VAD decides).
+            # An agent that only just started may still have its echo on the way: silent.
+            nearest = max(0, lags - 1 - 60 * rate // 1000)
+            echoes_due = (
+                nearest > 0 and _dbfs(float(energy_r[:nearest].min()), w) >= p.reference_floor_dbfs
+            )
+            reason = "no_line" if energy_u == 0.0 and echoes_due else "silent"
             return EchoVerdict(False, reason, None, *figures)
         if _dbfs(loudest, w) < p.reference_floor_dbfs:
             played_dbfs = _dbfs(loudest, w)

@@ -179,6 +179,8 @@ async def test_outbound_choice_records_the_recognition_failure(
     assert view["error"] == payload["error"], view
     events = _events(log)
     # The answer's final transcription fails, and so may the early one taken at its first
-    # pause (at most one per pause the answer has): each failed request is an error line.
+    # pauses (one per pause the answer has; a loaded machine's slower caller audio can show
+    # two): each failed request is an error line.
     levels = [e.get("level") for e in events if e.get("event") == "speech.transcription_failed"]
-    assert levels in (["error"], ["error", "error"]), levels
+    assert 1 <= len(levels) <= 3, levels
+    assert set(levels) == {"error"}, levels
